@@ -1,0 +1,169 @@
+//! The tasuki guest SDK: write a server that tasuki can run and hot-swap, as plain Rust.
+//!
+//! An app is a type that holds its whole transferable state, derives serde's `Serialize`,
+//! `Deserialize` and `Default`, and implements [`Server`]. One line, `tasuki_guest::export!(App);`,
+//! turns it into a component of the `tasuki:server/server` world; no binding code is written by
+//! hand.
+//!
+//! ```ignore
+//! #[derive(Default, serde::Serialize, serde::Deserialize)]
+//! struct Echo { lines: u64 }
+//!
+//! impl tasuki_guest::Server for Echo {
+//!     const NAME: &'static str = "echo";
+//!     const STATE_VERSION: u32 = 1;
+//!     fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize {
+//!         let Some(end) = input.iter().position(|&b| b == b'\n') else { return 0 };
+//!         self.lines += 1;
+//!         ctx.send(conn, &input[..=end]);
+//!         end + 1
+//!     }
+//! }
+//! tasuki_guest::export!(Echo);
+//! ```
+//!
+//! # What crosses an upgrade
+//!
+//! On an upgrade the SDK exports two sections: the app's state (named [`Server::NAME`], at
+//! [`Server::STATE_VERSION`], encoded with postcard) and `tasuki.conns`, the input each connection
+//! sent that the app has not consumed yet. A request half-received when the old version stops is
+//! completed under the new one. Fields marked `#[serde(skip)]` do not cross: rebuild them in
+//! [`Server::resumed`].
+//!
+//! # Migrations
+//!
+//! A release that changes its state type bumps [`Server::STATE_VERSION`] and lists, in
+//! [`Server::migrations`], how to read each older version it still accepts. The old type is kept
+//! as a frozen copy in the new release (postcard is not self-describing: the copy must match the
+//! old release field for field).
+//!
+//! # Layout
+//! - [`Server`], [`Ctx`]: what an app implements and what it calls.
+//! - [`Migrations`]: older state versions an app accepts.
+//! - `runtime` (hidden): the glue between the generated bindings and a [`Server`].
+#![deny(missing_docs)]
+
+// The generated bindings name this crate by its path, from inside it as from the apps.
+extern crate self as tasuki_guest;
+
+mod ctx;
+mod migrations;
+#[doc(hidden)]
+pub mod runtime;
+
+pub use ctx::{ConnId, ConnInfo, Ctx};
+pub use migrations::Migrations;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The section name under which the SDK transfers unconsumed connection input.
+pub const CONNS_SECTION: &str = "tasuki.conns";
+/// The version of the [`CONNS_SECTION`] encoding.
+pub const CONNS_SECTION_VERSION: u32 = 1;
+
+/// A server tasuki can run. The implementing type *is* the transferable state.
+///
+/// Events come one at a time; between two of them the host may swap versions. Every method has a
+/// default except [`Server::on_data`].
+pub trait Server: Serialize + DeserializeOwned + Default + 'static {
+    /// The app's name, the same in every release (`"kv"`). Also the name of its state section.
+    const NAME: &'static str;
+    /// The version of the state encoding this release writes. Bump it whenever the serialized
+    /// shape of `Self` changes, and add a migration from the old one.
+    const STATE_VERSION: u32;
+
+    /// Runs once per instance, before any event: on a cold start, and in an upgrade before the
+    /// pause (the imported state then replaces `self`). `args` are the host's `--arg` values.
+    fn init(&mut self, ctx: &mut Ctx, args: &[String]) -> Result<(), String> {
+        let _ = (ctx, args);
+        Ok(())
+    }
+
+    /// A client connected.
+    fn on_connect(&mut self, ctx: &mut Ctx, conn: &ConnInfo) {
+        let _ = (ctx, conn);
+    }
+
+    /// Bytes arrived. `input` holds everything received on `conn` that earlier calls did not
+    /// consume, followed by the new bytes. Return how many leading bytes were consumed; the SDK
+    /// keeps the rest (across upgrades too) and offers it again when more arrive.
+    fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize;
+
+    /// The client went away. Its unconsumed input is discarded after this call.
+    fn on_disconnect(&mut self, ctx: &mut Ctx, conn: ConnId) {
+        let _ = (ctx, conn);
+    }
+
+    /// A timer armed with [`Ctx::set_timer`] fired (possibly armed by an earlier version).
+    fn on_timer(&mut self, ctx: &mut Ctx, id: u64) {
+        let _ = (ctx, id);
+    }
+
+    /// Called after an upgrade imported this state, before the next event: rebuild what
+    /// `#[serde(skip)]` left out, re-arm timers whose meaning changed.
+    fn resumed(&mut self, ctx: &mut Ctx) {
+        let _ = ctx;
+    }
+
+    /// Older state versions this release can read, and how.
+    fn migrations() -> Migrations<Self> {
+        Migrations::none()
+    }
+}
+
+/// Exports a [`Server`] as a `tasuki:server/server` component. Use it once, in the app's
+/// `cdylib` crate: `tasuki_guest::export!(MyServer);`.
+#[macro_export]
+macro_rules! export {
+    ($server:ty) => {
+        const _: () = {
+            use $crate::runtime::bindings::exports::tasuki::server as __exports;
+            use $crate::runtime::bindings::tasuki::server::types as __types;
+
+            struct __TasukiExport;
+
+            ::std::thread_local! {
+                static RUNTIME: ::std::cell::RefCell<$crate::runtime::Runtime<$server>> =
+                    ::std::cell::RefCell::new($crate::runtime::Runtime::new(
+                        ::core::env!("CARGO_PKG_VERSION"),
+                    ));
+            }
+
+            impl __exports::app::Guest for __TasukiExport {
+                fn init(args: ::std::vec::Vec<::std::string::String>) -> ::core::result::Result<(), ::std::string::String> {
+                    RUNTIME.with_borrow_mut(|rt| rt.init(args))
+                }
+                fn on_connect(conn: __types::ConnInfo) {
+                    RUNTIME.with_borrow_mut(|rt| rt.on_connect(conn))
+                }
+                fn on_data(conn: u64, data: ::std::vec::Vec<u8>) {
+                    RUNTIME.with_borrow_mut(|rt| rt.on_data(conn, data))
+                }
+                fn on_disconnect(conn: u64) {
+                    RUNTIME.with_borrow_mut(|rt| rt.on_disconnect(conn))
+                }
+                fn on_timer(id: u64) {
+                    RUNTIME.with_borrow_mut(|rt| rt.on_timer(id))
+                }
+            }
+
+            impl __exports::state::Guest for __TasukiExport {
+                fn describe() -> __types::AppInfo {
+                    RUNTIME.with_borrow(|rt| rt.describe())
+                }
+                fn export_state() -> ::core::result::Result<__types::Snapshot, ::std::string::String> {
+                    RUNTIME.with_borrow(|rt| rt.export_state())
+                }
+                fn import_state(
+                    snapshot: __types::Snapshot,
+                    live: ::std::vec::Vec<__types::ConnInfo>,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    RUNTIME.with_borrow_mut(|rt| rt.import_state(snapshot, live))
+                }
+            }
+
+            $crate::__export_server_impl!(__TasukiExport with_types_in $crate::runtime::bindings);
+        };
+    };
+}
