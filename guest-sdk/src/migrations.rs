@@ -41,6 +41,24 @@ impl<S: 'static> Migrations<S> {
         self
     }
 
+    /// Like [`Migrations::from`], for a conversion that can refuse: its error aborts the import,
+    /// and so rolls the upgrade back with the old version still serving.
+    pub fn from_fallible<Old: DeserializeOwned + 'static>(
+        mut self,
+        version: u32,
+        convert: fn(Old) -> Result<S, String>,
+    ) -> Self {
+        self.steps.push((
+            version,
+            Box::new(move |bytes| {
+                let old: Old = postcard::from_bytes(bytes)
+                    .map_err(|e| format!("state version {version} does not decode: {e}"))?;
+                convert(old)
+            }),
+        ));
+        self
+    }
+
     /// The older versions accepted, in the order they were added.
     pub fn versions(&self) -> Vec<u32> {
         self.steps.iter().map(|(v, _)| *v).collect()

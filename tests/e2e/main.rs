@@ -1,1 +1,5 @@
+//! End-to-end: real components built from guests/, real loopback sockets, a real Redis client,
+//! real upgrades. One binary; one module per story.
 
+mod hot_swap;
+mod rollback;

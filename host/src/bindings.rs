@@ -1,0 +1,12 @@
+//! Every `bindgen!` of the host, in one place.
+//!
+//! The `server` world is generated with synchronous imports and exports: an instance lives on the
+//! dispatcher thread and runs one call at a time, so async would only add cost to every event.
+
+wasmtime::component::bindgen!({
+    world: "tasuki:server/server",
+    path: "../wit",
+});
+
+pub use exports::tasuki::server as server_exports;
+pub use tasuki::server::types::{AppInfo, ConnInfo, Section, SectionSpec, Snapshot};

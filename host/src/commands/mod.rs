@@ -1,0 +1,36 @@
+//! The subcommands. Flags are parsed and validated here; the work is the library's.
+
+mod run;
+mod status;
+mod upgrade;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tasuki::control::DEFAULT_CONTROL_PATH;
+
+/// What `tasuki` can do.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    Run(run::RunCommand),
+    Upgrade(upgrade::UpgradeCommand),
+    Status(status::StatusCommand),
+}
+
+impl Command {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        match self {
+            Self::Run(c) => c.execute(),
+            Self::Upgrade(c) => c.execute(),
+            Self::Status(c) => c.execute(),
+        }
+    }
+}
+
+/// The control socket flag, shared by every subcommand.
+#[derive(Debug, clap::Args)]
+pub struct ControlArg {
+    /// The running host's control socket. The default is a file in the current directory, so
+    /// `run` and `upgrade` started from the same place find each other.
+    #[arg(long, env = "TASUKI_CONTROL", default_value = DEFAULT_CONTROL_PATH)]
+    pub control: PathBuf,
+}

@@ -1,0 +1,36 @@
+use super::ControlArg;
+use anyhow::{Context, bail};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tasuki::control::Response;
+
+/// Replace the running version with NEW, carrying its state and connections across.
+///
+/// NEW is compiled and started while the old version keeps serving; the old version pauses only
+/// to export its state, and it keeps serving if anything fails. Prints the new version, the
+/// pause and the bytes of state moved, or why the upgrade rolled back.
+#[derive(Debug, clap::Args)]
+pub struct UpgradeCommand {
+    /// The new version's component.
+    new: PathBuf,
+    #[command(flatten)]
+    control: ControlArg,
+}
+
+impl UpgradeCommand {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let wasm = std::fs::canonicalize(&self.new)
+            .with_context(|| format!("cannot read {}", self.new.display()))?;
+        match tasuki::host::request_upgrade(&self.control.control, &wasm)? {
+            Response::Upgraded(report) => {
+                println!("{report}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Response::Failed(reason) => {
+                eprintln!("upgrade failed: {reason}");
+                Ok(ExitCode::FAILURE)
+            }
+            other => bail!("unexpected answer from the host: {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! [`Host::start`]: load the app, bind the listeners, start the dispatcher and the control
+//! socket. The CLI's `run` is this plus argument parsing; tests start hosts in-process with it.
+
+use crate::control::{self, ControlServer, Request, Response};
+use crate::dispatcher::{Command, Dispatcher, WAKER};
+use crate::runtime::Runtime;
+use crate::status::{Shared, Status};
+use crate::upgrade::{self, AppVersion, UpgradeError, UpgradeReport};
+use crate::version::{LoadError, Version};
+use mio::{Poll, Waker};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, TryLockError, mpsc};
+use std::thread::JoinHandle;
+use tracing::info;
+
+/// What to run and where.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The app's component.
+    pub app: PathBuf,
+    /// Addresses to accept connections on (port 0 picks a free one).
+    pub listen: Vec<SocketAddr>,
+    /// The control socket's path, or `None` for no control socket.
+    pub control: Option<PathBuf>,
+    /// Passed to the app's `init`, on start and on every upgrade.
+    pub args: Vec<String>,
+}
+
+/// Why a host did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{app} failed to start: {reason}")]
+    Start { app: PathBuf, reason: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open the control socket {path}: {source}")]
+    Control { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the event loop: {0}")]
+    Loop(std::io::Error),
+}
+
+/// Entry point of the host library.
+#[derive(Debug)]
+pub struct Host;
+
+/// Runs an upgrade request from start to finish; shared by the control socket and
+/// [`RunningHost::upgrade`].
+#[derive(Debug)]
+struct Upgrader {
+    runtime: Runtime,
+    shared: Arc<Shared>,
+    commands: Mutex<mpsc::Sender<Command>>,
+    waker: Arc<Waker>,
+    args: Vec<String>,
+    /// Held for the whole of an upgrade: a second request is refused, not queued.
+    in_progress: Mutex<()>,
+}
+
+impl Upgrader {
+    fn upgrade(&self, wasm: &Path) -> Result<UpgradeReport, UpgradeError> {
+        let _guard = match self.in_progress.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::WouldBlock) => return Err(UpgradeError::InProgress),
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        };
+        info!("upgrade to {} requested", wasm.display());
+        let running = self.shared.running_info();
+        let prepared = match upgrade::prepare(&self.runtime, wasm, &self.args, &running) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                info!("{e}");
+                self.shared.record_upgrade(Err(e.to_string()));
+                return Err(e);
+            }
+        };
+        info!(
+            "{} prepared in {:.1} ms; pausing {}",
+            AppVersion::from(&prepared.info),
+            prepared.prepare_time.as_secs_f64() * 1e3,
+            AppVersion::from(&running)
+        );
+        let (reply, outcome) = mpsc::sync_channel(1);
+        let sent = self
+            .commands
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .send(Command::Upgrade(Box::new(prepared), reply));
+        if sent.is_err() || self.waker.wake().is_err() {
+            return Err(UpgradeError::HostStopped);
+        }
+        outcome.recv().unwrap_or(Err(UpgradeError::HostStopped))
+    }
+}
+
+/// A started host. Dropping it does not stop it; call [`RunningHost::shutdown`].
+#[derive(Debug)]
+pub struct RunningHost {
+    addrs: Vec<SocketAddr>,
+    upgrader: Arc<Upgrader>,
+    dispatcher: JoinHandle<()>,
+    control: Option<ControlServer>,
+}
+
+impl Host {
+    /// Loads and starts the app, binds every listener and the control socket, and starts
+    /// serving on a thread of its own.
+    pub fn start(config: HostConfig) -> Result<RunningHost, StartError> {
+        let runtime = Runtime::new().map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        let version = Version::load(&runtime, &config.app)?;
+        let (instance, info) = upgrade::start(&version, &config.args)
+            .map_err(|e| StartError::Start { app: config.app.clone(), reason: e.to_string() })?;
+
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for addr in &config.listen {
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| StartError::Listen { addr: *addr, source })?;
+            let local = listener.local_addr().map_err(|source| StartError::Listen { addr: *addr, source })?;
+            addrs.push(local);
+            listeners.push((mio::net::TcpListener::from_std(listener), local.to_string()));
+        }
+
+        let poll = Poll::new().map_err(StartError::Loop)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(StartError::Loop)?);
+        let (commands, receiver) = mpsc::channel();
+        let shared = Arc::new(Shared::new(
+            info.clone(),
+            config.app.clone(),
+            addrs.iter().map(ToString::to_string).collect(),
+        ));
+        let app = AppVersion::from(&info);
+        let dispatcher = Dispatcher::new(
+            poll,
+            listeners,
+            instance,
+            version,
+            info,
+            config.args.clone(),
+            receiver,
+            Arc::clone(&shared),
+        )
+        .map_err(StartError::Loop)?;
+        let dispatcher = std::thread::Builder::new()
+            .name("tasuki-dispatcher".into())
+            .spawn(move || dispatcher.run())
+            .map_err(StartError::Loop)?;
+
+        let upgrader = Arc::new(Upgrader {
+            runtime,
+            shared,
+            commands: Mutex::new(commands),
+            waker,
+            args: config.args,
+            in_progress: Mutex::new(()),
+        });
+        let control = match &config.control {
+            None => None,
+            Some(path) => {
+                let serving = Arc::clone(&upgrader);
+                let server = ControlServer::start(path, move |request| match request {
+                    Request::Status => Response::Status(serving.shared.status()),
+                    Request::Upgrade { wasm } => match serving.upgrade(&wasm) {
+                        Ok(report) => Response::Upgraded(report),
+                        Err(e) => Response::Failed(e.to_string()),
+                    },
+                });
+                match server {
+                    Ok(server) => Some(server),
+                    Err(source) => {
+                        let host = RunningHost { addrs, upgrader, dispatcher, control: None };
+                        host.shutdown();
+                        return Err(StartError::Control { path: path.clone(), source });
+                    }
+                }
+            }
+        };
+        info!("{app} serving on {}", addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+        Ok(RunningHost { addrs, upgrader, dispatcher, control })
+    }
+}
+
+impl RunningHost {
+    /// The addresses actually bound, in the order of [`HostConfig::listen`].
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Upgrades to the component at `wasm`, as `tasuki upgrade` does.
+    pub fn upgrade(&self, wasm: &Path) -> Result<UpgradeReport, UpgradeError> {
+        self.upgrader.upgrade(wasm)
+    }
+
+    /// What `tasuki status` would show.
+    pub fn status(&self) -> Status {
+        self.upgrader.shared.status()
+    }
+
+    /// Stops serving: closes the listeners, every connection and the control socket.
+    pub fn shutdown(self) {
+        let sent = self.upgrader.commands.lock().map(|c| c.send(Command::Shutdown).is_ok());
+        if matches!(sent, Ok(true)) {
+            let _ = self.upgrader.waker.wake();
+        }
+        drop(self.control);
+        let _ = self.dispatcher.join();
+    }
+
+    /// Blocks until the host stops (it stops only if its event loop fails).
+    pub fn wait(self) {
+        let _ = self.dispatcher.join();
+    }
+}
+
+/// `tasuki upgrade` as a function: asks the host behind `control` to upgrade to `wasm`.
+pub fn request_upgrade(control: &Path, wasm: &Path) -> Result<Response, control::ControlError> {
+    control::request(control, &Request::Upgrade { wasm: wasm.into() })
+}

@@ -1,0 +1,98 @@
+//! `tasuki:server/timers`, and the host's timer queue.
+//!
+//! Timers belong to the host, not to an instance: one armed by v1 fires in v2 if an upgrade
+//! happened in between.
+
+use crate::bindings::tasuki::server::timers;
+use crate::instance::{Effect, InstanceState};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+impl timers::Host for InstanceState {
+    fn set(&mut self, id: u64, after_ms: u64) {
+        self.effects.push(Effect::SetTimer(id, Duration::from_millis(after_ms)));
+    }
+
+    fn cancel(&mut self, id: u64) {
+        self.effects.push(Effect::CancelTimer(id));
+    }
+}
+
+/// Armed timers, by deadline. Re-arming or cancelling leaves a stale heap entry behind, skipped
+/// when it surfaces (its generation no longer matches), so both are O(log n).
+#[derive(Debug, Default)]
+pub(crate) struct TimerQueue {
+    armed: HashMap<u64, u64>,
+    heap: BinaryHeap<Reverse<(Instant, u64, u64)>>,
+    generation: u64,
+}
+
+impl TimerQueue {
+    pub(crate) fn set(&mut self, id: u64, deadline: Instant) {
+        self.generation += 1;
+        self.armed.insert(id, self.generation);
+        self.heap.push(Reverse((deadline, self.generation, id)));
+    }
+
+    pub(crate) fn cancel(&mut self, id: u64) {
+        self.armed.remove(&id);
+    }
+
+    /// The earliest live deadline.
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((deadline, generation, id))) = self.heap.peek().copied() {
+            if self.armed.get(&id) == Some(&generation) {
+                return Some(deadline);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    /// Removes and returns one timer due at `now`, earliest first.
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<u64> {
+        let deadline = self.next_deadline()?;
+        if deadline > now {
+            return None;
+        }
+        let Reverse((_, _, id)) = self.heap.pop()?;
+        self.armed.remove(&id);
+        Some(id)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.armed.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fires_in_deadline_order_and_honours_rearm_and_cancel() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::default();
+        q.set(1, t0 + Duration::from_millis(30));
+        q.set(2, t0 + Duration::from_millis(10));
+        q.set(3, t0 + Duration::from_millis(20));
+        q.set(1, t0 + Duration::from_millis(5)); // re-armed earlier
+        q.cancel(3);
+        let now = t0 + Duration::from_millis(100);
+        let fired: Vec<u64> = std::iter::from_fn(|| q.pop_due(now)).collect();
+        assert_eq!(fired, vec![1, 2]);
+        assert_eq!(q.len(), 0);
+        assert_eq!(q.next_deadline(), None);
+    }
+
+    #[test]
+    fn nothing_fires_early() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::default();
+        q.set(7, t0 + Duration::from_secs(5));
+        assert_eq!(q.pop_due(t0), None);
+        assert_eq!(q.next_deadline(), Some(t0 + Duration::from_secs(5)));
+    }
+}

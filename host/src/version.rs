@@ -1,0 +1,79 @@
+//! Once per app version: read, validate, compile and link a component. Everything here happens
+//! before an upgrade pauses anything.
+
+use crate::bindings::ServerPre;
+use crate::instance::InstanceState;
+use crate::runtime::Runtime;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::Component;
+
+/// Why a component could not be loaded. Nothing is running yet when any of these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a WebAssembly file (it does not start with the `\\0asm` magic)")]
+    NotWasm { path: PathBuf },
+    #[error(
+        "{path} is a core WebAssembly module, not a component: build it for wasm32-wasip2 \
+         (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule { path: PathBuf },
+    #[error("{path} does not compile: {reason}")]
+    Compile { path: PathBuf, reason: String },
+    #[error("{path} does not fit the `tasuki:server/server` world: {reason}")]
+    WrongWorld { path: PathBuf, reason: String },
+}
+
+/// A compiled, linked app version, ready to be instantiated any number of times.
+#[derive(Clone)]
+pub struct Version {
+    pub(crate) pre: ServerPre<InstanceState>,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// Time spent reading and compiling.
+    pub compile_time: Duration,
+    pub(crate) runtime: Runtime,
+}
+
+impl std::fmt::Debug for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Version").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+const WASM_MAGIC: &[u8; 4] = b"\0asm";
+/// The layer/version word of a core module (version 1, layer 0).
+const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
+
+impl Version {
+    /// Reads and compiles the component at `path` and links it against the host's imports.
+    pub fn load(runtime: &Runtime, path: &Path) -> Result<Arc<Self>, LoadError> {
+        let started = Instant::now();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        Self::from_bytes(runtime, path, &bytes, started)
+    }
+
+    fn from_bytes(
+        runtime: &Runtime,
+        path: &Path,
+        bytes: &[u8],
+        started: Instant,
+    ) -> Result<Arc<Self>, LoadError> {
+        if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
+            return Err(LoadError::NotWasm { path: path.into() });
+        }
+        if bytes[4..8] == CORE_MODULE_VERSION {
+            return Err(LoadError::CoreModule { path: path.into() });
+        }
+        let component = Component::new(&runtime.engine, bytes)
+            .map_err(|e| LoadError::Compile { path: path.into(), reason: format!("{e:#}") })?;
+        let compile_time = started.elapsed();
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld { path: path.into(), reason: format!("{e:#}") };
+        let instance_pre = runtime.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = ServerPre::new(instance_pre).map_err(wrong_world)?;
+        Ok(Arc::new(Self { pre, path: path.into(), compile_time, runtime: runtime.clone() }))
+    }
+}

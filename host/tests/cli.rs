@@ -1,0 +1,153 @@
+//! The `tasuki` command as an operator uses it: `run` in the background, `status` and `upgrade`
+//! from another process, Ctrl-C to stop.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+const TASUKI: &str = env!("CARGO_BIN_EXE_tasuki");
+
+/// `tasuki run` in the background, killed on drop.
+struct Running {
+    child: Child,
+    addr: String,
+}
+
+impl Running {
+    fn start(dir: &Path, wasm: &str) -> Self {
+        let mut child = Command::new(TASUKI)
+            .current_dir(dir)
+            .args(["run", wasm, "--listen", "127.0.0.1:0"])
+            .env("TASUKI_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tasuki run");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines.next().expect("tasuki run exited early").expect("stderr line");
+            if let Some((_, rest)) = line.split_once("serving on ") {
+                break rest.trim().to_string();
+            }
+        };
+        // Keep draining stderr so the host never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tasuki(dir: &Path, args: &[&str]) -> Output {
+    Command::new(TASUKI).current_dir(dir).args(args).output().expect("run tasuki")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn roundtrip(stream: &mut TcpStream, request: &[u8], reply_len: usize) -> String {
+    stream.write_all(request).unwrap();
+    let mut reply = vec![0; reply_len];
+    stream.read_exact(&mut reply).unwrap();
+    text(&reply)
+}
+
+#[test]
+fn run_status_upgrade_from_the_same_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Running::start(dir.path(), tasuki_artifacts::KV_V1);
+    let mut client = TcpStream::connect(&host.addr).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(roundtrip(&mut client, b"SET hello world\r\n", 5), "+OK\r\n");
+
+    let status = tasuki(dir.path(), &["status"]);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    let shown = text(&status.stdout);
+    assert!(shown.contains("kv 1.0.0"), "{shown}");
+    assert!(shown.contains("connections  1"), "{shown}");
+
+    let upgrade = tasuki(dir.path(), &["upgrade", tasuki_artifacts::KV_V2]);
+    assert!(upgrade.status.success(), "{}", text(&upgrade.stderr));
+    let shown = text(&upgrade.stdout);
+    assert!(shown.contains("upgraded kv 1.0.0 -> kv 2.0.0"), "{shown}");
+    assert!(shown.contains("pause"), "{shown}");
+    assert!(shown.contains("state moved"), "{shown}");
+
+    assert_eq!(roundtrip(&mut client, b"GET hello\r\n", 11), "$5\r\nworld\r\n");
+    assert_eq!(roundtrip(&mut client, b"TTL hello\r\n", 5), ":-1\r\n");
+
+    let status = text(&tasuki(dir.path(), &["status"]).stdout);
+    assert!(status.contains("kv 2.0.0"), "{status}");
+    assert!(status.contains("last upgrade"), "{status}");
+}
+
+#[test]
+fn a_failed_upgrade_exits_non_zero_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let _host = Running::start(dir.path(), tasuki_artifacts::KV_V1);
+    let out = tasuki(dir.path(), &["upgrade", tasuki_artifacts::KV_REFUSES_IMPORT]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("upgrade failed: rolled back, kv 1.0.0 keeps serving"), "{err}");
+
+    let out = tasuki(dir.path(), &["upgrade", "missing.wasm"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("cannot read missing.wasm"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn commands_without_a_running_host_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["status"][..], &["upgrade", tasuki_artifacts::KV_V2][..]] {
+        let out = tasuki(dir.path(), args);
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(err.contains("no tasuki host is listening at tasuki.sock"), "{err}");
+    }
+}
+
+#[test]
+fn run_refuses_bad_input_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("junk.wasm"), b"\0asm\x01\0\0\0junk").unwrap();
+    let out = tasuki(dir.path(), &["run", "junk.wasm", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("is a core WebAssembly module, not a component"), "{}", text(&out.stderr));
+
+    let out = tasuki(dir.path(), &["run", tasuki_artifacts::KV_V1]);
+    assert!(!out.status.success(), "--listen is required");
+    let out = tasuki(dir.path(), &["run", tasuki_artifacts::KV_V1, "--listen", "not-an-address"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("invalid value 'not-an-address'"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_second_host_on_the_same_control_socket_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Running::start(dir.path(), tasuki_artifacts::KV_V1);
+    let out = tasuki(dir.path(), &["run", tasuki_artifacts::KV_V1, "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("already listening at tasuki.sock"), "{}", text(&out.stderr));
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_the_host_and_removes_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = Running::start(dir.path(), tasuki_artifacts::KV_V1);
+    let socket = dir.path().join("tasuki.sock");
+    assert!(socket.exists());
+    let killed = Command::new("kill").args(["-TERM", &host.child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = host.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!socket.exists(), "the control socket is removed on a clean stop");
+}
