@@ -1,0 +1,164 @@
+//! The key-value server, release 2: release 1's Redis-protocol (RESP2) store of byte strings,
+//! plus key expiry (`SET ... EX`, `EXPIRE`, `TTL`, `PERSIST`, ...).
+//!
+//! It speaks enough of redis for `redis-cli`, `redis-benchmark` and client libraries to use it as
+//! they would use redis-server, with redis's own replies and error texts.
+//!
+//! # What changed since release 1, and how its state comes across
+//!
+//! Every value now carries an optional deadline, so the state is version 2
+//! (`db::Entry { value, expires_at_ms }`). Release 1's state (version 1) is still accepted: it
+//! is decoded through a frozen copy of release 1's types (`v1.rs`) and every key is kept, with
+//! no deadline. Deadlines are absolute Unix milliseconds, so they survive upgrades to later
+//! releases unchanged.
+//!
+//! Expired keys are removed lazily, by any command that touches them, and actively, by the
+//! expiry timer (`EXPIRY_TIMER`), armed for the earliest deadline. The timer belongs to the
+//! host and survives an upgrade, but what it is armed for is not transferred: after an upgrade
+//! [`Server::resumed`] rebuilds the deadline index and arms it again.
+//!
+//! # Layout
+//! - `lib.rs`: `Kv`, the state, and the [`Server`] implementation: the request loop, the
+//!   expiry timer, the migration from release 1.
+//! - `db.rs`: the keyspace with deadlines, and the only code that touches the map.
+//! - `v1.rs`: release 1's state types, frozen, for the migration.
+//! - `cmd/mod.rs`: the command table (names, arities) and the dispatch from a request to a
+//!   handler, with the errors redis gives before a command runs.
+//! - `cmd/connection.rs`, `cmd/strings.rs`, `cmd/keys.rs`, `cmd/expire.rs`: one file per
+//!   command family.
+//! - `tests.rs`: requests in, replies out, on a clock the tests set (`cargo test -p kv-v2`).
+//! - The wire format is the shared `resp` crate, so every release parses the same way.
+
+mod cmd;
+mod db;
+#[cfg(test)]
+mod tests;
+mod v1;
+
+use cmd::Session;
+use db::Db;
+use resp::reply;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tasuki_guest::{ConnId, Ctx, Migrations, Server};
+
+/// The id of the expiry timer, the only timer this release arms. It fires at the earliest
+/// deadline of any key.
+const EXPIRY_TIMER: u64 = 1;
+
+/// How many expired keys one firing of the expiry timer removes at most, so that a mass expiry
+/// cannot stall the connections queued behind the event. If more are due, the timer is armed
+/// to fire again at once, and requests get their turn in between.
+const EXPIRY_BATCH: usize = 1000;
+
+/// The whole transferable state of release 2, state version 2.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Kv {
+    db: Db,
+    /// The deadline the expiry timer is armed for. Not transferred: [`Server::resumed`] arms the
+    /// timer afresh after an upgrade.
+    #[serde(skip)]
+    timer_armed_for: Option<u64>,
+}
+
+impl Server for Kv {
+    const NAME: &'static str = "kv";
+    const STATE_VERSION: u32 = 2;
+
+    fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize {
+        // One clock reading per event: the requests of one batch all run at the same instant.
+        let now_ms = ctx.now_ms();
+        let (consumed, close) = self.serve(conn, input, ctx.output(conn), now_ms);
+        if close {
+            ctx.close(conn);
+        }
+        self.arm_expiry_timer(ctx, now_ms);
+        consumed
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx, id: u64) {
+        if id != EXPIRY_TIMER {
+            return;
+        }
+        self.timer_armed_for = None;
+        let now_ms = ctx.now_ms();
+        self.db.remove_expired(now_ms, EXPIRY_BATCH);
+        self.arm_expiry_timer(ctx, now_ms);
+    }
+
+    fn resumed(&mut self, ctx: &mut Ctx) {
+        self.db.rebuild_deadlines();
+        self.timer_armed_for = None;
+        let now_ms = ctx.now_ms();
+        self.arm_expiry_timer(ctx, now_ms);
+    }
+
+    fn migrations() -> Migrations<Self> {
+        Migrations::none().from::<v1::State>(1, Kv::from_v1)
+    }
+}
+
+impl Kv {
+    /// Release 1's state: every key is kept, none expires.
+    fn from_v1(old: v1::State) -> Self {
+        Kv { db: Db::without_deadlines(old.db.entries), timer_armed_for: None }
+    }
+
+    /// Runs every whole request at the front of `input` at time `now_ms`, encoding the replies
+    /// into `out`. Returns how many bytes were consumed, and whether the connection must close
+    /// (after `QUIT` or a protocol error; everything after them is consumed unrun).
+    fn serve(
+        &mut self,
+        conn: ConnId,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        now_ms: u64,
+    ) -> (usize, bool) {
+        let mut session = Session { conn, out, now_ms, quit: false };
+        // One argument vector for every request of this event: pipelined requests reuse it.
+        let mut args = Vec::new();
+        let mut consumed = 0;
+        while !session.quit {
+            match resp::parse_into(&input[consumed..], &mut args) {
+                Ok(Some(used)) => {
+                    consumed += used;
+                    if !args.is_empty() {
+                        cmd::execute(&mut self.db, &mut session, &args);
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    // Where the next request would start is unknowable now: answer like redis,
+                    // then hang up.
+                    let text = error.to_string();
+                    reply::error_with(session.out, |out| {
+                        out.extend_from_slice(b"ERR ");
+                        out.extend_from_slice(text.as_bytes());
+                    });
+                    session.quit = true;
+                }
+            }
+        }
+        if session.quit { (input.len(), true) } else { (consumed, false) }
+    }
+
+    fn arm_expiry_timer(&mut self, ctx: &mut Ctx, now_ms: u64) {
+        if let Some(after) = self.expiry_timer_due(now_ms) {
+            ctx.set_timer(EXPIRY_TIMER, after);
+        }
+    }
+
+    /// Whether the expiry timer must be armed (again), and to fire after how long. Arming only
+    /// when the earliest deadline moves earlier keeps the timer off the hot path: a timer that
+    /// fires early finds nothing due and is armed for the next deadline then.
+    fn expiry_timer_due(&mut self, now_ms: u64) -> Option<Duration> {
+        let next = self.db.next_deadline()?;
+        if self.timer_armed_for.is_some_and(|armed| armed <= next) {
+            return None;
+        }
+        self.timer_armed_for = Some(next);
+        Some(Duration::from_millis(next.saturating_sub(now_ms)))
+    }
+}
+
+tasuki_guest::export!(Kv);

@@ -1,0 +1,29 @@
+//! RESP2, the Redis protocol, as every release of the key-value guest speaks it.
+//!
+//! The codec is shared so that two releases can never disagree about the wire: a request that
+//! v1 had half-received when it was swapped out is finished by v2's parser, byte for byte the
+//! same. It follows redis-server's own behaviour (networking.c, util.c) rather than the RESP
+//! specification where the two differ, because the clients we want to serve were tested
+//! against redis-server.
+//!
+//! # Layout
+//! - [`request`]: parses requests, multibulk (`*2\r\n$3\r\nGET\r\n$1\r\nk\r\n`) and inline
+//!   (`GET k\r\n`, what a telnet user types), with every client-controlled size bounded.
+//! - [`reply`]: encodes replies into the output buffer the SDK hands to the host.
+//! - [`glob`]: the pattern matching `KEYS` and `CONFIG GET` use (redis's `stringmatchlen`).
+//! - [`int`]: strict integer parsing (redis's `string2ll`) and allocation-free formatting.
+//!
+//! The parser is stateless: it is handed everything a connection has sent that is not consumed
+//! yet, and either takes one whole request off the front or says it needs more.
+#![deny(missing_docs)]
+
+pub mod glob;
+pub mod int;
+pub mod reply;
+pub mod request;
+
+pub use glob::{glob_match, glob_match_nocase};
+pub use int::{parse_i64, write_i64};
+pub use request::{
+    Arg, MAX_BULK_LEN, MAX_INLINE_LEN, MAX_MULTIBULK_LEN, ProtocolError, parse, parse_into,
+};
