@@ -29,7 +29,11 @@ impl<S: 'static> Migrations<S> {
 
     /// Accept state version `version`, whose serialized type is `Old`, converting it with
     /// `convert`. `Old` must match the older release's state type field for field.
-    pub fn from<Old: DeserializeOwned + 'static>(mut self, version: u32, convert: fn(Old) -> S) -> Self {
+    pub fn from<Old: DeserializeOwned + 'static>(
+        mut self,
+        version: u32,
+        convert: fn(Old) -> S,
+    ) -> Self {
         self.steps.push((
             version,
             Box::new(move |bytes| {

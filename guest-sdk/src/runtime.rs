@@ -201,7 +201,10 @@ impl<S: Server> Runtime<S> {
 fn decode_state<S: Server>(section: &Section) -> Result<S, String> {
     if section.version == S::STATE_VERSION {
         return postcard::from_bytes(&section.bytes).map_err(|e| {
-            format!("state section `{}` version {} does not decode: {e}", section.name, section.version)
+            format!(
+                "state section `{}` version {} does not decode: {e}",
+                section.name, section.version
+            )
         });
     }
     match S::migrations().run(section.version, &section.bytes) {

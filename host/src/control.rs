@@ -29,7 +29,9 @@ pub const DEFAULT_CONTROL_PATH: &str = "tasuki.sock";
 pub enum Request {
     Status,
     /// Upgrade to the component at this path (absolute, read by the host).
-    Upgrade { wasm: PathBuf },
+    Upgrade {
+        wasm: PathBuf,
+    },
 }
 
 /// A host's answer.
@@ -153,27 +155,28 @@ impl ControlServer {
         let flag = Arc::clone(&stop);
         let handle = Arc::new(handle);
         let shown = path.display().to_string();
-        let thread = std::thread::Builder::new().name("tasuki-control".into()).spawn(move || {
-            for stream in listener.incoming() {
-                if flag.load(Ordering::Relaxed) {
-                    break;
-                }
-                let stream = match stream {
-                    Ok(stream) => stream,
-                    Err(e) => {
-                        warn!("control accept failed: {e}");
-                        continue;
+        let thread =
+            std::thread::Builder::new().name("tasuki-control".into()).spawn(move || {
+                for stream in listener.incoming() {
+                    if flag.load(Ordering::Relaxed) {
+                        break;
                     }
-                };
-                let handle = Arc::clone(&handle);
-                let spawned = std::thread::Builder::new()
-                    .name("tasuki-control-client".into())
-                    .spawn(move || serve(stream, &*handle));
-                if let Err(e) = spawned {
-                    warn!("cannot serve a control client: {e}");
+                    let stream = match stream {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            warn!("control accept failed: {e}");
+                            continue;
+                        }
+                    };
+                    let handle = Arc::clone(&handle);
+                    let spawned = std::thread::Builder::new()
+                        .name("tasuki-control-client".into())
+                        .spawn(move || serve(stream, &*handle));
+                    if let Err(e) = spawned {
+                        warn!("cannot serve a control client: {e}");
+                    }
                 }
-            }
-        })?;
+            })?;
         info!("control socket at {shown}");
         Ok(Self { path: path.into(), stop, thread: Some(thread) })
     }

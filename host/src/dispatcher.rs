@@ -25,8 +25,16 @@ use tracing::{debug, error, info, warn};
 
 /// Asks the loop to do something at the next event boundary.
 pub(crate) enum Command {
-    Upgrade(Box<Prepared>, mpsc::SyncSender<Result<UpgradeReport, UpgradeError>>),
+    Upgrade(Box<Prepared>, mpsc::SyncSender<Swapped>),
     Shutdown,
+}
+
+/// The answer to [`Command::Upgrade`]. The instance that lost (the old one on commit, the new
+/// one on rollback) travels back to the requester to be dropped there: freeing an instance's
+/// memory takes longer than the swap itself and has no business in the pause.
+pub(crate) struct Swapped {
+    pub(crate) outcome: Result<UpgradeReport, UpgradeError>,
+    pub(crate) retired: Option<Instance>,
 }
 
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -240,9 +248,9 @@ impl Dispatcher {
             loop {
                 match self.commands.try_recv() {
                     Ok(Command::Upgrade(prepared, reply)) => {
-                        let outcome = self.upgrade(*prepared);
+                        let swapped = self.upgrade(*prepared);
                         // The requester may have gone away; the outcome is logged either way.
-                        let _ = reply.send(outcome);
+                        let _ = reply.send(swapped);
                     }
                     Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => {
                         info!("dispatcher stopped");
@@ -274,7 +282,11 @@ impl Dispatcher {
                 debug!(conn = id, "set_nodelay failed: {e}");
             }
             let token = Token(CONN_TOKEN_BASE + id as usize);
-            if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
                 warn!("cannot register a connection from {peer}: {e}");
                 continue;
             }
@@ -282,7 +294,14 @@ impl Dispatcher {
             debug!(conn = id, %peer, "connected");
             self.net.conns.insert(
                 id,
-                Conn { stream, info: info.clone(), out: Vec::new(), written: 0, closing: false, read_paused: false },
+                Conn {
+                    stream,
+                    info: info.clone(),
+                    out: Vec::new(),
+                    written: 0,
+                    closing: false,
+                    read_paused: false,
+                },
             );
             self.shared.connections.fetch_add(1, Ordering::Relaxed);
             let result = self.instance.on_connect(&info);
@@ -406,7 +425,7 @@ impl Dispatcher {
     }
 
     /// Steps 3–7 of the upgrade: pause, export, import, commit or roll back.
-    fn upgrade(&mut self, mut next: Prepared) -> Result<UpgradeReport, UpgradeError> {
+    fn upgrade(&mut self, mut next: Prepared) -> Swapped {
         let running = AppVersion::from(&self.info);
         let new = AppVersion::from(&next.info);
         let paused = Instant::now();
@@ -420,7 +439,7 @@ impl Dispatcher {
                     self.instance.discard_effects();
                     self.restart();
                 }
-                return Err(err);
+                return Swapped { outcome: Err(err), retired: Some(next.instance) };
             }
         };
         let export = paused.elapsed();
@@ -429,12 +448,12 @@ impl Dispatcher {
             let err = UpgradeError::Import { running, new, reason: e.to_string() };
             warn!("{err}");
             self.shared.record_upgrade(Err(err.to_string()));
-            return Err(err);
+            return Swapped { outcome: Err(err), retired: Some(next.instance) };
         }
         let import = paused.elapsed() - export;
 
         // Commit: from here on every event goes to the new instance.
-        self.instance = next.instance;
+        let retired = std::mem::replace(&mut self.instance, next.instance);
         self.version = next.version;
         self.info = next.info;
         self.apply_effects();
@@ -453,7 +472,11 @@ impl Dispatcher {
             sections: snapshot
                 .sections
                 .iter()
-                .map(|s| SectionReport { name: s.name.clone(), version: s.version, bytes: s.bytes.len() as u64 })
+                .map(|s| SectionReport {
+                    name: s.name.clone(),
+                    version: s.version,
+                    bytes: s.bytes.len() as u64,
+                })
                 .collect(),
             state_bytes: snapshot_bytes(&snapshot),
             connections: live.len() as u64,
@@ -463,6 +486,6 @@ impl Dispatcher {
             state_bytes = report.state_bytes, connections = report.connections, "upgraded"
         );
         self.shared.record_commit(&report, self.info.clone());
-        Ok(report)
+        Swapped { outcome: Ok(report), retired: Some(retired) }
     }
 }

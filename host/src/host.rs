@@ -93,7 +93,13 @@ impl Upgrader {
         if sent.is_err() || self.waker.wake().is_err() {
             return Err(UpgradeError::HostStopped);
         }
-        outcome.recv().unwrap_or(Err(UpgradeError::HostStopped))
+        match outcome.recv() {
+            Ok(swapped) => {
+                drop(swapped.retired);
+                swapped.outcome
+            }
+            Err(_) => Err(UpgradeError::HostStopped),
+        }
     }
 }
 
@@ -111,6 +117,11 @@ impl Host {
     /// serving on a thread of its own.
     pub fn start(config: HostConfig) -> Result<RunningHost, StartError> {
         let runtime = Runtime::new().map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        let mut config = config;
+        // Shown by `status`; absolute, so it means the same from any directory.
+        if let Ok(absolute) = std::fs::canonicalize(&config.app) {
+            config.app = absolute;
+        }
         let version = Version::load(&runtime, &config.app)?;
         let (instance, info) = upgrade::start(&version, &config.args)
             .map_err(|e| StartError::Start { app: config.app.clone(), reason: e.to_string() })?;
@@ -121,7 +132,9 @@ impl Host {
             let listener = std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .map_err(|source| StartError::Listen { addr: *addr, source })?;
-            let local = listener.local_addr().map_err(|source| StartError::Listen { addr: *addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| StartError::Listen { addr: *addr, source })?;
             addrs.push(local);
             listeners.push((mio::net::TcpListener::from_std(listener), local.to_string()));
         }
@@ -180,7 +193,10 @@ impl Host {
                 }
             }
         };
-        info!("{app} serving on {}", addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+        info!(
+            "{app} serving on {}",
+            addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        );
         Ok(RunningHost { addrs, upgrader, dispatcher, control })
     }
 }

@@ -31,7 +31,9 @@ pub struct InstanceState {
 
 impl std::fmt::Debug for InstanceState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InstanceState").field("effects", &self.effects.len()).finish_non_exhaustive()
+        f.debug_struct("InstanceState")
+            .field("effects", &self.effects.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,7 +120,11 @@ impl Instance {
 
     pub fn init(&mut self, args: &[String]) -> Result<(), CallError> {
         self.deadline(STATE_DEADLINE);
-        self.server.tasuki_server_app().call_init(&mut self.store, args).map_err(trap)?.map_err(CallError::Refused)
+        self.server
+            .tasuki_server_app()
+            .call_init(&mut self.store, args)
+            .map_err(trap)?
+            .map_err(CallError::Refused)
     }
 
     pub fn describe(&mut self) -> Result<AppInfo, CallError> {
@@ -128,10 +134,18 @@ impl Instance {
 
     pub fn export_state(&mut self) -> Result<Snapshot, CallError> {
         self.deadline(STATE_DEADLINE);
-        self.server.tasuki_server_state().call_export_state(&mut self.store).map_err(trap)?.map_err(CallError::Refused)
+        self.server
+            .tasuki_server_state()
+            .call_export_state(&mut self.store)
+            .map_err(trap)?
+            .map_err(CallError::Refused)
     }
 
-    pub fn import_state(&mut self, snapshot: &Snapshot, live: &[ConnInfo]) -> Result<(), CallError> {
+    pub fn import_state(
+        &mut self,
+        snapshot: &Snapshot,
+        live: &[ConnInfo],
+    ) -> Result<(), CallError> {
         self.deadline(STATE_DEADLINE);
         self.server
             .tasuki_server_state()

@@ -4,16 +4,23 @@
 use crate::bindings::Server;
 use crate::instance::InstanceState;
 use crate::limits::EPOCH_TICK;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use wasmtime::component::{HasSelf, Linker};
+use std::sync::{Arc, Mutex};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
+
+/// How many compiled components [`Runtime::compile`] keeps: the running version, the one before,
+/// and a few candidates.
+const COMPILED_CACHE_LEN: usize = 4;
 
 /// The engine and linker shared by every version and instance of this host.
 #[derive(Clone)]
 pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<InstanceState>>,
+    /// Recently compiled components by content: upgrading to a file compiled before (a
+    /// rollback and retry, v2 -> v2) skips the compiler.
+    compiled: Arc<Mutex<Vec<(Arc<[u8]>, Component)>>>,
     /// Held only for its `Drop`: the ticker runs while any clone of this runtime lives.
     _ticker: Arc<Ticker>,
 }
@@ -63,6 +70,26 @@ impl Runtime {
             }
         })?;
 
-        Ok(Self { engine, linker: Arc::new(linker), _ticker: Arc::new(Ticker { stop }) })
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            compiled: Arc::default(),
+            _ticker: Arc::new(Ticker { stop }),
+        })
+    }
+
+    /// Compiles `bytes`, or returns the component compiled from the same bytes recently.
+    pub(crate) fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        let lock = || self.compiled.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, component)) = lock().iter().find(|(b, _)| **b == *bytes) {
+            return Ok(component.clone());
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        let mut cache = lock();
+        if cache.len() == COMPILED_CACHE_LEN {
+            cache.remove(0);
+        }
+        cache.push((bytes.into(), component.clone()));
+        Ok(component)
     }
 }

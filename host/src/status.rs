@@ -44,7 +44,12 @@ impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "app          {} ({})", self.app, self.wasm.display())?;
         writeln!(f, "listening    {}", self.listen.join(", "))?;
-        writeln!(f, "uptime       {} (this version {})", human(self.uptime), human(self.version_uptime))?;
+        writeln!(
+            f,
+            "uptime       {} (this version {})",
+            human(self.uptime),
+            human(self.version_uptime)
+        )?;
         writeln!(f, "connections  {}", self.connections)?;
         write!(f, "upgrades     {}", self.upgrades)?;
         if let Some(last) = &self.last_upgrade {
@@ -98,7 +103,14 @@ impl Shared {
             started: now,
             listen,
             connections: AtomicU64::new(0),
-            current: Mutex::new(Current { info, app, wasm, since: now, upgrades: 0, last_upgrade: None }),
+            current: Mutex::new(Current {
+                info,
+                app,
+                wasm,
+                since: now,
+                upgrades: 0,
+                last_upgrade: None,
+            }),
         }
     }
 
@@ -125,7 +137,8 @@ impl Shared {
             current.since = Instant::now();
             current.upgrades += 1;
         }
-        current.last_upgrade = Some(LastUpgrade { at_unix_ms: now_unix_ms(), outcome: outcome.cloned() });
+        current.last_upgrade =
+            Some(LastUpgrade { at_unix_ms: now_unix_ms(), outcome: outcome.cloned() });
     }
 
     pub(crate) fn status(&self) -> Status {

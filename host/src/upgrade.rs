@@ -77,8 +77,11 @@ impl fmt::Display for UpgradeReport {
             ms(self.export),
             ms(self.import)
         )?;
-        let sections: Vec<String> =
-            self.sections.iter().map(|s| format!("{} v{} {} B", s.name, s.version, s.bytes)).collect();
+        let sections: Vec<String> = self
+            .sections
+            .iter()
+            .map(|s| format!("{} v{} {} B", s.name, s.version, s.bytes))
+            .collect();
         writeln!(f, "  state moved  {} bytes ({})", self.state_bytes, sections.join(", "))?;
         writeln!(
             f,
@@ -105,7 +108,13 @@ pub enum UpgradeError {
         "refused before any pause: {running} writes state section `{section}` version {version}, \
          which {new} does not read (it reads versions {accepts:?})"
     )]
-    Incompatible { running: AppVersion, new: AppVersion, section: String, version: u32, accepts: Vec<u32> },
+    Incompatible {
+        running: AppVersion,
+        new: AppVersion,
+        section: String,
+        version: u32,
+        accepts: Vec<u32>,
+    },
     #[error("rolled back, {running} keeps serving: it failed to export its state: {reason}")]
     Export { running: AppVersion, reason: String },
     #[error("rolled back, {running} keeps serving: {new} failed to import the state: {reason}")]
@@ -150,9 +159,17 @@ pub(crate) fn start(version: &Version, args: &[String]) -> Result<(Instance, App
 }
 
 /// The new version must be the same app and read every section the running one writes.
-pub(crate) fn check_compatible(wasm: &Path, running: &AppInfo, new: &AppInfo) -> Result<(), UpgradeError> {
+pub(crate) fn check_compatible(
+    wasm: &Path,
+    running: &AppInfo,
+    new: &AppInfo,
+) -> Result<(), UpgradeError> {
     if running.name != new.name {
-        return Err(UpgradeError::WrongApp { wasm: wasm.into(), running: running.into(), new: new.into() });
+        return Err(UpgradeError::WrongApp {
+            wasm: wasm.into(),
+            running: running.into(),
+            new: new.into(),
+        });
     }
     for written in &running.sections {
         let accepts = new
@@ -185,7 +202,11 @@ mod tests {
             version: version.into(),
             sections: sections
                 .iter()
-                .map(|(n, v, a)| SectionSpec { name: (*n).into(), version: *v, accepts: a.to_vec() })
+                .map(|(n, v, a)| SectionSpec {
+                    name: (*n).into(),
+                    version: *v,
+                    accepts: a.to_vec(),
+                })
                 .collect(),
         }
     }

@@ -7,7 +7,6 @@ use crate::runtime::Runtime;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::Component;
 
 /// Why a component could not be loaded. Nothing is running yet when any of these is returned.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +51,8 @@ impl Version {
     /// Reads and compiles the component at `path` and links it against the host's imports.
     pub fn load(runtime: &Runtime, path: &Path) -> Result<Arc<Self>, LoadError> {
         let started = Instant::now();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        let bytes =
+            std::fs::read(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
         Self::from_bytes(runtime, path, &bytes, started)
     }
 
@@ -68,10 +68,14 @@ impl Version {
         if bytes[4..8] == CORE_MODULE_VERSION {
             return Err(LoadError::CoreModule { path: path.into() });
         }
-        let component = Component::new(&runtime.engine, bytes)
+        let component = runtime
+            .compile(bytes)
             .map_err(|e| LoadError::Compile { path: path.into(), reason: format!("{e:#}") })?;
         let compile_time = started.elapsed();
-        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld { path: path.into(), reason: format!("{e:#}") };
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            path: path.into(),
+            reason: format!("{e:#}"),
+        };
         let instance_pre = runtime.linker.instantiate_pre(&component).map_err(wrong_world)?;
         let pre = ServerPre::new(instance_pre).map_err(wrong_world)?;
         Ok(Arc::new(Self { pre, path: path.into(), compile_time, runtime: runtime.clone() }))

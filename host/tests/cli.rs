@@ -120,7 +120,11 @@ fn run_refuses_bad_input_before_serving() {
     std::fs::write(dir.path().join("junk.wasm"), b"\0asm\x01\0\0\0junk").unwrap();
     let out = tasuki(dir.path(), &["run", "junk.wasm", "--listen", "127.0.0.1:0"]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("is a core WebAssembly module, not a component"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is a core WebAssembly module, not a component"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = tasuki(dir.path(), &["run", tasuki_artifacts::KV_V1]);
     assert!(!out.status.success(), "--listen is required");
@@ -135,7 +139,11 @@ fn a_second_host_on_the_same_control_socket_is_refused() {
     let _first = Running::start(dir.path(), tasuki_artifacts::KV_V1);
     let out = tasuki(dir.path(), &["run", tasuki_artifacts::KV_V1, "--listen", "127.0.0.1:0"]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("already listening at tasuki.sock"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already listening at tasuki.sock"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[cfg(unix)]
@@ -145,7 +153,8 @@ fn sigterm_stops_the_host_and_removes_its_socket() {
     let mut host = Running::start(dir.path(), tasuki_artifacts::KV_V1);
     let socket = dir.path().join("tasuki.sock");
     assert!(socket.exists());
-    let killed = Command::new("kill").args(["-TERM", &host.child.id().to_string()]).status().unwrap();
+    let killed =
+        Command::new("kill").args(["-TERM", &host.child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let status = host.child.wait().unwrap();
     assert!(status.success(), "{status:?}");

@@ -21,7 +21,8 @@ const GUESTS: &[(&str, &str, &str)] = &[
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir.join("../..").canonicalize().expect("workspace root exists");
-    let target_root = env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target_root =
+        env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let target_dir = target_root.join("guests");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
 
@@ -50,7 +51,8 @@ fn main() {
         let wasm = out_dir.join(format!("{stem}.wasm"));
         assert!(wasm.exists(), "{} was not built", wasm.display());
         writeln!(generated, "/// The `{package}` component.").unwrap();
-        writeln!(generated, "pub const {constant}: &str = {:?};", wasm.display().to_string()).unwrap();
+        writeln!(generated, "pub const {constant}: &str = {:?};", wasm.display().to_string())
+            .unwrap();
         rerun_on_sources(&out_dir.join(format!("{stem}.d")));
     }
     writeln!(generated, "/// Every guest component, by package name.").unwrap();

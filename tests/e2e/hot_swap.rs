@@ -113,7 +113,8 @@ fn concurrent_incrs_survive_twenty_upgrades_without_losing_one() {
         pauses.push(report.pause);
     }
     stop.store(true, Ordering::Relaxed);
-    let per_client: Vec<u64> = clients.into_iter().map(|c| c.join().expect("client thread")).collect();
+    let per_client: Vec<u64> =
+        clients.into_iter().map(|c| c.join().expect("client thread")).collect();
     let total: u64 = per_client.iter().sum();
     assert!(per_client.iter().all(|&n| n > 0), "every client made progress: {per_client:?}");
     assert_eq!(total, acknowledged.load(Ordering::Relaxed));
@@ -163,7 +164,8 @@ fn expiry_works_on_keys_migrated_from_v1() {
 
     // A TTL set under v2 survives a v2 -> v2 upgrade with its deadline, and its timer fires in
     // the new instance.
-    let _: () = redis::cmd("SET").arg("later").arg("y").arg("PX").arg(1000).query(&mut client).unwrap();
+    let _: () =
+        redis::cmd("SET").arg("later").arg("y").arg("PX").arg(1000).query(&mut client).unwrap();
     host.upgrade(artifacts::KV_V2).expect("upgrade");
     let pttl: i64 = client.pttl("later").unwrap();
     assert!((1..=1000).contains(&pttl), "pttl {pttl}");

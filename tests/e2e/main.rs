@@ -1,5 +1,6 @@
 //! End-to-end: real components built from guests/, real loopback sockets, a real Redis client,
 //! real upgrades. One binary; one module per story.
 
+mod clients;
 mod hot_swap;
 mod rollback;

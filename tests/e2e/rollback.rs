@@ -15,7 +15,10 @@ fn an_upgrade_whose_import_fails_leaves_v1_serving_and_says_why() {
         panic!("the upgrade should have failed")
     };
     assert!(reason.contains("rolled back, kv 1.0.0 keeps serving"), "{reason}");
-    assert!(reason.contains("values over 1 KiB are not supported"), "the guest's own text: {reason}");
+    assert!(
+        reason.contains("values over 1 KiB are not supported"),
+        "the guest's own text: {reason}"
+    );
 
     // Same connection, same version, same data.
     let kept: String = client.get("kept").unwrap();

@@ -85,9 +85,9 @@ impl Drop for TestHost {
 pub fn expect_bytes(stream: &mut std::net::TcpStream, expected: &[u8]) {
     use std::io::Read;
     let mut got = vec![0; expected.len()];
-    stream.read_exact(&mut got).unwrap_or_else(|e| {
-        panic!("waiting for {:?}: {e}", String::from_utf8_lossy(expected))
-    });
+    stream
+        .read_exact(&mut got)
+        .unwrap_or_else(|e| panic!("waiting for {:?}: {e}", String::from_utf8_lossy(expected)));
     assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(expected));
 }
 

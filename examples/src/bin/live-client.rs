@@ -46,7 +46,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let counter: u64 = conn.get("demo:counter")?;
-    println!("client  done: counter = {counter}, acknowledged INCRs = {acked}, one connection throughout");
+    println!(
+        "client  done: counter = {counter}, acknowledged INCRs = {acked}, one connection throughout"
+    );
     if counter != acked {
         bail!("lost {} INCRs", acked.abs_diff(counter));
     }
