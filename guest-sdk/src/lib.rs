@@ -101,9 +101,19 @@ pub trait Server: Serialize + DeserializeOwned + Default + 'static {
     }
 
     /// Called after an upgrade imported this state, before the next event: rebuild what
-    /// `#[serde(skip)]` left out, re-arm timers whose meaning changed.
-    fn resumed(&mut self, ctx: &mut Ctx) {
-        let _ = ctx;
+    /// `#[serde(skip)]` left out, re-arm timers whose meaning changed. `fresh` is this instance
+    /// as [`Server::init`] left it before the imported state replaced it: move over whatever
+    /// `init` built (configuration from the arguments, tables, caches) instead of rebuilding it
+    /// inside the pause.
+    fn resumed(&mut self, ctx: &mut Ctx, fresh: Self) {
+        let _ = (ctx, fresh);
+    }
+
+    /// Whether the state may be exported now. An app in the middle of something that must not
+    /// be split across versions (a multi-event transaction) returns `Err(reason)`: the upgrade
+    /// then rolls back with that reason, and the old version serves on.
+    fn export_ready(&self) -> Result<(), String> {
+        Ok(())
     }
 
     /// Older state versions this release can read, and how.

@@ -116,6 +116,7 @@ impl<S: Server> Runtime<S> {
 
     /// `state.export-state`.
     pub fn export_state(&self) -> Result<Snapshot, String> {
+        self.server.export_ready()?;
         let state = postcard::to_allocvec(&self.server)
             .map_err(|e| format!("state of `{}` does not encode: {e}", S::NAME))?;
         let pending: Vec<(ConnId, &[u8])> = self
@@ -186,8 +187,8 @@ impl<S: Server> Runtime<S> {
                 (info.id, Conn { info, input })
             })
             .collect();
-        self.server = server;
-        self.server.resumed(&mut self.ctx);
+        let fresh = std::mem::replace(&mut self.server, server);
+        self.server.resumed(&mut self.ctx, fresh);
         self.finish_event();
         Ok(())
     }

@@ -6,17 +6,17 @@
 //! [`CONTROL_READ_TIMEOUT`]): a client that sends garbage or stalls gets an error or is dropped,
 //! and the host goes on.
 
-use crate::limits::{CONTROL_READ_TIMEOUT, MAX_CONTROL_MESSAGE};
+use crate::limits::{CONTROL_READ_TIMEOUT, MAX_CONTROL_CLIENTS, MAX_CONTROL_MESSAGE};
 use crate::status::Status;
 use crate::upgrade::UpgradeReport;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -28,9 +28,12 @@ pub const DEFAULT_CONTROL_PATH: &str = "tasuki.sock";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     Status,
-    /// Upgrade to the component at this path (absolute, read by the host).
+    /// Upgrade to the component at this path (absolute, read by the host). With
+    /// `from_checkpoint`, the state comes from the host's last checkpoint and journal instead of
+    /// the running version's export (for an app whose export keeps failing).
     Upgrade {
         wasm: PathBuf,
+        from_checkpoint: bool,
     },
 }
 
@@ -53,6 +56,11 @@ pub enum ControlError {
     NoHost { path: PathBuf, reason: io::Error },
     #[error("control socket {path}: {reason}")]
     Io { path: PathBuf, reason: io::Error },
+    #[error(
+        "refusing to use the control socket {path}: {reason}; a socket others can reach could be \
+         a stranger's host. Only the user running `tasuki run` may drive it."
+    )]
+    Insecure { path: PathBuf, reason: String },
     #[error("control message of {0} bytes exceeds the limit of {MAX_CONTROL_MESSAGE}")]
     TooLarge(usize),
     #[error("control message does not decode: {0}")]
@@ -93,8 +101,33 @@ pub enum MessageError {
     Decode(String),
 }
 
+/// The socket must belong to us and be closed to everyone else, like the host creates it.
+fn check_owner(path: &Path) -> Result<(), ControlError> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(()); // connect reports the missing socket
+    };
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(ControlError::Insecure {
+            path: path.into(),
+            reason: format!("it belongs to uid {}, not to you (uid {me})", meta.uid()),
+        });
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(ControlError::Insecure {
+            path: path.into(),
+            reason: format!(
+                "its mode is {:o}, open to other users (the host makes it 600)",
+                meta.mode() & 0o777
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Sends one request to the host at `path` and waits for its answer.
 pub fn request(path: &Path, request: &Request) -> Result<Response, ControlError> {
+    check_owner(path)?;
     let mut stream = UnixStream::connect(path)
         .map_err(|reason| ControlError::NoHost { path: path.into(), reason })?;
     let io_err = |reason| ControlError::Io { path: path.into(), reason };
@@ -155,6 +188,7 @@ impl ControlServer {
         let flag = Arc::clone(&stop);
         let handle = Arc::new(handle);
         let shown = path.display().to_string();
+        let clients = Arc::new(AtomicUsize::new(0));
         let thread =
             std::thread::Builder::new().name("tasuki-control".into()).spawn(move || {
                 for stream in listener.incoming() {
@@ -168,17 +202,45 @@ impl ControlServer {
                             continue;
                         }
                     };
+                    if let Err(reason) = check_peer(&stream) {
+                        warn!("control connection refused: {reason}");
+                        continue;
+                    }
+                    if clients.fetch_add(1, Ordering::AcqRel) >= MAX_CONTROL_CLIENTS {
+                        clients.fetch_sub(1, Ordering::AcqRel);
+                        warn!(
+                            "control connection refused: {MAX_CONTROL_CLIENTS} clients connected"
+                        );
+                        continue;
+                    }
                     let handle = Arc::clone(&handle);
+                    let count = Arc::clone(&clients);
                     let spawned = std::thread::Builder::new()
                         .name("tasuki-control-client".into())
-                        .spawn(move || serve(stream, &*handle));
+                        .spawn(move || {
+                            serve(stream, &*handle);
+                            count.fetch_sub(1, Ordering::AcqRel);
+                        });
                     if let Err(e) = spawned {
+                        clients.fetch_sub(1, Ordering::AcqRel);
                         warn!("cannot serve a control client: {e}");
                     }
                 }
             })?;
         info!("control socket at {shown}");
         Ok(Self { path: path.into(), stop, thread: Some(thread) })
+    }
+}
+
+/// Only the host's own user (or root) may drive it. The socket's mode already keeps others out;
+/// this holds even if someone loosened it.
+fn check_peer(stream: &UnixStream) -> Result<(), String> {
+    let peer = rustix::net::sockopt::socket_peercred(stream).map_err(|e| e.to_string())?;
+    let me = rustix::process::geteuid();
+    if peer.uid == me || peer.uid.is_root() {
+        Ok(())
+    } else {
+        Err(format!("peer uid {} is not the host's uid {}", peer.uid.as_raw(), me.as_raw()))
     }
 }
 

@@ -6,12 +6,16 @@
 //! that arrive meanwhile wait in the kernel and are read by the new instance, and output the old
 //! one queued stays in the host's per-connection buffers and is written first.
 
-use crate::bindings::{AppInfo, ConnInfo};
+use crate::bindings::{AppInfo, ConnInfo, Snapshot};
+use crate::clock::EventClock;
 use crate::instance::{CallError, Effect, Instance, snapshot_bytes};
-use crate::limits::{OUTPUT_HIGH_WATER, READ_BUDGET, READ_CHUNK};
+use crate::limits::{Limits, READ_BUDGET, READ_CHUNK};
+use crate::recovery::Journal;
 use crate::status::Shared;
 use crate::timers::TimerQueue;
-use crate::upgrade::{self, AppVersion, Prepared, SectionReport, UpgradeError, UpgradeReport};
+use crate::upgrade::{
+    self, AppVersion, Prepared, SectionReport, StateSource, UpgradeError, UpgradeReport,
+};
 use crate::version::Version;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
@@ -86,7 +90,9 @@ struct Connections {
     registry: Registry,
     conns: HashMap<u64, Conn>,
     shared: Arc<Shared>,
-    /// Connections found broken while writing; the guest hears of them after the call.
+    limits: Arc<Limits>,
+    /// Connections found broken while writing, or cut off for queueing too much; the guest
+    /// hears of them after the call.
     broken: Vec<u64>,
     /// Connections whose reading resumed or was cut short by the read budget.
     read_again: VecDeque<u64>,
@@ -106,6 +112,14 @@ impl Connections {
         }
         if let Err(e) = conn.write_pending() {
             debug!(conn = id, "write failed: {e}");
+            self.broken.push(id);
+        } else if conn.pending() > self.limits.output_limit() {
+            warn!(
+                conn = id,
+                peer = %conn.info.peer,
+                "closing a connection with {} bytes of replies it does not read",
+                conn.pending()
+            );
             self.broken.push(id);
         }
     }
@@ -128,7 +142,7 @@ impl Connections {
         }
         if conn.closing && conn.pending() == 0 {
             self.remove(id);
-        } else if conn.read_paused && conn.pending() <= OUTPUT_HIGH_WATER / 2 {
+        } else if conn.read_paused && conn.pending() <= self.limits.output_buffer / 2 {
             conn.read_paused = false;
             self.read_again.push_back(id);
         }
@@ -143,11 +157,31 @@ impl Connections {
         Some(conn)
     }
 
+    /// Connections the app knows as open, by id.
     fn live(&self) -> Vec<ConnInfo> {
         let mut live: Vec<ConnInfo> =
             self.conns.values().filter(|c| !c.closing).map(|c| c.info.clone()).collect();
         live.sort_by_key(|c| c.id);
         live
+    }
+}
+
+/// One event for the live instance.
+#[derive(Clone, Copy)]
+enum Dispatch<'a> {
+    Connect(&'a ConnInfo),
+    Data(u64, &'a [u8]),
+    Disconnect(u64),
+    Timer(u64),
+}
+
+impl Dispatch<'_> {
+    fn conn(&self) -> Option<u64> {
+        match self {
+            Self::Connect(info) => Some(info.id),
+            Self::Data(id, _) | Self::Disconnect(id) => Some(*id),
+            Self::Timer(_) => None,
+        }
     }
 }
 
@@ -164,6 +198,12 @@ pub(crate) struct Dispatcher {
     args: Vec<String>,
     commands: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
+    limits: Arc<Limits>,
+    clock: EventClock,
+    journal: Journal,
+    /// Set while an instance is being rebuilt, so a fault there does not recurse.
+    recovering: bool,
+    refused_connections: u64,
     read_buf: Vec<u8>,
 }
 
@@ -183,6 +223,8 @@ impl Dispatcher {
         for (index, (listener, _)) in listeners.iter_mut().enumerate() {
             poll.registry().register(listener, Token(index), Interest::READABLE)?;
         }
+        let limits = Arc::clone(&version.runtime.limits);
+        let clock = version.runtime.clock.clone();
         let mut dispatcher = Self {
             poll,
             listeners,
@@ -190,6 +232,7 @@ impl Dispatcher {
                 registry,
                 conns: HashMap::new(),
                 shared: Arc::clone(&shared),
+                limits: Arc::clone(&limits),
                 broken: Vec::new(),
                 read_again: VecDeque::new(),
             },
@@ -201,6 +244,11 @@ impl Dispatcher {
             args,
             commands,
             shared,
+            journal: Journal::new(limits.journal),
+            limits,
+            clock,
+            recovering: false,
+            refused_connections: 0,
             read_buf: vec![0; READ_CHUNK],
         };
         // Timers armed and output queued by `init` take effect now that the loop exists.
@@ -245,6 +293,9 @@ impl Dispatcher {
                 self.reap_broken();
             }
             self.fire_timers();
+            if self.journal.wants_checkpoint() {
+                self.take_checkpoint();
+            }
             loop {
                 match self.commands.try_recv() {
                     Ok(Command::Upgrade(prepared, reply)) => {
@@ -262,6 +313,10 @@ impl Dispatcher {
         }
     }
 
+    fn app(&self) -> AppVersion {
+        AppVersion::from(&self.info)
+    }
+
     fn accept(&mut self, index: usize) {
         loop {
             let Some((listener, addr)) = self.listeners.get(index) else { return };
@@ -276,74 +331,80 @@ impl Dispatcher {
                     return;
                 }
             };
+            if self.net.conns.len() >= self.limits.max_connections {
+                // Closed at once: the app never hears of it.
+                if self.refused_connections % 1000 == 0 {
+                    warn!(
+                        "refusing connections beyond the limit of {} (--max-connections)",
+                        self.limits.max_connections
+                    );
+                }
+                self.refused_connections += 1;
+                continue;
+            }
             let id = self.next_conn;
             self.next_conn += 1;
             if let Err(e) = stream.set_nodelay(true) {
                 debug!(conn = id, "set_nodelay failed: {e}");
             }
             let token = Token(CONN_TOKEN_BASE + id as usize);
-            if let Err(e) = self.poll.registry().register(
-                &mut stream,
-                token,
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if let Err(e) = self.poll.registry().register(&mut stream, token, interest) {
                 warn!("cannot register a connection from {peer}: {e}");
                 continue;
             }
             let info = ConnInfo { id, listener: addr.clone(), peer: peer.to_string() };
             debug!(conn = id, %peer, "connected");
-            self.net.conns.insert(
-                id,
-                Conn {
-                    stream,
-                    info: info.clone(),
-                    out: Vec::new(),
-                    written: 0,
-                    closing: false,
-                    read_paused: false,
-                },
-            );
+            let conn = Conn {
+                stream,
+                info: info.clone(),
+                out: Vec::new(),
+                written: 0,
+                closing: false,
+                read_paused: false,
+            };
+            self.net.conns.insert(id, conn);
             self.shared.connections.fetch_add(1, Ordering::Relaxed);
-            let result = self.instance.on_connect(&info);
-            self.after_call(result, Some(id));
+            self.dispatch(Dispatch::Connect(&info));
         }
     }
 
     fn read(&mut self, id: u64) {
         let mut budget = READ_BUDGET;
+        let mut buf = std::mem::take(&mut self.read_buf);
         loop {
-            let Some(conn) = self.net.conns.get_mut(&id) else { return };
+            let Some(conn) = self.net.conns.get_mut(&id) else { break };
             if conn.closing {
-                return;
+                break;
             }
-            if conn.pending() > OUTPUT_HIGH_WATER {
+            if conn.pending() > self.limits.output_buffer {
                 conn.read_paused = true;
-                return;
+                break;
             }
             if budget == 0 {
                 self.net.read_again.push_back(id);
-                return;
+                break;
             }
-            let limit = budget.min(self.read_buf.len());
-            match conn.stream.read(&mut self.read_buf[..limit]) {
+            let limit = budget.min(buf.len());
+            match conn.stream.read(&mut buf[..limit]) {
                 Ok(0) => {
                     self.peer_gone(id);
-                    return;
+                    break;
                 }
                 Ok(n) => {
                     budget -= n;
-                    let result = self.instance.on_data(id, &self.read_buf[..n]);
-                    self.after_call(result, Some(id));
+                    self.dispatch(Dispatch::Data(id, &buf[..n]));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     debug!(conn = id, "read failed: {e}");
                     self.peer_gone(id);
-                    return;
+                    break;
                 }
             }
         }
+        self.read_buf = buf;
     }
 
     /// The peer closed or reset the connection: the guest hears of it, queued output gets one
@@ -354,8 +415,7 @@ impl Dispatcher {
         // Best effort: a half-closed peer may still read what it was sent.
         let _ = conn.write_pending();
         if !conn.closing {
-            let result = self.instance.on_disconnect(id);
-            self.after_call(result, None);
+            self.dispatch(Dispatch::Disconnect(id));
         }
     }
 
@@ -368,8 +428,7 @@ impl Dispatcher {
     fn fire_timers(&mut self) {
         let now = Instant::now();
         while let Some(id) = self.timers.pop_due(now) {
-            let result = self.instance.on_timer(id);
-            self.after_call(result, None);
+            self.dispatch(Dispatch::Timer(id));
         }
     }
 
@@ -385,70 +444,168 @@ impl Dispatcher {
         }
     }
 
-    fn after_call(&mut self, result: Result<(), CallError>, conn: Option<u64>) {
+    /// Runs one event in the live instance, at the time the clock is stamped with; journals it
+    /// if it completed, contains it if it trapped.
+    fn dispatch(&mut self, event: Dispatch<'_>) {
+        let at = self.clock.stamp();
+        let result = match event {
+            Dispatch::Connect(info) => self.instance.on_connect(info),
+            Dispatch::Data(id, bytes) => self.instance.on_data(id, bytes),
+            Dispatch::Disconnect(id) => self.instance.on_disconnect(id),
+            Dispatch::Timer(id) => self.instance.on_timer(id),
+        };
         match result {
-            Ok(()) => self.apply_effects(),
-            Err(e) => {
-                self.instance.discard_effects();
-                error!(conn, "{} {e}", AppVersion::from(&self.info));
-                if let Some(id) = conn {
-                    // The event that faulted is not retried: its connection is closed.
-                    if let Some(mut c) = self.net.remove(id) {
-                        let _ = c.write_pending();
-                    }
+            Ok(()) => {
+                match event {
+                    Dispatch::Connect(info) => self.journal.connect(at, info),
+                    Dispatch::Data(id, bytes) => self.journal.data(at, id, bytes),
+                    Dispatch::Disconnect(id) => self.journal.disconnect(at, id),
+                    Dispatch::Timer(id) => self.journal.timer(at, id),
                 }
-                self.restart();
+                self.apply_effects();
             }
+            Err(e) => self.fault(&e, event.conn()),
         }
     }
 
-    /// A trapped instance can never be entered again. Start a fresh instance of the same
-    /// version and announce every open connection to it, so the service goes on. The trapped
-    /// instance's state is lost with it.
-    fn restart(&mut self) {
-        let app = AppVersion::from(&self.info);
+    /// The live instance trapped handling an event for `conn` (or a timer, or a checkpoint).
+    /// The event is dropped, its connection closed, and the instance rebuilt from the journal.
+    fn fault(&mut self, e: &CallError, conn: Option<u64>) {
+        self.instance.discard_effects();
+        error!(conn, "{} {e}", self.app());
+        let closed = conn.and_then(|id| self.net.remove(id)).map(|mut c| {
+            // Replies to the events before the faulting one are still owed.
+            let _ = c.write_pending();
+            c.info.id
+        });
+        if self.recovering {
+            return;
+        }
+        self.recovering = true;
+        self.recover(closed);
+        self.recovering = false;
+    }
+
+    fn recover(&mut self, closed: Option<u64>) {
+        let app = self.app();
+        if self.journal.is_complete() {
+            match self.journal.rebuild(&self.version, &self.args, &self.clock) {
+                Ok(instance) => {
+                    self.instance = instance;
+                    info!(
+                        "{app} rebuilt from its checkpoint and {} journaled events: only the \
+                         faulting event was lost",
+                        self.journal.events()
+                    );
+                    if let Some(id) = closed {
+                        self.dispatch(Dispatch::Disconnect(id));
+                    }
+                    return;
+                }
+                Err(e) => error!("{app} could not be rebuilt from its journal ({e})"),
+            }
+        }
+        self.restart_fresh();
+    }
+
+    /// The last resort, when there is no complete journal: a fresh instance of the same
+    /// version, told about every open connection. The trapped instance's state is lost.
+    fn restart_fresh(&mut self) {
+        let app = self.app();
         match upgrade::start(&self.version, &self.args) {
             Ok((instance, info)) => {
                 self.instance = instance;
                 self.info = info;
+                self.journal = Journal::new(self.limits.journal);
                 error!("{app} restarted with fresh state after a trap; the state it held is lost");
                 for conn in self.net.live() {
-                    if let Err(e) = self.instance.on_connect(&conn) {
-                        error!("{app} trapped again while restarting: {e}");
-                        return;
-                    }
-                    self.apply_effects();
+                    self.dispatch(Dispatch::Connect(&conn));
                 }
             }
             Err(e) => error!("{app} cannot be restarted: {e}"),
         }
     }
 
+    /// Exports the live state so the journal can start over from it.
+    fn take_checkpoint(&mut self) {
+        let started = Instant::now();
+        match self.instance.export_state() {
+            Ok(snapshot) => {
+                let bytes = snapshot_bytes(&snapshot);
+                self.instance.discard_effects();
+                self.journal.set_checkpoint(snapshot, self.net.live());
+                debug!(bytes, took_us = started.elapsed().as_micros() as u64, "checkpoint");
+            }
+            Err(CallError::Refused(reason)) => {
+                warn!("{} refused a checkpoint: {reason}", self.app());
+                self.journal.checkpoint_refused();
+            }
+            Err(trap) => {
+                self.journal.checkpoint_refused();
+                self.fault(&trap, None);
+            }
+        }
+    }
+
     /// Steps 3–7 of the upgrade: pause, export, import, commit or roll back.
     fn upgrade(&mut self, mut next: Prepared) -> Swapped {
-        let running = AppVersion::from(&self.info);
+        let running = self.app();
         let new = AppVersion::from(&next.info);
         let paused = Instant::now();
-        let snapshot = match self.instance.export_state() {
-            Ok(snapshot) => snapshot,
-            Err(e) => {
-                let trapped = matches!(e, CallError::Trap(_));
-                let err = UpgradeError::Export { running, reason: e.to_string() };
-                self.shared.record_upgrade(Err(err.to_string()));
-                if trapped {
-                    self.instance.discard_effects();
-                    self.restart();
+        let rollback = |this: &mut Self, err: UpgradeError, retired: Instance| {
+            warn!("{err}");
+            this.shared.record_upgrade(Err(err.to_string()));
+            Swapped { outcome: Err(err), retired: Some(retired) }
+        };
+
+        // Export, or with --from-checkpoint take the journal's checkpoint and replay after it.
+        let (snapshot, live, source) = if next.from_checkpoint {
+            let (snapshot, live, at_unix_ms) = match self.journal.checkpoint() {
+                Some(c) => (Some(c.snapshot.clone()), c.live.clone(), Some(c.at_unix_ms)),
+                None => (None, Vec::new(), None),
+            };
+            let source = StateSource::Checkpoint {
+                at_unix_ms,
+                events_replayed: self.journal.events() as u64,
+                complete: self.journal.is_complete(),
+            };
+            (snapshot, live, source)
+        } else {
+            match self.instance.export_state() {
+                Ok(snapshot) => (Some(snapshot), self.net.live(), StateSource::Export),
+                Err(e) => {
+                    let trapped = matches!(e, CallError::Trap(_));
+                    if trapped {
+                        self.fault(&e, None);
+                    }
+                    let err =
+                        UpgradeError::Export { running, reason: e.to_string(), rebuilt: trapped };
+                    return rollback(self, err, next.instance);
                 }
-                return Swapped { outcome: Err(err), retired: Some(next.instance) };
             }
         };
         let export = paused.elapsed();
-        let live = self.net.live();
-        if let Err(e) = next.instance.import_state(&snapshot, &live) {
+        let state_bytes = snapshot.as_ref().map_or(0, snapshot_bytes);
+        if state_bytes > self.limits.max_state {
+            let err = UpgradeError::TooLarge {
+                running,
+                bytes: state_bytes,
+                limit: self.limits.max_state,
+            };
+            return rollback(self, err, next.instance);
+        }
+
+        let imported = match &snapshot {
+            Some(snapshot) => next.instance.import_state(snapshot, &live),
+            None => Ok(()),
+        };
+        let imported = imported.and_then(|()| match source {
+            StateSource::Checkpoint { .. } => self.journal.replay(&mut next.instance, &self.clock),
+            StateSource::Export => Ok(()),
+        });
+        if let Err(e) = imported {
             let err = UpgradeError::Import { running, new, reason: e.to_string() };
-            warn!("{err}");
-            self.shared.record_upgrade(Err(err.to_string()));
-            return Swapped { outcome: Err(err), retired: Some(next.instance) };
+            return rollback(self, err, next.instance);
         }
         let import = paused.elapsed() - export;
 
@@ -469,23 +626,33 @@ impl Dispatcher {
             pause,
             export,
             import,
-            sections: snapshot
-                .sections
-                .iter()
-                .map(|s| SectionReport {
-                    name: s.name.clone(),
-                    version: s.version,
-                    bytes: s.bytes.len() as u64,
-                })
-                .collect(),
-            state_bytes: snapshot_bytes(&snapshot),
-            connections: live.len() as u64,
+            sections: snapshot.as_ref().map_or_else(Vec::new, sections),
+            state_bytes,
+            connections: self.net.live().len() as u64,
+            source,
         };
         info!(
             from = %report.from, to = %report.to, pause_us = pause.as_micros() as u64,
             state_bytes = report.state_bytes, connections = report.connections, "upgraded"
         );
+        // The snapshot that crossed is the new version's first checkpoint (it just imported
+        // it). After --from-checkpoint the journal already is one: checkpoint plus replay.
+        if let (StateSource::Export, Some(snapshot)) = (&report.source, snapshot) {
+            self.journal.set_checkpoint(snapshot, live);
+        }
         self.shared.record_commit(&report, self.info.clone());
         Swapped { outcome: Ok(report), retired: Some(retired) }
     }
+}
+
+fn sections(snapshot: &Snapshot) -> Vec<SectionReport> {
+    snapshot
+        .sections
+        .iter()
+        .map(|s| SectionReport {
+            name: s.name.clone(),
+            version: s.version,
+            bytes: s.bytes.len() as u64,
+        })
+        .collect()
 }

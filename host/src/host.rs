@@ -3,6 +3,8 @@
 
 use crate::control::{self, ControlServer, Request, Response};
 use crate::dispatcher::{Command, Dispatcher, WAKER};
+use crate::instance::Sandbox;
+use crate::limits::Limits;
 use crate::runtime::Runtime;
 use crate::status::{Shared, Status};
 use crate::upgrade::{self, AppVersion, UpgradeError, UpgradeReport};
@@ -15,7 +17,7 @@ use std::thread::JoinHandle;
 use tracing::info;
 
 /// What to run and where.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct HostConfig {
     /// The app's component.
     pub app: PathBuf,
@@ -25,6 +27,9 @@ pub struct HostConfig {
     pub control: Option<PathBuf>,
     /// Passed to the app's `init`, on start and on every upgrade.
     pub args: Vec<String>,
+    pub limits: Limits,
+    /// What the app may reach besides its connections (nothing by default).
+    pub sandbox: Sandbox,
 }
 
 /// Why a host did not start.
@@ -62,7 +67,7 @@ struct Upgrader {
 }
 
 impl Upgrader {
-    fn upgrade(&self, wasm: &Path) -> Result<UpgradeReport, UpgradeError> {
+    fn upgrade(&self, wasm: &Path, from_checkpoint: bool) -> Result<UpgradeReport, UpgradeError> {
         let _guard = match self.in_progress.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::WouldBlock) => return Err(UpgradeError::InProgress),
@@ -70,14 +75,15 @@ impl Upgrader {
         };
         info!("upgrade to {} requested", wasm.display());
         let running = self.shared.running_info();
-        let prepared = match upgrade::prepare(&self.runtime, wasm, &self.args, &running) {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                info!("{e}");
-                self.shared.record_upgrade(Err(e.to_string()));
-                return Err(e);
-            }
-        };
+        let prepared =
+            match upgrade::prepare(&self.runtime, wasm, &self.args, &running, from_checkpoint) {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    info!("{e}");
+                    self.shared.record_upgrade(Err(e.to_string()));
+                    return Err(e);
+                }
+            };
         info!(
             "{} prepared in {:.1} ms; pausing {}",
             AppVersion::from(&prepared.info),
@@ -116,7 +122,8 @@ impl Host {
     /// Loads and starts the app, binds every listener and the control socket, and starts
     /// serving on a thread of its own.
     pub fn start(config: HostConfig) -> Result<RunningHost, StartError> {
-        let runtime = Runtime::new().map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        let runtime = Runtime::new(config.limits.clone(), config.sandbox.clone())
+            .map_err(|e| StartError::Engine(format!("{e:#}")))?;
         let mut config = config;
         // Shown by `status`; absolute, so it means the same from any directory.
         if let Ok(absolute) = std::fs::canonicalize(&config.app) {
@@ -178,10 +185,12 @@ impl Host {
                 let serving = Arc::clone(&upgrader);
                 let server = ControlServer::start(path, move |request| match request {
                     Request::Status => Response::Status(serving.shared.status()),
-                    Request::Upgrade { wasm } => match serving.upgrade(&wasm) {
-                        Ok(report) => Response::Upgraded(report),
-                        Err(e) => Response::Failed(e.to_string()),
-                    },
+                    Request::Upgrade { wasm, from_checkpoint } => {
+                        match serving.upgrade(&wasm, from_checkpoint) {
+                            Ok(report) => Response::Upgraded(report),
+                            Err(e) => Response::Failed(e.to_string()),
+                        }
+                    }
                 });
                 match server {
                     Ok(server) => Some(server),
@@ -209,7 +218,13 @@ impl RunningHost {
 
     /// Upgrades to the component at `wasm`, as `tasuki upgrade` does.
     pub fn upgrade(&self, wasm: &Path) -> Result<UpgradeReport, UpgradeError> {
-        self.upgrader.upgrade(wasm)
+        self.upgrader.upgrade(wasm, false)
+    }
+
+    /// Upgrades to `wasm` from the host's last checkpoint plus the events journaled since,
+    /// instead of the running version's export: the escape hatch for an app that cannot export.
+    pub fn upgrade_from_checkpoint(&self, wasm: &Path) -> Result<UpgradeReport, UpgradeError> {
+        self.upgrader.upgrade(wasm, true)
     }
 
     /// What `tasuki status` would show.
@@ -234,6 +249,10 @@ impl RunningHost {
 }
 
 /// `tasuki upgrade` as a function: asks the host behind `control` to upgrade to `wasm`.
-pub fn request_upgrade(control: &Path, wasm: &Path) -> Result<Response, control::ControlError> {
-    control::request(control, &Request::Upgrade { wasm: wasm.into() })
+pub fn request_upgrade(
+    control: &Path,
+    wasm: &Path,
+    from_checkpoint: bool,
+) -> Result<Response, control::ControlError> {
+    control::request(control, &Request::Upgrade { wasm: wasm.into(), from_checkpoint })
 }

@@ -5,12 +5,41 @@
 //! instance can never be entered again.
 
 use crate::bindings::{AppInfo, ConnInfo, Server, Snapshot};
-use crate::limits::{self, EVENT_DEADLINE, MEMORY_LIMIT, STATE_DEADLINE};
+use crate::limits;
 use crate::version::Version;
+use std::path::PathBuf;
 use std::time::Duration;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+
+/// A host directory a guest may use, given with `--dir HOST[::GUEST]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preopen {
+    pub host: PathBuf,
+    pub guest: String,
+}
+
+impl std::str::FromStr for Preopen {
+    type Err = String;
+
+    /// `HOST` (seen by the guest at the same path) or `HOST::GUEST`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, guest) = s.split_once("::").unwrap_or((s, s));
+        if host.is_empty() || guest.is_empty() {
+            return Err(format!("`{s}` is not HOST or HOST::GUEST"));
+        }
+        Ok(Self { host: host.into(), guest: guest.into() })
+    }
+}
+
+/// What a guest may reach beyond its own memory. Empty by default: no files, no environment,
+/// and never the network (guests speak to clients only through the host's `net`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    pub dirs: Vec<Preopen>,
+    pub env: Vec<(String, String)>,
+}
 
 /// Something a guest asked for during a call, applied by the dispatcher once the call returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +101,10 @@ pub(crate) fn describe_trap(e: &wasmtime::Error) -> String {
 pub struct Instance {
     store: Store<InstanceState>,
     server: Server,
+    /// Epoch ticks an event may run.
+    call_deadline: u64,
+    /// Epoch ticks a state call may run.
+    state_deadline: u64,
 }
 
 impl std::fmt::Debug for Instance {
@@ -81,31 +114,50 @@ impl std::fmt::Debug for Instance {
 }
 
 impl Instance {
-    /// Instantiates `version` with no ambient authority: no files, no network, no environment.
-    /// Guest stderr goes to the host's stderr, so a guest panic message is not lost.
+    /// Instantiates `version` with only what its [`Sandbox`] grants: no network ever, no files
+    /// or environment unless given. Guest stderr goes to the host's stderr, so a guest panic
+    /// message is not lost. The guest's wall clock is the host's [`crate::clock::EventClock`].
     pub fn new(version: &Version) -> Result<Self, CallError> {
-        let wasi = WasiCtx::builder()
-            .allow_tcp(false)
+        let runtime = &version.runtime;
+        let mut wasi = WasiCtx::builder();
+        wasi.allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .inherit_stderr()
-            .build();
+            .wall_clock(runtime.clock.clone());
+        for (key, value) in &runtime.sandbox.env {
+            wasi.env(key, value);
+        }
+        for dir in &runtime.sandbox.dirs {
+            wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite).map_err(|e| {
+                CallError::Trap(format!("cannot open --dir {}: {e:#}", dir.host.display()))
+            })?;
+        }
         let state = InstanceState {
-            wasi,
+            wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new().memory_size(MEMORY_LIMIT).instances(64).build(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(runtime.limits.memory)
+                .instances(64)
+                .build(),
             effects: Vec::new(),
         };
-        let mut store = Store::new(&version.runtime.engine, state);
+        let mut store = Store::new(&runtime.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline(limits::ticks(STATE_DEADLINE));
+        store.set_epoch_deadline(limits::ticks(runtime.limits.upgrade_deadline));
         let server = version.pre.instantiate(&mut store).map_err(trap)?;
-        Ok(Self { store, server })
+        let call_deadline = limits::ticks(runtime.limits.call_deadline);
+        let state_deadline = limits::ticks(runtime.limits.upgrade_deadline);
+        Ok(Self { store, server, call_deadline, state_deadline })
     }
 
-    fn deadline(&mut self, d: Duration) {
-        self.store.set_epoch_deadline(limits::ticks(d));
+    fn event(&mut self) {
+        self.store.set_epoch_deadline(self.call_deadline);
+    }
+
+    fn state_call(&mut self) {
+        self.store.set_epoch_deadline(self.state_deadline);
     }
 
     /// What the guest asked for since the last drain.
@@ -119,7 +171,7 @@ impl Instance {
     }
 
     pub fn init(&mut self, args: &[String]) -> Result<(), CallError> {
-        self.deadline(STATE_DEADLINE);
+        self.state_call();
         self.server
             .tasuki_server_app()
             .call_init(&mut self.store, args)
@@ -128,12 +180,12 @@ impl Instance {
     }
 
     pub fn describe(&mut self) -> Result<AppInfo, CallError> {
-        self.deadline(STATE_DEADLINE);
+        self.state_call();
         self.server.tasuki_server_state().call_describe(&mut self.store).map_err(trap)
     }
 
     pub fn export_state(&mut self) -> Result<Snapshot, CallError> {
-        self.deadline(STATE_DEADLINE);
+        self.state_call();
         self.server
             .tasuki_server_state()
             .call_export_state(&mut self.store)
@@ -146,7 +198,7 @@ impl Instance {
         snapshot: &Snapshot,
         live: &[ConnInfo],
     ) -> Result<(), CallError> {
-        self.deadline(STATE_DEADLINE);
+        self.state_call();
         self.server
             .tasuki_server_state()
             .call_import_state(&mut self.store, snapshot, live)
@@ -155,22 +207,22 @@ impl Instance {
     }
 
     pub fn on_connect(&mut self, conn: &ConnInfo) -> Result<(), CallError> {
-        self.deadline(EVENT_DEADLINE);
+        self.event();
         self.server.tasuki_server_app().call_on_connect(&mut self.store, conn).map_err(trap)
     }
 
     pub fn on_data(&mut self, conn: u64, data: &[u8]) -> Result<(), CallError> {
-        self.deadline(EVENT_DEADLINE);
+        self.event();
         self.server.tasuki_server_app().call_on_data(&mut self.store, conn, data).map_err(trap)
     }
 
     pub fn on_disconnect(&mut self, conn: u64) -> Result<(), CallError> {
-        self.deadline(EVENT_DEADLINE);
+        self.event();
         self.server.tasuki_server_app().call_on_disconnect(&mut self.store, conn).map_err(trap)
     }
 
     pub fn on_timer(&mut self, id: u64) -> Result<(), CallError> {
-        self.deadline(EVENT_DEADLINE);
+        self.event();
         self.server.tasuki_server_app().call_on_timer(&mut self.store, id).map_err(trap)
     }
 }

@@ -9,6 +9,9 @@
 //! - `net`, `timers`: the host side of the `tasuki:server` imports (one module per interface).
 //! - [`dispatcher`]: the event loop that owns listeners, connections and timers, feeds events to
 //!   the live instance, and performs the swap at an event boundary.
+//! - `recovery`: a checkpoint and a journal of events, so a trapped instance is rebuilt to the
+//!   state it had just before the event that trapped.
+//! - [`clock`]: the wall clock guests read, frozen per event so a replay sees the same time.
 //! - [`upgrade`]: the upgrade transaction — prepare off the loop, pause, export, import, commit or
 //!   roll back — and its report.
 //! - [`control`]: the control socket (`tasuki upgrade`, `tasuki status`) and its client.
@@ -16,12 +19,14 @@
 //! - [`limits`]: every bound put on a guest, named.
 
 pub mod bindings;
+pub mod clock;
 pub mod control;
 mod dispatcher;
 pub mod host;
 pub mod instance;
 pub mod limits;
 mod net;
+mod recovery;
 pub mod runtime;
 pub mod status;
 mod timers;

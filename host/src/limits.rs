@@ -7,16 +7,83 @@ use std::time::Duration;
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Deadline for one event (`on-connect`, `on-data`, `on-timer`, `on-disconnect`). An event that
-/// runs this long is a bug or an endless loop: a KV command takes microseconds.
+/// runs this long is a bug or an endless loop: a KV command takes microseconds, and a second is
+/// long enough for a 64 KiB batch of the slowest command on a loaded machine.
 pub const EVENT_DEADLINE: Duration = Duration::from_secs(1);
 
-/// Deadline for `init`, `describe`, `export-state` and `import-state`. These scale with the state
-/// (1M keys) and run rarely, so they get more room than an event.
+/// Deadline for each of `init`, `describe`, `export-state` and `import-state` (and so for the
+/// pause of an upgrade). These scale with the state and run rarely: 10 s moves gigabytes.
 pub const STATE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Linear memory one instance may grow to. Two instances exist during an upgrade, so the host
 /// can need twice this. 1 GiB holds a few million small keys.
 pub const MEMORY_LIMIT: usize = 1 << 30;
+
+/// Largest state an upgrade will move. An export larger than this rolls the upgrade back:
+/// the new instance would need the same again in its own memory, during the pause.
+pub const MAX_STATE: u64 = 512 << 20;
+
+/// Connections open at once; more are accepted and closed at once. Redis's default `maxclients`.
+pub const MAX_CONNECTIONS: usize = 10_000;
+
+/// Output queued for one connection beyond which the host closes it, like Redis's
+/// client-output-buffer-limit: a client that asks for far more than it reads is cut off before
+/// it costs the host its memory. Reading from a connection already stops at [`OUTPUT_HIGH_WATER`].
+pub const OUTPUT_LIMIT: usize = 256 << 20;
+
+/// Bytes of events kept in the recovery journal before protection gives up (see `recovery`).
+/// The journal is normally cut far below this by checkpoints; it only gets here when the app's
+/// export keeps failing.
+pub const JOURNAL_LIMIT: usize = 256 << 20;
+
+/// Journal size at which a checkpoint is taken, at the least. Above it, a checkpoint is taken
+/// when the journal outgrows the last checkpoint, so checkpointing costs at most about one
+/// export per byte of input.
+pub const CHECKPOINT_MIN: usize = 4 << 20;
+
+/// Concurrent control-socket clients; more are refused at once.
+pub const MAX_CONTROL_CLIENTS: usize = 16;
+
+/// Every limit a host applies, with the defaults above. `tasuki run` exposes each as a flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory per instance, in bytes.
+    pub memory: usize,
+    /// Deadline of one event.
+    pub call_deadline: Duration,
+    /// Deadline of each state call (`init`, export, import).
+    pub upgrade_deadline: Duration,
+    /// Largest state an upgrade moves, in bytes.
+    pub max_state: u64,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Output queued per connection before reading from it stops; the connection is closed at
+    /// 32 times this (at least [`OUTPUT_LIMIT`]).
+    pub output_buffer: usize,
+    /// Recovery journal bound, in bytes; 0 turns recovery off (a trap then loses the state).
+    pub journal: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory: MEMORY_LIMIT,
+            call_deadline: EVENT_DEADLINE,
+            upgrade_deadline: STATE_DEADLINE,
+            max_state: MAX_STATE,
+            max_connections: MAX_CONNECTIONS,
+            output_buffer: OUTPUT_HIGH_WATER,
+            journal: JOURNAL_LIMIT,
+        }
+    }
+}
+
+impl Limits {
+    /// Queued output at which a connection is closed.
+    pub fn output_limit(&self) -> usize {
+        self.output_buffer.saturating_mul(32).max(OUTPUT_LIMIT)
+    }
+}
 
 /// Largest read from one connection handed to the guest in one `on-data` call.
 pub const READ_CHUNK: usize = 64 * 1024;

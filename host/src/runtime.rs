@@ -2,8 +2,9 @@
 //! epoch ticker that turns deadlines into traps.
 
 use crate::bindings::Server;
-use crate::instance::InstanceState;
-use crate::limits::EPOCH_TICK;
+use crate::clock::EventClock;
+use crate::instance::{InstanceState, Sandbox};
+use crate::limits::{EPOCH_TICK, Limits};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -21,6 +22,9 @@ pub struct Runtime {
     /// Recently compiled components by content: upgrading to a file compiled before (a
     /// rollback and retry, v2 -> v2) skips the compiler.
     compiled: Arc<Mutex<Vec<(Arc<[u8]>, Component)>>>,
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) sandbox: Arc<Sandbox>,
+    pub(crate) clock: EventClock,
     /// Held only for its `Drop`: the ticker runs while any clone of this runtime lives.
     _ticker: Arc<Ticker>,
 }
@@ -47,7 +51,7 @@ impl Runtime {
     /// Builds the engine (epoch interruption on, so every call can have a deadline) and links
     /// `tasuki:server` plus WASI p2. WASI is linked because Rust's std imports it; what a guest
     /// may reach through it is decided per instance, and by default that is nothing.
-    pub fn new() -> wasmtime::Result<Self> {
+    pub fn new(limits: Limits, sandbox: Sandbox) -> wasmtime::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
@@ -74,6 +78,9 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             compiled: Arc::default(),
+            limits: Arc::new(limits),
+            sandbox: Arc::new(sandbox),
+            clock: EventClock::default(),
             _ticker: Arc::new(Ticker { stop }),
         })
     }

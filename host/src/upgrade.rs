@@ -42,6 +42,22 @@ pub struct SectionReport {
     pub bytes: u64,
 }
 
+/// Where the state a new version imported came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateSource {
+    /// Exported by the running version during the pause: the normal case.
+    Export,
+    /// `--from-checkpoint`: the host's last checkpoint, then every event journaled since,
+    /// replayed into the new version. Used when the running version cannot export.
+    Checkpoint {
+        /// When the checkpoint was taken; `None` if there was none (the app's start).
+        at_unix_ms: Option<u64>,
+        events_replayed: u64,
+        /// False if the journal had overflowed: changes after the checkpoint are lost.
+        complete: bool,
+    },
+}
+
 /// What a committed upgrade did and what it cost.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpgradeReport {
@@ -61,6 +77,7 @@ pub struct UpgradeReport {
     pub state_bytes: u64,
     /// Connections open across the swap (none is closed by it).
     pub connections: u64,
+    pub source: StateSource,
 }
 
 fn ms(d: Duration) -> String {
@@ -89,7 +106,24 @@ impl fmt::Display for UpgradeReport {
             ms(self.prepare),
             ms(self.compile)
         )?;
-        write!(f, "  connections  {} kept open", self.connections)
+        write!(f, "  connections  {} kept open", self.connections)?;
+        if let StateSource::Checkpoint { at_unix_ms, events_replayed, complete } = &self.source {
+            let at = match at_unix_ms {
+                Some(at) => format!(
+                    "the checkpoint of {:.1}s ago",
+                    crate::status::now_unix_ms().saturating_sub(*at) as f64 / 1e3
+                ),
+                None => "the app's start (no checkpoint was taken)".to_string(),
+            };
+            write!(f, "\n  state from   {at}, then {events_replayed} events replayed")?;
+            if !complete {
+                write!(
+                    f,
+                    "\n  WARNING      the journal had overflowed: changes after the checkpoint are lost"
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -115,8 +149,16 @@ pub enum UpgradeError {
         version: u32,
         accepts: Vec<u32>,
     },
-    #[error("rolled back, {running} keeps serving: it failed to export its state: {reason}")]
-    Export { running: AppVersion, reason: String },
+    #[error(
+        "rolled back, {running} keeps serving: it failed to export its state: {reason}{}",
+        if *rebuilt { " (it was rebuilt from its checkpoint and journal; if export keeps failing, \
+        `tasuki upgrade --from-checkpoint` moves the last checkpoint and replays the events since)" } else { "" }
+    )]
+    Export { running: AppVersion, reason: String, rebuilt: bool },
+    #[error(
+        "rolled back, {running} keeps serving: its state is {bytes} bytes, over the limit of {limit} (--max-state)"
+    )]
+    TooLarge { running: AppVersion, bytes: u64, limit: u64 },
     #[error("rolled back, {running} keeps serving: {new} failed to import the state: {reason}")]
     Import { running: AppVersion, new: AppVersion, reason: String },
     #[error("the host is shutting down")]
@@ -130,6 +172,7 @@ pub struct Prepared {
     pub(crate) instance: Instance,
     pub(crate) info: AppInfo,
     pub(crate) prepare_time: Duration,
+    pub(crate) from_checkpoint: bool,
 }
 
 /// Steps 2 of the upgrade: everything that can happen before the pause.
@@ -138,13 +181,14 @@ pub(crate) fn prepare(
     wasm: &Path,
     args: &[String],
     running: &AppInfo,
+    from_checkpoint: bool,
 ) -> Result<Prepared, UpgradeError> {
     let started = Instant::now();
     let version = Version::load(runtime, wasm)?;
     let (instance, info) = start(&version, args)
         .map_err(|reason| UpgradeError::Start { wasm: wasm.into(), reason: reason.to_string() })?;
     check_compatible(wasm, running, &info)?;
-    Ok(Prepared { version, instance, info, prepare_time: started.elapsed() })
+    Ok(Prepared { version, instance, info, prepare_time: started.elapsed(), from_checkpoint })
 }
 
 /// Instantiates a version and runs `init` and `describe`: a cold start, or an upgrade's prepare.

@@ -43,6 +43,9 @@ impl std::fmt::Debug for Version {
     }
 }
 
+/// What a server must export; named in the refusal when missing.
+const REQUIRED_EXPORTS: [&str; 2] = ["tasuki:server/app@0.1.0", "tasuki:server/state@0.1.0"];
+
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
 /// The layer/version word of a core module (version 1, layer 0).
 const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
@@ -72,6 +75,24 @@ impl Version {
             .compile(bytes)
             .map_err(|e| LoadError::Compile { path: path.into(), reason: format!("{e:#}") })?;
         let compile_time = started.elapsed();
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(&runtime.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let missing: Vec<&str> =
+            REQUIRED_EXPORTS.iter().copied().filter(|r| !exports.iter().any(|e| e == r)).collect();
+        if !missing.is_empty() {
+            let exported =
+                if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") };
+            return Err(LoadError::WrongWorld {
+                path: path.into(),
+                reason: format!(
+                    "it does not export {} (it exports {exported})",
+                    missing.join(", ")
+                ),
+            });
+        }
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
             path: path.into(),
             reason: format!("{e:#}"),

@@ -16,6 +16,9 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("KV_V1", "kv-v1", "kv_v1"),
     ("KV_V2", "kv-v2", "kv_v2"),
     ("KV_REFUSES_IMPORT", "kv-refuses-import", "kv_refuses_import"),
+    ("MISBEHAVE", "misbehave", "misbehave"),
+    ("MISSING_EXPORT", "missing-export", "missing_export"),
+    ("EXTRA_IMPORT", "extra-import", "extra_import"),
 ];
 
 fn main() {

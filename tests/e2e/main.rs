@@ -2,5 +2,9 @@
 //! real upgrades. One binary; one module per story.
 
 mod clients;
+mod control;
+mod faults;
 mod hot_swap;
+mod limits;
 mod rollback;
+mod upgrade_faults;

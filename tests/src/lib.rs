@@ -20,17 +20,19 @@ pub struct TestHost {
 }
 
 impl TestHost {
-    /// Starts `wasm` (one of [`artifacts`]).
+    /// Starts `wasm` (one of [`artifacts`]) with the default limits.
     pub fn start(wasm: &str) -> Self {
+        Self::with(HostConfig { app: wasm.into(), ..HostConfig::default() })
+    }
+
+    /// Starts `config.app` with `config`'s limits, sandbox and arguments, on a free loopback
+    /// port with a control socket of its own.
+    pub fn with(mut config: HostConfig) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let control = dir.path().join("tasuki.sock");
-        let host = Host::start(HostConfig {
-            app: wasm.into(),
-            listen: vec!["127.0.0.1:0".parse().expect("addr")],
-            control: Some(control.clone()),
-            args: Vec::new(),
-        })
-        .unwrap_or_else(|e| panic!("host did not start: {e}"));
+        config.listen = vec!["127.0.0.1:0".parse().expect("addr")];
+        config.control = Some(control.clone());
+        let host = Host::start(config).unwrap_or_else(|e| panic!("host did not start: {e}"));
         let addr = host.local_addrs()[0];
         Self { host: Some(host), addr, control, _dir: dir }
     }
@@ -42,7 +44,7 @@ impl TestHost {
     /// A Redis client connected to the app.
     pub fn client(&self) -> redis::Connection {
         let client = redis::Client::open(format!("redis://{}/", self.addr)).expect("client");
-        let mut conn = client.get_connection().expect("connect");
+        let conn = client.get_connection().expect("connect");
         conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
         conn
     }
@@ -59,9 +61,21 @@ impl TestHost {
         self.host().upgrade(Path::new(wasm))
     }
 
+    /// Upgrades from the last checkpoint and journal (`tasuki upgrade --from-checkpoint`).
+    pub fn upgrade_from_checkpoint(&self, wasm: &str) -> Result<UpgradeReport, UpgradeError> {
+        self.host().upgrade_from_checkpoint(Path::new(wasm))
+    }
+
     /// Upgrades through the control socket, as `tasuki upgrade` does.
     pub fn upgrade_via_control(&self, wasm: &str) -> Response {
-        control::request(&self.control, &Request::Upgrade { wasm: wasm.into() }).expect("control")
+        let request = Request::Upgrade { wasm: wasm.into(), from_checkpoint: false };
+        control::request(&self.control, &request).expect("control")
+    }
+
+    /// A line-protocol client (for the `misbehave` fixture).
+    pub fn lines(&self) -> LineClient {
+        let stream = self.raw();
+        LineClient { reader: std::io::BufReader::new(stream.try_clone().expect("clone")), stream }
     }
 
     /// `tasuki status`, through the control socket.
@@ -105,4 +119,37 @@ pub fn expect_silence(stream: &mut std::net::TcpStream, wait: Duration) {
         ),
     }
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+}
+
+/// One command per line, one reply line each: the `misbehave` fixture's protocol.
+#[derive(Debug)]
+pub struct LineClient {
+    pub stream: std::net::TcpStream,
+    reader: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl LineClient {
+    /// Sends `line`, returns the reply without its newline.
+    pub fn call(&mut self, line: &str) -> String {
+        self.try_call(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    /// Like [`LineClient::call`], but an `Err` when the connection is closed or fails.
+    pub fn try_call(&mut self, line: &str) -> std::io::Result<String> {
+        use std::io::{BufRead, Write};
+        self.stream.write_all(format!("{line}\n").as_bytes())?;
+        let mut reply = String::new();
+        if self.reader.read_line(&mut reply)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(reply.trim_end().to_string())
+    }
+
+    /// Sends `line` and waits for the host to close the connection instead of answering.
+    pub fn expect_closed(&mut self, line: &str) {
+        match self.try_call(line) {
+            Ok(reply) => panic!("{line:?} was answered ({reply:?}); the connection should close"),
+            Err(_) => {}
+        }
+    }
 }

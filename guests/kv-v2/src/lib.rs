@@ -86,7 +86,7 @@ impl Server for Kv {
         self.arm_expiry_timer(ctx, now_ms);
     }
 
-    fn resumed(&mut self, ctx: &mut Ctx) {
+    fn resumed(&mut self, ctx: &mut Ctx, _fresh: Self) {
         self.db.rebuild_deadlines();
         self.timer_armed_for = None;
         let now_ms = ctx.now_ms();

@@ -13,6 +13,12 @@ use tasuki::control::Response;
 pub struct UpgradeCommand {
     /// The new version's component.
     new: PathBuf,
+    /// Escape hatch for an app whose export keeps failing: take the state from the host's last
+    /// checkpoint and replay every event journaled since into NEW, instead of asking the
+    /// running version to export. The report says how old the checkpoint was, and warns if
+    /// the journal had overflowed (changes after the checkpoint are then lost).
+    #[arg(long)]
+    from_checkpoint: bool,
     #[command(flatten)]
     control: ControlArg,
 }
@@ -21,7 +27,7 @@ impl UpgradeCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let wasm = std::fs::canonicalize(&self.new)
             .with_context(|| format!("cannot read {}", self.new.display()))?;
-        match tasuki::host::request_upgrade(&self.control.control, &wasm)? {
+        match tasuki::host::request_upgrade(&self.control.control, &wasm, self.from_checkpoint)? {
             Response::Upgraded(report) => {
                 println!("{report}");
                 Ok(ExitCode::SUCCESS)

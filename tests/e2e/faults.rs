@@ -1,0 +1,94 @@
+//! A guest that faults while serving: the fault is contained to the event that caused it.
+//! The instance is rebuilt from its checkpoint and journal, every other connection stays open,
+//! and no state is lost except what the faulting event would have done.
+
+use std::time::{Duration, Instant};
+use tasuki::HostConfig;
+use tasuki::limits::Limits;
+use tasuki_tests::{TestHost, artifacts};
+
+fn misbehave(limits: Limits) -> TestHost {
+    TestHost::with(HostConfig { app: artifacts::MISBEHAVE.into(), limits, ..HostConfig::default() })
+}
+
+fn short_deadline() -> Limits {
+    Limits { call_deadline: Duration::from_millis(200), ..Limits::default() }
+}
+
+#[test]
+fn a_handler_that_loops_forever_is_stopped_and_only_its_connection_closes() {
+    let host = misbehave(short_deadline());
+    let mut a = host.lines();
+    for i in 0..100 {
+        assert_eq!(a.call(&format!("set k{i} v{i}")), "ok");
+    }
+    let mut b = host.lines();
+    let started = Instant::now();
+    b.expect_closed("loop");
+    assert!(started.elapsed() < Duration::from_secs(5), "the deadline stopped it");
+
+    // A was never closed, and the rebuilt instance has every key A wrote.
+    assert_eq!(a.call("get k0"), "v0");
+    assert_eq!(a.call("get k99"), "v99");
+    assert_eq!(a.call("count"), "1", "the rebuilt instance knows B is gone");
+    let mut c = host.lines();
+    assert_eq!(c.call("get k42"), "v42");
+    assert_eq!(host.status().connections, 2);
+}
+
+#[test]
+fn a_panicking_handler_loses_only_its_own_event() {
+    let host = misbehave(Limits::default());
+    let mut a = host.lines();
+    assert_eq!(a.call("set before yes"), "ok");
+    let mut b = host.lines();
+    assert_eq!(b.call("set from-b also"), "ok");
+    b.expect_closed("panic");
+    assert_eq!(a.call("get before"), "yes");
+    assert_eq!(a.call("get from-b"), "also", "B's earlier events were replayed");
+    // Twice more: recovery composes.
+    for _ in 0..2 {
+        host.lines().expect_closed("panic");
+    }
+    assert_eq!(a.call("set after yes"), "ok");
+    assert_eq!(a.call("get before"), "yes");
+    assert_eq!(a.call("count"), "1");
+}
+
+#[test]
+fn a_guest_past_its_memory_cap_traps_and_the_host_stays_up() {
+    let host = misbehave(Limits { memory: 64 << 20, ..Limits::default() });
+    let mut a = host.lines();
+    assert_eq!(a.call("set k v"), "ok");
+    assert_eq!(a.call("alloc 8"), "ok holding 8 MiB", "within the cap");
+    host.lines().expect_closed("alloc 200");
+    assert_eq!(a.call("get k"), "v");
+    // The rebuilt instance replayed `alloc 8` too: it holds exactly what it held before.
+    assert_eq!(host.lines().call("alloc 16"), "ok holding 24 MiB");
+}
+
+#[test]
+fn a_trap_with_recovery_off_restarts_fresh_and_keeps_connections() {
+    let host = misbehave(Limits { journal: 0, ..Limits::default() });
+    let mut a = host.lines();
+    assert_eq!(a.call("set k v"), "ok");
+    host.lines().expect_closed("panic");
+    // The documented cost of --journal 0: the state is gone, the connection is not.
+    assert_eq!(a.call("get k"), "nil");
+    assert_eq!(a.call("count"), "1");
+}
+
+#[test]
+fn checkpoints_bound_the_journal_and_recovery_still_has_everything() {
+    let host = misbehave(Limits::default());
+    let mut a = host.lines();
+    // More input than the minimum checkpoint interval (4 MiB), so at least one checkpoint
+    // is taken and then events journaled after it.
+    let value = "x".repeat(1000);
+    for i in 0..6000 {
+        assert_eq!(a.call(&format!("set k{i} {value}")), "ok");
+    }
+    host.lines().expect_closed("panic");
+    assert_eq!(a.call("get k0"), value);
+    assert_eq!(a.call("get k5999"), value);
+}
