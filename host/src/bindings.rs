@@ -8,5 +8,5 @@ wasmtime::component::bindgen!({
     path: "../wit",
 });
 
-pub use exports::tasuki::server as server_exports;
-pub use tasuki::server::types::{AppInfo, ConnInfo, Section, SectionSpec, Snapshot};
+pub use self::exports::tasuki::server as server_exports;
+pub use self::tasuki::server::types::{AppInfo, ConnInfo, Section, SectionSpec, Snapshot};

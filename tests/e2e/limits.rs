@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tasuki::HostConfig;
 use tasuki::instance::{Preopen, Sandbox};
 use tasuki::limits::Limits;
-use tasuki_tests::{TestHost, artifacts, expect_bytes};
+use tasuki_tests::{TestHost, artifacts};
 
 #[test]
 fn a_client_that_stops_reading_is_throttled_and_loses_nothing() {

@@ -12,6 +12,7 @@ fn main() -> anyhow::Result<()> {
         listen: vec!["127.0.0.1:0".parse()?],
         control: None,
         args: Vec::new(),
+        ..HostConfig::default()
     })?;
     let addr = host.local_addrs()[0];
     let mut conn = redis::Client::open(format!("redis://{addr}/"))?.get_connection()?;
