@@ -76,7 +76,7 @@ fn fill(instance: &mut Instance, keys: u64) {
     while next < keys {
         let end = (next + 1000).min(keys);
         let pairs: Vec<(String, String)> =
-            (next..end).map(|i| (format!("key:{i:09}"), format!("{i:016}"))).collect();
+            (next..end).map(|i| (format!("key:{i:012}"), format!("{i:016}"))).collect();
         let mut args: Vec<&[u8]> = vec![b"MSET"];
         for (k, v) in &pairs {
             args.push(k.as_bytes());

@@ -160,3 +160,47 @@ fn sigterm_stops_the_host_and_removes_its_socket() {
     assert!(status.success(), "{status:?}");
     assert!(!socket.exists(), "the control socket is removed on a clean stop");
 }
+
+#[test]
+fn run_help_shows_every_limit_with_its_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = text(&tasuki(dir.path(), &["run", "--help"]).stdout);
+    for (flag, default) in [
+        ("--memory-limit", "1024"),
+        ("--call-deadline", "1000"),
+        ("--upgrade-deadline", "10000"),
+        ("--max-state", "512"),
+        ("--max-connections", "10000"),
+        ("--output-buffer", "8192"),
+        ("--journal", "256"),
+    ] {
+        let line = help
+            .lines()
+            .position(|l| l.contains(flag))
+            .unwrap_or_else(|| panic!("{flag}:\n{help}"));
+        let described: String = help.lines().skip(line).take(6).collect::<Vec<_>>().join("\n");
+        assert!(described.contains(&format!("[default: {default}]")), "{flag}:\n{described}");
+    }
+    assert!(help.contains("--dir <HOST[::GUEST]>") && help.contains("--env <KEY=VALUE>"), "{help}");
+
+    let out = tasuki(
+        dir.path(),
+        &["run", tasuki_artifacts::KV_V1, "--listen", "127.0.0.1:0", "--memory-limit", "0"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--memory-limit must be at least 1 MiB"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = tasuki(
+        dir.path(),
+        &["run", tasuki_artifacts::KV_V1, "--listen", "127.0.0.1:0", "--dir", "/no/such/dir"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--dir /no/such/dir: not a directory"),
+        "{}",
+        text(&out.stderr)
+    );
+}
