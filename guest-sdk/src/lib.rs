@@ -40,6 +40,8 @@
 //! # Layout
 //! - [`Server`], [`Ctx`]: what an app implements and what it calls.
 //! - [`Migrations`]: older state versions an app accepts.
+//! - [`Transform`], [`export_transform!`]: a state transformer, for when a release should not
+//!   carry the old state type itself.
 //! - `runtime` (hidden): the glue between the generated bindings and a [`Server`].
 #![deny(missing_docs)]
 
@@ -50,9 +52,11 @@ mod ctx;
 mod migrations;
 #[doc(hidden)]
 pub mod runtime;
+pub mod transform;
 
 pub use ctx::{ConnId, ConnInfo, Ctx};
 pub use migrations::Migrations;
+pub use transform::Transform;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
