@@ -10,3 +10,17 @@ wasmtime::component::bindgen!({
 
 pub use self::exports::tasuki::server as server_exports;
 pub use self::tasuki::server::types::{AppInfo, ConnInfo, Section, SectionSpec, Snapshot};
+
+/// The `transformer` world. Its `types` are the server world's, so a snapshot moves between an
+/// app and a transformer without conversion.
+pub mod transformer {
+    wasmtime::component::bindgen!({
+        world: "tasuki:server/transformer",
+        path: "../wit",
+        with: {
+            "tasuki:server/types": crate::bindings::tasuki::server::types,
+        },
+    });
+}
+
+pub use self::tasuki::server::types::{SectionStep, TransformInfo};

@@ -8,7 +8,8 @@
 
 use crate::limits::{CONTROL_READ_TIMEOUT, MAX_CONTROL_CLIENTS, MAX_CONTROL_MESSAGE};
 use crate::status::Status;
-use crate::upgrade::UpgradeReport;
+use crate::snapshot::SnapshotReport;
+use crate::upgrade::{UpgradeOptions, UpgradeReport};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
@@ -28,13 +29,10 @@ pub const DEFAULT_CONTROL_PATH: &str = "tasuki.sock";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     Status,
-    /// Upgrade to the component at this path (absolute, read by the host). With
-    /// `from_checkpoint`, the state comes from the host's last checkpoint and journal instead of
-    /// the running version's export (for an app whose export keeps failing).
-    Upgrade {
-        wasm: PathBuf,
-        from_checkpoint: bool,
-    },
+    /// Upgrade to the component at this path (absolute, read by the host).
+    Upgrade { wasm: PathBuf, options: UpgradeOptions },
+    /// Write the running state to this file (absolute), at an event boundary.
+    Snapshot { out: PathBuf },
 }
 
 /// A host's answer.
@@ -42,6 +40,7 @@ pub enum Request {
 pub enum Response {
     Status(Status),
     Upgraded(UpgradeReport),
+    Snapshotted(SnapshotReport),
     /// The request was understood and failed, or was not understood; the text says which.
     Failed(String),
 }
@@ -292,14 +291,20 @@ mod tests {
 
     #[test]
     fn a_request_round_trips() {
-        let request = Request::Upgrade { wasm: "/srv/kv-v2.wasm".into(), from_checkpoint: true };
+        let request = Request::Upgrade {
+            wasm: "/srv/kv-v2.wasm".into(),
+            options: UpgradeOptions {
+                transforms: vec!["/srv/a.wasm".into(), "/srv/b.wasm".into()],
+                from_checkpoint: true,
+            },
+        };
         let bytes = frame(&request);
         assert_eq!(decode_message::<Request>(&mut &bytes[..]).unwrap(), request);
     }
 
     #[test]
     fn every_truncation_and_every_byte_flip_is_refused_or_decoded_never_a_panic() {
-        let bytes = frame(&Request::Upgrade { wasm: "/a/b.wasm".into(), from_checkpoint: false });
+        let bytes = frame(&Request::Upgrade { wasm: "/a/b.wasm".into(), options: UpgradeOptions::default() });
         for len in 0..bytes.len() {
             assert!(decode_message::<Request>(&mut &bytes[..len]).is_err(), "truncated at {len}");
         }

@@ -30,6 +30,8 @@ use tracing::{debug, error, info, warn};
 /// Asks the loop to do something at the next event boundary.
 pub(crate) enum Command {
     Upgrade(Box<Prepared>, mpsc::SyncSender<Swapped>),
+    /// Export the state (a copy: the app serves on) and say how long the export paused it.
+    Snapshot(mpsc::SyncSender<Result<(Snapshot, Duration), String>>),
     Shutdown,
 }
 
@@ -303,6 +305,9 @@ impl Dispatcher {
                         // The requester may have gone away; the outcome is logged either way.
                         let _ = reply.send(swapped);
                     }
+                    Ok(Command::Snapshot(reply)) => {
+                        let _ = reply.send(self.snapshot());
+                    }
                     Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => {
                         info!("dispatcher stopped");
                         return;
@@ -526,6 +531,26 @@ impl Dispatcher {
         }
     }
 
+    /// `tasuki snapshot`: the live state, which also serves as a fresh checkpoint.
+    fn snapshot(&mut self) -> Result<(Snapshot, Duration), String> {
+        let started = Instant::now();
+        match self.instance.export_state() {
+            Ok(snapshot) => {
+                let pause = started.elapsed();
+                self.instance.discard_effects();
+                self.journal.set_checkpoint(snapshot.clone(), self.net.live());
+                Ok((snapshot, pause))
+            }
+            Err(e) => {
+                let reason = format!("{} failed to export its state: {e}", self.app());
+                if let CallError::Trap(_) = e {
+                    self.fault(&e, None);
+                }
+                Err(reason)
+            }
+        }
+    }
+
     /// Exports the live state so the journal can start over from it.
     fn take_checkpoint(&mut self) {
         let started = Instant::now();
@@ -594,8 +619,22 @@ impl Dispatcher {
             };
             return rollback(self, err, next.instance);
         }
+        // The exported snapshot (not the transformed one) stays the journal's checkpoint only
+        // until commit; the transformed one is what the new version imports.
+        let transformed = match (&snapshot, next.pipeline.is_empty()) {
+            (Some(snapshot), false) => match next.pipeline.apply(snapshot.clone()) {
+                Ok((transformed, _)) => Some(transformed),
+                Err(e) => {
+                    let err = UpgradeError::Transform { running, reason: e.to_string() };
+                    return rollback(self, err, next.instance);
+                }
+            },
+            _ => None,
+        };
+        let transform = paused.elapsed() - export;
 
-        let imported = match &snapshot {
+        let crossing = transformed.as_ref().or(snapshot.as_ref());
+        let imported = match crossing {
             Some(snapshot) => next.instance.import_state(snapshot, &live),
             None => Ok(()),
         };
@@ -607,7 +646,7 @@ impl Dispatcher {
             let err = UpgradeError::Import { running, new, reason: e.to_string() };
             return rollback(self, err, next.instance);
         }
-        let import = paused.elapsed() - export;
+        let import = paused.elapsed() - export - transform;
 
         // Commit: from here on every event goes to the new instance.
         let retired = std::mem::replace(&mut self.instance, next.instance);
@@ -625,8 +664,10 @@ impl Dispatcher {
             compile: self.version.compile_time,
             pause,
             export,
+            transform,
+            transformers: next.pipeline.stages.iter().map(|t| t.info.name.clone()).collect(),
             import,
-            sections: snapshot.as_ref().map_or_else(Vec::new, sections),
+            sections: crossing.map_or_else(Vec::new, sections),
             state_bytes,
             connections: self.net.live().len() as u64,
             source,

@@ -7,7 +7,10 @@ use crate::instance::Sandbox;
 use crate::limits::Limits;
 use crate::runtime::Runtime;
 use crate::status::{Shared, Status};
-use crate::upgrade::{self, AppVersion, UpgradeError, UpgradeReport};
+use crate::upgrade::{self, AppVersion, UpgradeError, UpgradeOptions, UpgradeReport};
+use crate::bindings::{AppInfo, Snapshot};
+use crate::snapshot::{SnapshotFile, SnapshotReport};
+use crate::transformer::Pipeline;
 use crate::version::{LoadError, Version};
 use mio::{Poll, Waker};
 use std::net::SocketAddr;
@@ -30,6 +33,15 @@ pub struct HostConfig {
     pub limits: Limits,
     /// What the app may reach besides its connections (nothing by default).
     pub sandbox: Sandbox,
+    /// Start from a snapshot file instead of empty state (`--restore`).
+    pub restore: Option<Restore>,
+}
+
+/// A snapshot file to start from, and the transformers between its state and the app.
+#[derive(Debug, Clone, Default)]
+pub struct Restore {
+    pub file: PathBuf,
+    pub transforms: Vec<PathBuf>,
 }
 
 /// Why a host did not start.
@@ -45,6 +57,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot open the control socket {path}: {source}")]
     Control { path: PathBuf, source: std::io::Error },
+    #[error("cannot restore {file}: {reason}")]
+    Restore { file: PathBuf, reason: String },
     #[error("cannot start the event loop: {0}")]
     Loop(std::io::Error),
 }
@@ -67,7 +81,33 @@ struct Upgrader {
 }
 
 impl Upgrader {
-    fn upgrade(&self, wasm: &Path, from_checkpoint: bool) -> Result<UpgradeReport, UpgradeError> {
+    /// `tasuki snapshot`: export at an event boundary, write the file off the loop.
+    fn snapshot(&self, out: &Path) -> Result<SnapshotReport, String> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let sent = self
+            .commands
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .send(Command::Snapshot(reply));
+        if sent.is_err() || self.waker.wake().is_err() {
+            return Err(UpgradeError::HostStopped.to_string());
+        }
+        let (snapshot, pause) = answer.recv().map_err(|_| UpgradeError::HostStopped.to_string())??;
+        let file = SnapshotFile::from_snapshot(&snapshot);
+        let file_bytes = file.write(out).map_err(|e| e.to_string())?;
+        let report = SnapshotReport {
+            path: out.into(),
+            app: file.app.clone(),
+            app_version: file.app_version.clone(),
+            file_bytes,
+            sections: file.sections.iter().map(|s| (s.name.clone(), s.version, s.bytes.len() as u64)).collect(),
+            pause,
+        };
+        info!("{report}");
+        Ok(report)
+    }
+
+    fn upgrade(&self, wasm: &Path, options: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
         let _guard = match self.in_progress.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::WouldBlock) => return Err(UpgradeError::InProgress),
@@ -76,7 +116,7 @@ impl Upgrader {
         info!("upgrade to {} requested", wasm.display());
         let running = self.shared.running_info();
         let prepared =
-            match upgrade::prepare(&self.runtime, wasm, &self.args, &running, from_checkpoint) {
+            match upgrade::prepare(&self.runtime, wasm, &self.args, &running, options) {
                 Ok(prepared) => prepared,
                 Err(e) => {
                     info!("{e}");
@@ -130,8 +170,18 @@ impl Host {
             config.app = absolute;
         }
         let version = Version::load(&runtime, &config.app)?;
-        let (instance, info) = upgrade::start(&version, &config.args)
+        let (mut instance, info) = upgrade::start(&version, &config.args)
             .map_err(|e| StartError::Start { app: config.app.clone(), reason: e.to_string() })?;
+        if let Some(restore) = &config.restore {
+            let snapshot = migrate(&runtime, &restore.file, &restore.transforms, Some(&info))
+                .map_err(|reason| StartError::Restore { file: restore.file.clone(), reason })?;
+            instance.import_state(&snapshot, &[]).map_err(|e| StartError::Restore {
+                file: restore.file.clone(),
+                reason: format!("{} refused the state: {e}", AppVersion::from(&info)),
+            })?;
+            instance.discard_effects_before_start();
+            info!("{} restored from {}", AppVersion::from(&info), restore.file.display());
+        }
 
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
@@ -185,8 +235,12 @@ impl Host {
                 let serving = Arc::clone(&upgrader);
                 let server = ControlServer::start(path, move |request| match request {
                     Request::Status => Response::Status(serving.shared.status()),
-                    Request::Upgrade { wasm, from_checkpoint } => {
-                        match serving.upgrade(&wasm, from_checkpoint) {
+                    Request::Snapshot { out } => match serving.snapshot(&out) {
+                        Ok(report) => Response::Snapshotted(report),
+                        Err(e) => Response::Failed(e),
+                    },
+                    Request::Upgrade { wasm, options } => {
+                        match serving.upgrade(&wasm, &options) {
                             Ok(report) => Response::Upgraded(report),
                             Err(e) => Response::Failed(e.to_string()),
                         }
@@ -218,13 +272,27 @@ impl RunningHost {
 
     /// Upgrades to the component at `wasm`, as `tasuki upgrade` does.
     pub fn upgrade(&self, wasm: &Path) -> Result<UpgradeReport, UpgradeError> {
-        self.upgrader.upgrade(wasm, false)
+        self.upgrader.upgrade(wasm, &UpgradeOptions::default())
+    }
+
+    /// Upgrades with transformers or from the last checkpoint, as `tasuki upgrade` with flags.
+    pub fn upgrade_with(
+        &self,
+        wasm: &Path,
+        options: &UpgradeOptions,
+    ) -> Result<UpgradeReport, UpgradeError> {
+        self.upgrader.upgrade(wasm, options)
     }
 
     /// Upgrades to `wasm` from the host's last checkpoint plus the events journaled since,
     /// instead of the running version's export: the escape hatch for an app that cannot export.
     pub fn upgrade_from_checkpoint(&self, wasm: &Path) -> Result<UpgradeReport, UpgradeError> {
-        self.upgrader.upgrade(wasm, true)
+        self.upgrader.upgrade(wasm, &UpgradeOptions { from_checkpoint: true, ..UpgradeOptions::default() })
+    }
+
+    /// Writes the running state to a snapshot file, as `tasuki snapshot --out` does.
+    pub fn snapshot(&self, out: &Path) -> Result<SnapshotReport, String> {
+        self.upgrader.snapshot(out)
     }
 
     /// What `tasuki status` would show.
@@ -252,7 +320,38 @@ impl RunningHost {
 pub fn request_upgrade(
     control: &Path,
     wasm: &Path,
-    from_checkpoint: bool,
+    options: UpgradeOptions,
 ) -> Result<Response, control::ControlError> {
-    control::request(control, &Request::Upgrade { wasm: wasm.into(), from_checkpoint })
+    control::request(control, &Request::Upgrade { wasm: wasm.into(), options })
+}
+
+/// Reads the snapshot file at `file`, pipes it through `transforms`, and — given the target
+/// app's `describe` — checks before running anything that the result is of that app and in
+/// versions it reads. The work behind `tasuki run --restore` and `tasuki migrate`.
+pub fn migrate(
+    runtime: &Runtime,
+    file: &Path,
+    transforms: &[PathBuf],
+    target: Option<&AppInfo>,
+) -> Result<Snapshot, String> {
+    let stored = SnapshotFile::read(file).map_err(|e| e.to_string())?;
+    if let Some(target) = target
+        && stored.app != target.name
+    {
+        return Err(crate::snapshot::SnapshotFileError::WrongApp {
+            path: file.into(),
+            found: stored.app,
+            expected: target.name.clone(),
+        }
+        .to_string());
+    }
+    let pipeline = Pipeline::load(runtime, transforms).map_err(|e| e.to_string())?;
+    let sections: Vec<(String, u32)> =
+        stored.sections.iter().map(|s| (s.name.clone(), s.version)).collect();
+    match target {
+        Some(target) => pipeline.check(&sections, target).map_err(|e| e.to_string())?,
+        None => drop(pipeline.follow(&sections).map_err(|e| e.to_string())?),
+    }
+    let (snapshot, _) = pipeline.apply(stored.into_snapshot()).map_err(|e| e.to_string())?;
+    Ok(snapshot)
 }

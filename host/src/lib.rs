@@ -12,6 +12,8 @@
 //! - `recovery`: a checkpoint and a journal of events, so a trapped instance is rebuilt to the
 //!   state it had just before the event that trapped.
 //! - [`clock`]: the wall clock guests read, frozen per event so a replay sees the same time.
+//! - [`snapshot`]: snapshot files — the documented on-disk format of a state.
+//! - [`transformer`]: sandboxed state transformers and the pipeline that chains them.
 //! - [`upgrade`]: the upgrade transaction — prepare off the loop, pause, export, import, commit or
 //!   roll back — and its report.
 //! - [`control`]: the control socket (`tasuki upgrade`, `tasuki status`) and its client.
@@ -28,8 +30,10 @@ pub mod limits;
 mod net;
 mod recovery;
 pub mod runtime;
+pub mod snapshot;
 pub mod status;
 mod timers;
+pub mod transformer;
 pub mod upgrade;
 pub mod version;
 

@@ -19,6 +19,7 @@ const COMPILED_CACHE_LEN: usize = 4;
 pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<InstanceState>>,
+    pub(crate) transform_linker: Arc<Linker<crate::transformer::TransformState>>,
     /// Recently compiled components by content: upgrading to a file compiled before (a
     /// rollback and retry, v2 -> v2) skips the compiler.
     compiled: Arc<Mutex<Vec<(Arc<[u8]>, Component)>>>,
@@ -61,6 +62,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         Server::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
 
+        let transform_linker = Arc::new(crate::transformer::linker(&engine)?);
         let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
         let flag = Arc::clone(&stop);
@@ -77,6 +79,7 @@ impl Runtime {
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            transform_linker,
             compiled: Arc::default(),
             limits: Arc::new(limits),
             sandbox: Arc::new(sandbox),

@@ -8,6 +8,7 @@
 use crate::bindings::AppInfo;
 use crate::instance::{CallError, Instance};
 use crate::runtime::Runtime;
+use crate::transformer::Pipeline;
 use crate::version::{LoadError, Version};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -42,6 +43,15 @@ pub struct SectionReport {
     pub bytes: u64,
 }
 
+/// How to upgrade, besides to what.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeOptions {
+    /// Transformers the state goes through, in order (`--transform`).
+    pub transforms: Vec<PathBuf>,
+    /// Take the state from the host's last checkpoint and journal instead of an export.
+    pub from_checkpoint: bool,
+}
+
 /// Where the state a new version imported came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StateSource {
@@ -71,6 +81,10 @@ pub struct UpgradeReport {
     /// Time no event was dispatched: export, import, commit.
     pub pause: Duration,
     pub export: Duration,
+    /// Of `pause`, the part spent in transformers.
+    pub transform: Duration,
+    /// The transformers the state went through, by name.
+    pub transformers: Vec<String>,
     pub import: Duration,
     pub sections: Vec<SectionReport>,
     /// Bytes of state moved from the old instance to the new one.
@@ -89,11 +103,15 @@ impl fmt::Display for UpgradeReport {
         writeln!(f, "upgraded {} -> {}", self.from, self.to)?;
         writeln!(
             f,
-            "  pause        {} (export {}, import {})",
+            "  pause        {} (export {}, transform {}, import {})",
             ms(self.pause),
             ms(self.export),
+            ms(self.transform),
             ms(self.import)
         )?;
+        if !self.transformers.is_empty() {
+            writeln!(f, "  transformed  by {}", self.transformers.join(" -> "))?;
+        }
         let sections: Vec<String> = self
             .sections
             .iter()
@@ -159,6 +177,10 @@ pub enum UpgradeError {
         "rolled back, {running} keeps serving: its state is {bytes} bytes, over the limit of {limit} (--max-state)"
     )]
     TooLarge { running: AppVersion, bytes: u64, limit: u64 },
+    #[error("refused before any pause: {0}")]
+    Chain(#[from] crate::transformer::ChainError),
+    #[error("rolled back, {running} keeps serving: {reason}")]
+    Transform { running: AppVersion, reason: String },
     #[error("rolled back, {running} keeps serving: {new} failed to import the state: {reason}")]
     Import { running: AppVersion, new: AppVersion, reason: String },
     #[error("the host is shutting down")]
@@ -173,6 +195,7 @@ pub struct Prepared {
     pub(crate) info: AppInfo,
     pub(crate) prepare_time: Duration,
     pub(crate) from_checkpoint: bool,
+    pub(crate) pipeline: Pipeline,
 }
 
 /// Steps 2 of the upgrade: everything that can happen before the pause.
@@ -181,14 +204,41 @@ pub(crate) fn prepare(
     wasm: &Path,
     args: &[String],
     running: &AppInfo,
-    from_checkpoint: bool,
+    options: &UpgradeOptions,
 ) -> Result<Prepared, UpgradeError> {
     let started = Instant::now();
     let version = Version::load(runtime, wasm)?;
+    let pipeline = Pipeline::load(runtime, &options.transforms)?;
     let (instance, info) = start(&version, args)
         .map_err(|reason| UpgradeError::Start { wasm: wasm.into(), reason: reason.to_string() })?;
-    check_compatible(wasm, running, &info)?;
-    Ok(Prepared { version, instance, info, prepare_time: started.elapsed(), from_checkpoint })
+    if pipeline.is_empty() {
+        check_compatible(wasm, running, &info)?;
+    } else {
+        if running.name != info.name {
+            return Err(UpgradeError::WrongApp {
+                wasm: wasm.into(),
+                running: running.into(),
+                new: (&info).into(),
+            });
+        }
+        let written: Vec<(String, u32)> =
+            running.sections.iter().map(|s| (s.name.clone(), s.version)).collect();
+        pipeline.check(&written, &info)?;
+    }
+    Ok(Prepared {
+        version,
+        instance,
+        info,
+        prepare_time: started.elapsed(),
+        from_checkpoint: options.from_checkpoint,
+        pipeline,
+    })
+}
+
+/// Instantiates a version and runs `init` and `describe`, for tools that check a migration
+/// against an app (`tasuki migrate --check`).
+pub fn start_instance(version: &Version, args: &[String]) -> Result<(Instance, AppInfo), CallError> {
+    start(version, args)
 }
 
 /// Instantiates a version and runs `init` and `describe`: a cold start, or an upgrade's prepare.

@@ -7,6 +7,7 @@ use crate::runtime::Runtime;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wasmtime::component::Component;
 
 /// Why a component could not be loaded. Nothing is running yet when any of these is returned.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +23,7 @@ pub enum LoadError {
     CoreModule { path: PathBuf },
     #[error("{path} does not compile: {reason}")]
     Compile { path: PathBuf, reason: String },
-    #[error("{path} does not fit the `tasuki:server/server` world: {reason}")]
+    #[error("{path} does not fit the world it is loaded for: {reason}")]
     WrongWorld { path: PathBuf, reason: String },
 }
 
@@ -65,34 +66,8 @@ impl Version {
         bytes: &[u8],
         started: Instant,
     ) -> Result<Arc<Self>, LoadError> {
-        if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
-            return Err(LoadError::NotWasm { path: path.into() });
-        }
-        if bytes[4..8] == CORE_MODULE_VERSION {
-            return Err(LoadError::CoreModule { path: path.into() });
-        }
-        let component = runtime
-            .compile(bytes)
-            .map_err(|e| LoadError::Compile { path: path.into(), reason: format!("{e:#}") })?;
+        let component = check_component(runtime, path, bytes, &REQUIRED_EXPORTS)?;
         let compile_time = started.elapsed();
-        let exports: Vec<String> = component
-            .component_type()
-            .exports(&runtime.engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
-        let missing: Vec<&str> =
-            REQUIRED_EXPORTS.iter().copied().filter(|r| !exports.iter().any(|e| e == r)).collect();
-        if !missing.is_empty() {
-            let exported =
-                if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") };
-            return Err(LoadError::WrongWorld {
-                path: path.into(),
-                reason: format!(
-                    "it does not export {} (it exports {exported})",
-                    missing.join(", ")
-                ),
-            });
-        }
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
             path: path.into(),
             reason: format!("{e:#}"),
@@ -101,4 +76,35 @@ impl Version {
         let pre = ServerPre::new(instance_pre).map_err(wrong_world)?;
         Ok(Arc::new(Self { pre, path: path.into(), compile_time, runtime: runtime.clone() }))
     }
+}
+
+/// Validates and compiles `bytes` as a component exporting every one of `required`, with a
+/// refusal that says what is wrong: not wasm, a core module, not compiling, a missing export.
+pub(crate) fn check_component(
+    runtime: &Runtime,
+    path: &Path,
+    bytes: &[u8],
+    required: &[&str],
+) -> Result<Component, LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
+        return Err(LoadError::NotWasm { path: path.into() });
+    }
+    if bytes[4..8] == CORE_MODULE_VERSION {
+        return Err(LoadError::CoreModule { path: path.into() });
+    }
+    let component = runtime
+        .compile(bytes)
+        .map_err(|e| LoadError::Compile { path: path.into(), reason: format!("{e:#}") })?;
+    let exports: Vec<String> =
+        component.component_type().exports(&runtime.engine).map(|(name, _)| name.to_string()).collect();
+    let missing: Vec<&str> =
+        required.iter().copied().filter(|r| !exports.iter().any(|e| e == r)).collect();
+    if !missing.is_empty() {
+        let exported = if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") };
+        return Err(LoadError::WrongWorld {
+            path: path.into(),
+            reason: format!("it does not export {} (it exports {exported})", missing.join(", ")),
+        });
+    }
+    Ok(component)
 }

@@ -1,6 +1,8 @@
 //! The subcommands. Flags are parsed and validated here; the work is the library's.
 
+mod migrate;
 mod run;
+mod snapshot;
 mod status;
 mod upgrade;
 
@@ -14,6 +16,8 @@ pub enum Command {
     Run(run::RunCommand),
     Upgrade(upgrade::UpgradeCommand),
     Status(status::StatusCommand),
+    Snapshot(snapshot::SnapshotCommand),
+    Migrate(migrate::MigrateCommand),
 }
 
 impl Command {
@@ -22,6 +26,8 @@ impl Command {
             Self::Run(c) => c.execute(),
             Self::Upgrade(c) => c.execute(),
             Self::Status(c) => c.execute(),
+            Self::Snapshot(c) => c.execute(),
+            Self::Migrate(c) => c.execute(),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 use tasuki::instance::{Preopen, Sandbox};
 use tasuki::limits::{self, Limits};
+use tasuki::host::Restore;
 use tasuki::{Host, HostConfig};
 
 const MIB: usize = 1 << 20;
@@ -26,6 +27,14 @@ pub struct RunCommand {
     args: Vec<String>,
     #[command(flatten)]
     control: ControlArg,
+
+    /// Start from the state in this snapshot file (written by `tasuki snapshot`) instead of
+    /// empty state.
+    #[arg(long, value_name = "FILE")]
+    restore: Option<PathBuf>,
+    /// A transformer the restored state goes through first, in order. Repeat for a chain.
+    #[arg(long = "transform", value_name = "T.wasm", requires = "restore")]
+    transforms: Vec<PathBuf>,
 
     /// Let the app use a host directory, seen by it at GUEST (the same path if not given).
     /// Without it the app sees no filesystem at all.
@@ -107,6 +116,7 @@ impl RunCommand {
             args: self.args,
             limits,
             sandbox: Sandbox { dirs: self.dirs, env: self.env },
+            restore: self.restore.map(|file| Restore { file, transforms: self.transforms }),
         })?;
         let (stop, stopped) = mpsc::channel();
         ctrlc::set_handler(move || {

@@ -3,6 +3,7 @@ use anyhow::{Context, bail};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tasuki::control::Response;
+use tasuki::upgrade::UpgradeOptions;
 
 /// Replace the running version with NEW, carrying its state and connections across.
 ///
@@ -19,6 +20,11 @@ pub struct UpgradeCommand {
     /// the journal had overflowed (changes after the checkpoint are then lost).
     #[arg(long)]
     from_checkpoint: bool,
+    /// A transformer the state goes through between the two versions, in order: repeat for a
+    /// chain (`--transform v1-to-v2.wasm --transform v2-to-v3.wasm`). The host checks before the
+    /// pause that the chain ends in versions NEW reads.
+    #[arg(long = "transform", value_name = "T.wasm")]
+    transforms: Vec<PathBuf>,
     #[command(flatten)]
     control: ControlArg,
 }
@@ -27,7 +33,13 @@ impl UpgradeCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let wasm = std::fs::canonicalize(&self.new)
             .with_context(|| format!("cannot read {}", self.new.display()))?;
-        match tasuki::host::request_upgrade(&self.control.control, &wasm, self.from_checkpoint)? {
+        let transforms = self
+            .transforms
+            .iter()
+            .map(|t| std::fs::canonicalize(t).with_context(|| format!("cannot read {}", t.display())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let options = UpgradeOptions { transforms, from_checkpoint: self.from_checkpoint };
+        match tasuki::host::request_upgrade(&self.control.control, &wasm, options)? {
             Response::Upgraded(report) => {
                 println!("{report}");
                 Ok(ExitCode::SUCCESS)

@@ -1,0 +1,287 @@
+//! Snapshot files: an app's state at one event boundary, on disk.
+//!
+//! # Format (version 1)
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 8 | magic `TASUKISN` |
+//! | 4 | format version, little-endian `u32` (1) |
+//! | 8 | body length N, little-endian `u64` |
+//! | N | body: postcard of [`SnapshotFile`] — app name, app version, creation time, and each section's name, version and bytes |
+//! | 4 | CRC-32 (IEEE) of the body, little-endian |
+//!
+//! A file that is truncated, has another magic or format version, a body length that does not
+//! match the file, or a wrong checksum is refused before anything is decoded. Sections are the
+//! app's own encoding, moved without being looked into — the same sections an upgrade moves.
+
+use crate::bindings::{Section, Snapshot};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The file's first eight bytes.
+pub const MAGIC: &[u8; 8] = b"TASUKISN";
+/// The format version this host reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest body a snapshot file may declare. Beyond it the file is refused before anything is
+/// allocated: the host's whole state limit ([`crate::limits::MAX_STATE`]) is far smaller.
+pub const MAX_BODY: u64 = 4 << 30;
+
+const HEADER: usize = 8 + 4 + 8;
+const TRAILER: usize = 4;
+
+/// One section, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSection {
+    pub name: String,
+    pub version: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// The body of a snapshot file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotFile {
+    pub app: String,
+    pub app_version: String,
+    /// When the state was exported, ms since the Unix epoch.
+    pub created_unix_ms: u64,
+    pub sections: Vec<FileSection>,
+}
+
+/// What `tasuki snapshot` wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotReport {
+    pub path: PathBuf,
+    pub app: String,
+    pub app_version: String,
+    /// Bytes of the whole file.
+    pub file_bytes: u64,
+    pub sections: Vec<(String, u32, u64)>,
+    /// How long the app paused to export.
+    pub pause: std::time::Duration,
+}
+
+impl std::fmt::Display for SnapshotReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sections: Vec<String> =
+            self.sections.iter().map(|(n, v, b)| format!("{n} v{v} {b} B")).collect();
+        write!(
+            f,
+            "wrote {} ({} bytes): {} {}, sections {}; paused {:.3} ms to export",
+            self.path.display(),
+            self.file_bytes,
+            self.app,
+            self.app_version,
+            sections.join(", "),
+            self.pause.as_secs_f64() * 1e3
+        )
+    }
+}
+
+/// Why a snapshot file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a tasuki snapshot (no `TASUKISN` magic)")]
+    NotSnapshot { path: PathBuf },
+    #[error("{path} is snapshot format {found}; this tasuki reads format {FORMAT_VERSION}")]
+    Format { path: PathBuf, found: u32 },
+    #[error("{path} is truncated: {detail}")]
+    Truncated { path: PathBuf, detail: String },
+    #[error("{path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{path} is a snapshot of app `{found}`, not of `{expected}`")]
+    WrongApp { path: PathBuf, found: String, expected: String },
+}
+
+impl SnapshotFile {
+    /// Captures `snapshot` as of now.
+    pub fn from_snapshot(snapshot: &Snapshot) -> Self {
+        Self {
+            app: snapshot.app.clone(),
+            app_version: snapshot.app_version.clone(),
+            created_unix_ms: crate::status::now_unix_ms(),
+            sections: snapshot
+                .sections
+                .iter()
+                .map(|s| FileSection { name: s.name.clone(), version: s.version, bytes: s.bytes.clone() })
+                .collect(),
+        }
+    }
+
+    /// The snapshot an app imports.
+    pub fn into_snapshot(self) -> Snapshot {
+        Snapshot {
+            app: self.app,
+            app_version: self.app_version,
+            sections: self
+                .sections
+                .into_iter()
+                .map(|s| Section { name: s.name, version: s.version, bytes: s.bytes })
+                .collect(),
+        }
+    }
+
+    /// The file's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = postcard::to_allocvec(self).unwrap_or_default();
+        let mut out = Vec::with_capacity(HEADER + body.len() + TRAILER);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out
+    }
+
+    /// Parses a file's bytes; `path` only names it in errors.
+    pub fn decode(path: &Path, bytes: &[u8]) -> Result<Self, SnapshotFileError> {
+        let path = || path.to_path_buf();
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(SnapshotFileError::NotSnapshot { path: path() });
+        }
+        if bytes.len() < HEADER + TRAILER {
+            return Err(SnapshotFileError::Truncated {
+                path: path(),
+                detail: format!("{} bytes, shorter than a header", bytes.len()),
+            });
+        }
+        let found = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default());
+        if found != FORMAT_VERSION {
+            return Err(SnapshotFileError::Format { path: path(), found });
+        }
+        let declared = u64::from_le_bytes(bytes[12..20].try_into().unwrap_or_default());
+        let actual = (bytes.len() - HEADER - TRAILER) as u64;
+        if declared > MAX_BODY {
+            return Err(SnapshotFileError::Corrupt {
+                path: path(),
+                detail: format!("it declares a body of {declared} bytes"),
+            });
+        }
+        if actual < declared {
+            return Err(SnapshotFileError::Truncated {
+                path: path(),
+                detail: format!("the header declares {declared} bytes of state, the file holds {actual}"),
+            });
+        }
+        if actual > declared {
+            return Err(SnapshotFileError::Corrupt {
+                path: path(),
+                detail: format!("{} bytes follow the declared end", actual - declared),
+            });
+        }
+        let body = &bytes[HEADER..HEADER + declared as usize];
+        let stored = u32::from_le_bytes(bytes[HEADER + declared as usize..].try_into().unwrap_or_default());
+        let computed = crc32fast::hash(body);
+        if stored != computed {
+            return Err(SnapshotFileError::Corrupt {
+                path: path(),
+                detail: format!("checksum {computed:08x} does not match the stored {stored:08x}"),
+            });
+        }
+        postcard::from_bytes(body)
+            .map_err(|e| SnapshotFileError::Corrupt { path: path(), detail: format!("body: {e}") })
+    }
+
+    /// Reads and checks the file at `path`.
+    pub fn read(path: &Path) -> Result<Self, SnapshotFileError> {
+        let bytes = std::fs::read(path)
+            .map_err(|source| SnapshotFileError::Read { path: path.into(), source })?;
+        Self::decode(path, &bytes)
+    }
+
+    /// Writes the file at `path` atomically: a temporary file beside it, synced, then renamed,
+    /// so a crash never leaves a half-written snapshot under the name. Returns its size.
+    pub fn write(&self, path: &Path) -> Result<u64, SnapshotFileError> {
+        let err = |source| SnapshotFileError::Write { path: path.into(), source };
+        let bytes = self.encode();
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let mut file = std::fs::File::create(&tmp).map_err(err)?;
+        file.write_all(&bytes).map_err(err)?;
+        file.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)?;
+        Ok(bytes.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SnapshotFile {
+        SnapshotFile {
+            app: "kv".into(),
+            app_version: "1.0.0".into(),
+            created_unix_ms: 1_700_000_000_000,
+            sections: vec![
+                FileSection { name: "kv".into(), version: 1, bytes: vec![1, 2, 3, 4] },
+                FileSection { name: "tasuki.conns".into(), version: 1, bytes: vec![0] },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let bytes = sample().encode();
+        assert_eq!(SnapshotFile::decode(Path::new("s"), &bytes).unwrap(), sample());
+    }
+
+    #[test]
+    fn every_truncation_is_refused() {
+        let bytes = sample().encode();
+        for len in 0..bytes.len() {
+            let err = SnapshotFile::decode(Path::new("s"), &bytes[..len]).unwrap_err();
+            assert!(
+                matches!(err, SnapshotFileError::Truncated { .. } | SnapshotFileError::NotSnapshot { .. }),
+                "{len}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_flipped_bit_is_refused() {
+        let bytes = sample().encode();
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut flipped = bytes.clone();
+                flipped[i] ^= 1 << bit;
+                assert!(SnapshotFile::decode(Path::new("s"), &flipped).is_err(), "byte {i} bit {bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn another_format_version_is_named() {
+        let mut bytes = sample().encode();
+        bytes[8] = 2;
+        let err = SnapshotFile::decode(Path::new("s"), &bytes).unwrap_err().to_string();
+        assert!(err.contains("snapshot format 2"), "{err}");
+    }
+
+    #[test]
+    fn random_input_never_panics() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = sample().encode();
+        for _ in 0..20_000 {
+            let mut bytes = valid.clone();
+            let flips = 1 + next() % 4;
+            for _ in 0..flips {
+                let i = (next() as usize) % bytes.len();
+                bytes[i] = next() as u8;
+            }
+            bytes.truncate((next() as usize) % (valid.len() + 1));
+            let _ = SnapshotFile::decode(Path::new("s"), &bytes);
+        }
+    }
+}

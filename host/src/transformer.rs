@@ -1,0 +1,303 @@
+//! State transformers: sandboxed components that rewrite named, versioned state sections on the
+//! way from one version to the next (DESIGN.md, upgrade step 5).
+//!
+//! A transformer is a pure function. It imports nothing of tasuki's, and the WASI it is linked
+//! with (Rust's std needs some) grants nothing: no files, no environment, no network, a clock
+//! stopped at the epoch, fixed bytes for randomness. Each run gets a fresh instance with the
+//! host's memory cap and deadline. It is handed only the sections it claims, at the versions it
+//! reads; every other section goes around it untouched.
+
+use crate::bindings::transformer::Transformer as Bindings;
+use crate::bindings::transformer::TransformerPre;
+use crate::bindings::{AppInfo, Section, Snapshot, TransformInfo};
+use crate::instance::describe_trap;
+use crate::limits;
+use crate::runtime::Runtime;
+use crate::version::{LoadError, check_component};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{
+    Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView,
+};
+
+/// A transformer's store: WASI that grants nothing, and the memory cap.
+pub struct TransformState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl std::fmt::Debug for TransformState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransformState").finish_non_exhaustive()
+    }
+}
+
+impl WasiView for TransformState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// A clock that never moves: a transformer's output may not depend on when it runs.
+struct Stopped;
+
+impl HostWallClock for Stopped {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for Stopped {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// Links WASI for transformers; called once per runtime.
+pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TransformState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    Ok(linker)
+}
+
+/// Why a transformer did not produce the next snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum TransformError {
+    #[error("transformer {name} refused: {reason}")]
+    Refused { name: String, reason: String },
+    #[error("transformer {name} trapped: {reason}")]
+    Trap { name: String, reason: String },
+    #[error("transformer {name} returned {got}, but it declares {expected}")]
+    Broken { name: String, got: String, expected: String },
+}
+
+/// A compiled transformer and what it declares.
+pub struct Transformer {
+    pre: TransformerPre<TransformState>,
+    runtime: Runtime,
+    pub path: PathBuf,
+    pub info: TransformInfo,
+}
+
+impl std::fmt::Debug for Transformer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transformer").field("path", &self.path).field("name", &self.info.name).finish()
+    }
+}
+
+impl Transformer {
+    /// Reads, compiles and links the transformer at `path`, and asks it what it does.
+    pub fn load(runtime: &Runtime, path: &Path) -> Result<Arc<Self>, LoadError> {
+        let bytes =
+            std::fs::read(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        let component = check_component(runtime, path, &bytes, &["tasuki:server/transform@0.1.0"])?;
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            path: path.into(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = runtime.transform_linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = TransformerPre::new(instance_pre).map_err(wrong_world)?;
+        let mut this = Self {
+            pre,
+            runtime: runtime.clone(),
+            path: path.into(),
+            info: TransformInfo { name: String::new(), steps: Vec::new() },
+        };
+        let (mut store, bindings) = this.instantiate().map_err(|e| LoadError::WrongWorld {
+            path: path.into(),
+            reason: format!("it does not start: {}", describe_trap(&e)),
+        })?;
+        this.info = bindings.tasuki_server_transform().call_describe(&mut store).map_err(|e| {
+            LoadError::WrongWorld { path: path.into(), reason: format!("describe: {}", describe_trap(&e)) }
+        })?;
+        Ok(Arc::new(this))
+    }
+
+    fn instantiate(&self) -> wasmtime::Result<(Store<TransformState>, Bindings)> {
+        let limits = &self.runtime.limits;
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .inherit_stderr()
+            .wall_clock(Stopped)
+            .monotonic_clock(Stopped)
+            .secure_random(Deterministic::new(vec![0x5a; 32]))
+            .insecure_random(Deterministic::new(vec![0xa5; 32]))
+            .insecure_random_seed(0)
+            .build();
+        let state = TransformState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new().memory_size(limits.memory).instances(64).build(),
+        };
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(limits::ticks(limits.upgrade_deadline));
+        let bindings = self.pre.instantiate(&mut store)?;
+        Ok((store, bindings))
+    }
+
+    /// The version this transformer reads section `name` at, if it claims it.
+    fn reads(&self, name: &str) -> Option<u32> {
+        self.info.steps.iter().find(|s| s.name == name).map(|s| s.from_version)
+    }
+
+    /// Runs the transformer over the sections it claims and returns the whole next snapshot,
+    /// with every other section exactly as it was.
+    pub fn apply(&self, snapshot: Snapshot) -> Result<Snapshot, TransformError> {
+        let name = self.info.name.clone();
+        let Snapshot { app, app_version, sections } = snapshot;
+        let (claimed, others): (Vec<Section>, Vec<Section>) =
+            sections.into_iter().partition(|s| self.reads(&s.name) == Some(s.version));
+        let order: Vec<String> = claimed.iter().chain(&others).map(|s| s.name.clone()).collect();
+        let expected: BTreeMap<String, u32> = claimed
+            .iter()
+            .filter_map(|s| {
+                let step = self.info.steps.iter().find(|st| st.name == s.name)?;
+                Some((s.name.clone(), step.to_version))
+            })
+            .collect();
+
+        let input = Snapshot { app: app.clone(), app_version: app_version.clone(), sections: claimed };
+        let (mut store, bindings) =
+            self.instantiate().map_err(|e| TransformError::Trap { name: name.clone(), reason: describe_trap(&e) })?;
+        let output = bindings
+            .tasuki_server_transform()
+            .call_transform(&mut store, &input)
+            .map_err(|e| TransformError::Trap { name: name.clone(), reason: describe_trap(&e) })?
+            .map_err(|reason| TransformError::Refused { name: name.clone(), reason })?;
+
+        let got: BTreeMap<String, u32> =
+            output.sections.iter().map(|s| (s.name.clone(), s.version)).collect();
+        if got != expected || got.len() != output.sections.len() {
+            return Err(TransformError::Broken {
+                name,
+                got: format!("sections {got:?}"),
+                expected: format!("{expected:?}"),
+            });
+        }
+        // Keep the snapshot's section order: rewritten sections where they were.
+        let mut by_name: BTreeMap<String, Section> =
+            output.sections.into_iter().chain(others).map(|s| (s.name.clone(), s)).collect();
+        let sections = order.iter().filter_map(|n| by_name.remove(n)).collect();
+        Ok(Snapshot { app, app_version, sections })
+    }
+}
+
+/// A chain of transformers, in the order given.
+#[derive(Debug, Clone, Default)]
+pub struct Pipeline {
+    pub stages: Vec<Arc<Transformer>>,
+}
+
+/// What a chain of transformers does not get right, found before anything pauses.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error(
+        "transformer {name} ({path}) reads section `{section}` version {reads}, but at that point \
+         of the chain the state has {found}"
+    )]
+    Unused { name: String, path: PathBuf, section: String, reads: u32, found: String },
+    #[error(
+        "after the transformers, section `{section}` is version {version}, which {app} does not \
+         read (it reads versions {accepts:?}){hint}"
+    )]
+    Unreadable { section: String, version: u32, app: String, accepts: Vec<u32>, hint: String },
+}
+
+/// Time each stage took, for the report.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineTiming {
+    pub total: Duration,
+}
+
+impl Pipeline {
+    pub fn load(runtime: &Runtime, paths: &[PathBuf]) -> Result<Self, LoadError> {
+        let stages = paths.iter().map(|p| Transformer::load(runtime, p)).collect::<Result<_, _>>()?;
+        Ok(Self { stages })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty()
+    }
+
+    /// Follows section versions through every stage, from `sections` (name, version) as the
+    /// source writes them, and checks that `target` reads what comes out.
+    pub fn check(&self, sections: &[(String, u32)], target: &AppInfo) -> Result<(), ChainError> {
+        let state = self.follow(sections)?;
+        for (section, version) in &state {
+            let accepts = target
+                .sections
+                .iter()
+                .find(|s| &s.name == section)
+                .map(|s| s.accepts.clone())
+                .unwrap_or_default();
+            if !accepts.contains(version) {
+                let hint = match accepts.iter().max() {
+                    Some(want) if want > version => {
+                        format!("; add a transformer from {version} to {want} (--transform)")
+                    }
+                    _ => String::new(),
+                };
+                return Err(ChainError::Unreadable {
+                    section: section.clone(),
+                    version: *version,
+                    app: format!("{} {}", target.name, target.version),
+                    accepts,
+                    hint,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The sections' versions after every stage; an error if a stage claims a section that is
+    /// not there, at the version it reads, at its point of the chain.
+    pub fn follow(&self, sections: &[(String, u32)]) -> Result<BTreeMap<String, u32>, ChainError> {
+        let mut state: BTreeMap<String, u32> = sections.iter().cloned().collect();
+        for stage in &self.stages {
+            for step in &stage.info.steps {
+                match state.get(&step.name) {
+                    Some(v) if *v == step.from_version => {
+                        state.insert(step.name.clone(), step.to_version);
+                    }
+                    found => {
+                        return Err(ChainError::Unused {
+                            name: stage.info.name.clone(),
+                            path: stage.path.clone(),
+                            section: step.name.clone(),
+                            reads: step.from_version,
+                            found: match found {
+                                Some(v) => format!("version {v}"),
+                                None => "no such section".into(),
+                            },
+                        });
+                    }
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// Pipes `snapshot` through every stage.
+    pub fn apply(&self, mut snapshot: Snapshot) -> Result<(Snapshot, PipelineTiming), TransformError> {
+        let started = Instant::now();
+        for stage in &self.stages {
+            snapshot = stage.apply(snapshot)?;
+        }
+        Ok((snapshot, PipelineTiming { total: started.elapsed() }))
+    }
+}
