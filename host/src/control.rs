@@ -7,8 +7,8 @@
 //! and the host goes on.
 
 use crate::limits::{CONTROL_READ_TIMEOUT, MAX_CONTROL_CLIENTS, MAX_CONTROL_MESSAGE};
-use crate::status::Status;
 use crate::snapshot::SnapshotReport;
+use crate::status::Status;
 use crate::upgrade::{UpgradeOptions, UpgradeReport};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -30,9 +30,14 @@ pub const DEFAULT_CONTROL_PATH: &str = "tasuki.sock";
 pub enum Request {
     Status,
     /// Upgrade to the component at this path (absolute, read by the host).
-    Upgrade { wasm: PathBuf, options: UpgradeOptions },
+    Upgrade {
+        wasm: PathBuf,
+        options: UpgradeOptions,
+    },
     /// Write the running state to this file (absolute), at an event boundary.
-    Snapshot { out: PathBuf },
+    Snapshot {
+        out: PathBuf,
+    },
 }
 
 /// A host's answer.
@@ -304,7 +309,10 @@ mod tests {
 
     #[test]
     fn every_truncation_and_every_byte_flip_is_refused_or_decoded_never_a_panic() {
-        let bytes = frame(&Request::Upgrade { wasm: "/a/b.wasm".into(), options: UpgradeOptions::default() });
+        let bytes = frame(&Request::Upgrade {
+            wasm: "/a/b.wasm".into(),
+            options: UpgradeOptions::default(),
+        });
         for len in 0..bytes.len() {
             assert!(decode_message::<Request>(&mut &bytes[..len]).is_err(), "truncated at {len}");
         }

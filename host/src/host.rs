@@ -1,16 +1,16 @@
 //! [`Host::start`]: load the app, bind the listeners, start the dispatcher and the control
 //! socket. The CLI's `run` is this plus argument parsing; tests start hosts in-process with it.
 
+use crate::bindings::{AppInfo, Snapshot};
 use crate::control::{self, ControlServer, Request, Response};
 use crate::dispatcher::{Command, Dispatcher, WAKER};
 use crate::instance::Sandbox;
 use crate::limits::Limits;
 use crate::runtime::Runtime;
-use crate::status::{Shared, Status};
-use crate::upgrade::{self, AppVersion, UpgradeError, UpgradeOptions, UpgradeReport};
-use crate::bindings::{AppInfo, Snapshot};
 use crate::snapshot::{SnapshotFile, SnapshotReport};
+use crate::status::{Shared, Status};
 use crate::transformer::Pipeline;
+use crate::upgrade::{self, AppVersion, UpgradeError, UpgradeOptions, UpgradeReport};
 use crate::version::{LoadError, Version};
 use mio::{Poll, Waker};
 use std::net::SocketAddr;
@@ -92,7 +92,8 @@ impl Upgrader {
         if sent.is_err() || self.waker.wake().is_err() {
             return Err(UpgradeError::HostStopped.to_string());
         }
-        let (snapshot, pause) = answer.recv().map_err(|_| UpgradeError::HostStopped.to_string())??;
+        let (snapshot, pause) =
+            answer.recv().map_err(|_| UpgradeError::HostStopped.to_string())??;
         let file = SnapshotFile::from_snapshot(&snapshot);
         let file_bytes = file.write(out).map_err(|e| e.to_string())?;
         let report = SnapshotReport {
@@ -100,14 +101,22 @@ impl Upgrader {
             app: file.app.clone(),
             app_version: file.app_version.clone(),
             file_bytes,
-            sections: file.sections.iter().map(|s| (s.name.clone(), s.version, s.bytes.len() as u64)).collect(),
+            sections: file
+                .sections
+                .iter()
+                .map(|s| (s.name.clone(), s.version, s.bytes.len() as u64))
+                .collect(),
             pause,
         };
         info!("{report}");
         Ok(report)
     }
 
-    fn upgrade(&self, wasm: &Path, options: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
+    fn upgrade(
+        &self,
+        wasm: &Path,
+        options: &UpgradeOptions,
+    ) -> Result<UpgradeReport, UpgradeError> {
         let _guard = match self.in_progress.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::WouldBlock) => return Err(UpgradeError::InProgress),
@@ -115,15 +124,14 @@ impl Upgrader {
         };
         info!("upgrade to {} requested", wasm.display());
         let running = self.shared.running_info();
-        let prepared =
-            match upgrade::prepare(&self.runtime, wasm, &self.args, &running, options) {
-                Ok(prepared) => prepared,
-                Err(e) => {
-                    info!("{e}");
-                    self.shared.record_upgrade(Err(e.to_string()));
-                    return Err(e);
-                }
-            };
+        let prepared = match upgrade::prepare(&self.runtime, wasm, &self.args, &running, options) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                info!("{e}");
+                self.shared.record_upgrade(Err(e.to_string()));
+                return Err(e);
+            }
+        };
         info!(
             "{} prepared in {:.1} ms; pausing {}",
             AppVersion::from(&prepared.info),
@@ -239,12 +247,10 @@ impl Host {
                         Ok(report) => Response::Snapshotted(report),
                         Err(e) => Response::Failed(e),
                     },
-                    Request::Upgrade { wasm, options } => {
-                        match serving.upgrade(&wasm, &options) {
-                            Ok(report) => Response::Upgraded(report),
-                            Err(e) => Response::Failed(e.to_string()),
-                        }
-                    }
+                    Request::Upgrade { wasm, options } => match serving.upgrade(&wasm, &options) {
+                        Ok(report) => Response::Upgraded(report),
+                        Err(e) => Response::Failed(e.to_string()),
+                    },
                 });
                 match server {
                     Ok(server) => Some(server),
@@ -287,7 +293,8 @@ impl RunningHost {
     /// Upgrades to `wasm` from the host's last checkpoint plus the events journaled since,
     /// instead of the running version's export: the escape hatch for an app that cannot export.
     pub fn upgrade_from_checkpoint(&self, wasm: &Path) -> Result<UpgradeReport, UpgradeError> {
-        self.upgrader.upgrade(wasm, &UpgradeOptions { from_checkpoint: true, ..UpgradeOptions::default() })
+        self.upgrader
+            .upgrade(wasm, &UpgradeOptions { from_checkpoint: true, ..UpgradeOptions::default() })
     }
 
     /// Writes the running state to a snapshot file, as `tasuki snapshot --out` does.

@@ -168,7 +168,10 @@ impl Instance {
     /// Keeps what `import-state` asked for (timers, mostly) for the dispatcher, which applies
     /// it when the loop starts; sends to connections that do not exist yet go nowhere.
     pub fn discard_effects_before_start(&mut self) {
-        self.store.data_mut().effects.retain(|e| matches!(e, Effect::SetTimer(..) | Effect::CancelTimer(..)));
+        self.store
+            .data_mut()
+            .effects
+            .retain(|e| matches!(e, Effect::SetTimer(..) | Effect::CancelTimer(..)));
     }
 
     /// Drops whatever the guest asked for (used when an upgrade rolls back).

@@ -107,7 +107,11 @@ impl SnapshotFile {
             sections: snapshot
                 .sections
                 .iter()
-                .map(|s| FileSection { name: s.name.clone(), version: s.version, bytes: s.bytes.clone() })
+                .map(|s| FileSection {
+                    name: s.name.clone(),
+                    version: s.version,
+                    bytes: s.bytes.clone(),
+                })
                 .collect(),
         }
     }
@@ -164,7 +168,9 @@ impl SnapshotFile {
         if actual < declared {
             return Err(SnapshotFileError::Truncated {
                 path: path(),
-                detail: format!("the header declares {declared} bytes of state, the file holds {actual}"),
+                detail: format!(
+                    "the header declares {declared} bytes of state, the file holds {actual}"
+                ),
             });
         }
         if actual > declared {
@@ -174,7 +180,8 @@ impl SnapshotFile {
             });
         }
         let body = &bytes[HEADER..HEADER + declared as usize];
-        let stored = u32::from_le_bytes(bytes[HEADER + declared as usize..].try_into().unwrap_or_default());
+        let stored =
+            u32::from_le_bytes(bytes[HEADER + declared as usize..].try_into().unwrap_or_default());
         let computed = crc32fast::hash(body);
         if stored != computed {
             return Err(SnapshotFileError::Corrupt {
@@ -237,7 +244,10 @@ mod tests {
         for len in 0..bytes.len() {
             let err = SnapshotFile::decode(Path::new("s"), &bytes[..len]).unwrap_err();
             assert!(
-                matches!(err, SnapshotFileError::Truncated { .. } | SnapshotFileError::NotSnapshot { .. }),
+                matches!(
+                    err,
+                    SnapshotFileError::Truncated { .. } | SnapshotFileError::NotSnapshot { .. }
+                ),
                 "{len}: {err}"
             );
         }
@@ -250,7 +260,10 @@ mod tests {
             for bit in 0..8 {
                 let mut flipped = bytes.clone();
                 flipped[i] ^= 1 << bit;
-                assert!(SnapshotFile::decode(Path::new("s"), &flipped).is_err(), "byte {i} bit {bit}");
+                assert!(
+                    SnapshotFile::decode(Path::new("s"), &flipped).is_err(),
+                    "byte {i} bit {bit}"
+                );
             }
         }
     }

@@ -92,7 +92,10 @@ pub struct Transformer {
 
 impl std::fmt::Debug for Transformer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transformer").field("path", &self.path).field("name", &self.info.name).finish()
+        f.debug_struct("Transformer")
+            .field("path", &self.path)
+            .field("name", &self.info.name)
+            .finish()
     }
 }
 
@@ -106,7 +109,8 @@ impl Transformer {
             path: path.into(),
             reason: format!("{e:#}"),
         };
-        let instance_pre = runtime.transform_linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let instance_pre =
+            runtime.transform_linker.instantiate_pre(&component).map_err(wrong_world)?;
         let pre = TransformerPre::new(instance_pre).map_err(wrong_world)?;
         let mut this = Self {
             pre,
@@ -119,7 +123,10 @@ impl Transformer {
             reason: format!("it does not start: {}", describe_trap(&e)),
         })?;
         this.info = bindings.tasuki_server_transform().call_describe(&mut store).map_err(|e| {
-            LoadError::WrongWorld { path: path.into(), reason: format!("describe: {}", describe_trap(&e)) }
+            LoadError::WrongWorld {
+                path: path.into(),
+                reason: format!("describe: {}", describe_trap(&e)),
+            }
         })?;
         Ok(Arc::new(this))
     }
@@ -160,9 +167,9 @@ impl Transformer {
     pub fn apply(&self, snapshot: Snapshot) -> Result<Snapshot, TransformError> {
         let name = self.info.name.clone();
         let Snapshot { app, app_version, sections } = snapshot;
+        let order: Vec<String> = sections.iter().map(|s| s.name.clone()).collect();
         let (claimed, others): (Vec<Section>, Vec<Section>) =
             sections.into_iter().partition(|s| self.reads(&s.name) == Some(s.version));
-        let order: Vec<String> = claimed.iter().chain(&others).map(|s| s.name.clone()).collect();
         let expected: BTreeMap<String, u32> = claimed
             .iter()
             .filter_map(|s| {
@@ -171,9 +178,11 @@ impl Transformer {
             })
             .collect();
 
-        let input = Snapshot { app: app.clone(), app_version: app_version.clone(), sections: claimed };
-        let (mut store, bindings) =
-            self.instantiate().map_err(|e| TransformError::Trap { name: name.clone(), reason: describe_trap(&e) })?;
+        let input =
+            Snapshot { app: app.clone(), app_version: app_version.clone(), sections: claimed };
+        let (mut store, bindings) = self
+            .instantiate()
+            .map_err(|e| TransformError::Trap { name: name.clone(), reason: describe_trap(&e) })?;
         let output = bindings
             .tasuki_server_transform()
             .call_transform(&mut store, &input)
@@ -226,7 +235,8 @@ pub struct PipelineTiming {
 
 impl Pipeline {
     pub fn load(runtime: &Runtime, paths: &[PathBuf]) -> Result<Self, LoadError> {
-        let stages = paths.iter().map(|p| Transformer::load(runtime, p)).collect::<Result<_, _>>()?;
+        let stages =
+            paths.iter().map(|p| Transformer::load(runtime, p)).collect::<Result<_, _>>()?;
         Ok(Self { stages })
     }
 
@@ -293,7 +303,10 @@ impl Pipeline {
     }
 
     /// Pipes `snapshot` through every stage.
-    pub fn apply(&self, mut snapshot: Snapshot) -> Result<(Snapshot, PipelineTiming), TransformError> {
+    pub fn apply(
+        &self,
+        mut snapshot: Snapshot,
+    ) -> Result<(Snapshot, PipelineTiming), TransformError> {
         let started = Instant::now();
         for stage in &self.stages {
             snapshot = stage.apply(snapshot)?;

@@ -237,7 +237,10 @@ pub(crate) fn prepare(
 
 /// Instantiates a version and runs `init` and `describe`, for tools that check a migration
 /// against an app (`tasuki migrate --check`).
-pub fn start_instance(version: &Version, args: &[String]) -> Result<(Instance, AppInfo), CallError> {
+pub fn start_instance(
+    version: &Version,
+    args: &[String],
+) -> Result<(Instance, AppInfo), CallError> {
     start(version, args)
 }
 

@@ -95,8 +95,11 @@ pub(crate) fn check_component(
     let component = runtime
         .compile(bytes)
         .map_err(|e| LoadError::Compile { path: path.into(), reason: format!("{e:#}") })?;
-    let exports: Vec<String> =
-        component.component_type().exports(&runtime.engine).map(|(name, _)| name.to_string()).collect();
+    let exports: Vec<String> = component
+        .component_type()
+        .exports(&runtime.engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
     let missing: Vec<&str> =
         required.iter().copied().filter(|r| !exports.iter().any(|e| e == r)).collect();
     if !missing.is_empty() {

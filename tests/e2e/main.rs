@@ -7,4 +7,6 @@ mod faults;
 mod hot_swap;
 mod limits;
 mod rollback;
+mod snapshots;
+mod transforms;
 mod upgrade_faults;

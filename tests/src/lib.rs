@@ -61,6 +61,20 @@ impl TestHost {
         self.host().upgrade(Path::new(wasm))
     }
 
+    /// Upgrades with options (transformers, `--from-checkpoint`), in-process.
+    pub fn host_upgrade_with(
+        &self,
+        wasm: &str,
+        options: &tasuki::upgrade::UpgradeOptions,
+    ) -> Result<UpgradeReport, UpgradeError> {
+        self.host().upgrade_with(Path::new(wasm), options)
+    }
+
+    /// Writes a snapshot file, as `tasuki snapshot --out` does.
+    pub fn snapshot(&self, out: &Path) -> tasuki::snapshot::SnapshotReport {
+        self.host().snapshot(out).unwrap_or_else(|e| panic!("snapshot: {e}"))
+    }
+
     /// Upgrades from the last checkpoint and journal (`tasuki upgrade --from-checkpoint`).
     pub fn upgrade_from_checkpoint(&self, wasm: &str) -> Result<UpgradeReport, UpgradeError> {
         self.host().upgrade_from_checkpoint(Path::new(wasm))
@@ -68,7 +82,10 @@ impl TestHost {
 
     /// Upgrades through the control socket, as `tasuki upgrade` does.
     pub fn upgrade_via_control(&self, wasm: &str) -> Response {
-        let request = Request::Upgrade { wasm: wasm.into(), from_checkpoint: false };
+        let request = Request::Upgrade {
+            wasm: wasm.into(),
+            options: tasuki::upgrade::UpgradeOptions::default(),
+        };
         control::request(&self.control, &request).expect("control")
     }
 

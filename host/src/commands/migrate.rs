@@ -53,13 +53,16 @@ impl MigrateCommand {
             target.as_ref().map(|(_, info)| info),
         )
         .map_err(|e| anyhow::anyhow!(e))?;
-        let sections: Vec<String> =
-            snapshot.sections.iter().map(|s| format!("{} v{} {} B", s.name, s.version, s.bytes.len())).collect();
+        let sections: Vec<String> = snapshot
+            .sections
+            .iter()
+            .map(|s| format!("{} v{} {} B", s.name, s.version, s.bytes.len()))
+            .collect();
         println!("migrated {}: {}", self.input.display(), sections.join(", "));
         if let (Some((mut instance, info)), Some(app)) = (target, &self.check) {
-            instance
-                .import_state(&snapshot, &[])
-                .map_err(|e| anyhow::anyhow!("{} {} refused the state: {e}", info.name, info.version))?;
+            instance.import_state(&snapshot, &[]).map_err(|e| {
+                anyhow::anyhow!("{} {} refused the state: {e}", info.name, info.version)
+            })?;
             println!("checked: {} {} ({}) imports it", info.name, info.version, app.display());
         }
         if let Some(out) = &self.out {

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
+use tasuki::host::Restore;
 use tasuki::instance::{Preopen, Sandbox};
 use tasuki::limits::{self, Limits};
-use tasuki::host::Restore;
 use tasuki::{Host, HostConfig};
 
 const MIB: usize = 1 << 20;

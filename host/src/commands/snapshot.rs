@@ -19,9 +19,8 @@ impl SnapshotCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         // The host writes the file: give it a path that means the same from its directory.
         let out = match self.out.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => std::fs::canonicalize(dir)?.join(
-                self.out.file_name().ok_or_else(|| anyhow::anyhow!("--out names no file"))?,
-            ),
+            Some(dir) if !dir.as_os_str().is_empty() => std::fs::canonicalize(dir)?
+                .join(self.out.file_name().ok_or_else(|| anyhow::anyhow!("--out names no file"))?),
             _ => std::env::current_dir()?.join(&self.out),
         };
         match tasuki::control::request(&self.control.control, &Request::Snapshot { out })? {

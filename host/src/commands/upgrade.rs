@@ -36,7 +36,9 @@ impl UpgradeCommand {
         let transforms = self
             .transforms
             .iter()
-            .map(|t| std::fs::canonicalize(t).with_context(|| format!("cannot read {}", t.display())))
+            .map(|t| {
+                std::fs::canonicalize(t).with_context(|| format!("cannot read {}", t.display()))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let options = UpgradeOptions { transforms, from_checkpoint: self.from_checkpoint };
         match tasuki::host::request_upgrade(&self.control.control, &wasm, options)? {
