@@ -75,7 +75,12 @@ pub fn run<T: Transform>(snapshot: Snapshot) -> Result<Snapshot, String> {
             continue;
         }
         let old: T::Old = postcard::from_bytes(&section.bytes).map_err(|e| {
-            format!("{}: section `{}` version {} does not decode: {e}", T::NAME, T::SECTION, T::FROM)
+            format!(
+                "{}: section `{}` version {} does not decode: {e}",
+                T::NAME,
+                T::SECTION,
+                T::FROM
+            )
         })?;
         let new = T::transform(old).map_err(|e| format!("{}: {e}", T::NAME))?;
         let bytes = postcard::to_allocvec(&new).map_err(|e| {
