@@ -17,13 +17,18 @@ struct Running {
 
 impl Running {
     fn start(dir: &Path, wasm: &str) -> Self {
-        let mut child = Command::new(TASUKI)
+        let child = Command::new(TASUKI)
             .current_dir(dir)
             .args(["run", wasm, "--listen", "127.0.0.1:0"])
             .env("TASUKI_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tasuki run");
+        Self::adopt(child)
+    }
+
+    /// Waits for a spawned `tasuki run` (stderr piped) to say where it serves.
+    fn adopt(mut child: Child) -> Self {
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = BufReader::new(stderr).lines();
         let addr = loop {
@@ -203,4 +208,99 @@ fn run_help_shows_every_limit_with_its_default() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn snapshot_migrate_check_and_restore_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Running::start(dir.path(), tasuki_artifacts::KV_V1);
+    let mut client = TcpStream::connect(&host.addr).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(roundtrip(&mut client, b"SET kept yes\r\n", 5), "+OK\r\n");
+
+    let out = tasuki(dir.path(), &["snapshot", "--out", "kv.snap"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("kv.snap"), "{}", text(&out.stdout));
+    assert_eq!(roundtrip(&mut client, b"PING\r\n", 7), "+PONG\r\n", "still serving");
+
+    // Offline: v1's snapshot through both transformers, proven against v3, written out.
+    let out = tasuki(
+        dir.path(),
+        &[
+            "migrate",
+            "--in",
+            "kv.snap",
+            "--transform",
+            tasuki_artifacts::KV_V1_TO_V2,
+            "--transform",
+            tasuki_artifacts::KV_V2_TO_V3,
+            "--check",
+            tasuki_artifacts::KV_V3,
+            "--out",
+            "kv-v3.snap",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("kv v3"), "{shown}");
+    assert!(shown.contains("checked: kv 3.0.0"), "{shown}");
+
+    // A check that fails says why, and writes nothing.
+    let out = tasuki(
+        dir.path(),
+        &["migrate", "--in", "kv.snap", "--check", tasuki_artifacts::KV_V3, "--out", "no.snap"],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("add a transformer from 1 to 3"), "{}", text(&out.stderr));
+    assert!(!dir.path().join("no.snap").exists());
+
+    // A fresh v3 host starts from the migrated file.
+    let other = tempfile::tempdir().unwrap();
+    let restored = std::process::Command::new(TASUKI)
+        .current_dir(other.path())
+        .args(["run", tasuki_artifacts::KV_V3, "--listen", "127.0.0.1:0"])
+        .arg("--restore")
+        .arg(dir.path().join("kv-v3.snap"))
+        .env("TASUKI_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let v3 = Running::adopt(restored);
+    let mut client = TcpStream::connect(&v3.addr).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(roundtrip(&mut client, b"GET kept\r\n", 9), "$3\r\nyes\r\n");
+    assert_eq!(roundtrip(&mut client, b"TYPE kept\r\n", 9), "+string\r\n");
+
+    // A truncated file is refused with a clear error.
+    let bytes = std::fs::read(dir.path().join("kv.snap")).unwrap();
+    std::fs::write(dir.path().join("cut.snap"), &bytes[..bytes.len() / 2]).unwrap();
+    let out = tasuki(
+        other.path(),
+        &[
+            "run",
+            tasuki_artifacts::KV_V1,
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            "x.sock",
+            "--restore",
+        ],
+    );
+    assert!(!out.status.success());
+    let cut = dir.path().join("cut.snap");
+    let out = tasuki(
+        other.path(),
+        &[
+            "run",
+            tasuki_artifacts::KV_V1,
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            "x.sock",
+            "--restore",
+            cut.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("is truncated"), "{}", text(&out.stderr));
 }
