@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use wasmtime_wasi::HostWallClock;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock};
 
 /// Shared by the dispatcher (which sets it) and every instance's WASI context (which reads it).
 #[derive(Debug, Clone, Default)]
@@ -44,6 +44,21 @@ impl HostWallClock for EventClock {
         match self.frozen.load(Ordering::Relaxed) {
             0 => Duration::from_nanos(system_now()),
             frozen => Duration::from_nanos(frozen),
+        }
+    }
+}
+
+/// In the simulator the monotonic clock is the virtual clock too, so nothing a guest reads
+/// depends on the machine it runs on.
+impl HostMonotonicClock for EventClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        match self.frozen.load(Ordering::Relaxed) {
+            0 => system_now(),
+            frozen => frozen,
         }
     }
 }

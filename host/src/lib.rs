@@ -12,6 +12,8 @@
 //! - `recovery`: a checkpoint and a journal of events, so a trapped instance is rebuilt to the
 //!   state it had just before the event that trapped.
 //! - [`clock`]: the wall clock guests read, frozen per event so a replay sees the same time.
+//! - [`sim`]: the deterministic simulator — traces of client events against app versions, with
+//!   an upgrade at every event boundary.
 //! - [`snapshot`]: snapshot files — the documented on-disk format of a state.
 //! - [`transformer`]: sandboxed state transformers and the pipeline that chains them.
 //! - [`upgrade`]: the upgrade transaction — prepare off the loop, pause, export, import, commit or
@@ -30,6 +32,7 @@ pub mod limits;
 mod net;
 mod recovery;
 pub mod runtime;
+pub mod sim;
 pub mod snapshot;
 pub mod status;
 mod timers;

@@ -26,6 +26,9 @@ pub struct Runtime {
     pub(crate) limits: Arc<Limits>,
     pub(crate) sandbox: Arc<Sandbox>,
     pub(crate) clock: EventClock,
+    /// Set in the simulator: every source of nondeterminism a guest can read is fixed
+    /// (the monotonic clock follows the virtual clock, randomness comes from this seed).
+    pub(crate) deterministic: Option<u64>,
     /// Held only for its `Drop`: the ticker runs while any clone of this runtime lives.
     _ticker: Arc<Ticker>,
 }
@@ -84,8 +87,17 @@ impl Runtime {
             limits: Arc::new(limits),
             sandbox: Arc::new(sandbox),
             clock: EventClock::default(),
+            deterministic: None,
             _ticker: Arc::new(Ticker { stop }),
         })
+    }
+
+    /// A runtime for the simulator: like [`Runtime::new`], with every clock virtual and
+    /// randomness drawn from `seed`.
+    pub fn simulated(limits: Limits, seed: u64) -> wasmtime::Result<Self> {
+        let mut runtime = Self::new(limits, Sandbox::default())?;
+        runtime.deterministic = Some(seed);
+        Ok(runtime)
     }
 
     /// Compiles `bytes`, or returns the component compiled from the same bytes recently.

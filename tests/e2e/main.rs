@@ -7,6 +7,7 @@ mod faults;
 mod hot_swap;
 mod limits;
 mod rollback;
+mod sim;
 mod snapshots;
 mod transforms;
 mod upgrade_faults;

@@ -4,6 +4,7 @@ mod migrate;
 mod run;
 mod snapshot;
 mod status;
+mod test;
 mod upgrade;
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ pub enum Command {
     Status(status::StatusCommand),
     Snapshot(snapshot::SnapshotCommand),
     Migrate(migrate::MigrateCommand),
+    Test(test::TestCommand),
 }
 
 impl Command {
@@ -28,6 +30,7 @@ impl Command {
             Self::Status(c) => c.execute(),
             Self::Snapshot(c) => c.execute(),
             Self::Migrate(c) => c.execute(),
+            Self::Test(c) => c.execute(),
         }
     }
 }

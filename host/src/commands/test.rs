@@ -1,0 +1,108 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tasuki::sim::trace::Trace;
+use tasuki::sim::{SimConfig, Simulator, Target, UpgradeAt};
+
+/// Run a trace of client events against an app in the deterministic simulator, optionally with
+/// an upgrade at every event boundary. Exit status: 0 when every expectation held, 1 when one
+/// did not, 2 when the trace or the components could not be used.
+#[derive(Debug, clap::Args)]
+pub struct TestCommand {
+    /// The trace file (see README, "Testing migrations").
+    trace: PathBuf,
+    /// The version the trace starts with.
+    #[arg(long, value_name = "APP.wasm")]
+    app: PathBuf,
+    /// The version to upgrade to.
+    #[arg(long, value_name = "NEW.wasm")]
+    upgrade: Option<PathBuf>,
+    /// A transformer on the way to --upgrade, in order. Repeat for a chain.
+    #[arg(long = "transform", value_name = "T.wasm", requires = "upgrade")]
+    transforms: Vec<PathBuf>,
+    /// Where to upgrade: `every` event boundary (one run each), `never`, or after N events.
+    #[arg(long, value_name = "every|never|N", default_value = "never", value_parser = parse_at)]
+    upgrade_at: UpgradeAt,
+    /// An argument for every version's `init`. Repeat for several.
+    #[arg(long = "arg", value_name = "ARG")]
+    args: Vec<String>,
+    /// Seeds the guests' randomness.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn parse_at(s: &str) -> Result<UpgradeAt, String> {
+    match s {
+        "every" => Ok(UpgradeAt::Every),
+        "never" => Ok(UpgradeAt::Never),
+        n => n
+            .parse()
+            .map(UpgradeAt::Boundary)
+            .map_err(|_| format!("`{n}` is not `every`, `never` or a number of events")),
+    }
+}
+
+impl TestCommand {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let trace = match Trace::read(&self.trace) {
+            Ok(trace) => trace,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+        if self.upgrade_at != UpgradeAt::Never && self.upgrade.is_none() {
+            eprintln!("error: --upgrade-at needs --upgrade NEW.wasm");
+            return Ok(ExitCode::from(2));
+        }
+        let simulator = Simulator::new(SimConfig {
+            app: self.app.clone(),
+            upgrade: self
+                .upgrade
+                .clone()
+                .map(|wasm| Target { wasm, transforms: self.transforms.clone() }),
+            args: self.args.clone(),
+            seed: self.seed,
+            ..SimConfig::default()
+        });
+        let report = match simulator.and_then(|s| s.run(&trace, self.upgrade_at)) {
+            Ok(report) => report,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+        println!("{report}");
+        if report.passed() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some((boundary, _, _)) = report.first_failure() {
+            println!("  reproduce only that case:\n    {}", self.reproduce(boundary));
+        }
+        Ok(ExitCode::FAILURE)
+    }
+
+    /// The command line that runs just the upgrade at `boundary`.
+    fn reproduce(&self, boundary: usize) -> String {
+        let mut words = vec![
+            "tasuki".to_string(),
+            "test".into(),
+            self.trace.display().to_string(),
+            "--app".into(),
+            self.app.display().to_string(),
+        ];
+        if let Some(upgrade) = &self.upgrade {
+            words.extend(["--upgrade".into(), upgrade.display().to_string()]);
+        }
+        for t in &self.transforms {
+            words.extend(["--transform".into(), t.display().to_string()]);
+        }
+        for a in &self.args {
+            words.extend(["--arg".into(), a.clone()]);
+        }
+        if self.seed != 0 {
+            words.extend(["--seed".into(), self.seed.to_string()]);
+        }
+        words.extend(["--upgrade-at".into(), boundary.to_string()]);
+        words.join(" ")
+    }
+}

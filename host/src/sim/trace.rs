@@ -1,0 +1,316 @@
+//! Traces: client sessions written as text, for the simulator.
+//!
+//! ```text
+//! # Lines starting with `#` are comments. Strings take \r \n \t \\ \" and \xHH escapes.
+//! connect a                      # open a connection named `a`
+//! send a "SET k 1\r\n"           # a sends bytes (one event)
+//! expect a "+OK\r\n"             # the next bytes a receives are exactly these
+//! expect a ~ "^:[0-9]+\r\n"      # ...or match this regular expression (anchored at the start)
+//! quiet a                        # a has received nothing it has not expected
+//! advance 1500ms                 # the virtual clock moves on (ms or s); due timers fire
+//! close a                        # a disconnects (one event)
+//! upgrade kv_v2.wasm             # upgrade here, paths relative to the trace's directory
+//! upgrade kv_v3.wasm via kv_v1_to_v2.wasm kv_v2_to_v3.wasm
+//! ```
+//!
+//! Events are `connect`, `send`, `close` and each timer that fires during `advance`; the point
+//! before the first event and after each one are the trace's event boundaries.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One line of a trace.
+#[derive(Debug, Clone)]
+pub enum Step {
+    Connect(String),
+    Send(String, Vec<u8>),
+    Expect(String, Expected),
+    Quiet(String),
+    Advance(Duration),
+    Close(String),
+    Upgrade { wasm: PathBuf, transforms: Vec<PathBuf> },
+}
+
+/// What an `expect` wants.
+#[derive(Debug, Clone)]
+pub enum Expected {
+    Exact(Vec<u8>),
+    Pattern(regex::bytes::Regex),
+}
+
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(bytes) => write!(f, "\"{}\"", escape(bytes)),
+            Self::Pattern(re) => write!(f, "~ \"{}\"", re.as_str()),
+        }
+    }
+}
+
+/// A parsed trace: steps with their line numbers.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    pub name: String,
+    pub steps: Vec<(usize, Step)>,
+}
+
+/// A trace that does not parse, with where and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct TraceError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+/// Writes bytes the way a trace string reads them.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for &b in bytes {
+        match b {
+            b'\r' => out.push_str("\\r"),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            b'\\' => out.push_str("\\\\"),
+            b'"' => out.push_str("\\\""),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
+fn unescape(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            let mut buf = [0; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            continue;
+        }
+        match chars.next() {
+            Some('r') => out.push(b'\r'),
+            Some('n') => out.push(b'\n'),
+            Some('t') => out.push(b'\t'),
+            Some('\\') => out.push(b'\\'),
+            Some('"') => out.push(b'"'),
+            Some('x') => {
+                let hex: String = chars.by_ref().take(2).collect();
+                let byte = u8::from_str_radix(&hex, 16)
+                    .map_err(|_| format!("`\\x{hex}` is not a hex byte (\\xHH)"))?;
+                out.push(byte);
+            }
+            Some(other) => {
+                return Err(format!("unknown escape `\\{other}` (use \\r \\n \\t \\\\ \\\" \\xHH)"));
+            }
+            None => return Err("a string ends with a lone `\\`".into()),
+        }
+    }
+    Ok(out)
+}
+
+/// Splits `"..."` off the front of `rest`; returns the string's raw text and what follows.
+fn quoted(rest: &str) -> Result<(&str, &str), String> {
+    let rest = rest.trim_start();
+    let body = rest.strip_prefix('"').ok_or("expected a \"quoted string\"")?;
+    let mut escaped = false;
+    for (i, c) in body.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '"' if !escaped => return Ok((&body[..i], &body[i + 1..])),
+            _ => escaped = false,
+        }
+    }
+    Err("the string has no closing `\"`".into())
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("`{s}` is not a duration (like 250ms or 2s)");
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms.parse().map(Duration::from_millis).map_err(|_| bad());
+    }
+    if let Some(secs) = s.strip_suffix('s') {
+        return secs.parse().map(Duration::from_secs).map_err(|_| bad());
+    }
+    Err(bad())
+}
+
+impl Trace {
+    /// Reads a trace file; relative paths in `upgrade` lines are resolved against its directory.
+    pub fn read(path: &Path) -> Result<Self, TraceError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TraceError {
+            file: path.display().to_string(),
+            line: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&path.display().to_string(), &text, &dir)
+    }
+
+    /// Parses trace text; `name` appears in errors.
+    pub fn parse(name: &str, text: &str, dir: &Path) -> Result<Self, TraceError> {
+        let mut steps = Vec::new();
+        let mut open: Vec<String> = Vec::new();
+        let mut ever: Vec<String> = Vec::new();
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            let err = |message: String| TraceError { file: name.to_string(), line, message };
+            let content = raw.trim();
+            if content.is_empty() || content.starts_with('#') {
+                continue;
+            }
+            let (word, rest) = content.split_once(char::is_whitespace).unwrap_or((content, ""));
+            let rest = rest.trim();
+            let (conn, after) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            let needs_open = |conn: &str| -> Result<String, TraceError> {
+                if conn.is_empty() {
+                    return Err(err(format!("`{word}` needs a connection name")));
+                }
+                if !open.iter().any(|c| c == conn) {
+                    let hint = if ever.iter().any(|c| c == conn) {
+                        "it was closed earlier"
+                    } else {
+                        "open it first with `connect`"
+                    };
+                    return Err(err(format!("connection `{conn}` is not open ({hint})")));
+                }
+                Ok(conn.to_string())
+            };
+            let step = match word {
+                "connect" => {
+                    if conn.is_empty() || !after.is_empty() {
+                        return Err(err("usage: connect NAME".into()));
+                    }
+                    if open.iter().any(|c| c == conn) {
+                        return Err(err(format!("connection `{conn}` is already open")));
+                    }
+                    open.push(conn.to_string());
+                    ever.push(conn.to_string());
+                    Step::Connect(conn.to_string())
+                }
+                "send" => {
+                    let conn = needs_open(conn)?;
+                    let (body, tail) = quoted(after).map_err(|m| err(format!("send: {m}")))?;
+                    if !tail.trim().is_empty() {
+                        return Err(err(format!("unexpected `{}` after the string", tail.trim())));
+                    }
+                    Step::Send(conn, unescape(body).map_err(err)?)
+                }
+                "expect" => {
+                    let conn = needs_open(conn)?;
+                    let (pattern, after) = match after.strip_prefix('~') {
+                        Some(after) => (true, after),
+                        None => (false, after),
+                    };
+                    let (body, tail) = quoted(after).map_err(|m| err(format!("expect: {m}")))?;
+                    if !tail.trim().is_empty() {
+                        return Err(err(format!("unexpected `{}` after the string", tail.trim())));
+                    }
+                    let expected = if pattern {
+                        let anchored = format!("^(?:{body})");
+                        Expected::Pattern(
+                            regex::bytes::Regex::new(&anchored)
+                                .map_err(|e| err(format!("bad pattern: {e}")))?,
+                        )
+                    } else {
+                        Expected::Exact(unescape(body).map_err(err)?)
+                    };
+                    Step::Expect(conn, expected)
+                }
+                "quiet" => Step::Quiet(needs_open(conn)?),
+                "close" => {
+                    let conn = needs_open(conn)?;
+                    open.retain(|c| *c != conn);
+                    Step::Close(conn)
+                }
+                "advance" => Step::Advance(duration(rest).map_err(err)?),
+                "upgrade" => {
+                    let mut words = rest.split_whitespace();
+                    let wasm = words
+                        .next()
+                        .ok_or_else(|| err("usage: upgrade NEW.wasm [via T.wasm ...]".into()))?;
+                    let transforms = match words.next() {
+                        None => Vec::new(),
+                        Some("via") => words.map(|t| dir.join(t)).collect(),
+                        Some(other) => return Err(err(format!("expected `via`, found `{other}`"))),
+                    };
+                    Step::Upgrade { wasm: dir.join(wasm), transforms }
+                }
+                other => {
+                    return Err(err(format!(
+                        "unknown step `{other}` (connect, send, expect, quiet, advance, close, upgrade)"
+                    )));
+                }
+            };
+            steps.push((line, step));
+        }
+        Ok(Self { name: name.to_string(), steps })
+    }
+
+    /// Events in the trace, not counting timers (which depend on the app).
+    pub fn client_events(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|(_, s)| matches!(s, Step::Connect(_) | Step::Send(..) | Step::Close(_)))
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Trace, TraceError> {
+        Trace::parse("t.trace", text, Path::new("/traces"))
+    }
+
+    #[test]
+    fn a_complete_trace_parses() {
+        let t = parse(
+            "# a comment\nconnect a\nsend a \"SET k \\\"x\\\"\\r\\n\\x00\"\nexpect a \"+OK\\r\\n\"\n\
+             expect a ~ \"^:[0-9]+\\r\\n\"\nquiet a\nadvance 1500ms\nadvance 2s\nclose a\n\
+             upgrade v2.wasm via a.wasm b.wasm\n",
+        )
+        .unwrap();
+        assert_eq!(t.steps.len(), 9);
+        let Step::Send(_, bytes) = &t.steps[1].1 else { panic!() };
+        assert_eq!(bytes, b"SET k \"x\"\r\n\0");
+        assert!(matches!(t.steps[5].1, Step::Advance(d) if d == Duration::from_millis(1500)));
+        let Step::Upgrade { wasm, transforms } = &t.steps[8].1 else { panic!() };
+        assert_eq!(wasm, Path::new("/traces/v2.wasm"));
+        assert_eq!(transforms.len(), 2);
+        assert_eq!(t.client_events(), 3);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_fix() {
+        for (text, wanted) in [
+            (
+                "send a \"x\"",
+                "t.trace:1: connection `a` is not open (open it first with `connect`)",
+            ),
+            (
+                "connect a\nclose a\nsend a \"x\"",
+                "t.trace:3: connection `a` is not open (it was closed earlier)",
+            ),
+            ("connect a\nsend a \"x", "t.trace:2: send: the string has no closing `\"`"),
+            ("connect a\nsend a x", "t.trace:2: send: expected a \"quoted string\""),
+            ("advance 3 minutes", "t.trace:1: `3 minutes` is not a duration (like 250ms or 2s)"),
+            ("connect a\nexpect a ~ \"(\"", "t.trace:2: bad pattern"),
+            ("connect a\nsend a \"\\q\"", "t.trace:2: unknown escape `\\q`"),
+            ("jump a", "t.trace:1: unknown step `jump`"),
+            ("connect a\nconnect a", "t.trace:2: connection `a` is already open"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.starts_with(wanted), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn escape_and_unescape_agree() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(unescape(&escape(&bytes)).unwrap(), bytes);
+    }
+}

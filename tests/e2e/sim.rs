@@ -1,0 +1,126 @@
+//! The deterministic simulator: the KV traces in tests/traces run with an upgrade at every event
+//! boundary, and a deliberately faulty transformer is caught at exactly the boundaries where
+//! its bug shows.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tasuki::sim::trace::Trace;
+use tasuki::sim::{Report, SimConfig, Simulator, Target, UpgradeAt};
+use tasuki_tests::artifacts;
+
+fn trace(name: &str) -> Trace {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("traces").join(name);
+    Trace::read(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn simulate(app: &str, to: &str, transforms: &[&str], trace: &Trace, at: UpgradeAt) -> Report {
+    let simulator = Simulator::new(SimConfig {
+        app: app.into(),
+        upgrade: Some(Target {
+            wasm: to.into(),
+            transforms: transforms.iter().map(PathBuf::from).collect(),
+        }),
+        ..SimConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    simulator.run(trace, at).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn every(app: &str, to: &str, transforms: &[&str], name: &str) -> Report {
+    let t = trace(name);
+    let report = simulate(app, to, transforms, &t, UpgradeAt::Every);
+    println!("{report}");
+    report
+}
+
+#[test]
+fn kv_basics_hold_with_an_upgrade_at_every_boundary_v1_to_v2() {
+    let report = every(artifacts::KV_V1, artifacts::KV_V2, &[], "kv-basics.trace");
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.runs.len(), report.events + 1, "one run per boundary, 0..=events");
+    assert!(report.events >= 15, "{report}");
+}
+
+#[test]
+fn kv_basics_hold_from_v1_to_v3_through_transformers() {
+    let report = every(
+        artifacts::KV_V1,
+        artifacts::KV_V3,
+        &[artifacts::KV_V1_TO_V2, artifacts::KV_V2_TO_V3],
+        "kv-basics.trace",
+    );
+    assert!(report.passed(), "{report}");
+}
+
+#[test]
+fn expiry_holds_across_every_boundary_under_the_virtual_clock() {
+    for (to, transforms) in
+        [(artifacts::KV_V2, vec![]), (artifacts::KV_V3, vec![artifacts::KV_V2_TO_V3])]
+    {
+        let report = every(artifacts::KV_V2, to, &transforms, "kv-expiry.trace");
+        assert!(report.passed(), "{report}");
+        // Two client events are not all: the expiry timer fired inside the `advance`s.
+        assert!(report.events > trace("kv-expiry.trace").client_events(), "{report}");
+    }
+}
+
+#[test]
+fn every_boundary_mode_catches_a_faulty_transformer_exactly_where_it_bites() {
+    let t = trace("kv-empty-values.trace");
+    // The right transformer: fine everywhere.
+    let good = simulate(
+        artifacts::KV_V1,
+        artifacts::KV_V2,
+        &[artifacts::KV_V1_TO_V2],
+        &t,
+        UpgradeAt::Every,
+    );
+    assert!(good.passed(), "{good}");
+    // Without an injected upgrade, and with the upgrade at the ends, the faulty one passes too...
+    let faulty = [artifacts::FAULTY_TRANSFORM];
+    for at in [UpgradeAt::Never, UpgradeAt::Boundary(0), UpgradeAt::Boundary(6)] {
+        let report = simulate(artifacts::KV_V1, artifacts::KV_V2, &faulty, &t, at);
+        assert!(report.passed(), "{at:?}: {report}");
+    }
+    // ...but every boundary finds the two where an empty value is held across the upgrade.
+    let report = simulate(artifacts::KV_V1, artifacts::KV_V2, &faulty, &t, UpgradeAt::Every);
+    println!("{report}");
+    assert!(!report.passed());
+    assert_eq!(report.failed_boundaries(), [3, 4]);
+    let (boundary, line, failure) = report.first_failure().unwrap();
+    assert_eq!((boundary, line), (3, 7), "after `send a ...SET empty...` on line 7");
+    assert_eq!(failure.line, 12, "the `expect` of the empty value");
+    assert_eq!(failure.expected.as_deref(), Some("\"$0\\r\\n\\r\\n\""));
+    assert_eq!(failure.actual.as_deref(), Some("$-1\\r\\n"));
+    // The single case reproduces on its own.
+    let alone = simulate(artifacts::KV_V1, artifacts::KV_V2, &faulty, &t, UpgradeAt::Boundary(3));
+    assert!(!alone.passed());
+}
+
+#[test]
+fn the_same_trace_gives_the_same_result_every_run() {
+    let t = trace("kv-empty-values.trace");
+    let faulty = [artifacts::FAULTY_TRANSFORM];
+    let first = simulate(artifacts::KV_V1, artifacts::KV_V2, &faulty, &t, UpgradeAt::Every);
+    let second = simulate(artifacts::KV_V1, artifacts::KV_V2, &faulty, &t, UpgradeAt::Every);
+    let outcomes =
+        |r: &Report| r.runs.iter().map(|(b, l, res)| (*b, *l, res.clone())).collect::<Vec<_>>();
+    assert_eq!(outcomes(&first), outcomes(&second));
+}
+
+#[test]
+fn a_thousand_events_at_every_boundary_take_seconds() {
+    let mut text = String::from("connect a\nconnect b\n");
+    for i in 0..499 {
+        text.push_str(&format!("send a \"SET k{i} {i}\\r\\n\"\nexpect a \"+OK\\r\\n\"\n"));
+        text.push_str(&format!("send b \"INCR counter\\r\\n\"\nexpect b \":{}\\r\\n\"\n", i + 1));
+    }
+    let t = Trace::parse("generated", &text, Path::new(".")).unwrap();
+    let started = Instant::now();
+    let report = simulate(artifacts::KV_V1, artifacts::KV_V2, &[], &t, UpgradeAt::Every);
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.events, 1000);
+    assert_eq!(report.runs.len(), 1001);
+    // Measured, not asserted: bench/ reports the figure.
+    println!("1,000 events, 1,001 upgrade points: {:.2} s", started.elapsed().as_secs_f64());
+}
