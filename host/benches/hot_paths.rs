@@ -114,6 +114,8 @@ fn event(c: &mut Criterion) {
         args: Vec::new(),
         limits: Limits::default(),
         sandbox: Sandbox::default(),
+        restore: None,
+        record: None,
     })
     .expect("host starts");
     let mut stream = std::net::TcpStream::connect(host.local_addrs()[0]).unwrap();

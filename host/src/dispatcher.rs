@@ -207,6 +207,8 @@ pub(crate) struct Dispatcher {
     recovering: bool,
     refused_connections: u64,
     read_buf: Vec<u8>,
+    /// `--record`: the session written as a trace.
+    recorder: Option<crate::sim::record::Recorder>,
 }
 
 impl Dispatcher {
@@ -252,10 +254,16 @@ impl Dispatcher {
             recovering: false,
             refused_connections: 0,
             read_buf: vec![0; READ_CHUNK],
+            recorder: None,
         };
         // Timers armed and output queued by `init` take effect now that the loop exists.
         dispatcher.apply_effects();
         Ok(dispatcher)
+    }
+
+    /// Writes the session to `recorder` from now on.
+    pub(crate) fn record(&mut self, recorder: crate::sim::record::Recorder) {
+        self.recorder = Some(recorder);
     }
 
     /// Runs until a [`Command::Shutdown`] arrives or the command channel closes.
@@ -440,6 +448,13 @@ impl Dispatcher {
     fn apply_effects(&mut self) {
         let now = Instant::now();
         for effect in self.instance.take_effects() {
+            if let Some(recorder) = &mut self.recorder {
+                match &effect {
+                    Effect::Send(conn, data) => recorder.reply(*conn, data),
+                    Effect::Close(conn) => recorder.forget(*conn),
+                    _ => {}
+                }
+            }
             match effect {
                 Effect::Send(conn, data) => self.net.send(conn, data),
                 Effect::Close(conn) => self.net.close(conn),
@@ -461,6 +476,14 @@ impl Dispatcher {
         };
         match result {
             Ok(()) => {
+                if let Some(recorder) = &mut self.recorder {
+                    match event {
+                        Dispatch::Connect(info) => recorder.connect(info.id),
+                        Dispatch::Data(id, bytes) => recorder.send(id, bytes),
+                        Dispatch::Disconnect(id) => recorder.close(id),
+                        Dispatch::Timer(_) => {}
+                    }
+                }
                 match event {
                     Dispatch::Connect(info) => self.journal.connect(at, info),
                     Dispatch::Data(id, bytes) => self.journal.data(at, id, bytes),

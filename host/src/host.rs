@@ -35,6 +35,8 @@ pub struct HostConfig {
     pub sandbox: Sandbox,
     /// Start from a snapshot file instead of empty state (`--restore`).
     pub restore: Option<Restore>,
+    /// Write the session to this file as a trace (`--record`), for `tasuki test`.
+    pub record: Option<PathBuf>,
 }
 
 /// A snapshot file to start from, and the transformers between its state and the app.
@@ -59,6 +61,8 @@ pub enum StartError {
     Control { path: PathBuf, source: std::io::Error },
     #[error("cannot restore {file}: {reason}")]
     Restore { file: PathBuf, reason: String },
+    #[error("cannot record to {path}: {source}")]
+    Record { path: PathBuf, source: std::io::Error },
     #[error("cannot start the event loop: {0}")]
     Loop(std::io::Error),
 }
@@ -224,6 +228,12 @@ impl Host {
             Arc::clone(&shared),
         )
         .map_err(StartError::Loop)?;
+        let mut dispatcher = dispatcher;
+        if let Some(path) = &config.record {
+            let recorder = crate::sim::record::Recorder::create(path)
+                .map_err(|source| StartError::Record { path: path.clone(), source })?;
+            dispatcher.record(recorder);
+        }
         let dispatcher = std::thread::Builder::new()
             .name("tasuki-dispatcher".into())
             .spawn(move || dispatcher.run())

@@ -304,3 +304,105 @@ fn snapshot_migrate_check_and_restore_from_the_command_line() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("is truncated"), "{}", text(&out.stderr));
 }
+
+fn traces() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/traces")
+}
+
+#[test]
+fn tasuki_test_reports_the_smallest_failing_boundary_and_how_to_reproduce_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = traces().join("kv-empty-values.trace");
+    let trace = trace.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "test",
+            trace,
+            "--app",
+            tasuki_artifacts::KV_V1,
+            "--upgrade",
+            tasuki_artifacts::KV_V2,
+        ];
+        args.extend_from_slice(extra);
+        tasuki(dir.path(), &args)
+    };
+    let ok = run(&["--transform", tasuki_artifacts::KV_V1_TO_V2, "--upgrade-at", "every"]);
+    assert!(ok.status.success(), "{}{}", text(&ok.stdout), text(&ok.stderr));
+    assert!(text(&ok.stdout).contains("7 ok, 0 failed"), "{}", text(&ok.stdout));
+
+    let bad = run(&["--transform", tasuki_artifacts::FAULTY_TRANSFORM, "--upgrade-at", "every"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let shown = text(&bad.stdout);
+    assert!(shown.contains("smallest failing boundary: 3 (after line 7)"), "{shown}");
+    assert!(shown.contains("expected \"$0\\r\\n\\r\\n\""), "{shown}");
+    let reproduce = shown
+        .lines()
+        .skip_while(|l| !l.contains("reproduce only that case"))
+        .nth(1)
+        .unwrap()
+        .trim();
+    assert!(reproduce.ends_with("--upgrade-at 3"), "{reproduce}");
+    let words: Vec<&str> = reproduce.split(' ').skip(1).collect();
+    let again = tasuki(dir.path(), &words);
+    assert_eq!(again.status.code(), Some(1), "the printed command reproduces the failure");
+    assert!(
+        text(&again.stdout).contains("upgrade at boundaries 3..=3: 0 ok, 1 failed"),
+        "{}",
+        text(&again.stdout)
+    );
+
+    std::fs::write(dir.path().join("bad.trace"), "connect a\nsend b \"x\"\n").unwrap();
+    let bad_trace = tasuki(dir.path(), &["test", "bad.trace", "--app", tasuki_artifacts::KV_V1]);
+    assert_eq!(bad_trace.status.code(), Some(2));
+    assert!(
+        text(&bad_trace.stderr).contains("bad.trace:2: connection `b` is not open"),
+        "{}",
+        text(&bad_trace.stderr)
+    );
+}
+
+#[test]
+fn a_recorded_session_replays_as_a_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(TASUKI)
+        .current_dir(dir.path())
+        .args([
+            "run",
+            tasuki_artifacts::KV_V1,
+            "--listen",
+            "127.0.0.1:0",
+            "--record",
+            "session.trace",
+        ])
+        .env("TASUKI_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let host = Running::adopt(child);
+    let mut a = TcpStream::connect(&host.addr).unwrap();
+    a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(roundtrip(&mut a, b"SET visits 41\r\n", 5), "+OK\r\n");
+    assert_eq!(roundtrip(&mut a, b"INCR visits\r\n", 5), ":42\r\n");
+    assert_eq!(roundtrip(&mut a, b"*2\r\n$3\r\nGET\r\n$6\r\nvisits\r\n", 8), "$2\r\n42\r\n");
+    drop(a);
+    std::thread::sleep(Duration::from_millis(200));
+    drop(host);
+    let recorded = std::fs::read_to_string(dir.path().join("session.trace")).unwrap();
+    assert!(recorded.contains("send c1 \"INCR visits\\r\\n\""), "{recorded}");
+    assert!(recorded.contains("expect c1 \":42\\r\\n\""), "{recorded}");
+    assert!(recorded.contains("close c1"), "{recorded}");
+    let replay = tasuki(
+        dir.path(),
+        &[
+            "test",
+            "session.trace",
+            "--app",
+            tasuki_artifacts::KV_V1,
+            "--upgrade",
+            tasuki_artifacts::KV_V2,
+            "--upgrade-at",
+            "every",
+        ],
+    );
+    assert!(replay.status.success(), "{}\n{recorded}", text(&replay.stdout));
+}

@@ -124,3 +124,28 @@ fn a_thousand_events_at_every_boundary_take_seconds() {
     // Measured, not asserted: bench/ reports the figure.
     println!("1,000 events, 1,001 upgrade points: {:.2} s", started.elapsed().as_secs_f64());
 }
+
+#[test]
+fn traces_can_be_built_in_code_for_an_apps_own_cargo_tests() {
+    let t = Trace::new("built")
+        .connect("a")
+        .send("a", "SET k v PX 100\r\n")
+        .expect("a", "+OK\r\n")
+        .advance(std::time::Duration::from_millis(50))
+        .send("a", "PTTL k\r\n")
+        .expect_match("a", r":50\r\n")
+        .unwrap()
+        .advance(std::time::Duration::from_millis(60))
+        .send("a", "EXISTS k\r\n")
+        .expect("a", ":0\r\n")
+        .quiet("a")
+        .close("a");
+    let report = simulate(
+        artifacts::KV_V2,
+        artifacts::KV_V3,
+        &[artifacts::KV_V2_TO_V3],
+        &t,
+        UpgradeAt::Every,
+    );
+    assert!(report.passed(), "{report}");
+}

@@ -32,6 +32,10 @@ pub struct RunCommand {
     /// empty state.
     #[arg(long, value_name = "FILE")]
     restore: Option<PathBuf>,
+    /// Write the session to FILE as a trace — every connection, every byte sent and every
+    /// reply — so `tasuki test` can replay it, with an upgrade at every boundary.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
     /// A transformer the restored state goes through first, in order. Repeat for a chain.
     #[arg(long = "transform", value_name = "T.wasm", requires = "restore")]
     transforms: Vec<PathBuf>,
@@ -117,6 +121,7 @@ impl RunCommand {
             limits,
             sandbox: Sandbox { dirs: self.dirs, env: self.env },
             restore: self.restore.map(|file| Restore { file, transforms: self.transforms }),
+            record: self.record,
         })?;
         let (stop, stopped) = mpsc::channel();
         ctrlc::set_handler(move || {

@@ -8,6 +8,7 @@
 //! instance), and each upgraded run starts from that snapshot and the clients' state at that
 //! point, with a new version's instance, and plays only the rest of the trace.
 
+pub mod record;
 pub mod trace;
 
 use crate::bindings::{AppInfo, ConnInfo, Snapshot};

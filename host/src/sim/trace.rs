@@ -103,7 +103,9 @@ fn unescape(s: &str) -> Result<Vec<u8>, String> {
                 out.push(byte);
             }
             Some(other) => {
-                return Err(format!("unknown escape `\\{other}` (use \\r \\n \\t \\\\ \\\" \\xHH)"));
+                return Err(format!(
+                    "unknown escape `\\{other}` (use \\r \\n \\t \\\\ \\\" \\xHH)"
+                ));
             }
             None => return Err("a string ends with a lone `\\`".into()),
         }
@@ -247,6 +249,54 @@ impl Trace {
             steps.push((line, step));
         }
         Ok(Self { name: name.to_string(), steps })
+    }
+
+    /// An empty trace, to build in code: `Trace::new("t").connect("a").send("a", "PING\r\n")`.
+    /// Steps are numbered 1, 2, … where a file would give line numbers.
+    pub fn new(name: &str) -> Self {
+        Self { name: name.to_string(), steps: Vec::new() }
+    }
+
+    fn push(mut self, step: Step) -> Self {
+        let line = self.steps.len() + 1;
+        self.steps.push((line, step));
+        self
+    }
+
+    /// Opens connection `conn`.
+    pub fn connect(self, conn: &str) -> Self {
+        self.push(Step::Connect(conn.into()))
+    }
+
+    /// `conn` sends `bytes`.
+    pub fn send(self, conn: &str, bytes: impl AsRef<[u8]>) -> Self {
+        self.push(Step::Send(conn.into(), bytes.as_ref().to_vec()))
+    }
+
+    /// The next bytes `conn` receives are exactly `bytes`.
+    pub fn expect(self, conn: &str, bytes: impl AsRef<[u8]>) -> Self {
+        self.push(Step::Expect(conn.into(), Expected::Exact(bytes.as_ref().to_vec())))
+    }
+
+    /// The next bytes `conn` receives match `pattern` (a regular expression, anchored).
+    pub fn expect_match(self, conn: &str, pattern: &str) -> Result<Self, regex::Error> {
+        let re = regex::bytes::Regex::new(&format!("^(?:{pattern})"))?;
+        Ok(self.push(Step::Expect(conn.into(), Expected::Pattern(re))))
+    }
+
+    /// `conn` has received nothing it has not expected.
+    pub fn quiet(self, conn: &str) -> Self {
+        self.push(Step::Quiet(conn.into()))
+    }
+
+    /// The virtual clock moves on by `by`; due timers fire.
+    pub fn advance(self, by: Duration) -> Self {
+        self.push(Step::Advance(by))
+    }
+
+    /// `conn` disconnects.
+    pub fn close(self, conn: &str) -> Self {
+        self.push(Step::Close(conn.into()))
     }
 
     /// Events in the trace, not counting timers (which depend on the app).
