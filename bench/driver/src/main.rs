@@ -1,0 +1,102 @@
+//! `tasuki-bench`: the measuring half of `bench/run`.
+//!
+//! The script starts the servers and runs `redis-benchmark`; everything that needs a program —
+//! loading a million keys, upgrading a hundred times under load while checking that no INCR is
+//! lost, restarting redis-server the way its users upgrade it, sampling memory and CPU, and
+//! writing `bench/RESULTS.md` — is a subcommand here. Every measuring subcommand writes a raw
+//! `key=value` file; `report` reads the directory of them and does the arithmetic.
+
+mod clients;
+mod load;
+mod procfs;
+mod raw;
+mod report;
+mod restarts;
+mod stats;
+mod upgrades;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(name = "tasuki-bench", about = "The benchmark driver behind bench/run")]
+enum Cli {
+    /// Prints a free TCP port on 127.0.0.1.
+    FreePort,
+    /// Waits until a Redis-protocol server at ADDR answers PING.
+    Wait {
+        addr: String,
+        #[arg(long, default_value_t = 30)]
+        timeout_s: u64,
+    },
+    /// FLUSHALL, then loads KEYS keys with pipelined MSETs.
+    Load(load::LoadArgs),
+    /// Prints the CPU time a process has used (all its threads) as raw lines:
+    /// `PREFIXcpu_ns=…`, `PREFIXutime_ticks=…`, `PREFIXstime_ticks=…`.
+    Cpu {
+        pid: u32,
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Upgrades a `tasuki run` host over and over under an INCR load; checks nothing was lost.
+    Upgrades(upgrades::UpgradesArgs),
+    /// Restarts redis-server (SHUTDOWN SAVE, start, load the RDB) under the same load.
+    Restarts(restarts::RestartsArgs),
+    /// Writes RESULTS.md from a directory of raw results.
+    Report(report::ReportArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse() {
+        Cli::FreePort => {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            println!("{}", listener.local_addr()?.port());
+            Ok(())
+        }
+        Cli::Wait { addr, timeout_s } => wait_ready(&addr, Duration::from_secs(timeout_s)),
+        Cli::Load(args) => {
+            let loaded = load::run(&args)?;
+            println!("{loaded}");
+            Ok(())
+        }
+        Cli::Cpu { pid, prefix } => {
+            let cpu = procfs::cpu(pid)?;
+            println!("{prefix}cpu_ns={}", cpu.ns);
+            println!("{prefix}utime_ticks={}", cpu.utime_ticks);
+            println!("{prefix}stime_ticks={}", cpu.stime_ticks);
+            Ok(())
+        }
+        Cli::Upgrades(args) => upgrades::run(&args),
+        Cli::Restarts(args) => restarts::run(&args),
+        Cli::Report(args) => report::run(&args),
+    }
+}
+
+/// `redis://ADDR/` for the `redis` crate.
+pub(crate) fn url(addr: &str) -> String {
+    format!("redis://{addr}/")
+}
+
+/// Waits until the server at `addr` answers PING with PONG (not `-LOADING`).
+pub(crate) fn wait_ready(addr: &str, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let client = redis::Client::open(url(addr))?;
+    loop {
+        let pong = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+        match pong {
+            Ok(p) if p == "PONG" => return Ok(()),
+            Ok(other) => bail!("{addr} answered PING with {other:?}"),
+            Err(_) if started.elapsed() < timeout => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => return Err(e).with_context(|| format!("{addr} not ready after {timeout:?}")),
+        }
+    }
+}
+
+/// Where raw results go.
+pub(crate) fn write_raw(path: &PathBuf, raw: &raw::Raw) -> anyhow::Result<()> {
+    std::fs::write(path, raw.to_string()).with_context(|| format!("writing {}", path.display()))
+}
