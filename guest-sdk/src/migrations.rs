@@ -30,27 +30,27 @@ impl<S: 'static> Migrations<S> {
     /// Accept state version `version`, whose serialized type is `Old`, converting it with
     /// `convert`. `Old` must match the older release's state type field for field.
     pub fn from<Old: DeserializeOwned + 'static>(
-        mut self,
+        self,
         version: u32,
         convert: fn(Old) -> S,
     ) -> Self {
-        self.steps.push((
-            version,
-            Box::new(move |bytes| {
-                let old: Old = postcard::from_bytes(bytes)
-                    .map_err(|e| format!("state version {version} does not decode: {e}"))?;
-                Ok(convert(old))
-            }),
-        ));
-        self
+        self.step(version, move |old: Old| Ok(convert(old)))
     }
 
     /// Like [`Migrations::from`], for a conversion that can refuse: its error aborts the import,
     /// and so rolls the upgrade back with the old version still serving.
     pub fn from_fallible<Old: DeserializeOwned + 'static>(
-        mut self,
+        self,
         version: u32,
         convert: fn(Old) -> Result<S, String>,
+    ) -> Self {
+        self.step(version, convert)
+    }
+
+    fn step<Old: DeserializeOwned + 'static>(
+        mut self,
+        version: u32,
+        convert: impl Fn(Old) -> Result<S, String> + 'static,
     ) -> Self {
         self.steps.push((
             version,

@@ -646,7 +646,7 @@ impl Dispatcher {
         // until commit; the transformed one is what the new version imports.
         let transformed = match (&snapshot, next.pipeline.is_empty()) {
             (Some(snapshot), false) => match next.pipeline.apply(snapshot.clone()) {
-                Ok((transformed, _)) => Some(transformed),
+                Ok(transformed) => Some(transformed),
                 Err(e) => {
                     let err = UpgradeError::Transform { running, reason: e.to_string() };
                     return rollback(self, err, next.instance);

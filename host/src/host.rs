@@ -85,17 +85,20 @@ struct Upgrader {
 }
 
 impl Upgrader {
+    /// Hands `command` to the dispatcher and wakes it.
+    fn send(&self, command: Command) -> Result<(), UpgradeError> {
+        let sent =
+            self.commands.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).send(command);
+        if sent.is_err() || self.waker.wake().is_err() {
+            return Err(UpgradeError::HostStopped);
+        }
+        Ok(())
+    }
+
     /// `tasuki snapshot`: export at an event boundary, write the file off the loop.
     fn snapshot(&self, out: &Path) -> Result<SnapshotReport, String> {
         let (reply, answer) = mpsc::sync_channel(1);
-        let sent = self
-            .commands
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .send(Command::Snapshot(reply));
-        if sent.is_err() || self.waker.wake().is_err() {
-            return Err(UpgradeError::HostStopped.to_string());
-        }
+        self.send(Command::Snapshot(reply)).map_err(|e| e.to_string())?;
         let (snapshot, pause) =
             answer.recv().map_err(|_| UpgradeError::HostStopped.to_string())??;
         let file = SnapshotFile::from_snapshot(&snapshot);
@@ -143,14 +146,7 @@ impl Upgrader {
             AppVersion::from(&running)
         );
         let (reply, outcome) = mpsc::sync_channel(1);
-        let sent = self
-            .commands
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .send(Command::Upgrade(Box::new(prepared), reply));
-        if sent.is_err() || self.waker.wake().is_err() {
-            return Err(UpgradeError::HostStopped);
-        }
+        self.send(Command::Upgrade(Box::new(prepared), reply))?;
         match outcome.recv() {
             Ok(swapped) => {
                 drop(swapped.retired);
@@ -319,10 +315,8 @@ impl RunningHost {
 
     /// Stops serving: closes the listeners, every connection and the control socket.
     pub fn shutdown(self) {
-        let sent = self.upgrader.commands.lock().map(|c| c.send(Command::Shutdown).is_ok());
-        if matches!(sent, Ok(true)) {
-            let _ = self.upgrader.waker.wake();
-        }
+        // An error means the loop is gone already.
+        let _ = self.upgrader.send(Command::Shutdown);
         drop(self.control);
         let _ = self.dispatcher.join();
     }
@@ -369,6 +363,6 @@ pub fn migrate(
         Some(target) => pipeline.check(&sections, target).map_err(|e| e.to_string())?,
         None => drop(pipeline.follow(&sections).map_err(|e| e.to_string())?),
     }
-    let (snapshot, _) = pipeline.apply(stored.into_snapshot()).map_err(|e| e.to_string())?;
+    let snapshot = pipeline.apply(stored.into_snapshot()).map_err(|e| e.to_string())?;
     Ok(snapshot)
 }

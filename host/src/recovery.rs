@@ -149,8 +149,8 @@ impl Journal {
         self.checkpoint_at = self.checkpoint_at.saturating_mul(2);
     }
 
-    /// A fresh instance of `version` brought to the journal's state. `replay` says whether the
-    /// journal is replayed too (not when the caller only wants the checkpoint).
+    /// A fresh instance of `version` brought to the journal's state: the checkpoint, then every
+    /// event since.
     pub(crate) fn rebuild(
         &self,
         version: &Version,

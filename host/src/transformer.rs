@@ -17,7 +17,7 @@ use crate::version::{LoadError, check_component};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{
@@ -227,12 +227,6 @@ pub enum ChainError {
     Unreadable { section: String, version: u32, app: String, accepts: Vec<u32>, hint: String },
 }
 
-/// Time each stage took, for the report.
-#[derive(Debug, Clone, Default)]
-pub struct PipelineTiming {
-    pub total: Duration,
-}
-
 impl Pipeline {
     pub fn load(runtime: &Runtime, paths: &[PathBuf]) -> Result<Self, LoadError> {
         let stages =
@@ -303,14 +297,10 @@ impl Pipeline {
     }
 
     /// Pipes `snapshot` through every stage.
-    pub fn apply(
-        &self,
-        mut snapshot: Snapshot,
-    ) -> Result<(Snapshot, PipelineTiming), TransformError> {
-        let started = Instant::now();
+    pub fn apply(&self, mut snapshot: Snapshot) -> Result<Snapshot, TransformError> {
         for stage in &self.stages {
             snapshot = stage.apply(snapshot)?;
         }
-        Ok((snapshot, PipelineTiming { total: started.elapsed() }))
+        Ok(snapshot)
     }
 }

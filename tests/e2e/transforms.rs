@@ -194,7 +194,7 @@ fn sections_no_stage_claims_pass_through_untouched() {
             other.clone(),
         ],
     };
-    let (out, _) = pipeline.apply(snapshot).unwrap();
+    let out = pipeline.apply(snapshot).unwrap();
     let names: Vec<&str> = out.sections.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["tasuki.conns", "kv", "other"], "order kept");
     for (got, want) in [(&out.sections[0], &conns), (&out.sections[2], &other)] {

@@ -369,7 +369,7 @@ impl Simulator {
     ) -> Result<Instance, Failure> {
         let fail = |message: String| Failure { line, message, expected: None, actual: None };
         self.freeze(world);
-        let (snapshot, _) = pipeline.apply(snapshot).map_err(|e| fail(format!("upgrade: {e}")))?;
+        let snapshot = pipeline.apply(snapshot).map_err(|e| fail(format!("upgrade: {e}")))?;
         let (mut instance, _) = upgrade::start(version, &self.args)
             .map_err(|e| fail(format!("upgrade: new version failed to start: {e}")))?;
         instance.import_state(&snapshot, &world.live()).map_err(|e| {
