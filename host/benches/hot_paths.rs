@@ -19,9 +19,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tasuki::bindings::{ConnInfo, Snapshot};
-use tasuki::instance::{Effect, Instance, Sandbox};
+use tasuki::instance::Instance;
 use tasuki::limits::Limits;
 use tasuki::runtime::Runtime;
+use tasuki::sandbox::Sandbox;
+use tasuki::store::Effect;
 use tasuki::version::Version;
 use tasuki::{Host, HostConfig};
 

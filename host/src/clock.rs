@@ -21,14 +21,13 @@ fn system_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-impl EventClock {
-    /// Freezes the clock at the current system time and returns it (ns since the epoch).
-    pub(crate) fn stamp(&self) -> u64 {
-        let now = system_now();
-        self.frozen.store(now, Ordering::Relaxed);
-        now
-    }
+/// The system's wall clock, in ms since the Unix epoch: when a checkpoint, upgrade or recovery
+/// happened, as reports and `tasuki status` show it.
+pub fn now_unix_ms() -> u64 {
+    system_now() / 1_000_000
+}
 
+impl EventClock {
     /// Freezes the clock at `nanos`, a stamp returned earlier.
     pub(crate) fn freeze_at(&self, nanos: u64) {
         self.frozen.store(nanos, Ordering::Relaxed);

@@ -3,13 +3,15 @@
 
 use crate::bindings::{AppInfo, Snapshot};
 use crate::control::{self, ControlServer, Request, Response};
-use crate::dispatcher::{Command, Dispatcher, WAKER};
-use crate::instance::Sandbox;
+use crate::event_loop::{Command, EventLoop, WAKER};
+use crate::instance::CallError;
 use crate::limits::Limits;
+use crate::live::Live;
 use crate::runtime::Runtime;
-use crate::snapshot::{SnapshotFile, SnapshotReport};
+use crate::sandbox::Sandbox;
+use crate::snapshot::{SnapshotFile, SnapshotFileError, SnapshotReport};
 use crate::status::{Shared, Status};
-use crate::transformer::Pipeline;
+use crate::transformer::{ChainError, Pipeline, TransformError};
 use crate::upgrade::{self, AppVersion, UpgradeError, UpgradeOptions, UpgradeReport};
 use crate::version::{LoadError, Version};
 use mio::{Poll, Waker};
@@ -53,18 +55,42 @@ pub enum StartError {
     Engine(String),
     #[error(transparent)]
     Load(#[from] LoadError),
-    #[error("{app} failed to start: {reason}")]
-    Start { app: PathBuf, reason: String },
+    #[error("{app} failed to start: {error}")]
+    Start { app: PathBuf, error: CallError },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot open the control socket {path}: {source}")]
     Control { path: PathBuf, source: std::io::Error },
-    #[error("cannot restore {file}: {reason}")]
-    Restore { file: PathBuf, reason: String },
+    #[error("cannot restore {file}: {error}")]
+    Restore { file: PathBuf, error: Box<MigrateError> },
+    #[error("cannot restore {file}: {app} refused the state: {error}")]
+    RestoreRefused { file: PathBuf, app: AppVersion, error: CallError },
     #[error("cannot record to {path}: {source}")]
     Record { path: PathBuf, source: std::io::Error },
     #[error("cannot start the event loop: {0}")]
     Loop(std::io::Error),
+}
+
+/// Why a snapshot file's state cannot be brought to an app (`run --restore`, `migrate`).
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    File(#[from] SnapshotFileError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Transform(#[from] TransformError),
+}
+
+/// Why `tasuki snapshot` wrote no file. The app serves on in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{0}")]
+    Export(Box<UpgradeError>),
+    #[error(transparent)]
+    Write(#[from] SnapshotFileError),
 }
 
 /// Entry point of the host library.
@@ -96,13 +122,15 @@ impl Upgrader {
     }
 
     /// `tasuki snapshot`: export at an event boundary, write the file off the loop.
-    fn snapshot(&self, out: &Path) -> Result<SnapshotReport, String> {
+    fn snapshot(&self, out: &Path) -> Result<SnapshotReport, SnapshotError> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Command::Snapshot(reply)).map_err(|e| e.to_string())?;
-        let (snapshot, pause) =
-            answer.recv().map_err(|_| UpgradeError::HostStopped.to_string())??;
+        self.send(Command::Snapshot(reply)).map_err(|e| SnapshotError::Export(Box::new(e)))?;
+        let (snapshot, pause) = answer
+            .recv()
+            .map_err(|_| SnapshotError::Export(Box::new(UpgradeError::HostStopped)))?
+            .map_err(|e| SnapshotError::Export(Box::new(e)))?;
         let file = SnapshotFile::from_snapshot(&snapshot);
-        let file_bytes = file.write(out).map_err(|e| e.to_string())?;
+        let file_bytes = file.write(out)?;
         let report = SnapshotReport {
             path: out.into(),
             app: file.app.clone(),
@@ -149,6 +177,7 @@ impl Upgrader {
         self.send(Command::Upgrade(Box::new(prepared), reply))?;
         match outcome.recv() {
             Ok(swapped) => {
+                // The losing instance's memory is freed here, off the event loop.
                 drop(swapped.retired);
                 swapped.outcome
             }
@@ -178,18 +207,30 @@ impl Host {
             config.app = absolute;
         }
         let version = Version::load(&runtime, &config.app)?;
-        let (mut instance, info) = upgrade::start(&version, &config.args)
-            .map_err(|e| StartError::Start { app: config.app.clone(), reason: e.to_string() })?;
-        if let Some(restore) = &config.restore {
-            let snapshot = migrate(&runtime, &restore.file, &restore.transforms, Some(&info))
-                .map_err(|reason| StartError::Restore { file: restore.file.clone(), reason })?;
-            instance.import_state(&snapshot, &[]).map_err(|e| StartError::Restore {
-                file: restore.file.clone(),
-                reason: format!("{} refused the state: {e}", AppVersion::from(&info)),
-            })?;
-            instance.discard_effects_before_start();
-            info!("{} restored from {}", AppVersion::from(&info), restore.file.display());
-        }
+        let journal = config.limits.journal;
+        let live = match &config.restore {
+            None => Live::start(Arc::clone(&version), &config.args, journal)
+                .map_err(|error| StartError::Start { app: config.app.clone(), error })?,
+            Some(restore) => {
+                let (instance, info) = crate::recovery::start(&version, &config.args)
+                    .map_err(|error| StartError::Start { app: config.app.clone(), error })?;
+                let snapshot = migrate(&runtime, &restore.file, &restore.transforms, Some(&info))
+                    .map_err(|error| StartError::Restore {
+                    file: restore.file.clone(),
+                    error: Box::new(error),
+                })?;
+                let app = AppVersion::from(&info);
+                let live = Live::restore(Arc::clone(&version), (instance, info), journal, snapshot)
+                    .map_err(|error| StartError::RestoreRefused {
+                        file: restore.file.clone(),
+                        app: app.clone(),
+                        error,
+                    })?;
+                info!("{app} restored from {}", restore.file.display());
+                live
+            }
+        };
+        let info = live.info().clone();
 
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
@@ -213,26 +254,23 @@ impl Host {
             addrs.iter().map(ToString::to_string).collect(),
         ));
         let app = AppVersion::from(&info);
-        let dispatcher = Dispatcher::new(
+        let mut event_loop = EventLoop::new(
             poll,
             listeners,
-            instance,
-            version,
-            info,
+            live,
             config.args.clone(),
             receiver,
             Arc::clone(&shared),
         )
         .map_err(StartError::Loop)?;
-        let mut dispatcher = dispatcher;
         if let Some(path) = &config.record {
             let recorder = crate::sim::record::Recorder::create(path)
                 .map_err(|source| StartError::Record { path: path.clone(), source })?;
-            dispatcher.record(recorder);
+            event_loop.record(Box::new(recorder));
         }
         let dispatcher = std::thread::Builder::new()
             .name("tasuki-dispatcher".into())
-            .spawn(move || dispatcher.run())
+            .spawn(move || event_loop.run())
             .map_err(StartError::Loop)?;
 
         let upgrader = Arc::new(Upgrader {
@@ -251,7 +289,7 @@ impl Host {
                     Request::Status => Response::Status(serving.shared.status()),
                     Request::Snapshot { out } => match serving.snapshot(&out) {
                         Ok(report) => Response::Snapshotted(report),
-                        Err(e) => Response::Failed(e),
+                        Err(e) => Response::Failed(e.to_string()),
                     },
                     Request::Upgrade { wasm, options } => match serving.upgrade(&wasm, &options) {
                         Ok(report) => Response::Upgraded(report),
@@ -304,7 +342,7 @@ impl RunningHost {
     }
 
     /// Writes the running state to a snapshot file, as `tasuki snapshot --out` does.
-    pub fn snapshot(&self, out: &Path) -> Result<SnapshotReport, String> {
+    pub fn snapshot(&self, out: &Path) -> Result<SnapshotReport, SnapshotError> {
         self.upgrader.snapshot(out)
     }
 
@@ -344,25 +382,24 @@ pub fn migrate(
     file: &Path,
     transforms: &[PathBuf],
     target: Option<&AppInfo>,
-) -> Result<Snapshot, String> {
-    let stored = SnapshotFile::read(file).map_err(|e| e.to_string())?;
+) -> Result<Snapshot, MigrateError> {
+    let stored = SnapshotFile::read(file)?;
     if let Some(target) = target
         && stored.app != target.name
     {
-        return Err(crate::snapshot::SnapshotFileError::WrongApp {
+        return Err(SnapshotFileError::WrongApp {
             path: file.into(),
             found: stored.app,
             expected: target.name.clone(),
         }
-        .to_string());
+        .into());
     }
-    let pipeline = Pipeline::load(runtime, transforms).map_err(|e| e.to_string())?;
+    let pipeline = Pipeline::load(runtime, transforms)?;
     let sections: Vec<(String, u32)> =
         stored.sections.iter().map(|s| (s.name.clone(), s.version)).collect();
     match target {
-        Some(target) => pipeline.check(&sections, target).map_err(|e| e.to_string())?,
-        None => drop(pipeline.follow(&sections).map_err(|e| e.to_string())?),
+        Some(target) => pipeline.check(&sections, target)?,
+        None => drop(pipeline.follow(&sections)?),
     }
-    let snapshot = pipeline.apply(stored.into_snapshot()).map_err(|e| e.to_string())?;
-    Ok(snapshot)
+    Ok(pipeline.apply(stored.into_snapshot())?)
 }

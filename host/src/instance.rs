@@ -6,95 +6,70 @@
 
 use crate::bindings::{AppInfo, ConnInfo, Server, Snapshot};
 use crate::limits;
+use crate::store::{Effect, InstanceState};
 use crate::version::Version;
-use std::path::PathBuf;
-use std::time::Duration;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
-
-/// A host directory a guest may use, given with `--dir HOST[::GUEST]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Preopen {
-    pub host: PathBuf,
-    pub guest: String,
-}
-
-impl std::str::FromStr for Preopen {
-    type Err = String;
-
-    /// `HOST` (seen by the guest at the same path) or `HOST::GUEST`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (host, guest) = s.split_once("::").unwrap_or((s, s));
-        if host.is_empty() || guest.is_empty() {
-            return Err(format!("`{s}` is not HOST or HOST::GUEST"));
-        }
-        Ok(Self { host: host.into(), guest: guest.into() })
-    }
-}
-
-/// What a guest may reach beyond its own memory. Empty by default: no files, no environment,
-/// and never the network (guests speak to clients only through the host's `net`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Sandbox {
-    pub dirs: Vec<Preopen>,
-    pub env: Vec<(String, String)>,
-}
-
-/// Something a guest asked for during a call, applied by the dispatcher once the call returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Effect {
-    Send(u64, Vec<u8>),
-    Close(u64),
-    SetTimer(u64, Duration),
-    CancelTimer(u64),
-}
-
-/// The host side of one instance's store.
-pub struct InstanceState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limits: StoreLimits,
-    pub(crate) effects: Vec<Effect>,
-}
-
-impl std::fmt::Debug for InstanceState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InstanceState")
-            .field("effects", &self.effects.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl WasiView for InstanceState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
-    }
-}
-
-impl crate::bindings::tasuki::server::types::Host for InstanceState {}
+use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtx};
 
 /// A guest call that did not complete.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     /// The guest returned an error value: it refused, and the instance is still usable.
     #[error("{0}")]
     Refused(String),
     /// The guest trapped or ran past its deadline: the instance is unusable from now on.
     #[error("trapped: {0}")]
-    Trap(String),
+    Trap(Trap),
+}
+
+impl CallError {
+    /// The trap, if the guest trapped (rather than refused).
+    pub fn trap(&self) -> Option<&Trap> {
+        match self {
+            Self::Trap(trap) => Some(trap),
+            Self::Refused(_) => None,
+        }
+    }
+}
+
+/// Why an instance stopped: wasmtime's trap code when there is one, and the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Trap {
+    /// `Interrupt` is a missed deadline; `UnreachableCodeReached` is how a Rust guest's panic
+    /// or failed allocation (past `--memory-limit`) ends. `None` for a fault outside the guest's
+    /// code, such as a failed instantiation.
+    pub code: Option<wasmtime::Trap>,
+    /// Set when the simulator injected the fault (a trace's `fault` step).
+    pub injected: bool,
+    pub message: String,
+}
+
+impl Trap {
+    /// A trap from wasmtime's error, with the deadline case said in words.
+    pub(crate) fn from_error(e: &wasmtime::Error) -> Self {
+        let code = e.downcast_ref::<wasmtime::Trap>().copied();
+        let message = match code {
+            Some(wasmtime::Trap::Interrupt) => "ran past its deadline".to_string(),
+            _ => format!("{e:#}"),
+        };
+        Self { code, injected: false, message }
+    }
+
+    /// A fault that is not a trap in guest code (an instance that cannot be created).
+    pub(crate) fn other(message: String) -> Self {
+        Self { code: None, injected: false, message }
+    }
+
+    /// True when the call ran past its deadline.
+    pub fn is_deadline(&self) -> bool {
+        self.code == Some(wasmtime::Trap::Interrupt) && !self.injected
+    }
 }
 
 fn trap(e: wasmtime::Error) -> CallError {
-    CallError::Trap(describe_trap(&e))
-}
-
-/// A trap's message, with the deadline case said in words.
-pub(crate) fn describe_trap(e: &wasmtime::Error) -> String {
-    match e.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => "ran past its deadline".to_string(),
-        _ => format!("{e:#}"),
-    }
+    CallError::Trap(Trap::from_error(&e))
 }
 
 /// A live instance of an app version.
@@ -105,6 +80,8 @@ pub struct Instance {
     call_deadline: u64,
     /// Epoch ticks a state call may run.
     state_deadline: u64,
+    /// The simulator asked for the next event to trap (a trace's `fault` step).
+    fault_next: bool,
 }
 
 impl std::fmt::Debug for Instance {
@@ -114,7 +91,7 @@ impl std::fmt::Debug for Instance {
 }
 
 impl Instance {
-    /// Instantiates `version` with only what its [`Sandbox`] grants: no network ever, no files
+    /// Instantiates `version` with only what its [`crate::sandbox::Sandbox`] grants: no network ever, no files
     /// or environment unless given. Guest stderr goes to the host's stderr, so a guest panic
     /// message is not lost. The guest's wall clock is the host's [`crate::clock::EventClock`].
     pub fn new(version: &Version) -> Result<Self, CallError> {
@@ -138,7 +115,10 @@ impl Instance {
         }
         for dir in &runtime.sandbox.dirs {
             wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite).map_err(|e| {
-                CallError::Trap(format!("cannot open --dir {}: {e:#}", dir.host.display()))
+                CallError::Trap(Trap::other(format!(
+                    "cannot open --dir {}: {e:#}",
+                    dir.host.display()
+                )))
             })?;
         }
         let state = InstanceState {
@@ -157,11 +137,33 @@ impl Instance {
         let server = version.pre.instantiate(&mut store).map_err(trap)?;
         let call_deadline = limits::ticks(runtime.limits.call_deadline);
         let state_deadline = limits::ticks(runtime.limits.upgrade_deadline);
-        Ok(Self { store, server, call_deadline, state_deadline })
+        Ok(Self { store, server, call_deadline, state_deadline, fault_next: false })
     }
 
     fn event(&mut self) {
-        self.store.set_epoch_deadline(self.call_deadline);
+        let ticks = if self.fault_next { 0 } else { self.call_deadline };
+        self.store.set_epoch_deadline(ticks);
+    }
+
+    /// Makes the next event call trap as soon as it enters the guest, as a guest fault would:
+    /// the simulator's `fault` step, which tests recovery with the production code.
+    pub(crate) fn fault_next_event(&mut self) {
+        self.fault_next = true;
+    }
+
+    /// Marks the trap of an event call that [`Instance::fault_next_event`] caused.
+    fn event_result(&mut self, result: Result<(), CallError>) -> Result<(), CallError> {
+        if !std::mem::take(&mut self.fault_next) {
+            return result;
+        }
+        match result {
+            Err(CallError::Trap(mut trap)) => {
+                trap.injected = true;
+                trap.message = "fault injected by the trace".into();
+                Err(CallError::Trap(trap))
+            }
+            other => other,
+        }
     }
 
     fn state_call(&mut self) {
@@ -173,13 +175,9 @@ impl Instance {
         self.store.data_mut().effects.drain(..)
     }
 
-    /// Keeps what `import-state` asked for (timers, mostly) for the dispatcher, which applies
-    /// it when the loop starts; sends to connections that do not exist yet go nowhere.
-    pub fn discard_effects_before_start(&mut self) {
-        self.store
-            .data_mut()
-            .effects
-            .retain(|e| matches!(e, Effect::SetTimer(..) | Effect::CancelTimer(..)));
+    /// Puts back effects taken earlier, to be applied with the next drain.
+    pub(crate) fn queue_effects(&mut self, effects: Vec<Effect>) {
+        self.store.data_mut().effects.extend(effects);
     }
 
     /// Drops whatever the guest asked for (used when an upgrade rolls back).
@@ -225,22 +223,30 @@ impl Instance {
 
     pub fn on_connect(&mut self, conn: &ConnInfo) -> Result<(), CallError> {
         self.event();
-        self.server.tasuki_server_app().call_on_connect(&mut self.store, conn).map_err(trap)
+        let result =
+            self.server.tasuki_server_app().call_on_connect(&mut self.store, conn).map_err(trap);
+        self.event_result(result)
     }
 
     pub fn on_data(&mut self, conn: u64, data: &[u8]) -> Result<(), CallError> {
         self.event();
-        self.server.tasuki_server_app().call_on_data(&mut self.store, conn, data).map_err(trap)
+        let result =
+            self.server.tasuki_server_app().call_on_data(&mut self.store, conn, data).map_err(trap);
+        self.event_result(result)
     }
 
     pub fn on_disconnect(&mut self, conn: u64) -> Result<(), CallError> {
         self.event();
-        self.server.tasuki_server_app().call_on_disconnect(&mut self.store, conn).map_err(trap)
+        let result =
+            self.server.tasuki_server_app().call_on_disconnect(&mut self.store, conn).map_err(trap);
+        self.event_result(result)
     }
 
     pub fn on_timer(&mut self, id: u64) -> Result<(), CallError> {
         self.event();
-        self.server.tasuki_server_app().call_on_timer(&mut self.store, id).map_err(trap)
+        let result =
+            self.server.tasuki_server_app().call_on_timer(&mut self.store, id).map_err(trap);
+        self.event_result(result)
     }
 }
 

@@ -2,39 +2,51 @@
 //! version with a newer one by state transfer, without dropping a connection.
 //!
 //! # Layout
-//! - [`runtime`]: once per process — the engine, the linker, the epoch ticker.
+//! Leaves first; each module uses only those above it.
+//! - [`limits`], [`clock`], [`bindings`], [`sandbox`]: every bound put on a guest, named; the
+//!   wall clock guests read, frozen per event; the generated WIT bindings; what a guest may reach.
+//! - [`store`]: what a wasmtime store holds — WASI, the memory limiter, the effects a call
+//!   queued. `net` and `timers` are the host side of the `tasuki:server` imports (one module per
+//!   interface); `timers` also holds the host's timer queue.
+//! - [`runtime`]: once per process — the engine, the linkers, the epoch ticker.
 //! - [`version`]: once per app version — read, validate, compile, link.
 //! - [`instance`]: once per instance — a store and the guest's exports, with a deadline on every
-//!   call; what the guest asked for comes back as [`instance::Effect`]s.
-//! - `net`, `timers`: the host side of the `tasuki:server` imports (one module per interface).
-//! - [`dispatcher`]: the event loop that owns listeners, connections and timers, feeds events to
-//!   the live instance, and performs the swap at an event boundary.
-//! - `recovery`: a checkpoint and a journal of events, so a trapped instance is rebuilt to the
-//!   state it had just before the event that trapped.
-//! - [`clock`]: the wall clock guests read, frozen per event so a replay sees the same time.
-//! - [`sim`]: the deterministic simulator — traces of client events against app versions, with
-//!   an upgrade at every event boundary.
-//! - [`snapshot`]: snapshot files — the documented on-disk format of a state.
+//!   call; guest refusals and typed traps kept apart.
 //! - [`transformer`]: sandboxed state transformers and the pipeline that chains them.
-//! - [`upgrade`]: the upgrade transaction — prepare off the loop, pause, export, import, commit or
-//!   roll back — and its report.
+//! - [`snapshot`]: snapshot files — the documented on-disk format of a state.
+//! - `recovery`: a checkpoint and a journal of events, and the rebuild that replays them.
+//! - `live`: **the live version** — version, instance, app info and recovery state as one
+//!   value; every commit, restore and rebuild replaces it in one move.
+//! - [`upgrade`]: the upgrade transaction — prepare off the loop, then export, transform,
+//!   import, commit or roll back at a boundary — and its report. No sockets here.
+//! - [`status`]: what `tasuki status` shows, kept up to date by the dispatcher.
+//! - `dispatch`: one event at a time into the live version, effects, timers, checkpoints,
+//!   upgrades and recovery — behind two seams, the network and the clock.
+//! - `conn` and `event_loop`: the real side of those seams — sockets, their output buffers,
+//!   mio readiness — on the dispatcher's thread.
+//! - [`sim`]: the deterministic simulator — the trace format, virtual connections and a virtual
+//!   clock plugged into the same dispatcher, and the report.
 //! - [`control`]: the control socket (`tasuki upgrade`, `tasuki status`) and its client.
 //! - [`host`]: [`Host::start`], which puts the pieces together; the CLI is a thin shell over it.
-//! - [`limits`]: every bound put on a guest, named.
 
 pub mod bindings;
 pub mod clock;
+mod conn;
 pub mod control;
-mod dispatcher;
+mod dispatch;
+mod event_loop;
 pub mod host;
 pub mod instance;
 pub mod limits;
+mod live;
 mod net;
 mod recovery;
 pub mod runtime;
+pub mod sandbox;
 pub mod sim;
 pub mod snapshot;
 pub mod status;
+pub mod store;
 mod timers;
 pub mod transformer;
 pub mod upgrade;

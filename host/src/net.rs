@@ -2,7 +2,7 @@
 //! call returns. The guest never touches a socket.
 
 use crate::bindings::tasuki::server::net;
-use crate::instance::{Effect, InstanceState};
+use crate::store::{Effect, InstanceState};
 
 impl net::Host for InstanceState {
     fn send(&mut self, conn: u64, data: Vec<u8>) {

@@ -1,39 +1,70 @@
-//! Recovery: a checkpoint of the live instance's state plus a journal of every event since, so
-//! that an instance that traps is rebuilt to the state it had just before the event that trapped.
+//! Recovery state: a checkpoint of the live instance's state plus a journal of every event
+//! since, so that an instance that traps is rebuilt to the state it had just before the event
+//! that trapped.
 //!
 //! A trap (a guest panic, a missed deadline, an allocation past the memory cap) leaves the
 //! instance unusable: wasmtime refuses to enter it again, and its memory may be half-updated.
 //! Between two events, though, an instance's state is a pure function of its last checkpoint and
-//! the events since, and every event went through the dispatcher. So the dispatcher journals each
+//! the events since, and every event goes through the dispatcher. So the dispatcher journals each
 //! event that completed — its kind, connection, bytes and the time the guest saw — and on a trap
 //! starts a fresh instance of the same version, imports the checkpoint and replays the journal
-//! with output discarded (the clients already have their replies). The faulting event is the only
-//! thing lost, and its connection is closed.
+//! with output discarded (the clients already have their replies).
 //!
-//! Checkpoints come for free at every upgrade (the snapshot that crossed), and otherwise are taken
-//! when the journal outgrows the last checkpoint (and [`CHECKPOINT_MIN`]): at most about one
-//! export per byte of input. If exports keep failing, the journal grows to the `journal` limit and
-//! then protection is dropped, loudly; a trap after that restarts the app with fresh state.
+//! **Invariant** (owned by [`crate::live::Live`]): while [`Recovery::is_on`], importing the
+//! checkpoint into a fresh instance of the live version (or running its `init` when there is no
+//! checkpoint) and replaying the journal gives the live instance's state. Every way the live
+//! version is replaced — start, restore, commit, rebuild, fresh restart — builds its recovery
+//! state from what the new instance actually holds: the snapshot it imported, after transformers.
+//!
+//! A replay that traps at an event does not give up: the event's connection is the culprit (its
+//! input is what the guest cannot hold), its events from there on are dropped from the journal,
+//! and the replay starts again from the checkpoint, up to [`MAX_REPLAY_ATTEMPTS`] times. Only
+//! that connection loses anything; the dispatcher closes it.
+//!
+//! Checkpoints come for free at every upgrade, restore and `tasuki snapshot`, and otherwise are
+//! taken when the journal outgrows the last checkpoint (and [`CHECKPOINT_MIN`]), and always
+//! before the journal reaches half its limit: at most about one export per byte of input, and a
+//! state larger than the journal limit is still recoverable (at the cost of more exports, said
+//! in the log). If exports keep failing, the journal reaches its limit and recovery is off until
+//! the next checkpoint succeeds; `tasuki status` says so, and why.
 
-use crate::bindings::{ConnInfo, Snapshot};
+use crate::bindings::{AppInfo, ConnInfo, Snapshot};
 use crate::clock::EventClock;
 use crate::instance::{CallError, Instance, snapshot_bytes};
 use crate::limits::CHECKPOINT_MIN;
-use crate::upgrade;
+use crate::store::Effect;
 use crate::version::Version;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
+use std::time::{Duration, Instant};
+
+/// Rebuilds tried before recovery gives up: each finds one more culprit (a connection or a
+/// timer whose replay traps). Eight covers any realistic set of hostile clients at once; a
+/// journal that traps more often than that is a guest that cannot run its own history.
+pub const MAX_REPLAY_ATTEMPTS: usize = 8;
 
 /// One event that completed, as the guest saw it.
-#[derive(Debug)]
-enum Event {
+#[derive(Debug, Clone)]
+pub(crate) enum Event {
     Connect(ConnInfo),
+    /// A connection's bytes: a range of [`Recovery::data`].
     Data(u64, Range<usize>),
     Disconnect(u64),
     Timer(u64),
 }
 
+impl Event {
+    fn conn(&self) -> Option<u64> {
+        match self {
+            Self::Connect(info) => Some(info.id),
+            Self::Data(id, _) | Self::Disconnect(id) => Some(*id),
+            Self::Timer(_) => None,
+        }
+    }
+}
+
 /// The state an instance can be rebuilt from.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Checkpoint {
     pub(crate) snapshot: Snapshot,
     /// Connections open when it was taken.
@@ -42,73 +73,198 @@ pub(crate) struct Checkpoint {
     pub(crate) at_unix_ms: u64,
 }
 
+/// Why a journal cannot rebuild the live state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryOff {
+    /// `--journal 0`.
+    Disabled,
+    /// The journal passed its limit because checkpoints kept failing; the next successful
+    /// checkpoint turns recovery back on.
+    Overflowed { limit: usize, reason: String },
+}
+
+impl std::fmt::Display for RecoveryOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Disabled => write!(f, "off (--journal 0): a trap restarts the app empty"),
+            Self::Overflowed { limit, reason } => write!(
+                f,
+                "off: the journal passed its limit of {limit} bytes because checkpoints failed \
+                 ({reason}); a trap now restarts the app empty, until a checkpoint succeeds"
+            ),
+        }
+    }
+}
+
 /// The last checkpoint and every event since.
 #[derive(Debug)]
-pub(crate) struct Journal {
+pub(crate) struct Recovery {
+    /// `None`: the state `init` builds (a fresh start).
     checkpoint: Option<Checkpoint>,
-    /// Each event with the wall-clock time (ns) the guest saw.
+    /// Each event with the wall-clock time (ns since the epoch) the guest saw.
     events: Vec<(u64, Event)>,
     /// The bytes of every `Data` event, back to back.
     data: Vec<u8>,
-    /// Journal size at which the next checkpoint is due.
+    /// Bytes of events (counted as [`Recovery::len`]) at which the next checkpoint is due.
     checkpoint_at: usize,
-    /// Bytes beyond which protection is dropped; 0 means off.
+    /// Consecutive checkpoints that failed.
+    failures: u32,
+    /// Bytes beyond which the journal is dropped; 0 means recovery is off.
     limit: usize,
-    /// False once the journal overflowed: a rebuild would miss events.
-    complete: bool,
+    /// Bytes of input seen since the last checkpoint, kept counting while off, so checkpoints
+    /// are retried.
+    since_checkpoint: usize,
+    off: Option<RecoveryOff>,
+    /// Per connection, the journal index just after the last reply it was sent: its events
+    /// from there on are input the guest holds without having answered.
+    answered: HashMap<u64, usize>,
 }
 
 /// Approximate bytes an event costs besides its data.
 const EVENT_OVERHEAD: usize = std::mem::size_of::<(u64, Event)>();
 
-impl Journal {
-    pub(crate) fn new(limit: usize) -> Self {
+/// What a rebuild did.
+#[derive(Debug)]
+pub(crate) struct Rebuilt {
+    pub(crate) instance: Instance,
+    /// Timer effects of the imported checkpoint (`resumed` re-arming timers): the host applies
+    /// them, since the new instance believes they are armed.
+    pub(crate) timers: Vec<Effect>,
+    /// Connections whose events from some point on were dropped because their replay trapped:
+    /// the dispatcher closes them.
+    pub(crate) culprits: Vec<u64>,
+    /// Timers whose firing was dropped because it trapped on replay: the rebuilt instance has
+    /// not seen them fire, so the host re-arms them.
+    pub(crate) refire: Vec<u64>,
+    /// Events replayed.
+    pub(crate) replayed: usize,
+    /// Events dropped from the journal.
+    pub(crate) dropped: usize,
+    pub(crate) took: Duration,
+}
+
+/// Why a rebuild failed: the checkpoint itself cannot be brought back.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("recovery is {0}")]
+    Off(RecoveryOff),
+    #[error("a fresh instance failed to start: {0}")]
+    Start(CallError),
+    #[error("a fresh instance failed to import the checkpoint: {0}")]
+    Import(CallError),
+    #[error("the replay trapped {attempts} times, each at another event; last: {last}")]
+    Replay { attempts: usize, last: CallError },
+}
+
+/// An event to leave out of a replay: the culprit's events from a journal position on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Skip {
+    pub(crate) conn: u64,
+    /// Journal index of the first event of `conn` to leave out.
+    pub(crate) from: usize,
+}
+
+impl Recovery {
+    /// Recovery from the app's `init` state: nothing journaled yet.
+    pub(crate) fn fresh(limit: usize) -> Self {
         Self {
             checkpoint: None,
             events: Vec::new(),
             data: Vec::new(),
-            checkpoint_at: CHECKPOINT_MIN,
+            checkpoint_at: CHECKPOINT_MIN.min(limit / 2).max(1),
+            failures: 0,
             limit,
-            complete: limit > 0,
+            since_checkpoint: 0,
+            off: (limit == 0).then_some(RecoveryOff::Disabled),
+            answered: HashMap::new(),
         }
     }
 
-    fn push(&mut self, at: u64, event: Event) {
-        if !self.complete {
+    /// Recovery from `snapshot`, which the live instance has just imported with `live` open.
+    pub(crate) fn from_snapshot(limit: usize, snapshot: Snapshot, live: Vec<ConnInfo>) -> Self {
+        let mut recovery = Self::fresh(limit);
+        recovery.set_checkpoint(snapshot, live);
+        recovery
+    }
+
+    /// The same journal over another checkpoint: after `--from-checkpoint`, the new version
+    /// imported the (transformed) checkpoint and replayed these very events.
+    pub(crate) fn with_checkpoint_snapshot(mut self, snapshot: Option<Snapshot>) -> Self {
+        match (&mut self.checkpoint, snapshot) {
+            (Some(checkpoint), Some(snapshot)) => checkpoint.snapshot = snapshot,
+            (checkpoint, snapshot) => debug_assert_eq!(checkpoint.is_some(), snapshot.is_some()),
+        }
+        self
+    }
+
+    fn push(&mut self, at: u64, event: Event, bytes: usize) {
+        self.since_checkpoint += bytes + EVENT_OVERHEAD;
+        if self.off.is_some() {
             return;
         }
         self.events.push((at, event));
         if self.len() > self.limit {
+            let reason = format!("{} consecutive checkpoints failed", self.failures);
             tracing::error!(
-                "recovery journal passed its limit of {} bytes because checkpoints keep failing; \
-                 a trap from now on loses the app's state",
+                "recovery journal passed its limit of {} bytes ({reason}); a trap from now on \
+                 restarts the app empty until a checkpoint succeeds",
                 self.limit
             );
             self.events = Vec::new();
             self.data = Vec::new();
-            self.complete = false;
+            self.off = Some(RecoveryOff::Overflowed { limit: self.limit, reason });
         }
     }
 
     pub(crate) fn connect(&mut self, at: u64, conn: &ConnInfo) {
-        self.push(at, Event::Connect(conn.clone()));
+        self.push(at, Event::Connect(conn.clone()), 0);
     }
 
     pub(crate) fn data(&mut self, at: u64, conn: u64, bytes: &[u8]) {
-        if !self.complete {
+        if self.off.is_some() {
+            self.since_checkpoint += bytes.len() + EVENT_OVERHEAD;
             return;
         }
         let start = self.data.len();
         self.data.extend_from_slice(bytes);
-        self.push(at, Event::Data(conn, start..self.data.len()));
+        self.push(at, Event::Data(conn, start..self.data.len()), bytes.len());
     }
 
     pub(crate) fn disconnect(&mut self, at: u64, conn: u64) {
-        self.push(at, Event::Disconnect(conn));
+        self.push(at, Event::Disconnect(conn), 0);
     }
 
     pub(crate) fn timer(&mut self, at: u64, id: u64) {
-        self.push(at, Event::Timer(id));
+        self.push(at, Event::Timer(id), 0);
+    }
+
+    /// `conn` was sent a reply: what it sent so far has been answered.
+    pub(crate) fn replied(&mut self, conn: u64) {
+        if self.off.is_none() {
+            self.answered.insert(conn, self.events.len());
+        }
+    }
+
+    /// `conn`'s unanswered events: those after its last reply.
+    pub(crate) fn unanswered(&self, conn: u64) -> Skip {
+        Skip { conn, from: self.answered.get(&conn).copied().unwrap_or(0) }
+    }
+
+    /// The connection holding the most unanswered input in the journal, and how many bytes:
+    /// when an export runs out of memory, the likeliest cause is a half-received request.
+    pub(crate) fn heaviest_unanswered(&self) -> Option<(Skip, usize)> {
+        let mut bytes: HashMap<u64, usize> = HashMap::new();
+        for (index, (_, event)) in self.events.iter().enumerate() {
+            if let Event::Data(conn, range) = event
+                && index >= self.answered.get(conn).copied().unwrap_or(0)
+            {
+                *bytes.entry(*conn).or_default() += range.len();
+            }
+        }
+        bytes
+            .into_iter()
+            .max_by_key(|&(conn, n)| (n, std::cmp::Reverse(conn)))
+            .map(|(conn, n)| (self.unanswered(conn), n))
     }
 
     /// Bytes held by events since the checkpoint.
@@ -116,73 +272,244 @@ impl Journal {
         self.data.len() + self.events.len() * EVENT_OVERHEAD
     }
 
+    /// Events journaled since the checkpoint.
     pub(crate) fn events(&self) -> usize {
         self.events.len()
     }
 
-    pub(crate) fn is_complete(&self) -> bool {
-        self.complete
+    /// The journal's bound, in bytes.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// True when a rebuild gives the live state.
+    pub(crate) fn is_on(&self) -> bool {
+        self.off.is_none()
+    }
+
+    /// Why recovery is off, if it is.
+    pub(crate) fn off(&self) -> Option<&RecoveryOff> {
+        self.off.as_ref()
     }
 
     pub(crate) fn checkpoint(&self) -> Option<&Checkpoint> {
         self.checkpoint.as_ref()
     }
 
-    /// True when a checkpoint would pay for itself.
+    /// True when a checkpoint is due: the journal outgrew the last checkpoint (at least
+    /// [`CHECKPOINT_MIN`], at most half the limit), or recovery is off and as much input again
+    /// arrived since the last attempt.
     pub(crate) fn wants_checkpoint(&self) -> bool {
-        self.limit > 0 && self.len() >= self.checkpoint_at
+        self.limit > 0 && self.since_checkpoint >= self.checkpoint_at
     }
 
-    /// Starts over from `snapshot`, taken with `live` open.
+    /// Starts over from `snapshot`, taken (or imported) with `live` open.
     pub(crate) fn set_checkpoint(&mut self, snapshot: Snapshot, live: Vec<ConnInfo>) {
         let bytes = snapshot_bytes(&snapshot) as usize;
-        self.checkpoint_at = bytes.max(CHECKPOINT_MIN);
+        let half = (self.limit / 2).max(1);
+        if bytes > self.limit && self.limit > 0 {
+            tracing::warn!(
+                "the state ({bytes} bytes) is larger than the recovery journal's limit ({} bytes, \
+                 --journal): a checkpoint exports it every {half} bytes of input; raise --journal \
+                 to checkpoint less often",
+                self.limit
+            );
+        }
+        self.checkpoint_at = bytes.max(CHECKPOINT_MIN).min(half);
         self.checkpoint =
-            Some(Checkpoint { snapshot, live, at_unix_ms: crate::status::now_unix_ms() });
+            Some(Checkpoint { snapshot, live, at_unix_ms: crate::clock::now_unix_ms() });
         self.events.clear();
         self.data.clear();
-        self.complete = self.limit > 0;
+        self.answered.clear();
+        self.failures = 0;
+        self.since_checkpoint = 0;
+        if self.limit > 0 {
+            self.off = None;
+        }
     }
 
-    /// An export for a checkpoint was refused: try again after twice as much input.
-    pub(crate) fn checkpoint_refused(&mut self) {
-        self.checkpoint_at = self.checkpoint_at.saturating_mul(2);
+    /// An export for a checkpoint failed: try again after as much input again (doubling with
+    /// each failure), but always before the journal overflows.
+    pub(crate) fn checkpoint_failed(&mut self) {
+        self.failures += 1;
+        let half = (self.limit / 2).max(1);
+        let gap = CHECKPOINT_MIN.min(half).saturating_mul(1 << self.failures.min(16));
+        let next = self.since_checkpoint.saturating_add(gap);
+        self.checkpoint_at = if self.off.is_none() {
+            next.min(self.limit.saturating_sub(EVENT_OVERHEAD).max(self.since_checkpoint + 1))
+        } else {
+            next
+        };
     }
 
-    /// A fresh instance of `version` brought to the journal's state: the checkpoint, then every
-    /// event since.
+    /// Brings a fresh instance of `version` to the journal's state — the checkpoint, then every
+    /// event since, leaving out `skip`'s events and every culprit found on the way — and drops
+    /// what was left out from the journal, so the invariant holds for the instance returned.
     pub(crate) fn rebuild(
-        &self,
+        &mut self,
         version: &Version,
         args: &[String],
         clock: &EventClock,
-    ) -> Result<Instance, CallError> {
-        let (mut instance, _) = upgrade::start(version, args)?;
-        if let Some(checkpoint) = &self.checkpoint {
-            instance.import_state(&checkpoint.snapshot, &checkpoint.live)?;
+        skip: Option<Skip>,
+    ) -> Result<Rebuilt, RebuildError> {
+        if let Some(off) = &self.off {
+            return Err(RebuildError::Off(off.clone()));
         }
-        self.replay(&mut instance, clock)?;
-        Ok(instance)
+        let started = Instant::now();
+        let mut skips: HashMap<u64, usize> = skip.into_iter().map(|s| (s.conn, s.from)).collect();
+        let mut skipped_timers: HashSet<usize> = HashSet::new();
+        let mut last = None;
+        for _ in 0..MAX_REPLAY_ATTEMPTS {
+            let (mut instance, _) = start(version, args).map_err(RebuildError::Start)?;
+            instance.discard_effects();
+            if let Some(checkpoint) = &self.checkpoint {
+                if let Some(at) = self.events.first().map(|(at, _)| *at) {
+                    clock.freeze_at(at);
+                }
+                instance
+                    .import_state(&checkpoint.snapshot, &checkpoint.live)
+                    .map_err(RebuildError::Import)?;
+            }
+            let timers: Vec<Effect> = instance
+                .take_effects()
+                .filter(|e| matches!(e, Effect::SetTimer(..) | Effect::CancelTimer(..)))
+                .collect();
+            match self.replay_into(&mut instance, clock, &skips, &skipped_timers) {
+                Ok(replayed) => {
+                    let mut refire: Vec<u64> = skipped_timers
+                        .iter()
+                        .filter_map(|&i| match self.events[i].1 {
+                            Event::Timer(id) => Some(id),
+                            _ => None,
+                        })
+                        .collect();
+                    refire.sort_unstable();
+                    refire.dedup();
+                    let before = self.events.len();
+                    self.drop_events(&skips, &skipped_timers);
+                    let mut culprits: Vec<u64> = skips.keys().copied().collect();
+                    culprits.sort_unstable();
+                    return Ok(Rebuilt {
+                        instance,
+                        timers,
+                        culprits,
+                        refire,
+                        replayed,
+                        dropped: before - self.events.len(),
+                        took: started.elapsed(),
+                    });
+                }
+                Err((index, error)) => {
+                    match self.events[index].1.conn() {
+                        Some(conn) => {
+                            skips.entry(conn).or_insert(index);
+                        }
+                        None => {
+                            skipped_timers.insert(index);
+                        }
+                    }
+                    tracing::warn!(
+                        "replaying event {index} of {} trapped ({error}); replaying again without \
+                         it",
+                        self.events.len()
+                    );
+                    last = Some(error);
+                }
+            }
+        }
+        Err(RebuildError::Replay {
+            attempts: MAX_REPLAY_ATTEMPTS,
+            last: last.unwrap_or(CallError::Refused("no attempt".into())),
+        })
     }
 
-    /// Feeds every journaled event to `instance`, discarding what it sends: the clients
-    /// already have it.
+    /// Feeds every journaled event not left out to `instance`, discarding what it sends: the
+    /// clients already have it. On a trap, the journal index of the event that trapped.
+    fn replay_into(
+        &self,
+        instance: &mut Instance,
+        clock: &EventClock,
+        skips: &HashMap<u64, usize>,
+        skipped_timers: &HashSet<usize>,
+    ) -> Result<usize, (usize, CallError)> {
+        let mut replayed = 0;
+        for (index, (at, event)) in self.events.iter().enumerate() {
+            if left_out(index, event, skips, skipped_timers) {
+                continue;
+            }
+            clock.freeze_at(*at);
+            let result = match event {
+                Event::Connect(conn) => instance.on_connect(conn),
+                Event::Data(conn, range) => instance.on_data(*conn, &self.data[range.clone()]),
+                Event::Disconnect(conn) => instance.on_disconnect(*conn),
+                Event::Timer(id) => instance.on_timer(*id),
+            };
+            instance.discard_effects();
+            result.map_err(|e| (index, e))?;
+            replayed += 1;
+        }
+        Ok(replayed)
+    }
+
+    /// Removes the events a rebuild left out. Their data bytes stay in [`Recovery::data`] until
+    /// the next checkpoint (ranges of later events point past them).
+    fn drop_events(&mut self, skips: &HashMap<u64, usize>, skipped_timers: &HashSet<usize>) {
+        // kept_before[i]: how many events before old index i stay, to move `answered` along.
+        let mut kept_before = Vec::with_capacity(self.events.len() + 1);
+        let mut kept = 0;
+        for (index, (_, event)) in self.events.iter().enumerate() {
+            kept_before.push(kept);
+            if !left_out(index, event, skips, skipped_timers) {
+                kept += 1;
+            }
+        }
+        kept_before.push(kept);
+        for position in self.answered.values_mut() {
+            *position = kept_before[(*position).min(kept_before.len() - 1)];
+        }
+        let mut index = 0;
+        self.events.retain(|(_, event)| {
+            let keep = !left_out(index, event, skips, skipped_timers);
+            index += 1;
+            keep
+        });
+    }
+
+    /// Replays the journal into `instance`, which has just imported the checkpoint: the
+    /// `--from-checkpoint` upgrade. Effects of the import (timers `resumed` armed) are kept for
+    /// the dispatcher; effects of replayed events are discarded, since the host applied them
+    /// when the events first ran.
     pub(crate) fn replay(
         &self,
         instance: &mut Instance,
         clock: &EventClock,
-    ) -> Result<(), CallError> {
-        instance.discard_effects();
-        for (at, event) in &self.events {
-            clock.freeze_at(*at);
-            match event {
-                Event::Connect(conn) => instance.on_connect(conn)?,
-                Event::Data(conn, range) => instance.on_data(*conn, &self.data[range.clone()])?,
-                Event::Disconnect(conn) => instance.on_disconnect(*conn)?,
-                Event::Timer(id) => instance.on_timer(*id)?,
-            }
-            instance.discard_effects();
-        }
-        Ok(())
+    ) -> Result<Vec<Effect>, CallError> {
+        let kept: Vec<Effect> = instance.take_effects().collect();
+        self.replay_into(instance, clock, &HashMap::new(), &HashSet::new()).map_err(|(_, e)| e)?;
+        Ok(kept)
     }
+}
+
+fn left_out(
+    index: usize,
+    event: &Event,
+    skips: &HashMap<u64, usize>,
+    skipped_timers: &HashSet<usize>,
+) -> bool {
+    match event.conn() {
+        Some(conn) => skips.get(&conn).is_some_and(|&from| index >= from),
+        None => skipped_timers.contains(&index),
+    }
+}
+
+/// Instantiates a version and runs `init` and `describe`: a cold start, an upgrade's prepare,
+/// a rebuild.
+pub(crate) fn start(version: &Version, args: &[String]) -> Result<(Instance, AppInfo), CallError> {
+    let mut instance = Instance::new(version)?;
+    instance.init(args).map_err(|e| match e {
+        CallError::Refused(reason) => CallError::Refused(format!("init refused: {reason}")),
+        trap => trap,
+    })?;
+    let info = instance.describe()?;
+    Ok((instance, info))
 }

@@ -3,8 +3,9 @@
 
 use crate::bindings::Server;
 use crate::clock::EventClock;
-use crate::instance::{InstanceState, Sandbox};
 use crate::limits::{EPOCH_TICK, Limits};
+use crate::sandbox::Sandbox;
+use crate::store::{InstanceState, TransformState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -19,7 +20,7 @@ const COMPILED_CACHE_LEN: usize = 4;
 pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<InstanceState>>,
-    pub(crate) transform_linker: Arc<Linker<crate::transformer::TransformState>>,
+    pub(crate) transform_linker: Arc<Linker<TransformState>>,
     /// Recently compiled components by content: upgrading to a file compiled before (a
     /// rollback and retry, v2 -> v2) skips the compiler.
     compiled: Arc<Mutex<Vec<(Arc<[u8]>, Component)>>>,
@@ -65,7 +66,10 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         Server::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
 
-        let transform_linker = Arc::new(crate::transformer::linker(&engine)?);
+        // Transformers get WASI too (Rust's std needs it); each store grants nothing through it.
+        let mut transform_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut transform_linker)?;
+        let transform_linker = Arc::new(transform_linker);
         let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
         let flag = Arc::clone(&stop);

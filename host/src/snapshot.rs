@@ -103,7 +103,7 @@ impl SnapshotFile {
         Self {
             app: snapshot.app.clone(),
             app_version: snapshot.app_version.clone(),
-            created_unix_ms: crate::status::now_unix_ms(),
+            created_unix_ms: crate::clock::now_unix_ms(),
             sections: snapshot
                 .sections
                 .iter()

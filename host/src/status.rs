@@ -1,13 +1,57 @@
 //! What `tasuki status` reports, and the shared record the dispatcher keeps up to date.
 
 use crate::bindings::AppInfo;
+use crate::clock::now_unix_ms;
+use crate::instance::snapshot_bytes;
+use crate::recovery::Recovery;
 use crate::upgrade::{AppVersion, UpgradeReport};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+/// Where recovery stands: whether a trap now would lose anything, and what the last one cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryStatus {
+    /// `None` while a trap is recoverable; otherwise why it is not.
+    pub off: Option<String>,
+    /// When the current checkpoint was taken (ms since the Unix epoch) and its bytes; `None`
+    /// when the journal starts from the app's `init`.
+    pub checkpoint: Option<(u64, u64)>,
+    /// Bytes and events journaled since the checkpoint, and the journal's bound.
+    pub journal_bytes: u64,
+    pub journal_events: u64,
+    pub journal_limit: u64,
+    /// Set while the event loop is rebuilding a trapped instance: when it started.
+    pub recovering_since_unix_ms: Option<u64>,
+    /// Recoveries since the host started.
+    pub recoveries: u64,
+    pub last: Option<RecoveryRecord>,
+}
+
+/// One recovery: what trapped, how long the rebuild took, what was lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryRecord {
+    pub at_unix_ms: u64,
+    pub took: Duration,
+    /// What trapped, in words.
+    pub cause: String,
+    pub outcome: RecoveryOutcome,
+}
+
+/// How a recovery ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecoveryOutcome {
+    /// Rebuilt from the checkpoint and journal: only the faulting event and `closed`
+    /// connections' unanswered input were lost.
+    Rebuilt { replayed: u64, dropped_events: u64, closed: Vec<u64> },
+    /// The journal could not rebuild the state: a fresh instance serves, the state is lost.
+    RestartedEmpty { reason: String },
+    /// Not even a fresh instance starts.
+    Failed { reason: String },
+}
 
 /// The outcome of the most recent upgrade request that reached the pause or was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +73,74 @@ pub struct Status {
     pub connections: u64,
     pub upgrades: u64,
     pub last_upgrade: Option<LastUpgrade>,
+    pub recovery: Box<RecoveryStatus>,
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
+}
+
+impl fmt::Display for RecoveryStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.off {
+            Some(reason) => write!(f, "recovery     {reason}")?,
+            None => {
+                let from = match self.checkpoint {
+                    Some((at, size)) => format!(
+                        "checkpoint of {} ago ({})",
+                        human(Duration::from_millis(now_unix_ms().saturating_sub(at))),
+                        bytes(size)
+                    ),
+                    None => "the app's start".to_string(),
+                };
+                write!(
+                    f,
+                    "recovery     on: {from} + journal {} of {} ({} events)",
+                    bytes(self.journal_bytes),
+                    bytes(self.journal_limit),
+                    self.journal_events
+                )?;
+            }
+        }
+        if let Some(since) = self.recovering_since_unix_ms {
+            let took = Duration::from_millis(now_unix_ms().saturating_sub(since));
+            write!(f, "\n             RECOVERING for {}", human(took))?;
+        }
+        if let Some(last) = &self.last {
+            let ago = Duration::from_millis(now_unix_ms().saturating_sub(last.at_unix_ms));
+            write!(
+                f,
+                "\nlast recovery {} ago ({} in all), took {:.1} ms: {}\n             ",
+                human(ago),
+                self.recoveries,
+                last.took.as_secs_f64() * 1e3,
+                last.cause
+            )?;
+            match &last.outcome {
+                RecoveryOutcome::Rebuilt { replayed, dropped_events, closed } => write!(
+                    f,
+                    "rebuilt from the checkpoint and {replayed} events; lost: the faulting event{}",
+                    if closed.is_empty() && *dropped_events == 0 {
+                        String::new()
+                    } else {
+                        format!(
+                            ", {dropped_events} unanswered events of connections {closed:?} \
+                             (closed)"
+                        )
+                    }
+                )?,
+                RecoveryOutcome::RestartedEmpty { reason } => {
+                    write!(f, "RESTARTED EMPTY, the state was lost ({reason})")?
+                }
+                RecoveryOutcome::Failed { reason } => write!(f, "FAILED: {reason}")?,
+            }
+        }
+        Ok(())
+    }
 }
 
 fn human(d: Duration) -> String {
@@ -67,12 +179,8 @@ impl fmt::Display for Status {
                 Err(reason) => write!(f, "failed: {reason}")?,
             }
         }
-        Ok(())
+        write!(f, "\n{}", self.recovery)
     }
-}
-
-pub(crate) fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The part of the status that changes, behind one lock; connection count is an atomic because
@@ -83,6 +191,10 @@ pub(crate) struct Shared {
     listen: Vec<String>,
     pub(crate) connections: AtomicU64,
     current: Mutex<Current>,
+    journal_bytes: AtomicU64,
+    journal_events: AtomicU64,
+    recovering_since: AtomicU64,
+    recovery: Mutex<RecoveryStatus>,
 }
 
 #[derive(Debug)]
@@ -111,7 +223,43 @@ impl Shared {
                 upgrades: 0,
                 last_upgrade: None,
             }),
+            journal_bytes: AtomicU64::new(0),
+            journal_events: AtomicU64::new(0),
+            recovering_since: AtomicU64::new(0),
+            recovery: Mutex::new(RecoveryStatus::default()),
         }
+    }
+
+    fn recovery_status(&self) -> std::sync::MutexGuard<'_, RecoveryStatus> {
+        self.recovery.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// After every event: the journal's size (two relaxed stores, nothing more).
+    pub(crate) fn note_journal(&self, recovery: &Recovery) {
+        self.journal_bytes.store(recovery.len() as u64, Ordering::Relaxed);
+        self.journal_events.store(recovery.events() as u64, Ordering::Relaxed);
+    }
+
+    /// After a checkpoint, commit, restore or recovery: where recovery stands.
+    pub(crate) fn note_recovery_state(&self, recovery: &Recovery) {
+        self.note_journal(recovery);
+        let mut status = self.recovery_status();
+        status.off = recovery.off().map(ToString::to_string);
+        status.checkpoint =
+            recovery.checkpoint().map(|c| (c.at_unix_ms, snapshot_bytes(&c.snapshot)));
+        status.journal_limit = recovery.limit() as u64;
+    }
+
+    /// The event loop started or finished rebuilding a trapped instance.
+    pub(crate) fn recovering(&self, on: bool) {
+        let since = if on { now_unix_ms().max(1) } else { 0 };
+        self.recovering_since.store(since, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_recovery(&self, record: RecoveryRecord) {
+        let mut status = self.recovery_status();
+        status.recoveries += 1;
+        status.last = Some(record);
     }
 
     fn current(&self) -> std::sync::MutexGuard<'_, Current> {
@@ -152,6 +300,14 @@ impl Shared {
             connections: self.connections.load(Ordering::Relaxed),
             upgrades: current.upgrades,
             last_upgrade: current.last_upgrade.clone(),
+            recovery: {
+                let mut recovery = Box::new(self.recovery_status().clone());
+                recovery.journal_bytes = self.journal_bytes.load(Ordering::Relaxed);
+                recovery.journal_events = self.journal_events.load(Ordering::Relaxed);
+                recovery.recovering_since_unix_ms =
+                    Some(self.recovering_since.load(Ordering::Relaxed)).filter(|&t| t > 0);
+                recovery
+            },
         }
     }
 }

@@ -1,13 +1,15 @@
 //! `tasuki:server/timers`, and the host's timer queue.
 //!
 //! Timers belong to the host, not to an instance: one armed by v1 fires in v2 if an upgrade
-//! happened in between.
+//! happened in between, and one armed before a trap fires in the rebuilt instance. Deadlines are
+//! nanoseconds on the dispatcher's monotonic clock ([`crate::dispatch::Clock`]): the wall clock
+//! when serving, the virtual clock in the simulator.
 
 use crate::bindings::tasuki::server::timers;
-use crate::instance::{Effect, InstanceState};
+use crate::store::{Effect, InstanceState};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 impl timers::Host for InstanceState {
     fn set(&mut self, id: u64, after_ms: u64) {
@@ -24,12 +26,13 @@ impl timers::Host for InstanceState {
 #[derive(Debug, Default)]
 pub(crate) struct TimerQueue {
     armed: HashMap<u64, u64>,
-    heap: BinaryHeap<Reverse<(Instant, u64, u64)>>,
+    /// (deadline ns, generation, id): equal deadlines fire in the order they were armed.
+    heap: BinaryHeap<Reverse<(u64, u64, u64)>>,
     generation: u64,
 }
 
 impl TimerQueue {
-    pub(crate) fn set(&mut self, id: u64, deadline: Instant) {
+    pub(crate) fn set(&mut self, id: u64, deadline: u64) {
         self.generation += 1;
         self.armed.insert(id, self.generation);
         self.heap.push(Reverse((deadline, self.generation, id)));
@@ -40,7 +43,7 @@ impl TimerQueue {
     }
 
     /// The earliest live deadline.
-    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&mut self) -> Option<u64> {
         while let Some(Reverse((deadline, generation, id))) = self.heap.peek().copied() {
             if self.armed.get(&id) == Some(&generation) {
                 return Some(deadline);
@@ -51,7 +54,7 @@ impl TimerQueue {
     }
 
     /// Removes and returns one timer due at `now`, earliest first.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn pop_due(&mut self, now: u64) -> Option<u64> {
         let deadline = self.next_deadline()?;
         if deadline > now {
             return None;
@@ -73,14 +76,14 @@ mod tests {
 
     #[test]
     fn fires_in_deadline_order_and_honours_rearm_and_cancel() {
-        let t0 = Instant::now();
+        let ms = |n: u64| n * 1_000_000;
         let mut q = TimerQueue::default();
-        q.set(1, t0 + Duration::from_millis(30));
-        q.set(2, t0 + Duration::from_millis(10));
-        q.set(3, t0 + Duration::from_millis(20));
-        q.set(1, t0 + Duration::from_millis(5)); // re-armed earlier
+        q.set(1, ms(30));
+        q.set(2, ms(10));
+        q.set(3, ms(20));
+        q.set(1, ms(5)); // re-armed earlier
         q.cancel(3);
-        let now = t0 + Duration::from_millis(100);
+        let now = ms(100);
         let fired: Vec<u64> = std::iter::from_fn(|| q.pop_due(now)).collect();
         assert_eq!(fired, vec![1, 2]);
         assert_eq!(q.len(), 0);
@@ -89,10 +92,9 @@ mod tests {
 
     #[test]
     fn nothing_fires_early() {
-        let t0 = Instant::now();
         let mut q = TimerQueue::default();
-        q.set(7, t0 + Duration::from_secs(5));
-        assert_eq!(q.pop_due(t0), None);
-        assert_eq!(q.next_deadline(), Some(t0 + Duration::from_secs(5)));
+        q.set(7, 5_000_000_000);
+        assert_eq!(q.pop_due(0), None);
+        assert_eq!(q.next_deadline(), Some(5_000_000_000));
     }
 }

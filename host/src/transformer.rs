@@ -10,38 +10,18 @@
 use crate::bindings::transformer::Transformer as Bindings;
 use crate::bindings::transformer::TransformerPre;
 use crate::bindings::{AppInfo, Section, Snapshot, TransformInfo};
-use crate::instance::describe_trap;
+use crate::instance::Trap;
 use crate::limits;
 use crate::runtime::Runtime;
+use crate::store::TransformState;
 use crate::version::{LoadError, check_component};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{
-    Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView,
-};
-
-/// A transformer's store: WASI that grants nothing, and the memory cap.
-pub struct TransformState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limits: StoreLimits,
-}
-
-impl std::fmt::Debug for TransformState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TransformState").finish_non_exhaustive()
-    }
-}
-
-impl WasiView for TransformState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
-    }
-}
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, WasiCtx};
 
 /// A clock that never moves: a transformer's output may not depend on when it runs.
 struct Stopped;
@@ -64,20 +44,13 @@ impl HostMonotonicClock for Stopped {
     }
 }
 
-/// Links WASI for transformers; called once per runtime.
-pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TransformState>> {
-    let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    Ok(linker)
-}
-
 /// Why a transformer did not produce the next snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum TransformError {
     #[error("transformer {name} refused: {reason}")]
     Refused { name: String, reason: String },
-    #[error("transformer {name} trapped: {reason}")]
-    Trap { name: String, reason: String },
+    #[error("transformer {name} trapped: {trap}")]
+    Trap { name: String, trap: Trap },
     #[error("transformer {name} returned {got}, but it declares {expected}")]
     Broken { name: String, got: String, expected: String },
 }
@@ -120,12 +93,12 @@ impl Transformer {
         };
         let (mut store, bindings) = this.instantiate().map_err(|e| LoadError::WrongWorld {
             path: path.into(),
-            reason: format!("it does not start: {}", describe_trap(&e)),
+            reason: format!("it does not start: {}", Trap::from_error(&e).message),
         })?;
         this.info = bindings.tasuki_server_transform().call_describe(&mut store).map_err(|e| {
             LoadError::WrongWorld {
                 path: path.into(),
-                reason: format!("describe: {}", describe_trap(&e)),
+                reason: format!("describe: {}", Trap::from_error(&e).message),
             }
         })?;
         Ok(Arc::new(this))
@@ -182,11 +155,11 @@ impl Transformer {
             Snapshot { app: app.clone(), app_version: app_version.clone(), sections: claimed };
         let (mut store, bindings) = self
             .instantiate()
-            .map_err(|e| TransformError::Trap { name: name.clone(), reason: describe_trap(&e) })?;
+            .map_err(|e| TransformError::Trap { name: name.clone(), trap: Trap::from_error(&e) })?;
         let output = bindings
             .tasuki_server_transform()
             .call_transform(&mut store, &input)
-            .map_err(|e| TransformError::Trap { name: name.clone(), reason: describe_trap(&e) })?
+            .map_err(|e| TransformError::Trap { name: name.clone(), trap: Trap::from_error(&e) })?
             .map_err(|reason| TransformError::Refused { name: name.clone(), reason })?;
 
         let got: BTreeMap<String, u32> =

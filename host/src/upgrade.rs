@@ -2,13 +2,17 @@
 //!
 //! [`prepare`] runs on the requester's thread while the old version keeps serving: compile, link,
 //! instantiate, `init`, `describe`, and the check that the new version reads every state section
-//! the old one writes. The dispatcher then pauses at an event boundary, exports, imports, and
-//! commits — or drops the new instance and carries on with the old one.
+//! the old one writes. The dispatcher then pauses at an event boundary and runs [`swap`]: export,
+//! transform, import, and commit — replacing the [`Live`] value in one move — or drop the new
+//! instance and carry on with the old one. Nothing here touches a socket: the dispatcher hands
+//! over the open connections' descriptions and applies the new instance's effects after.
 
-use crate::bindings::AppInfo;
-use crate::instance::{CallError, Instance};
+use crate::bindings::{AppInfo, ConnInfo, Snapshot};
+use crate::clock::EventClock;
+use crate::instance::{CallError, Instance, Trap, snapshot_bytes};
+use crate::live::{Imported, Live};
 use crate::runtime::Runtime;
-use crate::transformer::Pipeline;
+use crate::transformer::{Pipeline, TransformError};
 use crate::version::{LoadError, Version};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -129,7 +133,7 @@ impl fmt::Display for UpgradeReport {
             let at = match at_unix_ms {
                 Some(at) => format!(
                     "the checkpoint of {:.1}s ago",
-                    crate::status::now_unix_ms().saturating_sub(*at) as f64 / 1e3
+                    crate::clock::now_unix_ms().saturating_sub(*at) as f64 / 1e3
                 ),
                 None => "the app's start (no checkpoint was taken)".to_string(),
             };
@@ -152,8 +156,8 @@ pub enum UpgradeError {
     InProgress,
     #[error("refused before any pause: {0}")]
     Load(#[from] LoadError),
-    #[error("refused before any pause: {wasm} failed to start: {reason}")]
-    Start { wasm: PathBuf, reason: String },
+    #[error("refused before any pause: {wasm} failed to start: {error}")]
+    Start { wasm: PathBuf, error: Box<CallError> },
     #[error("refused before any pause: {wasm} is app `{new}`, but the running app is `{running}`")]
     WrongApp { wasm: PathBuf, running: AppVersion, new: AppVersion },
     #[error(
@@ -168,21 +172,21 @@ pub enum UpgradeError {
         accepts: Vec<u32>,
     },
     #[error(
-        "rolled back, {running} keeps serving: it failed to export its state: {reason}{}",
+        "rolled back, {running} keeps serving: it failed to export its state: {error}{}",
         if *rebuilt { " (it was rebuilt from its checkpoint and journal; if export keeps failing, \
         `tasuki upgrade --from-checkpoint` moves the last checkpoint and replays the events since)" } else { "" }
     )]
-    Export { running: AppVersion, reason: String, rebuilt: bool },
+    Export { running: AppVersion, error: Box<CallError>, rebuilt: bool },
     #[error(
         "rolled back, {running} keeps serving: its state is {bytes} bytes, over the limit of {limit} (--max-state)"
     )]
     TooLarge { running: AppVersion, bytes: u64, limit: u64 },
     #[error("refused before any pause: {0}")]
     Chain(#[from] crate::transformer::ChainError),
-    #[error("rolled back, {running} keeps serving: {reason}")]
-    Transform { running: AppVersion, reason: String },
-    #[error("rolled back, {running} keeps serving: {new} failed to import the state: {reason}")]
-    Import { running: AppVersion, new: AppVersion, reason: String },
+    #[error("rolled back, {running} keeps serving: {error}")]
+    Transform { running: AppVersion, error: Box<TransformError> },
+    #[error("rolled back, {running} keeps serving: {new} failed to import the state: {error}")]
+    Import { running: AppVersion, new: AppVersion, error: Box<CallError> },
     #[error("the host is shutting down")]
     HostStopped,
 }
@@ -198,7 +202,7 @@ pub struct Prepared {
     pub(crate) pipeline: Pipeline,
 }
 
-/// Steps 2 of the upgrade: everything that can happen before the pause.
+/// Step 2 of the upgrade: everything that can happen before the pause.
 pub(crate) fn prepare(
     runtime: &Runtime,
     wasm: &Path,
@@ -209,30 +213,54 @@ pub(crate) fn prepare(
     let started = Instant::now();
     let version = Version::load(runtime, wasm)?;
     let pipeline = Pipeline::load(runtime, &options.transforms)?;
-    let (instance, info) = start(&version, args)
-        .map_err(|reason| UpgradeError::Start { wasm: wasm.into(), reason: reason.to_string() })?;
-    if pipeline.is_empty() {
-        check_compatible(wasm, running, &info)?;
-    } else {
-        if running.name != info.name {
-            return Err(UpgradeError::WrongApp {
-                wasm: wasm.into(),
-                running: running.into(),
-                new: (&info).into(),
-            });
-        }
-        let written: Vec<(String, u32)> =
-            running.sections.iter().map(|s| (s.name.clone(), s.version)).collect();
-        pipeline.check(&written, &info)?;
-    }
+    prepare_loaded(version, pipeline, args, running, options.from_checkpoint, started)
+}
+
+/// [`prepare`] for a version and transformers already loaded: instantiate, `init`, and check
+/// that the new version reads what the running one writes, through the transformers.
+pub(crate) fn prepare_loaded(
+    version: Arc<Version>,
+    pipeline: Pipeline,
+    args: &[String],
+    running: &AppInfo,
+    from_checkpoint: bool,
+    started: Instant,
+) -> Result<Prepared, UpgradeError> {
+    let wasm = version.path.clone();
+    let (instance, info) = crate::recovery::start(&version, args)
+        .map_err(|error| UpgradeError::Start { wasm: wasm.clone(), error: Box::new(error) })?;
+    check_chain(&wasm, running, &info, &pipeline)?;
     Ok(Prepared {
         version,
         instance,
         info,
         prepare_time: started.elapsed(),
-        from_checkpoint: options.from_checkpoint,
+        from_checkpoint,
         pipeline,
     })
+}
+
+/// The new version (`new`, from `wasm`) reads what the running one writes, through `pipeline`.
+pub(crate) fn check_chain(
+    wasm: &Path,
+    running: &AppInfo,
+    new: &AppInfo,
+    pipeline: &Pipeline,
+) -> Result<(), UpgradeError> {
+    if pipeline.is_empty() {
+        return check_compatible(wasm, running, new);
+    }
+    if running.name != new.name {
+        return Err(UpgradeError::WrongApp {
+            wasm: wasm.into(),
+            running: running.into(),
+            new: new.into(),
+        });
+    }
+    let written: Vec<(String, u32)> =
+        running.sections.iter().map(|s| (s.name.clone(), s.version)).collect();
+    pipeline.check(&written, new)?;
+    Ok(())
 }
 
 /// Instantiates a version and runs `init` and `describe`, for tools that check a migration
@@ -241,18 +269,140 @@ pub fn start_instance(
     version: &Version,
     args: &[String],
 ) -> Result<(Instance, AppInfo), CallError> {
-    start(version, args)
+    crate::recovery::start(version, args)
 }
 
-/// Instantiates a version and runs `init` and `describe`: a cold start, or an upgrade's prepare.
-pub(crate) fn start(version: &Version, args: &[String]) -> Result<(Instance, AppInfo), CallError> {
-    let mut instance = Instance::new(version)?;
-    instance.init(args).map_err(|e| match e {
-        CallError::Refused(reason) => CallError::Refused(format!("init refused: {reason}")),
-        trap => trap,
-    })?;
-    let info = instance.describe()?;
-    Ok((instance, info))
+/// How [`swap`] ended.
+#[derive(Debug)]
+pub(crate) enum Swap {
+    /// The new version serves; `retired` is the live value it replaced, to be dropped off the
+    /// pause.
+    Committed { report: Box<UpgradeReport>, retired: Box<Live> },
+    /// The old version serves on; `retired` is the new instance. If the old instance trapped
+    /// while exporting, `trapped` says so: the dispatcher must rebuild it before the next event.
+    RolledBack { error: UpgradeError, retired: Box<Instance>, trapped: Option<Trap> },
+}
+
+/// Steps 3–7 of the upgrade, at an event boundary: export (or take the checkpoint and replay
+/// the journal), transform, import, commit or roll back. `conns` are the connections open now.
+pub(crate) fn swap(
+    live: &mut Live,
+    mut next: Prepared,
+    conns: Vec<ConnInfo>,
+    clock: &EventClock,
+    max_state: u64,
+) -> Swap {
+    let running = live.app();
+    let new = AppVersion::from(&next.info);
+    let paused = Instant::now();
+    let connections = conns.len() as u64;
+    let rollback = |error: UpgradeError, retired: Instance, trapped: Option<Trap>| {
+        Swap::RolledBack { error, retired: Box::new(retired), trapped }
+    };
+
+    // Export, or with --from-checkpoint take the checkpoint and replay the journal after it.
+    let (snapshot, importing, source): (Option<Snapshot>, Vec<ConnInfo>, StateSource) =
+        if next.from_checkpoint {
+            let recovery = live.recovery();
+            let checkpoint = recovery.checkpoint();
+            let source = StateSource::Checkpoint {
+                at_unix_ms: checkpoint.map(|c| c.at_unix_ms),
+                events_replayed: recovery.events() as u64,
+                complete: recovery.is_on(),
+            };
+            match checkpoint {
+                Some(c) => (Some(c.snapshot.clone()), c.live.clone(), source),
+                None => (None, Vec::new(), source),
+            }
+        } else {
+            match live.export() {
+                Ok(snapshot) => (Some(snapshot), conns, StateSource::Export),
+                Err(error) => {
+                    let trapped = error.trap().cloned();
+                    let error =
+                        UpgradeError::Export { running, error: Box::new(error), rebuilt: false };
+                    return rollback(error, next.instance, trapped);
+                }
+            }
+        };
+    let export = paused.elapsed();
+    let state_bytes = snapshot.as_ref().map_or(0, snapshot_bytes);
+    if state_bytes > max_state {
+        let error = UpgradeError::TooLarge { running, bytes: state_bytes, limit: max_state };
+        return rollback(error, next.instance, None);
+    }
+    let crossing = match snapshot {
+        Some(snapshot) if !next.pipeline.is_empty() => match next.pipeline.apply(snapshot) {
+            Ok(transformed) => Some(transformed),
+            Err(error) => {
+                return rollback(
+                    UpgradeError::Transform { running, error: Box::new(error) },
+                    next.instance,
+                    None,
+                );
+            }
+        },
+        other => other,
+    };
+    let transform = paused.elapsed() - export;
+
+    let imported = match &crossing {
+        Some(snapshot) => next.instance.import_state(snapshot, &importing),
+        None => Ok(()),
+    };
+    let imported = imported.and_then(|()| match source {
+        StateSource::Checkpoint { .. } => {
+            let kept = live.replay_journal(&mut next.instance, clock)?;
+            next.instance.queue_effects(kept);
+            Ok(())
+        }
+        StateSource::Export => Ok(()),
+    });
+    if let Err(error) = imported {
+        let error = UpgradeError::Import { running, new, error: Box::new(error) };
+        return rollback(error, next.instance, None);
+    }
+    let import = paused.elapsed() - export - transform;
+
+    // Commit: from here on every event goes to the new instance, and its recovery state is
+    // what it imported — after the transformers, so a rebuild offers it its own shape.
+    let sections = crossing.as_ref().map_or_else(Vec::new, sections);
+    let wasm = next.version.path.clone();
+    let compile = next.version.compile_time;
+    let imported = match (&source, crossing) {
+        (StateSource::Export, Some(snapshot)) => Imported::Snapshot(snapshot, importing),
+        (_, crossing) => Imported::Journal(crossing),
+    };
+    let retired = live.commit(next.version, next.instance, next.info, imported);
+    let report = UpgradeReport {
+        from: running,
+        to: new,
+        wasm,
+        prepare: next.prepare_time,
+        compile,
+        pause: paused.elapsed(),
+        export,
+        transform,
+        transformers: next.pipeline.stages.iter().map(|t| t.info.name.clone()).collect(),
+        import,
+        sections,
+        state_bytes,
+        connections,
+        source,
+    };
+    Swap::Committed { report: Box::new(report), retired: Box::new(retired) }
+}
+
+fn sections(snapshot: &Snapshot) -> Vec<SectionReport> {
+    snapshot
+        .sections
+        .iter()
+        .map(|s| SectionReport {
+            name: s.name.clone(),
+            version: s.version,
+            bytes: s.bytes.len() as u64,
+        })
+        .collect()
 }
 
 /// The new version must be the same app and read every section the running one writes.

@@ -2,8 +2,8 @@
 //! before an upgrade pauses anything.
 
 use crate::bindings::ServerPre;
-use crate::instance::InstanceState;
 use crate::runtime::Runtime;
+use crate::store::InstanceState;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,8 +4,8 @@
 use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 use tasuki::HostConfig;
-use tasuki::instance::{Preopen, Sandbox};
 use tasuki::limits::Limits;
+use tasuki::sandbox::{Preopen, Sandbox};
 use tasuki_tests::{TestHost, artifacts};
 
 #[test]

@@ -38,6 +38,7 @@ fn kv_basics_hold_with_an_upgrade_at_every_boundary_v1_to_v2() {
     let report = every(artifacts::KV_V1, artifacts::KV_V2, &[], "kv-basics.trace");
     assert!(report.passed(), "{report}");
     assert_eq!(report.runs.len(), report.events + 1, "one run per boundary, 0..=events");
+    assert_eq!(report.upgraded, report.runs.len(), "the upgrade committed in every run");
     assert!(report.events >= 15, "{report}");
 }
 
@@ -78,7 +79,10 @@ fn every_boundary_mode_catches_a_faulty_transformer_exactly_where_it_bites() {
     assert!(good.passed(), "{good}");
     // Without an injected upgrade, and with the upgrade at the ends, the faulty one passes too...
     let faulty = [artifacts::FAULTY_TRANSFORM];
-    for at in [UpgradeAt::Never, UpgradeAt::Boundary(0), UpgradeAt::Boundary(6)] {
+    let alone = Simulator::new(SimConfig { app: artifacts::KV_V1.into(), ..SimConfig::default() })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(alone.run(&t, UpgradeAt::Never).unwrap().passed());
+    for at in [UpgradeAt::Boundary(0), UpgradeAt::Boundary(6)] {
         let report = simulate(artifacts::KV_V1, artifacts::KV_V2, &faulty, &t, at);
         assert!(report.passed(), "{at:?}: {report}");
     }
@@ -109,7 +113,7 @@ fn the_same_trace_gives_the_same_result_every_run() {
 }
 
 #[test]
-fn a_thousand_events_at_every_boundary_take_seconds() {
+fn a_thousand_events_give_a_thousand_and_one_upgraded_runs() {
     let mut text = String::from("connect a\nconnect b\n");
     for i in 0..499 {
         text.push_str(&format!("send a \"SET k{i} {i}\\r\\n\"\nexpect a \"+OK\\r\\n\"\n"));
@@ -121,6 +125,7 @@ fn a_thousand_events_at_every_boundary_take_seconds() {
     assert!(report.passed(), "{report}");
     assert_eq!(report.events, 1000);
     assert_eq!(report.runs.len(), 1001);
+    assert_eq!(report.upgraded, 1001, "each run upgraded at its boundary");
     // Measured, not asserted: bench/ reports the figure.
     println!("1,000 events, 1,001 upgrade points: {:.2} s", started.elapsed().as_secs_f64());
 }
@@ -148,4 +153,72 @@ fn traces_can_be_built_in_code_for_an_apps_own_cargo_tests() {
         UpgradeAt::Every,
     );
     assert!(report.passed(), "{report}");
+}
+
+#[test]
+fn a_trap_after_a_transformed_upgrade_keeps_every_key_at_every_boundary() {
+    // The upgrade lands before the fault at boundaries 0..=7: recovery must rebuild kv v3 from
+    // what v3 imported (after both transformers). Rebuilding from v1's export, which v3 does not
+    // read, restarts v3 empty and the GETs after the fault fail.
+    let report = every(
+        artifacts::KV_V1,
+        artifacts::KV_V3,
+        &[artifacts::KV_V1_TO_V2, artifacts::KV_V2_TO_V3],
+        "kv-trap-after-transform.trace",
+    );
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.runs.len(), report.events + 1);
+    assert_eq!(report.upgraded, report.runs.len(), "every run upgraded: {report}");
+    // And the same holds within one release, where the journal replays into the same version.
+    let same = every(artifacts::KV_V2, artifacts::KV_V2, &[], "kv-trap-after-transform.trace");
+    assert!(same.passed(), "{same}");
+}
+
+#[test]
+fn the_simulator_refuses_what_tasuki_upgrade_refuses_with_the_same_message() {
+    // kv v1 writes section `kv` version 1; the v2-to-v3 transformer reads version 2.
+    let simulator = Simulator::new(SimConfig {
+        app: artifacts::KV_V1.into(),
+        upgrade: Some(Target {
+            wasm: artifacts::KV_V3.into(),
+            transforms: vec![artifacts::KV_V2_TO_V3.into()],
+        }),
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let refused = simulator.run(&trace("kv-basics.trace"), UpgradeAt::Every).unwrap_err();
+    let host = tasuki_tests::TestHost::start(artifacts::KV_V1);
+    let options = tasuki::upgrade::UpgradeOptions {
+        transforms: vec![artifacts::KV_V2_TO_V3.into()],
+        ..Default::default()
+    };
+    let live = host.host_upgrade_with(artifacts::KV_V3, &options).unwrap_err();
+    assert!(matches!(refused, tasuki::sim::SimError::Refused(_)), "{refused}");
+    assert_eq!(refused.to_string(), live.to_string());
+    assert!(live.to_string().contains("reads section `kv` version 2"), "{live}");
+}
+
+#[test]
+fn an_upgrade_that_never_runs_fails_the_test() {
+    let t = trace("kv-basics.trace");
+    let simulator = Simulator::new(SimConfig {
+        app: artifacts::KV_V1.into(),
+        upgrade: Some(Target { wasm: artifacts::KV_V2.into(), transforms: vec![] }),
+        ..SimConfig::default()
+    })
+    .unwrap();
+    // Asked for an upgrade, told to place it nowhere: refused before anything runs.
+    let never = simulator.run(&t, UpgradeAt::Never).unwrap_err();
+    assert!(matches!(never, tasuki::sim::SimError::NoUpgrade), "{never}");
+    // Placed past the last boundary: the run fails, naming why.
+    let events = simulator.run(&t, UpgradeAt::Boundary(0)).unwrap().events;
+    let past = simulator.run(&t, UpgradeAt::Boundary(events + 1)).unwrap();
+    assert!(!past.passed(), "{past}");
+    let (_, _, failure) = past.first_failure().unwrap();
+    assert!(failure.message.contains("no upgrade ran"), "{failure}");
+    assert_eq!(past.upgraded, 0);
+    // At the last boundary it runs.
+    let last = simulator.run(&t, UpgradeAt::Boundary(events)).unwrap();
+    assert!(last.passed(), "{last}");
+    assert_eq!(last.upgraded, 1);
 }

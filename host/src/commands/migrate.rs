@@ -1,9 +1,9 @@
 use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tasuki::instance::Sandbox;
 use tasuki::limits::Limits;
 use tasuki::runtime::Runtime;
+use tasuki::sandbox::Sandbox;
 use tasuki::snapshot::SnapshotFile;
 use tasuki::version::Version;
 
@@ -51,8 +51,7 @@ impl MigrateCommand {
             &self.input,
             &self.transforms,
             target.as_ref().map(|(_, info)| info),
-        )
-        .map_err(|e| anyhow::anyhow!(e))?;
+        )?;
         let sections: Vec<String> = snapshot
             .sections
             .iter()

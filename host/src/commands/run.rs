@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 use tasuki::host::Restore;
-use tasuki::instance::{Preopen, Sandbox};
 use tasuki::limits::{self, Limits};
+use tasuki::sandbox::{Preopen, Sandbox};
 use tasuki::{Host, HostConfig};
 
 const MIB: usize = 1 << 20;

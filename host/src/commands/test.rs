@@ -19,9 +19,11 @@ pub struct TestCommand {
     /// A transformer on the way to --upgrade, in order. Repeat for a chain.
     #[arg(long = "transform", value_name = "T.wasm", requires = "upgrade")]
     transforms: Vec<PathBuf>,
-    /// Where to upgrade: `every` event boundary (one run each), `never`, or after N events.
-    #[arg(long, value_name = "every|never|N", default_value = "never", value_parser = parse_at)]
-    upgrade_at: UpgradeAt,
+    /// Where to upgrade: `every` event boundary (one run each), or after N events. The default
+    /// is `every` with --upgrade, and `never` (only the trace's own `upgrade` lines) without.
+    /// A run in which the upgrade asked for did not happen fails.
+    #[arg(long, value_name = "every|never|N", value_parser = parse_at)]
+    upgrade_at: Option<UpgradeAt>,
     /// An argument for every version's `init`. Repeat for several.
     #[arg(long = "arg", value_name = "ARG")]
     args: Vec<String>,
@@ -50,10 +52,11 @@ impl TestCommand {
                 return Ok(ExitCode::from(2));
             }
         };
-        if self.upgrade_at != UpgradeAt::Never && self.upgrade.is_none() {
-            eprintln!("error: --upgrade-at needs --upgrade NEW.wasm");
-            return Ok(ExitCode::from(2));
-        }
+        let at = match (self.upgrade_at, &self.upgrade) {
+            (Some(at), _) => at,
+            (None, Some(_)) => UpgradeAt::Every,
+            (None, None) => UpgradeAt::Never,
+        };
         let simulator = Simulator::new(SimConfig {
             app: self.app.clone(),
             upgrade: self
@@ -64,7 +67,7 @@ impl TestCommand {
             seed: self.seed,
             ..SimConfig::default()
         });
-        let report = match simulator.and_then(|s| s.run(&trace, self.upgrade_at)) {
+        let report = match simulator.and_then(|s| s.run(&trace, at)) {
             Ok(report) => report,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -2,21 +2,27 @@
 //! connections, a virtual clock and seeded randomness, on one thread — the same trace gives the
 //! same bytes every run, on any machine.
 //!
-//! `UpgradeAt::Every` places an upgrade at every event boundary of a trace and checks every
-//! expectation each time. It does not replay the trace from the start for each boundary: one
-//! run of the old version exports its state at every boundary (export does not change the
-//! instance), and each upgraded run starts from that snapshot and the clients' state at that
-//! point, with a new version's instance, and plays only the rest of the trace.
+//! It runs the production code: the trace's events go through the host's own
+//! [`crate::dispatch::Dispatcher`] — the same event dispatch, effects, timers, checkpoints,
+//! recovery and upgrade transaction as `tasuki run` — plugged into virtual connections
+//! ([`VirtualNet`]) and a virtual clock ([`VirtualClock`]) instead of sockets and the wall clock.
+//! An upgrade is prepared by the same function `tasuki upgrade` calls, so it is refused for the
+//! same reasons, with the same message.
+//!
+//! `UpgradeAt::Every` places an upgrade at every event boundary of a trace, each in a run of its
+//! own from the start of the trace, and checks every expectation each time.
 
 pub mod record;
 pub mod trace;
 
-use crate::bindings::{AppInfo, ConnInfo, Snapshot};
-use crate::instance::{CallError, Effect, Instance};
+use crate::bindings::{AppInfo, ConnInfo};
+use crate::dispatch::{Clock, Dispatcher, Network};
 use crate::limits::Limits;
+use crate::live::{Call, Live};
 use crate::runtime::Runtime;
+use crate::status::Shared;
 use crate::transformer::Pipeline;
-use crate::upgrade::{self, AppVersion};
+use crate::upgrade::{self, AppVersion, UpgradeError};
 use crate::version::{LoadError, Version};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -89,23 +95,41 @@ struct Client {
     id: u64,
     /// Received and not yet expected.
     pending: Vec<u8>,
+    /// The server closed it (the app did, or the host after a fault).
     closed_by_server: bool,
 }
 
-/// Everything outside the instance: clients, virtual time, host timers. Cloned at boundaries.
-#[derive(Debug, Clone, Default)]
-struct World {
+/// The virtual side of [`Network`]: clients that receive into a buffer the trace's `expect`
+/// steps read.
+#[derive(Debug, Default)]
+pub struct VirtualNet {
     clients: BTreeMap<String, Client>,
     names: HashMap<u64, String>,
     next_id: u64,
-    now_ms: u64,
-    timers: BTreeMap<(u64, u64), u64>,
-    armed: HashMap<u64, (u64, u64)>,
-    timer_seq: u64,
-    events: usize,
 }
 
-impl World {
+impl VirtualNet {
+    fn client(&mut self, id: u64) -> Option<&mut Client> {
+        let name = self.names.get(&id)?;
+        self.clients.get_mut(name)
+    }
+}
+
+impl Network for VirtualNet {
+    fn send(&mut self, conn: u64, data: Vec<u8>) {
+        if let Some(client) = self.client(conn)
+            && !client.closed_by_server
+        {
+            client.pending.extend_from_slice(&data);
+        }
+    }
+
+    fn close(&mut self, conn: u64) {
+        if let Some(client) = self.client(conn) {
+            client.closed_by_server = true;
+        }
+    }
+
     fn live(&self) -> Vec<ConnInfo> {
         let mut live: Vec<ConnInfo> = self
             .clients
@@ -117,58 +141,37 @@ impl World {
         live
     }
 
-    fn apply(&mut self, instance: &mut Instance) {
-        for effect in instance.take_effects() {
-            match effect {
-                Effect::Send(id, data) => {
-                    if let Some(client) = self.names.get(&id).and_then(|n| self.clients.get_mut(n))
-                    {
-                        client.pending.extend_from_slice(&data);
-                    }
-                }
-                Effect::Close(id) => {
-                    if let Some(client) = self.names.get(&id).and_then(|n| self.clients.get_mut(n))
-                    {
-                        client.closed_by_server = true;
-                    }
-                }
-                Effect::SetTimer(id, after) => {
-                    if let Some(old) = self.armed.remove(&id) {
-                        self.timers.remove(&old);
-                    }
-                    self.timer_seq += 1;
-                    let key = (self.now_ms + after.as_millis() as u64, self.timer_seq);
-                    self.timers.insert(key, id);
-                    self.armed.insert(id, key);
-                }
-                Effect::CancelTimer(id) => {
-                    if let Some(old) = self.armed.remove(&id) {
-                        self.timers.remove(&old);
-                    }
-                }
-            }
+    fn drop_conn(&mut self, conn: u64) -> bool {
+        match self.client(conn) {
+            Some(client) => !std::mem::replace(&mut client.closed_by_server, true),
+            None => false,
         }
+    }
+
+    fn take_broken(&mut self) -> Option<u64> {
+        None
+    }
+}
+
+/// The virtual side of [`Clock`]: time moves only when the trace says `advance`.
+#[derive(Debug, Default)]
+pub struct VirtualClock {
+    /// Nanoseconds since [`SIM_EPOCH_MS`].
+    now_ns: u64,
+}
+
+impl Clock for VirtualClock {
+    fn wall_ns(&self) -> u64 {
+        SIM_EPOCH_MS * 1_000_000 + self.now_ns
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        self.now_ns
     }
 }
 
 fn conn_info(id: u64, name: &str) -> ConnInfo {
     ConnInfo { id, listener: "sim".into(), peer: format!("sim:{name}") }
-}
-
-/// Where in the trace a run stands: the next step, and for an `advance` under way, its target.
-#[derive(Debug, Clone, Copy)]
-struct Cursor {
-    step: usize,
-    advance_to: Option<u64>,
-}
-
-/// The state at one boundary of the old version's run.
-struct Checkpoint {
-    cursor: Cursor,
-    world: World,
-    snapshot: Snapshot,
-    /// The trace line of the event that ended here (0 for the start).
-    after_line: usize,
 }
 
 /// The results of simulating one trace.
@@ -183,6 +186,8 @@ pub struct Report {
     pub baseline: Result<(), Failure>,
     /// For each boundary tried: the boundary, the line of the event it follows, and the result.
     pub runs: Vec<(usize, usize, Result<(), Failure>)>,
+    /// Runs in which the injected upgrade committed.
+    pub upgraded: usize,
     pub elapsed: Duration,
 }
 
@@ -216,9 +221,10 @@ impl fmt::Display for Report {
             let last = self.runs.last().map_or(0, |r| r.0);
             writeln!(
                 f,
-                "  upgrade at boundaries {first}..={last}: {} ok, {} failed",
+                "  upgrade at boundaries {first}..={last}: {} ok, {} failed ({} upgraded)",
                 self.runs.len() - failed.len(),
-                failed.len()
+                failed.len(),
+                self.upgraded
             )?;
             if !failed.is_empty() {
                 writeln!(f, "  failing boundaries: {failed:?}")?;
@@ -244,21 +250,45 @@ pub enum SimError {
     Engine(String),
     #[error(transparent)]
     Load(#[from] LoadError),
-    #[error("{0} failed to start: {1}")]
-    Start(String, String),
-    #[error("--upgrade-at needs a version to upgrade to")]
+    #[error("{app} failed to start: {error}")]
+    Start { app: PathBuf, error: crate::instance::CallError },
+    /// The upgrade asked for is one `tasuki upgrade` would refuse; the message is its.
+    #[error("{0}")]
+    Refused(UpgradeError),
+    #[error("--upgrade-at needs a version to upgrade to (--upgrade)")]
     NoTarget,
+    #[error(
+        "--upgrade is given but --upgrade-at is `never`: no upgrade would run; use `every` or a \
+         boundary"
+    )]
+    NoUpgrade,
 }
+
+/// A version loaded with the transformers on the way to it.
+type Loaded = (Arc<Version>, Pipeline);
 
 /// Runs traces against loaded versions.
 #[derive(Debug)]
 pub struct Simulator {
     runtime: Runtime,
     app: Arc<Version>,
-    target: Option<(Arc<Version>, Pipeline)>,
+    target: Option<Loaded>,
     args: Vec<String>,
     /// Versions named by `upgrade` steps, loaded once.
-    loaded: std::sync::Mutex<HashMap<PathBuf, (Arc<Version>, Pipeline)>>,
+    loaded: std::sync::Mutex<HashMap<PathBuf, Loaded>>,
+}
+
+/// One run's progress: the dispatcher under test, and the trace's position.
+struct Run<'a> {
+    sim: &'a Simulator,
+    dispatcher: Dispatcher<VirtualNet, VirtualClock>,
+    /// Events that completed or faulted: client events and timers.
+    events: usize,
+    /// The boundary to upgrade at, and whether that upgrade ran.
+    inject: Option<usize>,
+    injected: bool,
+    /// The injected upgrade committed.
+    committed: bool,
 }
 
 impl Simulator {
@@ -276,212 +306,200 @@ impl Simulator {
         Ok(Self { runtime, app, target, args: config.args, loaded: Default::default() })
     }
 
-    fn freeze(&self, world: &World) {
-        self.runtime.clock.freeze_at((SIM_EPOCH_MS + world.now_ms) * 1_000_000);
+    fn start(&self, version: &Arc<Version>) -> Result<Live, SimError> {
+        Live::start(Arc::clone(version), &self.args, self.runtime.limits.journal)
+            .map_err(|error| SimError::Start { app: version.path.clone(), error })
     }
 
-    fn start(&self, version: &Version) -> Result<(Instance, AppInfo), SimError> {
-        upgrade::start(version, &self.args)
-            .map_err(|e| SimError::Start(version.path.display().to_string(), e.to_string()))
+    /// Checks, before anything runs, that the upgrade asked for is one `tasuki upgrade` would
+    /// make from the app: the same app, and every section readable through the transformers.
+    fn check_target(&self) -> Result<Option<AppVersion>, SimError> {
+        let Some((version, pipeline)) = &self.target else { return Ok(None) };
+        let from = self.start(&self.app)?;
+        let prepared = upgrade::prepare_loaded(
+            Arc::clone(version),
+            pipeline.clone(),
+            &self.args,
+            from.info(),
+            false,
+            Instant::now(),
+        )
+        .map_err(SimError::Refused)?;
+        Ok(Some(AppVersion::from(&prepared.info)))
     }
 
     /// Runs `trace` with the upgrade placed as `at` says.
     pub fn run(&self, trace: &Trace, at: UpgradeAt) -> Result<Report, SimError> {
         let started = Instant::now();
-        let (_, from) = self.start(&self.app)?;
-        let to = self.target.as_ref().map(|_| ()).and_then(|()| {
-            let (version, _) = self.target.as_ref()?;
-            self.start(version).ok().map(|(_, info)| AppVersion::from(&info))
-        });
-        if at != UpgradeAt::Never && self.target.is_none() {
-            return Err(SimError::NoTarget);
+        match (at, &self.target) {
+            (UpgradeAt::Never, Some(_)) => return Err(SimError::NoUpgrade),
+            (UpgradeAt::Every | UpgradeAt::Boundary(_), None) => return Err(SimError::NoTarget),
+            _ => {}
         }
-        let record = at == UpgradeAt::Every;
+        let to = self.check_target()?;
+        let from = AppVersion::from(self.start(&self.app)?.info());
+
         let inject = match at {
             UpgradeAt::Boundary(b) => Some(b),
             _ => None,
         };
-
-        let (mut instance, _) = self.start(&self.app)?;
-        let mut world = World { next_id: 1, ..World::default() };
-        let mut checkpoints = Vec::new();
-        let baseline = self.play(
-            trace,
-            &mut instance,
-            &mut world,
-            Cursor { step: 0, advance_to: None },
-            inject,
-            if record { Some(&mut checkpoints) } else { None },
-        );
-        let events = world.events;
-
+        let (baseline, events, upgraded) = self.play(trace, inject)?;
         let mut runs = Vec::new();
+        let mut upgrades = 0;
         if let Some(b) = inject {
             // A single placed upgrade: the run above was it.
             runs.push((b, 0, baseline.clone()));
+            upgrades += usize::from(upgraded);
         }
-        if record && baseline.is_ok() {
-            for checkpoint in checkpoints {
-                let boundary = checkpoint.world.events;
-                let result =
-                    self.resume(trace, checkpoint.cursor, checkpoint.world, checkpoint.snapshot);
-                runs.push((boundary, checkpoint.after_line, result));
+        if at == UpgradeAt::Every && baseline.is_ok() {
+            for boundary in 0..=events.len() {
+                let (result, _, upgraded) = self.play(trace, Some(boundary))?;
+                let after_line = if boundary == 0 { 0 } else { events[boundary - 1] };
+                runs.push((boundary, after_line, result));
+                upgrades += usize::from(upgraded);
             }
         }
         let baseline = if inject.is_some() { Ok(()) } else { baseline };
         Ok(Report {
             trace: trace.name.clone(),
-            from: AppVersion::from(&from),
+            from,
             to,
-            events,
+            events: events.len(),
             baseline,
             runs,
+            upgraded: upgrades,
             elapsed: started.elapsed(),
         })
     }
 
-    /// Upgrades from `snapshot` (taken at a boundary) and plays the rest of the trace.
-    fn resume(
-        &self,
-        trace: &Trace,
-        cursor: Cursor,
-        mut world: World,
-        snapshot: Snapshot,
-    ) -> Result<(), Failure> {
-        let line = trace.steps.get(cursor.step).map_or(0, |(l, _)| *l);
-        let (version, pipeline) = self.target.as_ref().ok_or_else(|| Failure {
-            line,
-            message: "no version to upgrade to".into(),
-            expected: None,
-            actual: None,
-        })?;
-        let mut instance = self.upgrade_from(snapshot, version, pipeline, &mut world, line)?;
-        self.play(trace, &mut instance, &mut world, cursor, None, None)
-    }
-
-    fn upgrade_from(
-        &self,
-        snapshot: Snapshot,
-        version: &Version,
-        pipeline: &Pipeline,
-        world: &mut World,
-        line: usize,
-    ) -> Result<Instance, Failure> {
-        let fail = |message: String| Failure { line, message, expected: None, actual: None };
-        self.freeze(world);
-        let snapshot = pipeline.apply(snapshot).map_err(|e| fail(format!("upgrade: {e}")))?;
-        let (mut instance, _) = upgrade::start(version, &self.args)
-            .map_err(|e| fail(format!("upgrade: new version failed to start: {e}")))?;
-        instance.import_state(&snapshot, &world.live()).map_err(|e| {
-            fail(format!("upgrade: the new version failed to import the state: {e}"))
-        })?;
-        world.apply(&mut instance);
-        Ok(instance)
-    }
-
-    /// Replaces `instance` by `version`, as an upgrade does.
-    fn upgrade_to(
-        &self,
-        instance: &mut Instance,
-        version: &Version,
-        pipeline: &Pipeline,
-        world: &mut World,
-        line: usize,
-    ) -> Result<(), Failure> {
-        self.freeze(world);
-        let snapshot = instance.export_state().map_err(|e| Failure {
-            line,
-            message: format!("upgrade: the running version failed to export its state: {e}"),
-            expected: None,
-            actual: None,
-        })?;
-        *instance = self.upgrade_from(snapshot, version, pipeline, world, line)?;
-        Ok(())
-    }
-
-    /// One event: freeze the clock, call, apply what the guest asked for.
-    fn event(
-        &self,
-        instance: &mut Instance,
-        world: &mut World,
-        line: usize,
-        call: impl FnOnce(&mut Instance) -> Result<(), CallError>,
-    ) -> Result<(), Failure> {
-        self.freeze(world);
-        call(instance).map_err(|e| Failure {
-            line,
-            message: format!("the guest {e}"),
-            expected: None,
-            actual: None,
-        })?;
-        world.apply(instance);
-        world.events += 1;
-        Ok(())
-    }
-
-    /// Plays `trace` from `cursor`. After every event: the injected upgrade if its boundary has
-    /// come, and a checkpoint if recording.
+    /// Plays the whole trace from a fresh start, with the upgrade to the target at boundary
+    /// `inject` if given. Returns the result, the trace line of each event, and whether the
+    /// injected upgrade committed.
     fn play(
         &self,
         trace: &Trace,
-        instance: &mut Instance,
-        world: &mut World,
-        mut cursor: Cursor,
         inject: Option<usize>,
-        mut record: Option<&mut Vec<Checkpoint>>,
-    ) -> Result<(), Failure> {
-        let mut boundary = |this: &Self,
-                            instance: &mut Instance,
-                            world: &mut World,
-                            cursor: Cursor,
-                            line: usize|
-         -> Result<(), Failure> {
-            if inject == Some(world.events) {
-                let (version, pipeline) = this.target.as_ref().ok_or_else(|| Failure {
-                    line,
-                    message: "no version to upgrade to".into(),
-                    expected: None,
-                    actual: None,
-                })?;
-                this.upgrade_to(instance, version, pipeline, world, line)?;
-            }
-            if let Some(checkpoints) = record.as_deref_mut() {
-                this.freeze(world);
-                let snapshot = instance.export_state().map_err(|e| Failure {
-                    line,
-                    message: format!("export at this boundary failed: {e}"),
-                    expected: None,
-                    actual: None,
-                })?;
-                checkpoints.push(Checkpoint {
-                    cursor,
-                    world: world.clone(),
-                    snapshot,
-                    after_line: line,
-                });
-            }
-            Ok(())
-        };
-        if cursor.step == 0 && cursor.advance_to.is_none() && world.events == 0 {
-            boundary(self, instance, world, cursor, 0)?;
+    ) -> Result<(Result<(), Failure>, Vec<usize>, bool), SimError> {
+        let live = self.start(&self.app)?;
+        let shared = Arc::new(Shared::new(live.info().clone(), self.app.path.clone(), Vec::new()));
+        let net = VirtualNet { next_id: 1, ..VirtualNet::default() };
+        let dispatcher =
+            Dispatcher::new(net, VirtualClock::default(), live, self.args.clone(), shared);
+        let mut run =
+            Run { sim: self, dispatcher, events: 0, inject, injected: false, committed: false };
+        let mut lines = Vec::new();
+        let result = run.play(trace, &mut lines);
+        let result = result.and_then(|()| match inject {
+            Some(b) if !run.injected => Err(Failure {
+                line: trace.steps.last().map_or(0, |(l, _)| *l),
+                message: format!(
+                    "no upgrade ran: the upgrade was placed at boundary {b}, but the trace has \
+                     only {} events (boundaries 0..={})",
+                    run.events, run.events
+                ),
+                expected: None,
+                actual: None,
+            }),
+            _ => Ok(()),
+        });
+        Ok((result, lines, run.committed))
+    }
+
+    fn load(&self, wasm: &Path, transforms: &[PathBuf]) -> Result<Loaded, LoadError> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = loaded.get(wasm) {
+            return Ok(found.clone());
         }
-        while let Some((line, step)) = trace.steps.get(cursor.step) {
+        let entry =
+            (Version::load(&self.runtime, wasm)?, Pipeline::load(&self.runtime, transforms)?);
+        loaded.insert(wasm.into(), entry.clone());
+        Ok(entry)
+    }
+}
+
+fn failure(line: usize, message: String) -> Failure {
+    Failure { line, message, expected: None, actual: None }
+}
+
+impl Run<'_> {
+    /// After an event (or before the first): the injected upgrade if its boundary has come,
+    /// then a checkpoint if one is due — as the event loop does between events.
+    fn boundary(&mut self, line: usize) -> Result<(), Failure> {
+        if self.inject == Some(self.events) && !self.injected {
+            self.injected = true;
+            let (version, pipeline) = self
+                .sim
+                .target
+                .clone()
+                .ok_or_else(|| failure(line, "no version to upgrade to".into()))?;
+            self.upgrade(version, pipeline, line)?;
+            self.committed = true;
+        }
+        self.dispatcher.checkpoint_if_due();
+        Ok(())
+    }
+
+    /// The upgrade transaction `tasuki upgrade` runs: prepare, then swap at this boundary.
+    fn upgrade(
+        &mut self,
+        version: Arc<Version>,
+        pipeline: Pipeline,
+        line: usize,
+    ) -> Result<(), Failure> {
+        let running: AppInfo = self.dispatcher.live().info().clone();
+        let prepared = upgrade::prepare_loaded(
+            version,
+            pipeline,
+            &self.sim.args,
+            &running,
+            false,
+            Instant::now(),
+        )
+        .map_err(|e| failure(line, format!("upgrade: {e}")))?;
+        let swapped = self.dispatcher.upgrade(prepared);
+        swapped.outcome.map(drop).map_err(|e| failure(line, format!("upgrade: {e}")))
+    }
+
+    /// One event through the dispatcher, then the boundary after it.
+    fn event(
+        &mut self,
+        line: usize,
+        lines: &mut Vec<usize>,
+        call: Call<'_>,
+    ) -> Result<(), Failure> {
+        match call {
+            Call::Connect(info) => self.dispatcher.connect(info),
+            Call::Data(id, bytes) => self.dispatcher.data(id, bytes),
+            Call::Disconnect(id) => self.dispatcher.peer_gone(id),
+            Call::Timer(_) => {}
+        }
+        self.events += 1;
+        lines.push(line);
+        self.boundary(line)
+    }
+
+    fn play(&mut self, trace: &Trace, lines: &mut Vec<usize>) -> Result<(), Failure> {
+        self.boundary(0)?;
+        for (line, step) in &trace.steps {
             let line = *line;
-            let fail = |message: String| Failure { line, message, expected: None, actual: None };
+            let fail = |message: String| failure(line, message);
             match step {
                 Step::Connect(name) => {
-                    let id = world.next_id;
-                    world.next_id += 1;
-                    world.clients.insert(
+                    let net = &mut self.dispatcher.net;
+                    let id = net.next_id;
+                    net.next_id += 1;
+                    net.clients.insert(
                         name.clone(),
                         Client { id, pending: Vec::new(), closed_by_server: false },
                     );
-                    world.names.insert(id, name.clone());
+                    net.names.insert(id, name.clone());
                     let info = conn_info(id, name);
-                    self.event(instance, world, line, |i| i.on_connect(&info))?;
+                    self.event(line, lines, Call::Connect(&info))?;
                 }
-                Step::Send(name, bytes) => {
-                    let client = world
+                Step::Send(name, bytes) | Step::Fault(name, bytes) => {
+                    let client = self
+                        .dispatcher
+                        .net
                         .clients
                         .get(name)
                         .ok_or_else(|| fail(format!("no connection `{name}`")))?;
@@ -491,23 +509,45 @@ impl Simulator {
                         )));
                     }
                     let id = client.id;
-                    self.event(instance, world, line, |i| i.on_data(id, bytes))?;
-                }
-                Step::Close(name) => {
-                    let client = world
-                        .clients
-                        .remove(name)
-                        .ok_or_else(|| fail(format!("no connection `{name}`")))?;
-                    world.names.remove(&client.id);
-                    if !client.closed_by_server {
-                        self.event(instance, world, line, |i| i.on_disconnect(client.id))?;
-                    } else {
-                        cursor.step += 1;
-                        continue;
+                    if let Step::Fault(..) = step {
+                        self.dispatcher.fault_next_event();
+                    }
+                    self.event(line, lines, Call::Data(id, bytes))?;
+                    if let Step::Fault(..) = step {
+                        let closed = self
+                            .dispatcher
+                            .net
+                            .clients
+                            .get(name)
+                            .is_none_or(|c| c.closed_by_server);
+                        if !closed {
+                            return Err(fail(format!(
+                                "`{name}`'s fault did not close it: the host must close the \
+                                 connection whose event trapped"
+                            )));
+                        }
                     }
                 }
+                Step::Close(name) => {
+                    let client = self
+                        .dispatcher
+                        .net
+                        .clients
+                        .get(name)
+                        .ok_or_else(|| fail(format!("no connection `{name}`")))?;
+                    let id = client.id;
+                    let by_server = client.closed_by_server;
+                    if by_server {
+                        self.forget(name, id);
+                        continue;
+                    }
+                    self.event(line, lines, Call::Disconnect(id))?;
+                    self.forget(name, id);
+                }
                 Step::Expect(name, expected) => {
-                    let client = world
+                    let client = self
+                        .dispatcher
+                        .net
                         .clients
                         .get_mut(name)
                         .ok_or_else(|| fail(format!("no connection `{name}`")))?;
@@ -532,7 +572,9 @@ impl Simulator {
                     }
                 }
                 Step::Quiet(name) => {
-                    let client = world
+                    let client = self
+                        .dispatcher
+                        .net
                         .clients
                         .get(name)
                         .ok_or_else(|| fail(format!("no connection `{name}`")))?;
@@ -546,55 +588,33 @@ impl Simulator {
                     }
                 }
                 Step::Advance(by) => {
-                    let target = cursor.advance_to.unwrap_or(world.now_ms + by.as_millis() as u64);
-                    while let Some((&(deadline, seq), &id)) = world.timers.iter().next() {
+                    let target = self.dispatcher.clock.now_ns + by.as_nanos() as u64;
+                    while let Some(deadline) = self.dispatcher.next_deadline() {
                         if deadline > target {
                             break;
                         }
-                        world.timers.remove(&(deadline, seq));
-                        world.armed.remove(&id);
-                        world.now_ms = world.now_ms.max(deadline);
-                        self.event(instance, world, line, |i| i.on_timer(id))?;
-                        boundary(
-                            self,
-                            instance,
-                            world,
-                            Cursor { step: cursor.step, advance_to: Some(target) },
-                            line,
-                        )?;
+                        self.dispatcher.clock.now_ns = self.dispatcher.clock.now_ns.max(deadline);
+                        if self.dispatcher.fire_next_due() {
+                            self.events += 1;
+                            lines.push(line);
+                            self.boundary(line)?;
+                        }
                     }
-                    world.now_ms = target;
-                    cursor = Cursor { step: cursor.step + 1, advance_to: None };
-                    continue;
+                    self.dispatcher.clock.now_ns = target;
                 }
                 Step::Upgrade { wasm, transforms } => {
                     let (version, pipeline) =
-                        self.load(wasm, transforms).map_err(|e| fail(e.to_string()))?;
-                    self.upgrade_to(instance, &version, &pipeline, world, line)?;
-                    cursor.step += 1;
-                    continue;
+                        self.sim.load(wasm, transforms).map_err(|e| fail(e.to_string()))?;
+                    self.upgrade(version, pipeline, line)?;
                 }
-            }
-            cursor = Cursor { step: cursor.step + 1, advance_to: None };
-            if matches!(step, Step::Connect(_) | Step::Send(..) | Step::Close(_)) {
-                boundary(self, instance, world, cursor, line)?;
             }
         }
         Ok(())
     }
 
-    fn load(
-        &self,
-        wasm: &Path,
-        transforms: &[PathBuf],
-    ) -> Result<(Arc<Version>, Pipeline), LoadError> {
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(found) = loaded.get(wasm) {
-            return Ok(found.clone());
-        }
-        let entry =
-            (Version::load(&self.runtime, wasm)?, Pipeline::load(&self.runtime, transforms)?);
-        loaded.insert(wasm.into(), entry.clone());
-        Ok(entry)
+    /// A client that disconnected leaves the trace's world.
+    fn forget(&mut self, name: &str, id: u64) {
+        self.dispatcher.net.clients.remove(name);
+        self.dispatcher.net.names.remove(&id);
     }
 }

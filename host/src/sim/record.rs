@@ -19,6 +19,24 @@ pub struct Recorder {
     failed: bool,
 }
 
+impl crate::dispatch::Tap for Recorder {
+    fn connect(&mut self, conn: u64) {
+        self.connect_conn(conn);
+    }
+    fn send(&mut self, conn: u64, bytes: &[u8]) {
+        self.sent(conn, bytes);
+    }
+    fn reply(&mut self, conn: u64, bytes: &[u8]) {
+        self.replied(conn, bytes);
+    }
+    fn close(&mut self, conn: u64) {
+        self.closed(conn);
+    }
+    fn forget(&mut self, conn: u64) {
+        self.forgot(conn);
+    }
+}
+
 impl Recorder {
     pub fn create(path: &Path) -> std::io::Result<Self> {
         let mut out = LineWriter::new(std::fs::File::create(path)?);
@@ -42,32 +60,32 @@ impl Recorder {
         }
     }
 
-    pub fn connect(&mut self, conn: u64) {
+    fn connect_conn(&mut self, conn: u64) {
         let name = format!("c{conn}");
         self.line(&format!("connect {name}"));
         self.names.insert(conn, name);
     }
 
-    pub fn send(&mut self, conn: u64, bytes: &[u8]) {
+    fn sent(&mut self, conn: u64, bytes: &[u8]) {
         if let Some(name) = self.names.get(&conn).cloned() {
             self.line(&format!("send {name} \"{}\"", escape(bytes)));
         }
     }
 
-    pub fn reply(&mut self, conn: u64, bytes: &[u8]) {
+    fn replied(&mut self, conn: u64, bytes: &[u8]) {
         if let Some(name) = self.names.get(&conn).cloned() {
             self.line(&format!("expect {name} \"{}\"", escape(bytes)));
         }
     }
 
-    pub fn close(&mut self, conn: u64) {
+    fn closed(&mut self, conn: u64) {
         if let Some(name) = self.names.remove(&conn) {
             self.line(&format!("close {name}"));
         }
     }
 
     /// The server closed `conn`: later lines never mention it.
-    pub fn forget(&mut self, conn: u64) {
+    fn forgot(&mut self, conn: u64) {
         self.names.remove(&conn);
     }
 }

@@ -9,12 +9,16 @@
 //! quiet a                        # a has received nothing it has not expected
 //! advance 1500ms                 # the virtual clock moves on (ms or s); due timers fire
 //! close a                        # a disconnects (one event)
+//! fault a "GET k\r\n"            # a sends bytes and the guest traps handling them (one event
+//!                                # that fails): the host closes a and rebuilds the app
 //! upgrade kv_v2.wasm             # upgrade here, paths relative to the trace's directory
 //! upgrade kv_v3.wasm via kv_v1_to_v2.wasm kv_v2_to_v3.wasm
 //! ```
 //!
-//! Events are `connect`, `send`, `close` and each timer that fires during `advance`; the point
-//! before the first event and after each one are the trace's event boundaries.
+//! Events are `connect`, `send`, `close`, `fault` and each timer that fires during `advance`; the
+//! point before the first event and after each one are the trace's event boundaries. A `fault`
+//! makes the guest trap (as a bug or a missed deadline would), so a trace can check that
+//! recovery keeps every key: after it, `a` is closed by the server.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,7 +33,12 @@ pub enum Step {
     Quiet(String),
     Advance(Duration),
     Close(String),
-    Upgrade { wasm: PathBuf, transforms: Vec<PathBuf> },
+    /// The connection sends bytes and the guest traps handling them.
+    Fault(String, Vec<u8>),
+    Upgrade {
+        wasm: PathBuf,
+        transforms: Vec<PathBuf>,
+    },
 }
 
 /// What an `expect` wants.
@@ -172,7 +181,7 @@ impl Trace {
                 }
                 if !open.iter().any(|c| c == conn) {
                     let hint = if ever.iter().any(|c| c == conn) {
-                        "it was closed earlier"
+                        "it was closed earlier, by `close` or a `fault`"
                     } else {
                         "open it first with `connect`"
                     };
@@ -221,6 +230,15 @@ impl Trace {
                     };
                     Step::Expect(conn, expected)
                 }
+                "fault" => {
+                    let conn = needs_open(conn)?;
+                    let (body, tail) = quoted(after).map_err(|m| err(format!("fault: {m}")))?;
+                    if !tail.trim().is_empty() {
+                        return Err(err(format!("unexpected `{}` after the string", tail.trim())));
+                    }
+                    open.retain(|c| *c != conn);
+                    Step::Fault(conn, unescape(body).map_err(err)?)
+                }
                 "quiet" => Step::Quiet(needs_open(conn)?),
                 "close" => {
                     let conn = needs_open(conn)?;
@@ -242,7 +260,7 @@ impl Trace {
                 }
                 other => {
                     return Err(err(format!(
-                        "unknown step `{other}` (connect, send, expect, quiet, advance, close, upgrade)"
+                        "unknown step `{other}` (connect, send, expect, quiet, advance, close, fault, upgrade)"
                     )));
                 }
             };
@@ -299,11 +317,18 @@ impl Trace {
         self.push(Step::Close(conn.into()))
     }
 
+    /// `conn` sends `bytes` and the guest traps handling them; the host closes `conn`.
+    pub fn fault(self, conn: &str, bytes: impl AsRef<[u8]>) -> Self {
+        self.push(Step::Fault(conn.into(), bytes.as_ref().to_vec()))
+    }
+
     /// Events in the trace, not counting timers (which depend on the app).
     pub fn client_events(&self) -> usize {
         self.steps
             .iter()
-            .filter(|(_, s)| matches!(s, Step::Connect(_) | Step::Send(..) | Step::Close(_)))
+            .filter(|(_, s)| {
+                matches!(s, Step::Connect(_) | Step::Send(..) | Step::Close(_) | Step::Fault(..))
+            })
             .count()
     }
 }
@@ -343,7 +368,7 @@ mod tests {
             ),
             (
                 "connect a\nclose a\nsend a \"x\"",
-                "t.trace:3: connection `a` is not open (it was closed earlier)",
+                "t.trace:3: connection `a` is not open (it was closed earlier",
             ),
             ("connect a\nsend a \"x", "t.trace:2: send: the string has no closing `\"`"),
             ("connect a\nsend a x", "t.trace:2: send: expected a \"quoted string\""),

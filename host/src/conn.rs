@@ -1,0 +1,171 @@
+//! The host's connections: sockets the guest never touches, their queued output, and the
+//! bounds on it. [`Connections`] is the real side of [`crate::dispatch::Network`].
+
+use crate::bindings::ConnInfo;
+use crate::dispatch::Network;
+use crate::limits::Limits;
+use crate::status::Shared;
+use mio::Registry;
+use mio::net::TcpStream;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tracing::{debug, warn};
+
+/// One client connection, owned by the host.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    pub(crate) info: ConnInfo,
+    /// Output not yet accepted by the kernel; `out[written..]` is pending.
+    out: Vec<u8>,
+    written: usize,
+    /// The guest closed it: write what is queued, then drop it.
+    pub(crate) closing: bool,
+    /// Reading stopped because too much output is queued (back-pressure).
+    pub(crate) read_paused: bool,
+}
+
+impl Conn {
+    pub(crate) fn new(stream: TcpStream, info: ConnInfo) -> Self {
+        Self { stream, info, out: Vec::new(), written: 0, closing: false, read_paused: false }
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn pending(&self) -> usize {
+        self.out.len() - self.written
+    }
+
+    /// Writes queued output until the kernel pushes back.
+    fn write_pending(&mut self) -> io::Result<()> {
+        while self.written < self.out.len() {
+            match self.stream.write(&self.out[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.written == self.out.len() {
+            self.out.clear();
+            self.written = 0;
+        } else if self.written > self.out.len() / 2 {
+            self.out.drain(..self.written);
+            self.written = 0;
+        }
+        Ok(())
+    }
+}
+
+/// Every open connection, by id.
+#[derive(Debug)]
+pub(crate) struct Connections {
+    registry: Registry,
+    pub(crate) conns: HashMap<u64, Conn>,
+    shared: Arc<Shared>,
+    limits: Arc<Limits>,
+    /// Connections found broken while writing, or cut off for queueing too much; the guest
+    /// hears of them after the call.
+    broken: Vec<u64>,
+    /// Connections whose reading resumed or was cut short by the read budget.
+    pub(crate) read_again: VecDeque<u64>,
+}
+
+impl Connections {
+    pub(crate) fn new(registry: Registry, shared: Arc<Shared>, limits: Arc<Limits>) -> Self {
+        Self {
+            registry,
+            conns: HashMap::new(),
+            shared,
+            limits,
+            broken: Vec::new(),
+            read_again: VecDeque::new(),
+        }
+    }
+
+    /// Adds an accepted, registered connection.
+    pub(crate) fn insert(&mut self, conn: Conn) {
+        self.shared.connections.fetch_add(1, Ordering::Relaxed);
+        self.conns.insert(conn.info.id, conn);
+    }
+
+    /// The socket became writable.
+    pub(crate) fn on_writable(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if let Err(e) = conn.write_pending() {
+            debug!(conn = id, "write failed: {e}");
+            self.broken.push(id);
+            return;
+        }
+        if conn.closing && conn.pending() == 0 {
+            self.remove(id);
+        } else if conn.read_paused && conn.pending() <= self.limits.output_buffer / 2 {
+            conn.read_paused = false;
+            self.read_again.push_back(id);
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Conn> {
+        let mut conn = self.conns.remove(&id)?;
+        if let Err(e) = self.registry.deregister(&mut conn.stream) {
+            debug!(conn = id, "deregister failed: {e}");
+        }
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        Some(conn)
+    }
+}
+
+impl Network for Connections {
+    fn send(&mut self, id: u64, data: Vec<u8>) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.closing {
+            return;
+        }
+        if conn.pending() == 0 {
+            conn.out = data;
+            conn.written = 0;
+        } else {
+            conn.out.extend_from_slice(&data);
+        }
+        if let Err(e) = conn.write_pending() {
+            debug!(conn = id, "write failed: {e}");
+            self.broken.push(id);
+        } else if conn.pending() > self.limits.output_limit() {
+            warn!(
+                conn = id,
+                peer = %conn.info.peer,
+                "closing a connection with {} bytes of replies it does not read",
+                conn.pending()
+            );
+            self.broken.push(id);
+        }
+    }
+
+    fn close(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        conn.closing = true;
+        if conn.pending() == 0 {
+            self.remove(id);
+        }
+    }
+
+    fn live(&self) -> Vec<ConnInfo> {
+        let mut live: Vec<ConnInfo> =
+            self.conns.values().filter(|c| !c.closing).map(|c| c.info.clone()).collect();
+        live.sort_by_key(|c| c.id);
+        live
+    }
+
+    fn drop_conn(&mut self, id: u64) -> bool {
+        let Some(mut conn) = self.remove(id) else { return false };
+        // Best effort: a half-closed peer may still read what it was sent.
+        let _ = conn.write_pending();
+        !conn.closing
+    }
+
+    fn take_broken(&mut self) -> Option<u64> {
+        self.broken.pop()
+    }
+}

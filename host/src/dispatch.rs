@@ -1,0 +1,547 @@
+//! Dispatch: one event at a time into the live version, its effects applied, its timers kept,
+//! upgrades and checkpoints at event boundaries, and recovery when the instance traps.
+//!
+//! This is the part of the event loop that does not know what a socket is. It runs behind two
+//! small seams — [`Network`] (send, close, the open connections) and [`Clock`] (the time the guest
+//! sees and the time timers run on) — so the same code serves real sockets on the wall clock
+//! ([`crate::event_loop`]) and virtual connections on a virtual clock ([`crate::sim`]).
+
+use crate::bindings::{ConnInfo, Snapshot};
+use crate::clock::{EventClock, now_unix_ms};
+use crate::instance::{CallError, snapshot_bytes};
+use crate::limits::Limits;
+use crate::live::{Call, Live, RebuildReport};
+use crate::recovery::Skip;
+use crate::status::{RecoveryOutcome, RecoveryRecord, Shared};
+use crate::store::Effect;
+use crate::timers::TimerQueue;
+use crate::upgrade::{self, Prepared, Swap, UpgradeError, UpgradeReport};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
+
+/// Where the guest's output goes: the connections, real or virtual.
+pub(crate) trait Network {
+    /// Queues `data` for `conn`. A connection found broken (or over its output limit) is
+    /// reported by [`Network::take_broken`].
+    fn send(&mut self, conn: u64, data: Vec<u8>);
+    /// The guest closed `conn`: what is queued is written, then it is dropped.
+    fn close(&mut self, conn: u64);
+    /// Connections the app knows as open, by id.
+    fn live(&self) -> Vec<ConnInfo>;
+    /// Drops `conn` now, after a last best-effort write of what is queued. True if the app
+    /// still believed it open (it had not closed it itself).
+    fn drop_conn(&mut self, conn: u64) -> bool;
+    /// A connection found broken since the last call, if any.
+    fn take_broken(&mut self) -> Option<u64>;
+}
+
+/// Sees every event that completed and every reply, in order: `tasuki run --record` writes
+/// them as a trace.
+pub(crate) trait Tap: Send {
+    fn connect(&mut self, conn: u64);
+    fn send(&mut self, conn: u64, bytes: &[u8]);
+    fn reply(&mut self, conn: u64, bytes: &[u8]);
+    fn close(&mut self, conn: u64);
+    /// The server closed `conn`.
+    fn forget(&mut self, conn: u64);
+}
+
+/// Where time comes from.
+pub(crate) trait Clock {
+    /// The wall-clock time a guest sees during the next event, in ns since the Unix epoch.
+    fn wall_ns(&self) -> u64;
+    /// The time timers run on, in ns from an arbitrary origin; never goes backwards.
+    fn monotonic_ns(&self) -> u64;
+}
+
+/// The system's clocks, for serving.
+#[derive(Debug)]
+pub(crate) struct SystemClock {
+    origin: Instant,
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self { origin: Instant::now() }
+    }
+}
+
+impl SystemClock {
+    /// The instant a monotonic time stands for, for poll timeouts.
+    pub(crate) fn instant(&self, ns: u64) -> Instant {
+        self.origin + Duration::from_nanos(ns)
+    }
+}
+
+impl Clock for SystemClock {
+    fn wall_ns(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+}
+
+/// First delay before a timer whose handler trapped fires again; it doubles with each trap in
+/// a row, up to [`TIMER_RETRY_MAX`]. The rebuilt instance believes the timer is armed, so it
+/// must fire; a handler that traps every time costs one rebuild per delay, not a busy loop.
+pub const TIMER_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest delay between attempts to fire a timer whose handler keeps trapping.
+pub const TIMER_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// An export that traps is blamed on the connection holding the most unanswered input when
+/// that is at least this much: a half-received request is what makes an export run out of
+/// memory where the events did not. Below it, no connection is blamed.
+pub const EXPORT_CULPRIT_MIN: usize = 1 << 20;
+
+/// What a committed or rolled-back upgrade hands back to its requester.
+#[derive(Debug)]
+pub(crate) struct Swapped {
+    pub(crate) outcome: Result<UpgradeReport, UpgradeError>,
+    /// The instance that lost (the old one on commit, the new one on rollback), to be dropped
+    /// off the loop: freeing an instance's memory takes longer than the swap itself.
+    pub(crate) retired: Option<Box<dyn std::any::Any + Send>>,
+}
+
+/// The live version and everything around it that is not a socket.
+pub(crate) struct Dispatcher<N, C> {
+    pub(crate) net: N,
+    pub(crate) clock: C,
+    live: Live,
+    timers: TimerQueue,
+    /// The clock every instance of this host reads, frozen per event.
+    event_clock: EventClock,
+    args: Vec<String>,
+    shared: Arc<Shared>,
+    limits: Arc<Limits>,
+    /// Set while an instance is being rebuilt, so a fault there does not recurse.
+    recovering: bool,
+    /// Consecutive traps of each timer's handler, for the retry delay.
+    timer_faults: HashMap<u64, u32>,
+    /// Events dispatched that completed.
+    pub(crate) completed: usize,
+    /// `--record`: the session written as a trace.
+    recorder: Option<Box<dyn Tap>>,
+    /// A fault that happened while recovering from another: recovered from next.
+    nested: Option<(String, Option<Skip>, Vec<u64>)>,
+}
+
+impl<N: Network, C: Clock> Dispatcher<N, C> {
+    /// Starts serving `live`; timers armed and output queued by its `init` or import take
+    /// effect now.
+    pub(crate) fn new(
+        net: N,
+        clock: C,
+        live: Live,
+        args: Vec<String>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let runtime = &live.version().runtime;
+        let limits = Arc::clone(&runtime.limits);
+        let event_clock = runtime.clock.clone();
+        let mut dispatcher = Self {
+            net,
+            clock,
+            live,
+            timers: TimerQueue::default(),
+            event_clock,
+            args,
+            shared,
+            limits,
+            recovering: false,
+            timer_faults: HashMap::new(),
+            completed: 0,
+            recorder: None,
+            nested: None,
+        };
+        dispatcher.event_clock.freeze_at(dispatcher.clock.wall_ns());
+        dispatcher.apply_effects();
+        dispatcher.publish_recovery();
+        dispatcher
+    }
+
+    /// Writes the session to `recorder` from now on.
+    pub(crate) fn record(&mut self, recorder: Box<dyn Tap>) {
+        self.recorder = Some(recorder);
+    }
+
+    pub(crate) fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// The earliest armed timer's deadline, on [`Clock::monotonic_ns`].
+    pub(crate) fn next_deadline(&mut self) -> Option<u64> {
+        self.timers.next_deadline()
+    }
+
+    /// A new connection: the app hears of it.
+    pub(crate) fn connect(&mut self, info: &ConnInfo) {
+        self.dispatch(Call::Connect(info));
+    }
+
+    /// Bytes from `conn`.
+    pub(crate) fn data(&mut self, conn: u64, bytes: &[u8]) {
+        self.dispatch(Call::Data(conn, bytes));
+    }
+
+    /// The peer closed or reset `conn`: queued output gets one last chance, the connection is
+    /// dropped, and the app hears of it unless it closed it itself.
+    pub(crate) fn peer_gone(&mut self, conn: u64) {
+        if self.net.drop_conn(conn) {
+            debug!(conn, "disconnected");
+            self.dispatch(Call::Disconnect(conn));
+        }
+    }
+
+    /// Connections found broken while writing: each is dropped and the app told.
+    pub(crate) fn reap_broken(&mut self) {
+        while let Some(conn) = self.net.take_broken() {
+            self.peer_gone(conn);
+        }
+    }
+
+    /// Fires every timer due now, earliest first; returns how many fired.
+    pub(crate) fn fire_due_timers(&mut self) -> usize {
+        let mut fired = 0;
+        while self.fire_next_due() {
+            fired += 1;
+        }
+        fired
+    }
+
+    /// Fires the earliest timer if it is due; false if none is.
+    pub(crate) fn fire_next_due(&mut self) -> bool {
+        match self.timers.pop_due(self.clock.monotonic_ns()) {
+            Some(id) => {
+                self.dispatch(Call::Timer(id));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes a checkpoint if the journal says one is due.
+    pub(crate) fn checkpoint_if_due(&mut self) {
+        if self.live.recovery().wants_checkpoint() {
+            self.take_checkpoint();
+        }
+    }
+
+    /// Runs one event in the live instance, at the time the clock gives; journals it if it
+    /// completed, contains it if it trapped.
+    pub(crate) fn dispatch(&mut self, call: Call<'_>) {
+        let at = self.clock.wall_ns();
+        self.event_clock.freeze_at(at);
+        match self.live.call(at, call) {
+            Ok(()) => {
+                self.completed += 1;
+                if let Call::Timer(id) = call {
+                    self.timer_faults.remove(&id);
+                }
+                if let Some(recorder) = &mut self.recorder {
+                    match call {
+                        Call::Connect(info) => recorder.connect(info.id),
+                        Call::Data(id, bytes) => recorder.send(id, bytes),
+                        Call::Disconnect(id) => recorder.close(id),
+                        Call::Timer(_) => {}
+                    }
+                }
+                self.apply_effects();
+                self.shared.note_journal(self.live.recovery());
+            }
+            Err(e) => self.fault(&e, call),
+        }
+        self.reap_broken();
+    }
+
+    fn apply_effects(&mut self) {
+        let now = self.clock.monotonic_ns();
+        for effect in self.live.take_effects() {
+            if let Some(recorder) = &mut self.recorder {
+                match &effect {
+                    Effect::Send(conn, data) => recorder.reply(*conn, data),
+                    Effect::Close(conn) => recorder.forget(*conn),
+                    _ => {}
+                }
+            }
+            self.apply(effect, now);
+        }
+    }
+
+    fn apply(&mut self, effect: Effect, now: u64) {
+        match effect {
+            Effect::Send(conn, data) => self.net.send(conn, data),
+            Effect::Close(conn) => self.net.close(conn),
+            Effect::SetTimer(id, after) => {
+                self.timers.set(id, now.saturating_add(after.as_nanos() as u64));
+            }
+            Effect::CancelTimer(id) => self.timers.cancel(id),
+        }
+    }
+
+    /// The live instance trapped (or refused an export) during `call`. The event is dropped;
+    /// its connection, if it has one, is closed; the instance is rebuilt from its recovery
+    /// state, leaving out that connection's unanswered input.
+    fn fault(&mut self, e: &CallError, call: Call<'_>) {
+        self.live.discard_effects();
+        let app = self.live.app();
+        let conn = call.conn();
+        error!(conn, "{app} {e}");
+        let mut culprits = Vec::new();
+        if let Some(id) = conn {
+            // Replies to the events before the faulting one are still owed.
+            if self.net.drop_conn(id) {
+                culprits.push(id);
+            }
+        }
+        let cause = match call {
+            Call::Timer(id) => format!("{app} trapped in on-timer({id}): {e}"),
+            _ => format!("{app} trapped on connection {}: {e}", conn.unwrap_or_default()),
+        };
+        let skip = conn.map(|id| self.live.recovery().unanswered(id));
+        self.recover(cause, skip, culprits);
+        if let Call::Timer(id) = call {
+            self.refire(id);
+        }
+    }
+
+    /// Re-arms timer `id` after its handler trapped: the rebuilt instance believes it armed.
+    fn refire(&mut self, id: u64) {
+        let faults = self.timer_faults.entry(id).or_default();
+        *faults += 1;
+        let delay =
+            TIMER_RETRY_FIRST.saturating_mul(1 << (*faults - 1).min(20)).min(TIMER_RETRY_MAX);
+        warn!(
+            timer = id,
+            "timer {id} fires again in {} ms after its handler trapped",
+            delay.as_millis()
+        );
+        let at = self.clock.monotonic_ns().saturating_add(delay.as_nanos() as u64);
+        self.timers.set(id, at);
+    }
+
+    /// Rebuilds the live instance. `closed` are connections already dropped by the host (the
+    /// app hears they are gone once rebuilt); `skip` is input to leave out of the replay.
+    fn recover(&mut self, cause: String, skip: Option<Skip>, closed: Vec<u64>) {
+        if self.recovering {
+            // The rebuilt instance trapped while being told what changed: recover again after.
+            self.nested.get_or_insert((cause, skip, closed));
+            return;
+        }
+        self.recovering = true;
+        self.shared.recovering(true);
+        let mut next = Some((cause, skip, closed));
+        let mut rounds = 0;
+        while let Some((cause, skip, closed)) = next.take() {
+            rounds += 1;
+            self.recover_once(cause, skip, closed, rounds > crate::recovery::MAX_REPLAY_ATTEMPTS);
+            next = self.nested.take();
+        }
+        self.recovering = false;
+        self.shared.recovering(false);
+        self.publish_recovery();
+    }
+
+    fn recover_once(&mut self, cause: String, skip: Option<Skip>, closed: Vec<u64>, give_up: bool) {
+        let started = Instant::now();
+        let app = self.live.app();
+        let rebuilt = if give_up {
+            Err("recovery kept trapping".to_string())
+        } else {
+            self.live.rebuild(&self.args, &self.event_clock, skip).map_err(|e| e.to_string())
+        };
+        let outcome = match rebuilt {
+            Ok(report) => {
+                info!(
+                    "{app} rebuilt in {:.1} ms from its checkpoint and {} journaled events{}",
+                    report.took.as_secs_f64() * 1e3,
+                    report.replayed,
+                    if report.dropped == 0 {
+                        String::new()
+                    } else {
+                        format!(
+                            " ({} events of connections {:?} left out: their replay trapped or \
+                             they were unanswered input of the culprit)",
+                            report.dropped, report.culprits
+                        )
+                    }
+                );
+                self.after_rebuild(&report, closed)
+            }
+            Err(e) => {
+                error!("{app} could not be rebuilt ({e}); restarting it with fresh state");
+                self.restart_fresh(e)
+            }
+        };
+        let record =
+            RecoveryRecord { at_unix_ms: now_unix_ms(), took: started.elapsed(), cause, outcome };
+        self.shared.record_recovery(record);
+    }
+
+    fn after_rebuild(&mut self, report: &RebuildReport, closed: Vec<u64>) -> RecoveryOutcome {
+        let now = self.clock.monotonic_ns();
+        for effect in report.timers.iter().cloned() {
+            self.apply(effect, now);
+        }
+        for &id in &report.refire {
+            self.refire(id);
+        }
+        let mut gone = closed;
+        for &id in &report.culprits {
+            if self.net.drop_conn(id) {
+                warn!(conn = id, "closing connection {id}: its input made the replay trap");
+            }
+            if !gone.contains(&id) {
+                gone.push(id);
+            }
+        }
+        // The rebuilt instance still believes these open.
+        let open: Vec<u64> = self.net.live().iter().map(|c| c.id).collect();
+        for &id in &gone {
+            if !open.contains(&id) {
+                self.dispatch(Call::Disconnect(id));
+            }
+        }
+        RecoveryOutcome::Rebuilt {
+            replayed: report.replayed as u64,
+            dropped_events: report.dropped as u64,
+            closed: gone,
+        }
+    }
+
+    /// The last resort: a fresh instance of the same version, told about every open
+    /// connection. The state is lost, and the log and `tasuki status` say so.
+    fn restart_fresh(&mut self, reason: String) -> RecoveryOutcome {
+        let app = self.live.app();
+        if let Err(e) = self.live.restart_fresh(&self.args) {
+            error!("{app} cannot be restarted: {e}");
+            return RecoveryOutcome::Failed { reason: format!("{reason}; restart failed: {e}") };
+        }
+        error!("{app} restarted with fresh state after a trap; the state it held is lost");
+        self.apply_effects();
+        for conn in self.net.live() {
+            self.dispatch(Call::Connect(&conn));
+        }
+        RecoveryOutcome::RestartedEmpty { reason }
+    }
+
+    /// `tasuki snapshot`: the live state, which also becomes the checkpoint.
+    pub(crate) fn snapshot(&mut self) -> Result<(Snapshot, Duration), UpgradeError> {
+        let started = Instant::now();
+        self.event_clock.freeze_at(self.clock.wall_ns());
+        match self.live.export() {
+            Ok(snapshot) => {
+                let pause = started.elapsed();
+                self.live.set_checkpoint(snapshot.clone(), self.net.live());
+                self.publish_recovery();
+                Ok((snapshot, pause))
+            }
+            Err(error) => {
+                let rebuilt = self.export_failed(&error);
+                Err(UpgradeError::Export {
+                    running: self.live.app(),
+                    error: Box::new(error),
+                    rebuilt,
+                })
+            }
+        }
+    }
+
+    /// Exports the live state so the journal can start over from it.
+    fn take_checkpoint(&mut self) {
+        let started = Instant::now();
+        self.event_clock.freeze_at(self.clock.wall_ns());
+        match self.live.export() {
+            Ok(snapshot) => {
+                let bytes = snapshot_bytes(&snapshot);
+                self.live.set_checkpoint(snapshot, self.net.live());
+                debug!(bytes, took_us = started.elapsed().as_micros() as u64, "checkpoint");
+            }
+            Err(e) => {
+                warn!("{} failed to export a checkpoint: {e}", self.live.app());
+                self.live.checkpoint_failed();
+                self.export_failed(&e);
+            }
+        }
+        self.publish_recovery();
+    }
+
+    /// An export failed. A refusal changes nothing; a trap leaves the instance unusable, so it
+    /// is rebuilt — blaming the connection with the most unanswered input, if it holds enough
+    /// to be the likely cause. True if the instance was rebuilt.
+    fn export_failed(&mut self, error: &CallError) -> bool {
+        if error.trap().is_none() {
+            return false;
+        }
+        let app = self.live.app();
+        let blamed = self
+            .live
+            .recovery()
+            .heaviest_unanswered()
+            .filter(|(_, bytes)| *bytes >= EXPORT_CULPRIT_MIN);
+        let mut closed = Vec::new();
+        let skip = blamed.map(|(skip, bytes)| {
+            warn!(
+                conn = skip.conn,
+                "{app} trapped exporting its state; closing connection {} whose {bytes} bytes of \
+                 unanswered input it was holding",
+                skip.conn
+            );
+            if self.net.drop_conn(skip.conn) {
+                closed.push(skip.conn);
+            }
+            skip
+        });
+        let cause = format!("{app} {error}, while exporting its state");
+        self.recover(cause, skip, closed);
+        true
+    }
+
+    /// Steps 3–7 of the upgrade: pause, export, import, commit or roll back.
+    pub(crate) fn upgrade(&mut self, next: Prepared) -> Swapped {
+        let paused = Instant::now();
+        self.event_clock.freeze_at(self.clock.wall_ns());
+        let conns = self.net.live();
+        let swap =
+            upgrade::swap(&mut self.live, next, conns, &self.event_clock, self.limits.max_state);
+        match swap {
+            Swap::Committed { mut report, retired } => {
+                self.apply_effects();
+                self.reap_broken();
+                report.pause = paused.elapsed();
+                info!(
+                    from = %report.from, to = %report.to, pause_us = report.pause.as_micros() as u64,
+                    state_bytes = report.state_bytes, connections = report.connections, "upgraded"
+                );
+                self.shared.record_commit(&report, self.live.info().clone());
+                self.publish_recovery();
+                Swapped { outcome: Ok(*report), retired: Some(retired) }
+            }
+            Swap::RolledBack { mut error, retired, trapped } => {
+                if trapped.is_some()
+                    && let UpgradeError::Export { error: cause, rebuilt, .. } = &mut error
+                {
+                    *rebuilt = self.export_failed(&cause.clone());
+                }
+                warn!("{error}");
+                self.shared.record_upgrade(Err(error.to_string()));
+                Swapped { outcome: Err(error), retired: Some(retired) }
+            }
+        }
+    }
+
+    /// Tells `tasuki status` where recovery stands.
+    fn publish_recovery(&self) {
+        self.shared.note_recovery_state(self.live.recovery());
+    }
+
+    /// The simulator's `fault` step: the next event traps.
+    pub(crate) fn fault_next_event(&mut self) {
+        self.live.fault_next_event();
+    }
+}

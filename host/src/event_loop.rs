@@ -1,0 +1,226 @@
+//! The event loop: one thread that owns the listeners and every socket, waits for readiness,
+//! and hands each event to the [`Dispatcher`] — the same dispatcher the simulator drives over
+//! virtual connections.
+//!
+//! Because the loop runs events one after another, the moment between two of them is an event
+//! boundary, and that is where commands run (an upgrade's swap, a snapshot, a checkpoint): the
+//! old instance holds no stack, bytes that arrive meanwhile wait in the kernel and are read by
+//! the new instance, and output the old one queued stays in the host's per-connection buffers
+//! and is written first.
+
+use crate::bindings::{ConnInfo, Snapshot};
+use crate::conn::{Conn, Connections};
+use crate::dispatch::{Dispatcher, Swapped, SystemClock, Tap};
+use crate::limits::{READ_BUDGET, READ_CHUNK};
+use crate::live::Live;
+use crate::status::Shared;
+use crate::upgrade::{Prepared, UpgradeError};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+use tracing::{debug, error, info, warn};
+
+/// Asks the loop to do something at the next event boundary.
+pub(crate) enum Command {
+    Upgrade(Box<Prepared>, mpsc::SyncSender<Swapped>),
+    /// Export the state (a copy: the app serves on) and say how long the export paused it.
+    Snapshot(mpsc::SyncSender<Result<(Snapshot, Duration), UpgradeError>>),
+    Shutdown,
+}
+
+pub(crate) const WAKER: Token = Token(usize::MAX);
+/// Tokens below this are listeners; a connection's token is this plus its id.
+const CONN_TOKEN_BASE: usize = 1 << 16;
+
+/// The loop's state. Built by [`crate::Host::start`], run on a thread of its own.
+pub(crate) struct EventLoop {
+    poll: Poll,
+    listeners: Vec<(TcpListener, String)>,
+    dispatcher: Dispatcher<Connections, SystemClock>,
+    next_conn: u64,
+    commands: mpsc::Receiver<Command>,
+    refused_connections: u64,
+    read_buf: Vec<u8>,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        poll: Poll,
+        mut listeners: Vec<(TcpListener, String)>,
+        live: Live,
+        args: Vec<String>,
+        commands: mpsc::Receiver<Command>,
+        shared: Arc<Shared>,
+    ) -> io::Result<Self> {
+        let registry = poll.registry().try_clone()?;
+        for (index, (listener, _)) in listeners.iter_mut().enumerate() {
+            poll.registry().register(listener, Token(index), Interest::READABLE)?;
+        }
+        let limits = Arc::clone(&live.version().runtime.limits);
+        let net = Connections::new(registry, Arc::clone(&shared), limits);
+        let dispatcher = Dispatcher::new(net, SystemClock::default(), live, args, shared);
+        Ok(Self {
+            poll,
+            listeners,
+            dispatcher,
+            next_conn: 1,
+            commands,
+            refused_connections: 0,
+            read_buf: vec![0; READ_CHUNK],
+        })
+    }
+
+    /// Writes the session to `recorder` from now on.
+    pub(crate) fn record(&mut self, recorder: Box<dyn Tap>) {
+        self.dispatcher.record(recorder);
+    }
+
+    /// Runs until a [`Command::Shutdown`] arrives or the command channel closes.
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = if self.dispatcher.net.read_again.is_empty() {
+                self.dispatcher.next_deadline().map(|deadline| {
+                    self.dispatcher
+                        .clock
+                        .instant(deadline)
+                        .saturating_duration_since(std::time::Instant::now())
+                })
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                error!("poll failed, the host stops: {e}");
+                return;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    Token(index) if index < CONN_TOKEN_BASE => self.accept(index),
+                    Token(token) => {
+                        let id = (token - CONN_TOKEN_BASE) as u64;
+                        if event.is_writable() {
+                            self.dispatcher.net.on_writable(id);
+                            self.dispatcher.reap_broken();
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(id);
+                        }
+                    }
+                }
+            }
+            for id in std::mem::take(&mut self.dispatcher.net.read_again) {
+                self.read(id);
+            }
+            self.dispatcher.fire_due_timers();
+            self.dispatcher.checkpoint_if_due();
+            loop {
+                match self.commands.try_recv() {
+                    Ok(Command::Upgrade(prepared, reply)) => {
+                        let swapped = self.dispatcher.upgrade(*prepared);
+                        // The requester may have gone away; the outcome is logged either way.
+                        let _ = reply.send(swapped);
+                    }
+                    Ok(Command::Snapshot(reply)) => {
+                        let _ = reply.send(self.dispatcher.snapshot());
+                    }
+                    Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => {
+                        info!("event loop stopped");
+                        return;
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, index: usize) {
+        let limits = Arc::clone(&self.dispatcher.live().version().runtime.limits);
+        loop {
+            let Some((listener, addr)) = self.listeners.get(index) else { return };
+            let (mut stream, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: the listener stays, the next
+                    // readiness event tries again.
+                    warn!("accept on {addr} failed: {e}");
+                    return;
+                }
+            };
+            if self.dispatcher.net.conns.len() >= limits.max_connections {
+                // Closed at once: the app never hears of it.
+                if self.refused_connections.is_multiple_of(1000) {
+                    warn!(
+                        "refusing connections beyond the limit of {} (--max-connections)",
+                        limits.max_connections
+                    );
+                }
+                self.refused_connections += 1;
+                continue;
+            }
+            let id = self.next_conn;
+            self.next_conn += 1;
+            if let Err(e) = stream.set_nodelay(true) {
+                debug!(conn = id, "set_nodelay failed: {e}");
+            }
+            let token = Token(CONN_TOKEN_BASE + id as usize);
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if let Err(e) = self.poll.registry().register(&mut stream, token, interest) {
+                warn!("cannot register a connection from {peer}: {e}");
+                continue;
+            }
+            let info = ConnInfo { id, listener: addr.clone(), peer: peer.to_string() };
+            debug!(conn = id, %peer, "connected");
+            self.dispatcher.net.insert(Conn::new(stream, info.clone()));
+            self.dispatcher.connect(&info);
+        }
+    }
+
+    fn read(&mut self, id: u64) {
+        let mut budget = READ_BUDGET;
+        let mut buf = std::mem::take(&mut self.read_buf);
+        let output_buffer = self.dispatcher.live().version().runtime.limits.output_buffer;
+        loop {
+            let net = &mut self.dispatcher.net;
+            let Some(conn) = net.conns.get_mut(&id) else { break };
+            if conn.closing {
+                break;
+            }
+            if conn.pending() > output_buffer {
+                conn.read_paused = true;
+                break;
+            }
+            if budget == 0 {
+                net.read_again.push_back(id);
+                break;
+            }
+            let limit = budget.min(buf.len());
+            match conn.stream.read(&mut buf[..limit]) {
+                Ok(0) => {
+                    self.dispatcher.peer_gone(id);
+                    break;
+                }
+                Ok(n) => {
+                    budget -= n;
+                    self.dispatcher.data(id, &buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!(conn = id, "read failed: {e}");
+                    self.dispatcher.peer_gone(id);
+                    break;
+                }
+            }
+        }
+        self.read_buf = buf;
+    }
+}

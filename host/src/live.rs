@@ -1,0 +1,231 @@
+//! The live version: the one value the dispatcher serves — the component version, its running
+//! instance, what it `describe`d, and its recovery state (checkpoint + journal).
+//!
+//! Its fields are private: start, restore, commit, rebuild and a fresh restart each replace the
+//! whole value (or the instance together with the journal that rebuilt it) in one move, and every
+//! event that reaches the instance is journaled here when it completes. That is what keeps the
+//! invariant of [`crate::recovery`] true: *the checkpoint, imported into a fresh instance of this
+//! version, plus the journal replayed, is the live state* — whatever replaced the value last.
+
+use crate::bindings::{AppInfo, ConnInfo, Snapshot};
+use crate::clock::EventClock;
+use crate::instance::{CallError, Instance};
+use crate::recovery::{self, RebuildError, Recovery, Skip};
+use crate::store::Effect;
+use crate::upgrade::AppVersion;
+use crate::version::Version;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One event for the live instance.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Call<'a> {
+    Connect(&'a ConnInfo),
+    Data(u64, &'a [u8]),
+    Disconnect(u64),
+    Timer(u64),
+}
+
+impl Call<'_> {
+    /// The connection the event belongs to; `None` for a timer.
+    pub(crate) fn conn(&self) -> Option<u64> {
+        match self {
+            Self::Connect(info) => Some(info.id),
+            Self::Data(id, _) | Self::Disconnect(id) => Some(*id),
+            Self::Timer(_) => None,
+        }
+    }
+}
+
+/// What a rebuild did, for the log and `tasuki status`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RebuildReport {
+    /// Timer effects of the import (`resumed`), for the host to apply.
+    pub(crate) timers: Vec<Effect>,
+    /// Connections whose replay trapped: closed, their events from that point dropped.
+    pub(crate) culprits: Vec<u64>,
+    /// Timers whose replayed firing trapped: re-armed by the host.
+    pub(crate) refire: Vec<u64>,
+    pub(crate) replayed: usize,
+    pub(crate) dropped: usize,
+    pub(crate) took: Duration,
+}
+
+/// Where the state of a committed version came from, which decides its recovery state.
+#[derive(Debug)]
+pub(crate) enum Imported {
+    /// It imported this snapshot (after transformers) with these connections open.
+    Snapshot(Snapshot, Vec<ConnInfo>),
+    /// `--from-checkpoint`: it imported the checkpoint (after transformers; `None` when there
+    /// was none and `init` built the state) and replayed the journal since.
+    Journal(Option<Snapshot>),
+}
+
+/// The version being served, with its instance and recovery state.
+#[derive(Debug)]
+pub(crate) struct Live {
+    version: Arc<Version>,
+    instance: Instance,
+    info: AppInfo,
+    recovery: Recovery,
+}
+
+impl Live {
+    /// A fresh start: `init` built the state, nothing is journaled yet.
+    pub(crate) fn start(
+        version: Arc<Version>,
+        args: &[String],
+        journal_limit: usize,
+    ) -> Result<Self, CallError> {
+        let (instance, info) = recovery::start(&version, args)?;
+        Ok(Self { version, instance, info, recovery: Recovery::fresh(journal_limit) })
+    }
+
+    /// A start from `snapshot` (`run --restore`, after transformers) into `instance`, which
+    /// has just run `init`: the imported snapshot is the first checkpoint. What the import asked
+    /// for (timers) stays queued for the loop.
+    pub(crate) fn restore(
+        version: Arc<Version>,
+        (mut instance, info): (Instance, AppInfo),
+        journal_limit: usize,
+        snapshot: Snapshot,
+    ) -> Result<Self, CallError> {
+        instance.import_state(&snapshot, &[])?;
+        let recovery = Recovery::from_snapshot(journal_limit, snapshot, Vec::new());
+        Ok(Self { version, instance, info, recovery })
+    }
+
+    /// Replaces this live version by a newly committed one and returns the one it replaced.
+    /// The new recovery state is built from what the new instance imported.
+    pub(crate) fn commit(
+        &mut self,
+        version: Arc<Version>,
+        instance: Instance,
+        info: AppInfo,
+        imported: Imported,
+    ) -> Live {
+        let limit = self.recovery.limit();
+        let recovery = match imported {
+            Imported::Snapshot(snapshot, live) => Recovery::from_snapshot(limit, snapshot, live),
+            Imported::Journal(snapshot) => {
+                std::mem::replace(&mut self.recovery, Recovery::fresh(limit))
+                    .with_checkpoint_snapshot(snapshot)
+            }
+        };
+        std::mem::replace(self, Self { version, instance, info, recovery })
+    }
+
+    /// Runs one event; journals it if it completed. A trap leaves the instance unusable:
+    /// rebuild it before the next call.
+    pub(crate) fn call(&mut self, at: u64, call: Call<'_>) -> Result<(), CallError> {
+        let result = match call {
+            Call::Connect(info) => self.instance.on_connect(info),
+            Call::Data(id, bytes) => self.instance.on_data(id, bytes),
+            Call::Disconnect(id) => self.instance.on_disconnect(id),
+            Call::Timer(id) => self.instance.on_timer(id),
+        };
+        if result.is_ok() {
+            match call {
+                Call::Connect(info) => self.recovery.connect(at, info),
+                Call::Data(id, bytes) => self.recovery.data(at, id, bytes),
+                Call::Disconnect(id) => self.recovery.disconnect(at, id),
+                Call::Timer(id) => self.recovery.timer(at, id),
+            }
+        }
+        result
+    }
+
+    /// What the instance asked for since the last drain. A send marks its connection's input
+    /// so far as answered (see [`Recovery::unanswered`]).
+    pub(crate) fn take_effects(&mut self) -> Vec<Effect> {
+        let effects: Vec<Effect> = self.instance.take_effects().collect();
+        for effect in &effects {
+            if let Effect::Send(conn, _) = effect {
+                self.recovery.replied(*conn);
+            }
+        }
+        effects
+    }
+
+    pub(crate) fn discard_effects(&mut self) {
+        self.instance.discard_effects();
+    }
+
+    /// The live state, exported (the instance serves on unchanged).
+    pub(crate) fn export(&mut self) -> Result<Snapshot, CallError> {
+        let snapshot = self.instance.export_state();
+        self.instance.discard_effects();
+        snapshot
+    }
+
+    /// Makes `snapshot`, exported just now with `live` open, the checkpoint.
+    pub(crate) fn set_checkpoint(&mut self, snapshot: Snapshot, live: Vec<ConnInfo>) {
+        self.recovery.set_checkpoint(snapshot, live);
+    }
+
+    pub(crate) fn checkpoint_failed(&mut self) {
+        self.recovery.checkpoint_failed();
+    }
+
+    /// Replaces the (trapped) instance by a fresh one brought to the journal's state, leaving
+    /// out `skip` and whatever else traps on replay; the journal loses the same events.
+    pub(crate) fn rebuild(
+        &mut self,
+        args: &[String],
+        clock: &EventClock,
+        skip: Option<Skip>,
+    ) -> Result<RebuildReport, RebuildError> {
+        let rebuilt = self.recovery.rebuild(&self.version, args, clock, skip)?;
+        self.instance = rebuilt.instance;
+        Ok(RebuildReport {
+            timers: rebuilt.timers,
+            culprits: rebuilt.culprits,
+            refire: rebuilt.refire,
+            replayed: rebuilt.replayed,
+            dropped: rebuilt.dropped,
+            took: rebuilt.took,
+        })
+    }
+
+    /// The last resort, when the journal cannot rebuild the state: a fresh instance of the same
+    /// version with `init`'s state, and a fresh journal. The caller tells it about every open
+    /// connection through [`Live::call`], so the journal records that too.
+    pub(crate) fn restart_fresh(&mut self, args: &[String]) -> Result<(), CallError> {
+        let (instance, info) = recovery::start(&self.version, args)?;
+        self.instance = instance;
+        self.info = info;
+        self.recovery = Recovery::fresh(self.recovery.limit());
+        Ok(())
+    }
+
+    pub(crate) fn app(&self) -> AppVersion {
+        AppVersion::from(&self.info)
+    }
+
+    pub(crate) fn info(&self) -> &AppInfo {
+        &self.info
+    }
+
+    pub(crate) fn version(&self) -> &Arc<Version> {
+        &self.version
+    }
+
+    pub(crate) fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// Replays the journal into `instance`, which has just imported the checkpoint (the
+    /// `--from-checkpoint` upgrade); returns what the import asked for, for the host to apply.
+    pub(crate) fn replay_journal(
+        &self,
+        instance: &mut Instance,
+        clock: &EventClock,
+    ) -> Result<Vec<Effect>, CallError> {
+        self.recovery.replay(instance, clock)
+    }
+
+    /// The simulator's `fault` step: the next event traps.
+    pub(crate) fn fault_next_event(&mut self) {
+        self.instance.fault_next_event();
+    }
+}

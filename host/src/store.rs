@@ -1,0 +1,66 @@
+//! What a wasmtime store holds for the host: the WASI context, the resource table, the memory
+//! limiter, and — for a server instance — the effects its imports queued during a call.
+//!
+//! Kept apart from [`crate::instance`] and [`crate::transformer`] so the engine's linkers
+//! ([`crate::runtime`]) can name these types without depending on what uses them.
+
+use std::time::Duration;
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Something a guest asked for during a call, applied by the dispatcher once the call returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// `net.send(conn, bytes)`.
+    Send(u64, Vec<u8>),
+    /// `net.close(conn)`.
+    Close(u64),
+    /// `timers.set(id, after)`: fire `on-timer(id)` once, `after` from the event's time.
+    SetTimer(u64, Duration),
+    /// `timers.cancel(id)`.
+    CancelTimer(u64),
+}
+
+/// The host side of one server instance's store.
+pub struct InstanceState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) effects: Vec<Effect>,
+}
+
+impl std::fmt::Debug for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceState")
+            .field("effects", &self.effects.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl crate::bindings::tasuki::server::types::Host for InstanceState {}
+
+/// A transformer's store: WASI that grants nothing, and the memory cap.
+pub struct TransformState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+}
+
+impl std::fmt::Debug for TransformState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransformState").finish_non_exhaustive()
+    }
+}
+
+impl WasiView for TransformState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
