@@ -80,15 +80,47 @@ fn a_trap_with_recovery_off_restarts_fresh_and_keeps_connections() {
 
 #[test]
 fn checkpoints_bound_the_journal_and_recovery_still_has_everything() {
-    let host = misbehave(Limits::default());
+    // A 1 MiB journal: checkpoints must come before half of it is used, every time.
+    let journal = 1 << 20;
+    let host = misbehave(Limits { journal, ..Limits::default() });
     let mut a = host.lines();
-    // More input than the minimum checkpoint interval (4 MiB), so at least one checkpoint
-    // is taken and then events journaled after it.
     let value = "x".repeat(1000);
+    let mut largest = 0;
     for i in 0..6000 {
         assert_eq!(a.call(&format!("set k{i} {value}")), "ok");
+        let recovery = host.status().recovery;
+        assert_eq!(recovery.off, None, "recovery stays on");
+        largest = largest.max(recovery.journal_bytes);
     }
+    // 6 MB of input went through a 1 MiB journal: it was cut by checkpoints, and never held
+    // more than the limit.
+    assert!(largest > 0 && largest <= journal as u64, "journal peaked at {largest} bytes");
+    let recovery = host.status().recovery;
+    assert!(recovery.checkpoint.is_some(), "a checkpoint was taken");
+    assert!(recovery.journal_bytes <= journal as u64 / 2 + 2048, "{recovery:?}");
     host.lines().expect_closed("panic");
     assert_eq!(a.call("get k0"), value);
     assert_eq!(a.call("get k5999"), value);
+    assert_eq!(host.status().recovery.recoveries, 1);
+}
+
+#[test]
+fn a_state_larger_than_the_journal_limit_still_recovers() {
+    // 4 MB of state, a 1 MiB journal: each checkpoint is bigger than the whole journal may be.
+    let host = misbehave(Limits { journal: 1 << 20, ..Limits::default() });
+    let mut a = host.lines();
+    let value = "y".repeat(2000);
+    for i in 0..2000 {
+        assert_eq!(a.call(&format!("set k{i} {value}")), "ok");
+    }
+    let status = host.status().recovery;
+    assert_eq!(status.off, None, "recovery is on: {status:?}");
+    let (_, checkpoint_bytes) = status.checkpoint.expect("checkpointed");
+    assert!(checkpoint_bytes > 1 << 20, "the state outgrew the journal: {checkpoint_bytes}");
+    host.lines().expect_closed("panic");
+    for i in [0, 1000, 1999] {
+        assert_eq!(a.call(&format!("get k{i}")), value, "k{i} survived the trap");
+    }
+    let last = host.status().recovery.last.expect("recorded");
+    assert!(matches!(last.outcome, tasuki::status::RecoveryOutcome::Rebuilt { .. }), "{last:?}");
 }
