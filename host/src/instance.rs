@@ -33,6 +33,9 @@ impl CallError {
     }
 }
 
+/// wasmtime's trap codes, as [`Trap::code`] carries them.
+pub use wasmtime::Trap as TrapCode;
+
 /// Why an instance stopped: wasmtime's trap code when there is one, and the message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]

@@ -116,7 +116,22 @@ fn faulty_host(fault: &str, limits: Limits) -> TestHost {
     host
 }
 
+/// The trap a transformer's failure carries, typed.
+fn transformer_trap(err: &UpgradeError) -> &tasuki::instance::Trap {
+    match err {
+        UpgradeError::Transform { error, .. } => match &**error {
+            tasuki::transformer::TransformError::Trap { trap, .. } => trap,
+            other => panic!("not a trap: {other}"),
+        },
+        other => panic!("not a transformer failure: {other}"),
+    }
+}
+
 fn rolls_back(host: &TestHost, transforms: &[&str], target: &str) -> String {
+    rolls_back_with(host, transforms, target).1
+}
+
+fn rolls_back_with(host: &TestHost, transforms: &[&str], target: &str) -> (UpgradeError, String) {
     let err = host.host_upgrade_with(target, &through(transforms)).unwrap_err();
     assert!(matches!(err, UpgradeError::Transform { .. } | UpgradeError::Import { .. }), "{err}");
     let text = err.to_string();
@@ -125,29 +140,36 @@ fn rolls_back(host: &TestHost, transforms: &[&str], target: &str) -> String {
     let kept: String = client.get("kept").unwrap();
     assert_eq!(kept, "yes");
     assert_eq!(host.status().app.to_string(), "kv 1.0.0");
-    text
+    (err, text)
 }
 
 #[test]
 fn a_transformer_that_traps_rolls_back() {
     let host = faulty_host("trap", Limits::default());
-    let text = rolls_back(&host, &[artifacts::FAULTY_TRANSFORM], artifacts::KV_V2);
+    let (err, text) = rolls_back_with(&host, &[artifacts::FAULTY_TRANSFORM], artifacts::KV_V2);
     assert!(text.contains("transformer faulty-v1-to-v2 trapped"), "{text}");
+    // A Rust panic ends in `unreachable`, and the code survives to the caller.
+    assert_eq!(
+        transformer_trap(&err).code,
+        Some(tasuki::instance::TrapCode::UnreachableCodeReached)
+    );
 }
 
 #[test]
 fn a_transformer_that_loops_is_stopped_at_its_deadline_and_rolls_back() {
     let limits = Limits { upgrade_deadline: Duration::from_millis(500), ..Limits::default() };
     let host = faulty_host("loop", limits);
-    let text = rolls_back(&host, &[artifacts::FAULTY_TRANSFORM], artifacts::KV_V2);
+    let (err, text) = rolls_back_with(&host, &[artifacts::FAULTY_TRANSFORM], artifacts::KV_V2);
     assert!(text.contains("ran past its deadline"), "{text}");
+    assert!(transformer_trap(&err).is_deadline(), "{err}");
 }
 
 #[test]
 fn a_transformer_past_its_memory_cap_rolls_back() {
     let host = faulty_host("alloc", Limits { memory: 64 << 20, ..Limits::default() });
-    let text = rolls_back(&host, &[artifacts::FAULTY_TRANSFORM], artifacts::KV_V2);
-    assert!(text.contains("transformer faulty-v1-to-v2 trapped"), "{text}");
+    let (err, _) = rolls_back_with(&host, &[artifacts::FAULTY_TRANSFORM], artifacts::KV_V2);
+    let trap = transformer_trap(&err);
+    assert!(!trap.is_deadline() && trap.code.is_some(), "a trap in guest code: {trap:?}");
 }
 
 #[test]
