@@ -12,8 +12,7 @@ use crate::clock::EventClock;
 use crate::instance::{CallError, Instance};
 use crate::recovery::{self, RebuildError, Recovery, Skip};
 use crate::store::Effect;
-use crate::upgrade::AppVersion;
-use crate::version::Version;
+use crate::version::{AppVersion, Version};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -13,31 +13,13 @@ use crate::instance::{CallError, Instance, Trap, snapshot_bytes};
 use crate::live::{Imported, Live};
 use crate::runtime::Runtime;
 use crate::transformer::{Pipeline, TransformError};
+pub use crate::version::AppVersion;
 use crate::version::{LoadError, Version};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// An app's name and release, as `describe` gives them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppVersion {
-    pub name: String,
-    pub version: String,
-}
-
-impl From<&AppInfo> for AppVersion {
-    fn from(info: &AppInfo) -> Self {
-        Self { name: info.name.clone(), version: info.version.clone() }
-    }
-}
-
-impl fmt::Display for AppVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.name, self.version)
-    }
-}
 
 /// One state section that crossed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

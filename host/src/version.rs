@@ -1,13 +1,34 @@
 //! Once per app version: read, validate, compile and link a component. Everything here happens
 //! before an upgrade pauses anything.
 
-use crate::bindings::ServerPre;
+use crate::bindings::{AppInfo, ServerPre};
 use crate::runtime::Runtime;
 use crate::store::InstanceState;
+use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::Component;
+
+/// An app's name and release, as `describe` gives them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppVersion {
+    pub name: String,
+    pub version: String,
+}
+
+impl From<&AppInfo> for AppVersion {
+    fn from(info: &AppInfo) -> Self {
+        Self { name: info.name.clone(), version: info.version.clone() }
+    }
+}
+
+impl fmt::Display for AppVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.name, self.version)
+    }
+}
 
 /// Why a component could not be loaded. Nothing is running yet when any of these is returned.
 #[derive(Debug, thiserror::Error)]
