@@ -127,8 +127,11 @@ pub(crate) struct Dispatcher<N, C> {
     pub(crate) completed: usize,
     /// `--record`: the session written as a trace.
     recorder: Option<Box<dyn Tap>>,
+    /// A recovery closed connections whose input the checkpoint may hold: checkpoint again at
+    /// the next boundary, so the host stops keeping their bytes.
+    checkpoint_now: bool,
     /// A fault that happened while recovering from another: recovered from next.
-    nested: Option<(String, Option<Skip>, Vec<u64>)>,
+    nested: Option<(String, Option<Skip>, Vec<u64>, bool)>,
 }
 
 impl<N: Network, C: Clock> Dispatcher<N, C> {
@@ -157,6 +160,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             timer_faults: HashMap::new(),
             completed: 0,
             recorder: None,
+            checkpoint_now: false,
             nested: None,
         };
         dispatcher.event_clock.freeze_at(dispatcher.clock.wall_ns());
@@ -227,7 +231,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
 
     /// Takes a checkpoint if the journal says one is due.
     pub(crate) fn checkpoint_if_due(&mut self) {
-        if self.live.recovery().wants_checkpoint() {
+        if std::mem::take(&mut self.checkpoint_now) || self.live.recovery().wants_checkpoint() {
             self.take_checkpoint();
         }
     }
@@ -299,12 +303,16 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 culprits.push(id);
             }
         }
+        let what = match e {
+            CallError::Trap(trap) => trap.message.clone(),
+            CallError::Refused(reason) => format!("refused: {reason}"),
+        };
         let cause = match call {
-            Call::Timer(id) => format!("{app} trapped in on-timer({id}): {e}"),
-            _ => format!("{app} trapped on connection {}: {e}", conn.unwrap_or_default()),
+            Call::Timer(id) => format!("{app} trapped in on-timer({id}): {what}"),
+            _ => format!("{app} trapped on connection {}: {what}", conn.unwrap_or_default()),
         };
         let skip = conn.map(|id| self.live.recovery().unanswered(id));
-        self.recover(cause, skip, culprits);
+        self.recover(cause, skip, culprits, true);
         if let Call::Timer(id) = call {
             self.refire(id);
         }
@@ -327,19 +335,20 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
 
     /// Rebuilds the live instance. `closed` are connections already dropped by the host (the
     /// app hears they are gone once rebuilt); `skip` is input to leave out of the replay.
-    fn recover(&mut self, cause: String, skip: Option<Skip>, closed: Vec<u64>) {
+    fn recover(&mut self, cause: String, skip: Option<Skip>, closed: Vec<u64>, event_lost: bool) {
         if self.recovering {
             // The rebuilt instance trapped while being told what changed: recover again after.
-            self.nested.get_or_insert((cause, skip, closed));
+            self.nested.get_or_insert((cause, skip, closed, event_lost));
             return;
         }
         self.recovering = true;
         self.shared.recovering(true);
-        let mut next = Some((cause, skip, closed));
+        let mut next = Some((cause, skip, closed, event_lost));
         let mut rounds = 0;
-        while let Some((cause, skip, closed)) = next.take() {
+        while let Some((cause, skip, closed, event_lost)) = next.take() {
             rounds += 1;
-            self.recover_once(cause, skip, closed, rounds > crate::recovery::MAX_REPLAY_ATTEMPTS);
+            let give_up = rounds > crate::recovery::MAX_REPLAY_ATTEMPTS;
+            self.recover_once(cause, skip, closed, event_lost, give_up);
             next = self.nested.take();
         }
         self.recovering = false;
@@ -347,7 +356,14 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.publish_recovery();
     }
 
-    fn recover_once(&mut self, cause: String, skip: Option<Skip>, closed: Vec<u64>, give_up: bool) {
+    fn recover_once(
+        &mut self,
+        cause: String,
+        skip: Option<Skip>,
+        closed: Vec<u64>,
+        event_lost: bool,
+        give_up: bool,
+    ) {
         let started = Instant::now();
         let app = self.live.app();
         let rebuilt = if give_up {
@@ -371,7 +387,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                         )
                     }
                 );
-                self.after_rebuild(&report, closed)
+                self.after_rebuild(&report, closed, event_lost)
             }
             Err(e) => {
                 error!("{app} could not be rebuilt ({e}); restarting it with fresh state");
@@ -383,7 +399,12 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.shared.record_recovery(record);
     }
 
-    fn after_rebuild(&mut self, report: &RebuildReport, closed: Vec<u64>) -> RecoveryOutcome {
+    fn after_rebuild(
+        &mut self,
+        report: &RebuildReport,
+        closed: Vec<u64>,
+        event_lost: bool,
+    ) -> RecoveryOutcome {
         let now = self.clock.monotonic_ns();
         for effect in report.timers.iter().cloned() {
             self.apply(effect, now);
@@ -400,6 +421,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 gone.push(id);
             }
         }
+        self.checkpoint_now |= !gone.is_empty();
         // The rebuilt instance still believes these open.
         let open: Vec<u64> = self.net.live().iter().map(|c| c.id).collect();
         for &id in &gone {
@@ -411,6 +433,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             replayed: report.replayed as u64,
             dropped_events: report.dropped as u64,
             closed: gone,
+            event_lost,
         }
     }
 
@@ -498,7 +521,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             skip
         });
         let cause = format!("{app} {error}, while exporting its state");
-        self.recover(cause, skip, closed);
+        self.recover(cause, skip, closed, false);
         true
     }
 

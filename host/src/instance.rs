@@ -43,36 +43,46 @@ pub struct Trap {
     /// `Interrupt` is a missed deadline; `UnreachableCodeReached` is how a Rust guest's panic
     /// or failed allocation (past `--memory-limit`) ends. `None` for a fault outside the guest's
     /// code, such as a failed instantiation.
-    pub code: Option<wasmtime::Trap>,
+    pub code: Option<TrapCode>,
     /// Set when the simulator injected the fault (a trace's `fault` step).
     pub injected: bool,
+    /// One line: what happened, in words.
     pub message: String,
+    /// wasmtime's whole error, with the guest's backtrace, for the debug log.
+    pub detail: String,
 }
 
 impl Trap {
-    /// A trap from wasmtime's error, with the deadline case said in words.
+    /// A trap from wasmtime's error, said in one line.
     pub(crate) fn from_error(e: &wasmtime::Error) -> Self {
-        let code = e.downcast_ref::<wasmtime::Trap>().copied();
+        let code = e.downcast_ref::<TrapCode>().copied();
         let message = match code {
-            Some(wasmtime::Trap::Interrupt) => "ran past its deadline".to_string(),
-            _ => format!("{e:#}"),
+            Some(TrapCode::Interrupt) => "ran past its deadline".to_string(),
+            Some(TrapCode::UnreachableCodeReached) => {
+                "wasm `unreachable` executed (a panic, or an allocation past --memory-limit)"
+                    .to_string()
+            }
+            Some(code) => code.to_string(),
+            None => format!("{e:#}"),
         };
-        Self { code, injected: false, message }
+        Self { code, injected: false, message, detail: format!("{e:?}") }
     }
 
     /// A fault that is not a trap in guest code (an instance that cannot be created).
     pub(crate) fn other(message: String) -> Self {
-        Self { code: None, injected: false, message }
+        Self { code: None, injected: false, detail: message.clone(), message }
     }
 
     /// True when the call ran past its deadline.
     pub fn is_deadline(&self) -> bool {
-        self.code == Some(wasmtime::Trap::Interrupt) && !self.injected
+        self.code == Some(TrapCode::Interrupt) && !self.injected
     }
 }
 
 fn trap(e: wasmtime::Error) -> CallError {
-    CallError::Trap(Trap::from_error(&e))
+    let trap = Trap::from_error(&e);
+    tracing::debug!("trap: {}", trap.detail);
+    CallError::Trap(trap)
 }
 
 /// A live instance of an app version.
@@ -136,6 +146,7 @@ impl Instance {
         let mut store = Store::new(&runtime.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
+        store.set_hostcall_fuel(runtime.limits.hostcall_bytes());
         store.set_epoch_deadline(limits::ticks(runtime.limits.upgrade_deadline));
         let server = version.pre.instantiate(&mut store).map_err(trap)?;
         let call_deadline = limits::ticks(runtime.limits.call_deadline);

@@ -23,6 +23,10 @@ pub const MEMORY_LIMIT: usize = 1 << 30;
 /// the new instance would need the same again in its own memory, during the pause.
 pub const MAX_STATE: u64 = 512 << 20;
 
+/// wasmtime's own bound on the bytes a guest may hand the host in one call (its default
+/// "hostcall fuel"): what `net.send` may pass at once.
+pub const HOSTCALL_BYTES: usize = 128 << 20;
+
 /// Connections open at once; more are accepted and closed at once. Redis's default `maxclients`.
 pub const MAX_CONNECTIONS: usize = 10_000;
 
@@ -79,6 +83,13 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// Bytes a guest may hand the host in one call: wasmtime's default ([`HOSTCALL_BYTES`]),
+    /// raised so that an export (or a transformer's output) of up to `max_state` bytes, with
+    /// room for section names and framing, is not cut off below the limit `--max-state` states.
+    pub fn hostcall_bytes(&self) -> usize {
+        HOSTCALL_BYTES.max((self.max_state as usize).saturating_add(1 << 20))
+    }
+
     /// Queued output at which a connection is closed.
     pub fn output_limit(&self) -> usize {
         self.output_buffer.saturating_mul(32).max(OUTPUT_LIMIT)

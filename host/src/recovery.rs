@@ -451,8 +451,7 @@ impl Recovery {
         Ok(replayed)
     }
 
-    /// Removes the events a rebuild left out. Their data bytes stay in [`Recovery::data`] until
-    /// the next checkpoint (ranges of later events point past them).
+    /// Removes the events a rebuild left out, and their bytes.
     fn drop_events(&mut self, skips: &HashMap<u64, usize>, skipped_timers: &HashSet<usize>) {
         // kept_before[i]: how many events before old index i stay, to move `answered` along.
         let mut kept_before = Vec::with_capacity(self.events.len() + 1);
@@ -473,6 +472,16 @@ impl Recovery {
             index += 1;
             keep
         });
+        // The bytes of the dropped events go too: a culprit's input can be most of the journal.
+        let mut data = Vec::with_capacity(self.len().min(self.data.len()));
+        for (_, event) in &mut self.events {
+            if let Event::Data(_, range) = event {
+                let start = data.len();
+                data.extend_from_slice(&self.data[range.clone()]);
+                *range = start..data.len();
+            }
+        }
+        self.data = data;
     }
 
     /// Replays the journal into `instance`, which has just imported the checkpoint: the

@@ -44,9 +44,9 @@ pub struct RecoveryRecord {
 /// How a recovery ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecoveryOutcome {
-    /// Rebuilt from the checkpoint and journal: only the faulting event and `closed`
-    /// connections' unanswered input were lost.
-    Rebuilt { replayed: u64, dropped_events: u64, closed: Vec<u64> },
+    /// Rebuilt from the checkpoint and journal: only the faulting event (if an event trapped,
+    /// rather than an export) and `closed` connections' unanswered input were lost.
+    Rebuilt { replayed: u64, dropped_events: u64, closed: Vec<u64>, event_lost: bool },
     /// The journal could not rebuild the state: a fresh instance serves, the state is lost.
     RestartedEmpty { reason: String },
     /// Not even a fresh instance starts.
@@ -121,18 +121,26 @@ impl fmt::Display for RecoveryStatus {
                 last.cause
             )?;
             match &last.outcome {
-                RecoveryOutcome::Rebuilt { replayed, dropped_events, closed } => write!(
-                    f,
-                    "rebuilt from the checkpoint and {replayed} events; lost: the faulting event{}",
-                    if closed.is_empty() && *dropped_events == 0 {
-                        String::new()
-                    } else {
-                        format!(
-                            ", {dropped_events} unanswered events of connections {closed:?} \
-                             (closed)"
-                        )
+                RecoveryOutcome::Rebuilt { replayed, dropped_events, closed, event_lost } => {
+                    let mut lost = Vec::new();
+                    if *event_lost {
+                        lost.push("the faulting event".to_string());
                     }
-                )?,
+                    if *dropped_events > 0 {
+                        lost.push(format!("{dropped_events} unanswered events"));
+                    }
+                    if !closed.is_empty() {
+                        lost.push(format!("connections {closed:?} closed"));
+                    }
+                    if lost.is_empty() {
+                        lost.push("nothing".into());
+                    }
+                    write!(
+                        f,
+                        "rebuilt from the checkpoint and {replayed} events; lost: {}",
+                        lost.join(", ")
+                    )?
+                }
                 RecoveryOutcome::RestartedEmpty { reason } => {
                     write!(f, "RESTARTED EMPTY, the state was lost ({reason})")?
                 }

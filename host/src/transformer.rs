@@ -125,6 +125,7 @@ impl Transformer {
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
+        store.set_hostcall_fuel(limits.hostcall_bytes());
         store.set_epoch_deadline(limits::ticks(limits.upgrade_deadline));
         let bindings = self.pre.instantiate(&mut store)?;
         Ok((store, bindings))
