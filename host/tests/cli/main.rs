@@ -1,69 +1,15 @@
 //! The `tasuki` command as an operator uses it: `run` in the background, `status` and `upgrade`
-//! from another process, Ctrl-C to stop.
+//! from another process, Ctrl-C to stop. `recovery` holds the end-to-end tests of recovery from a
+//! trap; `support` what every test shares.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod recovery;
+mod support;
+
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-const TASUKI: &str = env!("CARGO_BIN_EXE_tasuki");
-
-/// `tasuki run` in the background, killed on drop.
-struct Running {
-    child: Child,
-    addr: String,
-}
-
-impl Running {
-    fn start(dir: &Path, wasm: &str) -> Self {
-        let child = Command::new(TASUKI)
-            .current_dir(dir)
-            .args(["run", wasm, "--listen", "127.0.0.1:0"])
-            .env("TASUKI_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tasuki run");
-        Self::adopt(child)
-    }
-
-    /// Waits for a spawned `tasuki run` (stderr piped) to say where it serves.
-    fn adopt(mut child: Child) -> Self {
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            let line = lines.next().expect("tasuki run exited early").expect("stderr line");
-            if let Some((_, rest)) = line.split_once("serving on ") {
-                break rest.trim().to_string();
-            }
-        };
-        // Keep draining stderr so the host never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, addr }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tasuki(dir: &Path, args: &[&str]) -> Output {
-    Command::new(TASUKI).current_dir(dir).args(args).output().expect("run tasuki")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn roundtrip(stream: &mut TcpStream, request: &[u8], reply_len: usize) -> String {
-    stream.write_all(request).unwrap();
-    let mut reply = vec![0; reply_len];
-    stream.read_exact(&mut reply).unwrap();
-    text(&reply)
-}
+use support::{Running, TASUKI, roundtrip, tasuki, text};
 
 #[test]
 fn run_status_upgrade_from_the_same_directory() {
