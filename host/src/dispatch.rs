@@ -381,8 +381,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                         String::new()
                     } else {
                         format!(
-                            " ({} events of connections {:?} left out: their replay trapped or \
-                             they were unanswered input of the culprit)",
+                            " ({} events left out: unanswered input of connections {:?}, or \
+                             events whose replay trapped)",
                             report.dropped, report.culprits
                         )
                     }

@@ -357,7 +357,8 @@ impl Recovery {
         }
         let started = Instant::now();
         let mut skips: HashMap<u64, usize> = skip.into_iter().map(|s| (s.conn, s.from)).collect();
-        let mut skipped_timers: HashSet<usize> = HashSet::new();
+        // Single events left out: a connect, disconnect or timer whose replay trapped.
+        let mut skipped: HashSet<usize> = HashSet::new();
         let mut last = None;
         for _ in 0..MAX_REPLAY_ATTEMPTS {
             let (mut instance, _) = start(version, args).map_err(RebuildError::Start)?;
@@ -374,9 +375,9 @@ impl Recovery {
                 .take_effects()
                 .filter(|e| matches!(e, Effect::SetTimer(..) | Effect::CancelTimer(..)))
                 .collect();
-            match self.replay_into(&mut instance, clock, &skips, &skipped_timers) {
+            match self.replay_into(&mut instance, clock, &skips, &skipped) {
                 Ok(replayed) => {
-                    let mut refire: Vec<u64> = skipped_timers
+                    let mut refire: Vec<u64> = skipped
                         .iter()
                         .filter_map(|&i| match self.events[i].1 {
                             Event::Timer(id) => Some(id),
@@ -386,7 +387,7 @@ impl Recovery {
                     refire.sort_unstable();
                     refire.dedup();
                     let before = self.events.len();
-                    self.drop_events(&skips, &skipped_timers);
+                    self.drop_events(&skips, &skipped);
                     let mut culprits: Vec<u64> = skips.keys().copied().collect();
                     culprits.sort_unstable();
                     return Ok(Rebuilt {
@@ -400,12 +401,16 @@ impl Recovery {
                     });
                 }
                 Err((index, error)) => {
-                    match self.events[index].1.conn() {
-                        Some(conn) => {
+                    match self.events[index].1 {
+                        Event::Data(conn, _) => {
                             skips.entry(conn).or_insert(index);
                         }
-                        None => {
-                            skipped_timers.insert(index);
+                        Event::Connect(ConnInfo { id: conn, .. }) | Event::Disconnect(conn) => {
+                            skips.entry(conn).or_insert(index);
+                            skipped.insert(index);
+                        }
+                        Event::Timer(_) => {
+                            skipped.insert(index);
                         }
                     }
                     tracing::warn!(
@@ -430,11 +435,11 @@ impl Recovery {
         instance: &mut Instance,
         clock: &EventClock,
         skips: &HashMap<u64, usize>,
-        skipped_timers: &HashSet<usize>,
+        skipped: &HashSet<usize>,
     ) -> Result<usize, (usize, CallError)> {
         let mut replayed = 0;
         for (index, (at, event)) in self.events.iter().enumerate() {
-            if left_out(index, event, skips, skipped_timers) {
+            if left_out(index, event, skips, skipped) {
                 continue;
             }
             clock.freeze_at(*at);
@@ -452,13 +457,13 @@ impl Recovery {
     }
 
     /// Removes the events a rebuild left out, and their bytes.
-    fn drop_events(&mut self, skips: &HashMap<u64, usize>, skipped_timers: &HashSet<usize>) {
+    fn drop_events(&mut self, skips: &HashMap<u64, usize>, skipped: &HashSet<usize>) {
         // kept_before[i]: how many events before old index i stay, to move `answered` along.
         let mut kept_before = Vec::with_capacity(self.events.len() + 1);
         let mut kept = 0;
         for (index, (_, event)) in self.events.iter().enumerate() {
             kept_before.push(kept);
-            if !left_out(index, event, skips, skipped_timers) {
+            if !left_out(index, event, skips, skipped) {
                 kept += 1;
             }
         }
@@ -468,7 +473,7 @@ impl Recovery {
         }
         let mut index = 0;
         self.events.retain(|(_, event)| {
-            let keep = !left_out(index, event, skips, skipped_timers);
+            let keep = !left_out(index, event, skips, skipped);
             index += 1;
             keep
         });
@@ -499,15 +504,21 @@ impl Recovery {
     }
 }
 
+/// Whether a replay leaves out the event at `index`: a culprit's input from its `from` on (its
+/// connect and disconnect stay, so the app's view of open connections stays whole), or a single
+/// event whose replay trapped.
 fn left_out(
     index: usize,
     event: &Event,
     skips: &HashMap<u64, usize>,
-    skipped_timers: &HashSet<usize>,
+    skipped: &HashSet<usize>,
 ) -> bool {
-    match event.conn() {
-        Some(conn) => skips.get(&conn).is_some_and(|&from| index >= from),
-        None => skipped_timers.contains(&index),
+    if skipped.contains(&index) {
+        return true;
+    }
+    match event {
+        Event::Data(conn, _) => skips.get(conn).is_some_and(|&from| index >= from),
+        _ => false,
     }
 }
 

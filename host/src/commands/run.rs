@@ -113,6 +113,13 @@ impl RunCommand {
             output_buffer: self.output_buffer.saturating_mul(1024).max(1),
             journal: self.journal.saturating_mul(MIB),
         };
+        // The handler goes in before the host starts: a SIGTERM that arrives as soon as it
+        // serves must stop it cleanly, not kill it.
+        let (stop, stopped) = mpsc::channel();
+        ctrlc::set_handler(move || {
+            let _ = stop.send(());
+        })
+        .context("cannot install the signal handler")?;
         let host = Host::start(HostConfig {
             app: self.app,
             listen: self.listen,
@@ -123,11 +130,6 @@ impl RunCommand {
             restore: self.restore.map(|file| Restore { file, transforms: self.transforms }),
             record: self.record,
         })?;
-        let (stop, stopped) = mpsc::channel();
-        ctrlc::set_handler(move || {
-            let _ = stop.send(());
-        })
-        .context("cannot install the signal handler")?;
         // Either a signal arrives, or the sender lives forever: both end the wait correctly.
         let _ = stopped.recv();
         tracing::info!("stopping");

@@ -274,8 +274,12 @@ fn a_trap_in_kv_loses_only_the_request_that_trapped() {
     let pairs = keys(0, 200, 100);
     a.set_all(&pairs);
     trap(&host, &mut a);
-    assert!(host.wait_log("rebuilt from its checkpoint"), "{}", host.log());
     if let Some(lost) = lost(&mut a, &pairs, &host) {
         panic!("{lost}");
     }
+    // The operator sees what happened: one recovery, rebuilt, only the trapping request lost.
+    let status = tasuki_ok(dir.path(), &["status"]);
+    assert!(status.contains("(1 in all)"), "{status}");
+    assert!(status.contains("rebuilt from the checkpoint"), "{status}");
+    assert!(status.contains("lost: the faulting event, connections ["), "{status}");
 }
