@@ -1,7 +1,9 @@
 //! Unmodified Redis tools from the distribution (`redis-tools`) against the kv server, across an
 //! upgrade. scripts/test installs them when they are missing.
 
-use std::process::{Command, Output};
+use redis::Commands;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 use tasuki_tests::{TestHost, artifacts};
 
 fn tool(name: &str, args: &[&str]) -> Output {
@@ -41,43 +43,71 @@ fn redis_cli_works_before_and_after_an_upgrade() {
     assert!(cli(&host, &["INFO"]).contains("tasuki_version:2.0.0"));
 }
 
+/// redis-benchmark's SET, GET and INCR runs (8 connections, 30,000 requests each) go through a
+/// v1 -> v2 upgrade without an error reply. The upgrade starts once the benchmark is writing
+/// (its SET key exists), and the test proves it overlapped: at the commit the benchmark's
+/// connections were open, its INCR run had not finished, and afterwards every one of its
+/// INCRs is in the counter.
 #[test]
 fn redis_benchmark_runs_through_an_upgrade_without_errors() {
+    const REQUESTS: i64 = 30_000;
     let host = TestHost::start(artifacts::KV_V1);
     let port = host.addr.port().to_string();
-    let bench = std::thread::spawn(move || {
-        // -e prints every error reply; there must be none.
-        tool(
-            "redis-benchmark",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-t",
-                "set,get,incr",
-                "-n",
-                "30000",
-                "-c",
-                "8",
-                "-q",
-                "-e",
-            ],
-        )
-    });
-    std::thread::sleep(std::time::Duration::from_millis(150));
-    host.upgrade(artifacts::KV_V2).expect("upgrade under redis-benchmark");
-    let out = bench.join().unwrap();
+    let requests = REQUESTS.to_string();
+    // -e prints every error reply; there must be none.
+    let args = ["-h", "127.0.0.1", "-p", &port, "-t", "set,get,incr", "-n", &requests];
+    let mut bench = Command::new("redis-benchmark")
+        .args(args)
+        .args(["-c", "8", "-q", "-e"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run redis-benchmark ({e}): install redis-tools"));
+
+    // Without -r, redis-benchmark's keys are these, literally.
+    let mut watcher = host.client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let writing: bool = watcher.exists("key:__rand_int__").unwrap();
+        if writing {
+            break;
+        }
+        if let Some(exit) = bench.try_wait().unwrap() {
+            panic!("redis-benchmark exited ({exit}) before it wrote anything");
+        }
+        assert!(Instant::now() < deadline, "redis-benchmark wrote nothing in 10 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    let report = host.upgrade(artifacts::KV_V2).expect("upgrade under redis-benchmark");
+    let incrs_at_commit: Option<i64> =
+        watcher.get("counter:__rand_int__").expect("our client's connection survives the upgrade");
+    assert!(
+        report.connections >= 2,
+        "only {} connection(s) open at the commit: redis-benchmark's were gone",
+        report.connections
+    );
+    assert!(
+        incrs_at_commit.unwrap_or(0) < REQUESTS,
+        "redis-benchmark had already finished its INCRs at the commit"
+    );
+
+    let out = bench.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for test in ["SET", "GET", "INCR"] {
         assert!(stdout.contains(&format!("{test}: ")), "{test} missing:\n{stdout}");
     }
     assert!(!stdout.contains("ERR"), "error replies:\n{stdout}");
+    let incrs: i64 = watcher.get("counter:__rand_int__").unwrap();
+    assert_eq!(incrs, REQUESTS, "every INCR, before and after the commit, counted once");
+    assert!(cli(&host, &["INFO"]).contains("tasuki_version:2.0.0"));
+
     // The host sees the last disconnects a moment after redis-benchmark exits.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while host.status().connections > 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
+    drop(watcher);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host.status().connections > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(host.status().connections, 0, "redis-benchmark's connections all closed cleanly");
 }

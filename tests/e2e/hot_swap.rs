@@ -1,10 +1,10 @@
 //! The main story: a running kv server is replaced by its next release under its clients.
 
 use redis::Commands;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tasuki::control::Response;
 use tasuki_tests::{TestHost, artifacts, expect_bytes, expect_silence};
 
@@ -67,63 +67,182 @@ fn a_request_split_across_the_upgrade_is_answered_once() {
     expect_bytes(&mut raw, b"$5\r\nvalue\r\n");
 }
 
+/// Replies the old version wrote and the kernel could not take yet are still in the host at the
+/// pause; they must come out complete, in order, before the new version's.
+///
+/// The client pipelines `GET big` / `INCR seq` pairs whose replies are more than the kernel can
+/// buffer between the host and the client (this socket's receive buffer plus the most a TCP send
+/// buffer grows to, `tcp_wmem`), and reads nothing until the upgrade committed. Another client
+/// sees `seq` reach its last value first, so the old version had run the whole burst: at the
+/// pause, everything past what the kernel holds was queued in the host.
 #[test]
 fn replies_queued_before_the_pause_come_out_in_order() {
+    const VALUE: usize = 1 << 20;
     let host = TestHost::start(artifacts::KV_V1);
-    let mut raw = host.raw();
-    // Pipelined: three commands in one write, then the upgrade, then more on the same socket.
-    raw.write_all(b"*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n")
-        .unwrap();
-    expect_bytes(&mut raw, b"+PONG\r\n+OK\r\n:2\r\n");
-    host.upgrade(artifacts::KV_V2).expect("upgrade");
-    raw.write_all(b"*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n*2\r\n$3\r\nTTL\r\n$1\r\nk\r\n").unwrap();
-    expect_bytes(&mut raw, b":3\r\n:-1\r\n");
+    let value: Vec<u8> = (0..VALUE).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut other = host.client();
+    let _: () = other.set("big", value.as_slice()).unwrap();
+
+    let mut raw = connect_with_small_receive_buffer(host.addr);
+    let kernel_holds = socket_receive_buffer(&raw) + max_tcp_send_buffer();
+    // Three replies more than the kernel can hold: at least 2 MiB stay in the host.
+    let pairs = kernel_holds / VALUE + 3;
+    let mut expected = Vec::new();
+    for i in 1..=pairs {
+        expected.extend_from_slice(format!("${VALUE}\r\n").as_bytes());
+        expected.extend_from_slice(&value);
+        expected.extend_from_slice(format!("\r\n:{i}\r\n").as_bytes());
+    }
+    let burst = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n*2\r\n$4\r\nINCR\r\n$3\r\nseq\r\n".repeat(pairs);
+    raw.write_all(&burst).unwrap();
+    wait_until("the old version ran the whole burst", || {
+        let seq: Option<usize> = other.get("seq").unwrap();
+        seq == Some(pairs)
+    });
+
+    let report = host.upgrade(artifacts::KV_V2).expect("upgrade");
+    assert_eq!(report.to.to_string(), "kv 2.0.0");
+    // Then the new version's replies, on the same connection.
+    raw.write_all(b"*2\r\n$4\r\nINCR\r\n$3\r\nseq\r\n*2\r\n$3\r\nTTL\r\n$3\r\nseq\r\n").unwrap();
+    expected.extend_from_slice(format!(":{}\r\n:-1\r\n", pairs + 1).as_bytes());
+    expect_stream(&mut raw, &expected);
+    expect_silence(&mut raw, Duration::from_millis(100));
 }
 
+/// A loopback connection to `addr` whose receive buffer is fixed small before the handshake,
+/// so what the kernel can hold for it is known.
+fn connect_with_small_receive_buffer(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    sockopt::set_socket_recv_buffer_size(&fd, 64 << 10).unwrap();
+    rustix::net::connect(&fd, &addr).unwrap();
+    let stream = std::net::TcpStream::from(fd);
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+}
+
+/// Bytes the kernel accounts to `stream`'s receive buffer at most (data and overhead).
+fn socket_receive_buffer(stream: &std::net::TcpStream) -> usize {
+    rustix::net::sockopt::socket_recv_buffer_size(stream).unwrap()
+}
+
+/// The most a TCP socket's send buffer grows to: the third field of `tcp_wmem`.
+fn max_tcp_send_buffer() -> usize {
+    let wmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").unwrap();
+    wmem.split_whitespace().nth(2).and_then(|max| max.parse().ok()).expect("tcp_wmem")
+}
+
+/// Reads `expected.len()` bytes and fails at the first one that differs, saying where.
+fn expect_stream(stream: &mut std::net::TcpStream, expected: &[u8]) {
+    let mut buf = vec![0; 64 << 10];
+    let mut at = 0;
+    while at < expected.len() {
+        let want = buf.len().min(expected.len() - at);
+        let n = match stream.read(&mut buf[..want]) {
+            Ok(0) => panic!("closed after {at} of {} bytes", expected.len()),
+            Ok(n) => n,
+            Err(e) => panic!("after {at} of {} bytes: {e}", expected.len()),
+        };
+        if let Some(i) = (0..n).find(|&i| buf[i] != expected[at + i]) {
+            let show = |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(24)]).into_owned();
+            panic!(
+                "byte {} of {} differs: expected {:?}, got {:?}",
+                at + i,
+                expected.len(),
+                show(&expected[at + i..]),
+                show(&buf[i..n])
+            );
+        }
+        at += n;
+    }
+}
+
+/// Polls `done` until it holds, for at most 10 s.
+#[track_caller]
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Four clients INCR one counter as fast as they can while the server is upgraded twenty
+/// times, each upgrade only once every client got a reply from the version before. Every INCR
+/// acknowledged must have been applied exactly once, and its reply sent to the client that
+/// asked: the values the clients saw are exactly 1..=total, each client's in increasing order.
 #[test]
 fn concurrent_incrs_survive_twenty_upgrades_without_losing_one() {
     const CLIENTS: usize = 4;
     const UPGRADES: usize = 20;
     let host = TestHost::start(artifacts::KV_V1);
     let stop = Arc::new(AtomicBool::new(false));
-    let acknowledged = Arc::new(AtomicU64::new(0));
+    let acknowledged: Arc<Vec<AtomicU64>> =
+        Arc::new((0..CLIENTS).map(|_| AtomicU64::new(0)).collect());
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
+        .map(|me| {
             let mut client = host.client();
             let stop = Arc::clone(&stop);
             let acknowledged = Arc::clone(&acknowledged);
             std::thread::spawn(move || {
-                let mut mine = 0u64;
+                let mut seen = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    let _: i64 = client.incr("counter", 1).expect("INCR failed during upgrades");
-                    mine += 1;
-                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                    let n: u64 = client.incr("counter", 1).expect("INCR failed during upgrades");
+                    seen.push(n);
+                    acknowledged[me].fetch_add(1, Ordering::Relaxed);
                 }
-                mine
+                seen
             })
         })
         .collect();
 
     // v1 -> v2 first (a migration), then v2 -> v2 (same state version) for the rest.
-    let mut pauses = Vec::new();
+    let counts = || acknowledged.iter().map(|n| n.load(Ordering::Relaxed)).collect::<Vec<_>>();
     for _ in 0..UPGRADES {
-        std::thread::sleep(Duration::from_millis(20));
+        let before = counts();
+        wait_until("every client got a reply from the running version", || {
+            counts().iter().zip(&before).all(|(now, then)| now > then)
+        });
         let report = host.upgrade(artifacts::KV_V2).expect("upgrade under load");
         assert_eq!(report.connections, CLIENTS as u64);
-        pauses.push(report.pause);
     }
     stop.store(true, Ordering::Relaxed);
-    let per_client: Vec<u64> =
+    let per_client: Vec<Vec<u64>> =
         clients.into_iter().map(|c| c.join().expect("client thread")).collect();
-    let total: u64 = per_client.iter().sum();
-    assert!(per_client.iter().all(|&n| n > 0), "every client made progress: {per_client:?}");
-    assert_eq!(total, acknowledged.load(Ordering::Relaxed));
+    for (i, seen) in per_client.iter().enumerate() {
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "client {i}'s replies out of order");
+    }
+    let mut all: Vec<u64> = per_client.concat();
+    all.sort_unstable();
+    let total = all.len() as u64;
+    if let Some((got, want)) = all.iter().copied().zip(1..).find(|(got, want)| got != want) {
+        let wrong = if got > want { format!("{want} is missing") } else { format!("{got} twice") };
+        panic!("the {total} replies are not 1..={total}: {wrong}");
+    }
 
     let counter: u64 = host.client().get("counter").unwrap();
-    assert_eq!(counter, total, "every acknowledged INCR is in the final value");
+    assert_eq!(counter, total, "every acknowledged INCR is in the final value, once");
     let status = host.status();
     assert_eq!(status.upgrades, UPGRADES as u64);
     assert_eq!(status.app.to_string(), "kv 2.0.0");
+}
+
+/// The `kv` section of the running state, from a snapshot: unlike any command, a snapshot
+/// reads no key, so only the expiry timer (active expiry) can make an expired key leave it.
+struct KvState<'a> {
+    host: &'a TestHost,
+    dir: tempfile::TempDir,
+}
+
+impl<'a> KvState<'a> {
+    fn of(host: &'a TestHost) -> Self {
+        Self { host, dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn bytes(&self) -> u64 {
+        let report = self.host.snapshot(&self.dir.path().join("state.snapshot"));
+        report.sections.iter().find(|(name, ..)| name == "kv").expect("kv section").2
+    }
 }
 
 #[test]
@@ -134,42 +253,72 @@ fn expiry_works_on_keys_migrated_from_v1() {
         let _: () = client.set(format!("key:{i}"), i).unwrap();
     }
     host.upgrade(artifacts::KV_V2).expect("v1 -> v2");
-    let kv_bytes = |report: &tasuki::UpgradeReport| {
-        report.sections.iter().find(|s| s.name == "kv").expect("kv section").bytes
-    };
-    let all_keys = kv_bytes(&host.upgrade(artifacts::KV_V2).expect("v2 -> v2"));
+    let state = KvState::of(&host);
+    let all_keys = state.bytes();
 
     // Active expiry, driven by a host timer: half the migrated keys get a short TTL and are
-    // never read again; by the next upgrade they are no longer in the state.
+    // never read again; the running state loses them by itself, with no upgrade to help.
+    // One pipeline, one event: the 50 deadlines are the same instant.
+    let mut pexpire = redis::pipe();
     for i in 0..50 {
-        let set: bool = client.pexpire(format!("key:{i}"), 100).unwrap();
-        assert!(set);
+        pexpire.pexpire(format!("key:{i}"), 100);
     }
+    let set: Vec<bool> = pexpire.query(&mut client).unwrap();
+    assert!(set.iter().all(|&set| set));
     let pttl: i64 = client.pttl("key:0").unwrap();
     assert!((1..=100).contains(&pttl), "pttl {pttl}");
     let ttl: i64 = client.ttl("key:99").unwrap();
     assert_eq!(ttl, -1, "untouched keys keep no expiry");
-    std::thread::sleep(Duration::from_millis(500));
-    let half_keys = kv_bytes(&host.upgrade(artifacts::KV_V2).expect("v2 -> v2"));
-    assert!(
-        half_keys * 10 < all_keys * 6,
-        "expired keys left the state without being read: {half_keys} vs {all_keys} bytes"
-    );
+    wait_until("the expiry timer removed the keys nobody reads", || {
+        state.bytes() * 10 < all_keys * 6
+    });
 
     // Lazy expiry, and the count.
     let gone: Option<String> = client.get("key:0").unwrap();
     assert_eq!(gone, None);
     let dbsize: i64 = redis::cmd("DBSIZE").query(&mut client).unwrap();
     assert_eq!(dbsize, 50, "key:50..=key:99 remain");
+    let half_keys = state.bytes();
 
-    // A TTL set under v2 survives a v2 -> v2 upgrade with its deadline, and its timer fires in
-    // the new instance.
+    // A TTL set under v2 crosses a v2 -> v2 upgrade with its deadline, and expires in the new
+    // instance without being read.
     let _: () =
         redis::cmd("SET").arg("later").arg("y").arg("PX").arg(1000).query(&mut client).unwrap();
     host.upgrade(artifacts::KV_V2).expect("upgrade");
     let pttl: i64 = client.pttl("later").unwrap();
     assert!((1..=1000).contains(&pttl), "pttl {pttl}");
-    std::thread::sleep(Duration::from_millis(1300));
-    let after = kv_bytes(&host.upgrade(artifacts::KV_V2).expect("v2 -> v2"));
-    assert_eq!(after, half_keys, "`later` expired by timer after crossing an upgrade");
+    wait_until("`later` expired in the new instance", || state.bytes() == half_keys);
+}
+
+/// Timers belong to the host: one the old instance armed fires in the new instance. kv
+/// re-arms its expiry timer in `resumed` after a normal upgrade, which would hide a host that
+/// dropped its timers at the swap; `--from-checkpoint` does not let it: the new instance is
+/// brought up by a replay whose timer requests the host discards (its timers are already
+/// armed), so the timer the old instance armed is the only one that can expire the key.
+#[test]
+fn a_timer_armed_before_an_upgrade_fires_in_the_new_version() {
+    let host = TestHost::start(artifacts::KV_V2);
+    let mut client = host.client();
+    let _: () = client.set("stays", "x").unwrap();
+    let state = KvState::of(&host);
+    let without_later = state.bytes();
+    let _: () =
+        redis::cmd("SET").arg("later").arg("y").arg("PX").arg(500).query(&mut client).unwrap();
+
+    let report = host.upgrade_from_checkpoint(artifacts::KV_V2).expect("upgrade");
+    let tasuki::upgrade::StateSource::Checkpoint { events_replayed, complete, .. } = report.source
+    else {
+        panic!("not from the checkpoint: {report:?}")
+    };
+    assert!(events_replayed >= 1 && complete, "the SET was replayed: {report:?}");
+    assert!(state.bytes() > without_later, "`later` is still there after the commit");
+
+    // Nobody reads `later` and nothing is upgraded: only the old timer can remove it.
+    wait_until("the timer armed by the old instance expired `later`", || {
+        state.bytes() == without_later
+    });
+    let gone: Option<String> = client.get("later").unwrap();
+    assert_eq!(gone, None);
+    let stays: String = client.get("stays").unwrap();
+    assert_eq!(stays, "x");
 }
