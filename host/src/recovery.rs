@@ -53,16 +53,6 @@ pub(crate) enum Event {
     Timer(u64),
 }
 
-impl Event {
-    fn conn(&self) -> Option<u64> {
-        match self {
-            Self::Connect(info) => Some(info.id),
-            Self::Data(id, _) | Self::Disconnect(id) => Some(*id),
-            Self::Timer(_) => None,
-        }
-    }
-}
-
 /// The state an instance can be rebuilt from.
 #[derive(Debug, Clone)]
 pub(crate) struct Checkpoint {

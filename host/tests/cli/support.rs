@@ -73,14 +73,6 @@ impl Running {
         log[skip..].join("\n")
     }
 
-    /// Whether the host logs a line containing `needle` within [`REPLY_TIMEOUT`].
-    pub fn wait_log(&self, needle: &str) -> bool {
-        poll(REPLY_TIMEOUT, || {
-            self.log.lock().unwrap().iter().any(|line| line.contains(needle)).then_some(())
-        })
-        .is_some()
-    }
-
     pub fn resp(&self) -> Resp {
         Resp::connect(&self.addr)
     }
