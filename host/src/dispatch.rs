@@ -11,7 +11,7 @@ use crate::clock::{EventClock, now_unix_ms};
 use crate::instance::{CallError, snapshot_bytes};
 use crate::limits::Limits;
 use crate::live::{Call, Live, RebuildReport};
-use crate::recovery::Skip;
+use crate::recovery::{Skip, Stamp};
 use crate::status::{RecoveryOutcome, RecoveryRecord, Shared};
 use crate::store::Effect;
 use crate::timers::TimerQueue;
@@ -164,6 +164,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             nested: None,
         };
         dispatcher.event_clock.freeze_at(dispatcher.clock.wall_ns());
+        dispatcher.live.anchor(dispatcher.clock.monotonic_ns());
         dispatcher.apply_effects();
         dispatcher.publish_recovery();
         dispatcher
@@ -239,8 +240,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// Runs one event in the live instance, at the time the clock gives; journals it if it
     /// completed, contains it if it trapped.
     pub(crate) fn dispatch(&mut self, call: Call<'_>) {
-        let at = self.clock.wall_ns();
-        self.event_clock.freeze_at(at);
+        let at = Stamp { wall: self.clock.wall_ns(), mono: self.clock.monotonic_ns() };
+        self.event_clock.freeze_at(at.wall);
         match self.live.call(at, call) {
             Ok(()) => {
                 self.completed += 1;
@@ -255,7 +256,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                         Call::Timer(_) => {}
                     }
                 }
-                self.apply_effects();
+                self.apply_effects_at(at.mono);
                 self.shared.note_journal(self.live.recovery());
             }
             Err(e) => self.fault(&e, call),
@@ -263,8 +264,13 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.reap_broken();
     }
 
+    /// Applies what the guest asked for, now.
     fn apply_effects(&mut self) {
-        let now = self.clock.monotonic_ns();
+        self.apply_effects_at(self.clock.monotonic_ns());
+    }
+
+    /// Applies what the guest asked for during an event that ran at monotonic time `now`.
+    fn apply_effects_at(&mut self, now: u64) {
         for effect in self.live.take_effects() {
             if let Some(recorder) = &mut self.recorder {
                 match &effect {
@@ -281,10 +287,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         match effect {
             Effect::Send(conn, data) => self.net.send(conn, data),
             Effect::Close(conn) => self.net.close(conn),
-            Effect::SetTimer(id, after) => {
-                self.timers.set(id, now.saturating_add(after.as_nanos() as u64));
-            }
-            Effect::CancelTimer(id) => self.timers.cancel(id),
+            timer => self.timers.apply(&timer, now),
         }
     }
 
@@ -347,10 +350,20 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         let mut rounds = 0;
         while let Some((cause, skip, closed, event_lost)) = next.take() {
             rounds += 1;
+            if rounds > 2 * crate::recovery::MAX_REPLAY_ATTEMPTS {
+                // Even fresh instances trap on what they are told: stop here; the next event
+                // finds the instance trapped and recovery starts over, one round per event.
+                error!(
+                    "{} keeps trapping while being recovered; giving up for now",
+                    self.live.app()
+                );
+                break;
+            }
             let give_up = rounds > crate::recovery::MAX_REPLAY_ATTEMPTS;
             self.recover_once(cause, skip, closed, event_lost, give_up);
             next = self.nested.take();
         }
+        self.nested = None;
         self.recovering = false;
         self.shared.recovering(false);
         self.publish_recovery();
@@ -387,7 +400,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                         )
                     }
                 );
-                self.after_rebuild(&report, closed, event_lost)
+                self.after_rebuild(report, closed, event_lost)
             }
             Err(e) => {
                 error!("{app} could not be rebuilt ({e}); restarting it with fresh state");
@@ -401,14 +414,12 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
 
     fn after_rebuild(
         &mut self,
-        report: &RebuildReport,
+        mut report: RebuildReport,
         closed: Vec<u64>,
         event_lost: bool,
     ) -> RecoveryOutcome {
-        let now = self.clock.monotonic_ns();
-        for effect in report.timers.iter().cloned() {
-            self.apply(effect, now);
-        }
+        // The rebuilt instance's timers, as its checkpoint, import and replay armed them.
+        self.timers = std::mem::take(&mut report.timers);
         for &id in &report.refire {
             self.refire(id);
         }
@@ -441,11 +452,13 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// connection. The state is lost, and the log and `tasuki status` say so.
     fn restart_fresh(&mut self, reason: String) -> RecoveryOutcome {
         let app = self.live.app();
-        if let Err(e) = self.live.restart_fresh(&self.args) {
+        if let Err(e) = self.live.restart_fresh(&self.args, self.clock.monotonic_ns()) {
             error!("{app} cannot be restarted: {e}");
             return RecoveryOutcome::Failed { reason: format!("{reason}; restart failed: {e}") };
         }
         error!("{app} restarted with fresh state after a trap; the state it held is lost");
+        // Timers armed by the lost state are gone with it; `init` arms its own.
+        self.timers = TimerQueue::default();
         self.apply_effects();
         for conn in self.net.live() {
             self.dispatch(Call::Connect(&conn));
@@ -460,7 +473,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         match self.live.export() {
             Ok(snapshot) => {
                 let pause = started.elapsed();
-                self.live.set_checkpoint(snapshot.clone(), self.net.live());
+                let (timers, mono) = (self.timers.armed(), self.clock.monotonic_ns());
+                self.live.set_checkpoint(snapshot.clone(), self.net.live(), timers, mono);
                 self.publish_recovery();
                 Ok((snapshot, pause))
             }
@@ -482,7 +496,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         match self.live.export() {
             Ok(snapshot) => {
                 let bytes = snapshot_bytes(&snapshot);
-                self.live.set_checkpoint(snapshot, self.net.live());
+                let (timers, mono) = (self.timers.armed(), self.clock.monotonic_ns());
+                self.live.set_checkpoint(snapshot, self.net.live(), timers, mono);
                 debug!(bytes, took_us = started.elapsed().as_micros() as u64, "checkpoint");
             }
             Err(e) => {
@@ -529,11 +544,19 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     pub(crate) fn upgrade(&mut self, next: Prepared) -> Swapped {
         let paused = Instant::now();
         self.event_clock.freeze_at(self.clock.wall_ns());
-        let conns = self.net.live();
-        let swap =
-            upgrade::swap(&mut self.live, next, conns, &self.event_clock, self.limits.max_state);
-        match swap {
-            Swap::Committed { mut report, retired } => {
+        let boundary = upgrade::Boundary {
+            conns: self.net.live(),
+            timers: self.timers.armed(),
+            mono: self.clock.monotonic_ns(),
+            clock: &self.event_clock,
+            max_state: self.limits.max_state,
+        };
+        match upgrade::swap(&mut self.live, next, boundary) {
+            Swap::Committed { mut report, retired, timers } => {
+                if let Some(timers) = timers {
+                    // After --from-checkpoint: what the new instance believes armed.
+                    self.timers = timers;
+                }
                 self.apply_effects();
                 self.reap_broken();
                 report.pause = paused.elapsed();
@@ -561,6 +584,15 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// Tells `tasuki status` where recovery stands.
     fn publish_recovery(&self) {
         self.shared.note_recovery_state(self.live.recovery());
+    }
+
+    /// Rebuilds the live instance from its checkpoint and journal now, between events, as if it
+    /// had trapped with no event in flight: nothing may be lost. The simulator's
+    /// `--rebuild-at every` does this at every boundary to check the invariant of
+    /// [`crate::recovery`] with the app's own traces.
+    pub(crate) fn rebuild_now(&mut self) {
+        let cause = format!("{} rebuilt on request", self.live.app());
+        self.recover(cause, None, Vec::new(), false);
     }
 
     /// The simulator's `fault` step: the next event traps.

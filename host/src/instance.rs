@@ -189,11 +189,6 @@ impl Instance {
         self.store.data_mut().effects.drain(..)
     }
 
-    /// Puts back effects taken earlier, to be applied with the next drain.
-    pub(crate) fn queue_effects(&mut self, effects: Vec<Effect>) {
-        self.store.data_mut().effects.extend(effects);
-    }
-
     /// Drops whatever the guest asked for (used when an upgrade rolls back).
     pub fn discard_effects(&mut self) {
         self.store.data_mut().effects.clear();

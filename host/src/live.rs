@@ -10,8 +10,9 @@
 use crate::bindings::{AppInfo, ConnInfo, Snapshot};
 use crate::clock::EventClock;
 use crate::instance::{CallError, Instance};
-use crate::recovery::{self, RebuildError, Recovery, Skip};
+use crate::recovery::{self, RebuildError, Recovery, Skip, Stamp};
 use crate::store::Effect;
+use crate::timers::TimerQueue;
 use crate::version::{AppVersion, Version};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,10 +38,10 @@ impl Call<'_> {
 }
 
 /// What a rebuild did, for the log and `tasuki status`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct RebuildReport {
-    /// Timer effects of the import (`resumed`), for the host to apply.
-    pub(crate) timers: Vec<Effect>,
+    /// The timers the rebuilt instance believes armed: the host's queue from now on.
+    pub(crate) timers: TimerQueue,
     /// Connections whose replay trapped: closed, their events from that point dropped.
     pub(crate) culprits: Vec<u64>,
     /// Timers whose replayed firing trapped: re-armed by the host.
@@ -90,22 +91,34 @@ impl Live {
         snapshot: Snapshot,
     ) -> Result<Self, CallError> {
         instance.import_state(&snapshot, &[])?;
-        let recovery = Recovery::from_snapshot(journal_limit, snapshot, Vec::new());
+        // No timers before the import; the dispatcher anchors the time when it starts.
+        let recovery = Recovery::from_snapshot(journal_limit, snapshot, Vec::new(), Vec::new(), 0);
         Ok(Self { version, instance, info, recovery })
     }
 
+    /// The dispatcher starts at monotonic time `mono`: a fresh start's or a restore's timers
+    /// count from there.
+    pub(crate) fn anchor(&mut self, mono: u64) {
+        self.recovery.anchor(mono);
+    }
+
     /// Replaces this live version by a newly committed one and returns the one it replaced.
-    /// The new recovery state is built from what the new instance imported.
+    /// The new recovery state is built from what the new instance imported, at monotonic time
+    /// `mono`, when the host's timers were `timers` (before the import's own requests).
     pub(crate) fn commit(
         &mut self,
         version: Arc<Version>,
         instance: Instance,
         info: AppInfo,
         imported: Imported,
+        timers: Vec<(u64, u64)>,
+        mono: u64,
     ) -> Live {
         let limit = self.recovery.limit();
         let recovery = match imported {
-            Imported::Snapshot(snapshot, live) => Recovery::from_snapshot(limit, snapshot, live),
+            Imported::Snapshot(snapshot, live) => {
+                Recovery::from_snapshot(limit, snapshot, live, timers, mono)
+            }
             Imported::Journal(snapshot) => {
                 std::mem::replace(&mut self.recovery, Recovery::fresh(limit))
                     .with_checkpoint_snapshot(snapshot)
@@ -116,7 +129,7 @@ impl Live {
 
     /// Runs one event; journals it if it completed. A trap leaves the instance unusable:
     /// rebuild it before the next call.
-    pub(crate) fn call(&mut self, at: u64, call: Call<'_>) -> Result<(), CallError> {
+    pub(crate) fn call(&mut self, at: Stamp, call: Call<'_>) -> Result<(), CallError> {
         let result = match call {
             Call::Connect(info) => self.instance.on_connect(info),
             Call::Data(id, bytes) => self.instance.on_data(id, bytes),
@@ -157,9 +170,16 @@ impl Live {
         snapshot
     }
 
-    /// Makes `snapshot`, exported just now with `live` open, the checkpoint.
-    pub(crate) fn set_checkpoint(&mut self, snapshot: Snapshot, live: Vec<ConnInfo>) {
-        self.recovery.set_checkpoint(snapshot, live);
+    /// Makes `snapshot`, exported just now (monotonic time `mono`) with `live` open and
+    /// `timers` armed, the checkpoint.
+    pub(crate) fn set_checkpoint(
+        &mut self,
+        snapshot: Snapshot,
+        live: Vec<ConnInfo>,
+        timers: Vec<(u64, u64)>,
+        mono: u64,
+    ) {
+        self.recovery.set_checkpoint(snapshot, live, timers, mono);
     }
 
     pub(crate) fn checkpoint_failed(&mut self) {
@@ -187,13 +207,15 @@ impl Live {
     }
 
     /// The last resort, when the journal cannot rebuild the state: a fresh instance of the same
-    /// version with `init`'s state, and a fresh journal. The caller tells it about every open
-    /// connection through [`Live::call`], so the journal records that too.
-    pub(crate) fn restart_fresh(&mut self, args: &[String]) -> Result<(), CallError> {
+    /// version with `init`'s state, and a fresh journal from monotonic time `mono`. The caller
+    /// tells it about every open connection through [`Live::call`], so the journal records that
+    /// too, and replaces the host's timers by what `init` asks for.
+    pub(crate) fn restart_fresh(&mut self, args: &[String], mono: u64) -> Result<(), CallError> {
         let (instance, info) = recovery::start(&self.version, args)?;
         self.instance = instance;
         self.info = info;
         self.recovery = Recovery::fresh(self.recovery.limit());
+        self.recovery.anchor(mono);
         Ok(())
     }
 
@@ -214,12 +236,12 @@ impl Live {
     }
 
     /// Replays the journal into `instance`, which has just imported the checkpoint (the
-    /// `--from-checkpoint` upgrade); returns what the import asked for, for the host to apply.
+    /// `--from-checkpoint` upgrade); returns the timers it believes armed.
     pub(crate) fn replay_journal(
         &self,
         instance: &mut Instance,
         clock: &EventClock,
-    ) -> Result<Vec<Effect>, CallError> {
+    ) -> Result<TimerQueue, CallError> {
         self.recovery.replay(instance, clock)
     }
 

@@ -32,7 +32,7 @@ use crate::bindings::{AppInfo, ConnInfo, Snapshot};
 use crate::clock::EventClock;
 use crate::instance::{CallError, Instance, snapshot_bytes};
 use crate::limits::CHECKPOINT_MIN;
-use crate::store::Effect;
+use crate::timers::TimerQueue;
 use crate::version::Version;
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -42,6 +42,14 @@ use std::time::{Duration, Instant};
 /// timer whose replay traps). Eight covers any realistic set of hostile clients at once; a
 /// journal that traps more often than that is a guest that cannot run its own history.
 pub const MAX_REPLAY_ATTEMPTS: usize = 8;
+
+/// When an event ran: the wall-clock time the guest saw (ns since the Unix epoch) and the
+/// dispatcher's monotonic time (ns), which timer deadlines are counted on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub(crate) wall: u64,
+    pub(crate) mono: u64,
+}
 
 /// One event that completed, as the guest saw it.
 #[derive(Debug, Clone)]
@@ -91,8 +99,13 @@ impl std::fmt::Display for RecoveryOff {
 pub(crate) struct Recovery {
     /// `None`: the state `init` builds (a fresh start).
     checkpoint: Option<Checkpoint>,
-    /// Each event with the wall-clock time (ns since the epoch) the guest saw.
-    events: Vec<(u64, Event)>,
+    /// The host's armed timers (id, deadline) when the checkpoint was taken — before the
+    /// import's own requests, for a checkpoint that was imported — and the monotonic time then.
+    /// A rebuild starts its timer queue from these.
+    base_timers: Vec<(u64, u64)>,
+    base_mono: u64,
+    /// Each event with when it ran.
+    events: Vec<(Stamp, Event)>,
     /// The bytes of every `Data` event, back to back.
     data: Vec<u8>,
     /// Bytes of events (counted as [`Recovery::len`]) at which the next checkpoint is due.
@@ -111,15 +124,16 @@ pub(crate) struct Recovery {
 }
 
 /// Approximate bytes an event costs besides its data.
-const EVENT_OVERHEAD: usize = std::mem::size_of::<(u64, Event)>();
+const EVENT_OVERHEAD: usize = std::mem::size_of::<(Stamp, Event)>();
 
 /// What a rebuild did.
 #[derive(Debug)]
 pub(crate) struct Rebuilt {
     pub(crate) instance: Instance,
-    /// Timer effects of the imported checkpoint (`resumed` re-arming timers): the host applies
-    /// them, since the new instance believes they are armed.
-    pub(crate) timers: Vec<Effect>,
+    /// The timers the rebuilt instance believes armed: the checkpoint's, what its import
+    /// (`resumed`) asked for, then every replayed event's requests, each at the time it ran.
+    /// Timers whose firing was left out stay armed.
+    pub(crate) timers: TimerQueue,
     /// Connections whose events from some point on were dropped because their replay trapped:
     /// the dispatcher closes them.
     pub(crate) culprits: Vec<u64>,
@@ -159,6 +173,8 @@ impl Recovery {
     pub(crate) fn fresh(limit: usize) -> Self {
         Self {
             checkpoint: None,
+            base_timers: Vec::new(),
+            base_mono: 0,
             events: Vec::new(),
             data: Vec::new(),
             checkpoint_at: CHECKPOINT_MIN.min(limit / 2).max(1),
@@ -170,11 +186,25 @@ impl Recovery {
         }
     }
 
-    /// Recovery from `snapshot`, which the live instance has just imported with `live` open.
-    pub(crate) fn from_snapshot(limit: usize, snapshot: Snapshot, live: Vec<ConnInfo>) -> Self {
+    /// Recovery from `snapshot`, which the live instance has just imported with `live` open,
+    /// at monotonic time `mono`, when the host's timers were `timers`.
+    pub(crate) fn from_snapshot(
+        limit: usize,
+        snapshot: Snapshot,
+        live: Vec<ConnInfo>,
+        timers: Vec<(u64, u64)>,
+        mono: u64,
+    ) -> Self {
         let mut recovery = Self::fresh(limit);
-        recovery.set_checkpoint(snapshot, live);
+        recovery.set_checkpoint(snapshot, live, timers, mono);
         recovery
+    }
+
+    /// A fresh start's timers begin when the dispatcher does.
+    pub(crate) fn anchor(&mut self, mono: u64) {
+        if self.events.is_empty() && self.base_timers.is_empty() {
+            self.base_mono = mono;
+        }
     }
 
     /// The same journal over another checkpoint: after `--from-checkpoint`, the new version
@@ -187,7 +217,7 @@ impl Recovery {
         self
     }
 
-    fn push(&mut self, at: u64, event: Event, bytes: usize) {
+    fn push(&mut self, at: Stamp, event: Event, bytes: usize) {
         self.since_checkpoint += bytes + EVENT_OVERHEAD;
         if self.off.is_some() {
             return;
@@ -206,11 +236,11 @@ impl Recovery {
         }
     }
 
-    pub(crate) fn connect(&mut self, at: u64, conn: &ConnInfo) {
+    pub(crate) fn connect(&mut self, at: Stamp, conn: &ConnInfo) {
         self.push(at, Event::Connect(conn.clone()), 0);
     }
 
-    pub(crate) fn data(&mut self, at: u64, conn: u64, bytes: &[u8]) {
+    pub(crate) fn data(&mut self, at: Stamp, conn: u64, bytes: &[u8]) {
         if self.off.is_some() {
             self.since_checkpoint += bytes.len() + EVENT_OVERHEAD;
             return;
@@ -220,11 +250,11 @@ impl Recovery {
         self.push(at, Event::Data(conn, start..self.data.len()), bytes.len());
     }
 
-    pub(crate) fn disconnect(&mut self, at: u64, conn: u64) {
+    pub(crate) fn disconnect(&mut self, at: Stamp, conn: u64) {
         self.push(at, Event::Disconnect(conn), 0);
     }
 
-    pub(crate) fn timer(&mut self, at: u64, id: u64) {
+    pub(crate) fn timer(&mut self, at: Stamp, id: u64) {
         self.push(at, Event::Timer(id), 0);
     }
 
@@ -293,8 +323,15 @@ impl Recovery {
         self.limit > 0 && self.since_checkpoint >= self.checkpoint_at
     }
 
-    /// Starts over from `snapshot`, taken (or imported) with `live` open.
-    pub(crate) fn set_checkpoint(&mut self, snapshot: Snapshot, live: Vec<ConnInfo>) {
+    /// Starts over from `snapshot`, taken (or imported) with `live` open, at monotonic time
+    /// `mono`, when the host's armed timers were `timers`.
+    pub(crate) fn set_checkpoint(
+        &mut self,
+        snapshot: Snapshot,
+        live: Vec<ConnInfo>,
+        timers: Vec<(u64, u64)>,
+        mono: u64,
+    ) {
         let bytes = snapshot_bytes(&snapshot) as usize;
         let half = (self.limit / 2).max(1);
         if bytes > self.limit && self.limit > 0 {
@@ -308,6 +345,8 @@ impl Recovery {
         self.checkpoint_at = bytes.max(CHECKPOINT_MIN).min(half);
         self.checkpoint =
             Some(Checkpoint { snapshot, live, at_unix_ms: crate::clock::now_unix_ms() });
+        self.base_timers = timers;
+        self.base_mono = mono;
         self.events.clear();
         self.data.clear();
         self.answered.clear();
@@ -352,20 +391,22 @@ impl Recovery {
         let mut last = None;
         for _ in 0..MAX_REPLAY_ATTEMPTS {
             let (mut instance, _) = start(version, args).map_err(RebuildError::Start)?;
-            instance.discard_effects();
             if let Some(checkpoint) = &self.checkpoint {
-                if let Some(at) = self.events.first().map(|(at, _)| *at) {
+                // What `init` asked for was done and undone long before the checkpoint; the
+                // checkpoint's timers and what the import asks for are what count.
+                instance.discard_effects();
+                if let Some(at) = self.events.first().map(|(at, _)| at.wall) {
                     clock.freeze_at(at);
                 }
                 instance
                     .import_state(&checkpoint.snapshot, &checkpoint.live)
                     .map_err(RebuildError::Import)?;
             }
-            let timers: Vec<Effect> = instance
-                .take_effects()
-                .filter(|e| matches!(e, Effect::SetTimer(..) | Effect::CancelTimer(..)))
-                .collect();
-            match self.replay_into(&mut instance, clock, &skips, &skipped) {
+            let mut timers = TimerQueue::from_armed(&self.base_timers);
+            for effect in instance.take_effects() {
+                timers.apply(&effect, self.base_mono);
+            }
+            match self.replay_into(&mut instance, clock, &skips, &skipped, &mut timers) {
                 Ok(replayed) => {
                     let mut refire: Vec<u64> = skipped
                         .iter()
@@ -418,28 +459,36 @@ impl Recovery {
         })
     }
 
-    /// Feeds every journaled event not left out to `instance`, discarding what it sends: the
-    /// clients already have it. On a trap, the journal index of the event that trapped.
+    /// Feeds every journaled event not left out to `instance`, discarding what it sends (the
+    /// clients already have it) and applying its timer requests to `timers` at the time the
+    /// event first ran. On a trap, the journal index of the event that trapped.
     fn replay_into(
         &self,
         instance: &mut Instance,
         clock: &EventClock,
         skips: &HashMap<u64, usize>,
         skipped: &HashSet<usize>,
+        timers: &mut TimerQueue,
     ) -> Result<usize, (usize, CallError)> {
         let mut replayed = 0;
         for (index, (at, event)) in self.events.iter().enumerate() {
             if left_out(index, event, skips, skipped) {
                 continue;
             }
-            clock.freeze_at(*at);
+            clock.freeze_at(at.wall);
             let result = match event {
                 Event::Connect(conn) => instance.on_connect(conn),
                 Event::Data(conn, range) => instance.on_data(*conn, &self.data[range.clone()]),
                 Event::Disconnect(conn) => instance.on_disconnect(*conn),
-                Event::Timer(id) => instance.on_timer(*id),
+                Event::Timer(id) => {
+                    // It fired: it is no longer armed, unless its handler arms it again.
+                    timers.cancel(*id);
+                    instance.on_timer(*id)
+                }
             };
-            instance.discard_effects();
+            for effect in instance.take_effects() {
+                timers.apply(&effect, at.mono);
+            }
             result.map_err(|e| (index, e))?;
             replayed += 1;
         }
@@ -480,17 +529,20 @@ impl Recovery {
     }
 
     /// Replays the journal into `instance`, which has just imported the checkpoint: the
-    /// `--from-checkpoint` upgrade. Effects of the import (timers `resumed` armed) are kept for
-    /// the dispatcher; effects of replayed events are discarded, since the host applied them
-    /// when the events first ran.
+    /// `--from-checkpoint` upgrade. Returns the timers it believes armed, built as a rebuild
+    /// builds them; what it sent is discarded, since the clients already have it.
     pub(crate) fn replay(
         &self,
         instance: &mut Instance,
         clock: &EventClock,
-    ) -> Result<Vec<Effect>, CallError> {
-        let kept: Vec<Effect> = instance.take_effects().collect();
-        self.replay_into(instance, clock, &HashMap::new(), &HashSet::new()).map_err(|(_, e)| e)?;
-        Ok(kept)
+    ) -> Result<TimerQueue, CallError> {
+        let mut timers = TimerQueue::from_armed(&self.base_timers);
+        for effect in instance.take_effects() {
+            timers.apply(&effect, self.base_mono);
+        }
+        self.replay_into(instance, clock, &HashMap::new(), &HashSet::new(), &mut timers)
+            .map_err(|(_, e)| e)?;
+        Ok(timers)
     }
 }
 

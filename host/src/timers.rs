@@ -25,16 +25,48 @@ impl timers::Host for InstanceState {
 /// when it surfaces (its generation no longer matches), so both are O(log n).
 #[derive(Debug, Default)]
 pub(crate) struct TimerQueue {
-    armed: HashMap<u64, u64>,
+    /// Each armed timer's generation and deadline.
+    armed: HashMap<u64, (u64, u64)>,
     /// (deadline ns, generation, id): equal deadlines fire in the order they were armed.
     heap: BinaryHeap<Reverse<(u64, u64, u64)>>,
     generation: u64,
 }
 
 impl TimerQueue {
+    /// The armed timers as (id, deadline), in the order they fire.
+    pub(crate) fn armed(&self) -> Vec<(u64, u64)> {
+        let mut armed: Vec<(u64, u64, u64)> = self
+            .armed
+            .iter()
+            .map(|(&id, &(generation, deadline))| (deadline, generation, id))
+            .collect();
+        armed.sort_unstable();
+        armed.into_iter().map(|(deadline, _, id)| (id, deadline)).collect()
+    }
+
+    /// A queue holding `armed` (as [`TimerQueue::armed`] gives them).
+    pub(crate) fn from_armed(armed: &[(u64, u64)]) -> Self {
+        let mut queue = Self::default();
+        for &(id, deadline) in armed {
+            queue.set(id, deadline);
+        }
+        queue
+    }
+
+    /// Applies a guest's timer effect made at `now`; other effects are not the queue's.
+    pub(crate) fn apply(&mut self, effect: &Effect, now: u64) {
+        match *effect {
+            Effect::SetTimer(id, after) => {
+                self.set(id, now.saturating_add(after.as_nanos() as u64));
+            }
+            Effect::CancelTimer(id) => self.cancel(id),
+            Effect::Send(..) | Effect::Close(_) => {}
+        }
+    }
+
     pub(crate) fn set(&mut self, id: u64, deadline: u64) {
         self.generation += 1;
-        self.armed.insert(id, self.generation);
+        self.armed.insert(id, (self.generation, deadline));
         self.heap.push(Reverse((deadline, self.generation, id)));
     }
 
@@ -45,7 +77,7 @@ impl TimerQueue {
     /// The earliest live deadline.
     pub(crate) fn next_deadline(&mut self) -> Option<u64> {
         while let Some(Reverse((deadline, generation, id))) = self.heap.peek().copied() {
-            if self.armed.get(&id) == Some(&generation) {
+            if self.armed.get(&id).map(|(g, _)| *g) == Some(generation) {
                 return Some(deadline);
             }
             self.heap.pop();

@@ -12,6 +12,7 @@ use crate::clock::EventClock;
 use crate::instance::{CallError, Instance, Trap, snapshot_bytes};
 use crate::live::{Imported, Live};
 use crate::runtime::Runtime;
+use crate::timers::TimerQueue;
 use crate::transformer::{Pipeline, TransformError};
 pub use crate::version::AppVersion;
 use crate::version::{LoadError, Version};
@@ -258,22 +259,30 @@ pub fn start_instance(
 #[derive(Debug)]
 pub(crate) enum Swap {
     /// The new version serves; `retired` is the live value it replaced, to be dropped off the
-    /// pause.
-    Committed { report: Box<UpgradeReport>, retired: Box<Live> },
+    /// pause. `timers`, after `--from-checkpoint`, replace the host's: the ones the new instance
+    /// believes armed after its replay.
+    Committed { report: Box<UpgradeReport>, retired: Box<Live>, timers: Option<TimerQueue> },
     /// The old version serves on; `retired` is the new instance. If the old instance trapped
     /// while exporting, `trapped` says so: the dispatcher must rebuild it before the next event.
     RolledBack { error: UpgradeError, retired: Box<Instance>, trapped: Option<Trap> },
 }
 
+/// Where the host stands at the boundary an upgrade runs at.
+#[derive(Debug)]
+pub(crate) struct Boundary<'a> {
+    /// The connections open now.
+    pub(crate) conns: Vec<ConnInfo>,
+    /// The host's armed timers (id, deadline) and the monotonic time now.
+    pub(crate) timers: Vec<(u64, u64)>,
+    pub(crate) mono: u64,
+    pub(crate) clock: &'a EventClock,
+    pub(crate) max_state: u64,
+}
+
 /// Steps 3–7 of the upgrade, at an event boundary: export (or take the checkpoint and replay
-/// the journal), transform, import, commit or roll back. `conns` are the connections open now.
-pub(crate) fn swap(
-    live: &mut Live,
-    mut next: Prepared,
-    conns: Vec<ConnInfo>,
-    clock: &EventClock,
-    max_state: u64,
-) -> Swap {
+/// the journal), transform, import, commit or roll back.
+pub(crate) fn swap(live: &mut Live, mut next: Prepared, at: Boundary<'_>) -> Swap {
+    let Boundary { conns, timers, mono, clock, max_state } = at;
     let running = live.app();
     let new = AppVersion::from(&next.info);
     let paused = Instant::now();
@@ -332,18 +341,17 @@ pub(crate) fn swap(
         Some(snapshot) => next.instance.import_state(snapshot, &importing),
         None => Ok(()),
     };
-    let imported = imported.and_then(|()| match source {
-        StateSource::Checkpoint { .. } => {
-            let kept = live.replay_journal(&mut next.instance, clock)?;
-            next.instance.queue_effects(kept);
-            Ok(())
-        }
-        StateSource::Export => Ok(()),
+    let replayed = imported.and_then(|()| match source {
+        StateSource::Checkpoint { .. } => live.replay_journal(&mut next.instance, clock).map(Some),
+        StateSource::Export => Ok(None),
     });
-    if let Err(error) = imported {
-        let error = UpgradeError::Import { running, new, error: Box::new(error) };
-        return rollback(error, next.instance, None);
-    }
+    let replayed_timers = match replayed {
+        Ok(timers) => timers,
+        Err(error) => {
+            let error = UpgradeError::Import { running, new, error: Box::new(error) };
+            return rollback(error, next.instance, None);
+        }
+    };
     let import = paused.elapsed() - export - transform;
 
     // Commit: from here on every event goes to the new instance, and its recovery state is
@@ -355,7 +363,7 @@ pub(crate) fn swap(
         (StateSource::Export, Some(snapshot)) => Imported::Snapshot(snapshot, importing),
         (_, crossing) => Imported::Journal(crossing),
     };
-    let retired = live.commit(next.version, next.instance, next.info, imported);
+    let retired = live.commit(next.version, next.instance, next.info, imported, timers, mono);
     let report = UpgradeReport {
         from: running,
         to: new,
@@ -372,7 +380,11 @@ pub(crate) fn swap(
         connections,
         source,
     };
-    Swap::Committed { report: Box::new(report), retired: Box::new(retired) }
+    Swap::Committed {
+        report: Box::new(report),
+        retired: Box::new(retired),
+        timers: replayed_timers,
+    }
 }
 
 fn sections(snapshot: &Snapshot) -> Vec<SectionReport> {

@@ -222,3 +222,44 @@ fn an_upgrade_that_never_runs_fails_the_test() {
     assert!(last.passed(), "{last}");
     assert_eq!(last.upgraded, 1);
 }
+
+#[test]
+fn checkpoint_and_journal_are_the_live_state_at_every_boundary() {
+    // At every boundary of every run, the live instance is replaced by a rebuild from its
+    // checkpoint and journal — through the upgrade, the transformers and the fault — and every
+    // expectation must still hold.
+    let cases: [(&str, &str, &[&str], &str); 4] = [
+        (artifacts::KV_V1, artifacts::KV_V2, &[], "kv-basics.trace"),
+        (
+            artifacts::KV_V1,
+            artifacts::KV_V3,
+            &[artifacts::KV_V1_TO_V2, artifacts::KV_V2_TO_V3],
+            "kv-trap-after-transform.trace",
+        ),
+        (artifacts::KV_V2, artifacts::KV_V3, &[artifacts::KV_V2_TO_V3], "kv-expiry.trace"),
+        (artifacts::KV_V2, artifacts::KV_V2, &[], "kv-expiry.trace"),
+    ];
+    for (app, to, transforms, name) in cases {
+        let simulator = Simulator::new(SimConfig {
+            app: app.into(),
+            upgrade: Some(Target {
+                wasm: to.into(),
+                transforms: transforms.iter().map(PathBuf::from).collect(),
+            }),
+            rebuild_every_boundary: true,
+            ..SimConfig::default()
+        })
+        .unwrap();
+        let report = simulator.run(&trace(name), UpgradeAt::Every).unwrap();
+        println!("{report}");
+        assert!(report.passed(), "{name}: {report}");
+        // One rebuild per boundary of each run: the baseline's and every upgraded run's.
+        let boundaries = report.events + 1;
+        assert!(report.rebuilds >= boundaries * (boundaries + 1), "{name}: {report}");
+        // Timers survive every rebuild: the expiry timer still fires inside the `advance`s.
+        assert!(
+            report.events > trace(name).client_events() || !name.contains("expiry"),
+            "{report}"
+        );
+    }
+}

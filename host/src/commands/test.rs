@@ -24,12 +24,25 @@ pub struct TestCommand {
     /// A run in which the upgrade asked for did not happen fails.
     #[arg(long, value_name = "every|never|N", value_parser = parse_at)]
     upgrade_at: Option<UpgradeAt>,
+    /// Also rebuild the app from its checkpoint and journal at every event boundary, as
+    /// recovery would after a trap, and check every expectation still holds (`every`), or not
+    /// (`never`, the default).
+    #[arg(long, value_name = "every|never", default_value = "never", value_parser = parse_rebuild)]
+    rebuild_at: bool,
     /// An argument for every version's `init`. Repeat for several.
     #[arg(long = "arg", value_name = "ARG")]
     args: Vec<String>,
     /// Seeds the guests' randomness.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+fn parse_rebuild(s: &str) -> Result<bool, String> {
+    match s {
+        "every" => Ok(true),
+        "never" => Ok(false),
+        other => Err(format!("`{other}` is not `every` or `never`")),
+    }
 }
 
 fn parse_at(s: &str) -> Result<UpgradeAt, String> {
@@ -65,6 +78,7 @@ impl TestCommand {
                 .map(|wasm| Target { wasm, transforms: self.transforms.clone() }),
             args: self.args.clone(),
             seed: self.seed,
+            rebuild_every_boundary: self.rebuild_at,
             ..SimConfig::default()
         });
         let report = match simulator.and_then(|s| s.run(&trace, at)) {
@@ -104,6 +118,9 @@ impl TestCommand {
         }
         if self.seed != 0 {
             words.extend(["--seed".into(), self.seed.to_string()]);
+        }
+        if self.rebuild_at {
+            words.extend(["--rebuild-at".into(), "every".into()]);
         }
         words.extend(["--upgrade-at".into(), boundary.to_string()]);
         words.join(" ")

@@ -53,6 +53,11 @@ pub struct SimConfig {
     /// Seeds the guests' randomness.
     pub seed: u64,
     pub limits: Limits,
+    /// Rebuild the live instance from its checkpoint and journal at every event boundary (after
+    /// the upgrade placed there, if any), as recovery would after a trap: every expectation must
+    /// still hold. This checks that checkpoint + journal is the live state at every point of the
+    /// trace — through upgrades, transformers and checkpoints.
+    pub rebuild_every_boundary: bool,
 }
 
 /// Where to place the upgrade to [`SimConfig::upgrade`].
@@ -188,6 +193,8 @@ pub struct Report {
     pub runs: Vec<(usize, usize, Result<(), Failure>)>,
     /// Runs in which the injected upgrade committed.
     pub upgraded: usize,
+    /// Rebuilds from checkpoint and journal, over every run (`rebuild_every_boundary`).
+    pub rebuilds: usize,
     pub elapsed: Duration,
 }
 
@@ -211,6 +218,13 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let to = self.to.as_ref().map_or_else(String::new, |t| format!(" -> {t}"));
         writeln!(f, "{}: {}{to}, {} events", self.trace, self.from, self.events)?;
+        if self.rebuilds > 0 {
+            writeln!(
+                f,
+                "  rebuilt from checkpoint + journal at every boundary: {} rebuilds",
+                self.rebuilds
+            )?;
+        }
         match &self.baseline {
             Ok(()) => writeln!(f, "  without an injected upgrade: ok")?,
             Err(failure) => writeln!(f, "  without an injected upgrade: FAILED at {failure}")?,
@@ -274,6 +288,7 @@ pub struct Simulator {
     app: Arc<Version>,
     target: Option<Loaded>,
     args: Vec<String>,
+    rebuild_every_boundary: bool,
     /// Versions named by `upgrade` steps, loaded once.
     loaded: std::sync::Mutex<HashMap<PathBuf, Loaded>>,
 }
@@ -289,6 +304,8 @@ struct Run<'a> {
     injected: bool,
     /// The injected upgrade committed.
     committed: bool,
+    /// Rebuilds from checkpoint and journal done (`rebuild_every_boundary`).
+    rebuilds: usize,
 }
 
 impl Simulator {
@@ -303,7 +320,14 @@ impl Simulator {
             }
             None => None,
         };
-        Ok(Self { runtime, app, target, args: config.args, loaded: Default::default() })
+        Ok(Self {
+            runtime,
+            app,
+            target,
+            args: config.args,
+            rebuild_every_boundary: config.rebuild_every_boundary,
+            loaded: Default::default(),
+        })
     }
 
     fn start(&self, version: &Arc<Version>) -> Result<Live, SimError> {
@@ -343,7 +367,7 @@ impl Simulator {
             UpgradeAt::Boundary(b) => Some(b),
             _ => None,
         };
-        let (baseline, events, upgraded) = self.play(trace, inject)?;
+        let (baseline, events, upgraded, mut rebuilds) = self.play(trace, inject)?;
         let mut runs = Vec::new();
         let mut upgrades = 0;
         if let Some(b) = inject {
@@ -353,7 +377,8 @@ impl Simulator {
         }
         if at == UpgradeAt::Every && baseline.is_ok() {
             for boundary in 0..=events.len() {
-                let (result, _, upgraded) = self.play(trace, Some(boundary))?;
+                let (result, _, upgraded, rebuilt) = self.play(trace, Some(boundary))?;
+                rebuilds += rebuilt;
                 let after_line = if boundary == 0 { 0 } else { events[boundary - 1] };
                 runs.push((boundary, after_line, result));
                 upgrades += usize::from(upgraded);
@@ -368,25 +393,33 @@ impl Simulator {
             baseline,
             runs,
             upgraded: upgrades,
+            rebuilds,
             elapsed: started.elapsed(),
         })
     }
 
     /// Plays the whole trace from a fresh start, with the upgrade to the target at boundary
-    /// `inject` if given. Returns the result, the trace line of each event, and whether the
-    /// injected upgrade committed.
+    /// `inject` if given. Returns the result, the trace line of each event, whether the
+    /// injected upgrade committed, and how many rebuilds ran.
     fn play(
         &self,
         trace: &Trace,
         inject: Option<usize>,
-    ) -> Result<(Result<(), Failure>, Vec<usize>, bool), SimError> {
+    ) -> Result<(Result<(), Failure>, Vec<usize>, bool, usize), SimError> {
         let live = self.start(&self.app)?;
         let shared = Arc::new(Shared::new(live.info().clone(), self.app.path.clone(), Vec::new()));
         let net = VirtualNet { next_id: 1, ..VirtualNet::default() };
         let dispatcher =
             Dispatcher::new(net, VirtualClock::default(), live, self.args.clone(), shared);
-        let mut run =
-            Run { sim: self, dispatcher, events: 0, inject, injected: false, committed: false };
+        let mut run = Run {
+            sim: self,
+            dispatcher,
+            events: 0,
+            inject,
+            injected: false,
+            committed: false,
+            rebuilds: 0,
+        };
         let mut lines = Vec::new();
         let result = run.play(trace, &mut lines);
         let result = result.and_then(|()| match inject {
@@ -402,7 +435,7 @@ impl Simulator {
             }),
             _ => Ok(()),
         });
-        Ok((result, lines, run.committed))
+        Ok((result, lines, run.committed, run.rebuilds))
     }
 
     fn load(&self, wasm: &Path, transforms: &[PathBuf]) -> Result<Loaded, LoadError> {
@@ -436,6 +469,10 @@ impl Run<'_> {
             self.committed = true;
         }
         self.dispatcher.checkpoint_if_due();
+        if self.sim.rebuild_every_boundary {
+            self.dispatcher.rebuild_now();
+            self.rebuilds += 1;
+        }
         Ok(())
     }
 
