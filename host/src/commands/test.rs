@@ -27,7 +27,8 @@ pub struct TestCommand {
     /// Also rebuild the app from its checkpoint and journal at every event boundary, as
     /// recovery would after a trap, and check every expectation still holds (`every`), or not
     /// (`never`, the default).
-    #[arg(long, value_name = "every|never", default_value = "never", value_parser = parse_rebuild)]
+    #[arg(long, value_name = "every|never", default_value = "never", value_parser = parse_rebuild,
+          action = clap::ArgAction::Set)]
     rebuild_at: bool,
     /// An argument for every version's `init`. Repeat for several.
     #[arg(long = "arg", value_name = "ARG")]

@@ -352,3 +352,66 @@ fn a_recorded_session_replays_as_a_test() {
     );
     assert!(replay.status.success(), "{}\n{recorded}", text(&replay.stdout));
 }
+
+#[test]
+fn tasuki_test_refuses_what_upgrade_refuses_and_fails_when_no_upgrade_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = traces().join("kv-trap-after-transform.trace");
+    let trace = trace.to_str().unwrap();
+    let test = |extra: &[&str]| {
+        let mut args = vec!["test", trace, "--app", tasuki_artifacts::KV_V1];
+        args.extend_from_slice(extra);
+        tasuki(dir.path(), &args)
+    };
+
+    // --upgrade alone places the upgrade at every boundary, and a fault after a transformed
+    // upgrade keeps every key, with a rebuild at every boundary too.
+    let chain = [
+        "--upgrade",
+        tasuki_artifacts::KV_V3,
+        "--transform",
+        tasuki_artifacts::KV_V1_TO_V2,
+        "--transform",
+        tasuki_artifacts::KV_V2_TO_V3,
+    ];
+    let ok = test(&chain);
+    assert!(ok.status.success(), "{}{}", text(&ok.stdout), text(&ok.stderr));
+    assert!(text(&ok.stdout).contains("12 ok, 0 failed (12 upgraded)"), "{}", text(&ok.stdout));
+    let mut rebuilt = chain.to_vec();
+    rebuilt.extend(["--rebuild-at", "every"]);
+    let ok = test(&rebuilt);
+    assert!(ok.status.success(), "{}{}", text(&ok.stdout), text(&ok.stderr));
+    assert!(text(&ok.stdout).contains("rebuilds"), "{}", text(&ok.stdout));
+
+    // A chain whose versions do not line up: refused before anything runs, with the very
+    // message `tasuki upgrade` gives a running host.
+    let misaligned =
+        ["--upgrade", tasuki_artifacts::KV_V3, "--transform", tasuki_artifacts::KV_V2_TO_V3];
+    let refused = test(&misaligned);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stdout));
+    let host = Running::start(dir.path(), tasuki_artifacts::KV_V1);
+    let live = tasuki(
+        dir.path(),
+        &["upgrade", tasuki_artifacts::KV_V3, "--transform", tasuki_artifacts::KV_V2_TO_V3],
+    );
+    drop(host);
+    assert!(!live.status.success());
+    let reason = text(&live.stderr);
+    let reason = reason.trim().trim_start_matches("upgrade failed: ");
+    assert!(reason.contains("reads section `kv` version 2"), "{reason}");
+    assert!(text(&refused.stderr).contains(reason), "{}\nvs\n{reason}", text(&refused.stderr));
+
+    // Asked for an upgrade and told `never`: nothing would be tested.
+    let mut never = chain.to_vec();
+    never.extend(["--upgrade-at", "never"]);
+    let never = test(&never);
+    assert_eq!(never.status.code(), Some(2));
+    assert!(text(&never.stderr).contains("no upgrade would run"), "{}", text(&never.stderr));
+
+    // Placed past the last boundary: the run fails and says the upgrade never ran.
+    let mut past = chain.to_vec();
+    past.extend(["--upgrade-at", "1000"]);
+    let past = test(&past);
+    assert_eq!(past.status.code(), Some(1), "{}", text(&past.stdout));
+    assert!(text(&past.stdout).contains("no upgrade ran"), "{}", text(&past.stdout));
+}
