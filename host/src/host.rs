@@ -56,7 +56,7 @@ pub enum StartError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("{app} failed to start: {error}")]
-    Start { app: PathBuf, error: CallError },
+    Start { app: PathBuf, error: Box<CallError> },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot open the control socket {path}: {source}")]
@@ -64,7 +64,7 @@ pub enum StartError {
     #[error("cannot restore {file}: {error}")]
     Restore { file: PathBuf, error: Box<MigrateError> },
     #[error("cannot restore {file}: {app} refused the state: {error}")]
-    RestoreRefused { file: PathBuf, app: AppVersion, error: CallError },
+    RestoreRefused { file: PathBuf, app: AppVersion, error: Box<CallError> },
     #[error("cannot record to {path}: {source}")]
     Record { path: PathBuf, source: std::io::Error },
     #[error("cannot start the event loop: {0}")]
@@ -209,11 +209,14 @@ impl Host {
         let version = Version::load(&runtime, &config.app)?;
         let journal = config.limits.journal;
         let live = match &config.restore {
-            None => Live::start(Arc::clone(&version), &config.args, journal)
-                .map_err(|error| StartError::Start { app: config.app.clone(), error })?,
+            None => Live::start(Arc::clone(&version), &config.args, journal).map_err(|error| {
+                StartError::Start { app: config.app.clone(), error: Box::new(error) }
+            })?,
             Some(restore) => {
-                let (instance, info) = crate::recovery::start(&version, &config.args)
-                    .map_err(|error| StartError::Start { app: config.app.clone(), error })?;
+                let (instance, info) =
+                    crate::recovery::start(&version, &config.args).map_err(|error| {
+                        StartError::Start { app: config.app.clone(), error: Box::new(error) }
+                    })?;
                 let snapshot = migrate(&runtime, &restore.file, &restore.transforms, Some(&info))
                     .map_err(|error| StartError::Restore {
                     file: restore.file.clone(),
@@ -224,7 +227,7 @@ impl Host {
                     .map_err(|error| StartError::RestoreRefused {
                         file: restore.file.clone(),
                         app: app.clone(),
-                        error,
+                        error: Box::new(error),
                     })?;
                 info!("{app} restored from {}", restore.file.display());
                 live

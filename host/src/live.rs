@@ -10,12 +10,11 @@
 use crate::bindings::{AppInfo, ConnInfo, Snapshot};
 use crate::clock::EventClock;
 use crate::instance::{CallError, Instance};
-use crate::recovery::{self, RebuildError, Recovery, Skip, Stamp};
+use crate::recovery::{self, RebuildError, RebuildReport, Recovery, Skip, Stamp};
 use crate::store::Effect;
 use crate::timers::TimerQueue;
 use crate::version::{AppVersion, Version};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// One event for the live instance.
 #[derive(Debug, Clone, Copy)]
@@ -35,20 +34,6 @@ impl Call<'_> {
             Self::Timer(_) => None,
         }
     }
-}
-
-/// What a rebuild did, for the log and `tasuki status`.
-#[derive(Debug, Default)]
-pub(crate) struct RebuildReport {
-    /// The timers the rebuilt instance believes armed: the host's queue from now on.
-    pub(crate) timers: TimerQueue,
-    /// Connections whose replay trapped: closed, their events from that point dropped.
-    pub(crate) culprits: Vec<u64>,
-    /// Timers whose replayed firing trapped: re-armed by the host.
-    pub(crate) refire: Vec<u64>,
-    pub(crate) replayed: usize,
-    pub(crate) dropped: usize,
-    pub(crate) took: Duration,
 }
 
 /// Where the state of a committed version came from, which decides its recovery state.
@@ -194,16 +179,9 @@ impl Live {
         clock: &EventClock,
         skip: Option<Skip>,
     ) -> Result<RebuildReport, RebuildError> {
-        let rebuilt = self.recovery.rebuild(&self.version, args, clock, skip)?;
-        self.instance = rebuilt.instance;
-        Ok(RebuildReport {
-            timers: rebuilt.timers,
-            culprits: rebuilt.culprits,
-            refire: rebuilt.refire,
-            replayed: rebuilt.replayed,
-            dropped: rebuilt.dropped,
-            took: rebuilt.took,
-        })
+        let (instance, report) = self.recovery.rebuild(&self.version, args, clock, skip)?;
+        self.instance = instance;
+        Ok(report)
     }
 
     /// The last resort, when the journal cannot rebuild the state: a fresh instance of the same

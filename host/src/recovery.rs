@@ -126,16 +126,15 @@ pub(crate) struct Recovery {
 /// Approximate bytes an event costs besides its data.
 const EVENT_OVERHEAD: usize = std::mem::size_of::<(Stamp, Event)>();
 
-/// What a rebuild did.
-#[derive(Debug)]
-pub(crate) struct Rebuilt {
-    pub(crate) instance: Instance,
+/// What a rebuild did, for the dispatcher, the log and `tasuki status`.
+#[derive(Debug, Default)]
+pub(crate) struct RebuildReport {
     /// The timers the rebuilt instance believes armed: the checkpoint's, what its import
     /// (`resumed`) asked for, then every replayed event's requests, each at the time it ran.
-    /// Timers whose firing was left out stay armed.
+    /// Timers whose firing was left out stay armed. The host's queue from now on.
     pub(crate) timers: TimerQueue,
-    /// Connections whose events from some point on were dropped because their replay trapped:
-    /// the dispatcher closes them.
+    /// Connections whose events from some point on were dropped because their replay trapped
+    /// (or because they were the culprit's unanswered input): the dispatcher closes them.
     pub(crate) culprits: Vec<u64>,
     /// Timers whose firing was dropped because it trapped on replay: the rebuilt instance has
     /// not seen them fire, so the host re-arms them.
@@ -380,7 +379,7 @@ impl Recovery {
         args: &[String],
         clock: &EventClock,
         skip: Option<Skip>,
-    ) -> Result<Rebuilt, RebuildError> {
+    ) -> Result<(Instance, RebuildReport), RebuildError> {
         if let Some(off) = &self.off {
             return Err(RebuildError::Off(off.clone()));
         }
@@ -421,15 +420,17 @@ impl Recovery {
                     self.drop_events(&skips, &skipped);
                     let mut culprits: Vec<u64> = skips.keys().copied().collect();
                     culprits.sort_unstable();
-                    return Ok(Rebuilt {
+                    return Ok((
                         instance,
-                        timers,
-                        culprits,
-                        refire,
-                        replayed,
-                        dropped: before - self.events.len(),
-                        took: started.elapsed(),
-                    });
+                        RebuildReport {
+                            timers,
+                            culprits,
+                            refire,
+                            replayed,
+                            dropped: before - self.events.len(),
+                            took: started.elapsed(),
+                        },
+                    ));
                 }
                 Err((index, error)) => {
                     match self.events[index].1 {

@@ -15,6 +15,9 @@ use wasmtime::{Config, Engine};
 /// and a few candidates.
 const COMPILED_CACHE_LEN: usize = 4;
 
+/// A component and the bytes it was compiled from.
+type Compiled = (Arc<[u8]>, Component);
+
 /// The engine and linker shared by every version and instance of this host.
 #[derive(Clone)]
 pub struct Runtime {
@@ -23,7 +26,7 @@ pub struct Runtime {
     pub(crate) transform_linker: Arc<Linker<TransformState>>,
     /// Recently compiled components by content: upgrading to a file compiled before (a
     /// rollback and retry, v2 -> v2) skips the compiler.
-    compiled: Arc<Mutex<Vec<(Arc<[u8]>, Component)>>>,
+    compiled: Arc<Mutex<Vec<Compiled>>>,
     pub(crate) limits: Arc<Limits>,
     pub(crate) sandbox: Arc<Sandbox>,
     pub(crate) clock: EventClock,

@@ -148,8 +148,8 @@ pub enum UpgradeError {
          which {new} does not read (it reads versions {accepts:?})"
     )]
     Incompatible {
-        running: AppVersion,
-        new: AppVersion,
+        running: Box<AppVersion>,
+        new: Box<AppVersion>,
         section: String,
         version: u32,
         accepts: Vec<u32>,
@@ -421,8 +421,8 @@ pub(crate) fn check_compatible(
             .unwrap_or_default();
         if !accepts.contains(&written.version) {
             return Err(UpgradeError::Incompatible {
-                running: running.into(),
-                new: new.into(),
+                running: Box::new(running.into()),
+                new: Box::new(new.into()),
                 section: written.name.clone(),
                 version: written.version,
                 accepts,

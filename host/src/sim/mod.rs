@@ -265,10 +265,10 @@ pub enum SimError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("{app} failed to start: {error}")]
-    Start { app: PathBuf, error: crate::instance::CallError },
+    Start { app: PathBuf, error: Box<crate::instance::CallError> },
     /// The upgrade asked for is one `tasuki upgrade` would refuse; the message is its.
     #[error("{0}")]
-    Refused(UpgradeError),
+    Refused(Box<UpgradeError>),
     #[error("--upgrade-at needs a version to upgrade to (--upgrade)")]
     NoTarget,
     #[error(
@@ -291,6 +291,17 @@ pub struct Simulator {
     rebuild_every_boundary: bool,
     /// Versions named by `upgrade` steps, loaded once.
     loaded: std::sync::Mutex<HashMap<PathBuf, Loaded>>,
+}
+
+/// How one run of a trace went.
+struct Played {
+    result: Result<(), Failure>,
+    /// The trace line of each event.
+    lines: Vec<usize>,
+    /// The injected upgrade committed.
+    upgraded: bool,
+    /// Rebuilds from checkpoint and journal (`rebuild_every_boundary`).
+    rebuilds: usize,
 }
 
 /// One run's progress: the dispatcher under test, and the trace's position.
@@ -332,7 +343,7 @@ impl Simulator {
 
     fn start(&self, version: &Arc<Version>) -> Result<Live, SimError> {
         Live::start(Arc::clone(version), &self.args, self.runtime.limits.journal)
-            .map_err(|error| SimError::Start { app: version.path.clone(), error })
+            .map_err(|error| SimError::Start { app: version.path.clone(), error: Box::new(error) })
     }
 
     /// Checks, before anything runs, that the upgrade asked for is one `tasuki upgrade` would
@@ -348,7 +359,7 @@ impl Simulator {
             false,
             Instant::now(),
         )
-        .map_err(SimError::Refused)?;
+        .map_err(|e| SimError::Refused(Box::new(e)))?;
         Ok(Some(AppVersion::from(&prepared.info)))
     }
 
@@ -367,7 +378,9 @@ impl Simulator {
             UpgradeAt::Boundary(b) => Some(b),
             _ => None,
         };
-        let (baseline, events, upgraded, mut rebuilds) = self.play(trace, inject)?;
+        let Played { result: baseline, lines: events, upgraded, rebuilds } =
+            self.play(trace, inject)?;
+        let mut rebuilds = rebuilds;
         let mut runs = Vec::new();
         let mut upgrades = 0;
         if let Some(b) = inject {
@@ -377,7 +390,8 @@ impl Simulator {
         }
         if at == UpgradeAt::Every && baseline.is_ok() {
             for boundary in 0..=events.len() {
-                let (result, _, upgraded, rebuilt) = self.play(trace, Some(boundary))?;
+                let Played { result, upgraded, rebuilds: rebuilt, .. } =
+                    self.play(trace, Some(boundary))?;
                 rebuilds += rebuilt;
                 let after_line = if boundary == 0 { 0 } else { events[boundary - 1] };
                 runs.push((boundary, after_line, result));
@@ -399,13 +413,8 @@ impl Simulator {
     }
 
     /// Plays the whole trace from a fresh start, with the upgrade to the target at boundary
-    /// `inject` if given. Returns the result, the trace line of each event, whether the
-    /// injected upgrade committed, and how many rebuilds ran.
-    fn play(
-        &self,
-        trace: &Trace,
-        inject: Option<usize>,
-    ) -> Result<(Result<(), Failure>, Vec<usize>, bool, usize), SimError> {
+    /// `inject` if given.
+    fn play(&self, trace: &Trace, inject: Option<usize>) -> Result<Played, SimError> {
         let live = self.start(&self.app)?;
         let shared = Arc::new(Shared::new(live.info().clone(), self.app.path.clone(), Vec::new()));
         let net = VirtualNet { next_id: 1, ..VirtualNet::default() };
@@ -435,7 +444,7 @@ impl Simulator {
             }),
             _ => Ok(()),
         });
-        Ok((result, lines, run.committed, run.rebuilds))
+        Ok(Played { result, lines, upgraded: run.committed, rebuilds: run.rebuilds })
     }
 
     fn load(&self, wasm: &Path, transforms: &[PathBuf]) -> Result<Loaded, LoadError> {
