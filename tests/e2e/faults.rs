@@ -124,3 +124,31 @@ fn a_state_larger_than_the_journal_limit_still_recovers() {
     let last = host.status().recovery.last.expect("recorded");
     assert!(matches!(last.outcome, tasuki::status::RecoveryOutcome::Rebuilt { .. }), "{last:?}");
 }
+
+#[test]
+fn status_shows_a_recovery_while_it_runs_and_what_it_cost_after() {
+    // Every fresh instance takes 1.5 s in `init`, so a rebuild does too: long enough to look.
+    let host = TestHost::with(HostConfig {
+        app: artifacts::MISBEHAVE.into(),
+        args: vec!["slow-init=1500".into()],
+        ..HostConfig::default()
+    });
+    let mut a = host.lines();
+    assert_eq!(a.call("set k v"), "ok");
+    assert_eq!(host.status().recovery.recovering_since_unix_ms, None);
+    // B's connection is closed before the rebuild starts: once B sees it, the loop is busy.
+    host.lines().expect_closed("panic");
+    let during = host.status();
+    assert!(during.recovery.recovering_since_unix_ms.is_some(), "{during}");
+    assert!(during.to_string().contains("RECOVERING for"), "{during}");
+    // A's next request waits for the rebuild, and finds its key.
+    assert_eq!(a.call("get k"), "v");
+    let after = host.status().recovery;
+    assert_eq!(after.recovering_since_unix_ms, None);
+    let last = after.last.expect("recorded");
+    assert!(last.took >= Duration::from_millis(1500), "{last:?}");
+    assert!(
+        matches!(&last.outcome, tasuki::status::RecoveryOutcome::Rebuilt { event_lost: true, closed, .. } if closed.len() == 1),
+        "{last:?}"
+    );
+}
