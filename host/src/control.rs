@@ -149,6 +149,9 @@ pub fn request(path: &Path, request: &Request) -> Result<Response, ControlError>
 pub(crate) struct ControlServer {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// The listening socket, shared with the accept thread: shutting it down wakes a blocked
+    /// `accept` even when the socket's file was deleted (connecting to it would then fail).
+    wake: UnixListener,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -188,6 +191,7 @@ impl ControlServer {
         handle: impl Fn(Request) -> Response + Send + Sync + 'static,
     ) -> io::Result<Self> {
         let listener = bind(path)?;
+        let wake = listener.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let handle = Arc::new(handle);
@@ -232,7 +236,7 @@ impl ControlServer {
                 }
             })?;
         info!("control socket at {shown}");
-        Ok(Self { path: path.into(), stop, thread: Some(thread) })
+        Ok(Self { path: path.into(), stop, wake, thread: Some(thread) })
     }
 }
 
@@ -275,8 +279,12 @@ fn serve(mut stream: UnixStream, handle: &dyn Fn(Request) -> Response) {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop so it sees the flag.
-        let _ = UnixStream::connect(&self.path);
+        // Wake the accept loop so it sees the flag: shutting the listening socket down makes
+        // `accept` return at once (Linux), whether or not its file still exists.
+        if let Err(e) = rustix::net::shutdown(&self.wake, rustix::net::Shutdown::Read) {
+            debug!("control socket shutdown: {e}");
+            let _ = UnixStream::connect(&self.path);
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -149,3 +149,17 @@ fn a_missing_socket_is_a_clear_error() {
     let err = control::request(&path, &Request::Status).unwrap_err();
     assert!(err.to_string().contains("no tasuki host is listening at"), "{err}");
 }
+
+#[test]
+fn the_host_stops_even_if_its_control_socket_file_was_deleted() {
+    // An operator (or a script's cleanup) removes the socket's directory before stopping the
+    // host: stopping must not wait for a connection that can no longer be made.
+    let host = TestHost::start(artifacts::KV_V1);
+    std::fs::remove_file(&host.control).unwrap();
+    let (done, stopped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(host);
+        let _ = done.send(());
+    });
+    stopped.recv_timeout(Duration::from_secs(10)).expect("the host stopped");
+}
