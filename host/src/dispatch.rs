@@ -258,6 +258,11 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 }
                 self.apply_effects_at(at.mono);
                 self.shared.note_journal(self.live.recovery());
+                // Between every two events, not once per poll: one poll can read many events,
+                // and the journal must never pass its limit while a checkpoint could be taken.
+                if !self.recovering {
+                    self.checkpoint_if_due();
+                }
             }
             Err(e) => self.fault(&e, call),
         }
@@ -298,7 +303,11 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.live.discard_effects();
         let app = self.live.app();
         let conn = call.conn();
-        error!(conn, "{app} {e}");
+        if e.trap().is_some_and(|t| t.injected) {
+            info!(conn, "{app} {e}");
+        } else {
+            error!(conn, "{app} {e}");
+        }
         let mut culprits = Vec::new();
         if let Some(id) = conn {
             // Replies to the events before the faulting one are still owed.
@@ -314,7 +323,12 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             Call::Timer(id) => format!("{app} trapped in on-timer({id}): {what}"),
             _ => format!("{app} trapped on connection {}: {what}", conn.unwrap_or_default()),
         };
-        let skip = conn.map(|id| self.live.recovery().unanswered(id));
+        // A trap in on-disconnect is that event lost: the rebuilt instance is not told again
+        // (it would trap again), and the connection is gone already.
+        let skip = match call {
+            Call::Disconnect(_) | Call::Timer(_) => None,
+            _ => conn.map(|id| self.live.recovery().unanswered(id)),
+        };
         self.recover(cause, skip, culprits, true);
         if let Call::Timer(id) = call {
             self.refire(id);
@@ -386,8 +400,13 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         };
         let outcome = match rebuilt {
             Ok(report) => {
+                let from = if self.live.recovery().checkpoint().is_some() {
+                    "its checkpoint"
+                } else {
+                    "its start"
+                };
                 info!(
-                    "{app} rebuilt in {:.1} ms from its checkpoint and {} journaled events{}",
+                    "{app} rebuilt in {:.1} ms from {from} and {} journaled events{}",
                     report.took.as_secs_f64() * 1e3,
                     report.replayed,
                     if report.dropped == 0 {
@@ -445,6 +464,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             dropped_events: report.dropped as u64,
             closed: gone,
             event_lost,
+            from_checkpoint: self.live.recovery().checkpoint().is_some(),
         }
     }
 

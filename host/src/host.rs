@@ -208,6 +208,11 @@ impl Host {
         }
         let version = Version::load(&runtime, &config.app)?;
         let journal = config.limits.journal;
+        if journal == 0 {
+            tracing::warn!(
+                "recovery is off (--journal 0): a trap restarts the app with empty state"
+            );
+        }
         let live = match &config.restore {
             None => Live::start(Arc::clone(&version), &config.args, journal).map_err(|error| {
                 StartError::Start { app: config.app.clone(), error: Box::new(error) }

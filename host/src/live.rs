@@ -179,6 +179,12 @@ impl Live {
         clock: &EventClock,
         skip: Option<Skip>,
     ) -> Result<RebuildReport, RebuildError> {
+        // The trapped instance's memory goes first: with a guest near its memory limit, keeping
+        // it through the rebuild would double the host's peak. An uninitialised instance holds
+        // its place (never called: a failed rebuild is followed by a fresh restart).
+        if let Ok(placeholder) = Instance::new(&self.version) {
+            drop(std::mem::replace(&mut self.instance, placeholder));
+        }
         let (instance, report) = self.recovery.rebuild(&self.version, args, clock, skip)?;
         self.instance = instance;
         Ok(report)

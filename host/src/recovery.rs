@@ -121,6 +121,9 @@ pub(crate) struct Recovery {
     /// Per connection, the journal index just after the last reply it was sent: its events
     /// from there on are input the guest holds without having answered.
     answered: HashMap<u64, usize>,
+    /// Per connection, bytes received since its last reply — across checkpoints, since a
+    /// half-received request's bytes may sit in the checkpoint rather than the journal.
+    unanswered_bytes: HashMap<u64, usize>,
 }
 
 /// Approximate bytes an event costs besides its data.
@@ -182,6 +185,7 @@ impl Recovery {
             since_checkpoint: 0,
             off: (limit == 0).then_some(RecoveryOff::Disabled),
             answered: HashMap::new(),
+            unanswered_bytes: HashMap::new(),
         }
     }
 
@@ -240,6 +244,7 @@ impl Recovery {
     }
 
     pub(crate) fn data(&mut self, at: Stamp, conn: u64, bytes: &[u8]) {
+        *self.unanswered_bytes.entry(conn).or_default() += bytes.len();
         if self.off.is_some() {
             self.since_checkpoint += bytes.len() + EVENT_OVERHEAD;
             return;
@@ -250,6 +255,7 @@ impl Recovery {
     }
 
     pub(crate) fn disconnect(&mut self, at: Stamp, conn: u64) {
+        self.unanswered_bytes.remove(&conn);
         self.push(at, Event::Disconnect(conn), 0);
     }
 
@@ -259,6 +265,7 @@ impl Recovery {
 
     /// `conn` was sent a reply: what it sent so far has been answered.
     pub(crate) fn replied(&mut self, conn: u64) {
+        self.unanswered_bytes.remove(&conn);
         if self.off.is_none() {
             self.answered.insert(conn, self.events.len());
         }
@@ -269,21 +276,14 @@ impl Recovery {
         Skip { conn, from: self.answered.get(&conn).copied().unwrap_or(0) }
     }
 
-    /// The connection holding the most unanswered input in the journal, and how many bytes:
-    /// when an export runs out of memory, the likeliest cause is a half-received request.
+    /// The connection holding the most unanswered input (bytes received since its last reply,
+    /// in the journal or before it), and how many bytes: when an export runs out of memory,
+    /// the likeliest cause is a half-received request.
     pub(crate) fn heaviest_unanswered(&self) -> Option<(Skip, usize)> {
-        let mut bytes: HashMap<u64, usize> = HashMap::new();
-        for (index, (_, event)) in self.events.iter().enumerate() {
-            if let Event::Data(conn, range) = event
-                && index >= self.answered.get(conn).copied().unwrap_or(0)
-            {
-                *bytes.entry(*conn).or_default() += range.len();
-            }
-        }
-        bytes
-            .into_iter()
-            .max_by_key(|&(conn, n)| (n, std::cmp::Reverse(conn)))
-            .map(|(conn, n)| (self.unanswered(conn), n))
+        self.unanswered_bytes
+            .iter()
+            .max_by_key(|&(&conn, &n)| (n, std::cmp::Reverse(conn)))
+            .map(|(&conn, &n)| (self.unanswered(conn), n))
     }
 
     /// Bytes held by events since the checkpoint.

@@ -46,7 +46,14 @@ pub struct RecoveryRecord {
 pub enum RecoveryOutcome {
     /// Rebuilt from the checkpoint and journal: only the faulting event (if an event trapped,
     /// rather than an export) and `closed` connections' unanswered input were lost.
-    Rebuilt { replayed: u64, dropped_events: u64, closed: Vec<u64>, event_lost: bool },
+    Rebuilt {
+        replayed: u64,
+        dropped_events: u64,
+        closed: Vec<u64>,
+        event_lost: bool,
+        /// False when the journal starts from the app's `init` (no checkpoint yet).
+        from_checkpoint: bool,
+    },
     /// The journal could not rebuild the state: a fresh instance serves, the state is lost.
     RestartedEmpty { reason: String },
     /// Not even a fresh instance starts.
@@ -121,7 +128,13 @@ impl fmt::Display for RecoveryStatus {
                 last.cause
             )?;
             match &last.outcome {
-                RecoveryOutcome::Rebuilt { replayed, dropped_events, closed, event_lost } => {
+                RecoveryOutcome::Rebuilt {
+                    replayed,
+                    dropped_events,
+                    closed,
+                    event_lost,
+                    from_checkpoint,
+                } => {
                     let mut lost = Vec::new();
                     if *event_lost {
                         lost.push("the faulting event".to_string());
@@ -135,9 +148,10 @@ impl fmt::Display for RecoveryStatus {
                     if lost.is_empty() {
                         lost.push("nothing".into());
                     }
+                    let from = if *from_checkpoint { "the checkpoint" } else { "the app's start" };
                     write!(
                         f,
-                        "rebuilt from the checkpoint and {replayed} events; lost: {}",
+                        "rebuilt from {from} and {replayed} events; lost: {}",
                         lost.join(", ")
                     )?
                 }

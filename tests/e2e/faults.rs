@@ -2,6 +2,7 @@
 //! The instance is rebuilt from its checkpoint and journal, every other connection stays open,
 //! and no state is lost except what the faulting event would have done.
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use tasuki::HostConfig;
 use tasuki::limits::Limits;
@@ -151,4 +152,37 @@ fn status_shows_a_recovery_while_it_runs_and_what_it_cost_after() {
         matches!(&last.outcome, tasuki::status::RecoveryOutcome::Rebuilt { event_lost: true, closed, .. } if closed.len() == 1),
         "{last:?}"
     );
+}
+
+#[test]
+fn an_export_that_traps_closes_the_client_holding_the_most_unanswered_input() {
+    // B sends 8 MB of a line that never ends: input the guest holds, unanswered. A then makes
+    // the next export trap. The host cannot tell why an export trapped; the likeliest cause is
+    // a half-received request, so it closes the connection holding the most unanswered input
+    // (B, past 1 MiB) and rebuilds without it. A, whose requests were all answered, stays.
+    let host = misbehave(Limits::default());
+    let mut a = host.lines();
+    assert_eq!(a.call("set k v"), "ok");
+    let mut b = host.raw();
+    b.write_all(b"set big ").unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..8 {
+        b.write_all(&chunk).unwrap();
+    }
+    // Once A is answered after B's bytes, the host has read them: the loop serves in turn.
+    assert_eq!(a.call("count"), "2");
+    assert_eq!(a.call("trap-export"), "ok");
+    let dir = tempfile::tempdir().unwrap();
+    let failed = host.try_snapshot(&dir.path().join("x.snap"));
+    assert!(failed.is_err(), "the export was made to trap: {failed:?}");
+    // B is closed by the host: end of file (or a reset), not our read timeout.
+    b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 16];
+    match b.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("B should have been closed by the host, got {other:?}"),
+    }
+    assert_eq!(a.call("get k"), "v", "A's state and connection survived");
+    assert_eq!(a.call("count"), "1", "the rebuilt instance knows B is gone");
 }

@@ -291,10 +291,10 @@ fn expiry_works_on_keys_migrated_from_v1() {
 }
 
 /// Timers belong to the host: one the old instance armed fires in the new instance. kv
-/// re-arms its expiry timer in `resumed` after a normal upgrade, which would hide a host that
-/// dropped its timers at the swap; `--from-checkpoint` does not let it: the new instance is
-/// brought up by a replay whose timer requests the host discards (its timers are already
-/// armed), so the timer the old instance armed is the only one that can expire the key.
+/// re-arms its expiry timer in `resumed`, which would hide a host that dropped its timers at
+/// the swap; after `--from-checkpoint` the host's timers are the ones the new instance's replay
+/// rebuilds, so the key expires only if the replayed `SET ... PX` is honoured. (The plain swap is
+/// `a_timer_the_old_instance_armed_fires_after_a_plain_upgrade`.)
 #[test]
 fn a_timer_armed_before_an_upgrade_fires_in_the_new_version() {
     let host = TestHost::start(artifacts::KV_V2);
@@ -321,4 +321,24 @@ fn a_timer_armed_before_an_upgrade_fires_in_the_new_version() {
     assert_eq!(gone, None);
     let stays: String = client.get("stays").unwrap();
     assert_eq!(stays, "x");
+}
+
+/// A normal upgrade keeps the host's timers: the misbehave fixture does not re-arm anything in
+/// `resumed`, so timer 9 can fire only if the host kept it across the swap.
+#[test]
+fn a_timer_the_old_instance_armed_fires_after_a_plain_upgrade() {
+    let host = TestHost::with(tasuki::HostConfig {
+        app: artifacts::MISBEHAVE.into(),
+        ..tasuki::HostConfig::default()
+    });
+    let mut a = host.lines();
+    assert_eq!(a.call("timer 9 400"), "ok");
+    assert_eq!(a.call("fired"), "none");
+    host.upgrade(artifacts::MISBEHAVE).expect("upgrade");
+    assert_eq!(a.call("armed"), "9", "the new instance believes it armed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while a.call("fired") != "9" {
+        assert!(std::time::Instant::now() < deadline, "timer 9 never fired after the upgrade");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -75,6 +75,11 @@ impl TestHost {
         self.host().snapshot(out).unwrap_or_else(|e| panic!("snapshot: {e}"))
     }
 
+    /// Writes a snapshot file, or says why it could not.
+    pub fn try_snapshot(&self, out: &Path) -> Result<tasuki::snapshot::SnapshotReport, String> {
+        self.host().snapshot(out).map_err(|e| e.to_string())
+    }
+
     /// Upgrades from the last checkpoint and journal (`tasuki upgrade --from-checkpoint`).
     pub fn upgrade_from_checkpoint(&self, wasm: &str) -> Result<UpgradeReport, UpgradeError> {
         self.host().upgrade_from_checkpoint(Path::new(wasm))

@@ -385,7 +385,8 @@ impl Simulator {
         let mut upgrades = 0;
         if let Some(b) = inject {
             // A single placed upgrade: the run above was it.
-            runs.push((b, 0, baseline.clone()));
+            let after_line = if b == 0 { 0 } else { events.get(b - 1).copied().unwrap_or(0) };
+            runs.push((b, after_line, baseline.clone()));
             upgrades += usize::from(upgraded);
         }
         if at == UpgradeAt::Every && baseline.is_ok() {
