@@ -14,14 +14,17 @@
 //!   call; guest refusals and typed traps kept apart.
 //! - [`transformer`]: sandboxed state transformers and the pipeline that chains them.
 //! - [`snapshot`]: snapshot files — the documented on-disk format of a state.
-//! - `recovery`: a checkpoint and a journal of events, and the rebuild that replays them.
+//! - `recovery`: a checkpoint and a journal of events, and the rebuild that replays them
+//!   (leaving out input that makes the replay trap, and rebuilding the timer queue).
 //! - `live`: **the live version** — version, instance, app info and recovery state as one
 //!   value; every commit, restore and rebuild replaces it in one move.
 //! - [`upgrade`]: the upgrade transaction — prepare off the loop, then export, transform,
 //!   import, commit or roll back at a boundary — and its report. No sockets here.
 //! - [`status`]: what `tasuki status` shows, kept up to date by the dispatcher.
 //! - `dispatch`: one event at a time into the live version, effects, timers, checkpoints,
-//!   upgrades and recovery — behind two seams, the network and the clock.
+//!   upgrades — behind two seams, the network and the clock — and what happens when the
+//!   instance traps: which connection to close, the rebuild, a timer's re-fire, a fresh
+//!   restart as the last resort, and the record `tasuki status` shows.
 //! - `conn` and `event_loop`: the real side of those seams — sockets, their output buffers,
 //!   mio readiness — on the dispatcher's thread.
 //! - [`sim`]: the deterministic simulator — the trace format, virtual connections and a virtual
