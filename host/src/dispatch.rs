@@ -308,6 +308,9 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         } else {
             error!(conn, "{app} {e}");
         }
+        // Said before the connection closes: whoever sees it close and asks `tasuki status`
+        // then finds the recovery under way.
+        self.shared.recovering(true);
         let mut culprits = Vec::new();
         if let Some(id) = conn {
             // Replies to the events before the faulting one are still owed.
@@ -542,6 +545,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             .recovery()
             .heaviest_unanswered()
             .filter(|(_, bytes)| *bytes >= EXPORT_CULPRIT_MIN);
+        self.shared.recovering(true);
         let mut closed = Vec::new();
         let skip = blamed.map(|(skip, bytes)| {
             warn!(
