@@ -263,3 +263,13 @@ fn checkpoint_and_journal_are_the_live_state_at_every_boundary() {
         );
     }
 }
+
+#[test]
+fn a_trace_naming_a_missing_component_is_refused_before_it_runs() {
+    let t = Trace::parse("t", "connect a\nupgrade no-such.wasm\n", Path::new("/nowhere")).unwrap();
+    let simulator =
+        Simulator::new(SimConfig { app: artifacts::KV_V1.into(), ..SimConfig::default() }).unwrap();
+    let err = simulator.run(&t, UpgradeAt::Never).unwrap_err();
+    assert!(matches!(err, tasuki::sim::SimError::Load(_)), "{err}");
+    assert!(err.to_string().contains("no-such.wasm"), "{err}");
+}

@@ -373,6 +373,13 @@ impl Simulator {
         }
         let to = self.check_target()?;
         let from = AppVersion::from(self.start(&self.app)?.info());
+        // Components named by the trace's own `upgrade` steps must load before anything runs:
+        // a missing or broken file is a trace that cannot be used (exit 2), not a failed run.
+        for (_, step) in &trace.steps {
+            if let Step::Upgrade { wasm, transforms } = step {
+                self.load(wasm, transforms)?;
+            }
+        }
 
         let inject = match at {
             UpgradeAt::Boundary(b) => Some(b),
