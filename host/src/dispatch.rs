@@ -105,7 +105,7 @@ pub(crate) struct Swapped {
     pub(crate) outcome: Result<UpgradeReport, UpgradeError>,
     /// The instance that lost (the old one on commit, the new one on rollback), to be dropped
     /// off the loop: freeing an instance's memory takes longer than the swap itself.
-    pub(crate) retired: Option<Box<dyn std::any::Any + Send>>,
+    pub(crate) retired: Box<dyn std::any::Any + Send>,
 }
 
 /// The live version and everything around it that is not a socket.
@@ -123,15 +123,26 @@ pub(crate) struct Dispatcher<N, C> {
     recovering: bool,
     /// Consecutive traps of each timer's handler, for the retry delay.
     timer_faults: HashMap<u64, u32>,
-    /// Events dispatched that completed.
-    pub(crate) completed: usize,
     /// `--record`: the session written as a trace.
     recorder: Option<Box<dyn Tap>>,
     /// A recovery closed connections whose input the checkpoint may hold: checkpoint again at
     /// the next boundary, so the host stops keeping their bytes.
     checkpoint_now: bool,
     /// A fault that happened while recovering from another: recovered from next.
-    nested: Option<(String, Option<Skip>, Vec<u64>, bool)>,
+    nested: Option<Fault>,
+}
+
+/// What a recovery recovers from.
+#[derive(Debug)]
+struct Fault {
+    /// What trapped, in words, for the log and `tasuki status`.
+    cause: String,
+    /// Input to leave out of the replay: the culprit's unanswered events.
+    skip: Option<Skip>,
+    /// Connections the host closed already; the rebuilt instance hears they are gone.
+    closed: Vec<u64>,
+    /// An event trapped (rather than an export or a rebuild on request): it is lost.
+    event_lost: bool,
 }
 
 impl<N: Network, C: Clock> Dispatcher<N, C> {
@@ -158,7 +169,6 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             limits,
             recovering: false,
             timer_faults: HashMap::new(),
-            completed: 0,
             recorder: None,
             checkpoint_now: false,
             nested: None,
@@ -210,13 +220,9 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         }
     }
 
-    /// Fires every timer due now, earliest first; returns how many fired.
-    pub(crate) fn fire_due_timers(&mut self) -> usize {
-        let mut fired = 0;
-        while self.fire_next_due() {
-            fired += 1;
-        }
-        fired
+    /// Fires every timer due now, earliest first.
+    pub(crate) fn fire_due_timers(&mut self) {
+        while self.fire_next_due() {}
     }
 
     /// Fires the earliest timer if it is due; false if none is.
@@ -244,7 +250,6 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.event_clock.freeze_at(at.wall);
         match self.live.call(at, call) {
             Ok(()) => {
-                self.completed += 1;
                 if let Call::Timer(id) = call {
                     self.timer_faults.remove(&id);
                 }
@@ -276,24 +281,21 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
 
     /// Applies what the guest asked for during an event that ran at monotonic time `now`.
     fn apply_effects_at(&mut self, now: u64) {
-        for effect in self.live.take_effects() {
-            if let Some(recorder) = &mut self.recorder {
+        let Self { live, net, timers, recorder, .. } = self;
+        live.drain_effects(|effect| {
+            if let Some(recorder) = recorder {
                 match &effect {
                     Effect::Send(conn, data) => recorder.reply(*conn, data),
                     Effect::Close(conn) => recorder.forget(*conn),
                     _ => {}
                 }
             }
-            self.apply(effect, now);
-        }
-    }
-
-    fn apply(&mut self, effect: Effect, now: u64) {
-        match effect {
-            Effect::Send(conn, data) => self.net.send(conn, data),
-            Effect::Close(conn) => self.net.close(conn),
-            timer => self.timers.apply(&timer, now),
-        }
+            match effect {
+                Effect::Send(conn, data) => net.send(conn, data),
+                Effect::Close(conn) => net.close(conn),
+                timer => timers.apply(&timer, now),
+            }
+        });
     }
 
     /// The live instance trapped (or refused an export) during `call`. The event is dropped;
@@ -332,7 +334,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             Call::Disconnect(_) | Call::Timer(_) => None,
             _ => conn.map(|id| self.live.recovery().unanswered(id)),
         };
-        self.recover(cause, skip, culprits, true);
+        self.recover(Fault { cause, skip, closed: culprits, event_lost: true });
         if let Call::Timer(id) = call {
             self.refire(id);
         }
@@ -355,17 +357,17 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
 
     /// Rebuilds the live instance. `closed` are connections already dropped by the host (the
     /// app hears they are gone once rebuilt); `skip` is input to leave out of the replay.
-    fn recover(&mut self, cause: String, skip: Option<Skip>, closed: Vec<u64>, event_lost: bool) {
+    fn recover(&mut self, fault: Fault) {
         if self.recovering {
             // The rebuilt instance trapped while being told what changed: recover again after.
-            self.nested.get_or_insert((cause, skip, closed, event_lost));
+            self.nested.get_or_insert(fault);
             return;
         }
         self.recovering = true;
         self.shared.recovering(true);
-        let mut next = Some((cause, skip, closed, event_lost));
+        let mut next = Some(fault);
         let mut rounds = 0;
-        while let Some((cause, skip, closed, event_lost)) = next.take() {
+        while let Some(fault) = next.take() {
             rounds += 1;
             if rounds > 2 * crate::recovery::MAX_REPLAY_ATTEMPTS {
                 // Even fresh instances trap on what they are told: stop here; the next event
@@ -377,7 +379,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 break;
             }
             let give_up = rounds > crate::recovery::MAX_REPLAY_ATTEMPTS;
-            self.recover_once(cause, skip, closed, event_lost, give_up);
+            self.recover_once(fault, give_up);
             next = self.nested.take();
         }
         self.nested = None;
@@ -386,14 +388,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.publish_recovery();
     }
 
-    fn recover_once(
-        &mut self,
-        cause: String,
-        skip: Option<Skip>,
-        closed: Vec<u64>,
-        event_lost: bool,
-        give_up: bool,
-    ) {
+    fn recover_once(&mut self, fault: Fault, give_up: bool) {
+        let Fault { cause, skip, closed, event_lost } = fault;
         let started = Instant::now();
         let app = self.live.app();
         let rebuilt = if give_up {
@@ -496,8 +492,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         match self.live.export() {
             Ok(snapshot) => {
                 let pause = started.elapsed();
-                let (timers, mono) = (self.timers.armed(), self.clock.monotonic_ns());
-                self.live.set_checkpoint(snapshot.clone(), self.net.live(), timers, mono);
+                self.set_checkpoint(snapshot.clone());
                 self.publish_recovery();
                 Ok((snapshot, pause))
             }
@@ -512,6 +507,13 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         }
     }
 
+    /// Makes `snapshot`, exported just now, the checkpoint, with the connections and timers of
+    /// this moment.
+    fn set_checkpoint(&mut self, snapshot: Snapshot) {
+        let (timers, mono) = (self.timers.armed(), self.clock.monotonic_ns());
+        self.live.set_checkpoint(snapshot, self.net.live(), timers, mono);
+    }
+
     /// Exports the live state so the journal can start over from it.
     fn take_checkpoint(&mut self) {
         let started = Instant::now();
@@ -519,8 +521,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         match self.live.export() {
             Ok(snapshot) => {
                 let bytes = snapshot_bytes(&snapshot);
-                let (timers, mono) = (self.timers.armed(), self.clock.monotonic_ns());
-                self.live.set_checkpoint(snapshot, self.net.live(), timers, mono);
+                self.set_checkpoint(snapshot);
                 debug!(bytes, took_us = started.elapsed().as_micros() as u64, "checkpoint");
             }
             Err(e) => {
@@ -560,7 +561,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             skip
         });
         let cause = format!("{app} {error}, while exporting its state");
-        self.recover(cause, skip, closed, false);
+        self.recover(Fault { cause, skip, closed, event_lost: false });
         true
     }
 
@@ -590,17 +591,16 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 );
                 self.shared.record_commit(&report, self.live.info().clone());
                 self.publish_recovery();
-                Swapped { outcome: Ok(*report), retired: Some(retired) }
+                Swapped { outcome: Ok(*report), retired }
             }
-            Swap::RolledBack { mut error, retired, trapped } => {
-                if trapped.is_some()
-                    && let UpgradeError::Export { error: cause, rebuilt, .. } = &mut error
-                {
+            Swap::RolledBack { mut error, retired } => {
+                // An export that trapped leaves the old instance unusable: rebuild it now.
+                if let UpgradeError::Export { error: cause, rebuilt, .. } = &mut error {
                     *rebuilt = self.export_failed(&cause.clone());
                 }
                 warn!("{error}");
                 self.shared.record_upgrade(Err(error.to_string()));
-                Swapped { outcome: Err(error), retired: Some(retired) }
+                Swapped { outcome: Err(error), retired }
             }
         }
     }
@@ -616,7 +616,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// [`crate::recovery`] with the app's own traces.
     pub(crate) fn rebuild_now(&mut self) {
         let cause = format!("{} rebuilt on request", self.live.app());
-        self.recover(cause, None, Vec::new(), false);
+        self.recover(Fault { cause, skip: None, closed: Vec::new(), event_lost: false });
     }
 
     /// The simulator's `fault` step: the next event traps.

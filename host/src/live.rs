@@ -132,16 +132,16 @@ impl Live {
         result
     }
 
-    /// What the instance asked for since the last drain. A send marks its connection's input
-    /// so far as answered (see [`Recovery::unanswered`]).
-    pub(crate) fn take_effects(&mut self) -> Vec<Effect> {
-        let effects: Vec<Effect> = self.instance.take_effects().collect();
-        for effect in &effects {
-            if let Effect::Send(conn, _) = effect {
+    /// Hands `apply` what the instance asked for since the last drain, in order, without a
+    /// copy (this runs after every event). A send marks its connection's input so far as
+    /// answered (see [`Recovery::unanswered`]).
+    pub(crate) fn drain_effects(&mut self, mut apply: impl FnMut(Effect)) {
+        for effect in self.instance.take_effects() {
+            if let Effect::Send(conn, _) = &effect {
                 self.recovery.replied(*conn);
             }
+            apply(effect);
         }
-        effects
     }
 
     pub(crate) fn discard_effects(&mut self) {

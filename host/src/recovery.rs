@@ -76,19 +76,20 @@ pub(crate) struct Checkpoint {
 pub enum RecoveryOff {
     /// `--journal 0`.
     Disabled,
-    /// The journal passed its limit because checkpoints kept failing; the next successful
-    /// checkpoint turns recovery back on.
-    Overflowed { limit: usize, reason: String },
+    /// The journal passed its limit because `failures` checkpoints in a row failed; the next
+    /// successful checkpoint turns recovery back on.
+    Overflowed { limit: usize, failures: u32 },
 }
 
 impl std::fmt::Display for RecoveryOff {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Disabled => write!(f, "off (--journal 0): a trap restarts the app empty"),
-            Self::Overflowed { limit, reason } => write!(
+            Self::Overflowed { limit, failures } => write!(
                 f,
                 "off: the journal passed its limit of {limit} bytes because checkpoints failed \
-                 ({reason}); a trap now restarts the app empty, until a checkpoint succeeds"
+                 ({failures} consecutive checkpoints failed); a trap now restarts the app empty, \
+                 until a checkpoint succeeds"
             ),
         }
     }
@@ -118,12 +119,18 @@ pub(crate) struct Recovery {
     /// are retried.
     since_checkpoint: usize,
     off: Option<RecoveryOff>,
-    /// Per connection, the journal index just after the last reply it was sent: its events
-    /// from there on are input the guest holds without having answered.
-    answered: HashMap<u64, usize>,
-    /// Per connection, bytes received since its last reply — across checkpoints, since a
-    /// half-received request's bytes may sit in the checkpoint rather than the journal.
-    unanswered_bytes: HashMap<u64, usize>,
+    /// Per connection, the input received since its last reply: input the guest holds without
+    /// having answered. Kept across checkpoints, since a half-received request's bytes may sit
+    /// in the checkpoint rather than the journal.
+    unanswered: HashMap<u64, Unanswered>,
+}
+
+/// A connection's input since its last reply.
+#[derive(Debug, Clone, Copy)]
+struct Unanswered {
+    /// Journal index of its first event (0 when it began before the checkpoint).
+    from: usize,
+    bytes: usize,
 }
 
 /// Approximate bytes an event costs besides its data.
@@ -184,8 +191,7 @@ impl Recovery {
             limit,
             since_checkpoint: 0,
             off: (limit == 0).then_some(RecoveryOff::Disabled),
-            answered: HashMap::new(),
-            unanswered_bytes: HashMap::new(),
+            unanswered: HashMap::new(),
         }
     }
 
@@ -227,15 +233,11 @@ impl Recovery {
         }
         self.events.push((at, event));
         if self.len() > self.limit {
-            let reason = format!("{} consecutive checkpoints failed", self.failures);
-            tracing::error!(
-                "recovery journal passed its limit of {} bytes ({reason}); a trap from now on \
-                 restarts the app empty until a checkpoint succeeds",
-                self.limit
-            );
+            let off = RecoveryOff::Overflowed { limit: self.limit, failures: self.failures };
+            tracing::error!("recovery is {off}");
             self.events = Vec::new();
             self.data = Vec::new();
-            self.off = Some(RecoveryOff::Overflowed { limit: self.limit, reason });
+            self.off = Some(off);
         }
     }
 
@@ -244,7 +246,8 @@ impl Recovery {
     }
 
     pub(crate) fn data(&mut self, at: Stamp, conn: u64, bytes: &[u8]) {
-        *self.unanswered_bytes.entry(conn).or_default() += bytes.len();
+        let from = self.events.len();
+        self.unanswered.entry(conn).or_insert(Unanswered { from, bytes: 0 }).bytes += bytes.len();
         if self.off.is_some() {
             self.since_checkpoint += bytes.len() + EVENT_OVERHEAD;
             return;
@@ -255,7 +258,7 @@ impl Recovery {
     }
 
     pub(crate) fn disconnect(&mut self, at: Stamp, conn: u64) {
-        self.unanswered_bytes.remove(&conn);
+        self.unanswered.remove(&conn);
         self.push(at, Event::Disconnect(conn), 0);
     }
 
@@ -265,25 +268,23 @@ impl Recovery {
 
     /// `conn` was sent a reply: what it sent so far has been answered.
     pub(crate) fn replied(&mut self, conn: u64) {
-        self.unanswered_bytes.remove(&conn);
-        if self.off.is_none() {
-            self.answered.insert(conn, self.events.len());
-        }
+        self.unanswered.remove(&conn);
     }
 
-    /// `conn`'s unanswered events: those after its last reply.
+    /// `conn`'s unanswered events: its input after its last reply.
     pub(crate) fn unanswered(&self, conn: u64) -> Skip {
-        Skip { conn, from: self.answered.get(&conn).copied().unwrap_or(0) }
+        let from = self.unanswered.get(&conn).map_or(self.events.len(), |u| u.from);
+        Skip { conn, from }
     }
 
     /// The connection holding the most unanswered input (bytes received since its last reply,
     /// in the journal or before it), and how many bytes: when an export runs out of memory,
     /// the likeliest cause is a half-received request.
     pub(crate) fn heaviest_unanswered(&self) -> Option<(Skip, usize)> {
-        self.unanswered_bytes
+        self.unanswered
             .iter()
-            .max_by_key(|&(&conn, &n)| (n, std::cmp::Reverse(conn)))
-            .map(|(&conn, &n)| (self.unanswered(conn), n))
+            .max_by_key(|&(&conn, u)| (u.bytes, std::cmp::Reverse(conn)))
+            .map(|(&conn, u)| (Skip { conn, from: u.from }, u.bytes))
     }
 
     /// Bytes held by events since the checkpoint.
@@ -348,7 +349,10 @@ impl Recovery {
         self.base_mono = mono;
         self.events.clear();
         self.data.clear();
-        self.answered.clear();
+        // Unanswered input from before now is in the checkpoint: none of it can be left out.
+        for unanswered in self.unanswered.values_mut() {
+            unanswered.from = 0;
+        }
         self.failures = 0;
         self.since_checkpoint = 0;
         if self.limit > 0 {
@@ -401,10 +405,7 @@ impl Recovery {
                     .import_state(&checkpoint.snapshot, &checkpoint.live)
                     .map_err(RebuildError::Import)?;
             }
-            let mut timers = TimerQueue::from_armed(&self.base_timers);
-            for effect in instance.take_effects() {
-                timers.apply(&effect, self.base_mono);
-            }
+            let mut timers = self.timers_after_import(&mut instance);
             match self.replay_into(&mut instance, clock, &skips, &skipped, &mut timers) {
                 Ok(replayed) => {
                     let mut refire: Vec<u64> = skipped
@@ -460,6 +461,16 @@ impl Recovery {
         })
     }
 
+    /// The timers `instance`, which has just imported the checkpoint (or run `init`), believes
+    /// armed: the host's at the checkpoint, then what the import asked for, at that time.
+    fn timers_after_import(&self, instance: &mut Instance) -> TimerQueue {
+        let mut timers = TimerQueue::from_armed(&self.base_timers);
+        for effect in instance.take_effects() {
+            timers.apply(&effect, self.base_mono);
+        }
+        timers
+    }
+
     /// Feeds every journaled event not left out to `instance`, discarding what it sends (the
     /// clients already have it) and applying its timer requests to `timers` at the time the
     /// event first ran. On a trap, the journal index of the event that trapped.
@@ -498,7 +509,7 @@ impl Recovery {
 
     /// Removes the events a rebuild left out, and their bytes.
     fn drop_events(&mut self, skips: &HashMap<u64, usize>, skipped: &HashSet<usize>) {
-        // kept_before[i]: how many events before old index i stay, to move `answered` along.
+        // kept_before[i]: how many events before old index i stay, to move `unanswered` along.
         let mut kept_before = Vec::with_capacity(self.events.len() + 1);
         let mut kept = 0;
         for (index, (_, event)) in self.events.iter().enumerate() {
@@ -508,8 +519,8 @@ impl Recovery {
             }
         }
         kept_before.push(kept);
-        for position in self.answered.values_mut() {
-            *position = kept_before[(*position).min(kept_before.len() - 1)];
+        for unanswered in self.unanswered.values_mut() {
+            unanswered.from = kept_before[unanswered.from.min(kept_before.len() - 1)];
         }
         let mut index = 0;
         self.events.retain(|(_, event)| {
@@ -537,10 +548,7 @@ impl Recovery {
         instance: &mut Instance,
         clock: &EventClock,
     ) -> Result<TimerQueue, CallError> {
-        let mut timers = TimerQueue::from_armed(&self.base_timers);
-        for effect in instance.take_effects() {
-            timers.apply(&effect, self.base_mono);
-        }
+        let mut timers = self.timers_after_import(instance);
         self.replay_into(instance, clock, &HashMap::new(), &HashSet::new(), &mut timers)
             .map_err(|(_, e)| e)?;
         Ok(timers)

@@ -9,7 +9,7 @@
 
 use crate::bindings::{AppInfo, ConnInfo, Snapshot};
 use crate::clock::EventClock;
-use crate::instance::{CallError, Instance, Trap, snapshot_bytes};
+use crate::instance::{CallError, Instance, snapshot_bytes};
 use crate::live::{Imported, Live};
 use crate::runtime::Runtime;
 use crate::timers::TimerQueue;
@@ -263,8 +263,9 @@ pub(crate) enum Swap {
     /// believes armed after its replay.
     Committed { report: Box<UpgradeReport>, retired: Box<Live>, timers: Option<TimerQueue> },
     /// The old version serves on; `retired` is the new instance. If the old instance trapped
-    /// while exporting, `trapped` says so: the dispatcher must rebuild it before the next event.
-    RolledBack { error: UpgradeError, retired: Box<Instance>, trapped: Option<Trap> },
+    /// while exporting (an `Export` error holding a trap), the dispatcher must rebuild it before
+    /// the next event.
+    RolledBack { error: UpgradeError, retired: Box<Instance> },
 }
 
 /// Where the host stands at the boundary an upgrade runs at.
@@ -287,8 +288,9 @@ pub(crate) fn swap(live: &mut Live, mut next: Prepared, at: Boundary<'_>) -> Swa
     let new = AppVersion::from(&next.info);
     let paused = Instant::now();
     let connections = conns.len() as u64;
-    let rollback = |error: UpgradeError, retired: Instance, trapped: Option<Trap>| {
-        Swap::RolledBack { error, retired: Box::new(retired), trapped }
+    let rollback = |error: UpgradeError, retired: Instance| Swap::RolledBack {
+        error,
+        retired: Box::new(retired),
     };
 
     // Export, or with --from-checkpoint take the checkpoint and replay the journal after it.
@@ -309,10 +311,9 @@ pub(crate) fn swap(live: &mut Live, mut next: Prepared, at: Boundary<'_>) -> Swa
             match live.export() {
                 Ok(snapshot) => (Some(snapshot), conns, StateSource::Export),
                 Err(error) => {
-                    let trapped = error.trap().cloned();
                     let error =
                         UpgradeError::Export { running, error: Box::new(error), rebuilt: false };
-                    return rollback(error, next.instance, trapped);
+                    return rollback(error, next.instance);
                 }
             }
         };
@@ -320,7 +321,7 @@ pub(crate) fn swap(live: &mut Live, mut next: Prepared, at: Boundary<'_>) -> Swa
     let state_bytes = snapshot.as_ref().map_or(0, snapshot_bytes);
     if state_bytes > max_state {
         let error = UpgradeError::TooLarge { running, bytes: state_bytes, limit: max_state };
-        return rollback(error, next.instance, None);
+        return rollback(error, next.instance);
     }
     let crossing = match snapshot {
         Some(snapshot) if !next.pipeline.is_empty() => match next.pipeline.apply(snapshot) {
@@ -329,7 +330,6 @@ pub(crate) fn swap(live: &mut Live, mut next: Prepared, at: Boundary<'_>) -> Swa
                 return rollback(
                     UpgradeError::Transform { running, error: Box::new(error) },
                     next.instance,
-                    None,
                 );
             }
         },
@@ -349,7 +349,7 @@ pub(crate) fn swap(live: &mut Live, mut next: Prepared, at: Boundary<'_>) -> Swa
         Ok(timers) => timers,
         Err(error) => {
             let error = UpgradeError::Import { running, new, error: Box::new(error) };
-            return rollback(error, next.instance, None);
+            return rollback(error, next.instance);
         }
     };
     let import = paused.elapsed() - export - transform;

@@ -13,17 +13,23 @@ fn trace(name: &str) -> Trace {
     Trace::read(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn simulate(app: &str, to: &str, transforms: &[&str], trace: &Trace, at: UpgradeAt) -> Report {
-    let simulator = Simulator::new(SimConfig {
+/// A simulator of `app` upgrading to `to` through `transforms`, checking recovery at every
+/// boundary too when `rebuild` is set.
+fn simulator(app: &str, to: &str, transforms: &[&str], rebuild: bool) -> Simulator {
+    Simulator::new(SimConfig {
         app: app.into(),
         upgrade: Some(Target {
             wasm: to.into(),
             transforms: transforms.iter().map(PathBuf::from).collect(),
         }),
+        rebuild_every_boundary: rebuild,
         ..SimConfig::default()
     })
-    .unwrap_or_else(|e| panic!("{e}"));
-    simulator.run(trace, at).unwrap_or_else(|e| panic!("{e}"))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn simulate(app: &str, to: &str, transforms: &[&str], trace: &Trace, at: UpgradeAt) -> Report {
+    simulator(app, to, transforms, false).run(trace, at).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn every(app: &str, to: &str, transforms: &[&str], name: &str) -> Report {
@@ -177,15 +183,7 @@ fn a_trap_after_a_transformed_upgrade_keeps_every_key_at_every_boundary() {
 #[test]
 fn the_simulator_refuses_what_tasuki_upgrade_refuses_with_the_same_message() {
     // kv v1 writes section `kv` version 1; the v2-to-v3 transformer reads version 2.
-    let simulator = Simulator::new(SimConfig {
-        app: artifacts::KV_V1.into(),
-        upgrade: Some(Target {
-            wasm: artifacts::KV_V3.into(),
-            transforms: vec![artifacts::KV_V2_TO_V3.into()],
-        }),
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let simulator = simulator(artifacts::KV_V1, artifacts::KV_V3, &[artifacts::KV_V2_TO_V3], false);
     let refused = simulator.run(&trace("kv-basics.trace"), UpgradeAt::Every).unwrap_err();
     let host = tasuki_tests::TestHost::start(artifacts::KV_V1);
     let options = tasuki::upgrade::UpgradeOptions {
@@ -201,12 +199,7 @@ fn the_simulator_refuses_what_tasuki_upgrade_refuses_with_the_same_message() {
 #[test]
 fn an_upgrade_that_never_runs_fails_the_test() {
     let t = trace("kv-basics.trace");
-    let simulator = Simulator::new(SimConfig {
-        app: artifacts::KV_V1.into(),
-        upgrade: Some(Target { wasm: artifacts::KV_V2.into(), transforms: vec![] }),
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let simulator = simulator(artifacts::KV_V1, artifacts::KV_V2, &[], false);
     // Asked for an upgrade, told to place it nowhere: refused before anything runs.
     let never = simulator.run(&t, UpgradeAt::Never).unwrap_err();
     assert!(matches!(never, tasuki::sim::SimError::NoUpgrade), "{never}");
@@ -240,17 +233,8 @@ fn checkpoint_and_journal_are_the_live_state_at_every_boundary() {
         (artifacts::KV_V2, artifacts::KV_V2, &[], "kv-expiry.trace"),
     ];
     for (app, to, transforms, name) in cases {
-        let simulator = Simulator::new(SimConfig {
-            app: app.into(),
-            upgrade: Some(Target {
-                wasm: to.into(),
-                transforms: transforms.iter().map(PathBuf::from).collect(),
-            }),
-            rebuild_every_boundary: true,
-            ..SimConfig::default()
-        })
-        .unwrap();
-        let report = simulator.run(&trace(name), UpgradeAt::Every).unwrap();
+        let report =
+            simulator(app, to, transforms, true).run(&trace(name), UpgradeAt::Every).unwrap();
         println!("{report}");
         assert!(report.passed(), "{name}: {report}");
         // One rebuild per boundary of each run: the baseline's and every upgraded run's.

@@ -308,8 +308,9 @@ struct Played {
 struct Run<'a> {
     sim: &'a Simulator,
     dispatcher: Dispatcher<VirtualNet, VirtualClock>,
-    /// Events that completed or faulted: client events and timers.
-    events: usize,
+    /// The trace line of each event so far (client events and timers, completed or faulted):
+    /// its length is the number of the current boundary.
+    lines: Vec<usize>,
     /// The boundary to upgrade at, and whether that upgrade ran.
     inject: Option<usize>,
     injected: bool,
@@ -431,28 +432,27 @@ impl Simulator {
         let mut run = Run {
             sim: self,
             dispatcher,
-            events: 0,
+            lines: Vec::new(),
             inject,
             injected: false,
             committed: false,
             rebuilds: 0,
         };
-        let mut lines = Vec::new();
-        let result = run.play(trace, &mut lines);
+        let result = run.play(trace);
+        let events = run.lines.len();
         let result = result.and_then(|()| match inject {
             Some(b) if !run.injected => Err(Failure {
                 line: trace.steps.last().map_or(0, |(l, _)| *l),
                 message: format!(
                     "no upgrade ran: the upgrade was placed at boundary {b}, but the trace has \
-                     only {} events (boundaries 0..={})",
-                    run.events, run.events
+                     only {events} events (boundaries 0..={events})"
                 ),
                 expected: None,
                 actual: None,
             }),
             _ => Ok(()),
         });
-        Ok(Played { result, lines, upgraded: run.committed, rebuilds: run.rebuilds })
+        Ok(Played { result, lines: run.lines, upgraded: run.committed, rebuilds: run.rebuilds })
     }
 
     fn load(&self, wasm: &Path, transforms: &[PathBuf]) -> Result<Loaded, LoadError> {
@@ -475,7 +475,7 @@ impl Run<'_> {
     /// After an event (or before the first): the injected upgrade if its boundary has come,
     /// then a checkpoint if one is due — as the event loop does between events.
     fn boundary(&mut self, line: usize) -> Result<(), Failure> {
-        if self.inject == Some(self.events) && !self.injected {
+        if self.inject == Some(self.lines.len()) && !self.injected {
             self.injected = true;
             let (version, pipeline) = self
                 .sim
@@ -515,24 +515,22 @@ impl Run<'_> {
     }
 
     /// One event through the dispatcher, then the boundary after it.
-    fn event(
-        &mut self,
-        line: usize,
-        lines: &mut Vec<usize>,
-        call: Call<'_>,
-    ) -> Result<(), Failure> {
+    fn event(&mut self, line: usize, call: Call<'_>) -> Result<(), Failure> {
         match call {
-            Call::Connect(info) => self.dispatcher.connect(info),
-            Call::Data(id, bytes) => self.dispatcher.data(id, bytes),
+            // A client that disconnects goes the way a socket's close goes.
             Call::Disconnect(id) => self.dispatcher.peer_gone(id),
-            Call::Timer(_) => {}
+            other => self.dispatcher.dispatch(other),
         }
-        self.events += 1;
-        lines.push(line);
+        self.after_event(line)
+    }
+
+    /// An event of trace line `line` ran: the boundary after it.
+    fn after_event(&mut self, line: usize) -> Result<(), Failure> {
+        self.lines.push(line);
         self.boundary(line)
     }
 
-    fn play(&mut self, trace: &Trace, lines: &mut Vec<usize>) -> Result<(), Failure> {
+    fn play(&mut self, trace: &Trace) -> Result<(), Failure> {
         self.boundary(0)?;
         for (line, step) in &trace.steps {
             let line = *line;
@@ -548,7 +546,7 @@ impl Run<'_> {
                     );
                     net.names.insert(id, name.clone());
                     let info = conn_info(id, name);
-                    self.event(line, lines, Call::Connect(&info))?;
+                    self.event(line, Call::Connect(&info))?;
                 }
                 Step::Send(name, bytes) | Step::Fault(name, bytes) => {
                     let client = self
@@ -566,7 +564,7 @@ impl Run<'_> {
                     if let Step::Fault(..) = step {
                         self.dispatcher.fault_next_event();
                     }
-                    self.event(line, lines, Call::Data(id, bytes))?;
+                    self.event(line, Call::Data(id, bytes))?;
                     if let Step::Fault(..) = step {
                         let closed = self
                             .dispatcher
@@ -595,7 +593,7 @@ impl Run<'_> {
                         self.forget(name, id);
                         continue;
                     }
-                    self.event(line, lines, Call::Disconnect(id))?;
+                    self.event(line, Call::Disconnect(id))?;
                     self.forget(name, id);
                 }
                 Step::Expect(name, expected) => {
@@ -649,9 +647,7 @@ impl Run<'_> {
                         }
                         self.dispatcher.clock.now_ns = self.dispatcher.clock.now_ns.max(deadline);
                         if self.dispatcher.fire_next_due() {
-                            self.events += 1;
-                            lines.push(line);
-                            self.boundary(line)?;
+                            self.after_event(line)?;
                         }
                     }
                     self.dispatcher.clock.now_ns = target;
