@@ -186,3 +186,25 @@ fn an_export_that_traps_closes_the_client_holding_the_most_unanswered_input() {
     assert_eq!(a.call("get k"), "v", "A's state and connection survived");
     assert_eq!(a.call("count"), "1", "the rebuilt instance knows B is gone");
 }
+
+#[test]
+fn a_trap_in_on_disconnect_loses_only_that_event() {
+    // The rebuilt instance must not be told of the disconnect again: it would trap again, and
+    // after a few rounds the host would give up and restart the app empty.
+    let host = misbehave(Limits::default());
+    let mut a = host.lines();
+    assert_eq!(a.call("set k v"), "ok");
+    let mut b = host.lines();
+    assert_eq!(b.call("trap-on-close"), "ok");
+    drop(b);
+    // A is served after the disconnect and its recovery ran: the loop serves in turn.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host.status().recovery.recoveries == 0 {
+        assert!(Instant::now() < deadline, "the trap in on-disconnect was never recovered");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(a.call("get k"), "v", "the state survived");
+    let last = host.status().recovery.last.expect("recorded");
+    assert!(matches!(last.outcome, tasuki::status::RecoveryOutcome::Rebuilt { .. }), "{last:?}");
+    assert_eq!(host.status().recovery.recoveries, 1, "one recovery, not a loop");
+}
