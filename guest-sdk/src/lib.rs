@@ -49,12 +49,18 @@
 extern crate self as tasuki_guest;
 
 mod ctx;
+mod map;
 mod migrations;
 #[doc(hidden)]
+pub mod precopy;
+#[doc(hidden)]
 pub mod runtime;
+#[cfg(test)]
+mod tests;
 pub mod transform;
 
 pub use ctx::{ConnId, ConnInfo, Ctx};
+pub use map::{FixedState, Map};
 pub use migrations::Migrations;
 pub use transform::Transform;
 
@@ -174,6 +180,29 @@ macro_rules! export {
                     live: ::std::vec::Vec<__types::ConnInfo>,
                 ) -> ::core::result::Result<(), ::std::string::String> {
                     RUNTIME.with_borrow_mut(|rt| rt.import_state(snapshot, live))
+                }
+            }
+
+            impl __exports::precopy::Guest for __TasukiExport {
+                fn begin() -> ::core::result::Result<(), ::std::string::String> {
+                    RUNTIME.with_borrow_mut(|rt| rt.precopy_begin())
+                }
+                fn next(max_bytes: u64) -> ::core::result::Result<__types::PrecopyBatch, ::std::string::String> {
+                    RUNTIME.with_borrow(|rt| rt.precopy_next(max_bytes))
+                }
+                fn finish() -> ::core::result::Result<
+                    (::std::vec::Vec<__types::Chunk>, __types::Snapshot),
+                    ::std::string::String,
+                > {
+                    RUNTIME.with_borrow(|rt| rt.precopy_finish())
+                }
+                fn abort() {
+                    RUNTIME.with_borrow_mut(|rt| rt.precopy_abort())
+                }
+                fn import_chunks(
+                    chunks: ::std::vec::Vec<__types::Chunk>,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    RUNTIME.with_borrow_mut(|rt| rt.import_chunks(chunks))
                 }
             }
 

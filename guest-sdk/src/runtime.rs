@@ -1,6 +1,7 @@
 //! The glue between the generated bindings and an app's [`Server`]: per-connection input
 //! buffers, the snapshot layout, and migrations on import. Used through [`crate::export!`].
 
+use crate::precopy::{self, Mode, PRECOPY_SECTION, Passed};
 use crate::{CONNS_SECTION, CONNS_SECTION_VERSION, ConnId, Ctx, Server};
 use std::collections::BTreeMap;
 
@@ -17,7 +18,9 @@ pub mod bindings {
 #[doc(hidden)]
 pub use wit_bindgen::rt as wit_bindgen_rt;
 
-use bindings::tasuki::server::types::{AppInfo, ConnInfo, Section, SectionSpec, Snapshot};
+use bindings::tasuki::server::types::{
+    AppInfo, Chunk, ConnInfo, PrecopyBatch, Section, SectionSpec, Snapshot,
+};
 
 /// A connection as the SDK tracks it.
 #[derive(Debug)]
@@ -117,8 +120,18 @@ impl<S: Server> Runtime<S> {
     /// `state.export-state`.
     pub fn export_state(&self) -> Result<Snapshot, String> {
         self.server.export_ready()?;
-        let state = postcard::to_allocvec(&self.server)
-            .map_err(|e| format!("state of `{}` does not encode: {e}", S::NAME))?;
+        let state = self.encode_state()?;
+        self.snapshot(state, Vec::new())
+    }
+
+    fn encode_state(&self) -> Result<Vec<u8>, String> {
+        postcard::to_allocvec(&self.server)
+            .map_err(|e| format!("state of `{}` does not encode: {e}", S::NAME))
+    }
+
+    /// The snapshot of `state` (the app's section), the connections' unconsumed input, and
+    /// `extra` sections.
+    fn snapshot(&self, state: Vec<u8>, extra: Vec<Section>) -> Result<Snapshot, String> {
         let pending: Vec<(ConnId, &[u8])> = self
             .conns
             .iter()
@@ -127,18 +140,80 @@ impl<S: Server> Runtime<S> {
             .collect();
         let conns = postcard::to_allocvec(&pending)
             .map_err(|e| format!("connection input does not encode: {e}"))?;
-        Ok(Snapshot {
-            app: S::NAME.to_string(),
-            app_version: self.version.to_string(),
-            sections: vec![
-                Section { name: S::NAME.to_string(), version: S::STATE_VERSION, bytes: state },
-                Section {
-                    name: CONNS_SECTION.to_string(),
-                    version: CONNS_SECTION_VERSION,
-                    bytes: conns,
-                },
-            ],
-        })
+        let mut sections = vec![
+            Section { name: S::NAME.to_string(), version: S::STATE_VERSION, bytes: state },
+            Section {
+                name: CONNS_SECTION.to_string(),
+                version: CONNS_SECTION_VERSION,
+                bytes: conns,
+            },
+        ];
+        sections.extend(extra);
+        Ok(Snapshot { app: S::NAME.to_string(), app_version: self.version.to_string(), sections })
+    }
+
+    /// `precopy.begin`.
+    pub fn precopy_begin(&mut self) -> Result<(), String> {
+        self.server.export_ready()?;
+        precopy::begin_session();
+        Ok(())
+    }
+
+    /// `precopy.next`.
+    pub fn precopy_next(&self, max_bytes: u64) -> Result<PrecopyBatch, String> {
+        let budget = usize::try_from(max_bytes.max(1)).unwrap_or(usize::MAX);
+        let passed = precopy::pass(budget, || self.encode_state())?;
+        let pending = passed.pending;
+        Ok(PrecopyBatch { chunks: chunks::<S>(passed), pending })
+    }
+
+    /// `precopy.finish`: the rest of the records, and the snapshot whose state section is the
+    /// skeleton (marked by a [`PRECOPY_SECTION`]). Ends the session.
+    pub fn precopy_finish(&self) -> Result<(Vec<Chunk>, Snapshot), String> {
+        self.server.export_ready()?;
+        let passed = precopy::pass(usize::MAX, || self.encode_state())?;
+        let skeleton = passed.skeleton.clone();
+        let chunks = chunks::<S>(passed);
+        precopy::end_session();
+        let marker = Section { name: PRECOPY_SECTION.to_string(), version: 1, bytes: Vec::new() };
+        Ok((chunks, self.snapshot(skeleton, vec![marker])?))
+    }
+
+    /// `precopy.abort`.
+    pub fn precopy_abort(&mut self) {
+        precopy::end_session();
+    }
+
+    /// `precopy.import-chunks`: registers the streams each skeleton names and builds them from
+    /// the records.
+    pub fn import_chunks(&mut self, chunks: Vec<Chunk>) -> Result<(), String> {
+        for chunk in chunks {
+            if chunk.section != S::NAME {
+                return Err(format!(
+                    "a pre-copied chunk of section `{}`, which `{}` {} does not have",
+                    chunk.section,
+                    S::NAME,
+                    self.version
+                ));
+            }
+            let Some((&kind, body)) = chunk.bytes.split_first() else { continue };
+            match kind {
+                precopy::SKELETON => {
+                    let (name, version) = (chunk.section, chunk.version);
+                    let result = precopy::register_skeleton(Mode::Register, body, |skeleton| {
+                        let section = Section { name, version, bytes: skeleton.to_vec() };
+                        decode_state::<S>(&section).map(drop)
+                    });
+                    if let Err(e) = result {
+                        precopy::reset_reader();
+                        return Err(e);
+                    }
+                }
+                precopy::RECORDS => precopy::apply_records(body)?,
+                other => return Err(format!("a pre-copied chunk of unknown kind {other}")),
+            }
+        }
+        Ok(())
     }
 
     /// `state.import-state`. On error nothing of this instance changes.
@@ -152,11 +227,18 @@ impl<S: Server> Runtime<S> {
                 self.version
             ));
         }
+        let precopied = snapshot.sections.iter().any(|s| s.name == PRECOPY_SECTION);
         let mut server = None;
         let mut pending: Vec<(ConnId, Vec<u8>)> = Vec::new();
         for section in snapshot.sections {
             if section.name == S::NAME {
-                server = Some(decode_state::<S>(&section)?);
+                server = Some(if precopied {
+                    precopy::resolve(|| decode_state::<S>(&section))?
+                } else {
+                    decode_state::<S>(&section)?
+                });
+            } else if section.name == PRECOPY_SECTION {
+                continue;
             } else if section.name == CONNS_SECTION {
                 if section.version != CONNS_SECTION_VERSION {
                     return Err(format!(
@@ -193,6 +275,12 @@ impl<S: Server> Runtime<S> {
         Ok(())
     }
 
+    /// The app's state, for the SDK's own tests.
+    #[cfg(test)]
+    pub(crate) fn server_mut(&mut self) -> &mut S {
+        &mut self.server
+    }
+
     /// What the app knows of `conn`.
     pub fn conn_info(&self, conn: ConnId) -> Option<&ConnInfo> {
         self.conns.get(&conn).map(|c| &c.info)
@@ -219,4 +307,24 @@ fn decode_state<S: Server>(section: &Section) -> Result<S, String> {
             ))
         }
     }
+}
+
+/// A pass's chunks: the skeleton first if the reader must learn of a new stream, then the
+/// records.
+fn chunks<S: Server>(passed: Passed) -> Vec<Chunk> {
+    let chunk = |kind: u8, body: &[u8]| {
+        let mut bytes = Vec::with_capacity(body.len() + 1);
+        bytes.push(kind);
+        bytes.extend_from_slice(body);
+        Chunk { section: S::NAME.to_string(), version: S::STATE_VERSION, bytes }
+    };
+    let mut chunks = Vec::new();
+    if passed.new_streams {
+        let bytes = precopy::skeleton_chunk(&passed.streams, &passed.skeleton);
+        chunks.push(Chunk { section: S::NAME.to_string(), version: S::STATE_VERSION, bytes });
+    }
+    if !passed.records.is_empty() {
+        chunks.push(chunk(precopy::RECORDS, &passed.records));
+    }
+    chunks
 }

@@ -33,7 +33,8 @@ pub mod bindings {
     });
 }
 
-use bindings::tasuki::server::types::{Section, SectionStep, Snapshot, TransformInfo};
+use crate::precopy::{self, Mode, PRECOPY_SECTION};
+use bindings::tasuki::server::types::{Chunk, Section, SectionStep, Snapshot, TransformInfo};
 
 /// A conversion of one state section from one version to the next.
 pub trait Transform: 'static {
@@ -51,6 +52,11 @@ pub trait Transform: 'static {
     type New: Serialize;
 
     /// The conversion. An `Err` rolls the upgrade back with this text.
+    ///
+    /// For an upgrade to be pre-copied through this transformer, convert each
+    /// [`crate::Map`] of `Old` with [`crate::Map::convert`]: the conversion then runs on each
+    /// entry as its chunk crosses, before the pause, and this function itself sees the maps as
+    /// references. Reading a reference's entries panics (the upgrade rolls back).
     fn transform(old: Self::Old) -> Result<Self::New, String>;
 }
 
@@ -66,29 +72,76 @@ pub fn describe<T: Transform>() -> TransformInfo {
     }
 }
 
+/// Decodes `bytes` as `T::Old`, transforms it, and encodes the result.
+fn rewrite<T: Transform>(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let old: T::Old = postcard::from_bytes(bytes).map_err(|e| {
+        format!("{}: section `{}` version {} does not decode: {e}", T::NAME, T::SECTION, T::FROM)
+    })?;
+    let new = T::transform(old).map_err(|e| format!("{}: {e}", T::NAME))?;
+    postcard::to_allocvec(&new).map_err(|e| {
+        format!("{}: section `{}` version {} does not encode: {e}", T::NAME, T::SECTION, T::TO)
+    })
+}
+
 #[doc(hidden)]
 pub fn run<T: Transform>(snapshot: Snapshot) -> Result<Snapshot, String> {
+    // The end of a pre-copy: the maps are references to the chunks this instance rewrote.
+    let precopied = snapshot.sections.iter().any(|s| s.name == PRECOPY_SECTION);
     let mut sections = Vec::with_capacity(snapshot.sections.len());
     for section in snapshot.sections {
         if section.name != T::SECTION || section.version != T::FROM {
             sections.push(section);
             continue;
         }
-        let old: T::Old = postcard::from_bytes(&section.bytes).map_err(|e| {
-            format!(
-                "{}: section `{}` version {} does not decode: {e}",
-                T::NAME,
-                T::SECTION,
-                T::FROM
-            )
-        })?;
-        let new = T::transform(old).map_err(|e| format!("{}: {e}", T::NAME))?;
-        let bytes = postcard::to_allocvec(&new).map_err(|e| {
-            format!("{}: section `{}` version {} does not encode: {e}", T::NAME, T::SECTION, T::TO)
-        })?;
+        let bytes = if precopied {
+            precopy::with_mode(Mode::Reference, || rewrite::<T>(&section.bytes))?
+        } else {
+            rewrite::<T>(&section.bytes)?
+        };
         sections.push(Section { name: section.name, version: T::TO, bytes });
     }
+    if precopied {
+        precopy::reset_reader();
+    }
     Ok(Snapshot { app: snapshot.app, app_version: snapshot.app_version, sections })
+}
+
+#[doc(hidden)]
+pub fn run_chunks<T: Transform>(chunks: Vec<Chunk>) -> Result<Vec<Chunk>, String> {
+    let mut out = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        if chunk.section != T::SECTION || chunk.version != T::FROM {
+            out.push(chunk);
+            continue;
+        }
+        let Some((&kind, body)) = chunk.bytes.split_first() else { continue };
+        let bytes = match kind {
+            precopy::SKELETON => {
+                let (skeleton, streams) =
+                    precopy::register_skeleton(Mode::Rewrite, body, |skeleton| {
+                        let old: T::Old = postcard::from_bytes(skeleton).map_err(|e| {
+                            format!("a skeleton of `{}` does not decode: {e}", T::SECTION)
+                        })?;
+                        let new = T::transform(old)?;
+                        precopy::collect_references();
+                        let bytes =
+                            precopy::with_mode(Mode::Reference, || postcard::to_allocvec(&new))
+                                .map_err(|e| format!("a skeleton does not encode: {e}"))?;
+                        Ok((bytes, precopy::references()))
+                    })
+                    .map_err(|e| format!("{}: {e}", T::NAME))?;
+                precopy::skeleton_chunk(&streams, &skeleton)
+            }
+            precopy::RECORDS => {
+                precopy::rewrite_records(body).map_err(|e| format!("{}: {e}", T::NAME))?
+            }
+            other => {
+                return Err(format!("{}: a pre-copied chunk of unknown kind {other}", T::NAME));
+            }
+        };
+        out.push(Chunk { section: chunk.section, version: T::TO, bytes });
+    }
+    Ok(out)
 }
 
 /// Exports a [`Transform`] as a `tasuki:server/transformer` component. Use it once, in the
@@ -110,6 +163,17 @@ macro_rules! export_transform {
                     snapshot: __types::Snapshot,
                 ) -> ::core::result::Result<__types::Snapshot, ::std::string::String> {
                     $crate::transform::run::<$transform>(snapshot)
+                }
+            }
+
+            impl $crate::transform::bindings::exports::tasuki::server::transform_chunks::Guest
+                for __TasukiTransform
+            {
+                fn transform_chunks(
+                    chunks: ::std::vec::Vec<__types::Chunk>,
+                ) -> ::core::result::Result<::std::vec::Vec<__types::Chunk>, ::std::string::String>
+                {
+                    $crate::transform::run_chunks::<$transform>(chunks)
                 }
             }
 

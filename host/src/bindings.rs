@@ -9,7 +9,9 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::exports::tasuki::server as server_exports;
-pub use self::tasuki::server::types::{AppInfo, ConnInfo, Section, SectionSpec, Snapshot};
+pub use self::tasuki::server::types::{
+    AppInfo, Chunk, ConnInfo, PrecopyBatch, Section, SectionSpec, Snapshot,
+};
 
 /// The `transformer` world. Its `types` are the server world's, so a snapshot moves between an
 /// app and a transformer without conversion.

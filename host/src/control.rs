@@ -43,8 +43,8 @@ pub enum Request {
 /// A host's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Status(Status),
-    Upgraded(UpgradeReport),
+    Status(Box<Status>),
+    Upgraded(Box<UpgradeReport>),
     Snapshotted(SnapshotReport),
     /// The request was understood and failed, or was not understood; the text says which.
     Failed(String),

@@ -11,11 +11,13 @@ use crate::clock::{EventClock, now_unix_ms};
 use crate::instance::{CallError, snapshot_bytes};
 use crate::limits::Limits;
 use crate::live::{Call, Live};
+use crate::precopy;
 use crate::recovery::{RebuildReport, Skip, Stamp};
-use crate::status::{RecoveryOutcome, RecoveryRecord, Shared};
+use crate::status::{PrecopyProgress, RecoveryOutcome, RecoveryRecord, Shared};
 use crate::store::Effect;
 use crate::timers::TimerQueue;
-use crate::upgrade::{self, Prepared, Swap, UpgradeError, UpgradeReport};
+use crate::upgrade::{self, Begun, Prepared, Swap, Underway, UpgradeError, UpgradeReport};
+use crate::version::AppVersion;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,6 +132,10 @@ pub(crate) struct Dispatcher<N, C> {
     checkpoint_now: bool,
     /// A fault that happened while recovering from another: recovered from next.
     nested: Option<Fault>,
+    /// An upgrade whose pre-copy is under way: a step runs between events.
+    upgrading: Option<upgrade::Underway>,
+    /// How pre-copy paces itself.
+    pub(crate) precopy_budget: precopy::Budget,
 }
 
 /// What a recovery recovers from.
@@ -172,7 +178,10 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             recorder: None,
             checkpoint_now: false,
             nested: None,
+            upgrading: None,
+            precopy_budget: precopy::Budget::default(),
         };
+        dispatcher.precopy_budget.chunk = dispatcher.limits.precopy_chunk;
         dispatcher.event_clock.freeze_at(dispatcher.clock.wall_ns());
         dispatcher.live.anchor(dispatcher.clock.monotonic_ns());
         dispatcher.apply_effects();
@@ -565,8 +574,69 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         true
     }
 
-    /// Steps 3–7 of the upgrade: pause, export, import, commit or roll back.
-    pub(crate) fn upgrade(&mut self, next: Prepared) -> Swapped {
+    /// Step 3 of the upgrade: opens its pre-copy, or — when the state cannot be pre-copied —
+    /// pauses now and swaps. `Some` when the upgrade ended here (committed or rolled back);
+    /// `None` while the pre-copy is under way: [`Dispatcher::upgrade_step`] carries it on.
+    pub(crate) fn upgrade(&mut self, next: Prepared) -> Option<Swapped> {
+        if self.upgrading.is_some() {
+            // The requester holds the upgrade lock, so this does not happen; refuse anyway.
+            let error = UpgradeError::InProgress;
+            return Some(self.ended(Swap::RolledBack { error, retired: Box::new(next.instance) }));
+        }
+        self.event_clock.freeze_at(self.clock.wall_ns());
+        match upgrade::begin(&mut self.live, next, self.precopy_budget, self.limits.max_state) {
+            Begun::Precopy(underway) => {
+                info!("pre-copying the state to {}", AppVersion::from(&underway.next.info));
+                self.upgrading = Some(underway);
+                self.note_precopy();
+                None
+            }
+            Begun::Full(underway) => Some(self.pause_and_swap(underway)),
+            Begun::Failed(swap) => Some(self.ended(swap)),
+        }
+    }
+
+    /// True while an upgrade's pre-copy is under way.
+    pub(crate) fn upgrading(&self) -> bool {
+        self.upgrading.is_some()
+    }
+
+    /// One step of the pre-copy under way, between events; `Some` when the upgrade ended
+    /// (after the pause that this step decided on, or a rollback).
+    pub(crate) fn upgrade_step(&mut self) -> Option<Swapped> {
+        let underway = self.upgrading.as_mut()?;
+        self.event_clock.freeze_at(self.clock.wall_ns());
+        match upgrade::step(&mut self.live, underway, &self.args, self.limits.max_state) {
+            Ok(precopy::Next::Continue) => {
+                self.note_precopy();
+                None
+            }
+            Ok(precopy::Next::Pause) => {
+                let underway = self.upgrading.take().expect("checked above");
+                Some(self.pause_and_swap(underway))
+            }
+            Err(error) => {
+                let underway = self.upgrading.take().expect("checked above");
+                Some(
+                    self.ended(Swap::RolledBack {
+                        error,
+                        retired: Box::new(underway.next.instance),
+                    }),
+                )
+            }
+        }
+    }
+
+    /// Drops the upgrade under way, if any (the host is stopping): the old version keeps
+    /// everything.
+    pub(crate) fn cancel_upgrade(&mut self) -> Option<Swapped> {
+        let underway = self.upgrading.take()?;
+        let swap = upgrade::cancel(&mut self.live, underway, UpgradeError::HostStopped);
+        Some(self.ended(swap))
+    }
+
+    /// Steps 4–7 of the upgrade: pause, export, import, commit or roll back.
+    fn pause_and_swap(&mut self, underway: Underway) -> Swapped {
         let paused = Instant::now();
         self.event_clock.freeze_at(self.clock.wall_ns());
         let boundary = upgrade::Boundary {
@@ -576,15 +646,39 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             clock: &self.event_clock,
             max_state: self.limits.max_state,
         };
-        match upgrade::swap(&mut self.live, next, boundary) {
-            Swap::Committed { mut report, retired, timers } => {
+        let swap = upgrade::swap(&mut self.live, underway, boundary);
+        if let Swap::Committed { report, .. } = &swap {
+            debug!(pause_us = paused.elapsed().as_micros() as u64, "swap done");
+            let _ = report;
+        }
+        let mut swapped = self.ended(swap);
+        if let Ok(report) = &mut swapped.outcome {
+            report.pause = paused.elapsed();
+        }
+        swapped
+    }
+
+    /// Tells `tasuki status` how far the pre-copy under way is.
+    fn note_precopy(&self) {
+        let progress = self.upgrading.as_ref().and_then(|u| {
+            let (steps, bytes, owed) = u.precopy.as_ref()?.progress();
+            Some(PrecopyProgress { to: AppVersion::from(&u.next.info), steps, bytes, owed })
+        });
+        self.shared.note_precopy(progress);
+    }
+
+    /// The end of an upgrade: the new instance's effects applied and the commit recorded, or
+    /// the rollback recorded (rebuilding the old instance if it trapped while exporting).
+    fn ended(&mut self, swap: Swap) -> Swapped {
+        self.shared.note_precopy(None);
+        match swap {
+            Swap::Committed { report, retired, timers } => {
                 if let Some(timers) = timers {
                     // After --from-checkpoint: what the new instance believes armed.
                     self.timers = timers;
                 }
                 self.apply_effects();
                 self.reap_broken();
-                report.pause = paused.elapsed();
                 info!(
                     from = %report.from, to = %report.to, pause_us = report.pause.as_micros() as u64,
                     state_bytes = report.state_bytes, connections = report.connections, "upgraded"

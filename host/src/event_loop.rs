@@ -42,6 +42,8 @@ pub(crate) struct EventLoop {
     dispatcher: Dispatcher<Connections, SystemClock>,
     next_conn: u64,
     commands: mpsc::Receiver<Command>,
+    /// Who asked for the upgrade whose pre-copy is under way.
+    upgrade_reply: Option<mpsc::SyncSender<Swapped>>,
     refused_connections: u64,
     read_buf: Vec<u8>,
 }
@@ -68,6 +70,7 @@ impl EventLoop {
             dispatcher,
             next_conn: 1,
             commands,
+            upgrade_reply: None,
             refused_connections: 0,
             read_buf: vec![0; READ_CHUNK],
         })
@@ -82,16 +85,19 @@ impl EventLoop {
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if self.dispatcher.net.read_again.is_empty() {
-                self.dispatcher.next_deadline().map(|deadline| {
-                    self.dispatcher
-                        .clock
-                        .instant(deadline)
-                        .saturating_duration_since(std::time::Instant::now())
-                })
-            } else {
-                Some(Duration::ZERO)
-            };
+            // While a pre-copy is under way, poll without waiting: a step runs after every
+            // round of events, and the events of each round wait for at most one step.
+            let timeout =
+                if self.dispatcher.net.read_again.is_empty() && !self.dispatcher.upgrading() {
+                    self.dispatcher.next_deadline().map(|deadline| {
+                        self.dispatcher
+                            .clock
+                            .instant(deadline)
+                            .saturating_duration_since(std::time::Instant::now())
+                    })
+                } else {
+                    Some(Duration::ZERO)
+                };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -120,23 +126,38 @@ impl EventLoop {
             }
             self.dispatcher.fire_due_timers();
             self.dispatcher.checkpoint_if_due();
+            if let Some(swapped) = self.dispatcher.upgrade_step() {
+                self.reply_upgrade(swapped);
+            }
             loop {
                 match self.commands.try_recv() {
                     Ok(Command::Upgrade(prepared, reply)) => {
-                        let swapped = self.dispatcher.upgrade(*prepared);
-                        // The requester may have gone away; the outcome is logged either way.
-                        let _ = reply.send(swapped);
+                        self.upgrade_reply = Some(reply);
+                        if let Some(swapped) = self.dispatcher.upgrade(*prepared) {
+                            self.reply_upgrade(swapped);
+                        }
                     }
                     Ok(Command::Snapshot(reply)) => {
                         let _ = reply.send(self.dispatcher.snapshot());
                     }
                     Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => {
+                        if let Some(swapped) = self.dispatcher.cancel_upgrade() {
+                            self.reply_upgrade(swapped);
+                        }
                         info!("event loop stopped");
                         return;
                     }
                     Err(mpsc::TryRecvError::Empty) => break,
                 }
             }
+        }
+    }
+
+    /// Tells the requester how its upgrade ended. It may have gone away; the outcome is logged
+    /// either way.
+    fn reply_upgrade(&mut self, swapped: Swapped) {
+        if let Some(reply) = self.upgrade_reply.take() {
+            let _ = reply.send(swapped);
         }
     }
 

@@ -294,13 +294,13 @@ impl Host {
             Some(path) => {
                 let serving = Arc::clone(&upgrader);
                 let server = ControlServer::start(path, move |request| match request {
-                    Request::Status => Response::Status(serving.shared.status()),
+                    Request::Status => Response::Status(Box::new(serving.shared.status())),
                     Request::Snapshot { out } => match serving.snapshot(&out) {
                         Ok(report) => Response::Snapshotted(report),
                         Err(e) => Response::Failed(e.to_string()),
                     },
                     Request::Upgrade { wasm, options } => match serving.upgrade(&wasm, &options) {
-                        Ok(report) => Response::Upgraded(report),
+                        Ok(report) => Response::Upgraded(Box::new(report)),
                         Err(e) => Response::Failed(e.to_string()),
                     },
                 });

@@ -4,7 +4,8 @@
 //! fault, a missed deadline) are kept apart: the first is the app refusing, the second means this
 //! instance can never be entered again.
 
-use crate::bindings::{AppInfo, ConnInfo, Server, Snapshot};
+use crate::bindings::server_exports::{app, precopy, state};
+use crate::bindings::{AppInfo, Chunk, ConnInfo, PrecopyBatch, Snapshot};
 use crate::limits;
 use crate::store::{Effect, InstanceState};
 use crate::version::Version;
@@ -88,7 +89,10 @@ fn trap(e: wasmtime::Error) -> CallError {
 /// A live instance of an app version.
 pub struct Instance {
     store: Store<InstanceState>,
-    server: Server,
+    app: app::Guest,
+    state: state::Guest,
+    /// `None` if the version predates pre-copy.
+    precopy: Option<precopy::Guest>,
     /// Epoch ticks an event may run.
     call_deadline: u64,
     /// Epoch ticks a state call may run.
@@ -148,10 +152,17 @@ impl Instance {
         store.epoch_deadline_trap();
         store.set_hostcall_fuel(runtime.limits.hostcall_bytes());
         store.set_epoch_deadline(limits::ticks(runtime.limits.upgrade_deadline));
-        let server = version.pre.instantiate(&mut store).map_err(trap)?;
+        let instance = version.pre.instantiate(&mut store).map_err(trap)?;
+        let exports = &version.exports;
+        let app = exports.app.load(&mut store, &instance).map_err(trap)?;
+        let state = exports.state.load(&mut store, &instance).map_err(trap)?;
+        let precopy = match &exports.precopy {
+            Some(indices) => Some(indices.load(&mut store, &instance).map_err(trap)?),
+            None => None,
+        };
         let call_deadline = limits::ticks(runtime.limits.call_deadline);
         let state_deadline = limits::ticks(runtime.limits.upgrade_deadline);
-        Ok(Self { store, server, call_deadline, state_deadline, fault_next: false })
+        Ok(Self { store, app, state, precopy, call_deadline, state_deadline, fault_next: false })
     }
 
     fn event(&mut self) {
@@ -196,25 +207,17 @@ impl Instance {
 
     pub fn init(&mut self, args: &[String]) -> Result<(), CallError> {
         self.state_call();
-        self.server
-            .tasuki_server_app()
-            .call_init(&mut self.store, args)
-            .map_err(trap)?
-            .map_err(CallError::Refused)
+        self.app.call_init(&mut self.store, args).map_err(trap)?.map_err(CallError::Refused)
     }
 
     pub fn describe(&mut self) -> Result<AppInfo, CallError> {
         self.state_call();
-        self.server.tasuki_server_state().call_describe(&mut self.store).map_err(trap)
+        self.state.call_describe(&mut self.store).map_err(trap)
     }
 
     pub fn export_state(&mut self) -> Result<Snapshot, CallError> {
         self.state_call();
-        self.server
-            .tasuki_server_state()
-            .call_export_state(&mut self.store)
-            .map_err(trap)?
-            .map_err(CallError::Refused)
+        self.state.call_export_state(&mut self.store).map_err(trap)?.map_err(CallError::Refused)
     }
 
     pub fn import_state(
@@ -223,40 +226,104 @@ impl Instance {
         live: &[ConnInfo],
     ) -> Result<(), CallError> {
         self.state_call();
-        self.server
-            .tasuki_server_state()
+        self.state
             .call_import_state(&mut self.store, snapshot, live)
             .map_err(trap)?
             .map_err(CallError::Refused)
     }
 
+    /// True if this instance can move its state by pre-copy.
+    pub fn precopies(&self) -> bool {
+        self.precopy.is_some()
+    }
+
+    fn precopy(&self) -> Result<&precopy::Guest, CallError> {
+        self.precopy.as_ref().ok_or_else(|| {
+            CallError::Refused("this version predates pre-copy (no `precopy` export)".into())
+        })
+    }
+
+    /// `precopy.begin`: the instance starts recording changes.
+    pub fn precopy_begin(&mut self) -> Result<(), CallError> {
+        self.state_call();
+        let precopy = self.precopy()?.clone();
+        precopy.call_begin(&mut self.store).map_err(trap)?.map_err(CallError::Refused)
+    }
+
+    /// `precopy.next`: about `max_bytes` of records.
+    pub fn precopy_next(&mut self, max_bytes: u64) -> Result<PrecopyBatch, CallError> {
+        self.event();
+        let precopy = self.precopy()?.clone();
+        precopy.call_next(&mut self.store, max_bytes).map_err(trap)?.map_err(CallError::Refused)
+    }
+
+    /// `precopy.finish`: the records still owed and the snapshot of the rest.
+    pub fn precopy_finish(&mut self) -> Result<(Vec<Chunk>, Snapshot), CallError> {
+        self.state_call();
+        let precopy = self.precopy()?.clone();
+        precopy.call_finish(&mut self.store).map_err(trap)?.map_err(CallError::Refused)
+    }
+
+    /// `precopy.abort`: the instance stops recording (the upgrade rolled back).
+    pub fn precopy_abort(&mut self) -> Result<(), CallError> {
+        self.event();
+        let precopy = self.precopy()?.clone();
+        precopy.call_abort(&mut self.store).map_err(trap)
+    }
+
+    /// `precopy.import-chunks`, on the new instance.
+    pub fn import_chunks(&mut self, chunks: &[Chunk]) -> Result<(), CallError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        self.state_call();
+        let precopy = self.precopy()?.clone();
+        precopy
+            .call_import_chunks(&mut self.store, chunks)
+            .map_err(trap)?
+            .map_err(CallError::Refused)
+    }
+
+    /// Imports a state kept as pre-copied `chunks` plus the `snapshot` of the rest (empty
+    /// `chunks` for a full snapshot).
+    pub fn import(
+        &mut self,
+        chunks: &[Chunk],
+        snapshot: &Snapshot,
+        live: &[ConnInfo],
+    ) -> Result<(), CallError> {
+        self.import_chunks(chunks)?;
+        self.import_state(snapshot, live)
+    }
+
     pub fn on_connect(&mut self, conn: &ConnInfo) -> Result<(), CallError> {
         self.event();
-        let result =
-            self.server.tasuki_server_app().call_on_connect(&mut self.store, conn).map_err(trap);
+        let result = self.app.call_on_connect(&mut self.store, conn).map_err(trap);
         self.event_result(result)
     }
 
     pub fn on_data(&mut self, conn: u64, data: &[u8]) -> Result<(), CallError> {
         self.event();
-        let result =
-            self.server.tasuki_server_app().call_on_data(&mut self.store, conn, data).map_err(trap);
+        let result = self.app.call_on_data(&mut self.store, conn, data).map_err(trap);
         self.event_result(result)
     }
 
     pub fn on_disconnect(&mut self, conn: u64) -> Result<(), CallError> {
         self.event();
-        let result =
-            self.server.tasuki_server_app().call_on_disconnect(&mut self.store, conn).map_err(trap);
+        let result = self.app.call_on_disconnect(&mut self.store, conn).map_err(trap);
         self.event_result(result)
     }
 
     pub fn on_timer(&mut self, id: u64) -> Result<(), CallError> {
         self.event();
-        let result =
-            self.server.tasuki_server_app().call_on_timer(&mut self.store, id).map_err(trap);
+        let result = self.app.call_on_timer(&mut self.store, id).map_err(trap);
         self.event_result(result)
     }
+}
+
+/// Total bytes of pre-copied chunks.
+pub fn chunk_bytes(chunks: &[Chunk]) -> u64 {
+    chunks.iter().map(|c| c.bytes.len() as u64).sum()
 }
 
 /// Total bytes of state in a snapshot.

@@ -18,6 +18,8 @@
 //!   (leaving out input that makes the replay trap, and rebuilding the timer queue).
 //! - `live`: **the live version** — version, instance, app info and recovery state as one
 //!   value; every commit, restore and rebuild replaces it in one move.
+//! - [`precopy`]: an upgrade's pre-copy session — chunks across between events, and when to
+//!   pause.
 //! - [`upgrade`]: the upgrade transaction — prepare off the loop, then export, transform,
 //!   import, commit or roll back at a boundary — and its report. No sockets here.
 //! - [`status`]: what `tasuki status` shows, kept up to date by the dispatcher.
@@ -43,6 +45,7 @@ pub mod instance;
 pub mod limits;
 mod live;
 mod net;
+pub mod precopy;
 mod recovery;
 pub mod runtime;
 pub mod sandbox;

@@ -66,6 +66,10 @@ pub struct Limits {
     pub output_buffer: usize,
     /// Recovery journal bound, in bytes; 0 turns recovery off (a trap then loses the state).
     pub journal: usize,
+    /// Bytes of records one pre-copy step moves (`--precopy-chunk`); a client waits at most
+    /// about one step's time for an upgrade. 0 turns pre-copy off: the whole state then
+    /// crosses inside the pause.
+    pub precopy_chunk: u64,
 }
 
 impl Default for Limits {
@@ -78,6 +82,7 @@ impl Default for Limits {
             max_connections: MAX_CONNECTIONS,
             output_buffer: OUTPUT_HIGH_WATER,
             journal: JOURNAL_LIMIT,
+            precopy_chunk: crate::precopy::DEFAULT_CHUNK,
         }
     }
 }

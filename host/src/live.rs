@@ -7,7 +7,7 @@
 //! invariant of [`crate::recovery`] true: *the checkpoint, imported into a fresh instance of this
 //! version, plus the journal replayed, is the live state* — whatever replaced the value last.
 
-use crate::bindings::{AppInfo, ConnInfo, Snapshot};
+use crate::bindings::{AppInfo, Chunk, ConnInfo, PrecopyBatch, Snapshot};
 use crate::clock::EventClock;
 use crate::instance::{CallError, Instance};
 use crate::recovery::{self, RebuildError, RebuildReport, Recovery, Skip, Stamp};
@@ -39,11 +39,12 @@ impl Call<'_> {
 /// Where the state of a committed version came from, which decides its recovery state.
 #[derive(Debug)]
 pub(crate) enum Imported {
-    /// It imported this snapshot (after transformers) with these connections open.
-    Snapshot(Snapshot, Vec<ConnInfo>),
+    /// It imported these pre-copied chunks (none for a full transfer) and this snapshot (after
+    /// transformers) with these connections open.
+    Snapshot(Vec<Chunk>, Snapshot, Vec<ConnInfo>),
     /// `--from-checkpoint`: it imported the checkpoint (after transformers; `None` when there
     /// was none and `init` built the state) and replayed the journal since.
-    Journal(Option<Snapshot>),
+    Journal(Option<(Vec<Chunk>, Snapshot)>),
 }
 
 /// The version being served, with its instance and recovery state.
@@ -53,6 +54,8 @@ pub(crate) struct Live {
     instance: Instance,
     info: AppInfo,
     recovery: Recovery,
+    /// See [`Live::generation`].
+    generation: u64,
 }
 
 impl Live {
@@ -63,7 +66,13 @@ impl Live {
         journal_limit: usize,
     ) -> Result<Self, CallError> {
         let (instance, info) = recovery::start(&version, args)?;
-        Ok(Self { version, instance, info, recovery: Recovery::fresh(journal_limit) })
+        Ok(Self {
+            version,
+            instance,
+            info,
+            recovery: Recovery::fresh(journal_limit),
+            generation: 0,
+        })
     }
 
     /// A start from `snapshot` (`run --restore`, after transformers) into `instance`, which
@@ -77,8 +86,14 @@ impl Live {
     ) -> Result<Self, CallError> {
         instance.import_state(&snapshot, &[])?;
         // No timers before the import; the dispatcher anchors the time when it starts.
-        let recovery = Recovery::from_snapshot(journal_limit, snapshot, Vec::new(), Vec::new(), 0);
-        Ok(Self { version, instance, info, recovery })
+        let recovery = Recovery::from_snapshot(
+            journal_limit,
+            (Vec::new(), snapshot),
+            Vec::new(),
+            Vec::new(),
+            0,
+        );
+        Ok(Self { version, instance, info, recovery, generation: 0 })
     }
 
     /// The dispatcher starts at monotonic time `mono`: a fresh start's or a restore's timers
@@ -101,15 +116,16 @@ impl Live {
     ) -> Live {
         let limit = self.recovery.limit();
         let recovery = match imported {
-            Imported::Snapshot(snapshot, live) => {
-                Recovery::from_snapshot(limit, snapshot, live, timers, mono)
+            Imported::Snapshot(chunks, snapshot, live) => {
+                Recovery::from_snapshot(limit, (chunks, snapshot), live, timers, mono)
             }
             Imported::Journal(snapshot) => {
                 std::mem::replace(&mut self.recovery, Recovery::fresh(limit))
                     .with_checkpoint_snapshot(snapshot)
             }
         };
-        std::mem::replace(self, Self { version, instance, info, recovery })
+        let generation = self.generation + 1;
+        std::mem::replace(self, Self { version, instance, info, recovery, generation })
     }
 
     /// Runs one event; journals it if it completed. A trap leaves the instance unusable:
@@ -155,6 +171,47 @@ impl Live {
         snapshot
     }
 
+    /// Opens a pre-copy session on the live instance.
+    pub(crate) fn precopy_begin(&mut self) -> Result<(), CallError> {
+        let result = self.instance.precopy_begin();
+        self.instance.discard_effects();
+        result
+    }
+
+    /// The next batch of the pre-copy session (the instance serves on unchanged).
+    pub(crate) fn precopy_next(&mut self, max_bytes: u64) -> Result<PrecopyBatch, CallError> {
+        let result = self.instance.precopy_next(max_bytes);
+        self.instance.discard_effects();
+        result
+    }
+
+    /// Ends the pre-copy session: the records still owed and the snapshot of the rest.
+    pub(crate) fn precopy_finish(&mut self) -> Result<(Vec<Chunk>, Snapshot), CallError> {
+        let result = self.instance.precopy_finish();
+        self.instance.discard_effects();
+        result
+    }
+
+    /// Drops the pre-copy session (the upgrade rolled back). A failure here is the instance
+    /// trapping, which the next event finds.
+    pub(crate) fn precopy_abort(&mut self) {
+        if let Err(e) = self.instance.precopy_abort() {
+            tracing::warn!("{} failed to drop its pre-copy session: {e}", self.app());
+        }
+        self.instance.discard_effects();
+    }
+
+    /// True if the live instance can move its state by pre-copy.
+    pub(crate) fn precopies(&self) -> bool {
+        self.instance.precopies()
+    }
+
+    /// Counts replacements of the instance (rebuild, restart, commit): a pre-copy session
+    /// belongs to one instance, and ends if it is replaced.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Makes `snapshot`, exported just now (monotonic time `mono`) with `live` open and
     /// `timers` armed, the checkpoint.
     pub(crate) fn set_checkpoint(
@@ -164,7 +221,7 @@ impl Live {
         timers: Vec<(u64, u64)>,
         mono: u64,
     ) {
-        self.recovery.set_checkpoint(snapshot, live, timers, mono);
+        self.recovery.set_checkpoint((Vec::new(), snapshot), live, timers, mono);
     }
 
     pub(crate) fn checkpoint_failed(&mut self) {
@@ -185,6 +242,7 @@ impl Live {
         if let Ok(placeholder) = Instance::new(&self.version) {
             drop(std::mem::replace(&mut self.instance, placeholder));
         }
+        self.generation += 1;
         let (instance, report) = self.recovery.rebuild(&self.version, args, clock, skip)?;
         self.instance = instance;
         Ok(report)
@@ -196,6 +254,7 @@ impl Live {
     /// too, and replaces the host's timers by what `init` asks for.
     pub(crate) fn restart_fresh(&mut self, args: &[String], mono: u64) -> Result<(), CallError> {
         let (instance, info) = recovery::start(&self.version, args)?;
+        self.generation += 1;
         self.instance = instance;
         self.info = info;
         self.recovery = Recovery::fresh(self.recovery.limit());

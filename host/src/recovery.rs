@@ -28,9 +28,9 @@
 //! in the log). If exports keep failing, the journal reaches its limit and recovery is off until
 //! the next checkpoint succeeds; `tasuki status` says so, and why.
 
-use crate::bindings::{AppInfo, ConnInfo, Snapshot};
+use crate::bindings::{AppInfo, Chunk, ConnInfo, Snapshot};
 use crate::clock::EventClock;
-use crate::instance::{CallError, Instance, snapshot_bytes};
+use crate::instance::{CallError, Instance, chunk_bytes, snapshot_bytes};
 use crate::limits::CHECKPOINT_MIN;
 use crate::timers::TimerQueue;
 use crate::version::Version;
@@ -64,11 +64,20 @@ pub(crate) enum Event {
 /// The state an instance can be rebuilt from.
 #[derive(Debug, Clone)]
 pub(crate) struct Checkpoint {
+    /// Chunks pre-copied ahead of `snapshot` (empty for a full export): imported first.
+    pub(crate) chunks: Vec<Chunk>,
     pub(crate) snapshot: Snapshot,
     /// Connections open when it was taken.
     pub(crate) live: Vec<ConnInfo>,
     /// When it was taken, ms since the Unix epoch.
     pub(crate) at_unix_ms: u64,
+}
+
+impl Checkpoint {
+    /// Bytes of state it holds, chunks and snapshot.
+    pub(crate) fn bytes(&self) -> u64 {
+        chunk_bytes(&self.chunks) + snapshot_bytes(&self.snapshot)
+    }
 }
 
 /// Why a journal cannot rebuild the live state.
@@ -199,13 +208,13 @@ impl Recovery {
     /// at monotonic time `mono`, when the host's timers were `timers`.
     pub(crate) fn from_snapshot(
         limit: usize,
-        snapshot: Snapshot,
+        (chunks, snapshot): (Vec<Chunk>, Snapshot),
         live: Vec<ConnInfo>,
         timers: Vec<(u64, u64)>,
         mono: u64,
     ) -> Self {
         let mut recovery = Self::fresh(limit);
-        recovery.set_checkpoint(snapshot, live, timers, mono);
+        recovery.set_checkpoint((chunks, snapshot), live, timers, mono);
         recovery
     }
 
@@ -218,9 +227,15 @@ impl Recovery {
 
     /// The same journal over another checkpoint: after `--from-checkpoint`, the new version
     /// imported the (transformed) checkpoint and replayed these very events.
-    pub(crate) fn with_checkpoint_snapshot(mut self, snapshot: Option<Snapshot>) -> Self {
+    pub(crate) fn with_checkpoint_snapshot(
+        mut self,
+        snapshot: Option<(Vec<Chunk>, Snapshot)>,
+    ) -> Self {
         match (&mut self.checkpoint, snapshot) {
-            (Some(checkpoint), Some(snapshot)) => checkpoint.snapshot = snapshot,
+            (Some(checkpoint), Some((chunks, snapshot))) => {
+                checkpoint.chunks = chunks;
+                checkpoint.snapshot = snapshot;
+            }
             (checkpoint, snapshot) => debug_assert_eq!(checkpoint.is_some(), snapshot.is_some()),
         }
         self
@@ -327,12 +342,12 @@ impl Recovery {
     /// `mono`, when the host's armed timers were `timers`.
     pub(crate) fn set_checkpoint(
         &mut self,
-        snapshot: Snapshot,
+        (chunks, snapshot): (Vec<Chunk>, Snapshot),
         live: Vec<ConnInfo>,
         timers: Vec<(u64, u64)>,
         mono: u64,
     ) {
-        let bytes = snapshot_bytes(&snapshot) as usize;
+        let bytes = (chunk_bytes(&chunks) + snapshot_bytes(&snapshot)) as usize;
         let half = (self.limit / 2).max(1);
         if bytes > self.limit && self.limit > 0 {
             tracing::warn!(
@@ -344,7 +359,7 @@ impl Recovery {
         }
         self.checkpoint_at = bytes.max(CHECKPOINT_MIN).min(half);
         self.checkpoint =
-            Some(Checkpoint { snapshot, live, at_unix_ms: crate::clock::now_unix_ms() });
+            Some(Checkpoint { chunks, snapshot, live, at_unix_ms: crate::clock::now_unix_ms() });
         self.base_timers = timers;
         self.base_mono = mono;
         self.events.clear();
@@ -402,7 +417,7 @@ impl Recovery {
                     clock.freeze_at(at);
                 }
                 instance
-                    .import_state(&checkpoint.snapshot, &checkpoint.live)
+                    .import(&checkpoint.chunks, &checkpoint.snapshot, &checkpoint.live)
                     .map_err(RebuildError::Import)?;
             }
             let mut timers = self.timers_after_import(&mut instance);

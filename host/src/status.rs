@@ -2,7 +2,6 @@
 
 use crate::bindings::AppInfo;
 use crate::clock::now_unix_ms;
-use crate::instance::snapshot_bytes;
 use crate::recovery::Recovery;
 use crate::upgrade::{AppVersion, UpgradeReport};
 use serde::{Deserialize, Serialize};
@@ -80,7 +79,22 @@ pub struct Status {
     pub connections: u64,
     pub upgrades: u64,
     pub last_upgrade: Option<LastUpgrade>,
+    /// The upgrade whose pre-copy is under way, if one is.
+    pub precopy: Option<PrecopyProgress>,
     pub recovery: Box<RecoveryStatus>,
+}
+
+/// An upgrade between its first pre-copy step and its pause.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrecopyProgress {
+    /// The version the state is moving to.
+    pub to: AppVersion,
+    /// Steps so far (one chunk each).
+    pub steps: u32,
+    /// Bytes of chunks moved so far.
+    pub bytes: u64,
+    /// Bytes the old version still owes (its estimate).
+    pub owed: u64,
 }
 
 fn bytes(n: u64) -> String {
@@ -201,6 +215,16 @@ impl fmt::Display for Status {
                 Err(reason) => write!(f, "failed: {reason}")?,
             }
         }
+        if let Some(p) = &self.precopy {
+            write!(
+                f,
+                "\nupgrading    to {}: pre-copy under way, {} moved in {} steps, {} still owed",
+                p.to,
+                bytes(p.bytes),
+                p.steps,
+                bytes(p.owed)
+            )?;
+        }
         write!(f, "\n{}", self.recovery)
     }
 }
@@ -217,6 +241,7 @@ pub(crate) struct Shared {
     journal_events: AtomicU64,
     recovering_since: AtomicU64,
     recovery: Mutex<RecoveryStatus>,
+    precopy: Mutex<Option<PrecopyProgress>>,
 }
 
 #[derive(Debug)]
@@ -249,7 +274,13 @@ impl Shared {
             journal_events: AtomicU64::new(0),
             recovering_since: AtomicU64::new(0),
             recovery: Mutex::new(RecoveryStatus::default()),
+            precopy: Mutex::new(None),
         }
+    }
+
+    /// After each pre-copy step; `None` when the upgrade ended.
+    pub(crate) fn note_precopy(&self, progress: Option<PrecopyProgress>) {
+        *self.precopy.lock().unwrap_or_else(|p| p.into_inner()) = progress;
     }
 
     fn recovery_status(&self) -> std::sync::MutexGuard<'_, RecoveryStatus> {
@@ -267,8 +298,7 @@ impl Shared {
         self.note_journal(recovery);
         let mut status = self.recovery_status();
         status.off = recovery.off().map(ToString::to_string);
-        status.checkpoint =
-            recovery.checkpoint().map(|c| (c.at_unix_ms, snapshot_bytes(&c.snapshot)));
+        status.checkpoint = recovery.checkpoint().map(|c| (c.at_unix_ms, c.bytes()));
         status.journal_limit = recovery.limit() as u64;
     }
 
@@ -322,6 +352,7 @@ impl Shared {
             connections: self.connections.load(Ordering::Relaxed),
             upgrades: current.upgrades,
             last_upgrade: current.last_upgrade.clone(),
+            precopy: self.precopy.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             recovery: {
                 let mut recovery = Box::new(self.recovery_status().clone());
                 recovery.journal_bytes = self.journal_bytes.load(Ordering::Relaxed);

@@ -7,9 +7,8 @@
 //! host's memory cap and deadline. It is handed only the sections it claims, at the versions it
 //! reads; every other section goes around it untouched.
 
-use crate::bindings::transformer::Transformer as Bindings;
-use crate::bindings::transformer::TransformerPre;
-use crate::bindings::{AppInfo, Section, Snapshot, TransformInfo};
+use crate::bindings::transformer::exports::tasuki::server::{transform, transform_chunks};
+use crate::bindings::{AppInfo, Chunk, Section, Snapshot, TransformInfo};
 use crate::instance::Trap;
 use crate::limits;
 use crate::runtime::Runtime;
@@ -19,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{InstancePre, ResourceTable};
 use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, WasiCtx};
 
@@ -55,9 +54,17 @@ pub enum TransformError {
     Broken { name: String, got: String, expected: String },
 }
 
+/// The section that marks a snapshot as the end of a pre-copy (its collections are references
+/// to the chunks before it). Every transformer is handed it with the sections it claims.
+pub const PRECOPY_SECTION: &str = "tasuki.precopy";
+
 /// A compiled transformer and what it declares.
 pub struct Transformer {
-    pre: TransformerPre<TransformState>,
+    pre: InstancePre<TransformState>,
+    transform: transform::GuestIndices,
+    /// `None` for a transformer built before pre-copy: an upgrade through it moves the whole
+    /// state in the pause.
+    chunks: Option<transform_chunks::GuestIndices>,
     runtime: Runtime,
     pub path: PathBuf,
     pub info: TransformInfo,
@@ -84,27 +91,39 @@ impl Transformer {
         };
         let instance_pre =
             runtime.transform_linker.instantiate_pre(&component).map_err(wrong_world)?;
-        let pre = TransformerPre::new(instance_pre).map_err(wrong_world)?;
-        let mut this = Self {
-            pre,
+        let transform = transform::GuestIndices::new(&instance_pre).map_err(wrong_world)?;
+        let chunks = transform_chunks::GuestIndices::new(&instance_pre).ok();
+        let mut this = Arc::new(Self {
+            pre: instance_pre,
+            transform,
+            chunks,
             runtime: runtime.clone(),
             path: path.into(),
             info: TransformInfo { name: String::new(), steps: Vec::new() },
-        };
-        let (mut store, bindings) = this.instantiate().map_err(|e| LoadError::WrongWorld {
-            path: path.into(),
-            reason: format!("it does not start: {}", Trap::from_error(&e).message),
-        })?;
-        this.info = bindings.tasuki_server_transform().call_describe(&mut store).map_err(|e| {
-            LoadError::WrongWorld {
+        });
+        let info = {
+            let mut session = this.session().map_err(|e| LoadError::WrongWorld {
                 path: path.into(),
-                reason: format!("describe: {}", Trap::from_error(&e).message),
-            }
-        })?;
-        Ok(Arc::new(this))
+                reason: format!("it does not start: {}", Trap::from_error(&e).message),
+            })?;
+            session.transform.call_describe(&mut session.store).map_err(|e| {
+                LoadError::WrongWorld {
+                    path: path.into(),
+                    reason: format!("describe: {}", Trap::from_error(&e).message),
+                }
+            })?
+        };
+        Arc::get_mut(&mut this).expect("the describe session is gone").info = info;
+        Ok(this)
     }
 
-    fn instantiate(&self) -> wasmtime::Result<(Store<TransformState>, Bindings)> {
+    /// True if the transformer rewrites pre-copied chunks (it exports `transform-chunks`).
+    pub fn precopies(&self) -> bool {
+        self.chunks.is_some()
+    }
+
+    /// A fresh instance, for one run or one upgrade's pre-copy.
+    fn session(self: &Arc<Self>) -> wasmtime::Result<Session> {
         let limits = &self.runtime.limits;
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
@@ -127,8 +146,13 @@ impl Transformer {
         store.epoch_deadline_trap();
         store.set_hostcall_fuel(limits.hostcall_bytes());
         store.set_epoch_deadline(limits::ticks(limits.upgrade_deadline));
-        let bindings = self.pre.instantiate(&mut store)?;
-        Ok((store, bindings))
+        let instance = self.pre.instantiate(&mut store)?;
+        let transform = self.transform.load(&mut store, &instance)?;
+        let chunks = match &self.chunks {
+            Some(indices) => Some(indices.load(&mut store, &instance)?),
+            None => None,
+        };
+        Ok(Session { owner: Arc::clone(self), store, transform, chunks })
     }
 
     /// The version this transformer reads section `name` at, if it claims it.
@@ -138,34 +162,97 @@ impl Transformer {
 
     /// Runs the transformer over the sections it claims and returns the whole next snapshot,
     /// with every other section exactly as it was.
-    pub fn apply(&self, snapshot: Snapshot) -> Result<Snapshot, TransformError> {
-        let name = self.info.name.clone();
+    pub fn apply(self: &Arc<Self>, snapshot: Snapshot) -> Result<Snapshot, TransformError> {
+        self.start()?.apply(snapshot)
+    }
+
+    fn start(self: &Arc<Self>) -> Result<Session, TransformError> {
+        self.session().map_err(|e| TransformError::Trap {
+            name: self.info.name.clone(),
+            trap: Trap::from_error(&e),
+        })
+    }
+}
+
+/// One instance of a transformer: one run, or every batch of one upgrade's pre-copy and then
+/// its final snapshot.
+struct Session {
+    owner: Arc<Transformer>,
+    store: Store<TransformState>,
+    transform: transform::Guest,
+    chunks: Option<transform_chunks::Guest>,
+}
+
+impl Session {
+    fn trap(&self, e: &wasmtime::Error) -> TransformError {
+        TransformError::Trap { name: self.owner.info.name.clone(), trap: Trap::from_error(e) }
+    }
+
+    /// Rewrites the chunks of the sections the transformer claims; the others pass around it.
+    fn chunks(&mut self, chunks: Vec<Chunk>) -> Result<Vec<Chunk>, TransformError> {
+        let name = self.owner.info.name.clone();
+        let claimed = |c: &Chunk| self.owner.reads(&c.section) == Some(c.version);
+        if !chunks.iter().any(claimed) {
+            return Ok(chunks);
+        }
+        let Some(guest) = self.chunks.clone() else {
+            return Err(TransformError::Refused {
+                name,
+                reason: "it predates pre-copy (no `transform-chunks` export)".into(),
+            });
+        };
+        self.store.set_epoch_deadline(limits::ticks(self.owner.runtime.limits.upgrade_deadline));
+        let (mine, others): (Vec<Chunk>, Vec<Chunk>) = chunks.into_iter().partition(claimed);
+        let out = guest
+            .call_transform_chunks(&mut self.store, &mine)
+            .map_err(|e| self.trap(&e))?
+            .map_err(|reason| TransformError::Refused { name: name.clone(), reason })?;
+        for chunk in &out {
+            let step = self.owner.info.steps.iter().find(|s| s.name == chunk.section);
+            if step.is_none_or(|s| s.to_version != chunk.version) {
+                return Err(TransformError::Broken {
+                    name,
+                    got: format!(
+                        "a chunk of section `{}` version {}",
+                        chunk.section, chunk.version
+                    ),
+                    expected: format!("{:?}", self.owner.info.steps),
+                });
+            }
+        }
+        Ok(out.into_iter().chain(others).collect())
+    }
+
+    fn apply(&mut self, snapshot: Snapshot) -> Result<Snapshot, TransformError> {
+        let name = self.owner.info.name.clone();
         let Snapshot { app, app_version, sections } = snapshot;
         let order: Vec<String> = sections.iter().map(|s| s.name.clone()).collect();
         let (claimed, others): (Vec<Section>, Vec<Section>) =
-            sections.into_iter().partition(|s| self.reads(&s.name) == Some(s.version));
+            sections.into_iter().partition(|s| self.owner.reads(&s.name) == Some(s.version));
         let expected: BTreeMap<String, u32> = claimed
             .iter()
             .filter_map(|s| {
-                let step = self.info.steps.iter().find(|st| st.name == s.name)?;
+                let step = self.owner.info.steps.iter().find(|st| st.name == s.name)?;
                 Some((s.name.clone(), step.to_version))
             })
             .collect();
-
+        // The end-of-pre-copy marker goes in too: it tells the transformer that the claimed
+        // sections' collections are references to the chunks it rewrote.
+        let mut input = claimed;
+        input.extend(others.iter().filter(|s| s.name == PRECOPY_SECTION).cloned());
         let input =
-            Snapshot { app: app.clone(), app_version: app_version.clone(), sections: claimed };
-        let (mut store, bindings) = self
-            .instantiate()
-            .map_err(|e| TransformError::Trap { name: name.clone(), trap: Trap::from_error(&e) })?;
-        let output = bindings
-            .tasuki_server_transform()
-            .call_transform(&mut store, &input)
-            .map_err(|e| TransformError::Trap { name: name.clone(), trap: Trap::from_error(&e) })?
+            Snapshot { app: app.clone(), app_version: app_version.clone(), sections: input };
+        self.store.set_epoch_deadline(limits::ticks(self.owner.runtime.limits.upgrade_deadline));
+        let output = self
+            .transform
+            .call_transform(&mut self.store, &input)
+            .map_err(|e| self.trap(&e))?
             .map_err(|reason| TransformError::Refused { name: name.clone(), reason })?;
-
+        let rewritten: Vec<Section> =
+            output.sections.into_iter().filter(|s| s.name != PRECOPY_SECTION).collect();
         let got: BTreeMap<String, u32> =
-            output.sections.iter().map(|s| (s.name.clone(), s.version)).collect();
-        if got != expected || got.len() != output.sections.len() {
+            rewritten.iter().map(|s| (s.name.clone(), s.version)).collect();
+        if got != expected || got.len() != rewritten.len() {
             return Err(TransformError::Broken {
                 name,
                 got: format!("sections {got:?}"),
@@ -174,9 +261,39 @@ impl Transformer {
         }
         // Keep the snapshot's section order: rewritten sections where they were.
         let mut by_name: BTreeMap<String, Section> =
-            output.sections.into_iter().chain(others).map(|s| (s.name.clone(), s)).collect();
+            rewritten.into_iter().chain(others).map(|s| (s.name.clone(), s)).collect();
         let sections = order.iter().filter_map(|n| by_name.remove(n)).collect();
         Ok(Snapshot { app, app_version, sections })
+    }
+}
+
+/// One upgrade's pre-copy through a chain: an instance per stage, kept from the first batch to
+/// the final snapshot.
+pub(crate) struct ChainSession {
+    stages: Vec<Session>,
+}
+
+impl std::fmt::Debug for ChainSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainSession").field("stages", &self.stages.len()).finish()
+    }
+}
+
+impl ChainSession {
+    /// Pipes a batch of chunks through every stage.
+    pub(crate) fn chunks(&mut self, mut chunks: Vec<Chunk>) -> Result<Vec<Chunk>, TransformError> {
+        for stage in &mut self.stages {
+            chunks = stage.chunks(chunks)?;
+        }
+        Ok(chunks)
+    }
+
+    /// Pipes the final snapshot through every stage.
+    pub(crate) fn snapshot(&mut self, mut snapshot: Snapshot) -> Result<Snapshot, TransformError> {
+        for stage in &mut self.stages {
+            snapshot = stage.apply(snapshot)?;
+        }
+        Ok(snapshot)
     }
 }
 
@@ -276,5 +393,31 @@ impl Pipeline {
             snapshot = stage.apply(snapshot)?;
         }
         Ok(snapshot)
+    }
+
+    /// Pipes a state kept as pre-copied `chunks` plus the `snapshot` of the rest through every
+    /// stage (one instance per stage sees both).
+    pub fn apply_chunked(
+        &self,
+        chunks: Vec<Chunk>,
+        snapshot: Snapshot,
+    ) -> Result<(Vec<Chunk>, Snapshot), TransformError> {
+        if chunks.is_empty() {
+            return Ok((chunks, self.apply(snapshot)?));
+        }
+        let mut session = self.session()?;
+        let chunks = session.chunks(chunks)?;
+        Ok((chunks, session.snapshot(snapshot)?))
+    }
+
+    /// True if every stage rewrites chunks.
+    pub fn precopies(&self) -> bool {
+        self.stages.iter().all(|t| t.precopies())
+    }
+
+    /// One instance per stage, for an upgrade's pre-copy.
+    pub(crate) fn session(&self) -> Result<ChainSession, TransformError> {
+        let stages = self.stages.iter().map(|t| t.start()).collect::<Result<_, _>>()?;
+        Ok(ChainSession { stages })
     }
 }

@@ -9,8 +9,9 @@
 
 use crate::bindings::{AppInfo, ConnInfo, Snapshot};
 use crate::clock::EventClock;
-use crate::instance::{CallError, Instance, snapshot_bytes};
+use crate::instance::{CallError, Instance, chunk_bytes, snapshot_bytes};
 use crate::live::{Imported, Live};
+use crate::precopy::{self, PrecopyReport};
 use crate::runtime::Runtime;
 use crate::timers::TimerQueue;
 use crate::transformer::{Pipeline, TransformError};
@@ -79,6 +80,9 @@ pub struct UpgradeReport {
     /// Connections open across the swap (none is closed by it).
     pub connections: u64,
     pub source: StateSource,
+    /// The pre-copy before the pause; `None` when everything crossed inside it (a side that
+    /// predates pre-copy, or `--from-checkpoint`).
+    pub precopy: Option<PrecopyReport>,
 }
 
 fn ms(d: Duration) -> String {
@@ -105,6 +109,25 @@ impl fmt::Display for UpgradeReport {
             .map(|s| format!("{} v{} {} B", s.name, s.version, s.bytes))
             .collect();
         writeln!(f, "  state moved  {} bytes ({})", self.state_bytes, sections.join(", "))?;
+        if let Some(p) = &self.precopy {
+            writeln!(
+                f,
+                "  pre-copied   {} bytes in {} steps over {} while serving; {} bytes in the pause{}",
+                p.bytes,
+                p.steps,
+                ms(p.took),
+                p.paused_bytes,
+                if p.converged {
+                    String::new()
+                } else {
+                    format!(
+                        " (did not converge: changes outran the copy, {} bytes were owed when \
+                         the host stopped iterating)",
+                        p.owed_at_pause
+                    )
+                }
+            )?;
+        }
         writeln!(
             f,
             "  prepared in  {} before the pause (compile {})",
@@ -172,6 +195,11 @@ pub enum UpgradeError {
     Import { running: AppVersion, new: AppVersion, error: Box<CallError> },
     #[error("the host is shutting down")]
     HostStopped,
+    #[error(
+        "rolled back, {running} keeps serving: it trapped and was rebuilt at the pause, which \
+         ended the pre-copy session; try again"
+    )]
+    Interrupted { running: AppVersion },
 }
 
 /// A new version, instantiated and initialised, waiting for the pause.
@@ -280,65 +308,205 @@ pub(crate) struct Boundary<'a> {
     pub(crate) max_state: u64,
 }
 
-/// Steps 3–7 of the upgrade, at an event boundary: export (or take the checkpoint and replay
-/// the journal), transform, import, commit or roll back.
-pub(crate) fn swap(live: &mut Live, mut next: Prepared, at: Boundary<'_>) -> Swap {
+/// An upgrade between its prepare and its pause: the new instance, and the pre-copy session
+/// if the state crosses ahead of the pause.
+#[derive(Debug)]
+pub(crate) struct Underway {
+    pub(crate) next: Prepared,
+    pub(crate) precopy: Option<precopy::Session>,
+}
+
+/// What [`begin`] made of a prepared upgrade.
+#[derive(Debug)]
+pub(crate) enum Begun {
+    /// Pre-copy under way: step it between events, then [`swap`].
+    Precopy(Underway),
+    /// No pre-copy (a side predates it, `--from-checkpoint`, or the old version refused):
+    /// [`swap`] at the next boundary moves everything in the pause.
+    Full(Underway),
+    /// The transformers could not start: rolled back before anything moved.
+    Failed(Swap),
+}
+
+/// Step 3 of the upgrade: open the pre-copy session, if every part can.
+pub(crate) fn begin(
+    live: &mut Live,
+    mut next: Prepared,
+    budget: precopy::Budget,
+    max_state: u64,
+) -> Begun {
+    if next.from_checkpoint || budget.chunk == 0 {
+        return Begun::Full(Underway { next, precopy: None });
+    }
+    let begun =
+        precopy::Session::begin(live, &mut next.instance, &next.pipeline, budget, max_state);
+    match begun {
+        Ok(Some(session)) => Begun::Precopy(Underway { next, precopy: Some(session) }),
+        Ok(None) => Begun::Full(Underway { next, precopy: None }),
+        Err(error) => {
+            let trapped = matches!(&error, precopy::StepError::Export(e) if e.trap().is_some());
+            if !trapped {
+                live.precopy_abort();
+            }
+            let error = step_error(live.app(), AppVersion::from(&next.info), error);
+            Begun::Failed(Swap::RolledBack { error, retired: Box::new(next.instance) })
+        }
+    }
+}
+
+/// The live instance was rebuilt (it trapped) while the pre-copy was under way: its session
+/// went with it. Starts over into a fresh new instance; the old version serves meanwhile.
+fn restart(
+    live: &mut Live,
+    underway: &mut Underway,
+    args: &[String],
+    max_state: u64,
+) -> Result<(), UpgradeError> {
+    let budget = underway.precopy.as_ref().map(|s| s.budget()).unwrap_or_default();
+    let next = &mut underway.next;
+    let (instance, _) = crate::recovery::start(&next.version, args).map_err(|error| {
+        UpgradeError::Start { wasm: next.version.path.clone(), error: Box::new(error) }
+    })?;
+    next.instance = instance;
+    tracing::info!("{} was rebuilt during the pre-copy; starting the pre-copy over", live.app());
+    let begun =
+        precopy::Session::begin(live, &mut next.instance, &next.pipeline, budget, max_state);
+    underway.precopy =
+        begun.map_err(|e| step_error(live.app(), AppVersion::from(&next.info), e))?;
+    Ok(())
+}
+
+/// One pre-copy step, between events. `Err` is the rollback: the old version serves on (if it
+/// trapped, the dispatcher rebuilds it).
+pub(crate) fn step(
+    live: &mut Live,
+    underway: &mut Underway,
+    args: &[String],
+    max_state: u64,
+) -> Result<precopy::Next, UpgradeError> {
+    if underway.precopy.as_ref().is_some_and(|s| !s.belongs_to(live)) {
+        restart(live, underway, args, max_state)?;
+        return Ok(precopy::Next::Continue);
+    }
+    let Underway { next, precopy } = underway;
+    let Some(session) = precopy else { return Ok(precopy::Next::Pause) };
+    let running = live.app();
+    match session.step(live, &mut next.instance, max_state) {
+        Ok(next) => Ok(next),
+        Err(error) => {
+            let trapped = matches!(&error, precopy::StepError::Export(e) if e.trap().is_some());
+            if !trapped {
+                live.precopy_abort();
+            }
+            Err(step_error(running, AppVersion::from(&next.info), error))
+        }
+    }
+}
+
+fn step_error(running: AppVersion, new: AppVersion, error: precopy::StepError) -> UpgradeError {
+    match error {
+        precopy::StepError::Export(error) => {
+            UpgradeError::Export { running, error: Box::new(error), rebuilt: false }
+        }
+        precopy::StepError::Transform(error) => {
+            UpgradeError::Transform { running, error: Box::new(error) }
+        }
+        precopy::StepError::Import(error) => {
+            UpgradeError::Import { running, new, error: Box::new(error) }
+        }
+        precopy::StepError::TooLarge { bytes, limit } => {
+            UpgradeError::TooLarge { running, bytes, limit }
+        }
+    }
+}
+
+/// Drops an upgrade under way (the host stops, or the old instance was replaced): the old
+/// instance's session is closed if it is still the one that opened it.
+pub(crate) fn cancel(live: &mut Live, underway: Underway, error: UpgradeError) -> Swap {
+    if underway.precopy.as_ref().is_some_and(|s| s.belongs_to(live)) {
+        live.precopy_abort();
+    }
+    Swap::RolledBack { error, retired: Box::new(underway.next.instance) }
+}
+
+/// Steps 4–7 of the upgrade, at an event boundary: export (the last pre-copy round, or the
+/// whole state, or the checkpoint and the journal after it), transform, import, commit or roll
+/// back.
+pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swap {
+    let Underway { mut next, mut precopy } = underway;
     let Boundary { conns, timers, mono, clock, max_state } = at;
     let running = live.app();
     let new = AppVersion::from(&next.info);
     let paused = Instant::now();
     let connections = conns.len() as u64;
-    let rollback = |error: UpgradeError, retired: Instance| Swap::RolledBack {
-        error,
-        retired: Box::new(retired),
+    let rollback = |live: &mut Live, error: UpgradeError, retired: Instance, abort: bool| {
+        if abort {
+            live.precopy_abort();
+        }
+        Swap::RolledBack { error, retired: Box::new(retired) }
     };
+    if let Some(session) = &precopy
+        && !session.belongs_to(live)
+    {
+        return rollback(live, UpgradeError::Interrupted { running }, next.instance, false);
+    }
 
-    // Export, or with --from-checkpoint take the checkpoint and replay the journal after it.
-    let (snapshot, importing, source): (Option<Snapshot>, Vec<ConnInfo>, StateSource) =
-        if next.from_checkpoint {
-            let recovery = live.recovery();
-            let checkpoint = recovery.checkpoint();
-            let source = StateSource::Checkpoint {
-                at_unix_ms: checkpoint.map(|c| c.at_unix_ms),
-                events_replayed: recovery.events() as u64,
-                complete: recovery.is_on(),
-            };
-            match checkpoint {
-                Some(c) => (Some(c.snapshot.clone()), c.live.clone(), source),
-                None => (None, Vec::new(), source),
-            }
-        } else {
-            match live.export() {
-                Ok(snapshot) => (Some(snapshot), conns, StateSource::Export),
-                Err(error) => {
-                    let error =
-                        UpgradeError::Export { running, error: Box::new(error), rebuilt: false };
-                    return rollback(error, next.instance);
-                }
-            }
+    // Export: the last pre-copy round, the whole state, or with --from-checkpoint the
+    // checkpoint (and below, the journal after it).
+    let (chunks, snapshot, importing, source) = if next.from_checkpoint {
+        let recovery = live.recovery();
+        let checkpoint = recovery.checkpoint();
+        let source = StateSource::Checkpoint {
+            at_unix_ms: checkpoint.map(|c| c.at_unix_ms),
+            events_replayed: recovery.events() as u64,
+            complete: recovery.is_on(),
         };
+        match checkpoint {
+            Some(c) => (c.chunks.clone(), Some(c.snapshot.clone()), c.live.clone(), source),
+            None => (Vec::new(), None, Vec::new(), source),
+        }
+    } else {
+        let exported = match &precopy {
+            Some(_) => live.precopy_finish(),
+            None => live.export().map(|snapshot| (Vec::new(), snapshot)),
+        };
+        match exported {
+            Ok((chunks, snapshot)) => (chunks, Some(snapshot), conns, StateSource::Export),
+            Err(error) => {
+                // A refusal leaves the session open; a trap leaves nothing to close.
+                let abort = precopy.is_some() && error.trap().is_none();
+                let error =
+                    UpgradeError::Export { running, error: Box::new(error), rebuilt: false };
+                return rollback(live, error, next.instance, abort);
+            }
+        }
+    };
     let export = paused.elapsed();
-    let state_bytes = snapshot.as_ref().map_or(0, snapshot_bytes);
+    let paused_bytes = chunk_bytes(&chunks) + snapshot.as_ref().map_or(0, snapshot_bytes);
+    let state_bytes = paused_bytes + precopy.as_ref().map_or(0, precopy::Session::bytes);
     if state_bytes > max_state {
         let error = UpgradeError::TooLarge { running, bytes: state_bytes, limit: max_state };
-        return rollback(error, next.instance);
+        return rollback(live, error, next.instance, false);
     }
-    let crossing = match snapshot {
-        Some(snapshot) if !next.pipeline.is_empty() => match next.pipeline.apply(snapshot) {
-            Ok(transformed) => Some(transformed),
-            Err(error) => {
-                return rollback(
-                    UpgradeError::Transform { running, error: Box::new(error) },
-                    next.instance,
-                );
-            }
-        },
-        other => other,
+    let crossing = match (snapshot, &mut precopy) {
+        (None, _) => Ok(None),
+        (Some(snapshot), Some(session)) => session
+            .transform_last(chunks)
+            .and_then(|chunks| Ok(Some((chunks, session.chain().snapshot(snapshot)?)))),
+        (Some(snapshot), None) if next.pipeline.is_empty() => Ok(Some((chunks, snapshot))),
+        (Some(snapshot), None) => next.pipeline.apply_chunked(chunks, snapshot).map(Some),
+    };
+    let crossing = match crossing {
+        Ok(crossing) => crossing,
+        Err(error) => {
+            let error = UpgradeError::Transform { running, error: Box::new(error) };
+            return rollback(live, error, next.instance, false);
+        }
     };
     let transform = paused.elapsed() - export;
 
     let imported = match &crossing {
-        Some(snapshot) => next.instance.import_state(snapshot, &importing),
+        Some((chunks, snapshot)) => next.instance.import(chunks, snapshot, &importing),
         None => Ok(()),
     };
     let replayed = imported.and_then(|()| match source {
@@ -349,18 +517,29 @@ pub(crate) fn swap(live: &mut Live, mut next: Prepared, at: Boundary<'_>) -> Swa
         Ok(timers) => timers,
         Err(error) => {
             let error = UpgradeError::Import { running, new, error: Box::new(error) };
-            return rollback(error, next.instance);
+            return rollback(live, error, next.instance, false);
         }
     };
     let import = paused.elapsed() - export - transform;
 
     // Commit: from here on every event goes to the new instance, and its recovery state is
     // what it imported — after the transformers, so a rebuild offers it its own shape.
-    let sections = crossing.as_ref().map_or_else(Vec::new, sections);
+    let (precopied, precopy_report) = match precopy {
+        Some(session) => {
+            let (chunks, report) = session.end(paused_bytes, paused);
+            (chunks, Some(report))
+        }
+        None => (Vec::new(), None),
+    };
+    let sections = crossing.as_ref().map_or_else(Vec::new, |(_, s)| sections(s));
     let wasm = next.version.path.clone();
     let compile = next.version.compile_time;
     let imported = match (&source, crossing) {
-        (StateSource::Export, Some(snapshot)) => Imported::Snapshot(snapshot, importing),
+        (StateSource::Export, Some((last, snapshot))) => {
+            let mut chunks = precopied;
+            chunks.extend(last);
+            Imported::Snapshot(chunks, snapshot, importing)
+        }
         (_, crossing) => Imported::Journal(crossing),
     };
     let retired = live.commit(next.version, next.instance, next.info, imported, timers, mono);
@@ -379,6 +558,7 @@ pub(crate) fn swap(live: &mut Live, mut next: Prepared, at: Boundary<'_>) -> Swa
         state_bytes,
         connections,
         source,
+        precopy: precopy_report,
     };
     Swap::Committed {
         report: Box::new(report),

@@ -1,7 +1,8 @@
 //! Once per app version: read, validate, compile and link a component. Everything here happens
 //! before an upgrade pauses anything.
 
-use crate::bindings::{AppInfo, ServerPre};
+use crate::bindings::AppInfo;
+use crate::bindings::server_exports::{app, precopy, state};
 use crate::runtime::Runtime;
 use crate::store::InstanceState;
 use serde::{Deserialize, Serialize};
@@ -9,7 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::Component;
+use wasmtime::component::{Component, InstancePre};
 
 /// An app's name and release, as `describe` gives them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,10 +49,21 @@ pub enum LoadError {
     WrongWorld { path: PathBuf, reason: String },
 }
 
+/// Where a version's exports are, found once when it is loaded.
+#[derive(Clone)]
+pub(crate) struct Exports {
+    pub(crate) app: app::GuestIndices,
+    pub(crate) state: state::GuestIndices,
+    /// `None` for a server built before the `precopy` interface existed: its state crosses in
+    /// one `export-state` inside the pause.
+    pub(crate) precopy: Option<precopy::GuestIndices>,
+}
+
 /// A compiled, linked app version, ready to be instantiated any number of times.
 #[derive(Clone)]
 pub struct Version {
-    pub(crate) pre: ServerPre<InstanceState>,
+    pub(crate) pre: InstancePre<InstanceState>,
+    pub(crate) exports: Exports,
     /// Where it was loaded from.
     pub path: PathBuf,
     /// Time spent reading and compiling.
@@ -94,8 +106,23 @@ impl Version {
             reason: format!("{e:#}"),
         };
         let instance_pre = runtime.linker.instantiate_pre(&component).map_err(wrong_world)?;
-        let pre = ServerPre::new(instance_pre).map_err(wrong_world)?;
-        Ok(Arc::new(Self { pre, path: path.into(), compile_time, runtime: runtime.clone() }))
+        let exports = Exports {
+            app: app::GuestIndices::new(&instance_pre).map_err(wrong_world)?,
+            state: state::GuestIndices::new(&instance_pre).map_err(wrong_world)?,
+            precopy: precopy::GuestIndices::new(&instance_pre).ok(),
+        };
+        Ok(Arc::new(Self {
+            pre: instance_pre,
+            exports,
+            path: path.into(),
+            compile_time,
+            runtime: runtime.clone(),
+        }))
+    }
+
+    /// True if the version can move its state ahead of the pause (it exports `precopy`).
+    pub fn precopies(&self) -> bool {
+        self.exports.precopy.is_some()
     }
 }
 

@@ -6,6 +6,7 @@ mod control;
 mod faults;
 mod hot_swap;
 mod limits;
+mod precopy;
 mod rollback;
 mod sim;
 mod snapshots;

@@ -257,3 +257,107 @@ fn a_trace_naming_a_missing_component_is_refused_before_it_runs() {
     assert!(matches!(err, tasuki::sim::SimError::Load(_)), "{err}");
     assert!(err.to_string().contains("no-such.wasm"), "{err}");
 }
+
+/// A trace of writes, overwrites, deletes, deadlines that pass (and the expiry timer that
+/// removes them) and FLUSHALL, built from a seeded generator with a model of what kv answers,
+/// ending with a read of every key. With a 32-byte pre-copy step, an upgrade placed at any
+/// boundary crosses over dozens of steps, one between every two events, so these changes land
+/// on entries already copied, not yet copied, and in between.
+fn churn_trace(seed: u64) -> Trace {
+    let mut rng = seed;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    // key -> (value, deadline in virtual ms)
+    let mut model: std::collections::HashMap<u64, (String, Option<u64>)> = Default::default();
+    let mut now = 0u64;
+    let live = |model: &std::collections::HashMap<u64, (String, Option<u64>)>, k: u64, now: u64| {
+        model.get(&k).filter(|(_, d)| d.is_none_or(|d| d > now)).map(|(v, _)| v.clone())
+    };
+    let mut t = Trace::new("churn").connect("a");
+    for i in 0..160 {
+        let k = next(24);
+        match next(100) {
+            0..=44 => {
+                let value = format!("v{i}");
+                t = t.send("a", format!("SET k{k} {value}\r\n")).expect("a", "+OK\r\n");
+                model.insert(k, (value, None));
+            }
+            45..=59 => {
+                let value = format!("x{i}");
+                let px = 20 + next(200);
+                t = t.send("a", format!("SET k{k} {value} PX {px}\r\n")).expect("a", "+OK\r\n");
+                model.insert(k, (value, Some(now + px)));
+            }
+            60..=74 => {
+                let existed = live(&model, k, now).is_some();
+                model.remove(&k);
+                t = t
+                    .send("a", format!("DEL k{k}\r\n"))
+                    .expect("a", format!(":{}\r\n", u8::from(existed)));
+            }
+            75..=84 => {
+                let reply = match live(&model, k, now) {
+                    Some(v) => format!("${}\r\n{v}\r\n", v.len()),
+                    None => "$-1\r\n".to_string(),
+                };
+                t = t.send("a", format!("GET k{k}\r\n")).expect("a", reply);
+            }
+            85..=86 => {
+                model.clear();
+                t = t.send("a", "FLUSHALL\r\n").expect("a", "+OK\r\n");
+            }
+            _ => {
+                let by = 10 + next(120);
+                now += by;
+                t = t.advance(std::time::Duration::from_millis(by));
+            }
+        }
+    }
+    for k in 0..24 {
+        let reply = match live(&model, k, now) {
+            Some(v) => format!("${}\r\n{v}\r\n", v.len()),
+            None => "$-1\r\n".to_string(),
+        };
+        t = t.send("a", format!("GET k{k}\r\n")).expect("a", reply);
+    }
+    t.quiet("a").close("a")
+}
+
+#[test]
+fn changes_interleaved_with_the_pre_copy_steps_all_reach_the_new_version() {
+    for seed in [1, 7, 42] {
+        let trace = churn_trace(seed);
+        let simulator = Simulator::new(SimConfig {
+            app: artifacts::KV_V2.into(),
+            upgrade: Some(Target {
+                wasm: artifacts::KV_V3.into(),
+                transforms: vec![artifacts::KV_V2_TO_V3.into()],
+            }),
+            limits: tasuki::limits::Limits { precopy_chunk: 32, ..Default::default() },
+            ..SimConfig::default()
+        })
+        .unwrap();
+        let report = simulator.run(&trace, UpgradeAt::Every).unwrap();
+        assert!(report.passed(), "seed {seed}: {report}");
+        assert_eq!(report.upgraded, report.runs.len(), "every run upgraded: {report}");
+        // The same, with every boundary also a rebuild from checkpoint and journal: the
+        // checkpoint a pre-copied commit leaves (its chunks and snapshot) rebuilds the state.
+        let simulator = Simulator::new(SimConfig {
+            app: artifacts::KV_V2.into(),
+            upgrade: Some(Target {
+                wasm: artifacts::KV_V3.into(),
+                transforms: vec![artifacts::KV_V2_TO_V3.into()],
+            }),
+            limits: tasuki::limits::Limits { precopy_chunk: 32, ..Default::default() },
+            rebuild_every_boundary: true,
+            ..SimConfig::default()
+        })
+        .unwrap();
+        let report = simulator.run(&trace, UpgradeAt::Every).unwrap();
+        assert!(report.passed(), "seed {seed}, rebuilding: {report}");
+    }
+}

@@ -103,7 +103,7 @@ impl TestHost {
     /// `tasuki status`, through the control socket.
     pub fn status(&self) -> Status {
         match control::request(&self.control, &Request::Status).expect("control") {
-            Response::Status(status) => status,
+            Response::Status(status) => *status,
             other => panic!("unexpected answer: {other:?}"),
         }
     }
@@ -169,9 +169,8 @@ impl LineClient {
 
     /// Sends `line` and waits for the host to close the connection instead of answering.
     pub fn expect_closed(&mut self, line: &str) {
-        match self.try_call(line) {
-            Ok(reply) => panic!("{line:?} was answered ({reply:?}); the connection should close"),
-            Err(_) => {}
+        if let Ok(reply) = self.try_call(line) {
+            panic!("{line:?} was answered ({reply:?}); the connection should close")
         }
     }
 }

@@ -1,22 +1,20 @@
 //! The keyspace: every key and its value, as plain byte strings.
 //!
-//! The map is the state that crosses an upgrade. Its hasher is std's `DefaultHasher` with fixed
-//! keys rather than `RandomState`: the same requests then build the same table and iterate it in
-//! the same order, so snapshots and `KEYS` replies are reproducible (the simulator replays a
-//! trace and compares bytes). Clients choose keys, so a fixed key gives up protection against
-//! deliberate collisions; SipHash still spreads ordinary keys well.
+//! The map is the state that crosses an upgrade: a `tasuki_guest::Map`, so an upgrade copies it
+//! in chunks while the server serves, and the pause moves only the keys changed since. Its
+//! hasher is std's `DefaultHasher` with fixed keys rather than `RandomState`: the same requests
+//! then build the same table and iterate it in the same order, so snapshots and `KEYS` replies
+//! are reproducible (the simulator replays a trace and compares bytes). Clients choose keys, so
+//! a fixed key gives up protection against deliberate collisions; SipHash still spreads ordinary
+//! keys well.
 
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, DefaultHasher};
-
-/// The hasher of the keyspace: deterministic, see the module docs.
-pub(crate) type FixedState = BuildHasherDefault<DefaultHasher>;
+use tasuki_guest::Map;
 
 /// Keys and their values.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Db {
-    entries: HashMap<Vec<u8>, Vec<u8>, FixedState>,
+    entries: Map<Vec<u8>, Vec<u8>>,
 }
 
 impl Db {
@@ -60,7 +58,7 @@ impl Db {
 
     /// Removes every key, and gives the table's memory back.
     pub(crate) fn clear(&mut self) {
-        self.entries = HashMap::default();
+        self.entries.clear();
     }
 }
 

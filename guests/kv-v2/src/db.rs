@@ -10,17 +10,15 @@
 //! go through [`Db::deadlines`], which orders keys by deadline: a lookup pays for the expiry
 //! check only while some key is overdue, which the timer keeps rare.
 //!
-//! The map is the state that crosses an upgrade; its hasher is std's `DefaultHasher` with fixed
+//! The map is the state that crosses an upgrade, a `tasuki_guest::Map` (pre-copied in chunks
+//! while the server serves); its hasher is std's `DefaultHasher` with fixed
 //! keys, so the same requests build the same table and iterate it in the same order (snapshots
 //! and `KEYS` replies are reproducible). The deadline index is derived from the map and is
 //! rebuilt after an upgrade rather than transferred.
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
-use std::hash::{BuildHasherDefault, DefaultHasher};
-
-/// The hasher of the keyspace: deterministic, see the module docs.
-pub(crate) type FixedState = BuildHasherDefault<DefaultHasher>;
+use std::collections::BTreeSet;
+use tasuki_guest::Map;
 
 /// A value and when it expires.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +40,7 @@ impl Entry {
 /// change to a deadline goes through this type for that reason.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Db {
-    entries: HashMap<Vec<u8>, Entry, FixedState>,
+    entries: Map<Vec<u8>, Entry>,
     /// Keys with a deadline, earliest first. Derived from `entries`: rebuilt by
     /// [`Db::rebuild_deadlines`] after an upgrade instead of transferred.
     #[serde(skip)]
@@ -51,12 +49,9 @@ pub(crate) struct Db {
 
 impl Db {
     /// A keyspace of `values` without deadlines (what release 1 hands over).
-    pub(crate) fn without_deadlines(values: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Self {
-        let entries = values
-            .into_iter()
-            .map(|(key, value)| (key, Entry { value, expires_at_ms: None }))
-            .collect();
-        Self { entries, deadlines: BTreeSet::new() }
+    pub(crate) fn without_deadlines(values: Map<Vec<u8>, Vec<u8>>) -> Result<Self, String> {
+        let entries = values.convert(|_, value| Ok(Entry { value, expires_at_ms: None }))?;
+        Ok(Self { entries, deadlines: BTreeSet::new() })
     }
 
     /// Derives the deadline index from the entries, after the state was imported.
@@ -163,7 +158,7 @@ impl Db {
 
     /// Removes every key, and gives the table's memory back.
     pub(crate) fn clear(&mut self) {
-        self.entries = HashMap::default();
+        self.entries.clear();
         self.deadlines = BTreeSet::new();
     }
 
@@ -328,7 +323,7 @@ mod tests {
         db.set(b"a", b"1", Some(100), 0);
         db.set(b"b", b"2", None, 0);
         let bytes = postcard::to_allocvec(&db).unwrap();
-        let map: HashMap<Vec<u8>, Entry> = postcard::from_bytes(&bytes).unwrap();
+        let map: std::collections::HashMap<Vec<u8>, Entry> = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(map.len(), 2);
         let mut back: Db = postcard::from_bytes(&bytes).unwrap();
         assert!(back.deadlines.is_empty());

@@ -94,14 +94,15 @@ impl Server for Kv {
     }
 
     fn migrations() -> Migrations<Self> {
-        Migrations::none().from::<v1::State>(1, Kv::from_v1)
+        Migrations::none().from_fallible::<v1::State>(1, Kv::from_v1)
     }
 }
 
 impl Kv {
-    /// Release 1's state: every key is kept, none expires.
-    fn from_v1(old: v1::State) -> Self {
-        Kv { db: Db::without_deadlines(old.db.entries), timer_armed_for: None }
+    /// Release 1's state: every key is kept, none expires. During a pre-copy the conversion
+    /// runs on each entry as its chunk arrives.
+    fn from_v1(old: v1::State) -> Result<Self, String> {
+        Ok(Kv { db: Db::without_deadlines(old.db.entries)?, timer_armed_for: None })
     }
 
     /// Runs every whole request at the front of `input` at time `now_ms`, encoding the replies

@@ -6,8 +6,7 @@
 //! release.
 
 use serde::Deserialize;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, DefaultHasher};
+use tasuki_guest::Map;
 
 /// Release 1's `Kv`.
 #[derive(Debug, Deserialize)]
@@ -18,5 +17,8 @@ pub(crate) struct State {
 /// Release 1's `Db`: values without deadlines.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Db {
-    pub(crate) entries: HashMap<Vec<u8>, Vec<u8>, BuildHasherDefault<DefaultHasher>>,
+    /// A `Map` as in release 1 (encoded as a `HashMap` is), so that an upgrade from release 1
+    /// is pre-copied: the migration converts it with `Map::convert`, entry by entry as the
+    /// chunks arrive.
+    pub(crate) entries: Map<Vec<u8>, Vec<u8>>,
 }

@@ -15,7 +15,8 @@
 //! `HDEL`) deletes its key. [`Db::update_list`] and [`Db::update_hash`] keep that invariant, so
 //! no command has to remember it.
 //!
-//! The maps are the state that crosses an upgrade; their hasher is std's `DefaultHasher` with
+//! The maps are the state that crosses an upgrade (the keyspace a `tasuki_guest::Map`,
+//! pre-copied in chunks while the server serves); their hasher is std's `DefaultHasher` with
 //! fixed keys, so the same requests build the same tables and iterate them in the same order
 //! (snapshots, `KEYS` and `HGETALL` replies are reproducible). The deadline index is derived
 //! from the keyspace and is rebuilt after an upgrade rather than transferred.
@@ -23,6 +24,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, DefaultHasher};
+use tasuki_guest::Map;
 
 /// The hasher of the keyspace and of hashes: deterministic, see the module docs.
 pub(crate) type FixedState = BuildHasherDefault<DefaultHasher>;
@@ -91,7 +93,7 @@ impl Entry {
 /// this type for that reason.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Db {
-    entries: HashMap<Vec<u8>, Entry, FixedState>,
+    entries: Map<Vec<u8>, Entry>,
     /// Keys with a deadline, earliest first. Derived from `entries`: rebuilt by
     /// [`Db::rebuild_deadlines`] after an upgrade instead of transferred.
     #[serde(skip)]
@@ -209,8 +211,7 @@ impl Db {
                 let value = create()?;
                 &mut self
                     .entries
-                    .entry(key.to_vec())
-                    .or_insert(Entry { value, expires_at_ms: None })
+                    .get_or_insert_with(key.to_vec(), || Entry { value, expires_at_ms: None })
                     .value
             }
         };
@@ -309,7 +310,7 @@ impl Db {
 
     /// Removes every key, and gives the table's memory back.
     pub(crate) fn clear(&mut self) {
-        self.entries = HashMap::default();
+        self.entries.clear();
         self.deadlines = BTreeSet::new();
     }
 

@@ -72,6 +72,10 @@ pub struct RunCommand {
     /// app's state.
     #[arg(long, value_name = "MIB", default_value_t = limits::JOURNAL_LIMIT / MIB)]
     journal: usize,
+    /// Bytes of state an upgrade's pre-copy moves per step, between events, in KiB: a client
+    /// waits at most about one step's time. 0 moves the whole state inside the pause instead.
+    #[arg(long, value_name = "KIB", default_value_t = tasuki::precopy::DEFAULT_CHUNK / 1024)]
+    precopy_chunk: u64,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -112,6 +116,7 @@ impl RunCommand {
             max_connections: self.max_connections,
             output_buffer: self.output_buffer.saturating_mul(1024).max(1),
             journal: self.journal.saturating_mul(MIB),
+            precopy_chunk: self.precopy_chunk.saturating_mul(1024),
         };
         // The handler goes in before the host starts: a SIGTERM that arrives as soon as it
         // serves must stop it cleanly, not kill it.

@@ -36,6 +36,10 @@ pub struct TestCommand {
     /// Seeds the guests' randomness.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Bytes of state an upgrade's pre-copy moves per step. Small by default, so that even a
+    /// short trace's events interleave with many steps; 0 moves the state inside the pause.
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    precopy_chunk: u64,
 }
 
 fn parse_rebuild(s: &str) -> Result<bool, String> {
@@ -80,7 +84,10 @@ impl TestCommand {
             args: self.args.clone(),
             seed: self.seed,
             rebuild_every_boundary: self.rebuild_at,
-            ..SimConfig::default()
+            limits: tasuki::limits::Limits {
+                precopy_chunk: self.precopy_chunk,
+                ..tasuki::limits::Limits::default()
+            },
         });
         let report = match simulator.and_then(|s| s.run(&trace, at)) {
             Ok(report) => report,

@@ -16,7 +16,7 @@ pub mod record;
 pub mod trace;
 
 use crate::bindings::{AppInfo, ConnInfo};
-use crate::dispatch::{Clock, Dispatcher, Network};
+use crate::dispatch::{Clock, Dispatcher, Network, Swapped};
 use crate::limits::Limits;
 use crate::live::{Call, Live};
 use crate::runtime::Runtime;
@@ -475,6 +475,12 @@ impl Run<'_> {
     /// After an event (or before the first): the injected upgrade if its boundary has come,
     /// then a checkpoint if one is due — as the event loop does between events.
     fn boundary(&mut self, line: usize) -> Result<(), Failure> {
+        // A pre-copy under way takes one step between every two events, as on the event loop.
+        if self.dispatcher.upgrading()
+            && let Some(swapped) = self.dispatcher.upgrade_step()
+        {
+            self.ended(swapped, line)?;
+        }
         if self.inject == Some(self.lines.len()) && !self.injected {
             self.injected = true;
             let (version, pipeline) = self
@@ -482,8 +488,7 @@ impl Run<'_> {
                 .target
                 .clone()
                 .ok_or_else(|| failure(line, "no version to upgrade to".into()))?;
-            self.upgrade(version, pipeline, line)?;
-            self.committed = true;
+            self.upgrade(version, pipeline, line, false)?;
         }
         self.dispatcher.checkpoint_if_due();
         if self.sim.rebuild_every_boundary {
@@ -493,12 +498,14 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The upgrade transaction `tasuki upgrade` runs: prepare, then swap at this boundary.
+    /// The upgrade transaction `tasuki upgrade` runs: prepare, then pre-copy between the events
+    /// that follow (or, with `now`, without any event in between), then swap.
     fn upgrade(
         &mut self,
         version: Arc<Version>,
         pipeline: Pipeline,
         line: usize,
+        now: bool,
     ) -> Result<(), Failure> {
         let running: AppInfo = self.dispatcher.live().info().clone();
         let prepared = upgrade::prepare_loaded(
@@ -510,8 +517,30 @@ impl Run<'_> {
             Instant::now(),
         )
         .map_err(|e| failure(line, format!("upgrade: {e}")))?;
-        let swapped = self.dispatcher.upgrade(prepared);
-        swapped.outcome.map(drop).map_err(|e| failure(line, format!("upgrade: {e}")))
+        if let Some(swapped) = self.dispatcher.upgrade(prepared) {
+            return self.ended(swapped, line);
+        }
+        if now {
+            self.finish_upgrade(line)?;
+        }
+        Ok(())
+    }
+
+    /// Steps the pre-copy under way to its end, with no event in between.
+    fn finish_upgrade(&mut self, line: usize) -> Result<(), Failure> {
+        while self.dispatcher.upgrading() {
+            if let Some(swapped) = self.dispatcher.upgrade_step() {
+                self.ended(swapped, line)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An upgrade ended: it must have committed.
+    fn ended(&mut self, swapped: Swapped, line: usize) -> Result<(), Failure> {
+        swapped.outcome.map_err(|e| failure(line, format!("upgrade: {e}")))?;
+        self.committed = true;
+        Ok(())
     }
 
     /// One event through the dispatcher, then the boundary after it.
@@ -655,11 +684,13 @@ impl Run<'_> {
                 Step::Upgrade { wasm, transforms } => {
                     let (version, pipeline) =
                         self.sim.load(wasm, transforms).map_err(|e| fail(e.to_string()))?;
-                    self.upgrade(version, pipeline, line)?;
+                    self.upgrade(version, pipeline, line, true)?;
                 }
             }
         }
-        Ok(())
+        // A pre-copy still under way when the trace ends commits now.
+        let last = trace.steps.last().map_or(0, |(l, _)| *l);
+        self.finish_upgrade(last)
     }
 
     /// A client that disconnected leaves the trace's world.

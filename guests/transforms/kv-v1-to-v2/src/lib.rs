@@ -5,22 +5,24 @@
 //! a running kv 1.0.0: `tasuki upgrade kv-v3.wasm --transform kv_v1_to_v2.wasm --transform
 //! kv_v2_to_v3.wasm`.
 //!
-//! Postcard writes a map as its length followed by its key/value pairs, exactly as it writes a
-//! sequence of pairs, so both sides are read and written as vectors of pairs: no hashing, and the
-//! order of the entries is kept.
+//! The keyspace is a `tasuki_guest::Map` on both sides, converted with `Map::convert`: in an
+//! upgrade that is pre-copied, the conversion runs on each chunk of entries as it crosses, before
+//! the pause; given a whole snapshot (`tasuki migrate`, a full transfer) it runs on every entry
+//! at once. The order of the entries is kept.
 
 use serde::{Deserialize, Serialize};
+use tasuki_guest::Map;
 
 /// kv 1.0.0's state, frozen: `Kv { db: Db { entries } }`, values without deadlines.
 #[derive(Debug, Deserialize)]
 pub struct V1 {
-    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    entries: Map<Vec<u8>, Vec<u8>>,
 }
 
 /// kv 2.0.0's state: each value carries an optional deadline (Unix ms).
 #[derive(Debug, Serialize)]
 pub struct V2 {
-    entries: Vec<(Vec<u8>, Entry)>,
+    entries: Map<Vec<u8>, Entry>,
 }
 
 /// kv 2.0.0's `Entry`.
@@ -41,13 +43,8 @@ impl tasuki_guest::Transform for KvV1ToV2 {
     type New = V2;
 
     fn transform(old: V1) -> Result<V2, String> {
-        Ok(V2 {
-            entries: old
-                .entries
-                .into_iter()
-                .map(|(key, value)| (key, Entry { value, expires_at_ms: None }))
-                .collect(),
-        })
+        let entries = old.entries.convert(|_, value| Ok(Entry { value, expires_at_ms: None }))?;
+        Ok(V2 { entries })
     }
 }
 

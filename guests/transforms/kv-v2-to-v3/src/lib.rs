@@ -22,17 +22,19 @@
 //!   (`0` string, `1` list, `2` hash), then the string's bytes, or a count and the elements, or
 //!   a count and the field/value pairs.
 //!
-//! Postcard writes a map as its length followed by its key/value pairs, exactly as it writes a
-//! sequence of pairs (and a `VecDeque` exactly as a `Vec`), so maps are read and written here as
-//! vectors of pairs: no hashing, and the order of the entries is kept.
+//! The keyspace is a `tasuki_guest::Map` here as in the releases (it encodes as a `HashMap`
+//! does), converted with `Map::convert`: in a pre-copied upgrade the conversion runs on each
+//! chunk of entries as it crosses, before the pause. Postcard writes a `VecDeque` exactly as a
+//! `Vec` and a map as a sequence of pairs, so a value's list and hash are read here as vectors.
 
 use serde::{Deserialize, Serialize};
+use tasuki_guest::Map;
 
 /// kv 2.0.0's state, frozen: `Kv { db: Db { entries } }`, string values with a deadline.
 #[derive(Debug, Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
 pub struct V2 {
-    entries: Vec<(Vec<u8>, V2Entry)>,
+    entries: Map<Vec<u8>, V2Entry>,
 }
 
 /// kv 2.0.0's `Entry`.
@@ -48,7 +50,7 @@ pub struct V2Entry {
 #[derive(Debug, Serialize)]
 #[cfg_attr(test, derive(Deserialize, PartialEq))]
 pub struct V3 {
-    entries: Vec<(Vec<u8>, V3Entry)>,
+    entries: Map<Vec<u8>, V3Entry>,
 }
 
 /// kv 3.0.0's `Entry`.
@@ -82,15 +84,10 @@ impl tasuki_guest::Transform for KvV2ToV3 {
     type New = V3;
 
     fn transform(old: V2) -> Result<V3, String> {
-        Ok(V3 {
-            entries: old
-                .entries
-                .into_iter()
-                .map(|(key, V2Entry { value, expires_at_ms })| {
-                    (key, V3Entry { value: V3Value::String(value), expires_at_ms })
-                })
-                .collect(),
-        })
+        let entries = old.entries.convert(|_, V2Entry { value, expires_at_ms }| {
+            Ok(V3Entry { value: V3Value::String(value), expires_at_ms })
+        })?;
+        Ok(V3 { entries })
     }
 }
 
@@ -279,7 +276,7 @@ mod tests {
             value: V3Value::Hash(vec![(b"f".to_vec(), b"v".to_vec())]),
             expires_at_ms: Some(T0),
         };
-        assert_eq!(frozen, V3 { entries: vec![(b"h".to_vec(), entry)] });
+        assert_eq!(frozen, V3 { entries: [(b"h".to_vec(), entry)].into_iter().collect() });
 
         let list = [b"a".to_vec(), b"".to_vec()].into_iter().collect();
         state.db.entries.clear();
@@ -293,7 +290,7 @@ mod tests {
         assert_eq!(postcard::to_allocvec(&frozen).unwrap(), bytes);
         let entry =
             V3Entry { value: V3Value::List(vec![b"a".to_vec(), Vec::new()]), expires_at_ms: None };
-        assert_eq!(frozen, V3 { entries: vec![(b"l".to_vec(), entry)] });
+        assert_eq!(frozen, V3 { entries: [(b"l".to_vec(), entry)].into_iter().collect() });
     }
 
     /// What the host checks before it pauses anything, and what it hands over.

@@ -1,0 +1,688 @@
+//! [`Map`]: a hash map that pre-copies itself.
+
+use crate::precopy::{self, Mode, Sink};
+use indexmap::map::Entry as IndexEntry;
+use indexmap::{Equivalent, IndexMap, IndexSet};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::ser::{Error as _, Serializer};
+use serde::{Deserialize, Serialize};
+use std::any::Any;
+use std::cell::RefCell;
+use std::hash::{BuildHasherDefault, DefaultHasher, Hash};
+use std::marker::PhantomData;
+
+/// The hasher of every [`Map`]: std's SipHash with fixed keys, so the same operations build the
+/// same table in every instance and iterate it in the same order (replays, snapshots and the
+/// simulator are reproducible).
+pub type FixedState = BuildHasherDefault<DefaultHasher>;
+
+/// The most entries a decoded length may pre-allocate: a length read from a snapshot is not
+/// trusted further (a larger map still decodes, growing as it goes).
+const PRESIZE_MAX: u64 = 1 << 24;
+
+/// The stream id that stands for an empty collection with no records (a transformer's new,
+/// empty map).
+const EMPTY_STREAM: u32 = u32::MAX;
+
+/// A hash map whose contents cross an upgrade ahead of the pause.
+///
+/// Use it for an app's big collections in place of `HashMap`: outside an upgrade it is a hash
+/// map in insertion order (an [`indexmap::IndexMap`] with [`FixedState`]), and it serializes
+/// exactly as a `HashMap` does (a length, then the pairs), so replacing one with the other keeps
+/// the state's encoding. During an upgrade the host copies its entries in small chunks between
+/// events while the app serves, and every change to an entry already copied is recorded and sent
+/// again; the pause moves only those (see [`crate::precopy`] in the SDK's source).
+///
+/// Removal is [`Map::remove`], which moves the last entry into the hole (`O(1)`, as
+/// `IndexMap::swap_remove`): the order of the entries is the order of insertion only until the
+/// first removal.
+///
+/// In a migration or a transformer, a pre-copied map arrives as a reference to its chunks, not
+/// as entries: convert it with [`Map::convert`] (the conversion then runs chunk by chunk as the
+/// entries cross). Reading a reference's entries panics, naming this rule.
+pub struct Map<K, V> {
+    entries: IndexMap<K, V, FixedState>,
+    side: RefCell<Option<Box<Side<K>>>>,
+}
+
+/// What a map knows beyond its entries, during an upgrade.
+enum Side<K> {
+    /// An export session is copying it.
+    Tracked(Track<K>),
+    /// In a reader: the map is the stream of chunks `stream`, of `len` entries when last seen.
+    Reference { stream: u32, len: u64 },
+}
+
+/// A map's part of an export session.
+struct Track<K> {
+    session: u64,
+    stream: u32,
+    /// Entries at positions below this were sent.
+    cursor: usize,
+    /// Keys sent and changed (or removed) since.
+    dirty: IndexSet<K, FixedState>,
+}
+
+fn reference_misuse() -> ! {
+    panic!(
+        "this tasuki_guest::Map is a reference to pre-copied chunks: in a migration or a \
+         transformer, convert it with `Map::convert` instead of reading or changing its entries"
+    )
+}
+
+/// The live tracking of `side`, dropping a stale one (its session ended).
+fn tracked<K>(side: &mut RefCell<Option<Box<Side<K>>>>) -> Option<&mut Track<K>> {
+    let slot = side.get_mut();
+    let live = match slot.as_deref() {
+        None => return None,
+        Some(Side::Tracked(track)) => track.session == precopy::session(),
+        Some(Side::Reference { .. }) => reference_misuse(),
+    };
+    if !live {
+        *slot = None;
+        return None;
+    }
+    match slot.as_deref_mut() {
+        Some(Side::Tracked(track)) => Some(track),
+        _ => None,
+    }
+}
+
+impl<K, V> Map<K, V> {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// An empty map with room for `capacity` entries.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            entries: IndexMap::with_capacity_and_hasher(capacity, FixedState::default()),
+            side: RefCell::new(None),
+        }
+    }
+
+    fn reference(stream: u32, len: u64) -> Self {
+        Self {
+            entries: IndexMap::default(),
+            side: RefCell::new(Some(Box::new(Side::Reference { stream, len }))),
+        }
+    }
+
+    /// The stream this map references, if it is a reference to pre-copied chunks.
+    fn referenced(&self) -> Option<(u32, u64)> {
+        match self.side.borrow().as_deref() {
+            Some(Side::Reference { stream, len }) => Some((*stream, *len)),
+            _ => None,
+        }
+    }
+
+    fn readable(&self) -> &IndexMap<K, V, FixedState> {
+        if self.referenced().is_some() {
+            reference_misuse();
+        }
+        &self.entries
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.readable().len()
+    }
+
+    /// True if the map holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.readable().is_empty()
+    }
+
+    /// The entries, in the map's order.
+    pub fn iter(&self) -> indexmap::map::Iter<'_, K, V> {
+        self.readable().iter()
+    }
+
+    /// The keys, in the map's order.
+    pub fn keys(&self) -> indexmap::map::Keys<'_, K, V> {
+        self.readable().keys()
+    }
+
+    /// The values, in the map's order.
+    pub fn values(&self) -> indexmap::map::Values<'_, K, V> {
+        self.readable().values()
+    }
+
+    /// Removes every entry. During an upgrade the map starts a new stream, so the entries
+    /// copied so far are dropped by the reader rather than removed one by one.
+    pub fn clear(&mut self) {
+        if self.referenced().is_some() {
+            reference_misuse();
+        }
+        self.entries.clear();
+        *self.side.get_mut() = None;
+    }
+
+    /// Every value, mutably. During an upgrade this makes the whole map be copied again
+    /// (a change through the iterator cannot be told from no change): prefer [`Map::get_mut`].
+    pub fn values_mut(&mut self) -> indexmap::map::ValuesMut<'_, K, V> {
+        if self.referenced().is_some() {
+            reference_misuse();
+        }
+        *self.side.get_mut() = None;
+        self.entries.values_mut()
+    }
+}
+
+impl<K: Hash + Eq + Clone, V> Map<K, V> {
+    /// The value under `key`.
+    pub fn get<Q: ?Sized + Hash + Equivalent<K>>(&self, key: &Q) -> Option<&V> {
+        self.entries.get(key)
+    }
+
+    /// True if `key` has an entry.
+    pub fn contains_key<Q: ?Sized + Hash + Equivalent<K>>(&self, key: &Q) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// The value under `key`, to change. The entry counts as changed.
+    pub fn get_mut<Q: ?Sized + Hash + Equivalent<K>>(&mut self, key: &Q) -> Option<&mut V> {
+        let Self { entries, side } = self;
+        let (index, key, value) = entries.get_full_mut(key)?;
+        if let Some(track) = tracked(side)
+            && index < track.cursor
+        {
+            track.dirty.insert(key.clone());
+        }
+        Some(value)
+    }
+
+    /// Sets `key` to `value`, returning the value it replaces.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        let Self { entries, side } = self;
+        let (index, old) = entries.insert_full(key, value);
+        if old.is_some()
+            && let Some(track) = tracked(side)
+            && index < track.cursor
+        {
+            let (key, _) = entries.get_index(index).expect("just inserted");
+            track.dirty.insert(key.clone());
+        }
+        old
+    }
+
+    /// The value under `key`, inserting `default()` first if there is none. The entry counts
+    /// as changed.
+    pub fn get_or_insert_with(&mut self, key: K, default: impl FnOnce() -> V) -> &mut V {
+        let Self { entries, side } = self;
+        match entries.entry(key) {
+            IndexEntry::Occupied(entry) => {
+                if let Some(track) = tracked(side)
+                    && entry.index() < track.cursor
+                {
+                    track.dirty.insert(entry.key().clone());
+                }
+                entry.into_mut()
+            }
+            IndexEntry::Vacant(entry) => entry.insert(default()),
+        }
+    }
+
+    /// Removes `key`, returning its value. The last entry takes its place (`O(1)`).
+    pub fn remove<Q: ?Sized + Hash + Equivalent<K>>(&mut self, key: &Q) -> Option<V> {
+        let Self { entries, side } = self;
+        let (index, key, value) = entries.swap_remove_full(key)?;
+        if let Some(track) = tracked(side) {
+            // The last entry moved to `index`: if it was not sent yet and now sits below the
+            // cursor, the cursor will not reach it.
+            let moved_from = entries.len();
+            if index < track.cursor && moved_from >= track.cursor && index < entries.len() {
+                let (moved, _) = entries.get_index(index).expect("moved here");
+                track.dirty.insert(moved.clone());
+            }
+            track.cursor = track.cursor.min(entries.len());
+            track.dirty.insert(key);
+        }
+        Some(value)
+    }
+
+    /// Keeps only the entries `keep` says yes to, in their order.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+        let Self { entries, side } = self;
+        match tracked(side) {
+            None => entries.retain(keep),
+            Some(track) => {
+                let (mut index, mut kept_below) = (0, 0);
+                let cursor = track.cursor;
+                entries.retain(|key, value| {
+                    let kept = keep(key, value);
+                    if !kept {
+                        track.dirty.insert(key.clone());
+                    } else if index < cursor {
+                        kept_below += 1;
+                    }
+                    index += 1;
+                    kept
+                });
+                track.cursor = kept_below;
+            }
+        }
+    }
+
+    /// Converts every value with `convert`, keeping the keys: the way a migration or a
+    /// transformer rewrites a map. On a map of entries it runs now; on a pre-copied map it runs
+    /// on each entry as its chunk crosses, so the conversion happens before the pause. An error
+    /// aborts the import (the upgrade rolls back, the old version serving on).
+    pub fn convert<V2>(
+        self,
+        convert: impl Fn(&K, V) -> Result<V2, String> + 'static,
+    ) -> Result<Map<K, V2>, String>
+    where
+        K: Serialize + for<'de> Deserialize<'de> + 'static,
+        V: for<'de> Deserialize<'de> + 'static,
+        V2: Serialize + 'static,
+    {
+        let Some((stream, len)) = self.referenced() else {
+            let mut out = Map::with_capacity(self.entries.len());
+            for (key, value) in self.entries {
+                let value = convert(&key, value)?;
+                out.entries.insert(key, value);
+            }
+            return Ok(out);
+        };
+        match precopy::mode() {
+            Mode::Register => precopy::with_reader(|reader| {
+                if reader.fresh.contains(&stream) {
+                    let sink = ConvertStore::<K, V, V2, _> {
+                        entries: presized(len),
+                        convert,
+                        old: PhantomData,
+                    };
+                    reader.sinks.insert(stream, Box::new(sink));
+                }
+            }),
+            Mode::Rewrite => precopy::with_reader(|reader| {
+                if reader.fresh.contains(&stream) {
+                    let sink = ConvertEncode::<K, V, V2, _> { convert, types: PhantomData };
+                    reader.sinks.insert(stream, Box::new(sink));
+                }
+            }),
+            Mode::Resolve => {
+                let built = precopy::with_reader(|reader| {
+                    reader.unresolved.retain(|s| *s != stream);
+                    reader.built.remove(&stream)
+                });
+                return match built {
+                    None => Ok(Map::new()),
+                    Some(built) => match built.downcast::<Converted<IndexMap<K, V2, FixedState>>>()
+                    {
+                        Ok(converted) => Ok(Map { entries: converted.0, side: RefCell::new(None) }),
+                        Err(_) => Err(format!(
+                            "pre-copied collection (stream {stream}) was not converted to this type while its chunks crossed"
+                        )),
+                    },
+                };
+            }
+            Mode::Inline | Mode::Pass | Mode::Reference => {}
+        }
+        Ok(Map::reference(stream, len))
+    }
+
+    /// This map's share of a pass of an export session: records within the pass's budget,
+    /// dirty entries first. Returns the reference written in its place.
+    fn pass(&self) -> Result<(u32, u64), String>
+    where
+        K: Serialize,
+        V: Serialize,
+    {
+        let mut side = self.side.borrow_mut();
+        precopy::with_pass(|pass| {
+            if matches!(side.as_deref(), Some(Side::Reference { .. })) {
+                return Err("a reference to pre-copied chunks cannot be exported".into());
+            }
+            let current =
+                matches!(side.as_deref(), Some(Side::Tracked(t)) if t.session == pass.session);
+            if !current {
+                let track = Track {
+                    session: pass.session,
+                    stream: pass.new_stream(),
+                    cursor: 0,
+                    dirty: IndexSet::default(),
+                };
+                *side = Some(Box::new(Side::Tracked(track)));
+            }
+            let Some(Side::Tracked(track)) = side.as_deref_mut() else { unreachable!("set above") };
+            let stream = track.stream;
+            precopy::with_mode(Mode::Inline, || -> Result<(), String> {
+                while pass.has_room() {
+                    let Some(key) = track.dirty.pop() else { break };
+                    pass.record(stream, &key, self.entries.get(&key))?;
+                }
+                while pass.has_room() && track.cursor < self.entries.len() {
+                    let (key, value) = self.entries.get_index(track.cursor).expect("below len");
+                    pass.record(stream, key, Some(value))?;
+                    track.cursor += 1;
+                }
+                Ok(())
+            })?;
+            let pending = (self.entries.len() - track.cursor + track.dirty.len()) as u64;
+            pass.met(stream, pending);
+            Ok((stream, self.entries.len() as u64))
+        })
+    }
+}
+
+fn presized<K: Hash + Eq, V>(len: u64) -> IndexMap<K, V, FixedState> {
+    IndexMap::with_capacity_and_hasher(len.min(PRESIZE_MAX) as usize, FixedState::default())
+}
+
+impl<K, V> Default for Map<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Clone, V: Clone> Clone for Map<K, V> {
+    /// A copy of the entries; the copy is not part of any upgrade in progress.
+    fn clone(&self) -> Self {
+        if let Some((stream, len)) = self.referenced() {
+            return Self::reference(stream, len);
+        }
+        Self { entries: self.entries.clone(), side: RefCell::new(None) }
+    }
+}
+
+impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for Map<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.referenced() {
+            Some((stream, len)) => write!(f, "Map(pre-copied stream {stream}, {len} entries)"),
+            None => f.debug_map().entries(self.entries.iter()).finish(),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V: PartialEq> PartialEq for Map<K, V> {
+    /// The same keys with the same values, in any order.
+    fn eq(&self, other: &Self) -> bool {
+        self.entries.len() == other.entries.len()
+            && self.entries.iter().all(|(k, v)| other.entries.get(k) == Some(v))
+    }
+}
+
+impl<K: Hash + Eq, V: Eq> Eq for Map<K, V> {}
+
+impl<K: Hash + Eq + Clone, V> FromIterator<(K, V)> for Map<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut map = Map::new();
+        map.extend(iter);
+        map
+    }
+}
+
+impl<K: Hash + Eq + Clone, V> Extend<(K, V)> for Map<K, V> {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
+        for (key, value) in iter {
+            self.insert(key, value);
+        }
+    }
+}
+
+impl<K, V> IntoIterator for Map<K, V> {
+    type Item = (K, V);
+    type IntoIter = indexmap::map::IntoIter<K, V>;
+    fn into_iter(self) -> Self::IntoIter {
+        if self.referenced().is_some() {
+            reference_misuse();
+        }
+        self.entries.into_iter()
+    }
+}
+
+impl<'a, K, V> IntoIterator for &'a Map<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = indexmap::map::Iter<'a, K, V>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<K: Serialize + Hash + Eq + Clone, V: Serialize> Serialize for Map<K, V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let referenced = self.referenced();
+        match precopy::mode() {
+            Mode::Pass => self.pass().map_err(S::Error::custom)?.serialize(s),
+            Mode::Reference => match referenced {
+                Some(reference) => {
+                    precopy::with_reader(|r| r.referenced.push(reference.0));
+                    reference.serialize(s)
+                }
+                None if self.entries.is_empty() => (EMPTY_STREAM, 0u64).serialize(s),
+                None => Err(S::Error::custom(
+                    "a transformer may fill a map only from a pre-copied one, with Map::convert",
+                )),
+            },
+            Mode::Inline | Mode::Register | Mode::Rewrite | Mode::Resolve => match referenced {
+                Some(_) => Err(S::Error::custom(
+                    "a reference to pre-copied chunks serialized outside its upgrade",
+                )),
+                None => s.collect_map(self.entries.iter()),
+            },
+        }
+    }
+}
+
+impl<'de, K, V> Deserialize<'de> for Map<K, V>
+where
+    K: for<'a> Deserialize<'a> + Hash + Eq + Clone + 'static,
+    V: for<'a> Deserialize<'a> + 'static,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mode = precopy::mode();
+        if matches!(mode, Mode::Inline | Mode::Pass) {
+            return d.deserialize_map(Entries(PhantomData));
+        }
+        let (stream, len) = <(u32, u64)>::deserialize(d)?;
+        if stream == EMPTY_STREAM {
+            return Ok(Map::new());
+        }
+        match mode {
+            Mode::Register | Mode::Rewrite => precopy::with_reader(|reader| {
+                if let std::collections::hash_map::Entry::Vacant(slot) = reader.sinks.entry(stream)
+                {
+                    let sink: Box<dyn Sink> = if mode == Mode::Register {
+                        Box::new(Store::<K, V>::new(len))
+                    } else {
+                        Box::new(PassThrough)
+                    };
+                    slot.insert(sink);
+                    reader.fresh.push(stream);
+                }
+            }),
+            Mode::Resolve => {
+                let built = precopy::with_reader(|reader| reader.built.remove(&stream));
+                match built.map(|b| b.downcast::<IndexMap<K, V, FixedState>>()) {
+                    None => return Ok(Map::new()),
+                    Some(Ok(entries)) => {
+                        return Ok(Map { entries: *entries, side: RefCell::new(None) });
+                    }
+                    Some(Err(other)) => precopy::with_reader(|reader| {
+                        // Built by a conversion: `Map::convert` takes it.
+                        reader.built.insert(stream, other);
+                        reader.unresolved.push(stream);
+                    }),
+                }
+            }
+            Mode::Inline | Mode::Pass | Mode::Reference => {}
+        }
+        Ok(Map::reference(stream, len))
+    }
+}
+
+/// Decodes a map in full, pre-sized from its length (serde's own maps cap that at 1 MiB of
+/// entries and rehash several times for a big one).
+struct Entries<K, V>(PhantomData<(K, V)>);
+
+impl<'de, K, V> Visitor<'de> for Entries<K, V>
+where
+    K: Deserialize<'de> + Hash + Eq + Clone,
+    V: Deserialize<'de>,
+{
+    type Value = Map<K, V>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a map")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let len = access.size_hint().unwrap_or(0) as u64;
+        let mut entries = presized(len);
+        while let Some((key, value)) = access.next_entry()? {
+            entries.insert(key, value);
+        }
+        Ok(Map { entries, side: RefCell::new(None) })
+    }
+}
+
+/// A reader's sink that builds the map.
+struct Store<K, V> {
+    entries: IndexMap<K, V, FixedState>,
+}
+
+impl<K: Hash + Eq, V> Store<K, V> {
+    fn new(len: u64) -> Self {
+        Self { entries: presized(len) }
+    }
+}
+
+/// Splits a record's payload into its key and the rest.
+fn key_of<K: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<(K, &[u8]), String> {
+    postcard::take_from_bytes(payload).map_err(|e| format!("a pre-copied key does not decode: {e}"))
+}
+
+fn value_of<V: for<'de> Deserialize<'de>>(rest: &[u8]) -> Result<V, String> {
+    postcard::from_bytes(rest).map_err(|e| format!("a pre-copied value does not decode: {e}"))
+}
+
+impl<K, V> Sink for Store<K, V>
+where
+    K: for<'de> Deserialize<'de> + Hash + Eq + 'static,
+    V: for<'de> Deserialize<'de> + 'static,
+{
+    fn apply(&mut self, op: u8, payload: &[u8]) -> Result<(), String> {
+        let (key, rest) = key_of::<K>(payload)?;
+        if op == precopy::UPSERT {
+            self.entries.insert(key, value_of(rest)?);
+        } else {
+            self.entries.swap_remove(&key);
+        }
+        Ok(())
+    }
+
+    fn rewrite(&mut self, _: u32, _: u8, _: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
+        Err("an importer's stream cannot rewrite records".into())
+    }
+
+    fn built(self: Box<Self>) -> Box<dyn Any> {
+        Box::new(self.entries)
+    }
+}
+
+/// What a conversion built, kept apart from a plain built map so that the old type's decoder
+/// does not take it (and convert it twice).
+struct Converted<T>(T);
+
+/// A reader's sink that converts each value as it arrives, then builds the map.
+struct ConvertStore<K, V, V2, F> {
+    entries: IndexMap<K, V2, FixedState>,
+    convert: F,
+    old: PhantomData<V>,
+}
+
+impl<K, V, V2, F> Sink for ConvertStore<K, V, V2, F>
+where
+    K: for<'de> Deserialize<'de> + Hash + Eq + 'static,
+    V: for<'de> Deserialize<'de> + 'static,
+    V2: 'static,
+    F: Fn(&K, V) -> Result<V2, String> + 'static,
+{
+    fn apply(&mut self, op: u8, payload: &[u8]) -> Result<(), String> {
+        let (key, rest) = key_of::<K>(payload)?;
+        if op == precopy::UPSERT {
+            let value = (self.convert)(&key, value_of(rest)?)?;
+            self.entries.insert(key, value);
+        } else {
+            self.entries.swap_remove(&key);
+        }
+        Ok(())
+    }
+
+    fn rewrite(&mut self, _: u32, _: u8, _: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
+        Err("an importer's stream cannot rewrite records".into())
+    }
+
+    fn built(self: Box<Self>) -> Box<dyn Any> {
+        Box::new(Converted(self.entries))
+    }
+}
+
+/// A transformer's sink for a stream it does not convert: records pass unchanged.
+struct PassThrough;
+
+impl Sink for PassThrough {
+    fn apply(&mut self, _: u8, _: &[u8]) -> Result<(), String> {
+        Err("a transformer's stream cannot build a map".into())
+    }
+
+    fn rewrite(
+        &mut self,
+        stream: u32,
+        op: u8,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        precopy::write_raw(out, precopy::Record { stream, op, payload });
+        Ok(())
+    }
+
+    fn built(self: Box<Self>) -> Box<dyn Any> {
+        Box::new(())
+    }
+}
+
+/// A transformer's sink that converts each value and writes the record again.
+struct ConvertEncode<K, V, V2, F> {
+    convert: F,
+    types: PhantomData<(K, V, V2)>,
+}
+
+impl<K, V, V2, F> Sink for ConvertEncode<K, V, V2, F>
+where
+    K: for<'de> Deserialize<'de> + Serialize + 'static,
+    V: for<'de> Deserialize<'de> + 'static,
+    V2: Serialize + 'static,
+    F: Fn(&K, V) -> Result<V2, String> + 'static,
+{
+    fn apply(&mut self, _: u8, _: &[u8]) -> Result<(), String> {
+        Err("a transformer's stream cannot build a map".into())
+    }
+
+    fn rewrite(
+        &mut self,
+        stream: u32,
+        op: u8,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        if op != precopy::UPSERT {
+            // The key keeps its type: a removal reads the same after the conversion.
+            precopy::write_raw(out, precopy::Record { stream, op, payload });
+            return Ok(());
+        }
+        let (key, rest) = key_of::<K>(payload)?;
+        let value = (self.convert)(&key, value_of(rest)?)?;
+        let mut payload = postcard::to_allocvec(&key).map_err(|e| format!("a key: {e}"))?;
+        payload = postcard::to_extend(&value, payload).map_err(|e| format!("a value: {e}"))?;
+        precopy::write_raw(out, precopy::Record { stream, op, payload: &payload });
+        Ok(())
+    }
+
+    fn built(self: Box<Self>) -> Box<dyn Any> {
+        Box::new(())
+    }
+}

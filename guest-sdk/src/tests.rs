@@ -1,0 +1,328 @@
+//! Pre-copy end to end, without a host: an exporter changes its maps between the chunks it
+//! hands out, a transformer rewrites them, and an importer must end with exactly the state the
+//! exporter had when it finished. Exporter, transformer and importer each run on a thread of
+//! their own, as they would be instances of their own.
+
+use crate::runtime::Runtime;
+use crate::runtime::bindings::tasuki::server::types::{Chunk, Snapshot};
+use crate::{ConnId, Ctx, Map, Migrations, Server, Transform};
+use serde::{Deserialize, Serialize};
+use std::thread;
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct App {
+    counter: u64,
+    words: Map<Vec<u8>, u64>,
+    names: Map<u32, String>,
+    extra: Option<Map<u8, u8>>,
+}
+
+impl Server for App {
+    const NAME: &'static str = "app";
+    const STATE_VERSION: u32 = 1;
+    fn on_data(&mut self, _: &mut Ctx, _: ConnId, _: &[u8]) -> usize {
+        0
+    }
+}
+
+/// App's next release: `words` values become strings, by a migration or a transformer.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct AppV2 {
+    counter: u64,
+    words: Map<Vec<u8>, String>,
+    names: Map<u32, String>,
+    extra: Option<Map<u8, u8>>,
+}
+
+impl AppV2 {
+    fn from_v1(old: App) -> Result<Self, String> {
+        Ok(AppV2 {
+            counter: old.counter,
+            words: old.words.convert(|_, n| Ok(format!("#{n}")))?,
+            names: old.names,
+            extra: old.extra,
+        })
+    }
+}
+
+impl Server for AppV2 {
+    const NAME: &'static str = "app";
+    const STATE_VERSION: u32 = 2;
+    fn on_data(&mut self, _: &mut Ctx, _: ConnId, _: &[u8]) -> usize {
+        0
+    }
+    fn migrations() -> Migrations<Self> {
+        Migrations::none().from_fallible::<App>(1, AppV2::from_v1)
+    }
+}
+
+/// The same release step as a transformer.
+struct V1ToV2;
+
+impl Transform for V1ToV2 {
+    const NAME: &'static str = "app-v1-to-v2";
+    const SECTION: &'static str = "app";
+    const FROM: u32 = 1;
+    const TO: u32 = 2;
+    type Old = App;
+    type New = AppV2;
+    fn transform(old: App) -> Result<AppV2, String> {
+        AppV2::from_v1(old)
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One change of every kind a server makes, picked at random.
+fn mutate(app: &mut App, rng: &mut Rng) {
+    let key = format!("k{}", rng.below(300)).into_bytes();
+    match rng.below(100) {
+        0..=34 => {
+            app.words.insert(key, rng.next());
+        }
+        35..=54 => {
+            app.words.remove(&key);
+        }
+        55..=69 => {
+            if let Some(v) = app.words.get_mut(&key) {
+                *v += 1;
+            }
+        }
+        70..=74 => {
+            *app.words.get_or_insert_with(key, || 7) += 1;
+        }
+        75..=79 => {
+            let cut = rng.next();
+            app.words.retain(|_, v| *v % 7 != cut % 7);
+        }
+        80..=84 => {
+            app.names.insert(rng.below(50) as u32, format!("n{}", rng.next()));
+        }
+        85..=86 => {
+            app.names.remove(&(rng.below(50) as u32));
+        }
+        87 => app.words.clear(),
+        88 => app.names = Map::new(),
+        89 => {
+            for v in app.words.values_mut() {
+                *v ^= 1;
+            }
+        }
+        90..=92 => {
+            let extra = app.extra.get_or_insert_with(Map::new);
+            extra.insert(rng.below(20) as u8, rng.below(200) as u8);
+        }
+        93 => app.extra = None,
+        _ => app.counter += 1,
+    }
+}
+
+/// Exports `app` by pre-copy with `changes` random changes between chunks of `budget` bytes;
+/// returns every chunk, the final snapshot, and the state at the finish.
+fn export(seed: u64, changes: usize, budget: u64) -> (Vec<Vec<Chunk>>, Snapshot, App) {
+    thread::spawn(move || {
+        let mut rng = Rng(seed);
+        let mut rt = Runtime::<App>::new("1.0.0");
+        for _ in 0..2000 {
+            mutate(rt.server_mut(), &mut rng);
+        }
+        rt.precopy_begin().unwrap();
+        let mut batches = Vec::new();
+        for step in 0.. {
+            let batch = rt.precopy_next(budget).unwrap();
+            batches.push(batch.chunks);
+            if step >= changes && batch.pending == 0 {
+                break;
+            }
+            if step < changes {
+                for _ in 0..rng.below(4) {
+                    mutate(rt.server_mut(), &mut rng);
+                }
+            }
+            assert!(step < 100_000, "pre-copy does not converge");
+        }
+        let (last, snapshot) = rt.precopy_finish().unwrap();
+        batches.push(last);
+        (batches, snapshot, rt.server_mut().clone())
+    })
+    .join()
+    .unwrap()
+}
+
+fn import<S: Server + Clone + Send>(batches: Vec<Vec<Chunk>>, snapshot: Snapshot) -> S {
+    thread::spawn(move || {
+        let mut rt = Runtime::<S>::new("2.0.0");
+        for batch in batches {
+            rt.import_chunks(batch).unwrap();
+        }
+        rt.import_state(snapshot, Vec::new()).unwrap();
+        rt.server_mut().clone()
+    })
+    .join()
+    .unwrap()
+}
+
+/// The server world's and the transformer world's bindings each have their own copy of the
+/// shared types; the host moves the same values between them.
+mod cross {
+    use crate::runtime::bindings::tasuki::server::types as s;
+    use crate::transform::bindings::tasuki::server::types as t;
+
+    pub(super) fn chunk_in(c: s::Chunk) -> t::Chunk {
+        t::Chunk { section: c.section, version: c.version, bytes: c.bytes }
+    }
+    pub(super) fn chunk_out(c: t::Chunk) -> s::Chunk {
+        s::Chunk { section: c.section, version: c.version, bytes: c.bytes }
+    }
+    pub(super) fn snapshot_in(x: s::Snapshot) -> t::Snapshot {
+        t::Snapshot {
+            app: x.app,
+            app_version: x.app_version,
+            sections: x
+                .sections
+                .into_iter()
+                .map(|s| t::Section { name: s.name, version: s.version, bytes: s.bytes })
+                .collect(),
+        }
+    }
+    pub(super) fn snapshot_out(x: t::Snapshot) -> s::Snapshot {
+        s::Snapshot {
+            app: x.app,
+            app_version: x.app_version,
+            sections: x
+                .sections
+                .into_iter()
+                .map(|s| s::Section { name: s.name, version: s.version, bytes: s.bytes })
+                .collect(),
+        }
+    }
+}
+
+fn transform(batches: Vec<Vec<Chunk>>, snapshot: Snapshot) -> (Vec<Vec<Chunk>>, Snapshot) {
+    thread::spawn(move || {
+        let batches: Vec<Vec<Chunk>> = batches
+            .into_iter()
+            .map(|b| {
+                let b = b.into_iter().map(cross::chunk_in).collect();
+                let out = crate::transform::run_chunks::<V1ToV2>(b).unwrap();
+                out.into_iter().map(cross::chunk_out).collect()
+            })
+            .collect();
+        let snapshot = crate::transform::run::<V1ToV2>(cross::snapshot_in(snapshot)).unwrap();
+        (batches, cross::snapshot_out(snapshot))
+    })
+    .join()
+    .unwrap()
+}
+
+fn v2_of(app: &App) -> AppV2 {
+    AppV2::from_v1(app.clone()).unwrap()
+}
+
+#[test]
+fn the_importer_ends_with_the_exporters_state_at_finish() {
+    for seed in 1..=40 {
+        for budget in [1, 64, 4096] {
+            let (batches, snapshot, expected) = export(seed, 300, budget);
+            let imported: App = import(batches, snapshot);
+            assert_eq!(imported, expected, "seed {seed}, budget {budget}");
+        }
+    }
+}
+
+#[test]
+fn a_migration_converts_each_chunk_as_it_arrives() {
+    for seed in 1..=20 {
+        let (batches, snapshot, expected) = export(seed, 200, 128);
+        let imported: AppV2 = import(batches, snapshot);
+        assert_eq!(imported, v2_of(&expected), "seed {seed}");
+    }
+}
+
+#[test]
+fn a_transformer_converts_each_chunk_as_it_crosses() {
+    for seed in 1..=20 {
+        let (batches, snapshot, expected) = export(seed, 200, 128);
+        let (batches, snapshot) = transform(batches, snapshot);
+        assert!(
+            batches.iter().flatten().all(|c| c.version == 2),
+            "every chunk is rewritten to version 2"
+        );
+        let imported: AppV2 = import(batches, snapshot);
+        assert_eq!(imported, v2_of(&expected), "seed {seed}");
+    }
+}
+
+#[test]
+fn no_change_after_the_copy_means_nothing_pending() {
+    let (batches, _, expected) = export(7, 0, 1 << 20);
+    assert!(!expected.words.is_empty());
+    // The first batch holds the skeleton and every record; the finish has nothing left.
+    assert_eq!(batches.last().unwrap().len(), 0, "finish sends nothing more");
+}
+
+#[test]
+fn a_map_serializes_as_a_hash_map_does() {
+    let mut map = Map::new();
+    let mut std_map = std::collections::HashMap::new();
+    map.insert(b"a".to_vec(), 1u64);
+    std_map.insert(b"a".to_vec(), 1u64);
+    assert_eq!(postcard::to_allocvec(&map).unwrap(), postcard::to_allocvec(&std_map).unwrap());
+    let back: Map<Vec<u8>, u64> =
+        postcard::from_bytes(&postcard::to_allocvec(&std_map).unwrap()).unwrap();
+    assert_eq!(back, map);
+}
+
+/// A transformer whose frozen type reads the map as pairs, as transformers written before
+/// `Map` did.
+struct ReadsPairs;
+
+#[derive(Debug, Deserialize)]
+struct AppAsPairs {
+    counter: u64,
+    words: Vec<(Vec<u8>, u64)>,
+}
+
+#[derive(Debug, Serialize)]
+struct Out {
+    counter: u64,
+}
+
+impl Transform for ReadsPairs {
+    const NAME: &'static str = "reads-pairs";
+    const SECTION: &'static str = "app";
+    const FROM: u32 = 1;
+    const TO: u32 = 2;
+    type Old = AppAsPairs;
+    type New = Out;
+    fn transform(old: AppAsPairs) -> Result<Out, String> {
+        Ok(Out { counter: old.counter + old.words.len() as u64 })
+    }
+}
+
+#[test]
+fn a_reader_that_does_not_take_a_stream_as_a_map_refuses_rather_than_lose_it() {
+    let (batches, _, expected) = export(3, 0, 1 << 20);
+    assert!(!expected.words.is_empty());
+    let error = thread::spawn(move || {
+        let first = batches.into_iter().next().unwrap();
+        let first = first.into_iter().map(cross::chunk_in).collect();
+        crate::transform::run_chunks::<ReadsPairs>(first).unwrap_err()
+    })
+    .join()
+    .unwrap();
+    assert!(error.contains("pre-copy is not possible"), "{error}");
+}

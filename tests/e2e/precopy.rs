@@ -1,0 +1,211 @@
+//! Pre-copy: the state crosses in chunks while the old version serves, and the pause moves only
+//! what changed since. The guarantees are the same as for a transfer inside the pause: every
+//! acknowledged write is readable after the upgrade, and nothing deleted comes back.
+
+use redis::Commands;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tasuki::limits::Limits;
+use tasuki::upgrade::{UpgradeOptions, UpgradeReport};
+use tasuki::{HostConfig, UpgradeError};
+use tasuki_tests::{TestHost, artifacts};
+
+const KEYS: usize = 100_000;
+
+/// A host whose pre-copy moves `chunk` bytes per step.
+fn host(app: &str, chunk: u64) -> TestHost {
+    TestHost::with(HostConfig {
+        app: app.into(),
+        limits: Limits { precopy_chunk: chunk, ..Limits::default() },
+        ..HostConfig::default()
+    })
+}
+
+fn load(client: &mut redis::Connection, keys: usize) {
+    for batch in (0..keys).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for i in batch {
+            pipe.cmd("SET").arg(format!("key:{i:08}")).arg(format!("value-{i}")).ignore();
+        }
+        pipe.query::<()>(client).unwrap();
+    }
+}
+
+/// What a writer did: the value each key it touched must have now (`None`: deleted).
+type Expected = HashMap<String, Option<String>>;
+
+/// True while `tasuki status` shows a pre-copy under way.
+fn precopying(control: &std::path::Path) -> bool {
+    match tasuki::control::request(control, &tasuki::control::Request::Status) {
+        Ok(tasuki::control::Response::Status(status)) => status.precopy.is_some(),
+        other => panic!("status: {other:?}"),
+    }
+}
+
+/// Writes, overwrites and deletes keys (old ones and new ones) until `stop`, and records every
+/// acknowledged change. `during` counts the changes made entirely inside the pre-copy: `tasuki
+/// status` showed it under way both before the request was sent and after its reply came.
+fn writer(
+    host: &TestHost,
+    stop: Arc<AtomicBool>,
+    during: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<Expected> {
+    let mut client = host.client();
+    let control = host.control.clone();
+    std::thread::spawn(move || {
+        let mut expected = Expected::new();
+        let mut n: u64 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let before = precopying(&control);
+            // Spread over the whole keyspace, so changes hit entries already copied and not yet.
+            let key = format!("key:{:08}", (n * 7919) % (KEYS as u64 + 5000));
+            if n.is_multiple_of(5) {
+                let _: i64 = client.del(&key).unwrap();
+                expected.insert(key, None);
+            } else {
+                let value = format!("w{n}");
+                let _: () = client.set(&key, &value).unwrap();
+                expected.insert(key, Some(value));
+            }
+            if before && precopying(&control) {
+                during.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        expected
+    })
+}
+
+/// Every key reads as the writer last left it, and every other key as it was loaded.
+fn check(client: &mut redis::Connection, expected: &Expected) {
+    let names: Vec<String> = (0..KEYS + 5000).map(|i| format!("key:{i:08}")).collect();
+    for batch in names.chunks(5000) {
+        let values: Vec<Option<String>> = client.mget(batch).unwrap();
+        for (key, value) in batch.iter().zip(values) {
+            let want = match expected.get(key) {
+                Some(want) => want.clone(),
+                None => {
+                    let i: usize = key[4..].parse().unwrap();
+                    (i < KEYS).then(|| format!("value-{i}"))
+                }
+            };
+            assert_eq!(value, want, "key {key}");
+        }
+    }
+}
+
+/// Upgrades under a writer and checks every key after.
+fn upgrade_under_writes(host: &TestHost, wasm: &str, transforms: &[&str]) -> (UpgradeReport, u64) {
+    let mut client = host.client();
+    load(&mut client, KEYS);
+    let stop = Arc::new(AtomicBool::new(false));
+    let during = Arc::new(AtomicU64::new(0));
+    let writing = writer(host, Arc::clone(&stop), Arc::clone(&during));
+    let options = UpgradeOptions {
+        transforms: transforms.iter().map(Into::into).collect(),
+        ..UpgradeOptions::default()
+    };
+    let report = host.host_upgrade_with(wasm, &options).expect("upgrade");
+    stop.store(true, Ordering::Relaxed);
+    let expected = writing.join().unwrap();
+    check(&mut client, &expected);
+    (report, during.load(Ordering::Relaxed))
+}
+
+#[test]
+fn an_upgrade_pre_copied_under_writes_keeps_every_write_and_no_deleted_key_returns() {
+    // 16 KiB steps: some 250 of them for this state, each between events.
+    let host = host(artifacts::KV_V2, 16 << 10);
+    let (report, during) = upgrade_under_writes(&host, artifacts::KV_V3, &[artifacts::KV_V2_TO_V3]);
+    let precopy = report.precopy.expect("the state was pre-copied");
+    assert!(precopy.steps > 100, "{precopy:?}");
+    assert!(during > 0, "the writer wrote while the pre-copy was under way");
+    assert!(
+        precopy.paused_bytes < precopy.bytes / 10,
+        "the pause moved only what changed since: {precopy:?}"
+    );
+    assert_eq!(host.status().app.to_string(), "kv 3.0.0");
+}
+
+#[test]
+fn a_v1_to_v3_upgrade_through_two_transformers_is_pre_copied() {
+    let host = host(artifacts::KV_V1, 64 << 10);
+    let (report, _) = upgrade_under_writes(
+        &host,
+        artifacts::KV_V3,
+        &[artifacts::KV_V1_TO_V2, artifacts::KV_V2_TO_V3],
+    );
+    let precopy = report.precopy.expect("the state was pre-copied");
+    assert!(precopy.steps > 10, "{precopy:?}");
+    assert_eq!(report.transformers, ["kv-v1-to-v2", "kv-v2-to-v3"]);
+    // The v3 keyspace: a v1 string value is a string, with no deadline.
+    let mut client = host.client();
+    let kind: String = redis::cmd("TYPE").arg("key:00000001").query(&mut client).unwrap();
+    assert_eq!(kind, "string");
+    let ttl: i64 = client.ttl("key:00000001").unwrap();
+    assert_eq!(ttl, -1);
+}
+
+#[test]
+fn an_in_release_migration_is_pre_copied_too() {
+    let host = host(artifacts::KV_V1, 64 << 10);
+    let (report, _) = upgrade_under_writes(&host, artifacts::KV_V2, &[]);
+    assert!(report.precopy.expect("pre-copied").steps > 10);
+}
+
+#[test]
+fn a_release_built_before_pre_copy_is_upgraded_by_a_full_transfer() {
+    // kv 2.0.0 as built against the previous contract: no `precopy` export.
+    let old = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/contract-0.1/kv_v2.wasm");
+    let host = host(old, 16 << 10);
+    let mut client = host.client();
+    load(&mut client, 1000);
+    let options =
+        UpgradeOptions { transforms: vec![artifacts::KV_V2_TO_V3.into()], ..Default::default() };
+    let report = host.host_upgrade_with(artifacts::KV_V3, &options).expect("upgrade");
+    assert!(report.precopy.is_none(), "nothing to pre-copy from: {report:?}");
+    for i in 0..1000 {
+        let value: String = client.get(format!("key:{i:08}")).unwrap();
+        assert_eq!(value, format!("value-{i}"));
+    }
+    // And the other way: today's release 1 into the old-contract release 2.
+    let host = TestHost::start(artifacts::KV_V1);
+    let mut client = host.client();
+    load(&mut client, 1000);
+    let report = host.upgrade(old).expect("upgrade");
+    assert!(report.precopy.is_none());
+    let value: String = client.get("key:00000999").unwrap();
+    assert_eq!(value, "value-999");
+}
+
+#[test]
+fn with_precopy_off_the_state_crosses_in_the_pause() {
+    let host = host(artifacts::KV_V1, 0);
+    let mut client = host.client();
+    load(&mut client, 1000);
+    let report = host.upgrade(artifacts::KV_V2).expect("upgrade");
+    assert!(report.precopy.is_none());
+    let value: String = client.get("key:00000999").unwrap();
+    assert_eq!(value, "value-999");
+}
+
+#[test]
+fn a_state_past_max_state_rolls_back_during_the_pre_copy() {
+    let host = TestHost::with(HostConfig {
+        app: artifacts::KV_V1.into(),
+        limits: Limits { precopy_chunk: 16 << 10, max_state: 1 << 20, ..Limits::default() },
+        ..HostConfig::default()
+    });
+    let mut client = host.client();
+    load(&mut client, 50_000);
+    match host.upgrade(artifacts::KV_V2) {
+        Err(UpgradeError::TooLarge { bytes, limit, .. }) => {
+            assert!(bytes > limit, "{bytes} > {limit}")
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert_eq!(host.status().app.to_string(), "kv 1.0.0");
+    let value: String = client.get("key:00049999").unwrap();
+    assert_eq!(value, "value-49999");
+}
