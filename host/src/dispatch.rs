@@ -6,9 +6,9 @@
 //! sees and the time timers run on) — so the same code serves real sockets on the wall clock
 //! ([`crate::event_loop`]) and virtual connections on a virtual clock ([`crate::sim`]).
 
-use crate::bindings::{ConnInfo, Snapshot};
+use crate::bindings::{Chunk, ConnInfo, Snapshot};
 use crate::clock::{EventClock, now_unix_ms};
-use crate::instance::{CallError, snapshot_bytes};
+use crate::instance::{CallError, chunk_bytes, snapshot_bytes};
 use crate::limits::Limits;
 use crate::live::{Call, Live};
 use crate::precopy;
@@ -101,6 +101,11 @@ pub const TIMER_RETRY_MAX: Duration = Duration::from_secs(60);
 /// memory where the events did not. Below it, no connection is blamed.
 pub const EXPORT_CULPRIT_MIN: usize = 1 << 20;
 
+/// Where `tasuki snapshot` gets its answer: the state (pre-copied chunks, none for an export,
+/// and the snapshot of the rest) and how long its cut kept events waiting.
+pub(crate) type SnapshotReply =
+    std::sync::mpsc::SyncSender<Result<(Vec<Chunk>, Snapshot, Duration), UpgradeError>>;
+
 /// What a committed or rolled-back upgrade hands back to its requester.
 #[derive(Debug)]
 pub(crate) struct Swapped {
@@ -134,8 +139,24 @@ pub(crate) struct Dispatcher<N, C> {
     nested: Option<Fault>,
     /// An upgrade whose pre-copy is under way: a step runs between events.
     upgrading: Option<upgrade::Underway>,
+    /// A checkpoint being built from chunks: a step runs between events.
+    checkpointing: Option<Building>,
+    /// `tasuki snapshot` requests waiting for the next checkpoint.
+    snapshot_waiters: Vec<SnapshotReply>,
     /// How pre-copy paces itself.
     pub(crate) precopy_budget: precopy::Budget,
+}
+
+/// A checkpoint under way: the chunks taken so far from the live instance's session.
+#[derive(Debug)]
+struct Building {
+    chunks: Vec<Chunk>,
+    /// The live value's generation the session was opened on: a rebuild ends it.
+    generation: u64,
+    started: Instant,
+    steps: u32,
+    lowest: u64,
+    since_lowest: u32,
 }
 
 /// What a recovery recovers from.
@@ -179,6 +200,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             checkpoint_now: false,
             nested: None,
             upgrading: None,
+            checkpointing: None,
+            snapshot_waiters: Vec::new(),
             precopy_budget: precopy::Budget::default(),
         };
         dispatcher.precopy_budget.chunk = dispatcher.limits.precopy_chunk;
@@ -245,11 +268,117 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         }
     }
 
-    /// Takes a checkpoint if the journal says one is due.
+    /// Starts a checkpoint if the journal says one is due: built from chunks between events
+    /// when the app can pre-copy (see [`Dispatcher::checkpoint_step`]), else exported now. A
+    /// checkpoint under way whose journal nears its limit is finished now.
     pub(crate) fn checkpoint_if_due(&mut self) {
-        if std::mem::take(&mut self.checkpoint_now) || self.live.recovery().wants_checkpoint() {
-            self.take_checkpoint();
+        if self.checkpointing.is_some() {
+            if self.live.recovery().len() >= self.live.recovery().limit() / 4 * 3 {
+                self.checkpoint_finish();
+            }
+            return;
         }
+        if !(std::mem::take(&mut self.checkpoint_now) || self.live.recovery().wants_checkpoint()) {
+            return;
+        }
+        if self.upgrading.is_none() && self.precopy_budget.chunk > 0 && self.live.precopies() {
+            self.event_clock.freeze_at(self.clock.wall_ns());
+            match self.live.precopy_begin() {
+                Ok(()) => {
+                    self.checkpointing = Some(Building {
+                        chunks: Vec::new(),
+                        generation: self.live.generation(),
+                        started: Instant::now(),
+                        steps: 0,
+                        lowest: u64::MAX,
+                        since_lowest: 0,
+                    });
+                    return;
+                }
+                Err(e) => debug!("checkpoint by export, not chunks: {e}"),
+            }
+        }
+        self.take_checkpoint();
+    }
+
+    /// True while a checkpoint is being built from chunks.
+    pub(crate) fn checkpointing(&self) -> bool {
+        self.checkpointing.is_some()
+    }
+
+    /// One step of the checkpoint under way, between events: a chunk of the live state onto the
+    /// side copy; at a step that leaves (almost) nothing owed, the cut — the rest and the
+    /// snapshot, at this boundary — becomes the checkpoint and the journal starts over. Requests
+    /// wait at most one chunk's time (the point of building it this way: a full export of a
+    /// big state stalls every client for as long as it takes).
+    pub(crate) fn checkpoint_step(&mut self) {
+        let Some(building) = &mut self.checkpointing else { return };
+        if building.generation != self.live.generation() || self.upgrading.is_some() {
+            // The instance it was built from is gone, or an upgrade took the session over.
+            self.checkpointing = None;
+            self.checkpoint_now = true;
+            return;
+        }
+        self.event_clock.freeze_at(self.clock.wall_ns());
+        let batch = match self.live.precopy_next(self.precopy_budget.chunk) {
+            Ok(batch) => batch,
+            Err(e) => return self.checkpoint_failed(&e),
+        };
+        building.chunks.extend(batch.chunks);
+        building.steps += 1;
+        if batch.pending < building.lowest {
+            building.lowest = batch.pending;
+            building.since_lowest = 0;
+        } else {
+            building.since_lowest += 1;
+        }
+        let done = batch.pending <= self.precopy_budget.chunk / 4
+            || building.since_lowest >= self.precopy_budget.stall_steps;
+        if done {
+            self.checkpoint_finish();
+        }
+    }
+
+    /// The cut of the checkpoint under way: what is still owed and the snapshot of the rest.
+    fn checkpoint_finish(&mut self) {
+        let Some(mut building) = self.checkpointing.take() else { return };
+        self.event_clock.freeze_at(self.clock.wall_ns());
+        let cut = Instant::now();
+        match self.live.precopy_finish() {
+            Ok((last, snapshot)) => {
+                building.chunks.extend(last);
+                let bytes = chunk_bytes(&building.chunks) + snapshot_bytes(&snapshot);
+                let (timers, mono) = (self.timers.armed(), self.clock.monotonic_ns());
+                self.live.set_checkpoint(
+                    (building.chunks, snapshot),
+                    self.net.live(),
+                    timers,
+                    mono,
+                );
+                debug!(
+                    bytes,
+                    steps = building.steps,
+                    took_us = building.started.elapsed().as_micros() as u64,
+                    "checkpoint from chunks"
+                );
+                self.answer_snapshots(cut.elapsed());
+                self.publish_recovery();
+            }
+            Err(e) => self.checkpoint_failed(&e),
+        }
+    }
+
+    /// A checkpoint's export failed: try again later; a trap rebuilds the instance.
+    fn checkpoint_failed(&mut self, e: &CallError) {
+        self.checkpointing = None;
+        warn!("{} failed to export a checkpoint: {e}", self.live.app());
+        self.live.checkpoint_failed();
+        if e.trap().is_none() {
+            self.live.precopy_abort();
+        }
+        let rebuilt = self.export_failed(e);
+        self.refuse_snapshots(e, rebuilt);
+        self.publish_recovery();
     }
 
     /// Runs one event in the live instance, at the time the clock gives; journals it if it
@@ -494,25 +623,38 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         RecoveryOutcome::RestartedEmpty { reason }
     }
 
-    /// `tasuki snapshot`: the live state, which also becomes the checkpoint.
-    pub(crate) fn snapshot(&mut self) -> Result<(Snapshot, Duration), UpgradeError> {
-        let started = Instant::now();
-        self.event_clock.freeze_at(self.clock.wall_ns());
-        match self.live.export() {
-            Ok(snapshot) => {
-                let pause = started.elapsed();
-                self.set_checkpoint(snapshot.clone());
-                self.publish_recovery();
-                Ok((snapshot, pause))
-            }
-            Err(error) => {
-                let rebuilt = self.export_failed(&error);
-                Err(UpgradeError::Export {
-                    running: self.live.app(),
-                    error: Box::new(error),
-                    rebuilt,
-                })
-            }
+    /// `tasuki snapshot`: the live state, which is also the next checkpoint. An app that
+    /// pre-copies gets a checkpoint built a chunk at a time between events (the answer comes
+    /// when it is cut; one under way already serves); any other is exported now.
+    pub(crate) fn snapshot(&mut self, reply: SnapshotReply) {
+        self.snapshot_waiters.push(reply);
+        if self.checkpointing.is_none() {
+            self.checkpoint_now = true;
+            self.checkpoint_if_due();
+        }
+    }
+
+    /// Hands the checkpoint just taken to whoever asked for a snapshot; `pause` is how long its
+    /// cut kept events waiting.
+    fn answer_snapshots(&mut self, pause: Duration) {
+        if self.snapshot_waiters.is_empty() {
+            return;
+        }
+        let Some(checkpoint) = self.live.recovery().checkpoint() else { return };
+        let state = (checkpoint.chunks.clone(), checkpoint.snapshot.clone(), pause);
+        for waiter in self.snapshot_waiters.drain(..) {
+            let _ = waiter.send(Ok(state.clone()));
+        }
+    }
+
+    /// Tells whoever asked for a snapshot that the export failed.
+    fn refuse_snapshots(&mut self, error: &CallError, rebuilt: bool) {
+        for waiter in self.snapshot_waiters.drain(..) {
+            let _ = waiter.send(Err(UpgradeError::Export {
+                running: self.live.app(),
+                error: Box::new(error.clone()),
+                rebuilt,
+            }));
         }
     }
 
@@ -520,7 +662,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// this moment.
     fn set_checkpoint(&mut self, snapshot: Snapshot) {
         let (timers, mono) = (self.timers.armed(), self.clock.monotonic_ns());
-        self.live.set_checkpoint(snapshot, self.net.live(), timers, mono);
+        self.live.set_checkpoint((Vec::new(), snapshot), self.net.live(), timers, mono);
     }
 
     /// Exports the live state so the journal can start over from it.
@@ -532,11 +674,13 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 let bytes = snapshot_bytes(&snapshot);
                 self.set_checkpoint(snapshot);
                 debug!(bytes, took_us = started.elapsed().as_micros() as u64, "checkpoint");
+                self.answer_snapshots(started.elapsed());
             }
             Err(e) => {
                 warn!("{} failed to export a checkpoint: {e}", self.live.app());
                 self.live.checkpoint_failed();
-                self.export_failed(&e);
+                let rebuilt = self.export_failed(&e);
+                self.refuse_snapshots(&e, rebuilt);
             }
         }
         self.publish_recovery();
@@ -584,6 +728,10 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             return Some(self.ended(Swap::RolledBack { error, retired: Box::new(next.instance) }));
         }
         self.event_clock.freeze_at(self.clock.wall_ns());
+        if self.checkpointing.take().is_some() {
+            // The upgrade's session replaces the checkpoint's; the last checkpoint stays good.
+            self.checkpoint_now = true;
+        }
         match upgrade::begin(&mut self.live, next, self.precopy_budget, self.limits.max_state) {
             Begun::Precopy(underway) => {
                 info!("pre-copying the state to {}", AppVersion::from(&underway.next.info));

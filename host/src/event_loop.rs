@@ -8,13 +8,13 @@
 //! the new instance, and output the old one queued stays in the host's per-connection buffers
 //! and is written first.
 
-use crate::bindings::{ConnInfo, Snapshot};
+use crate::bindings::ConnInfo;
 use crate::conn::{Conn, Connections};
-use crate::dispatch::{Dispatcher, Swapped, SystemClock, Tap};
+use crate::dispatch::{Dispatcher, SnapshotReply, Swapped, SystemClock, Tap};
 use crate::limits::{READ_BUDGET, READ_CHUNK};
 use crate::live::Live;
 use crate::status::Shared;
-use crate::upgrade::{Prepared, UpgradeError};
+use crate::upgrade::Prepared;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use std::io::{self, Read};
@@ -26,8 +26,8 @@ use tracing::{debug, error, info, warn};
 /// Asks the loop to do something at the next event boundary.
 pub(crate) enum Command {
     Upgrade(Box<Prepared>, mpsc::SyncSender<Swapped>),
-    /// Export the state (a copy: the app serves on) and say how long the export paused it.
-    Snapshot(mpsc::SyncSender<Result<(Snapshot, Duration), UpgradeError>>),
+    /// Take the state (a copy: the app serves on) and say how long its cut paused the app.
+    Snapshot(SnapshotReply),
     Shutdown,
 }
 
@@ -85,19 +85,21 @@ impl EventLoop {
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            // While a pre-copy is under way, poll without waiting: a step runs after every
-            // round of events, and the events of each round wait for at most one step.
-            let timeout =
-                if self.dispatcher.net.read_again.is_empty() && !self.dispatcher.upgrading() {
-                    self.dispatcher.next_deadline().map(|deadline| {
-                        self.dispatcher
-                            .clock
-                            .instant(deadline)
-                            .saturating_duration_since(std::time::Instant::now())
-                    })
-                } else {
-                    Some(Duration::ZERO)
-                };
+            // While a pre-copy or a checkpoint is under way, poll without waiting: a step runs
+            // after every round of events, and the events of each round wait for at most one.
+            let timeout = if self.dispatcher.net.read_again.is_empty()
+                && !self.dispatcher.upgrading()
+                && !self.dispatcher.checkpointing()
+            {
+                self.dispatcher.next_deadline().map(|deadline| {
+                    self.dispatcher
+                        .clock
+                        .instant(deadline)
+                        .saturating_duration_since(std::time::Instant::now())
+                })
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -126,6 +128,7 @@ impl EventLoop {
             }
             self.dispatcher.fire_due_timers();
             self.dispatcher.checkpoint_if_due();
+            self.dispatcher.checkpoint_step();
             if let Some(swapped) = self.dispatcher.upgrade_step() {
                 self.reply_upgrade(swapped);
             }
@@ -137,9 +140,7 @@ impl EventLoop {
                             self.reply_upgrade(swapped);
                         }
                     }
-                    Ok(Command::Snapshot(reply)) => {
-                        let _ = reply.send(self.dispatcher.snapshot());
-                    }
+                    Ok(Command::Snapshot(reply)) => self.dispatcher.snapshot(reply),
                     Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => {
                         if let Some(swapped) = self.dispatcher.cancel_upgrade() {
                             self.reply_upgrade(swapped);

@@ -1,7 +1,7 @@
 //! [`Host::start`]: load the app, bind the listeners, start the dispatcher and the control
 //! socket. The CLI's `run` is this plus argument parsing; tests start hosts in-process with it.
 
-use crate::bindings::{AppInfo, Snapshot};
+use crate::bindings::{AppInfo, Chunk, Snapshot};
 use crate::control::{self, ControlServer, Request, Response};
 use crate::event_loop::{Command, EventLoop, WAKER};
 use crate::instance::CallError;
@@ -121,15 +121,17 @@ impl Upgrader {
         Ok(())
     }
 
-    /// `tasuki snapshot`: export at an event boundary, write the file off the loop.
+    /// `tasuki snapshot`: the state at an event boundary — a checkpoint built a chunk at a time
+    /// between events when the app pre-copies, else an export — written to the file off the
+    /// loop.
     fn snapshot(&self, out: &Path) -> Result<SnapshotReport, SnapshotError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.send(Command::Snapshot(reply)).map_err(|e| SnapshotError::Export(Box::new(e)))?;
-        let (snapshot, pause) = answer
+        let (chunks, snapshot, pause) = answer
             .recv()
             .map_err(|_| SnapshotError::Export(Box::new(UpgradeError::HostStopped)))?
             .map_err(|e| SnapshotError::Export(Box::new(e)))?;
-        let file = SnapshotFile::from_snapshot(&snapshot);
+        let file = SnapshotFile::from_state(&chunks, &snapshot);
         let file_bytes = file.write(out)?;
         let report = SnapshotReport {
             path: out.into(),
@@ -141,6 +143,7 @@ impl Upgrader {
                 .iter()
                 .map(|s| (s.name.clone(), s.version, s.bytes.len() as u64))
                 .collect(),
+            chunk_bytes: file.chunks.iter().map(|c| c.bytes.len() as u64).sum(),
             pause,
         };
         info!("{report}");
@@ -222,13 +225,13 @@ impl Host {
                     crate::recovery::start(&version, &config.args).map_err(|error| {
                         StartError::Start { app: config.app.clone(), error: Box::new(error) }
                     })?;
-                let snapshot = migrate(&runtime, &restore.file, &restore.transforms, Some(&info))
+                let state = migrate(&runtime, &restore.file, &restore.transforms, Some(&info))
                     .map_err(|error| StartError::Restore {
-                    file: restore.file.clone(),
-                    error: Box::new(error),
-                })?;
+                        file: restore.file.clone(),
+                        error: Box::new(error),
+                    })?;
                 let app = AppVersion::from(&info);
-                let live = Live::restore(Arc::clone(&version), (instance, info), journal, snapshot)
+                let live = Live::restore(Arc::clone(&version), (instance, info), journal, state)
                     .map_err(|error| StartError::RestoreRefused {
                         file: restore.file.clone(),
                         app: app.clone(),
@@ -384,13 +387,15 @@ pub fn request_upgrade(
 
 /// Reads the snapshot file at `file`, pipes it through `transforms`, and — given the target
 /// app's `describe` — checks before running anything that the result is of that app and in
-/// versions it reads. The work behind `tasuki run --restore` and `tasuki migrate`.
+/// versions it reads. The work behind `tasuki run --restore` and `tasuki migrate`. Returns the
+/// state: its pre-copied chunks (to import first; none for a file exported whole) and the
+/// snapshot of the rest.
 pub fn migrate(
     runtime: &Runtime,
     file: &Path,
     transforms: &[PathBuf],
     target: Option<&AppInfo>,
-) -> Result<Snapshot, MigrateError> {
+) -> Result<(Vec<Chunk>, Snapshot), MigrateError> {
     let stored = SnapshotFile::read(file)?;
     if let Some(target) = target
         && stored.app != target.name
@@ -409,5 +414,6 @@ pub fn migrate(
         Some(target) => pipeline.check(&sections, target)?,
         None => drop(pipeline.follow(&sections)?),
     }
-    Ok(pipeline.apply(stored.into_snapshot())?)
+    let (chunks, snapshot) = stored.into_state();
+    Ok(pipeline.apply_chunked(chunks, snapshot)?)
 }

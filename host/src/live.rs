@@ -75,24 +75,20 @@ impl Live {
         })
     }
 
-    /// A start from `snapshot` (`run --restore`, after transformers) into `instance`, which
+    /// A start from a state (`run --restore`, after transformers: pre-copied chunks and the
+    /// snapshot of the rest) into `instance`, which
     /// has just run `init`: the imported snapshot is the first checkpoint. What the import asked
     /// for (timers) stays queued for the loop.
     pub(crate) fn restore(
         version: Arc<Version>,
         (mut instance, info): (Instance, AppInfo),
         journal_limit: usize,
-        snapshot: Snapshot,
+        (chunks, snapshot): (Vec<Chunk>, Snapshot),
     ) -> Result<Self, CallError> {
-        instance.import_state(&snapshot, &[])?;
+        instance.import(&chunks, &snapshot, &[])?;
         // No timers before the import; the dispatcher anchors the time when it starts.
-        let recovery = Recovery::from_snapshot(
-            journal_limit,
-            (Vec::new(), snapshot),
-            Vec::new(),
-            Vec::new(),
-            0,
-        );
+        let recovery =
+            Recovery::from_snapshot(journal_limit, (chunks, snapshot), Vec::new(), Vec::new(), 0);
         Ok(Self { version, instance, info, recovery, generation: 0 })
     }
 
@@ -212,16 +208,17 @@ impl Live {
         self.generation
     }
 
-    /// Makes `snapshot`, exported just now (monotonic time `mono`) with `live` open and
-    /// `timers` armed, the checkpoint.
+    /// Makes `state` (pre-copied chunks and the snapshot of the rest, or a full snapshot with
+    /// no chunks), taken just now (monotonic time `mono`) with `live` open and `timers` armed,
+    /// the checkpoint.
     pub(crate) fn set_checkpoint(
         &mut self,
-        snapshot: Snapshot,
+        state: (Vec<Chunk>, Snapshot),
         live: Vec<ConnInfo>,
         timers: Vec<(u64, u64)>,
         mono: u64,
     ) {
-        self.recovery.set_checkpoint((Vec::new(), snapshot), live, timers, mono);
+        self.recovery.set_checkpoint(state, live, timers, mono);
     }
 
     pub(crate) fn checkpoint_failed(&mut self) {

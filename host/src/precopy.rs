@@ -7,7 +7,8 @@
 //! through the transformers' instances, and one `precopy.import-chunks` on the new instance.
 //! Each step is as short as an event, so clients wait at most one chunk's time. The step says
 //! when to pause:
-//! - **converged**: what is still owed fits one chunk, so the final round is as short as a step;
+//! - **converged**: what is still owed fits a quarter of a chunk, so the final round is shorter
+//!   than a step;
 //! - **not converging**: the owed bytes have not reached a new low for [`Budget::stall_steps`]
 //!   steps (the app changes entries faster than they are copied), or the steps passed
 //!   [`Budget::max_steps`]: the final round then moves what is owed inside the pause, and the
@@ -34,9 +35,10 @@ pub struct Budget {
     pub max_steps: u32,
 }
 
-/// The default chunk: 256 KiB of records, about a millisecond of export and of import on the
-/// machines measured in `bench/RESULTS.md`, so a client waits at most about that per step.
-pub const DEFAULT_CHUNK: u64 = 256 << 10;
+/// The default chunk: 64 KiB of records, about a millisecond of export and import together for
+/// kv's small entries on the machine measured in `bench/RESULTS.md`, so a client waits at most
+/// about that per step.
+pub const DEFAULT_CHUNK: u64 = 64 << 10;
 
 impl Default for Budget {
     fn default() -> Self {
@@ -196,7 +198,7 @@ impl Session {
         new.discard_effects();
         self.imported.extend(chunks);
 
-        if self.owed <= self.budget.chunk {
+        if self.owed <= self.budget.chunk / 4 {
             self.converged = true;
             return Ok(Next::Pause);
         }

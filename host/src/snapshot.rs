@@ -1,28 +1,34 @@
 //! Snapshot files: an app's state at one event boundary, on disk.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //!
 //! | bytes | what |
 //! |---|---|
 //! | 8 | magic `TASUKISN` |
-//! | 4 | format version, little-endian `u32` (1) |
+//! | 4 | format version, little-endian `u32` (2; version 1 files are still read) |
 //! | 8 | body length N, little-endian `u64` |
-//! | N | body: postcard of [`SnapshotFile`] — app name, app version, creation time, and each section's name, version and bytes |
+//! | N | body: postcard of [`SnapshotFile`] — app name, app version, creation time, each section's name, version and bytes, then the pre-copied chunks (section, version, bytes), in order |
 //! | 4 | CRC-32 (IEEE) of the body, little-endian |
+//!
+//! Version 2 adds the chunks: a state taken by pre-copy (the app's `tasuki_guest::Map`s, copied
+//! a chunk at a time between events) is its chunks plus the sections, whose collections refer to
+//! the chunks; it is imported chunks first. Version 1 bodies are the same without the chunks.
 //!
 //! A file that is truncated, has another magic or format version, a body length that does not
 //! match the file, or a wrong checksum is refused before anything is decoded. Sections are the
 //! app's own encoding, moved without being looked into — the same sections an upgrade moves.
 
-use crate::bindings::{Section, Snapshot};
+use crate::bindings::{Chunk, Section, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The file's first eight bytes.
 pub const MAGIC: &[u8; 8] = b"TASUKISN";
-/// The format version this host reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this host writes.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this host reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Largest body a snapshot file may declare. Beyond it the file is refused before anything is
 /// allocated: the host's whole state limit ([`crate::limits::MAX_STATE`]) is far smaller.
 pub const MAX_BODY: u64 = 4 << 30;
@@ -38,6 +44,14 @@ pub struct FileSection {
     pub bytes: Vec<u8>,
 }
 
+/// One pre-copied chunk, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChunk {
+    pub section: String,
+    pub version: u32,
+    pub bytes: Vec<u8>,
+}
+
 /// The body of a snapshot file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotFile {
@@ -46,6 +60,17 @@ pub struct SnapshotFile {
     /// When the state was exported, ms since the Unix epoch.
     pub created_unix_ms: u64,
     pub sections: Vec<FileSection>,
+    /// Pre-copied chunks, imported before the sections (none for a state exported whole).
+    pub chunks: Vec<FileChunk>,
+}
+
+/// The body of a format 1 file.
+#[derive(Debug, Deserialize)]
+struct SnapshotFileV1 {
+    app: String,
+    app_version: String,
+    created_unix_ms: u64,
+    sections: Vec<FileSection>,
 }
 
 /// What `tasuki snapshot` wrote.
@@ -57,7 +82,10 @@ pub struct SnapshotReport {
     /// Bytes of the whole file.
     pub file_bytes: u64,
     pub sections: Vec<(String, u32, u64)>,
-    /// How long the app paused to export.
+    /// Bytes of pre-copied chunks (taken between events while the app served); 0 when the
+    /// state was exported whole.
+    pub chunk_bytes: u64,
+    /// How long the app paused: the whole export, or the cut of a pre-copied state.
     pub pause: std::time::Duration,
 }
 
@@ -67,14 +95,23 @@ impl std::fmt::Display for SnapshotReport {
             self.sections.iter().map(|(n, v, b)| format!("{n} v{v} {b} B")).collect();
         write!(
             f,
-            "wrote {} ({} bytes): {} {}, sections {}; paused {:.3} ms to export",
+            "wrote {} ({} bytes): {} {}, sections {}",
             self.path.display(),
             self.file_bytes,
             self.app,
             self.app_version,
             sections.join(", "),
-            self.pause.as_secs_f64() * 1e3
-        )
+        )?;
+        if self.chunk_bytes > 0 {
+            write!(
+                f,
+                ", {} bytes pre-copied while serving; paused {:.3} ms for the cut",
+                self.chunk_bytes,
+                self.pause.as_secs_f64() * 1e3
+            )
+        } else {
+            write!(f, "; paused {:.3} ms to export", self.pause.as_secs_f64() * 1e3)
+        }
     }
 }
 
@@ -87,7 +124,9 @@ pub enum SnapshotFileError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a tasuki snapshot (no `TASUKISN` magic)")]
     NotSnapshot { path: PathBuf },
-    #[error("{path} is snapshot format {found}; this tasuki reads format {FORMAT_VERSION}")]
+    #[error(
+        "{path} is snapshot format {found}; this tasuki reads formats {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}"
+    )]
     Format { path: PathBuf, found: u32 },
     #[error("{path} is truncated: {detail}")]
     Truncated { path: PathBuf, detail: String },
@@ -98,9 +137,25 @@ pub enum SnapshotFileError {
 }
 
 impl SnapshotFile {
-    /// Captures `snapshot` as of now.
+    /// Captures a state — pre-copied `chunks` (none for a whole export) and `snapshot` — as of
+    /// now.
+    pub fn from_state(chunks: &[Chunk], snapshot: &Snapshot) -> Self {
+        let mut file = Self::from_snapshot(snapshot);
+        file.chunks = chunks
+            .iter()
+            .map(|c| FileChunk {
+                section: c.section.clone(),
+                version: c.version,
+                bytes: c.bytes.clone(),
+            })
+            .collect();
+        file
+    }
+
+    /// Captures `snapshot`, exported whole, as of now.
     pub fn from_snapshot(snapshot: &Snapshot) -> Self {
         Self {
+            chunks: Vec::new(),
             app: snapshot.app.clone(),
             app_version: snapshot.app_version.clone(),
             created_unix_ms: crate::clock::now_unix_ms(),
@@ -116,8 +171,24 @@ impl SnapshotFile {
         }
     }
 
-    /// The snapshot an app imports.
-    pub fn into_snapshot(self) -> Snapshot {
+    /// The state an app imports: the chunks first, then the snapshot.
+    pub fn into_state(mut self) -> (Vec<Chunk>, Snapshot) {
+        let chunks = std::mem::take(&mut self.chunks)
+            .into_iter()
+            .map(|c| Chunk { section: c.section, version: c.version, bytes: c.bytes })
+            .collect();
+        (chunks, self.into_snapshot())
+    }
+
+    /// Bytes of state the file holds, chunks and sections.
+    pub fn state_bytes(&self) -> u64 {
+        let chunks: usize = self.chunks.iter().map(|c| c.bytes.len()).sum();
+        let sections: usize = self.sections.iter().map(|s| s.bytes.len()).sum();
+        (chunks + sections) as u64
+    }
+
+    /// The snapshot an app imports; the file must hold no chunks (see [`Self::into_state`]).
+    fn into_snapshot(self) -> Snapshot {
         Snapshot {
             app: self.app,
             app_version: self.app_version,
@@ -154,7 +225,7 @@ impl SnapshotFile {
             });
         }
         let found = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default());
-        if found != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&found) {
             return Err(SnapshotFileError::Format { path: path(), found });
         }
         let declared = u64::from_le_bytes(bytes[12..20].try_into().unwrap_or_default());
@@ -189,8 +260,21 @@ impl SnapshotFile {
                 detail: format!("checksum {computed:08x} does not match the stored {stored:08x}"),
             });
         }
-        postcard::from_bytes(body)
-            .map_err(|e| SnapshotFileError::Corrupt { path: path(), detail: format!("body: {e}") })
+        let corrupt = |e: postcard::Error| SnapshotFileError::Corrupt {
+            path: path(),
+            detail: format!("body: {e}"),
+        };
+        if found == 1 {
+            let v1: SnapshotFileV1 = postcard::from_bytes(body).map_err(corrupt)?;
+            return Ok(Self {
+                app: v1.app,
+                app_version: v1.app_version,
+                created_unix_ms: v1.created_unix_ms,
+                sections: v1.sections,
+                chunks: Vec::new(),
+            });
+        }
+        postcard::from_bytes(body).map_err(corrupt)
     }
 
     /// Reads and checks the file at `path`.
@@ -229,7 +313,34 @@ mod tests {
                 FileSection { name: "kv".into(), version: 1, bytes: vec![1, 2, 3, 4] },
                 FileSection { name: "tasuki.conns".into(), version: 1, bytes: vec![0] },
             ],
+            chunks: vec![FileChunk { section: "kv".into(), version: 1, bytes: vec![1, 0, 9] }],
         }
+    }
+
+    #[test]
+    fn a_format_1_file_is_read() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            app: &'a str,
+            app_version: &'a str,
+            created_unix_ms: u64,
+            sections: &'a [FileSection],
+        }
+        let mut sample = sample();
+        sample.chunks.clear();
+        let body = postcard::to_allocvec(&V1 {
+            app: &sample.app,
+            app_version: &sample.app_version,
+            created_unix_ms: sample.created_unix_ms,
+            sections: &sample.sections,
+        })
+        .unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        assert_eq!(SnapshotFile::decode(Path::new("s"), &bytes).unwrap(), sample);
     }
 
     #[test]
@@ -271,9 +382,9 @@ mod tests {
     #[test]
     fn another_format_version_is_named() {
         let mut bytes = sample().encode();
-        bytes[8] = 2;
+        bytes[8] = 3;
         let err = SnapshotFile::decode(Path::new("s"), &bytes).unwrap_err().to_string();
-        assert!(err.contains("snapshot format 2"), "{err}");
+        assert!(err.contains("snapshot format 3"), "{err}");
     }
 
     #[test]

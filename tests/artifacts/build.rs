@@ -19,6 +19,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("KV_V1_TO_V2", "kv-v1-to-v2", "kv_v1_to_v2"),
     ("KV_V2_TO_V3", "kv-v2-to-v3", "kv_v2_to_v3"),
     ("FAULTY_TRANSFORM", "faulty-transform", "faulty_transform"),
+    ("CHUNK_TRAP_TRANSFORM", "chunk-trap-transform", "chunk_trap_transform"),
     ("KV_REFUSES_IMPORT", "kv-refuses-import", "kv_refuses_import"),
     ("MISBEHAVE", "misbehave", "misbehave"),
     ("MISSING_EXPORT", "missing-export", "missing_export"),

@@ -77,9 +77,10 @@ fn writer(
     })
 }
 
-/// Every key reads as the writer last left it, and every other key as it was loaded.
-fn check(client: &mut redis::Connection, expected: &Expected) {
-    let names: Vec<String> = (0..KEYS + 5000).map(|i| format!("key:{i:08}")).collect();
+/// Every key reads as the writer last left it, and every other key as it was loaded (`loaded`
+/// keys).
+fn check(client: &mut redis::Connection, loaded: usize, expected: &Expected) {
+    let names: Vec<String> = (0..loaded + 5000).map(|i| format!("key:{i:08}")).collect();
     for batch in names.chunks(5000) {
         let values: Vec<Option<String>> = client.mget(batch).unwrap();
         for (key, value) in batch.iter().zip(values) {
@@ -87,7 +88,7 @@ fn check(client: &mut redis::Connection, expected: &Expected) {
                 Some(want) => want.clone(),
                 None => {
                     let i: usize = key[4..].parse().unwrap();
-                    (i < KEYS).then(|| format!("value-{i}"))
+                    (i < loaded).then(|| format!("value-{i}"))
                 }
             };
             assert_eq!(value, want, "key {key}");
@@ -109,7 +110,7 @@ fn upgrade_under_writes(host: &TestHost, wasm: &str, transforms: &[&str]) -> (Up
     let report = host.host_upgrade_with(wasm, &options).expect("upgrade");
     stop.store(true, Ordering::Relaxed);
     let expected = writing.join().unwrap();
-    check(&mut client, &expected);
+    check(&mut client, KEYS, &expected);
     (report, during.load(Ordering::Relaxed))
 }
 
@@ -208,4 +209,133 @@ fn a_state_past_max_state_rolls_back_during_the_pre_copy() {
     assert_eq!(host.status().app.to_string(), "kv 1.0.0");
     let value: String = client.get("key:00049999").unwrap();
     assert_eq!(value, "value-49999");
+}
+
+/// A value of `len` bytes that differs for every key, so a mix-up between keys shows.
+fn big_value(i: usize, len: usize) -> Vec<u8> {
+    let mut value = vec![0u8; len];
+    for (j, b) in value.iter_mut().enumerate() {
+        *b = (i.wrapping_mul(31) ^ j.wrapping_mul(7)) as u8;
+    }
+    value
+}
+
+#[test]
+fn a_300_mib_state_is_upgraded_and_snapshotted() {
+    // One list<u8> of 300 MiB is past wasmtime's default budget for a host call (128 MiB): a
+    // state that size once failed both. Pre-copy moves it in chunks; a snapshot moves it whole
+    // under the budget --max-state sets (512 MiB by default).
+    const KEYS: usize = 300;
+    const LEN: usize = 1 << 20;
+    let host = TestHost::start(artifacts::KV_V2);
+    let mut client = host.client();
+    for i in 0..KEYS {
+        let _: () = client.set(format!("big:{i}"), big_value(i, LEN)).unwrap();
+    }
+    let report = host.upgrade(artifacts::KV_V2).expect("upgrade");
+    assert!(report.state_bytes > (300 << 20), "{report:?}");
+    assert!(report.precopy.is_some(), "{report:?}");
+    for i in (0..KEYS).step_by(7) {
+        let value: Vec<u8> = client.get(format!("big:{i}")).unwrap();
+        assert!(value == big_value(i, LEN), "big:{i} after the upgrade");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.snap");
+    let written = host.snapshot(&file);
+    assert!(written.file_bytes > (300 << 20), "{written:?}");
+    drop(client);
+    drop(host);
+    let restored = TestHost::with(HostConfig {
+        app: artifacts::KV_V2.into(),
+        restore: Some(tasuki::host::Restore { file, transforms: Vec::new() }),
+        ..HostConfig::default()
+    });
+    let mut client = restored.client();
+    let n: usize = redis::cmd("DBSIZE").query(&mut client).unwrap();
+    assert_eq!(n, KEYS);
+    for i in (0..KEYS).step_by(7) {
+        let value: Vec<u8> = client.get(format!("big:{i}")).unwrap();
+        assert!(value == big_value(i, LEN), "big:{i} after the restore");
+    }
+}
+
+/// A misbehave host holding `n` entries, pre-copied 1 KiB at a time: the entries span dozens of
+/// chunks, and an entry added last lies in one of the last.
+fn misbehave_with(n: usize) -> (TestHost, tasuki_tests::LineClient) {
+    let host = host(artifacts::MISBEHAVE, 1);
+    let mut lines = host.lines();
+    for i in 0..n {
+        assert_eq!(lines.call(&format!("set k{i} value-{i}")), "ok");
+    }
+    (host, lines)
+}
+
+fn all_there(lines: &mut tasuki_tests::LineClient, n: usize) {
+    for i in 0..n {
+        assert_eq!(lines.call(&format!("get k{i}")), format!("value-{i}"), "k{i}");
+    }
+}
+
+#[test]
+fn the_new_version_trapping_on_a_chunk_rolls_back_and_the_old_serves_on() {
+    let (host, mut lines) = misbehave_with(2000);
+    assert_eq!(lines.call("set poison trap-when-imported"), "ok");
+    match host.upgrade(artifacts::MISBEHAVE) {
+        Err(UpgradeError::Import { error, .. }) => assert!(error.trap().is_some(), "{error}"),
+        other => panic!("expected the import to trap, got {other:?}"),
+    }
+    assert_eq!(host.status().upgrades, 0);
+    all_there(&mut lines, 2000);
+    // The old instance's session was dropped: once the value is harmless, an upgrade pre-copies.
+    assert_eq!(lines.call("set poison harmless"), "ok");
+    let report = host.upgrade(artifacts::MISBEHAVE).expect("upgrade");
+    assert!(report.precopy.expect("pre-copied").steps > 10);
+    all_there(&mut lines, 2000);
+    assert_eq!(lines.call("get poison"), "harmless");
+}
+
+#[test]
+fn the_old_version_trapping_while_chunks_are_taken_is_rebuilt_and_serves_on() {
+    let (host, mut lines) = misbehave_with(2000);
+    assert_eq!(lines.call("set poison trap-when-copied"), "ok");
+    match host.upgrade(artifacts::MISBEHAVE) {
+        Err(UpgradeError::Export { error, rebuilt, .. }) => {
+            assert!(error.trap().is_some(), "{error}");
+            assert!(rebuilt, "the trapped instance was rebuilt from its checkpoint and journal");
+        }
+        other => panic!("expected the export to trap, got {other:?}"),
+    }
+    // Same connection, rebuilt instance, every entry.
+    all_there(&mut lines, 2000);
+    assert_eq!(host.status().recovery.recoveries, 1);
+    assert_eq!(lines.call("set poison harmless"), "ok");
+    let report = host.upgrade(artifacts::MISBEHAVE).expect("upgrade");
+    assert!(report.precopy.is_some());
+    all_there(&mut lines, 2000);
+}
+
+#[test]
+fn a_transformer_trapping_on_a_chunk_rolls_back_and_the_old_serves_on() {
+    let host = host(artifacts::KV_V1, 1 << 10);
+    let mut client = host.client();
+    load(&mut client, 20_000);
+    let _: () = client.set("poison", "trap-in-transform").unwrap();
+    let options = UpgradeOptions {
+        transforms: vec![artifacts::CHUNK_TRAP_TRANSFORM.into()],
+        ..UpgradeOptions::default()
+    };
+    match host.host_upgrade_with(artifacts::KV_V2, &options) {
+        Err(UpgradeError::Transform { error, .. }) => {
+            assert!(error.to_string().contains("trapped"), "{error}")
+        }
+        other => panic!("expected the transformer to trap, got {other:?}"),
+    }
+    assert_eq!(host.status().app.to_string(), "kv 1.0.0");
+    check(&mut client, 20_000, &Expected::new());
+    let _: () = client.set("poison", "harmless").unwrap();
+    let report = host.host_upgrade_with(artifacts::KV_V2, &options).expect("upgrade");
+    assert!(report.precopy.expect("pre-copied").steps > 10);
+    let value: String = client.get("poison").unwrap();
+    assert_eq!(value, "harmless");
 }

@@ -46,7 +46,7 @@ impl MigrateCommand {
             }
             None => None,
         };
-        let snapshot = tasuki::host::migrate(
+        let (chunks, snapshot) = tasuki::host::migrate(
             &runtime,
             &self.input,
             &self.transforms,
@@ -57,15 +57,25 @@ impl MigrateCommand {
             .iter()
             .map(|s| format!("{} v{} {} B", s.name, s.version, s.bytes.len()))
             .collect();
-        println!("migrated {}: {}", self.input.display(), sections.join(", "));
+        let chunk_bytes: usize = chunks.iter().map(|c| c.bytes.len()).sum();
+        if chunks.is_empty() {
+            println!("migrated {}: {}", self.input.display(), sections.join(", "));
+        } else {
+            println!(
+                "migrated {}: {}, and {} pre-copied chunks of {chunk_bytes} B",
+                self.input.display(),
+                sections.join(", "),
+                chunks.len()
+            );
+        }
         if let (Some((mut instance, info)), Some(app)) = (target, &self.check) {
-            instance.import_state(&snapshot, &[]).map_err(|e| {
+            instance.import(&chunks, &snapshot, &[]).map_err(|e| {
                 anyhow::anyhow!("{} {} refused the state: {e}", info.name, info.version)
             })?;
             println!("checked: {} {} ({}) imports it", info.name, info.version, app.display());
         }
         if let Some(out) = &self.out {
-            let bytes = SnapshotFile::from_snapshot(&snapshot).write(out)?;
+            let bytes = SnapshotFile::from_state(&chunks, &snapshot).write(out)?;
             println!("wrote {} ({bytes} bytes)", out.display());
         }
         Ok(ExitCode::SUCCESS)

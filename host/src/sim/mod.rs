@@ -491,6 +491,7 @@ impl Run<'_> {
             self.upgrade(version, pipeline, line, false)?;
         }
         self.dispatcher.checkpoint_if_due();
+        self.dispatcher.checkpoint_step();
         if self.sim.rebuild_every_boundary {
             self.dispatcher.rebuild_now();
             self.rebuilds += 1;
