@@ -91,6 +91,40 @@ fn redis_py_with_its_defaults_works_through_a_hot_swap() {
     assert_eq!(n + m, 801, "every acknowledged increment is there");
 }
 
+/// ioredis from the npm registry, with its defaults (RESP2, MULTI/EXEC transactions), keeps
+/// working through a swap on one connection: no error, no lost write.
+#[test]
+fn ioredis_works_through_a_hot_swap() {
+    let modules = installed("node/node_modules");
+    let host = TestHost::start(artifacts::KV_V4);
+    let port = host.addr.port().to_string();
+    let mut child = Command::new("node")
+        .arg(script("ioredis_through_upgrade.js"))
+        .arg(&port)
+        .env("NODE_PATH", &modules)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run node: {e} (scripts/install-clients installs it)"));
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    if first != "READY" {
+        let out = child.wait_with_output().expect("wait");
+        panic!("{first}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    swap(&host);
+    child.stdin.take().expect("stdin").write_all(b"GO\n").expect("GO");
+    let last = lines.next().and_then(Result::ok).unwrap_or_default();
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{last}\n{}", String::from_utf8_lossy(&out.stderr));
+    let done: i64 = last.strip_prefix("DONE ").and_then(|n| n.parse().ok()).expect("DONE <n>");
+    assert!(done >= 400, "{done}");
+    let mut client = host.client();
+    let n: i64 = redis::cmd("GET").arg("node:n").query(&mut client).unwrap();
+    assert_eq!(n, done, "every acknowledged transaction is there");
+}
+
 fn resp3_client(host: &TestHost) -> redis::Connection {
     let client =
         redis::Client::open(format!("redis://{}/?protocol=resp3", host.addr)).expect("client");
