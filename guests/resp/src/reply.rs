@@ -80,6 +80,136 @@ fn write_len(out: &mut Vec<u8>, len: usize) {
     write_i64(out, i64::try_from(len).unwrap_or(i64::MAX));
 }
 
+/// The protocol a connection speaks: RESP2 until it says `HELLO 3`. Replies whose type RESP3
+/// tells apart (nulls, maps, sets, doubles, verbatim text) take it; the rest are the same in
+/// both.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Protocol {
+    /// RESP2, what every connection starts with.
+    #[default]
+    Resp2,
+    /// RESP3, after `HELLO 3`.
+    Resp3,
+}
+
+impl Protocol {
+    /// The number `HELLO` and `CLIENT INFO` show: 2 or 3.
+    pub fn number(self) -> i64 {
+        match self {
+            Self::Resp2 => 2,
+            Self::Resp3 => 3,
+        }
+    }
+}
+
+/// A missing value: RESP3's `_`, RESP2's null bulk string `$-1`.
+pub fn null(out: &mut Vec<u8>, protocol: Protocol) {
+    match protocol {
+        Protocol::Resp2 => null_bulk(out),
+        Protocol::Resp3 => out.extend_from_slice(b"_\r\n"),
+    }
+}
+
+/// A missing array (`LPOP key count` of a missing key, an aborted `EXEC`): RESP3's `_`, RESP2's
+/// null array `*-1`.
+pub fn null_list(out: &mut Vec<u8>, protocol: Protocol) {
+    match protocol {
+        Protocol::Resp2 => null_array(out),
+        Protocol::Resp3 => out.extend_from_slice(b"_\r\n"),
+    }
+}
+
+/// The header of a map of `len` pairs (`HGETALL`, `CONFIG GET`, `HELLO`): RESP3's `%len`, in
+/// RESP2 an array of `2 * len` elements. The caller writes the keys and values, alternating.
+pub fn map(out: &mut Vec<u8>, protocol: Protocol, len: usize) {
+    match protocol {
+        Protocol::Resp2 => array(out, 2 * len),
+        Protocol::Resp3 => {
+            out.push(b'%');
+            write_len(out, len);
+            out.extend_from_slice(CRLF);
+        }
+    }
+}
+
+/// The header of a set of `len` elements (`SMEMBERS`): RESP3's `~len`, RESP2's array.
+pub fn set(out: &mut Vec<u8>, protocol: Protocol, len: usize) {
+    match protocol {
+        Protocol::Resp2 => array(out, len),
+        Protocol::Resp3 => {
+            out.push(b'~');
+            write_len(out, len);
+            out.extend_from_slice(CRLF);
+        }
+    }
+}
+
+/// A floating-point number (`ZSCORE`, `INCRBYFLOAT`'s neighbours): RESP3's `,1.5`, in RESP2
+/// the same text as a bulk string. Written as [`write_f64`] does.
+pub fn double(out: &mut Vec<u8>, protocol: Protocol, value: f64) {
+    let mut text = Vec::with_capacity(24);
+    write_f64(&mut text, value);
+    match protocol {
+        Protocol::Resp2 => bulk(out, &text),
+        Protocol::Resp3 => {
+            out.push(b',');
+            out.extend_from_slice(&text);
+            out.extend_from_slice(CRLF);
+        }
+    }
+}
+
+/// A boolean: RESP3's `#t`/`#f`, RESP2's `:1`/`:0`.
+pub fn boolean(out: &mut Vec<u8>, protocol: Protocol, value: bool) {
+    match protocol {
+        Protocol::Resp2 => integer(out, i64::from(value)),
+        Protocol::Resp3 => out.extend_from_slice(if value { b"#t\r\n" } else { b"#f\r\n" }),
+    }
+}
+
+/// Text meant for people (`INFO`, `CLIENT LIST`): RESP3's verbatim string `=len\r\ntxt:...`,
+/// RESP2's bulk string.
+pub fn verbatim(out: &mut Vec<u8>, protocol: Protocol, text: &[u8]) {
+    match protocol {
+        Protocol::Resp2 => bulk(out, text),
+        Protocol::Resp3 => {
+            out.push(b'=');
+            write_len(out, text.len() + 4);
+            out.extend_from_slice(CRLF);
+            out.extend_from_slice(b"txt:");
+            out.extend_from_slice(text);
+            out.extend_from_slice(CRLF);
+        }
+    }
+}
+
+/// A double as redis 7.2 writes it (`fpconv_dtoa`): the shortest text that reads back as the
+/// same number, `inf`, `-inf`, and an exponent written `e+21`/`e-07` past 21 digits.
+pub fn write_f64(out: &mut Vec<u8>, value: f64) {
+    use std::io::Write as _;
+    if value.is_infinite() {
+        out.extend_from_slice(if value > 0.0 { b"inf" } else { b"-inf" });
+    } else if value == 0.0 {
+        // `-0` stays `-0`, as in redis.
+        out.extend_from_slice(if value.is_sign_negative() { b"-0" } else { b"0" });
+    } else {
+        let abs = value.abs();
+        if (1e-6..1e21).contains(&abs) {
+            // Rust's `{}` is the shortest round-trip text in positional notation.
+            let _ = write!(out, "{value}");
+        } else {
+            // `{:e}` writes `1e21`, `1.5e-7`; redis writes `1e+21`, `1.5e-07`.
+            let text = format!("{value:e}");
+            let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
+            let (sign, digits) = match exponent.strip_prefix('-') {
+                Some(digits) => ('-', digits),
+                None => ('+', exponent),
+            };
+            let _ = write!(out, "{mantissa}e{sign}{digits:0>2}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +234,43 @@ mod tests {
         assert_eq!(encoded(|o| array(o, 0)), "*0\r\n");
         assert_eq!(encoded(|o| array(o, 12)), "*12\r\n");
         assert_eq!(encoded(null_array), "*-1\r\n");
+    }
+
+    #[test]
+    fn resp3_types_and_their_resp2_forms() {
+        use Protocol::*;
+        assert_eq!(encoded(|o| null(o, Resp3)), "_\r\n");
+        assert_eq!(encoded(|o| null(o, Resp2)), "$-1\r\n");
+        assert_eq!(encoded(|o| null_list(o, Resp2)), "*-1\r\n");
+        assert_eq!(encoded(|o| map(o, Resp3, 2)), "%2\r\n");
+        assert_eq!(encoded(|o| map(o, Resp2, 2)), "*4\r\n");
+        assert_eq!(encoded(|o| set(o, Resp3, 1)), "~1\r\n");
+        assert_eq!(encoded(|o| set(o, Resp2, 1)), "*1\r\n");
+        assert_eq!(encoded(|o| double(o, Resp3, 1.5)), ",1.5\r\n");
+        assert_eq!(encoded(|o| double(o, Resp2, 1.5)), "$3\r\n1.5\r\n");
+        assert_eq!(encoded(|o| double(o, Resp3, f64::NEG_INFINITY)), ",-inf\r\n");
+        assert_eq!(encoded(|o| boolean(o, Resp3, true)), "#t\r\n");
+        assert_eq!(encoded(|o| verbatim(o, Resp3, b"a:1")), "=7\r\ntxt:a:1\r\n");
+        assert_eq!(encoded(|o| verbatim(o, Resp2, b"a:1")), "$3\r\na:1\r\n");
+    }
+
+    #[test]
+    fn doubles_as_redis_writes_them() {
+        let cases: &[(f64, &str)] = &[
+            (1.0, "1"),
+            (-2.5, "-2.5"),
+            (0.1, "0.1"),
+            (1.1, "1.1"),
+            (1e21, "1e+21"),
+            (1.5e-7, "1.5e-07"),
+            (123456789012345680000.0, "123456789012345680000"),
+            (0.0, "0"),
+            (-0.0, "-0"),
+            (f64::INFINITY, "inf"),
+        ];
+        for (value, text) in cases {
+            assert_eq!(encoded(|o| write_f64(o, *value)), *text, "{value}");
+        }
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! A request is a list of arguments, the command name first. Redis decides the form from the
 //! first byte (`*` starts a multibulk frame, anything else an inline line), and so do we.
 //!
-//! The parser keeps no state between calls: the SDK keeps a connection's unconsumed input,
-//! across upgrades too, and offers it again with the new bytes appended. An incomplete frame is
+//! [`parse`] keeps no state between calls: the SDK keeps a connection's unconsumed input, across
+//! upgrades too, and offers it again with the new bytes appended. An incomplete frame is
 //! therefore the normal case, not an error, and is re-parsed from its start when more arrives.
+//! Releases 1 to 3 parse that way; [`crate::Parser`] remembers where it stopped instead.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -45,6 +46,10 @@ pub enum ProtocolError {
     TooBigInlineRequest,
     /// An inline request with an unterminated quote, or a closing quote not followed by a space.
     UnbalancedQuotes,
+    /// More than [`crate::parser::MAX_UNAUTHENTICATED_ARGS`] arguments before `AUTH`.
+    UnauthenticatedMultibulkLength,
+    /// An argument longer than [`crate::parser::MAX_UNAUTHENTICATED_BULK`] before `AUTH`.
+    UnauthenticatedBulkLength,
 }
 
 impl fmt::Display for ProtocolError {
@@ -62,6 +67,8 @@ impl fmt::Display for ProtocolError {
             Self::TooBigBulkCount => f.write_str("too big bulk count string"),
             Self::TooBigInlineRequest => f.write_str("too big inline request"),
             Self::UnbalancedQuotes => f.write_str("unbalanced quotes in request"),
+            Self::UnauthenticatedMultibulkLength => f.write_str("unauthenticated multibulk length"),
+            Self::UnauthenticatedBulkLength => f.write_str("unauthenticated bulk length"),
         }
     }
 }
@@ -85,10 +92,10 @@ pub fn parse_into<'a>(
     args: &mut Vec<Arg<'a>>,
 ) -> Result<Option<usize>, ProtocolError> {
     args.clear();
-    let parsed = match input.first() {
+    let parsed = match request_form(input) {
         None => Ok(None),
-        Some(b'*') => parse_multibulk(input, args),
-        Some(_) => parse_inline(input, args),
+        Some(true) => parse_multibulk(input, args),
+        Some(false) => parse_inline(input, args),
     };
     if !matches!(parsed, Ok(Some(_))) {
         args.clear();
@@ -96,9 +103,15 @@ pub fn parse_into<'a>(
     parsed
 }
 
+/// Whether the request at the front of `input` is a multibulk frame (`Some(true)`) or an inline
+/// line (`Some(false)`); `None` for no input yet. Redis decides by the first byte.
+pub(crate) fn request_form(input: &[u8]) -> Option<bool> {
+    input.first().map(|&byte| byte == b'*')
+}
+
 /// Where the line starting at `start` ends: the index of its `\r`, once the byte after it (the
 /// `\n`, which redis skips without looking at) has arrived too.
-enum Line {
+pub(crate) enum Line {
     End(usize),
     /// More input may complete the line.
     Incomplete,
@@ -106,7 +119,7 @@ enum Line {
     TooLong,
 }
 
-fn header_line(input: &[u8], start: usize) -> Line {
+pub(crate) fn header_line(input: &[u8], start: usize) -> Line {
     let rest = input.get(start..).unwrap_or_default();
     match rest.iter().position(|&b| b == b'\r') {
         None if rest.len() > MAX_INLINE_LEN => Line::TooLong,
@@ -157,7 +170,7 @@ fn parse_multibulk<'a>(
     Ok(Some(pos))
 }
 
-fn parse_inline<'a>(
+pub(crate) fn parse_inline<'a>(
     input: &'a [u8],
     args: &mut Vec<Arg<'a>>,
 ) -> Result<Option<usize>, ProtocolError> {

@@ -1,0 +1,323 @@
+//! The key-value server, release 4: release 3's Redis-protocol store (strings, lists, hashes,
+//! expiry) made to work with the clients people use, unmodified: the `HELLO` handshake and
+//! RESP3, `AUTH`, `CLIENT`, `RESET`, transactions (`MULTI`/`EXEC`/`WATCH`), `SCAN`, sets and
+//! sorted sets, and requests of any size redis accepts, parsed in linear time.
+//!
+//! It answers as redis 7.2 does (`REDIS_VERSION`), with redis's replies and error texts; the
+//! README's compatibility section lists what it implements and what it refuses.
+//!
+//! # What changed since release 3, and how its state comes across
+//!
+//! The state, version 4, is release 3's keyspace with two more kinds of value (`db::Value::Set`,
+//! `db::Value::ZSet`, added at the end so the first three encode as before), plus what the
+//! server keeps per connection (`clients`: the protocol, the name, the open transaction, the
+//! watched keys, the parser's position; see `client.rs`) and the counters `INFO` shows. All of
+//! it crosses an upgrade: a connection that chose RESP3 keeps it under the next release, a
+//! `MULTI` stays open with its queue, and a request half-received is resumed where the parser
+//! stopped.
+//!
+//! Like release 3, this release reads only its own state version: a running release 3 reaches
+//! it through the `kv-v3-to-v4` transformer (`guests/transforms/kv-v3-to-v4`), and releases 1
+//! and 2 through the chain before it. Connections from release 3 have no entry yet: each gets
+//! one, speaking RESP2 as it did, at its first request.
+//!
+//! # Layout
+//! - `lib.rs`: `Kv`, the state, and the [`Server`] implementation: the request loop, the
+//!   expiry timer, the per-connection entries.
+//! - `client.rs`: what is kept per connection.
+//! - `db.rs`: the keyspace of typed values with deadlines, and the only code that touches the
+//!   map; `zset.rs` the sorted set; `watch.rs` who watches which key; `scan.rs` the order and
+//!   cursor of `SCAN`.
+//! - `cmd/mod.rs`: the command table (names, arities, flags, keys) and the dispatch from a
+//!   request to a handler, with the errors redis gives before a command runs and the queuing
+//!   inside `MULTI`.
+//! - `cmd/*.rs`: one file per command family.
+//! - `tests.rs`: requests in, replies out, on a clock the tests set (`cargo test -p kv-v4`),
+//!   and the bytes of state version 4, pinned.
+
+mod client;
+mod cmd;
+mod db;
+mod scan;
+#[cfg(test)]
+mod tests;
+mod watch;
+mod zset;
+
+use client::{Client, ReplyMode};
+use cmd::Session;
+use db::Db;
+use resp::reply;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tasuki_guest::{ConnId, ConnInfo, Ctx, Migrations, Server};
+
+/// The redis release whose commands and replies kv follows, as `HELLO` and `INFO` report it.
+pub(crate) const REDIS_VERSION: &str = "7.2.0";
+
+/// The id of the expiry timer, the only timer this release arms. It fires at the earliest
+/// deadline of any key.
+const EXPIRY_TIMER: u64 = 1;
+
+/// How many expired keys one firing of the expiry timer removes at most, so that a mass expiry
+/// cannot stall the connections queued behind the event. If more are due, the timer is armed
+/// to fire again at once, and requests get their turn in between.
+const EXPIRY_BATCH: usize = 1000;
+
+/// The whole transferable state of release 4, state version 4.
+///
+/// Its encoding is what the `kv-v3-to-v4` transformer writes from a frozen copy: change a
+/// serialized field here only together with a new state version and a transformer to it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Kv {
+    db: Db,
+    /// Every connection's state, by the host's connection id.
+    clients: BTreeMap<ConnId, Client>,
+    stats: Stats,
+    /// What `tasuki run --arg` configured. Not transferred: every instance's `init` reads the
+    /// arguments again, and [`Server::resumed`] keeps the new instance's.
+    #[serde(skip)]
+    config: Config,
+    /// The deadline the expiry timer is armed for. Not transferred: [`Server::resumed`] arms the
+    /// timer afresh after an upgrade.
+    #[serde(skip)]
+    timer_armed_for: Option<u64>,
+}
+
+/// The counters `INFO` reports. They cross upgrades: uptime counts from the first start.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub(crate) struct Stats {
+    /// When the server first started, Unix milliseconds; 0 until an instance sets it.
+    pub(crate) started_ms: u64,
+    pub(crate) connections_received: u64,
+    pub(crate) commands_processed: u64,
+}
+
+/// The server's configuration, from `tasuki run --arg name=value`.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Config {
+    /// `requirepass=...`: connections must `AUTH` (or `HELLO ... AUTH`) before other commands.
+    pub(crate) requirepass: Option<Vec<u8>>,
+}
+
+impl Config {
+    /// Reads `name=value` arguments; an unknown name or a missing `=` is an error, so a typo
+    /// refuses the start instead of leaving a server open.
+    fn from_args(args: &[String]) -> Result<Self, String> {
+        let mut config = Self::default();
+        for arg in args {
+            match arg.split_once('=') {
+                Some(("requirepass", password)) if !password.is_empty() => {
+                    config.requirepass = Some(password.as_bytes().to_vec());
+                }
+                _ => {
+                    return Err(format!(
+                        "kv: unknown argument `{arg}` (kv takes `requirepass=<password>`)"
+                    ));
+                }
+            }
+        }
+        Ok(config)
+    }
+}
+
+impl Server for Kv {
+    const NAME: &'static str = "kv";
+    const STATE_VERSION: u32 = 4;
+
+    fn init(&mut self, ctx: &mut Ctx, args: &[String]) -> Result<(), String> {
+        self.config = Config::from_args(args)?;
+        self.stats.started_ms = ctx.now_ms();
+        Ok(())
+    }
+
+    fn on_connect(&mut self, ctx: &mut Ctx, conn: &ConnInfo) {
+        let mut client = Client::new(ctx.now_ms(), self.config.requirepass.is_none());
+        client.addr.clone_from(&conn.peer);
+        client.laddr.clone_from(&conn.listener);
+        self.clients.insert(conn.id, client);
+        self.stats.connections_received += 1;
+    }
+
+    fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize {
+        // One clock reading per event: the requests of one batch all run at the same instant.
+        let now_ms = ctx.now_ms();
+        let (consumed, close) = self.serve(conn, input, ctx.output(conn), now_ms);
+        if close {
+            ctx.close(conn);
+        }
+        self.arm_expiry_timer(ctx, now_ms);
+        consumed
+    }
+
+    fn on_disconnect(&mut self, _: &mut Ctx, conn: ConnId) {
+        self.forget(conn);
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx, id: u64) {
+        if id != EXPIRY_TIMER {
+            return;
+        }
+        self.timer_armed_for = None;
+        let now_ms = ctx.now_ms();
+        self.db.remove_expired(now_ms, EXPIRY_BATCH);
+        self.mark_broken_watches(None);
+        self.arm_expiry_timer(ctx, now_ms);
+    }
+
+    fn resumed(&mut self, ctx: &mut Ctx, fresh: Self) {
+        self.config = fresh.config;
+        if self.stats.started_ms == 0 {
+            // From a release that did not count: uptime starts with this one.
+            self.stats.started_ms = fresh.stats.started_ms;
+        }
+        self.rebuild_indexes();
+        let now_ms = ctx.now_ms();
+        self.arm_expiry_timer(ctx, now_ms);
+    }
+
+    /// None, on purpose: older states come through transformer components, so this release
+    /// need not carry their types (see the crate docs).
+    fn migrations() -> Migrations<Self> {
+        Migrations::none()
+    }
+}
+
+impl Kv {
+    /// Runs every whole request at the front of `input` from connection `conn` at time
+    /// `now_ms`, encoding the replies into `out`. Returns how many bytes were consumed, and
+    /// whether the connection must close (after `QUIT` or a protocol error; everything after
+    /// them is consumed unrun).
+    fn serve(
+        &mut self,
+        conn: ConnId,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        now_ms: u64,
+    ) -> (usize, bool) {
+        let mut client = self
+            .clients
+            .remove(&conn)
+            .unwrap_or_else(|| Client::new(now_ms, self.config.requirepass.is_none()));
+        let mut parser = std::mem::take(&mut client.parser);
+        let mut session = Session {
+            conn,
+            out,
+            now_ms,
+            quit: false,
+            client: &mut client,
+            others: &self.clients,
+            config: &self.config,
+            stats: &self.stats,
+        };
+        // One argument vector for every request of this event: pipelined requests reuse it.
+        let mut args = Vec::new();
+        let mut consumed = 0;
+        let mut commands = 0;
+        while !session.quit {
+            let authenticated = session.client.authenticated;
+            match parser.parse(&input[consumed..], &mut args, authenticated) {
+                Ok(Some(used)) => {
+                    consumed += used;
+                    if args.is_empty() {
+                        continue;
+                    }
+                    commands += 1;
+                    let mark = session.out.len();
+                    cmd::execute(&mut self.db, &mut session, &args);
+                    match session.client.reply {
+                        ReplyMode::On => {}
+                        ReplyMode::Off => session.out.truncate(mark),
+                        ReplyMode::SkipNext => session.client.reply = ReplyMode::Skip,
+                        ReplyMode::Skip => {
+                            session.out.truncate(mark);
+                            session.client.reply = ReplyMode::On;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    // Where the next request would start is unknowable now: answer like redis,
+                    // then hang up.
+                    let text = error.to_string();
+                    reply::error_with(session.out, |out| {
+                        out.extend_from_slice(b"ERR ");
+                        out.extend_from_slice(text.as_bytes());
+                    });
+                    session.quit = true;
+                }
+            }
+        }
+        let quit = session.quit;
+        if commands > 0 {
+            client.last_ms = now_ms;
+        }
+        self.stats.commands_processed += commands;
+        client.parser = parser;
+        self.mark_broken_watches(Some((conn, &mut client)));
+        if quit {
+            // The host sends no disconnect for a connection the app closes.
+            self.db.watches.unwatch(conn, &client.watched);
+            (input.len(), true)
+        } else {
+            self.clients.insert(conn, client);
+            (consumed, false)
+        }
+    }
+
+    /// Records, in each connection's state, that a key it watches changed during this event.
+    /// `current` is the connection whose entry is out of the table while its event runs.
+    fn mark_broken_watches(&mut self, mut current: Option<(ConnId, &mut Client)>) {
+        for conn in self.db.watches.take_broken() {
+            match &mut current {
+                Some((id, client)) if *id == conn => client.watch_broken = true,
+                _ => {
+                    if let Some(client) = self.clients.get_mut(&conn) {
+                        client.watch_broken = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Derives what is not transferred from what is: the deadline index, the watchers of each
+    /// key; the expiry timer is to be armed again.
+    fn rebuild_indexes(&mut self) {
+        self.db.rebuild_deadlines();
+        self.db.watches.clear();
+        for (conn, client) in &self.clients {
+            for key in &client.watched {
+                self.db.watches.watch(*conn, key);
+            }
+        }
+        self.timer_armed_for = None;
+    }
+
+    /// Drops a connection's state and its watches.
+    fn forget(&mut self, conn: ConnId) {
+        if let Some(client) = self.clients.remove(&conn) {
+            self.db.watches.unwatch(conn, &client.watched);
+        }
+    }
+
+    fn arm_expiry_timer(&mut self, ctx: &mut Ctx, now_ms: u64) {
+        if let Some(after) = self.expiry_timer_due(now_ms) {
+            ctx.set_timer(EXPIRY_TIMER, after);
+        }
+    }
+
+    /// Whether the expiry timer must be armed (again), and to fire after how long. Arming only
+    /// when the earliest deadline moves earlier keeps the timer off the hot path: a timer that
+    /// fires early finds nothing due and is armed for the next deadline then.
+    fn expiry_timer_due(&mut self, now_ms: u64) -> Option<Duration> {
+        let next = self.db.next_deadline()?;
+        if self.timer_armed_for.is_some_and(|armed| armed <= next) {
+            return None;
+        }
+        self.timer_armed_for = Some(next);
+        Some(Duration::from_millis(next.saturating_sub(now_ms)))
+    }
+}
+
+tasuki_guest::export!(Kv);
