@@ -130,17 +130,17 @@ fn an_upgrade_pre_copied_under_writes_keeps_every_write_and_no_deleted_key_retur
 }
 
 #[test]
-fn a_v1_to_v3_upgrade_through_two_transformers_is_pre_copied() {
+fn a_v1_to_v4_upgrade_through_three_transformers_is_pre_copied() {
     let host = host(artifacts::KV_V1, 64 << 10);
     let (report, _) = upgrade_under_writes(
         &host,
-        artifacts::KV_V3,
-        &[artifacts::KV_V1_TO_V2, artifacts::KV_V2_TO_V3],
+        artifacts::KV_V4,
+        &[artifacts::KV_V1_TO_V2, artifacts::KV_V2_TO_V3, artifacts::KV_V3_TO_V4],
     );
     let precopy = report.precopy.expect("the state was pre-copied");
     assert!(precopy.steps > 10, "{precopy:?}");
-    assert_eq!(report.transformers, ["kv-v1-to-v2", "kv-v2-to-v3"]);
-    // The v3 keyspace: a v1 string value is a string, with no deadline.
+    assert_eq!(report.transformers, ["kv-v1-to-v2", "kv-v2-to-v3", "kv-v3-to-v4"]);
+    // The v4 keyspace: a v1 string value is a string, with no deadline.
     let mut client = host.client();
     let kind: String = redis::cmd("TYPE").arg("key:00000001").query(&mut client).unwrap();
     assert_eq!(kind, "string");

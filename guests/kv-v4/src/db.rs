@@ -31,6 +31,7 @@ use crate::zset::ZSet;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, DefaultHasher};
+use tasuki_guest::Map;
 
 /// The hasher of the keyspace and of hashes: deterministic, see the module docs.
 pub(crate) type FixedState = BuildHasherDefault<DefaultHasher>;
@@ -109,7 +110,7 @@ impl Entry {
 /// this type for that reason.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Db {
-    entries: HashMap<Vec<u8>, Entry, FixedState>,
+    entries: Map<Vec<u8>, Entry>,
     /// Keys with a deadline, earliest first. Derived from `entries`: rebuilt by
     /// [`Db::rebuild_deadlines`] after an upgrade instead of transferred.
     #[serde(skip)]
@@ -297,8 +298,7 @@ impl Db {
                 }
                 &mut self
                     .entries
-                    .entry(key.to_vec())
-                    .or_insert(Entry { value, expires_at_ms: None })
+                    .get_or_insert_with(key.to_vec(), || Entry { value, expires_at_ms: None })
                     .value
             }
         };
@@ -413,7 +413,7 @@ impl Db {
         for key in watched {
             self.watches.touch(&key);
         }
-        self.entries = HashMap::default();
+        self.entries.clear();
         self.deadlines = BTreeSet::new();
         self.scan_order = None;
     }

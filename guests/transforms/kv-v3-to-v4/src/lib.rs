@@ -23,12 +23,13 @@
 //!   empty sequence, so its element type need not be copied here.
 
 use serde::{Deserialize, Serialize};
+use tasuki_guest::Map;
 
 /// kv 3.0.0's state, frozen.
 #[derive(Debug, Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
 pub struct V3 {
-    entries: Vec<(Vec<u8>, V3Entry)>,
+    entries: Map<Vec<u8>, V3Entry>,
 }
 
 /// kv 3.0.0's `Entry`.
@@ -53,7 +54,7 @@ pub enum V3Value {
 #[derive(Debug, Serialize)]
 #[cfg_attr(test, derive(Deserialize, PartialEq))]
 pub struct V4 {
-    entries: Vec<(Vec<u8>, V4Entry)>,
+    entries: Map<Vec<u8>, V4Entry>,
     /// `BTreeMap<ConnId, Client>` in kv 4.0.0: always empty here (see the crate docs).
     clients: Vec<()>,
     stats: V4Stats,
@@ -99,18 +100,15 @@ impl tasuki_guest::Transform for KvV3ToV4 {
     type New = V4;
 
     fn transform(old: V3) -> Result<V4, String> {
-        let entries = old
-            .entries
-            .into_iter()
-            .map(|(key, V3Entry { value, expires_at_ms })| {
-                let value = match value {
-                    V3Value::String(bytes) => V4Value::String(bytes),
-                    V3Value::List(list) => V4Value::List(list),
-                    V3Value::Hash(hash) => V4Value::Hash(hash),
-                };
-                (key, V4Entry { value, expires_at_ms })
-            })
-            .collect();
+        // Entry by entry, as each pre-copied chunk crosses (`Map::convert`).
+        let entries = old.entries.convert(|_, V3Entry { value, expires_at_ms }| {
+            let value = match value {
+                V3Value::String(bytes) => V4Value::String(bytes),
+                V3Value::List(list) => V4Value::List(list),
+                V3Value::Hash(hash) => V4Value::Hash(hash),
+            };
+            Ok(V4Entry { value, expires_at_ms })
+        })?;
         Ok(V4 { entries, clients: Vec::new(), stats: V4Stats::default() })
     }
 }
