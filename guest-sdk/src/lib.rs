@@ -49,6 +49,7 @@
 extern crate self as tasuki_guest;
 
 mod ctx;
+mod list;
 mod map;
 mod migrations;
 #[doc(hidden)]
@@ -60,6 +61,7 @@ mod tests;
 pub mod transform;
 
 pub use ctx::{ConnId, ConnInfo, Ctx};
+pub use list::List;
 pub use map::{FixedState, Map};
 pub use migrations::Migrations;
 pub use transform::Transform;

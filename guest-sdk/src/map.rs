@@ -20,10 +20,6 @@ pub type FixedState = BuildHasherDefault<DefaultHasher>;
 /// trusted further (a larger map still decodes, growing as it goes).
 const PRESIZE_MAX: u64 = 1 << 24;
 
-/// The stream id that stands for an empty collection with no records (a transformer's new,
-/// empty map).
-const EMPTY_STREAM: u32 = u32::MAX;
-
 /// A hash map whose contents cross an upgrade ahead of the pause.
 ///
 /// Use it for an app's big collections in place of `HashMap`: outside an upgrade it is a hash
@@ -452,7 +448,7 @@ impl<K: Serialize + Hash + Eq + Clone, V: Serialize> Serialize for Map<K, V> {
                     precopy::with_reader(|r| r.referenced.push(reference.0));
                     reference.serialize(s)
                 }
-                None if self.entries.is_empty() => (EMPTY_STREAM, 0u64).serialize(s),
+                None if self.entries.is_empty() => (precopy::EMPTY_STREAM, 0u64).serialize(s),
                 None => Err(S::Error::custom(
                     "a transformer may fill a map only from a pre-copied one, with Map::convert",
                 )),
@@ -478,7 +474,7 @@ where
             return d.deserialize_map(Entries(PhantomData));
         }
         let (stream, len) = <(u32, u64)>::deserialize(d)?;
-        if stream == EMPTY_STREAM {
+        if stream == precopy::EMPTY_STREAM {
             return Ok(Map::new());
         }
         match mode {
@@ -488,7 +484,7 @@ where
                     let sink: Box<dyn Sink> = if mode == Mode::Register {
                         Box::new(Store::<K, V>::new(len))
                     } else {
-                        Box::new(PassThrough)
+                        Box::new(precopy::PassThrough)
                     };
                     slot.insert(sink);
                     reader.fresh.push(stream);
@@ -618,30 +614,6 @@ where
 
     fn built(self: Box<Self>) -> Box<dyn Any> {
         Box::new(Converted(self.entries))
-    }
-}
-
-/// A transformer's sink for a stream it does not convert: records pass unchanged.
-struct PassThrough;
-
-impl Sink for PassThrough {
-    fn apply(&mut self, _: u8, _: &[u8]) -> Result<(), String> {
-        Err("a transformer's stream cannot build a map".into())
-    }
-
-    fn rewrite(
-        &mut self,
-        stream: u32,
-        op: u8,
-        payload: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), String> {
-        precopy::write_raw(out, precopy::Record { stream, op, payload });
-        Ok(())
-    }
-
-    fn built(self: Box<Self>) -> Box<dyn Any> {
-        Box::new(())
     }
 }
 

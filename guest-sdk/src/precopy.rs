@@ -36,6 +36,16 @@ pub(crate) const RECORDS: u8 = 1;
 pub(crate) const UPSERT: u8 = 1;
 /// Record op: the key is gone.
 pub(crate) const REMOVE: u8 = 2;
+/// List record op: the element at logical index L (a varint, then the value) follows the last.
+pub(crate) const LIST_PUSH_BACK: u8 = 3;
+/// List record op: the element at logical index L precedes the first.
+pub(crate) const LIST_PUSH_FRONT: u8 = 4;
+/// List record op: the element at logical index L is now this value.
+pub(crate) const LIST_SET: u8 = 5;
+/// List record op: the first element is gone.
+pub(crate) const LIST_POP_FRONT: u8 = 6;
+/// List record op: the last element is gone.
+pub(crate) const LIST_POP_BACK: u8 = 7;
 
 /// The name of the section that marks a snapshot as the end of a pre-copy session: its
 /// collections are references to the chunks that came before it.
@@ -169,7 +179,29 @@ impl Pass {
     }
 }
 
-/// Runs `f` with the pass in progress. Only [`crate::Map`]'s serializer calls it, in
+impl Pass {
+    /// Appends a record of operation `op` whose payload `payload` writes (onto an empty
+    /// buffer it is given).
+    pub(crate) fn record_with(
+        &mut self,
+        stream: u32,
+        op: u8,
+        payload: impl FnOnce(Vec<u8>) -> Result<Vec<u8>, String>,
+    ) -> Result<(), String> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch = payload(scratch)?;
+        varint(&mut self.records, u64::from(stream));
+        self.records.push(op);
+        varint(&mut self.records, scratch.len() as u64);
+        self.records.extend_from_slice(&scratch);
+        self.count += 1;
+        self.scratch = scratch;
+        Ok(())
+    }
+}
+
+/// Runs `f` with the pass in progress. Only the SDK's collections' serializers call it, in
 /// [`Mode::Pass`], which [`pass`] sets only around a pass.
 pub(crate) fn with_pass<R>(f: impl FnOnce(&mut Pass) -> R) -> R {
     PASS.with_borrow_mut(|pass| f(pass.as_mut().expect("Mode::Pass is set only during a pass")))
@@ -339,6 +371,34 @@ pub(crate) fn records(mut input: &[u8]) -> impl Iterator<Item = Result<Record<'_
         }
         Some(record)
     })
+}
+
+/// The stream id that stands for an empty collection with no records (a transformer's new,
+/// empty collection).
+pub(crate) const EMPTY_STREAM: u32 = u32::MAX;
+
+/// A transformer's sink for a stream it does not convert: records pass unchanged.
+pub(crate) struct PassThrough;
+
+impl Sink for PassThrough {
+    fn apply(&mut self, _: u8, _: &[u8]) -> Result<(), String> {
+        Err("a transformer's stream cannot build a collection".into())
+    }
+
+    fn rewrite(
+        &mut self,
+        stream: u32,
+        op: u8,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        write_raw(out, Record { stream, op, payload });
+        Ok(())
+    }
+
+    fn built(self: Box<Self>) -> Box<dyn Any> {
+        Box::new(())
+    }
 }
 
 /// Where a reader sends one stream's records.

@@ -5,7 +5,7 @@
 
 use crate::runtime::Runtime;
 use crate::runtime::bindings::tasuki::server::types::{Chunk, Snapshot};
-use crate::{ConnId, Ctx, Map, Migrations, Server, Transform};
+use crate::{ConnId, Ctx, List, Map, Migrations, Server, Transform};
 use serde::{Deserialize, Serialize};
 use std::thread;
 
@@ -15,6 +15,7 @@ struct App {
     words: Map<Vec<u8>, u64>,
     names: Map<u32, String>,
     extra: Option<Map<u8, u8>>,
+    log: List<u64>,
 }
 
 impl Server for App {
@@ -32,6 +33,7 @@ struct AppV2 {
     words: Map<Vec<u8>, String>,
     names: Map<u32, String>,
     extra: Option<Map<u8, u8>>,
+    log: List<String>,
 }
 
 impl AppV2 {
@@ -41,6 +43,7 @@ impl AppV2 {
             words: old.words.convert(|_, n| Ok(format!("#{n}")))?,
             names: old.names,
             extra: old.extra,
+            log: old.log.convert(|n| Ok(format!("@{n}")))?,
         })
     }
 }
@@ -88,6 +91,10 @@ impl Rng {
 
 /// One change of every kind a server makes, picked at random.
 fn mutate(app: &mut App, rng: &mut Rng) {
+    if rng.below(3) == 0 {
+        mutate_log(&mut app.log, rng);
+        return;
+    }
     let key = format!("k{}", rng.below(300)).into_bytes();
     match rng.below(100) {
         0..=34 => {
@@ -127,6 +134,41 @@ fn mutate(app: &mut App, rng: &mut Rng) {
         }
         93 => app.extra = None,
         _ => app.counter += 1,
+    }
+}
+
+/// One change of every kind a list sees: a queue's and a log's ends, changes in place, and the
+/// shifts that make it be copied again.
+fn mutate_log(log: &mut List<u64>, rng: &mut Rng) {
+    match rng.below(100) {
+        0..=39 => log.push_back(rng.next()),
+        40..=49 => log.push_front(rng.next()),
+        50..=64 => drop(log.pop_front()),
+        65..=74 => drop(log.pop_back()),
+        75..=84 => {
+            if !log.is_empty() {
+                let i = rng.below(log.len() as u64) as usize;
+                *log.get_mut(i).unwrap() += 1;
+            }
+        }
+        85..=88 => log.truncate_front(rng.below(5) as usize),
+        89..=91 => log.truncate(log.len().saturating_sub(rng.below(5) as usize)),
+        92..=94 => {
+            let i = rng.below(log.len() as u64 + 1) as usize;
+            log.insert(i, 7);
+        }
+        95..=96 => {
+            if !log.is_empty() {
+                let i = rng.below(log.len() as u64) as usize;
+                log.remove(i);
+            }
+        }
+        97 => log.clear(),
+        _ => {
+            for v in log.iter_mut() {
+                *v ^= 1;
+            }
+        }
     }
 }
 

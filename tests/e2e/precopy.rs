@@ -339,3 +339,48 @@ fn a_transformer_trapping_on_a_chunk_rolls_back_and_the_old_serves_on() {
     let value: String = client.get("poison").unwrap();
     assert_eq!(value, "harmless");
 }
+
+#[test]
+fn a_queue_pushed_and_shifted_through_a_pre_copied_upgrade_arrives_whole() {
+    // misbehave keeps a queue in a tasuki_guest::List; 1-byte steps, so the copy of 200,000
+    // elements takes as many steps, and pushes and shifts go on until the upgrade returns.
+    // Whether they land inside the copy depends on timing here; the simulator's
+    // `a_queue_changed_between_the_pre_copy_steps_…` proves that case at every boundary.
+    let host = host(artifacts::MISBEHAVE, 1);
+    let mut lines = host.lines();
+    assert_eq!(lines.call("fill 200000"), "ok");
+    let mut model: std::collections::VecDeque<String> =
+        (0..200_000).map(|i| format!("f{i}")).collect();
+    let upgrading = {
+        let host_wasm = artifacts::MISBEHAVE;
+        let control = host.control.clone();
+        std::thread::spawn(move || {
+            tasuki::host::request_upgrade(
+                &control,
+                std::path::Path::new(host_wasm),
+                UpgradeOptions::default(),
+            )
+        })
+    };
+    let mut n = 0;
+    loop {
+        n += 1;
+        if n % 3 == 0 {
+            let got = lines.call("shift");
+            assert_eq!(Some(got), model.pop_front());
+        } else {
+            assert_eq!(lines.call(&format!("push q{n}")), "ok");
+            model.push_back(format!("q{n}"));
+        }
+        if upgrading.is_finished() {
+            break;
+        }
+    }
+    let response = upgrading.join().unwrap().expect("control");
+    let tasuki::control::Response::Upgraded(report) = response else {
+        panic!("upgrade failed: {response:?}")
+    };
+    assert!(report.precopy.is_some(), "{report:?}");
+    let want: Vec<String> = model.into_iter().collect();
+    assert!(lines.call("list") == want.join(","), "the queue after the upgrade");
+}

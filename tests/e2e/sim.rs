@@ -361,3 +361,36 @@ fn changes_interleaved_with_the_pre_copy_steps_all_reach_the_new_version() {
         assert!(report.passed(), "seed {seed}, rebuilding: {report}");
     }
 }
+
+/// misbehave's queue (a `tasuki_guest::List`) filled, then pushed to and shifted from at both
+/// ends of a trace, with the model's replies, and read whole at the end.
+fn queue_trace() -> Trace {
+    let mut model: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let mut t = Trace::new("queue").connect("a").send("a", "fill 40\n").expect("a", "ok\n");
+    model.extend((0..40).map(|i| format!("f{i}")));
+    for i in 0..120u32 {
+        if i % 3 == 2 {
+            let got = model.pop_front().unwrap_or_else(|| "nil".into());
+            t = t.send("a", "shift\n").expect("a", format!("{got}\n"));
+        } else {
+            t = t.send("a", format!("push p{i}\n")).expect("a", "ok\n");
+            model.push_back(format!("p{i}"));
+        }
+    }
+    let all: Vec<String> = model.into_iter().collect();
+    t.send("a", "list\n").expect("a", format!("{}\n", all.join(","))).quiet("a").close("a")
+}
+
+#[test]
+fn a_queue_changed_between_the_pre_copy_steps_arrives_whole_at_every_boundary() {
+    let simulator = Simulator::new(SimConfig {
+        app: artifacts::MISBEHAVE.into(),
+        upgrade: Some(Target { wasm: artifacts::MISBEHAVE.into(), transforms: Vec::new() }),
+        limits: tasuki::limits::Limits { precopy_chunk: 16, ..Default::default() },
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let report = simulator.run(&queue_trace(), UpgradeAt::Every).unwrap();
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.upgraded, report.runs.len(), "every run upgraded: {report}");
+}
