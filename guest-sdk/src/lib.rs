@@ -48,6 +48,7 @@
 // The generated bindings name this crate by its path, from inside it as from the apps.
 extern crate self as tasuki_guest;
 
+mod collection;
 mod ctx;
 mod list;
 mod map;

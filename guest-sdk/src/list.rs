@@ -1,11 +1,11 @@
 //! [`List`]: a double-ended list that pre-copies itself.
 
+use crate::collection::{self, Converted, Extra, Plain, Read, Tracking};
 use crate::precopy::{self, Mode, Sink, read_varint, varint};
 use serde::de::{Deserializer, SeqAccess, Visitor};
-use serde::ser::{Error as _, Serializer};
+use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 use std::any::Any;
-use std::cell::RefCell;
 use std::collections::{BTreeSet, VecDeque};
 use std::marker::PhantomData;
 
@@ -33,12 +33,7 @@ const ORIGIN: u64 = 1 << 62;
 /// In a migration or a transformer, convert it with [`List::convert`] (see [`crate::Map`]).
 pub struct List<T> {
     elements: VecDeque<T>,
-    side: RefCell<Option<Box<Side>>>,
-}
-
-enum Side {
-    Tracked(Track),
-    Reference { stream: u32, len: u64 },
+    extra: Extra<Track>,
 }
 
 /// A list's part of an export session, in logical indexes. The reader (after every record sent
@@ -55,59 +50,33 @@ struct Track {
     pops: Vec<bool>,
 }
 
-fn reference_misuse() -> ! {
-    panic!(
-        "this tasuki_guest::List is a reference to pre-copied chunks: in a migration or a \
-         transformer, convert it with `List::convert` instead of reading or changing it"
-    )
-}
-
-fn tracked(side: &mut RefCell<Option<Box<Side>>>) -> Option<&mut Track> {
-    let slot = side.get_mut();
-    let live = match slot.as_deref() {
-        None => return None,
-        Some(Side::Tracked(track)) => track.session == precopy::session(),
-        Some(Side::Reference { .. }) => reference_misuse(),
-    };
-    if !live {
-        *slot = None;
-        return None;
-    }
-    match slot.as_deref_mut() {
-        Some(Side::Tracked(track)) => Some(track),
-        _ => None,
+impl Tracking for Track {
+    fn session(&self) -> u64 {
+        self.session
     }
 }
 
 impl<T> List<T> {
     /// An empty list.
     pub fn new() -> Self {
-        Self { elements: VecDeque::new(), side: RefCell::new(None) }
+        Self::from_elements(VecDeque::new())
     }
 
     /// An empty list with room for `capacity` elements.
     pub fn with_capacity(capacity: usize) -> Self {
-        Self { elements: VecDeque::with_capacity(capacity), side: RefCell::new(None) }
+        Self::from_elements(VecDeque::with_capacity(capacity))
+    }
+
+    fn from_elements(elements: VecDeque<T>) -> Self {
+        Self { elements, extra: Extra::none() }
     }
 
     fn reference(stream: u32, len: u64) -> Self {
-        Self {
-            elements: VecDeque::new(),
-            side: RefCell::new(Some(Box::new(Side::Reference { stream, len }))),
-        }
-    }
-
-    fn referenced(&self) -> Option<(u32, u64)> {
-        match self.side.borrow().as_deref() {
-            Some(Side::Reference { stream, len }) => Some((*stream, *len)),
-            _ => None,
-        }
+        Self { elements: VecDeque::new(), extra: Extra::reference(stream, len) }
     }
 
     fn readable(&self) -> &VecDeque<T> {
-        if self.referenced().is_some() {
-            reference_misuse();
-        }
+        self.extra.check_readable();
         &self.elements
     }
 
@@ -143,9 +112,9 @@ impl<T> List<T> {
 
     /// The element at `index`, to change. It counts as changed.
     pub fn get_mut(&mut self, index: usize) -> Option<&mut T> {
-        let Self { elements, side } = self;
+        let Self { elements, extra } = self;
         let value = elements.get_mut(index)?;
-        if let Some(track) = tracked(side) {
+        if let Some(track) = extra.tracked() {
             let logical = track.origin + index as u64;
             if (track.lo..track.hi).contains(&logical) {
                 track.dirty.insert(logical);
@@ -161,9 +130,9 @@ impl<T> List<T> {
 
     /// Prepends `value`.
     pub fn push_front(&mut self, value: T) {
-        let Self { elements, side } = self;
+        let Self { elements, extra } = self;
         elements.push_front(value);
-        if let Some(track) = tracked(side) {
+        if let Some(track) = extra.tracked() {
             track.origin -= 1;
             if track.lo == track.hi {
                 // The reader holds nothing yet: its (empty) range follows the front.
@@ -175,9 +144,9 @@ impl<T> List<T> {
 
     /// Removes the last element.
     pub fn pop_back(&mut self) -> Option<T> {
-        let Self { elements, side } = self;
+        let Self { elements, extra } = self;
         let value = elements.pop_back()?;
-        if let Some(track) = tracked(side) {
+        if let Some(track) = extra.tracked() {
             let end = track.origin + elements.len() as u64;
             track.dirty.remove(&end);
             if track.lo < track.hi && end < track.hi {
@@ -194,9 +163,9 @@ impl<T> List<T> {
 
     /// Removes the first element.
     pub fn pop_front(&mut self) -> Option<T> {
-        let Self { elements, side } = self;
+        let Self { elements, extra } = self;
         let value = elements.pop_front()?;
-        if let Some(track) = tracked(side) {
+        if let Some(track) = extra.tracked() {
             let first = track.origin;
             track.dirty.remove(&first);
             track.origin += 1;
@@ -253,10 +222,7 @@ impl<T> List<T> {
 
     /// Forgets the tracking: the list will be copied again as a new stream.
     fn restart(&mut self) {
-        if self.referenced().is_some() {
-            reference_misuse();
-        }
-        *self.side.get_mut() = None;
+        self.extra.restart();
     }
 
     /// Converts every element with `convert`: the way a migration or a transformer rewrites a
@@ -269,49 +235,28 @@ impl<T> List<T> {
         T: for<'de> Deserialize<'de> + 'static,
         U: Serialize + 'static,
     {
-        let Some((stream, len)) = self.referenced() else {
+        let Some((stream, len)) = self.extra.referenced() else {
             let elements = self.elements.into_iter().map(convert).collect::<Result<_, _>>()?;
-            return Ok(List { elements, side: RefCell::new(None) });
+            return Ok(List::from_elements(elements));
         };
-        match precopy::mode() {
-            Mode::Register => precopy::with_reader(|reader| {
-                if reader.fresh.contains(&stream) {
-                    let sink = ListStore::<T, U, _> {
-                        elements: presized(len),
-                        lo: 0,
-                        convert,
-                        converted: true,
-                        old: PhantomData,
-                    };
-                    reader.sinks.insert(stream, Box::new(sink));
-                }
-            }),
-            Mode::Rewrite => precopy::with_reader(|reader| {
-                if reader.fresh.contains(&stream) {
-                    let sink = ListEncode::<T, U, _> { convert, types: PhantomData };
-                    reader.sinks.insert(stream, Box::new(sink));
-                }
-            }),
-            Mode::Resolve => {
-                let built = precopy::with_reader(|reader| {
-                    reader.unresolved.retain(|s| *s != stream);
-                    reader.built.remove(&stream)
-                });
-                return match built {
-                    None => Ok(List::new()),
-                    Some(built) => match built.downcast::<Converted<VecDeque<U>>>() {
-                        Ok(converted) => {
-                            Ok(List { elements: converted.0, side: RefCell::new(None) })
-                        }
-                        Err(_) => Err(format!(
-                            "pre-copied list (stream {stream}) was not converted to this type while its chunks crossed"
-                        )),
-                    },
-                };
+        let read = collection::convert_reference::<VecDeque<U>>(stream, |store| {
+            if store {
+                Box::new(ListStore::<T, U, _> {
+                    elements: presized(len),
+                    lo: 0,
+                    convert,
+                    converted: true,
+                    old: PhantomData,
+                })
+            } else {
+                Box::new(ListEncode::<T, U, _> { convert, types: PhantomData })
             }
-            Mode::Inline | Mode::Pass | Mode::Reference => {}
-        }
-        Ok(List::reference(stream, len))
+        })?;
+        Ok(match read {
+            Read::Empty => List::new(),
+            Read::Built(elements) => List::from_elements(elements),
+            Read::Reference(..) => List::reference(stream, len),
+        })
     }
 
     /// This list's share of a pass: queued pops, changed elements, then the gaps at either end.
@@ -319,26 +264,18 @@ impl<T> List<T> {
     where
         T: Serialize,
     {
-        let mut side = self.side.borrow_mut();
         precopy::with_pass(|pass| {
-            if matches!(side.as_deref(), Some(Side::Reference { .. })) {
-                return Err("a reference to pre-copied chunks cannot be exported".into());
-            }
-            let current =
-                matches!(side.as_deref(), Some(Side::Tracked(t)) if t.session == pass.session);
-            if !current {
-                let track = Track {
-                    session: pass.session,
-                    stream: pass.new_stream(),
-                    origin: ORIGIN,
-                    lo: ORIGIN,
-                    hi: ORIGIN,
-                    dirty: BTreeSet::new(),
-                    pops: Vec::new(),
-                };
-                *side = Some(Box::new(Side::Tracked(track)));
-            }
-            let Some(Side::Tracked(track)) = side.as_deref_mut() else { unreachable!("set above") };
+            let session = pass.session;
+            let mut track = self.extra.for_pass(session, || Track {
+                session,
+                stream: pass.new_stream(),
+                origin: ORIGIN,
+                lo: ORIGIN,
+                hi: ORIGIN,
+                dirty: BTreeSet::new(),
+                pops: Vec::new(),
+            })?;
+            let track = &mut *track;
             let stream = track.stream;
             let element = |logical: u64| &self.elements[(logical - track.origin) as usize];
             precopy::with_mode(Mode::Inline, || -> Result<(), String> {
@@ -397,16 +334,13 @@ impl<T> Default for List<T> {
 impl<T: Clone> Clone for List<T> {
     /// A copy of the elements; the copy is not part of any upgrade in progress.
     fn clone(&self) -> Self {
-        if let Some((stream, len)) = self.referenced() {
-            return Self::reference(stream, len);
-        }
-        Self { elements: self.elements.clone(), side: RefCell::new(None) }
+        Self { elements: self.elements.clone(), extra: self.extra.copy() }
     }
 }
 
 impl<T: std::fmt::Debug> std::fmt::Debug for List<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.referenced() {
+        match self.extra.referenced() {
             Some((stream, len)) => write!(f, "List(pre-copied stream {stream}, {len} elements)"),
             None => f.debug_list().entries(self.elements.iter()).finish(),
         }
@@ -423,7 +357,7 @@ impl<T: Eq> Eq for List<T> {}
 
 impl<T> FromIterator<T> for List<T> {
     fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
-        Self { elements: iter.into_iter().collect(), side: RefCell::new(None) }
+        Self::from_elements(iter.into_iter().collect())
     }
 }
 
@@ -439,9 +373,7 @@ impl<T> IntoIterator for List<T> {
     type Item = T;
     type IntoIter = std::collections::vec_deque::IntoIter<T>;
     fn into_iter(self) -> Self::IntoIter {
-        if self.referenced().is_some() {
-            reference_misuse();
-        }
+        self.extra.check_readable();
         self.elements.into_iter()
     }
 }
@@ -456,74 +388,35 @@ impl<'a, T> IntoIterator for &'a List<T> {
 
 impl<T: Serialize> Serialize for List<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let referenced = self.referenced();
-        match precopy::mode() {
-            Mode::Pass => self.pass().map_err(S::Error::custom)?.serialize(s),
-            Mode::Reference => match referenced {
-                Some(reference) => {
-                    precopy::with_reader(|r| r.referenced.push(reference.0));
-                    reference.serialize(s)
-                }
-                None if self.elements.is_empty() => (precopy::EMPTY_STREAM, 0u64).serialize(s),
-                None => Err(S::Error::custom(
-                    "a transformer may fill a list only from a pre-copied one, with List::convert",
-                )),
-            },
-            Mode::Inline | Mode::Register | Mode::Rewrite | Mode::Resolve => match referenced {
-                Some(_) => Err(S::Error::custom(
-                    "a reference to pre-copied chunks serialized outside its upgrade",
-                )),
-                None => s.collect_seq(self.elements.iter()),
-            },
-        }
+        collection::serialize(
+            &self.extra,
+            self.elements.is_empty(),
+            s,
+            || self.pass(),
+            |s| s.collect_seq(self.elements.iter()),
+        )
     }
 }
 
 impl<'de, T: for<'a> Deserialize<'a> + 'static> Deserialize<'de> for List<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let mode = precopy::mode();
-        if matches!(mode, Mode::Inline | Mode::Pass) {
+        if matches!(precopy::mode(), Mode::Inline | Mode::Pass) {
             return d.deserialize_seq(Elements(PhantomData));
         }
-        let (stream, len) = <(u32, u64)>::deserialize(d)?;
-        if stream == precopy::EMPTY_STREAM {
-            return Ok(List::new());
-        }
-        match mode {
-            Mode::Register | Mode::Rewrite => precopy::with_reader(|reader| {
-                if let std::collections::hash_map::Entry::Vacant(slot) = reader.sinks.entry(stream)
-                {
-                    let sink: Box<dyn Sink> = if mode == Mode::Register {
-                        Box::new(ListStore::<T, T, _> {
-                            elements: presized(len),
-                            lo: 0,
-                            convert: Ok::<T, String>,
-                            converted: false,
-                            old: PhantomData,
-                        })
-                    } else {
-                        Box::new(precopy::PassThrough)
-                    };
-                    slot.insert(sink);
-                    reader.fresh.push(stream);
-                }
-            }),
-            Mode::Resolve => {
-                let built = precopy::with_reader(|reader| reader.built.remove(&stream));
-                match built.map(|b| b.downcast::<Plain<VecDeque<T>>>()) {
-                    None => return Ok(List::new()),
-                    Some(Ok(elements)) => {
-                        return Ok(List { elements: elements.0, side: RefCell::new(None) });
-                    }
-                    Some(Err(other)) => precopy::with_reader(|reader| {
-                        reader.built.insert(stream, other);
-                        reader.unresolved.push(stream);
-                    }),
-                }
-            }
-            Mode::Inline | Mode::Pass | Mode::Reference => {}
-        }
-        Ok(List::reference(stream, len))
+        let read = collection::read_reference::<D, VecDeque<T>>(d, |len| {
+            Box::new(ListStore::<T, T, _> {
+                elements: presized(len),
+                lo: 0,
+                convert: Ok::<T, String>,
+                converted: false,
+                old: PhantomData,
+            })
+        })?;
+        Ok(match read {
+            Read::Empty => List::new(),
+            Read::Built(elements) => List::from_elements(elements),
+            Read::Reference(stream, len) => List::reference(stream, len),
+        })
     }
 }
 
@@ -541,14 +434,9 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for Elements<T> {
         while let Some(value) = access.next_element()? {
             elements.push_back(value);
         }
-        Ok(List { elements, side: RefCell::new(None) })
+        Ok(List::from_elements(elements))
     }
 }
-
-/// A list built with no conversion (its elements are the list's own type).
-struct Plain<T>(T);
-/// A list built through a conversion.
-struct Converted<T>(T);
 
 /// A reader's sink that rebuilds a list, converting each element (the identity for a list
 /// read as it was written).

@@ -1,13 +1,13 @@
 //! [`Map`]: a hash map that pre-copies itself.
 
+use crate::collection::{self, Converted, Extra, Plain, Read, Tracking};
 use crate::precopy::{self, Mode, Sink};
 use indexmap::map::Entry as IndexEntry;
 use indexmap::{Equivalent, IndexMap, IndexSet};
 use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::ser::{Error as _, Serializer};
+use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 use std::any::Any;
-use std::cell::RefCell;
 use std::hash::{BuildHasherDefault, DefaultHasher, Hash};
 use std::marker::PhantomData;
 
@@ -38,15 +38,7 @@ const PRESIZE_MAX: u64 = 1 << 24;
 /// entries cross). Reading a reference's entries panics, naming this rule.
 pub struct Map<K, V> {
     entries: IndexMap<K, V, FixedState>,
-    side: RefCell<Option<Box<Side<K>>>>,
-}
-
-/// What a map knows beyond its entries, during an upgrade.
-enum Side<K> {
-    /// An export session is copying it.
-    Tracked(Track<K>),
-    /// In a reader: the map is the stream of chunks `stream`, of `len` entries when last seen.
-    Reference { stream: u32, len: u64 },
+    extra: Extra<Track<K>>,
 }
 
 /// A map's part of an export session.
@@ -59,28 +51,9 @@ struct Track<K> {
     dirty: IndexSet<K, FixedState>,
 }
 
-fn reference_misuse() -> ! {
-    panic!(
-        "this tasuki_guest::Map is a reference to pre-copied chunks: in a migration or a \
-         transformer, convert it with `Map::convert` instead of reading or changing its entries"
-    )
-}
-
-/// The live tracking of `side`, dropping a stale one (its session ended).
-fn tracked<K>(side: &mut RefCell<Option<Box<Side<K>>>>) -> Option<&mut Track<K>> {
-    let slot = side.get_mut();
-    let live = match slot.as_deref() {
-        None => return None,
-        Some(Side::Tracked(track)) => track.session == precopy::session(),
-        Some(Side::Reference { .. }) => reference_misuse(),
-    };
-    if !live {
-        *slot = None;
-        return None;
-    }
-    match slot.as_deref_mut() {
-        Some(Side::Tracked(track)) => Some(track),
-        _ => None,
+impl<K> Tracking for Track<K> {
+    fn session(&self) -> u64 {
+        self.session
     }
 }
 
@@ -92,31 +65,19 @@ impl<K, V> Map<K, V> {
 
     /// An empty map with room for `capacity` entries.
     pub fn with_capacity(capacity: usize) -> Self {
-        Self {
-            entries: IndexMap::with_capacity_and_hasher(capacity, FixedState::default()),
-            side: RefCell::new(None),
-        }
+        Self::from_entries(IndexMap::with_capacity_and_hasher(capacity, FixedState::default()))
+    }
+
+    fn from_entries(entries: IndexMap<K, V, FixedState>) -> Self {
+        Self { entries, extra: Extra::none() }
     }
 
     fn reference(stream: u32, len: u64) -> Self {
-        Self {
-            entries: IndexMap::default(),
-            side: RefCell::new(Some(Box::new(Side::Reference { stream, len }))),
-        }
-    }
-
-    /// The stream this map references, if it is a reference to pre-copied chunks.
-    fn referenced(&self) -> Option<(u32, u64)> {
-        match self.side.borrow().as_deref() {
-            Some(Side::Reference { stream, len }) => Some((*stream, *len)),
-            _ => None,
-        }
+        Self { entries: IndexMap::default(), extra: Extra::reference(stream, len) }
     }
 
     fn readable(&self) -> &IndexMap<K, V, FixedState> {
-        if self.referenced().is_some() {
-            reference_misuse();
-        }
+        self.extra.check_readable();
         &self.entries
     }
 
@@ -148,20 +109,14 @@ impl<K, V> Map<K, V> {
     /// Removes every entry. During an upgrade the map starts a new stream, so the entries
     /// copied so far are dropped by the reader rather than removed one by one.
     pub fn clear(&mut self) {
-        if self.referenced().is_some() {
-            reference_misuse();
-        }
+        self.extra.restart();
         self.entries.clear();
-        *self.side.get_mut() = None;
     }
 
     /// Every value, mutably. During an upgrade this makes the whole map be copied again
     /// (a change through the iterator cannot be told from no change): prefer [`Map::get_mut`].
     pub fn values_mut(&mut self) -> indexmap::map::ValuesMut<'_, K, V> {
-        if self.referenced().is_some() {
-            reference_misuse();
-        }
-        *self.side.get_mut() = None;
+        self.extra.restart();
         self.entries.values_mut()
     }
 }
@@ -179,9 +134,9 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
 
     /// The value under `key`, to change. The entry counts as changed.
     pub fn get_mut<Q: ?Sized + Hash + Equivalent<K>>(&mut self, key: &Q) -> Option<&mut V> {
-        let Self { entries, side } = self;
+        let Self { entries, extra } = self;
         let (index, key, value) = entries.get_full_mut(key)?;
-        if let Some(track) = tracked(side)
+        if let Some(track) = extra.tracked()
             && index < track.cursor
         {
             track.dirty.insert(key.clone());
@@ -191,10 +146,10 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
 
     /// Sets `key` to `value`, returning the value it replaces.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let Self { entries, side } = self;
+        let Self { entries, extra } = self;
         let (index, old) = entries.insert_full(key, value);
         if old.is_some()
-            && let Some(track) = tracked(side)
+            && let Some(track) = extra.tracked()
             && index < track.cursor
         {
             let (key, _) = entries.get_index(index).expect("just inserted");
@@ -206,10 +161,10 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
     /// The value under `key`, inserting `default()` first if there is none. The entry counts
     /// as changed.
     pub fn get_or_insert_with(&mut self, key: K, default: impl FnOnce() -> V) -> &mut V {
-        let Self { entries, side } = self;
+        let Self { entries, extra } = self;
         match entries.entry(key) {
             IndexEntry::Occupied(entry) => {
-                if let Some(track) = tracked(side)
+                if let Some(track) = extra.tracked()
                     && entry.index() < track.cursor
                 {
                     track.dirty.insert(entry.key().clone());
@@ -222,9 +177,9 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
 
     /// Removes `key`, returning its value. The last entry takes its place (`O(1)`).
     pub fn remove<Q: ?Sized + Hash + Equivalent<K>>(&mut self, key: &Q) -> Option<V> {
-        let Self { entries, side } = self;
+        let Self { entries, extra } = self;
         let (index, key, value) = entries.swap_remove_full(key)?;
-        if let Some(track) = tracked(side) {
+        if let Some(track) = extra.tracked() {
             // The last entry moved to `index`: if it was not sent yet and now sits below the
             // cursor, the cursor will not reach it.
             let moved_from = entries.len();
@@ -240,8 +195,8 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
 
     /// Keeps only the entries `keep` says yes to, in their order.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
-        let Self { entries, side } = self;
-        match tracked(side) {
+        let Self { entries, extra } = self;
+        match extra.tracked() {
             None => entries.retain(keep),
             Some(track) => {
                 let (mut index, mut kept_below) = (0, 0);
@@ -274,7 +229,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
         V: for<'de> Deserialize<'de> + 'static,
         V2: Serialize + 'static,
     {
-        let Some((stream, len)) = self.referenced() else {
+        let Some((stream, len)) = self.extra.referenced() else {
             let mut out = Map::with_capacity(self.entries.len());
             for (key, value) in self.entries {
                 let value = convert(&key, value)?;
@@ -282,42 +237,22 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
             }
             return Ok(out);
         };
-        match precopy::mode() {
-            Mode::Register => precopy::with_reader(|reader| {
-                if reader.fresh.contains(&stream) {
-                    let sink = ConvertStore::<K, V, V2, _> {
-                        entries: presized(len),
-                        convert,
-                        old: PhantomData,
-                    };
-                    reader.sinks.insert(stream, Box::new(sink));
-                }
-            }),
-            Mode::Rewrite => precopy::with_reader(|reader| {
-                if reader.fresh.contains(&stream) {
-                    let sink = ConvertEncode::<K, V, V2, _> { convert, types: PhantomData };
-                    reader.sinks.insert(stream, Box::new(sink));
-                }
-            }),
-            Mode::Resolve => {
-                let built = precopy::with_reader(|reader| {
-                    reader.unresolved.retain(|s| *s != stream);
-                    reader.built.remove(&stream)
-                });
-                return match built {
-                    None => Ok(Map::new()),
-                    Some(built) => match built.downcast::<Converted<IndexMap<K, V2, FixedState>>>()
-                    {
-                        Ok(converted) => Ok(Map { entries: converted.0, side: RefCell::new(None) }),
-                        Err(_) => Err(format!(
-                            "pre-copied collection (stream {stream}) was not converted to this type while its chunks crossed"
-                        )),
-                    },
-                };
+        let read = collection::convert_reference::<IndexMap<K, V2, FixedState>>(stream, |store| {
+            if store {
+                Box::new(ConvertStore::<K, V, V2, _> {
+                    entries: presized(len),
+                    convert,
+                    old: PhantomData,
+                })
+            } else {
+                Box::new(ConvertEncode::<K, V, V2, _> { convert, types: PhantomData })
             }
-            Mode::Inline | Mode::Pass | Mode::Reference => {}
-        }
-        Ok(Map::reference(stream, len))
+        })?;
+        Ok(match read {
+            Read::Empty => Map::new(),
+            Read::Built(entries) => Map::from_entries(entries),
+            Read::Reference(..) => Map::reference(stream, len),
+        })
     }
 
     /// This map's share of a pass of an export session: records within the pass's budget,
@@ -327,23 +262,15 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
         K: Serialize,
         V: Serialize,
     {
-        let mut side = self.side.borrow_mut();
         precopy::with_pass(|pass| {
-            if matches!(side.as_deref(), Some(Side::Reference { .. })) {
-                return Err("a reference to pre-copied chunks cannot be exported".into());
-            }
-            let current =
-                matches!(side.as_deref(), Some(Side::Tracked(t)) if t.session == pass.session);
-            if !current {
-                let track = Track {
-                    session: pass.session,
-                    stream: pass.new_stream(),
-                    cursor: 0,
-                    dirty: IndexSet::default(),
-                };
-                *side = Some(Box::new(Side::Tracked(track)));
-            }
-            let Some(Side::Tracked(track)) = side.as_deref_mut() else { unreachable!("set above") };
+            let session = pass.session;
+            let mut track = self.extra.for_pass(session, || Track {
+                session,
+                stream: pass.new_stream(),
+                cursor: 0,
+                dirty: IndexSet::default(),
+            })?;
+            let track = &mut *track;
             let stream = track.stream;
             precopy::with_mode(Mode::Inline, || -> Result<(), String> {
                 while pass.has_room() {
@@ -377,16 +304,13 @@ impl<K, V> Default for Map<K, V> {
 impl<K: Clone, V: Clone> Clone for Map<K, V> {
     /// A copy of the entries; the copy is not part of any upgrade in progress.
     fn clone(&self) -> Self {
-        if let Some((stream, len)) = self.referenced() {
-            return Self::reference(stream, len);
-        }
-        Self { entries: self.entries.clone(), side: RefCell::new(None) }
+        Self { entries: self.entries.clone(), extra: self.extra.copy() }
     }
 }
 
 impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for Map<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.referenced() {
+        match self.extra.referenced() {
             Some((stream, len)) => write!(f, "Map(pre-copied stream {stream}, {len} entries)"),
             None => f.debug_map().entries(self.entries.iter()).finish(),
         }
@@ -423,9 +347,7 @@ impl<K, V> IntoIterator for Map<K, V> {
     type Item = (K, V);
     type IntoIter = indexmap::map::IntoIter<K, V>;
     fn into_iter(self) -> Self::IntoIter {
-        if self.referenced().is_some() {
-            reference_misuse();
-        }
+        self.extra.check_readable();
         self.entries.into_iter()
     }
 }
@@ -440,26 +362,13 @@ impl<'a, K, V> IntoIterator for &'a Map<K, V> {
 
 impl<K: Serialize + Hash + Eq + Clone, V: Serialize> Serialize for Map<K, V> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let referenced = self.referenced();
-        match precopy::mode() {
-            Mode::Pass => self.pass().map_err(S::Error::custom)?.serialize(s),
-            Mode::Reference => match referenced {
-                Some(reference) => {
-                    precopy::with_reader(|r| r.referenced.push(reference.0));
-                    reference.serialize(s)
-                }
-                None if self.entries.is_empty() => (precopy::EMPTY_STREAM, 0u64).serialize(s),
-                None => Err(S::Error::custom(
-                    "a transformer may fill a map only from a pre-copied one, with Map::convert",
-                )),
-            },
-            Mode::Inline | Mode::Register | Mode::Rewrite | Mode::Resolve => match referenced {
-                Some(_) => Err(S::Error::custom(
-                    "a reference to pre-copied chunks serialized outside its upgrade",
-                )),
-                None => s.collect_map(self.entries.iter()),
-            },
-        }
+        collection::serialize(
+            &self.extra,
+            self.entries.is_empty(),
+            s,
+            || self.pass(),
+            |s| s.collect_map(self.entries.iter()),
+        )
     }
 }
 
@@ -469,44 +378,17 @@ where
     V: for<'a> Deserialize<'a> + 'static,
 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let mode = precopy::mode();
-        if matches!(mode, Mode::Inline | Mode::Pass) {
+        if matches!(precopy::mode(), Mode::Inline | Mode::Pass) {
             return d.deserialize_map(Entries(PhantomData));
         }
-        let (stream, len) = <(u32, u64)>::deserialize(d)?;
-        if stream == precopy::EMPTY_STREAM {
-            return Ok(Map::new());
-        }
-        match mode {
-            Mode::Register | Mode::Rewrite => precopy::with_reader(|reader| {
-                if let std::collections::hash_map::Entry::Vacant(slot) = reader.sinks.entry(stream)
-                {
-                    let sink: Box<dyn Sink> = if mode == Mode::Register {
-                        Box::new(Store::<K, V>::new(len))
-                    } else {
-                        Box::new(precopy::PassThrough)
-                    };
-                    slot.insert(sink);
-                    reader.fresh.push(stream);
-                }
-            }),
-            Mode::Resolve => {
-                let built = precopy::with_reader(|reader| reader.built.remove(&stream));
-                match built.map(|b| b.downcast::<IndexMap<K, V, FixedState>>()) {
-                    None => return Ok(Map::new()),
-                    Some(Ok(entries)) => {
-                        return Ok(Map { entries: *entries, side: RefCell::new(None) });
-                    }
-                    Some(Err(other)) => precopy::with_reader(|reader| {
-                        // Built by a conversion: `Map::convert` takes it.
-                        reader.built.insert(stream, other);
-                        reader.unresolved.push(stream);
-                    }),
-                }
-            }
-            Mode::Inline | Mode::Pass | Mode::Reference => {}
-        }
-        Ok(Map::reference(stream, len))
+        let read = collection::read_reference::<D, IndexMap<K, V, FixedState>>(d, |len| {
+            Box::new(Store::<K, V> { entries: presized(len) })
+        })?;
+        Ok(match read {
+            Read::Empty => Map::new(),
+            Read::Built(entries) => Map::from_entries(entries),
+            Read::Reference(stream, len) => Map::reference(stream, len),
+        })
     }
 }
 
@@ -531,19 +413,13 @@ where
         while let Some((key, value)) = access.next_entry()? {
             entries.insert(key, value);
         }
-        Ok(Map { entries, side: RefCell::new(None) })
+        Ok(Map::from_entries(entries))
     }
 }
 
 /// A reader's sink that builds the map.
 struct Store<K, V> {
     entries: IndexMap<K, V, FixedState>,
-}
-
-impl<K: Hash + Eq, V> Store<K, V> {
-    fn new(len: u64) -> Self {
-        Self { entries: presized(len) }
-    }
 }
 
 /// Splits a record's payload into its key and the rest.
@@ -575,13 +451,9 @@ where
     }
 
     fn built(self: Box<Self>) -> Box<dyn Any> {
-        Box::new(self.entries)
+        Box::new(Plain(self.entries))
     }
 }
-
-/// What a conversion built, kept apart from a plain built map so that the old type's decoder
-/// does not take it (and convert it twice).
-struct Converted<T>(T);
 
 /// A reader's sink that converts each value as it arrives, then builds the map.
 struct ConvertStore<K, V, V2, F> {
