@@ -394,3 +394,53 @@ fn a_queue_changed_between_the_pre_copy_steps_arrives_whole_at_every_boundary() 
     assert!(report.passed(), "{report}");
     assert_eq!(report.upgraded, report.runs.len(), "every run upgraded: {report}");
 }
+
+/// 60 entries, then 150 events that each change the first 20 (already copied, once the
+/// pre-copy has passed them) — or, without `changes`, read one — then a read of every entry.
+fn outrun_trace(changes: bool) -> Trace {
+    let mut values: Vec<String> = (0..60).map(|i| format!("v{i}")).collect();
+    let mut t = Trace::new("outrun").connect("a");
+    for (i, v) in values.iter().enumerate() {
+        t = t.send("a", format!("set k{i} {v}\n")).expect("a", "ok\n");
+    }
+    for _ in 0..150 {
+        if changes {
+            t = t.send("a", "touch 20\n").expect("a", "ok 20\n");
+            for v in values.iter_mut().take(20) {
+                v.push('+');
+            }
+        } else {
+            t = t.send("a", "get k0\n").expect("a", "v0\n");
+        }
+    }
+    for (i, v) in values.iter().enumerate() {
+        t = t.send("a", format!("get k{i}\n")).expect("a", format!("{v}\n"));
+    }
+    t.quiet("a").close("a")
+}
+
+#[test]
+fn when_changes_outrun_the_copy_the_host_stops_iterating_and_says_so() {
+    // One record per step (a 1-byte chunk) and one step per event, while each event changes
+    // 20 entries: what is owed never shrinks for long, so the host stops iterating after its
+    // bound and moves the rest in the pause; every entry must still read right after.
+    let simulator = Simulator::new(SimConfig {
+        app: artifacts::MISBEHAVE.into(),
+        upgrade: Some(Target { wasm: artifacts::MISBEHAVE.into(), transforms: Vec::new() }),
+        limits: tasuki::limits::Limits { precopy_chunk: 1, ..Default::default() },
+        ..SimConfig::default()
+    })
+    .unwrap();
+    // Placed after the 60 SETs (61 events with the connect): the 150 touches follow.
+    let report = simulator.run(&outrun_trace(true), UpgradeAt::Boundary(61)).unwrap();
+    assert!(report.passed(), "{report}");
+    let [(_, precopy)] = report.precopies.as_slice() else { panic!("one pre-copy: {report}") };
+    assert!(!precopy.converged, "{precopy:?}");
+    assert!(precopy.owed_at_pause > 0, "{precopy:?}");
+    assert!(precopy.steps < 150, "stopped iterating before the trace ran out: {precopy:?}");
+    // With reads instead of the changes, the same pre-copy converges.
+    let quiet = simulator.run(&outrun_trace(false), UpgradeAt::Boundary(61)).unwrap();
+    assert!(quiet.passed(), "{quiet}");
+    let [(_, precopy)] = quiet.precopies.as_slice() else { panic!("one pre-copy: {quiet}") };
+    assert!(precopy.converged, "{precopy:?}");
+}

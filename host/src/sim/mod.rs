@@ -19,6 +19,7 @@ use crate::bindings::{AppInfo, ConnInfo};
 use crate::dispatch::{Clock, Dispatcher, Network, Swapped};
 use crate::limits::Limits;
 use crate::live::{Call, Live};
+use crate::precopy::PrecopyReport;
 use crate::runtime::Runtime;
 use crate::status::Shared;
 use crate::transformer::Pipeline;
@@ -195,6 +196,8 @@ pub struct Report {
     pub upgraded: usize,
     /// Rebuilds from checkpoint and journal, over every run (`rebuild_every_boundary`).
     pub rebuilds: usize,
+    /// For each boundary whose upgrade was pre-copied: what the pre-copy did.
+    pub precopies: Vec<(usize, PrecopyReport)>,
     pub elapsed: Duration,
 }
 
@@ -242,6 +245,15 @@ impl fmt::Display for Report {
             )?;
             if !failed.is_empty() {
                 writeln!(f, "  failing boundaries: {failed:?}")?;
+            }
+            if !self.precopies.is_empty() {
+                let steps: u32 = self.precopies.iter().map(|(_, p)| p.steps).sum();
+                let stalled = self.precopies.iter().filter(|(_, p)| !p.converged).count();
+                writeln!(
+                    f,
+                    "  pre-copied in {} runs ({steps} steps in all; did not converge in {stalled})",
+                    self.precopies.len()
+                )?;
             }
             if let Some((boundary, line, failure)) = self.first_failure() {
                 let after = if line == 0 {
@@ -302,6 +314,8 @@ struct Played {
     upgraded: bool,
     /// Rebuilds from checkpoint and journal (`rebuild_every_boundary`).
     rebuilds: usize,
+    /// The injected upgrade's pre-copy, if it was pre-copied.
+    precopy: Option<PrecopyReport>,
 }
 
 /// One run's progress: the dispatcher under test, and the trace's position.
@@ -318,6 +332,8 @@ struct Run<'a> {
     committed: bool,
     /// Rebuilds from checkpoint and journal done (`rebuild_every_boundary`).
     rebuilds: usize,
+    /// The last committed upgrade's pre-copy.
+    precopy: Option<PrecopyReport>,
 }
 
 impl Simulator {
@@ -386,25 +402,28 @@ impl Simulator {
             UpgradeAt::Boundary(b) => Some(b),
             _ => None,
         };
-        let Played { result: baseline, lines: events, upgraded, rebuilds } =
+        let Played { result: baseline, lines: events, upgraded, rebuilds, precopy } =
             self.play(trace, inject)?;
         let mut rebuilds = rebuilds;
         let mut runs = Vec::new();
         let mut upgrades = 0;
+        let mut precopies = Vec::new();
         if let Some(b) = inject {
             // A single placed upgrade: the run above was it.
             let after_line = if b == 0 { 0 } else { events.get(b - 1).copied().unwrap_or(0) };
             runs.push((b, after_line, baseline.clone()));
             upgrades += usize::from(upgraded);
+            precopies.extend(precopy.map(|p| (b, p)));
         }
         if at == UpgradeAt::Every && baseline.is_ok() {
             for boundary in 0..=events.len() {
-                let Played { result, upgraded, rebuilds: rebuilt, .. } =
+                let Played { result, upgraded, rebuilds: rebuilt, precopy, .. } =
                     self.play(trace, Some(boundary))?;
                 rebuilds += rebuilt;
                 let after_line = if boundary == 0 { 0 } else { events[boundary - 1] };
                 runs.push((boundary, after_line, result));
                 upgrades += usize::from(upgraded);
+                precopies.extend(precopy.map(|p| (boundary, p)));
             }
         }
         let baseline = if inject.is_some() { Ok(()) } else { baseline };
@@ -417,6 +436,7 @@ impl Simulator {
             runs,
             upgraded: upgrades,
             rebuilds,
+            precopies,
             elapsed: started.elapsed(),
         })
     }
@@ -437,6 +457,7 @@ impl Simulator {
             injected: false,
             committed: false,
             rebuilds: 0,
+            precopy: None,
         };
         let result = run.play(trace);
         let events = run.lines.len();
@@ -452,7 +473,13 @@ impl Simulator {
             }),
             _ => Ok(()),
         });
-        Ok(Played { result, lines: run.lines, upgraded: run.committed, rebuilds: run.rebuilds })
+        Ok(Played {
+            result,
+            lines: run.lines,
+            upgraded: run.committed,
+            rebuilds: run.rebuilds,
+            precopy: run.precopy,
+        })
     }
 
     fn load(&self, wasm: &Path, transforms: &[PathBuf]) -> Result<Loaded, LoadError> {
@@ -539,7 +566,8 @@ impl Run<'_> {
 
     /// An upgrade ended: it must have committed.
     fn ended(&mut self, swapped: Swapped, line: usize) -> Result<(), Failure> {
-        swapped.outcome.map_err(|e| failure(line, format!("upgrade: {e}")))?;
+        let report = swapped.outcome.map_err(|e| failure(line, format!("upgrade: {e}")))?;
+        self.precopy = report.precopy;
         self.committed = true;
         Ok(())
     }
