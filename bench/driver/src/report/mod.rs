@@ -5,15 +5,17 @@
 //!   with the server's CPU time before and after, and for tasuki `.log`, the host's log lines
 //!   about the recovery checkpoints it took during the run; `tp-1m/` the same on a store of 1M
 //!   keys, `ckpt/` SETs while checkpoints run;
-//! - `upgrades-SERIES-KEYS.kv`, `restarts-KEYS.kv`: from the `upgrades` and `restarts`
-//!   subcommands.
+//! - `upgrades-SERIES-KEYS.kv`, `restarts-KEYS.kv`, `profile-NAME.kv`: from the `upgrades`,
+//!   `restarts` and `profile` subcommands.
 //!
 //! One module per part of the report: [`figures`] the headline table, [`checkpoints`] SET
-//! latency while checkpoints run, [`upgrades`] the upgrade tables; throughput, latency and CPU
+//! latency while checkpoints run, [`upgrades`] the upgrade tables, [`transfer`] where a
+//! whole-state transfer's time goes; throughput, latency and CPU
 //! per request are here.
 
 mod checkpoints;
 mod figures;
+mod transfer;
 mod upgrades;
 
 use crate::raw::Raw;
@@ -367,6 +369,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     if !upgrades.is_empty() {
         upgrades::write(&mut md, &upgrades, &restarts)?;
     }
+    transfer::write(&mut md, &transfer::read(&args.raw)?)?;
     std::fs::write(&args.out, md).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
