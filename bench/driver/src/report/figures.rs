@@ -104,9 +104,10 @@ pub(super) fn write(
     if let Some(c) = checkpoints {
         writeln!(
             md,
-            "| SET max latency while checkpoints run, {} keys ({} checkpoints) | {} | {} | redis-server: {} ({}) |",
+            "| SET max latency while checkpoints run, {} keys ({} checkpoint{}) | {} | {} | redis-server: {} ({}) |",
             keys_label(c.keys as u64),
             c.checkpoints.chunked + c.checkpoints.whole,
+            if c.checkpoints.chunked + c.checkpoints.whole == 1 { "" } else { "s" },
             ms(c.tasuki_max_ms * 1e3),
             if c.keys as u64 == 1_000_000 { "≤ 10 ms" } else { "–" },
             ms(c.redis_max_ms * 1e3),
