@@ -63,6 +63,11 @@ impl Runtime {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
+        // `TASUKI_PERFMAP=1` writes /tmp/perf-PID.map so that `perf` names the guests' functions
+        // (what `wasmtime run --profile perfmap` does): bench/run profiles a transfer with it.
+        if std::env::var_os("TASUKI_PERFMAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);

@@ -9,6 +9,7 @@
 mod clients;
 mod load;
 mod procfs;
+mod profile;
 mod raw;
 mod report;
 mod restarts;
@@ -42,6 +43,9 @@ enum Cli {
     },
     /// Upgrades a `tasuki run` host over and over under an INCR load; checks nothing was lost.
     Upgrades(upgrades::UpgradesArgs),
+    /// Profiles one whole-state upgrade with `perf`: which part of the transfer each sample
+    /// belongs to.
+    Profile(profile::ProfileArgs),
     /// Restarts redis-server (SHUTDOWN SAVE, start, load the RDB) under the same load.
     Restarts(restarts::RestartsArgs),
     /// Writes RESULTS.md from a directory of raw results.
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cli::Upgrades(args) => upgrades::run(&args),
+        Cli::Profile(args) => profile::run(&args),
         Cli::Restarts(args) => restarts::run(&args),
         Cli::Report(args) => report::run(&args),
     }

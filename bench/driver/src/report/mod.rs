@@ -2,11 +2,24 @@
 //!
 //! - `meta.kv`: the command, the machine, the commit, the counts (written by the script);
 //! - `tp/SYSTEM-TEST-pP-rN.csv`: `redis-benchmark --csv` output of run N, and `.cpu` beside it
-//!   with the server's CPU time before and after;
-//! - `upgrades-KEYS.kv`, `restarts-KEYS.kv`: from the `upgrades` and `restarts` subcommands.
+//!   with the server's CPU time before and after, and for tasuki `.log`, the host's log lines
+//!   about the recovery checkpoints it took during the run; `tp-1m/` the same on a store of 1M
+//!   keys, `ckpt/` SETs while checkpoints run;
+//! - `upgrades-SERIES-KEYS.kv`, `restarts-KEYS.kv`, `profile-NAME.kv`: from the `upgrades`,
+//!   `restarts` and `profile` subcommands.
+//!
+//! One module per part of the report: [`figures`] the headline table, [`checkpoints`] SET
+//! latency while checkpoints run, [`upgrades`] the upgrade tables, [`transfer`] where a
+//! whole-state transfer's time goes; throughput, latency and CPU
+//! per request are here.
+
+mod checkpoints;
+mod figures;
+mod transfer;
+mod upgrades;
 
 use crate::raw::Raw;
-use crate::stats::{max, median, percentile};
+use crate::stats::{max, median};
 use anyhow::{Context, anyhow};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -35,6 +48,68 @@ struct Run {
     cpu_us: Option<f64>,
     /// Of that CPU time, the share spent in the kernel.
     kernel_share: Option<f64>,
+    /// The recovery checkpoints the host took during the run (tasuki only).
+    checkpoints: Option<Checkpoints>,
+}
+
+/// Recovery checkpoints, from the host's debug log lines of one run.
+#[derive(Debug, Clone, Default)]
+struct Checkpoints {
+    /// Built a chunk at a time between events (`checkpoint from chunks`).
+    chunked: u32,
+    /// Exported whole at one boundary (`checkpoint`): every client waits for it.
+    whole: u32,
+    /// Of the chunked ones: steps, and time from the first step to the cut.
+    steps: Vec<f64>,
+    took_us: Vec<f64>,
+}
+
+impl Checkpoints {
+    /// `… DEBUG tasuki::dispatch: checkpoint from chunks bytes=… steps=… took_us=…`
+    fn parse(log: &str) -> Self {
+        let mut out = Self::default();
+        for line in log.lines() {
+            let Some((_, rest)) = line.split_once(": checkpoint") else { continue };
+            let field = |name: &str| {
+                rest.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+                    .and_then(|v| v.parse::<f64>().ok())
+            };
+            if rest.starts_with(" from chunks") {
+                out.chunked += 1;
+                out.steps.extend(field("steps"));
+                out.took_us.extend(field("took_us"));
+            } else if rest.starts_with(' ') {
+                out.whole += 1;
+            }
+        }
+        out
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.chunked += other.chunked;
+        self.whole += other.whole;
+        self.steps.extend(&other.steps);
+        self.took_us.extend(&other.took_us);
+    }
+
+    /// "N (each about S steps over T ms)" for a table.
+    fn describe(&self) -> String {
+        let mut s = format!("{}", self.chunked + self.whole);
+        if self.chunked > 0 {
+            write!(
+                s,
+                ", built from chunks in a median {} steps over {}",
+                thousands(median(&self.steps)),
+                ms(median(&self.took_us))
+            )
+            .ok();
+        }
+        if self.whole > 0 {
+            write!(s, "; {} exported whole (clients waited for those)", self.whole).ok();
+        }
+        s
+    }
 }
 
 /// (test, pipeline, system) -> runs.
@@ -74,6 +149,7 @@ fn parse_csv(text: &str) -> anyhow::Result<Vec<(String, Run)>> {
                 max_ms: num(top)?,
                 cpu_us: None,
                 kernel_share: None,
+                checkpoints: None,
             },
         ));
     }
@@ -96,8 +172,12 @@ fn read_throughput(dir: &Path, requests: &dyn Fn(u32) -> f64) -> anyhow::Result<
         let repetition: u32 = r.trim_start_matches('r').parse()?;
         let text = std::fs::read_to_string(&path)?;
         let cpu = Raw::read(&path.with_extension("cpu")).ok();
+        let checkpoints = std::fs::read_to_string(path.with_extension("log"))
+            .ok()
+            .map(|l| Checkpoints::parse(&l));
         for (test, mut run) in parse_csv(&text).with_context(|| format!("{}", path.display()))? {
             run.run = repetition;
+            run.checkpoints.clone_from(&checkpoints);
             if let Some(cpu) = &cpu {
                 let d = |k: &str| {
                     Some(
@@ -146,11 +226,18 @@ fn paired(tp: &Throughput, test: &str, p: u32, f: fn(&Run) -> Option<f64>) -> St
     }
 }
 
-fn ratio(tasuki: f64, redis: f64) -> String {
-    if tasuki.is_finite() && redis.is_finite() && redis > 0.0 {
-        format!("{:.2}×", tasuki / redis)
-    } else {
-        "–".into()
+/// `a / b` with two significant digits at least, so a pause of 1/500th of a restart does not
+/// read as 0.00×.
+fn ratio(a: f64, b: f64) -> String {
+    if !(a.is_finite() && b.is_finite() && b > 0.0) {
+        return "–".into();
+    }
+    let r = a / b;
+    match r {
+        r if r >= 0.1 || r == 0.0 => format!("{r:.2}×"),
+        r if r >= 0.01 => format!("{r:.3}×"),
+        r if r >= 0.001 => format!("{r:.4}×"),
+        r => format!("{r:.1e}×"),
     }
 }
 
@@ -225,8 +312,11 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     let m = |k: &str| meta.get(k).unwrap_or("?").to_string();
     let n_for = |p: u32| meta.opt_num(&format!("requests_p{p}")).unwrap_or(f64::NAN);
     let tp = read_throughput(&args.raw.join("tp"), &n_for)?;
-    let upgrades = read_series(&args.raw, "upgrades-")?;
+    let upgrades = upgrades::Upgrades::read(&args.raw)?;
     let restarts = read_series(&args.raw, "restarts-")?;
+    let ckpt_requests = meta.opt_num("ckpt_requests").unwrap_or(f64::NAN);
+    let ckpt = read_throughput(&args.raw.join("ckpt"), &|_| ckpt_requests)?;
+    let ckpt_summary = checkpoints::summarize(&ckpt, meta.opt_num("ckpt_keys").unwrap_or(f64::NAN));
     let mut md = String::new();
 
     writeln!(md, "# tasuki vs redis-server\n")?;
@@ -266,15 +356,20 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     )?;
     writeln!(md)?;
 
+    figures::write(&mut md, &upgrades, &restarts, ckpt_summary.as_ref())?;
     write_throughput(&mut md, &tp, "", &m("connections"), &n_for)?;
     let big = read_throughput(&args.raw.join("tp-1m"), &n_for)?;
     if !big.is_empty() {
         write_throughput(&mut md, &big, " with 1M keys in the store", &m("connections"), &n_for)?;
     }
 
-    if !upgrades.is_empty() {
-        write_upgrades(&mut md, &upgrades, &restarts)?;
+    if let Some(summary) = &ckpt_summary {
+        checkpoints::write(&mut md, &ckpt, summary, ckpt_requests, &m("connections"))?;
     }
+    if !upgrades.is_empty() {
+        upgrades::write(&mut md, &upgrades, &restarts)?;
+    }
+    transfer::write(&mut md, &transfer::read(&args.raw)?)?;
     std::fs::write(&args.out, md).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
@@ -368,6 +463,17 @@ fn write_throughput(
             )?;
         }
     }
+    let mut checkpoints = Checkpoints::default();
+    for c in tp.values().flatten().filter_map(|r| r.checkpoints.as_ref()) {
+        checkpoints.merge(c);
+    }
+    if checkpoints.chunked + checkpoints.whole > 0 {
+        writeln!(
+            *md,
+            "\ntasuki took {} recovery checkpoints during these runs (counted from its log): a slow request there may be one.",
+            checkpoints.describe()
+        )?;
+    }
     writeln!(*md)?;
 
     writeln!(*md, "## Server CPU per request{title}\n")?;
@@ -402,207 +508,6 @@ fn write_throughput(
     Ok(())
 }
 
-fn write_upgrades(
-    md: &mut String,
-    upgrades: &BTreeMap<u64, Raw>,
-    restarts: &BTreeMap<u64, Raw>,
-) -> anyhow::Result<()> {
-    let any = upgrades.values().next().expect("not empty");
-    let clients = any.get("clients").unwrap_or("?");
-    writeln!(md, "## Upgrade pause under load\n")?;
-    writeln!(
-        md,
-        "`tasuki upgrade kv_v2.wasm` (v2 → v2) over the control socket, again and again, on a host holding KEYS keys (`key:NNNNNNNNNNNN`, {}-byte values), while {clients} clients INCR their own counters one request at a time. Pause = time no event was dispatched (export + import + commit), as the host's UpgradeReport measures it; percentiles are over every upgrade of the series. The compile happens once (the host caches compiled components), so the prepare column is instantiate + `init` + `describe`, off the pause.\n",
-        any.get("value_size").unwrap_or("?")
-    )?;
-    writeln!(
-        md,
-        "| keys | state moved | upgrades | pause p50 | pause p99 | pause max | prepare p50 (outside the pause) | slowest client reply |"
-    )?;
-    writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
-    for (keys, raw) in upgrades {
-        let pause = raw.list("pause_us")?;
-        writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            keys_label(*keys),
-            bytes(median(&raw.list("state_bytes")?)),
-            pause.len(),
-            ms(percentile(&pause, 50.0)),
-            ms(percentile(&pause, 99.0)),
-            ms(max(&pause)),
-            ms(median(&raw.list("prepare_us")?)),
-            ms(raw.num("client_max_us")?)
-        )?;
-    }
-    writeln!(md)?;
-
-    writeln!(md, "### Where the pause goes\n")?;
-    writeln!(
-        md,
-        "Medians. Export is `export-state` on the old instance: the guest encodes its state (postcard) and the host lifts the snapshot out of the guest's memory — the transfer out is inside this figure. Import is `import-state` on the new instance: the host lowers the snapshot into the new guest's memory (the transfer in) and the guest decodes it and rebuilds its indexes. The host does not time the two copies apart from the guest's work yet. Transform is the host's own figure; a v2 → v2 upgrade runs no transformer, so it is (close to) 0. The rest of the pause is the commit (switching instances, flushing queued output).\n"
-    )?;
-    writeln!(
-        md,
-        "| keys | state moved | export | transfer | transform | import | commit | pause |"
-    )?;
-    writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
-    for (keys, raw) in upgrades {
-        let (e, i, p) = (
-            median(&raw.list("export_us")?),
-            median(&raw.list("import_us")?),
-            median(&raw.list("pause_us")?),
-        );
-        let t = raw.list("transform_us").map_or(0.0, |t| median(&t));
-        writeln!(
-            md,
-            "| {} | {} | {} | in export and import | {} (no transformer) | {} | {} | {} |",
-            keys_label(*keys),
-            bytes(median(&raw.list("state_bytes")?)),
-            ms(e),
-            ms(t),
-            ms(i),
-            ms((p - e - t - i).max(0.0)),
-            ms(p)
-        )?;
-    }
-    writeln!(md)?;
-
-    if !restarts.is_empty() {
-        writeln!(md, "### Side by side: the same change on redis-server\n")?;
-        writeln!(
-            md,
-            "redis-server cannot replace its code while running; its users restart it: `SHUTDOWN SAVE`, start the new binary, wait until it has loaded the RDB and answers PING. Measured here under the same INCR load, with clients that reconnect. Downtime is from SHUTDOWN to the first PONG; every connection is closed by it.\n"
-        )?;
-        writeln!(
-            md,
-            "| keys | tasuki pause p50 | redis-server downtime p50 | ratio | tasuki pause max | redis-server downtime max | ratio | state moved tasuki / RDB written redis | connections closed tasuki / redis |"
-        )?;
-        writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
-        for (keys, rst) in restarts {
-            let Some(upg) = upgrades.get(keys) else { continue };
-            let pause = upg.list("pause_us")?;
-            let down = rst.list("downtime_us")?;
-            writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} |",
-                keys_label(*keys),
-                ms(median(&pause)),
-                ms(median(&down)),
-                ratio(median(&pause), median(&down)),
-                ms(max(&pause)),
-                ms(max(&down)),
-                ratio(max(&pause), max(&down)),
-                bytes(median(&upg.list("state_bytes")?)),
-                bytes(rst.num("rdb_bytes")?),
-                upg.num("conn_errors")?,
-                rst.num("reconnects")?
-            )?;
-        }
-        writeln!(md)?;
-    }
-
-    writeln!(md, "## Failed or lost requests\n")?;
-    writeln!(
-        md,
-        "Each client owns one counter and checks that every INCR reply is the previous one plus one; at the end each counter is read back and compared, client by client, with the INCRs that client saw acknowledged. Lost: acknowledged but missing from the counter. Unacknowledged but applied: the counter is ahead (the server applied an INCR whose reply never arrived, because the connection was cut). Failed requests: error replies plus requests cut off by a broken connection. All must be 0 for tasuki; for redis-server's restarts they count what its clients go through.\n"
-    )?;
-    writeln!(
-        md,
-        "| keys | system | across | INCRs acknowledged | lost | unacknowledged but applied | failed: error replies | failed: connection errors | out-of-sequence replies |"
-    )?;
-    writeln!(md, "|---:|---|---|---:|---:|---:|---:|---:|---:|")?;
-    for (keys, raw) in upgrades {
-        write_loss_row(md, *keys, "tasuki", &format!("{} upgrades", raw.num("upgrades")?), raw)?;
-        if let Some(rst) = restarts.get(keys) {
-            write_loss_row(
-                md,
-                *keys,
-                "redis-server",
-                &format!("{} restarts", rst.num("restarts")?),
-                rst,
-            )?;
-        }
-    }
-    writeln!(md)?;
-
-    writeln!(md, "## Resident memory\n")?;
-    writeln!(
-        md,
-        "VmRSS of the server process (/proc/PID/status). Steady: after loading the keys, before any upgrade. Peak during an upgrade: the highest VmHWM over the series, reset before each upgrade (two instances live at once while the new one is prepared and the state crosses). redis-server: its RSS with the same keys.\n"
-    )?;
-    let mut soak_columns: Vec<usize> = Vec::new();
-    for raw in upgrades.values() {
-        for key in raw.keys() {
-            let n = key.strip_prefix("rss_after_").and_then(|k| k.strip_suffix("_kib"));
-            if let Some(n) = n.and_then(|n| n.parse().ok())
-                && !soak_columns.contains(&n)
-            {
-                soak_columns.push(n);
-            }
-        }
-    }
-    soak_columns.sort_unstable();
-    let mut header = String::from(
-        "| keys | redis-server | tasuki steady | tasuki / redis | tasuki peak during an upgrade |",
-    );
-    let mut rule = String::from("|---:|---:|---:|---:|---:|");
-    for n in &soak_columns {
-        write!(header, " after {n} upgrades |")?;
-        rule.push_str("---:|");
-    }
-    header.push_str(" last / after 10 |");
-    rule.push_str("---:|");
-    writeln!(md, "{header}\n{rule}")?;
-    for (keys, raw) in upgrades {
-        let redis =
-            restarts.get(keys).and_then(|r| r.opt_num("rss_steady_kib")).unwrap_or(f64::NAN);
-        let steady = raw.num("rss_steady_kib")?;
-        let mut row = format!(
-            "| {} | {} | {} | {} | {} |",
-            keys_label(*keys),
-            mib(redis),
-            mib(steady),
-            ratio(steady, redis),
-            mib(max(&raw.list("hwm_kib")?))
-        );
-        let mut last = f64::NAN;
-        for n in &soak_columns {
-            let v = raw.opt_num(&format!("rss_after_{n}_kib")).unwrap_or(f64::NAN);
-            if v.is_finite() {
-                last = v;
-            }
-            write!(row, " {} |", mib(v))?;
-        }
-        let ten = raw.opt_num("rss_after_10_kib").unwrap_or(f64::NAN);
-        write!(row, " {} |", ratio(last, ten))?;
-        writeln!(md, "{row}")?;
-    }
-    writeln!(md)?;
-    Ok(())
-}
-
-fn write_loss_row(
-    md: &mut String,
-    keys: u64,
-    system: &str,
-    across: &str,
-    raw: &Raw,
-) -> anyhow::Result<()> {
-    writeln!(
-        md,
-        "| {} | {system} | {across} | {} | {} | {} | {} | {} | {} |",
-        keys_label(keys),
-        thousands(raw.num("incr_acked")?),
-        raw.num("incr_lost")?,
-        raw.num("incr_unacked_applied")?,
-        raw.num("error_replies")?,
-        raw.num("conn_errors")?,
-        raw.num("sequence_breaks")?
-    )?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,5 +528,7 @@ mod tests {
         assert_eq!(keys_label(1_000_000), "1M");
         assert_eq!(keys_label(100_000), "100k");
         assert_eq!(ratio(1.0, 2.0), "0.50×");
+        assert_eq!(ratio(0.25, 115.0), "0.0022×");
+        assert_eq!(ratio(2.0, 1.0), "2.00×");
     }
 }

@@ -1,0 +1,161 @@
+//! The headline table: how the pause and the other costs of an upgrade or a checkpoint grow
+//! with the state, each beside the target the project set for it and, where this run measured
+//! one, what the same thing cost without pre-copy.
+
+use super::checkpoints::Summary;
+use super::upgrades::{MAIN, Upgrades};
+use super::{bytes, keys_label, mib, ms, ratio};
+use crate::raw::Raw;
+use crate::stats::{max, median, percentile};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// The targets, by store size (keys) where they depend on it.
+fn pause_target(keys: u64) -> &'static str {
+    match keys {
+        100_000 => "≤ 5 ms",
+        1_000_000 => "≤ 10 ms",
+        k if k > 1_000_000 => "flat: as at 1M",
+        _ => "–",
+    }
+}
+
+fn p99(raw: &Raw, key: &str) -> f64 {
+    raw.list(key).map_or(f64::NAN, |v| percentile(&v, 99.0))
+}
+
+fn med(raw: &Raw, key: &str) -> f64 {
+    raw.list(key).map_or(f64::NAN, |v| median(&v))
+}
+
+/// The series' row with the most keys up to 1M (the figures are stated at 1M; a quick run has
+/// fewer).
+fn at_most_1m(series: Option<&BTreeMap<u64, Raw>>) -> Option<(u64, &Raw)> {
+    series?.range(..=1_000_000).next_back().map(|(k, r)| (*k, r))
+}
+
+pub(super) fn write(
+    md: &mut String,
+    upgrades: &Upgrades,
+    restarts: &BTreeMap<u64, Raw>,
+    checkpoints: Option<&Summary>,
+) -> anyhow::Result<()> {
+    writeln!(md, "## The pause against the state's size\n")?;
+    writeln!(
+        md,
+        "The figures the pre-copy work set out to reach, all from this run; each is explained in the section named. Under load: 4 clients INCR their own counters throughout. The whole-state rows are what every upgrade cost before pre-copy, measured here again for comparison.\n"
+    )?;
+    writeln!(md, "| figure | measured | target | for comparison, same run |")?;
+    writeln!(md, "|---|---:|---|---|")?;
+
+    let main = upgrades.get(MAIN);
+    let full = at_most_1m(upgrades.get("full"));
+    let old = at_most_1m(upgrades.get("contract-0.1"));
+    for (keys, raw) in main.into_iter().flatten() {
+        if *keys < 100_000 {
+            continue;
+        }
+        let mut compare = Vec::new();
+        if let Some((k, f)) = full
+            && k == *keys
+        {
+            compare.push(format!(
+                "whole state in the pause (`--precopy-chunk 0`): {}",
+                ms(p99(f, "pause_us"))
+            ));
+        }
+        if let Some(r) = restarts.get(keys) {
+            let down = r.list("downtime_us")?;
+            compare.push(format!("redis-server restart with its RDB: {} (p50)", ms(median(&down))));
+        }
+        writeln!(
+            md,
+            "| upgrade pause p99, kv v2 → v2 under load, {} keys ({}) | {} | {} | {} |",
+            keys_label(*keys),
+            bytes(med(raw, "state_bytes")),
+            ms(p99(raw, "pause_us")),
+            pause_target(*keys),
+            compare.join("; ")
+        )?;
+    }
+    if let Some((keys, raw)) = at_most_1m(upgrades.get("chain")) {
+        writeln!(
+            md,
+            "| upgrade pause p99, kv v1 → v3 through two transformers, {} keys ({} upgrades, a fresh host each) | {} | {} | |",
+            keys_label(keys),
+            raw.list("pause_us")?.len(),
+            ms(p99(raw, "pause_us")),
+            if keys == 1_000_000 { "≤ 20 ms" } else { "–" }
+        )?;
+    }
+    if let Some((keys, raw)) = at_most_1m(main) {
+        let request = raw.list("request_us")?;
+        writeln!(
+            md,
+            "| total upgrade time (request → commit), kv v2 → v2, {} keys: p50 / max | {} / {} | {} | of which pre-copy {} (median, {} steps) |",
+            keys_label(keys),
+            ms(median(&request)),
+            ms(max(&request)),
+            if keys == 1_000_000 { "≤ 3 s, reported" } else { "reported" },
+            ms(med(raw, "precopy_us")),
+            med(raw, "precopy_steps")
+        )?;
+    }
+    if let Some(c) = checkpoints {
+        writeln!(
+            md,
+            "| SET max latency while checkpoints run, {} keys ({} checkpoint{}) | {} | {} | redis-server: {} ({}) |",
+            keys_label(c.keys as u64),
+            c.checkpoints.chunked + c.checkpoints.whole,
+            if c.checkpoints.chunked + c.checkpoints.whole == 1 { "" } else { "s" },
+            ms(c.tasuki_max_ms * 1e3),
+            if c.keys as u64 == 1_000_000 { "≤ 10 ms" } else { "–" },
+            ms(c.redis_max_ms * 1e3),
+            ratio(c.tasuki_max_ms, c.redis_max_ms)
+        )?;
+    }
+    for (row, label) in [
+        (full, "kv v2 with `--precopy-chunk 0` (its `Map` decoded whole)"),
+        (old, "kv v2 built before pre-copy (contract 0.1, a std `HashMap`)"),
+    ] {
+        let Some((keys, raw)) = row else { continue };
+        let compare = match (row, full) {
+            (Some((_, r)), Some((k, f))) if k == keys && !std::ptr::eq(r, f) => {
+                format!("{} of `--precopy-chunk 0`", ratio(p99(r, "pause_us"), p99(f, "pause_us")))
+            }
+            _ => String::new(),
+        };
+        writeln!(
+            md,
+            "| whole-state pause p99, {}, {} keys | {} | {} | {compare} |",
+            label,
+            keys_label(keys),
+            ms(p99(raw, "pause_us")),
+            if keys == 1_000_000 { "≤ 200 ms" } else { "–" }
+        )?;
+    }
+    if let Some((keys, raw)) = at_most_1m(main) {
+        let steady = raw.num("rss_steady_kib")?;
+        let peak = max(&raw.list("hwm_kib")?);
+        let compare = full
+            .filter(|(k, _)| *k == keys)
+            .and_then(|(_, f)| {
+                let peak = max(&f.list("hwm_kib").ok()?);
+                Some(format!(
+                    "whole state in the pause: {}",
+                    ratio(peak, f.num("rss_steady_kib").ok()?)
+                ))
+            })
+            .unwrap_or_default();
+        writeln!(
+            md,
+            "| peak RSS during an upgrade / steady RSS, {} keys | {} / {} = {} | ≤ 2.5× | {compare} |",
+            keys_label(keys),
+            mib(peak),
+            mib(steady),
+            ratio(peak, steady)
+        )?;
+    }
+    writeln!(md)?;
+    Ok(())
+}
