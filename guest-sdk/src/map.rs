@@ -101,6 +101,13 @@ impl<K, V> Map<K, V> {
         self.readable().keys()
     }
 
+    /// The entry at position `index` of the map's order (`0..len`), for scanning a map a part
+    /// at a time. Positions change when entries are removed (the last takes the removed one's
+    /// place).
+    pub fn get_index(&self, index: usize) -> Option<(&K, &V)> {
+        self.readable().get_index(index)
+    }
+
     /// The values, in the map's order.
     pub fn values(&self) -> indexmap::map::Values<'_, K, V> {
         self.readable().values()
