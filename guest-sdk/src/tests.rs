@@ -368,3 +368,155 @@ fn a_reader_that_does_not_take_a_stream_as_a_map_refuses_rather_than_lose_it() {
     .unwrap();
     assert!(error.contains("pre-copy is not possible"), "{error}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// REVIEW (branch `review`): tests that demonstrate bugs found in review. Each FAILS on main's
+// code; they are findings, not fixes.
+// ---------------------------------------------------------------------------------------------
+
+/// Pre-copies `app` with `change` applied once between the first and the second chunk (budget
+/// `budget` bytes per chunk), then imports; returns (imported, exporter's state at finish).
+fn precopy_with_change<S, F>(app: S, budget: u64, change: F) -> (S, S)
+where
+    S: Server + Clone + Send + PartialEq + std::fmt::Debug + 'static,
+    F: FnOnce(&mut S) + Send + 'static,
+{
+    let (batches, snapshot, expected) = thread::spawn(move || {
+        let mut rt = Runtime::<S>::new("1.0.0");
+        *rt.server_mut() = app;
+        rt.precopy_begin().unwrap();
+        let mut batches = vec![rt.precopy_next(budget).unwrap().chunks];
+        change(rt.server_mut());
+        loop {
+            let batch = rt.precopy_next(budget).unwrap();
+            batches.push(batch.chunks);
+            if batch.pending == 0 {
+                break;
+            }
+        }
+        let (last, snapshot) = rt.precopy_finish().unwrap();
+        batches.push(last);
+        (batches, snapshot, rt.server_mut().clone())
+    })
+    .join()
+    .unwrap();
+    (import::<S>(batches, snapshot), expected)
+}
+
+fn app_with_words(n: u64) -> App {
+    let mut app = App::default();
+    for i in 0..n {
+        app.words.insert(format!("k{i:03}").into_bytes(), i);
+    }
+    app
+}
+
+#[test]
+fn review_retain_that_changes_a_kept_value_already_copied_is_lost() {
+    // `Map::retain` hands the closure `&mut V`; a change to a kept entry below the cursor is
+    // not marked dirty, so the new version keeps the old value.
+    let (imported, expected) = precopy_with_change(app_with_words(100), 64, |app| {
+        app.words.retain(|_, v| {
+            *v += 1000;
+            true
+        });
+    });
+    assert_eq!(imported, expected, "a value changed inside retain() was not re-sent");
+}
+
+#[test]
+fn review_an_import_whose_chunks_went_missing_resolves_to_an_empty_map_silently() {
+    // The final skeleton says `words` is stream 0 with 100 entries; if the chunks never
+    // arrive (lost by a host, a transformer that drops them, a snapshot file edited), the
+    // import succeeds with an empty map instead of failing. `len` is in the reference and is
+    // never checked.
+    let (_, snapshot, expected) = export(5, 0, 1 << 20);
+    assert!(!expected.words.is_empty());
+    let result = thread::spawn(move || {
+        let mut rt = Runtime::<App>::new("2.0.0");
+        let result = rt.import_state(snapshot, Vec::new());
+        (result, rt.server_mut().words.len())
+    })
+    .join()
+    .unwrap();
+    assert!(result.0.is_err(), "imported with {} words instead of refusing", result.1);
+}
+
+/// A transformer that, besides converting, adds an entry and removes one, as a migration that
+/// seeds a default or drops an internal key would.
+struct AddsAndRemoves;
+
+impl Transform for AddsAndRemoves {
+    const NAME: &'static str = "adds-and-removes";
+    const SECTION: &'static str = "app";
+    const FROM: u32 = 1;
+    const TO: u32 = 2;
+    type Old = App;
+    type New = AppV2;
+    fn transform(mut old: App) -> Result<AppV2, String> {
+        old.names.insert(9999, "seeded by the migration".into());
+        old.names.remove(&0);
+        AppV2::from_v1(old)
+    }
+}
+
+#[test]
+fn review_insert_and_remove_on_a_pre_copied_map_in_a_transformer_are_silently_dropped() {
+    // Docs: "reading or changing a reference's entries panics". `insert`/`remove`/`get` on a
+    // reference do not panic; the change is dropped when the reference is re-serialized, so
+    // the same transformer gives a different state by pre-copy than by a full transfer.
+    let mut app = app_with_words(10);
+    for i in 0..10 {
+        app.names.insert(i, format!("n{i}"));
+    }
+    let full = thread::spawn({
+        let app = app.clone();
+        move || AddsAndRemoves::transform(app).unwrap()
+    })
+    .join()
+    .unwrap();
+    assert!(full.names.get(&9999).is_some() && full.names.get(&0).is_none());
+    let (batches, snapshot) = thread::spawn(move || {
+        let mut rt = Runtime::<App>::new("1.0.0");
+        *rt.server_mut() = app;
+        rt.precopy_begin().unwrap();
+        let first = rt.precopy_next(1 << 20).unwrap().chunks;
+        let (last, snapshot) = rt.precopy_finish().unwrap();
+        (vec![first, last], snapshot)
+    })
+    .join()
+    .unwrap();
+    let (batches, snapshot) = thread::spawn(move || {
+        let batches: Vec<Vec<Chunk>> = batches
+            .into_iter()
+            .map(|b| {
+                let b = b.into_iter().map(cross::chunk_in).collect();
+                let out = crate::transform::run_chunks::<AddsAndRemoves>(b).unwrap();
+                out.into_iter().map(cross::chunk_out).collect()
+            })
+            .collect();
+        let snapshot =
+            crate::transform::run::<AddsAndRemoves>(cross::snapshot_in(snapshot)).unwrap();
+        (batches, cross::snapshot_out(snapshot))
+    })
+    .join()
+    .unwrap();
+    let imported: AppV2 = import(batches, snapshot);
+    assert_eq!(imported.names, full.names, "pre-copy and full transfer disagree");
+}
+
+#[test]
+fn review_get_on_a_pre_copied_map_returns_none_instead_of_panicking() {
+    // In Mode::Reference (a transformer's final snapshot) a map is a reference; `get` and
+    // `contains_key` answer from its (empty) entries rather than panic as documented.
+    let map: Map<u32, String> = {
+        let bytes = crate::precopy::with_mode(crate::precopy::Mode::Inline, || {
+            postcard::to_allocvec(&(7u32, 1u64)).unwrap()
+        });
+        crate::precopy::with_mode(crate::precopy::Mode::Reference, || {
+            postcard::from_bytes(&bytes).unwrap()
+        })
+    };
+    let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| map.get(&1).is_none()));
+    assert!(got.is_err(), "get() on a reference answered {got:?} instead of panicking");
+}
