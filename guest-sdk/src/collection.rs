@@ -3,6 +3,7 @@
 //! serialize, deserialize and convert in each [`Mode`] of [`crate::precopy`].
 
 use crate::precopy::{self, EMPTY_STREAM, Mode, PassThrough, Sink};
+use serde::de::Error as _;
 use serde::ser::{Error as _, Serializer};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::cell::{RefCell, RefMut};
@@ -13,13 +14,23 @@ pub(crate) trait Tracking {
     fn session(&self) -> u64;
 }
 
+/// What a skeleton holds in a collection's place during a pre-copy: its stream, how many
+/// elements it had, and how many records its stream had carried, at that pass. A reader checks
+/// the last two against what it built, so a lost or extra record is an error, not a quiet
+/// difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Ref {
+    pub(crate) stream: u32,
+    pub(crate) len: u64,
+    pub(crate) records: u64,
+}
+
 /// What a collection knows beyond its elements, during an upgrade.
 enum Side<T> {
     /// An export session is copying it.
     Tracked(T),
-    /// In a reader: the collection is the stream of chunks `stream`, of `len` elements when
-    /// last seen.
-    Reference { stream: u32, len: u64 },
+    /// In a reader: the collection is a stream of chunks.
+    Reference(Ref),
 }
 
 /// A built collection read as it was written (taken by the type's deserializer).
@@ -44,14 +55,14 @@ impl<T: Tracking> Extra<T> {
         Self(RefCell::new(None))
     }
 
-    pub(crate) fn reference(stream: u32, len: u64) -> Self {
-        Self(RefCell::new(Some(Box::new(Side::Reference { stream, len }))))
+    pub(crate) fn reference(reference: Ref) -> Self {
+        Self(RefCell::new(Some(Box::new(Side::Reference(reference)))))
     }
 
     /// The stream this collection references, if it is a reference to pre-copied chunks.
-    pub(crate) fn referenced(&self) -> Option<(u32, u64)> {
+    pub(crate) fn referenced(&self) -> Option<Ref> {
         match self.0.borrow().as_deref() {
-            Some(Side::Reference { stream, len }) => Some((*stream, *len)),
+            Some(Side::Reference(reference)) => Some(*reference),
             _ => None,
         }
     }
@@ -69,7 +80,7 @@ impl<T: Tracking> Extra<T> {
         let live = match slot.as_deref() {
             None => return None,
             Some(Side::Tracked(track)) => track.session() == precopy::session(),
-            Some(Side::Reference { .. }) => reference_misuse(),
+            Some(Side::Reference(_)) => reference_misuse(),
         };
         if !live {
             *slot = None;
@@ -96,7 +107,7 @@ impl<T: Tracking> Extra<T> {
     ) -> Result<RefMut<'_, T>, String> {
         let mut side = self.0.borrow_mut();
         match side.as_deref() {
-            Some(Side::Reference { .. }) => {
+            Some(Side::Reference(_)) => {
                 return Err("a reference to pre-copied chunks cannot be exported".into());
             }
             Some(Side::Tracked(track)) if track.session() == session => {}
@@ -111,7 +122,7 @@ impl<T: Tracking> Extra<T> {
     /// A copy for `Clone`: a reference stays one; a tracked collection's copy is not tracked.
     pub(crate) fn copy(&self) -> Self {
         match self.referenced() {
-            Some((stream, len)) => Self::reference(stream, len),
+            Some(reference) => Self::reference(reference),
             None => Self::none(),
         }
     }
@@ -123,7 +134,7 @@ pub(crate) fn serialize<S: Serializer, T: Tracking>(
     extra: &Extra<T>,
     empty: bool,
     s: S,
-    pass: impl FnOnce() -> Result<(u32, u64), String>,
+    pass: impl FnOnce() -> Result<Ref, String>,
     inline: impl FnOnce(S) -> Result<S::Ok, S::Error>,
 ) -> Result<S::Ok, S::Error> {
     let referenced = extra.referenced();
@@ -131,10 +142,10 @@ pub(crate) fn serialize<S: Serializer, T: Tracking>(
         Mode::Pass => pass().map_err(S::Error::custom)?.serialize(s),
         Mode::Reference => match referenced {
             Some(reference) => {
-                precopy::with_reader(|r| r.referenced.push(reference.0));
+                precopy::with_reader(|r| r.referenced.push(reference.stream));
                 reference.serialize(s)
             }
-            None if empty => (EMPTY_STREAM, 0u64).serialize(s),
+            None if empty => Ref { stream: EMPTY_STREAM, len: 0, records: 0 }.serialize(s),
             None => Err(S::Error::custom(
                 "a transformer may fill a collection only from a pre-copied one, with `convert`",
             )),
@@ -148,17 +159,34 @@ pub(crate) fn serialize<S: Serializer, T: Tracking>(
     }
 }
 
+/// Checks that the stream `reference` names arrived whole: its records built `len` elements
+/// from `records` records, as the exporter's cut says. Anything else (chunks missing from a
+/// file, a transformer that dropped records, a host that lost the last round) is an error,
+/// never an empty, partial or stale collection.
+fn complete(reference: Ref, (len, records): (usize, u64)) -> Result<(), String> {
+    if len as u64 == reference.len && records == reference.records {
+        return Ok(());
+    }
+    let failure = format!(
+        "pre-copied collection (stream {}) should hold {} elements from {} records, but its \
+         chunks built {len} from {records}: chunks are missing or were changed on the way",
+        reference.stream, reference.len, reference.records
+    );
+    precopy::with_reader(|r| r.failure.get_or_insert_with(|| failure.clone()).clone());
+    Err(failure)
+}
+
 /// What a collection's deserializer read, in a mode other than [`Mode::Inline`].
 pub(crate) enum Read<B> {
     /// An empty collection with no stream.
     Empty,
     /// The built elements ([`Mode::Resolve`]).
     Built(B),
-    /// A reference to stream `.0` of `.1` elements.
-    Reference(u32, u64),
+    /// A reference to a stream.
+    Reference(Ref),
 }
 
-/// Reads a reference `(stream, len)`: in [`Mode::Register`] registers `store(len)` as the
+/// Reads a [`Ref`]: in [`Mode::Register`] registers `store(len)` as the
 /// stream's sink (a transformer's [`Mode::Rewrite`] passes records through until a conversion
 /// says otherwise); in [`Mode::Resolve`] takes what the stream built, if it was built as `B`.
 pub(crate) fn read_reference<'de, D: Deserializer<'de>, B: 'static>(
@@ -166,7 +194,8 @@ pub(crate) fn read_reference<'de, D: Deserializer<'de>, B: 'static>(
     store: impl FnOnce(u64) -> Box<dyn Sink>,
 ) -> Result<Read<B>, D::Error> {
     let mode = precopy::mode();
-    let (stream, len) = <(u32, u64)>::deserialize(d)?;
+    let reference = Ref::deserialize(d)?;
+    let Ref { stream, len, .. } = reference;
     if stream == EMPTY_STREAM {
         return Ok(Read::Empty);
     }
@@ -181,28 +210,34 @@ pub(crate) fn read_reference<'de, D: Deserializer<'de>, B: 'static>(
         }),
         Mode::Resolve => {
             let built = precopy::with_reader(|reader| reader.built.remove(&stream));
-            match built.map(|b| b.downcast::<Plain<B>>()) {
-                None => return Ok(Read::Empty),
-                Some(Ok(plain)) => return Ok(Read::Built(plain.0)),
-                Some(Err(other)) => precopy::with_reader(|reader| {
+            let Some((built, counts)) = built else {
+                return complete(reference, (0, 0)).map(|()| Read::Empty).map_err(D::Error::custom);
+            };
+            match built.downcast::<Plain<B>>() {
+                Ok(plain) => {
+                    complete(reference, counts).map_err(D::Error::custom)?;
+                    return Ok(Read::Built(plain.0));
+                }
+                Err(other) => precopy::with_reader(|reader| {
                     // Built by a conversion: `convert` takes it.
-                    reader.built.insert(stream, other);
+                    reader.built.insert(stream, (other, counts));
                     reader.unresolved.push(stream);
                 }),
             }
         }
         Mode::Inline | Mode::Pass | Mode::Reference => {}
     }
-    Ok(Read::Reference(stream, len))
+    Ok(Read::Reference(reference))
 }
 
-/// `convert` on a reference to stream `stream`: registers `sink(true)` (an importer's, which
+/// `convert` on `reference`: registers `sink(true)` (an importer's, which
 /// builds) or `sink(false)` (a transformer's, which re-encodes) as the sink of a stream the
 /// skeleton just named, or in [`Mode::Resolve`] takes what the conversion built, as `C`.
 pub(crate) fn convert_reference<C: 'static>(
-    stream: u32,
+    reference: Ref,
     sink: impl FnOnce(bool) -> Box<dyn Sink>,
 ) -> Result<Read<C>, String> {
+    let stream = reference.stream;
     let register = |sink: Box<dyn Sink>| {
         precopy::with_reader(|reader| {
             if reader.fresh.contains(&stream) {
@@ -219,9 +254,12 @@ pub(crate) fn convert_reference<C: 'static>(
                 reader.built.remove(&stream)
             });
             return match built {
-                None => Ok(Read::Empty),
-                Some(built) => match built.downcast::<Converted<C>>() {
-                    Ok(converted) => Ok(Read::Built(converted.0)),
+                None => complete(reference, (0, 0)).map(|()| Read::Empty),
+                Some((built, counts)) => match built.downcast::<Converted<C>>() {
+                    Ok(converted) => {
+                        complete(reference, counts)?;
+                        Ok(Read::Built(converted.0))
+                    }
                     Err(_) => Err(format!(
                         "pre-copied collection (stream {stream}) was not converted to this type \
                          while its chunks crossed"
@@ -231,5 +269,5 @@ pub(crate) fn convert_reference<C: 'static>(
         }
         Mode::Inline | Mode::Pass | Mode::Reference => {}
     }
-    Ok(Read::Reference(stream, 0))
+    Ok(Read::Reference(reference))
 }

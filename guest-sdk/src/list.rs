@@ -1,6 +1,6 @@
 //! [`List`]: a double-ended list that pre-copies itself.
 
-use crate::collection::{self, Converted, Extra, Plain, Read, Tracking};
+use crate::collection::{self, Converted, Extra, Plain, Read, Ref, Tracking};
 use crate::precopy::{self, Mode, Sink, read_varint, varint};
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::ser::Serializer;
@@ -48,6 +48,8 @@ struct Track {
     dirty: BTreeSet<u64>,
     /// Pops the reader must apply before anything else: `true` front, `false` back.
     pops: Vec<bool>,
+    /// Records handed out in this session.
+    records: u64,
 }
 
 impl Tracking for Track {
@@ -71,8 +73,8 @@ impl<T> List<T> {
         Self { elements, extra: Extra::none() }
     }
 
-    fn reference(stream: u32, len: u64) -> Self {
-        Self { elements: VecDeque::new(), extra: Extra::reference(stream, len) }
+    fn reference(reference: Ref) -> Self {
+        Self { elements: VecDeque::new(), extra: Extra::reference(reference) }
     }
 
     fn readable(&self) -> &VecDeque<T> {
@@ -112,6 +114,7 @@ impl<T> List<T> {
 
     /// The element at `index`, to change. It counts as changed.
     pub fn get_mut(&mut self, index: usize) -> Option<&mut T> {
+        self.extra.check_readable();
         let Self { elements, extra } = self;
         let value = elements.get_mut(index)?;
         if let Some(track) = extra.tracked() {
@@ -125,11 +128,13 @@ impl<T> List<T> {
 
     /// Appends `value`.
     pub fn push_back(&mut self, value: T) {
+        self.extra.check_readable();
         self.elements.push_back(value);
     }
 
     /// Prepends `value`.
     pub fn push_front(&mut self, value: T) {
+        self.extra.check_readable();
         let Self { elements, extra } = self;
         elements.push_front(value);
         if let Some(track) = extra.tracked() {
@@ -144,6 +149,7 @@ impl<T> List<T> {
 
     /// Removes the last element.
     pub fn pop_back(&mut self) -> Option<T> {
+        self.extra.check_readable();
         let Self { elements, extra } = self;
         let value = elements.pop_back()?;
         if let Some(track) = extra.tracked() {
@@ -163,6 +169,7 @@ impl<T> List<T> {
 
     /// Removes the first element.
     pub fn pop_front(&mut self) -> Option<T> {
+        self.extra.check_readable();
         let Self { elements, extra } = self;
         let value = elements.pop_front()?;
         if let Some(track) = extra.tracked() {
@@ -235,14 +242,15 @@ impl<T> List<T> {
         T: for<'de> Deserialize<'de> + 'static,
         U: Serialize + 'static,
     {
-        let Some((stream, len)) = self.extra.referenced() else {
+        let Some(reference) = self.extra.referenced() else {
             let elements = self.elements.into_iter().map(convert).collect::<Result<_, _>>()?;
             return Ok(List::from_elements(elements));
         };
-        let read = collection::convert_reference::<VecDeque<U>>(stream, |store| {
+        let read = collection::convert_reference::<VecDeque<U>>(reference, |store| {
             if store {
                 Box::new(ListStore::<T, U, _> {
-                    elements: presized(len),
+                    elements: presized(reference.len),
+                    applied: 0,
                     lo: 0,
                     convert,
                     converted: true,
@@ -255,12 +263,12 @@ impl<T> List<T> {
         Ok(match read {
             Read::Empty => List::new(),
             Read::Built(elements) => List::from_elements(elements),
-            Read::Reference(..) => List::reference(stream, len),
+            Read::Reference(reference) => List::reference(reference),
         })
     }
 
     /// This list's share of a pass: queued pops, changed elements, then the gaps at either end.
-    fn pass(&self) -> Result<(u32, u64), String>
+    fn pass(&self) -> Result<Ref, String>
     where
         T: Serialize,
     {
@@ -274,10 +282,12 @@ impl<T> List<T> {
                 hi: ORIGIN,
                 dirty: BTreeSet::new(),
                 pops: Vec::new(),
+                records: 0,
             })?;
             let track = &mut *track;
             let stream = track.stream;
             let element = |logical: u64| &self.elements[(logical - track.origin) as usize];
+            let written = pass.written();
             precopy::with_mode(Mode::Inline, || -> Result<(), String> {
                 // The pops first, in order: the reader's range must match before indexes do.
                 for front in track.pops.drain(..) {
@@ -299,10 +309,11 @@ impl<T> List<T> {
                 }
                 Ok(())
             })?;
+            track.records += pass.written() - written;
             let end = track.origin + self.elements.len() as u64;
             let owed = track.dirty.len() as u64 + (end - track.hi) + (track.lo - track.origin);
             pass.met(stream, owed);
-            Ok((stream, self.elements.len() as u64))
+            Ok(Ref { stream, len: self.elements.len() as u64, records: track.records })
         })
     }
 }
@@ -341,7 +352,7 @@ impl<T: Clone> Clone for List<T> {
 impl<T: std::fmt::Debug> std::fmt::Debug for List<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.extra.referenced() {
-            Some((stream, len)) => write!(f, "List(pre-copied stream {stream}, {len} elements)"),
+            Some(r) => write!(f, "List(pre-copied stream {}, {} elements)", r.stream, r.len),
             None => f.debug_list().entries(self.elements.iter()).finish(),
         }
     }
@@ -406,6 +417,7 @@ impl<'de, T: for<'a> Deserialize<'a> + 'static> Deserialize<'de> for List<T> {
         let read = collection::read_reference::<D, VecDeque<T>>(d, |len| {
             Box::new(ListStore::<T, T, _> {
                 elements: presized(len),
+                applied: 0,
                 lo: 0,
                 convert: Ok::<T, String>,
                 converted: false,
@@ -415,7 +427,7 @@ impl<'de, T: for<'a> Deserialize<'a> + 'static> Deserialize<'de> for List<T> {
         Ok(match read {
             Read::Empty => List::new(),
             Read::Built(elements) => List::from_elements(elements),
-            Read::Reference(stream, len) => List::reference(stream, len),
+            Read::Reference(reference) => List::reference(reference),
         })
     }
 }
@@ -442,6 +454,8 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for Elements<T> {
 /// read as it was written).
 struct ListStore<T, U, F> {
     elements: VecDeque<U>,
+    /// Records applied.
+    applied: u64,
     /// The logical index of the first element.
     lo: u64,
     convert: F,
@@ -473,7 +487,12 @@ where
     U: 'static,
     F: Fn(T) -> Result<U, String> + 'static,
 {
+    fn counts(&self) -> (usize, u64) {
+        (self.elements.len(), self.applied)
+    }
+
     fn apply(&mut self, op: u8, payload: &[u8]) -> Result<(), String> {
+        self.applied += 1;
         match op {
             precopy::LIST_POP_FRONT => {
                 self.elements.pop_front().ok_or("a pre-copied list popped while empty")?;
@@ -540,6 +559,10 @@ where
     U: Serialize + 'static,
     F: Fn(T) -> Result<U, String> + 'static,
 {
+    fn counts(&self) -> (usize, u64) {
+        (0, 0)
+    }
+
     fn apply(&mut self, _: u8, _: &[u8]) -> Result<(), String> {
         Err("a transformer's stream cannot build a list".into())
     }

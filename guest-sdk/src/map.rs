@@ -1,6 +1,6 @@
 //! [`Map`]: a hash map that pre-copies itself.
 
-use crate::collection::{self, Converted, Extra, Plain, Read, Tracking};
+use crate::collection::{self, Converted, Extra, Plain, Read, Ref, Tracking};
 use crate::precopy::{self, Mode, Sink};
 use indexmap::map::Entry as IndexEntry;
 use indexmap::{Equivalent, IndexMap, IndexSet};
@@ -49,6 +49,8 @@ struct Track<K> {
     cursor: usize,
     /// Keys sent and changed (or removed) since.
     dirty: IndexSet<K, FixedState>,
+    /// Records handed out in this session.
+    records: u64,
 }
 
 impl<K> Tracking for Track<K> {
@@ -72,8 +74,8 @@ impl<K, V> Map<K, V> {
         Self { entries, extra: Extra::none() }
     }
 
-    fn reference(stream: u32, len: u64) -> Self {
-        Self { entries: IndexMap::default(), extra: Extra::reference(stream, len) }
+    fn reference(reference: Ref) -> Self {
+        Self { entries: IndexMap::default(), extra: Extra::reference(reference) }
     }
 
     fn readable(&self) -> &IndexMap<K, V, FixedState> {
@@ -131,16 +133,17 @@ impl<K, V> Map<K, V> {
 impl<K: Hash + Eq + Clone, V> Map<K, V> {
     /// The value under `key`.
     pub fn get<Q: ?Sized + Hash + Equivalent<K>>(&self, key: &Q) -> Option<&V> {
-        self.entries.get(key)
+        self.readable().get(key)
     }
 
     /// True if `key` has an entry.
     pub fn contains_key<Q: ?Sized + Hash + Equivalent<K>>(&self, key: &Q) -> bool {
-        self.entries.contains_key(key)
+        self.readable().contains_key(key)
     }
 
     /// The value under `key`, to change. The entry counts as changed.
     pub fn get_mut<Q: ?Sized + Hash + Equivalent<K>>(&mut self, key: &Q) -> Option<&mut V> {
+        self.extra.check_readable();
         let Self { entries, extra } = self;
         let (index, key, value) = entries.get_full_mut(key)?;
         if let Some(track) = extra.tracked()
@@ -153,6 +156,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
 
     /// Sets `key` to `value`, returning the value it replaces.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        self.extra.check_readable();
         let Self { entries, extra } = self;
         let (index, old) = entries.insert_full(key, value);
         if old.is_some()
@@ -168,6 +172,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
     /// The value under `key`, inserting `default()` first if there is none. The entry counts
     /// as changed.
     pub fn get_or_insert_with(&mut self, key: K, default: impl FnOnce() -> V) -> &mut V {
+        self.extra.check_readable();
         let Self { entries, extra } = self;
         match entries.entry(key) {
             IndexEntry::Occupied(entry) => {
@@ -184,6 +189,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
 
     /// Removes `key`, returning its value. The last entry takes its place (`O(1)`).
     pub fn remove<Q: ?Sized + Hash + Equivalent<K>>(&mut self, key: &Q) -> Option<V> {
+        self.extra.check_readable();
         let Self { entries, extra } = self;
         let (index, key, value) = entries.swap_remove_full(key)?;
         if let Some(track) = extra.tracked() {
@@ -200,11 +206,14 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
         Some(value)
     }
 
-    /// Keeps only the entries `keep` says yes to, in their order.
-    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+    /// Keeps only the entries `keep` says yes to, in their order. `keep` sees each value but
+    /// cannot change it (a change there could not be told from none, and would be lost by an
+    /// upgrade in progress): change values with [`Map::get_mut`].
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
+        self.extra.check_readable();
         let Self { entries, extra } = self;
         match extra.tracked() {
-            None => entries.retain(keep),
+            None => entries.retain(|key, value| keep(key, value)),
             Some(track) => {
                 let (mut index, mut kept_below) = (0, 0);
                 let cursor = track.cursor;
@@ -236,7 +245,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
         V: for<'de> Deserialize<'de> + 'static,
         V2: Serialize + 'static,
     {
-        let Some((stream, len)) = self.extra.referenced() else {
+        let Some(reference) = self.extra.referenced() else {
             let mut out = Map::with_capacity(self.entries.len());
             for (key, value) in self.entries {
                 let value = convert(&key, value)?;
@@ -244,27 +253,29 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
             }
             return Ok(out);
         };
-        let read = collection::convert_reference::<IndexMap<K, V2, FixedState>>(stream, |store| {
-            if store {
-                Box::new(ConvertStore::<K, V, V2, _> {
-                    entries: presized(len),
-                    convert,
-                    old: PhantomData,
-                })
-            } else {
-                Box::new(ConvertEncode::<K, V, V2, _> { convert, types: PhantomData })
-            }
-        })?;
+        let read =
+            collection::convert_reference::<IndexMap<K, V2, FixedState>>(reference, |store| {
+                if store {
+                    Box::new(ConvertStore::<K, V, V2, _> {
+                        entries: presized(reference.len),
+                        applied: 0,
+                        convert,
+                        old: PhantomData,
+                    })
+                } else {
+                    Box::new(ConvertEncode::<K, V, V2, _> { convert, types: PhantomData })
+                }
+            })?;
         Ok(match read {
             Read::Empty => Map::new(),
             Read::Built(entries) => Map::from_entries(entries),
-            Read::Reference(..) => Map::reference(stream, len),
+            Read::Reference(reference) => Map::reference(reference),
         })
     }
 
     /// This map's share of a pass of an export session: records within the pass's budget,
     /// dirty entries first. Returns the reference written in its place.
-    fn pass(&self) -> Result<(u32, u64), String>
+    fn pass(&self) -> Result<Ref, String>
     where
         K: Serialize,
         V: Serialize,
@@ -276,6 +287,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
                 stream: pass.new_stream(),
                 cursor: 0,
                 dirty: IndexSet::default(),
+                records: 0,
             })?;
             let track = &mut *track;
             let stream = track.stream;
@@ -283,17 +295,19 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
                 while pass.has_room() {
                     let Some(key) = track.dirty.pop() else { break };
                     pass.record(stream, &key, self.entries.get(&key))?;
+                    track.records += 1;
                 }
                 while pass.has_room() && track.cursor < self.entries.len() {
                     let (key, value) = self.entries.get_index(track.cursor).expect("below len");
                     pass.record(stream, key, Some(value))?;
                     track.cursor += 1;
+                    track.records += 1;
                 }
                 Ok(())
             })?;
             let pending = (self.entries.len() - track.cursor + track.dirty.len()) as u64;
             pass.met(stream, pending);
-            Ok((stream, self.entries.len() as u64))
+            Ok(Ref { stream, len: self.entries.len() as u64, records: track.records })
         })
     }
 }
@@ -318,7 +332,7 @@ impl<K: Clone, V: Clone> Clone for Map<K, V> {
 impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for Map<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.extra.referenced() {
-            Some((stream, len)) => write!(f, "Map(pre-copied stream {stream}, {len} entries)"),
+            Some(r) => write!(f, "Map(pre-copied stream {}, {} entries)", r.stream, r.len),
             None => f.debug_map().entries(self.entries.iter()).finish(),
         }
     }
@@ -389,12 +403,12 @@ where
             return d.deserialize_map(Entries(PhantomData));
         }
         let read = collection::read_reference::<D, IndexMap<K, V, FixedState>>(d, |len| {
-            Box::new(Store::<K, V> { entries: presized(len) })
+            Box::new(Store::<K, V> { entries: presized(len), applied: 0 })
         })?;
         Ok(match read {
             Read::Empty => Map::new(),
             Read::Built(entries) => Map::from_entries(entries),
-            Read::Reference(stream, len) => Map::reference(stream, len),
+            Read::Reference(reference) => Map::reference(reference),
         })
     }
 }
@@ -427,6 +441,8 @@ where
 /// A reader's sink that builds the map.
 struct Store<K, V> {
     entries: IndexMap<K, V, FixedState>,
+    /// Records applied.
+    applied: u64,
 }
 
 /// Splits a record's payload into its key and the rest.
@@ -443,7 +459,12 @@ where
     K: for<'de> Deserialize<'de> + Hash + Eq + 'static,
     V: for<'de> Deserialize<'de> + 'static,
 {
+    fn counts(&self) -> (usize, u64) {
+        (self.entries.len(), self.applied)
+    }
+
     fn apply(&mut self, op: u8, payload: &[u8]) -> Result<(), String> {
+        self.applied += 1;
         let (key, rest) = key_of::<K>(payload)?;
         if op == precopy::UPSERT {
             self.entries.insert(key, value_of(rest)?);
@@ -465,6 +486,8 @@ where
 /// A reader's sink that converts each value as it arrives, then builds the map.
 struct ConvertStore<K, V, V2, F> {
     entries: IndexMap<K, V2, FixedState>,
+    /// Records applied.
+    applied: u64,
     convert: F,
     old: PhantomData<V>,
 }
@@ -476,7 +499,12 @@ where
     V2: 'static,
     F: Fn(&K, V) -> Result<V2, String> + 'static,
 {
+    fn counts(&self) -> (usize, u64) {
+        (self.entries.len(), self.applied)
+    }
+
     fn apply(&mut self, op: u8, payload: &[u8]) -> Result<(), String> {
+        self.applied += 1;
         let (key, rest) = key_of::<K>(payload)?;
         if op == precopy::UPSERT {
             let value = (self.convert)(&key, value_of(rest)?)?;
@@ -509,6 +537,10 @@ where
     V2: Serialize + 'static,
     F: Fn(&K, V) -> Result<V2, String> + 'static,
 {
+    fn counts(&self) -> (usize, u64) {
+        (0, 0)
+    }
+
     fn apply(&mut self, _: u8, _: &[u8]) -> Result<(), String> {
         Err("a transformer's stream cannot build a map".into())
     }

@@ -2,7 +2,7 @@
 //!
 //! An app's state is serialized with serde, as for a full transfer; what changes is how the SDK's
 //! collections ([`crate::Map`]) serialize during a session. Each one is a *stream*: instead of
-//! its entries it writes a reference `(stream, len)` into the state's *skeleton*, and hands its
+//! its entries it writes a reference `(stream, len, records)` into the state's *skeleton*, and hands its
 //! entries out as *records*, a budget at a time, remembering what changed after it handed an entry
 //! out. The host calls [`next`] between events until little is owed, then [`finish`] in the pause;
 //! the new instance takes each batch with [`import_chunks`] and completes with the final
@@ -10,7 +10,7 @@
 //!
 //! # Chunk format (inside the WIT `chunk.bytes`, opaque to the host)
 //! - `0` then the skeleton: the state section's bytes with every collection written as
-//!   `(stream: u32, len: u64)`. Sent before any record of a stream the reader has not seen.
+//!   `(stream: u32, len: u64, records: u64)`, the last the records its stream carried so far. Sent before any record of a stream the reader has not seen.
 //! - `1` then records, each `stream: varint`, `op: u8` (`1` upsert, `2` remove),
 //!   `len: varint`, then `len` bytes: postcard of the key, followed for an upsert by postcard of
 //!   the value.
@@ -144,6 +144,11 @@ impl Pass {
         let id = self.next_stream;
         self.next_stream += 1;
         id
+    }
+
+    /// Records written in this pass so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.count
     }
 
     /// Whether another record fits this pass.
@@ -381,6 +386,10 @@ pub(crate) const EMPTY_STREAM: u32 = u32::MAX;
 pub(crate) struct PassThrough;
 
 impl Sink for PassThrough {
+    fn counts(&self) -> (usize, u64) {
+        (0, 0)
+    }
+
     fn apply(&mut self, _: u8, _: &[u8]) -> Result<(), String> {
         Err("a transformer's stream cannot build a collection".into())
     }
@@ -413,7 +422,10 @@ pub(crate) trait Sink {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), String>;
-    /// What the stream became, for [`Mode::Resolve`]: a built `IndexMap<K, V, _>`.
+    /// Elements the stream holds now, and records it applied (0 and 0 for a transformer's).
+    fn counts(&self) -> (usize, u64);
+    /// What the stream became, for [`Mode::Resolve`]: the built collection, wrapped in
+    /// `collection::Plain` or `collection::Converted`.
     fn built(self: Box<Self>) -> Box<dyn Any>;
 }
 
@@ -424,12 +436,15 @@ pub(crate) struct Reader {
     /// Streams the skeleton being decoded registered just now (a conversion may replace their
     /// sink; an older stream's sink holds entries already and is kept).
     pub(crate) fresh: Vec<u32>,
-    /// During [`Mode::Resolve`]: the built collections not yet taken.
-    pub(crate) built: HashMap<u32, Box<dyn Any>>,
+    /// During [`Mode::Resolve`]: the built collections not yet taken, with their lengths.
+    pub(crate) built: HashMap<u32, (Box<dyn Any>, (usize, u64))>,
     /// During [`Mode::Resolve`]: references no collection type took yet (a conversion must).
     pub(crate) unresolved: Vec<u32>,
     /// During [`Mode::Reference`] serialization: the streams written.
     pub(crate) referenced: Vec<u32>,
+    /// During [`Mode::Resolve`]: why a collection could not be taken (the decoder's own error
+    /// type cannot carry the text).
+    pub(crate) failure: Option<String>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -510,12 +525,22 @@ pub(crate) fn write_raw(out: &mut Vec<u8>, record: Record<'_>) {
 pub(crate) fn resolve<R>(decode: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
     with_reader(|r| {
         let sinks = std::mem::take(&mut r.sinks);
-        r.built = sinks.into_iter().map(|(id, sink)| (id, sink.built())).collect();
+        r.built = sinks
+            .into_iter()
+            .map(|(id, sink)| {
+                let counts = sink.counts();
+                (id, (sink.built(), counts))
+            })
+            .collect();
         r.unresolved.clear();
     });
     let result = with_mode(Mode::Resolve, decode);
-    let unresolved = with_reader(|r| std::mem::take(&mut r.unresolved));
+    let (unresolved, failure) =
+        with_reader(|r| (std::mem::take(&mut r.unresolved), r.failure.take()));
     reset_reader();
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
     let value = result?;
     if let Some(stream) = unresolved.first() {
         return Err(format!(

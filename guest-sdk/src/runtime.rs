@@ -209,7 +209,13 @@ impl<S: Server> Runtime<S> {
                         return Err(e);
                     }
                 }
-                precopy::RECORDS => precopy::apply_records(body)?,
+                precopy::RECORDS => {
+                    if let Err(e) = precopy::apply_records(body) {
+                        // Whatever follows (a full transfer, or nothing) starts clean.
+                        precopy::reset_reader();
+                        return Err(e);
+                    }
+                }
                 other => return Err(format!("a pre-copied chunk of unknown kind {other}")),
             }
         }

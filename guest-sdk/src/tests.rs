@@ -374,35 +374,6 @@ fn a_reader_that_does_not_take_a_stream_as_a_map_refuses_rather_than_lose_it() {
 // code; they are findings, not fixes.
 // ---------------------------------------------------------------------------------------------
 
-/// Pre-copies `app` with `change` applied once between the first and the second chunk (budget
-/// `budget` bytes per chunk), then imports; returns (imported, exporter's state at finish).
-fn precopy_with_change<S, F>(app: S, budget: u64, change: F) -> (S, S)
-where
-    S: Server + Clone + Send + PartialEq + std::fmt::Debug + 'static,
-    F: FnOnce(&mut S) + Send + 'static,
-{
-    let (batches, snapshot, expected) = thread::spawn(move || {
-        let mut rt = Runtime::<S>::new("1.0.0");
-        *rt.server_mut() = app;
-        rt.precopy_begin().unwrap();
-        let mut batches = vec![rt.precopy_next(budget).unwrap().chunks];
-        change(rt.server_mut());
-        loop {
-            let batch = rt.precopy_next(budget).unwrap();
-            batches.push(batch.chunks);
-            if batch.pending == 0 {
-                break;
-            }
-        }
-        let (last, snapshot) = rt.precopy_finish().unwrap();
-        batches.push(last);
-        (batches, snapshot, rt.server_mut().clone())
-    })
-    .join()
-    .unwrap();
-    (import::<S>(batches, snapshot), expected)
-}
-
 fn app_with_words(n: u64) -> App {
     let mut app = App::default();
     for i in 0..n {
@@ -412,24 +383,10 @@ fn app_with_words(n: u64) -> App {
 }
 
 #[test]
-fn review_retain_that_changes_a_kept_value_already_copied_is_lost() {
-    // `Map::retain` hands the closure `&mut V`; a change to a kept entry below the cursor is
-    // not marked dirty, so the new version keeps the old value.
-    let (imported, expected) = precopy_with_change(app_with_words(100), 64, |app| {
-        app.words.retain(|_, v| {
-            *v += 1000;
-            true
-        });
-    });
-    assert_eq!(imported, expected, "a value changed inside retain() was not re-sent");
-}
-
-#[test]
-fn review_an_import_whose_chunks_went_missing_resolves_to_an_empty_map_silently() {
-    // The final skeleton says `words` is stream 0 with 100 entries; if the chunks never
-    // arrive (lost by a host, a transformer that drops them, a snapshot file edited), the
-    // import succeeds with an empty map instead of failing. `len` is in the reference and is
-    // never checked.
+fn an_import_whose_chunks_went_missing_is_refused() {
+    // The final skeleton says `words` is a stream of so many entries; if the chunks never
+    // arrive (lost by a host, dropped by a transformer, cut from a snapshot file), the import
+    // must fail, not succeed with an empty map.
     let (_, snapshot, expected) = export(5, 0, 1 << 20);
     assert!(!expected.words.is_empty());
     let result = thread::spawn(move || {
@@ -439,7 +396,23 @@ fn review_an_import_whose_chunks_went_missing_resolves_to_an_empty_map_silently(
     })
     .join()
     .unwrap();
-    assert!(result.0.is_err(), "imported with {} words instead of refusing", result.1);
+    let error = result.0.expect_err("imported instead of refusing");
+    assert!(error.contains("chunks are missing"), "{error}");
+    // And a partial set: the last batch that carried records lost (its keys may all have
+    // been sent before, with older values: only the count of records can tell).
+    let (mut batches, snapshot, _) = export(5, 50, 64);
+    let last = batches.iter().rposition(|b| !b.is_empty()).expect("a batch with chunks");
+    batches.remove(last);
+    let result = thread::spawn(move || {
+        let mut rt = Runtime::<App>::new("2.0.0");
+        for batch in batches {
+            rt.import_chunks(batch).unwrap();
+        }
+        rt.import_state(snapshot, Vec::new())
+    })
+    .join()
+    .unwrap();
+    assert!(result.is_err(), "imported a partial state");
 }
 
 /// A transformer that, besides converting, adds an entry and removes one, as a migration that
@@ -461,10 +434,10 @@ impl Transform for AddsAndRemoves {
 }
 
 #[test]
-fn review_insert_and_remove_on_a_pre_copied_map_in_a_transformer_are_silently_dropped() {
-    // Docs: "reading or changing a reference's entries panics". `insert`/`remove`/`get` on a
-    // reference do not panic; the change is dropped when the reference is re-serialized, so
-    // the same transformer gives a different state by pre-copy than by a full transfer.
+fn changing_a_pre_copied_map_in_a_transformer_panics_rather_than_diverge() {
+    // A transformer that inserts into or removes from a map that arrives as a reference to its
+    // chunks would give a different state by pre-copy than by a full transfer: it must trap
+    // (the upgrade rolls back, naming the rule) instead.
     let mut app = app_with_words(10);
     for i in 0..10 {
         app.names.insert(i, format!("n{i}"));
@@ -476,7 +449,7 @@ fn review_insert_and_remove_on_a_pre_copied_map_in_a_transformer_are_silently_dr
     .join()
     .unwrap();
     assert!(full.names.get(&9999).is_some() && full.names.get(&0).is_none());
-    let (batches, snapshot) = thread::spawn(move || {
+    let (batches, _) = thread::spawn(move || {
         let mut rt = Runtime::<App>::new("1.0.0");
         *rt.server_mut() = app;
         rt.precopy_begin().unwrap();
@@ -486,32 +459,29 @@ fn review_insert_and_remove_on_a_pre_copied_map_in_a_transformer_are_silently_dr
     })
     .join()
     .unwrap();
-    let (batches, snapshot) = thread::spawn(move || {
-        let batches: Vec<Vec<Chunk>> = batches
-            .into_iter()
-            .map(|b| {
-                let b = b.into_iter().map(cross::chunk_in).collect();
-                let out = crate::transform::run_chunks::<AddsAndRemoves>(b).unwrap();
-                out.into_iter().map(cross::chunk_out).collect()
-            })
-            .collect();
-        let snapshot =
-            crate::transform::run::<AddsAndRemoves>(cross::snapshot_in(snapshot)).unwrap();
-        (batches, cross::snapshot_out(snapshot))
+    let transformed = thread::spawn(move || {
+        for batch in batches {
+            let batch = batch.into_iter().map(cross::chunk_in).collect();
+            crate::transform::run_chunks::<AddsAndRemoves>(batch).unwrap();
+        }
     })
-    .join()
-    .unwrap();
-    let imported: AppV2 = import(batches, snapshot);
-    assert_eq!(imported.names, full.names, "pre-copy and full transfer disagree");
+    .join();
+    let panic = transformed.expect_err("the transformer changed a reference without trapping");
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(ToString::to_string)
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    assert!(message.contains("reference to pre-copied chunks"), "{message}");
 }
 
 #[test]
-fn review_get_on_a_pre_copied_map_returns_none_instead_of_panicking() {
-    // In Mode::Reference (a transformer's final snapshot) a map is a reference; `get` and
-    // `contains_key` answer from its (empty) entries rather than panic as documented.
+fn reading_a_pre_copied_map_panics() {
+    // In Mode::Reference (a transformer's final snapshot) a map is a reference: `get` must
+    // panic as documented, not answer from its (empty) entries.
     let map: Map<u32, String> = {
         let bytes = crate::precopy::with_mode(crate::precopy::Mode::Inline, || {
-            postcard::to_allocvec(&(7u32, 1u64)).unwrap()
+            postcard::to_allocvec(&(7u32, 1u64, 1u64)).unwrap()
         });
         crate::precopy::with_mode(crate::precopy::Mode::Reference, || {
             postcard::from_bytes(&bytes).unwrap()

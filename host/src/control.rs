@@ -309,6 +309,7 @@ mod tests {
             options: UpgradeOptions {
                 transforms: vec!["/srv/a.wasm".into(), "/srv/b.wasm".into()],
                 from_checkpoint: true,
+                no_precopy: true,
             },
         };
         let bytes = frame(&request);

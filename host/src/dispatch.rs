@@ -278,10 +278,22 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             }
             return;
         }
-        if !(std::mem::take(&mut self.checkpoint_now) || self.live.recovery().wants_checkpoint()) {
+        if !(self.checkpoint_now || self.live.recovery().wants_checkpoint()) {
             return;
         }
-        if self.upgrading.is_none() && self.precopy_budget.chunk > 0 && self.live.precopies() {
+        if self.upgrading.is_some() {
+            // The upgrade's pre-copy holds the instance's one session; a whole export now would
+            // stall every client. Wait for the upgrade to end unless the journal is nearly
+            // full (then the export is the lesser harm).
+            let recovery = self.live.recovery();
+            if recovery.len() < recovery.limit() / 4 * 3 {
+                return;
+            }
+            self.checkpoint_now = false;
+            return self.take_checkpoint();
+        }
+        self.checkpoint_now = false;
+        if self.precopy_budget.chunk > 0 && self.live.precopies() {
             self.event_clock.freeze_at(self.clock.wall_ns());
             match self.live.precopy_begin() {
                 Ok(()) => {
@@ -729,7 +741,10 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         }
         self.event_clock.freeze_at(self.clock.wall_ns());
         if self.checkpointing.take().is_some() {
-            // The upgrade's session replaces the checkpoint's; the last checkpoint stays good.
+            // The checkpoint under way gives way to the upgrade (the last one stays good) and
+            // starts over when the upgrade ends; its session must not stay open if the upgrade
+            // moves the state whole.
+            self.live.precopy_abort();
             self.checkpoint_now = true;
         }
         match upgrade::begin(&mut self.live, next, self.precopy_budget, self.limits.max_state) {

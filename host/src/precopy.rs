@@ -144,7 +144,8 @@ impl Session {
         match session.step(live, new, max_state) {
             Ok(_) => Ok(Some(session)),
             // A reader that cannot take the skeleton refuses: the whole state crosses in the
-            // pause instead, through fresh instances, and meets any real refusal there.
+            // pause instead (into the same new instance, whose reader forgot the refused
+            // chunks; through fresh transformer instances) and meets any real refusal there.
             Err(StepError::Transform(TransformError::Refused { name, reason })) => {
                 tracing::info!("no pre-copy through transformer {name}: {reason}");
                 live.precopy_abort();

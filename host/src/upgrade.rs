@@ -38,6 +38,10 @@ pub struct UpgradeOptions {
     pub transforms: Vec<PathBuf>,
     /// Take the state from the host's last checkpoint and journal instead of an export.
     pub from_checkpoint: bool,
+    /// Move the whole state inside the pause, without pre-copy (`--no-precopy`): for a
+    /// migration or transformer that must read a collection whole (to rekey it, say), which a
+    /// pre-copy cannot feed.
+    pub no_precopy: bool,
 }
 
 /// Where the state a new version imported came from.
@@ -210,6 +214,8 @@ pub struct Prepared {
     pub(crate) info: AppInfo,
     pub(crate) prepare_time: Duration,
     pub(crate) from_checkpoint: bool,
+    /// `--no-precopy`.
+    pub(crate) no_precopy: bool,
     pub(crate) pipeline: Pipeline,
 }
 
@@ -224,7 +230,10 @@ pub(crate) fn prepare(
     let started = Instant::now();
     let version = Version::load(runtime, wasm)?;
     let pipeline = Pipeline::load(runtime, &options.transforms)?;
-    prepare_loaded(version, pipeline, args, running, options.from_checkpoint, started)
+    let mut prepared =
+        prepare_loaded(version, pipeline, args, running, options.from_checkpoint, started)?;
+    prepared.no_precopy = options.no_precopy;
+    Ok(prepared)
 }
 
 /// [`prepare`] for a version and transformers already loaded: instantiate, `init`, and check
@@ -247,6 +256,7 @@ pub(crate) fn prepare_loaded(
         info,
         prepare_time: started.elapsed(),
         from_checkpoint,
+        no_precopy: false,
         pipeline,
     })
 }
@@ -335,7 +345,7 @@ pub(crate) fn begin(
     budget: precopy::Budget,
     max_state: u64,
 ) -> Begun {
-    if next.from_checkpoint || budget.chunk == 0 {
+    if next.from_checkpoint || next.no_precopy || budget.chunk == 0 {
         return Begun::Full(Underway { next, precopy: None });
     }
     let begun =
@@ -371,8 +381,12 @@ fn restart(
     tracing::info!("{} was rebuilt during the pre-copy; starting the pre-copy over", live.app());
     let begun =
         precopy::Session::begin(live, &mut next.instance, &next.pipeline, budget, max_state);
-    underway.precopy =
-        begun.map_err(|e| step_error(live.app(), AppVersion::from(&next.info), e))?;
+    underway.precopy = begun.map_err(|error| {
+        if !matches!(&error, precopy::StepError::Export(e) if e.trap().is_some()) {
+            live.precopy_abort();
+        }
+        step_error(live.app(), AppVersion::from(&next.info), error)
+    })?;
     Ok(())
 }
 
@@ -571,6 +585,7 @@ fn sections(snapshot: &Snapshot) -> Vec<SectionReport> {
     snapshot
         .sections
         .iter()
+        .filter(|s| s.name != crate::transformer::PRECOPY_SECTION)
         .map(|s| SectionReport {
             name: s.name.clone(),
             version: s.version,

@@ -221,7 +221,7 @@ pub fn run(args: &UpgradesArgs) -> anyhow::Result<()> {
     let wasm = canonical(&args.wasm)?;
     let options = UpgradeOptions {
         transforms: args.transforms.iter().map(canonical).collect::<Result<_, _>>()?,
-        from_checkpoint: false,
+        ..UpgradeOptions::default()
     };
     std::fs::create_dir_all(&args.dir)?;
     let control = args.dir.join(format!("{}-{}.sock", args.series, args.keys));

@@ -7,9 +7,11 @@ use tasuki::upgrade::UpgradeOptions;
 
 /// Replace the running version with NEW, carrying its state and connections across.
 ///
-/// NEW is compiled and started while the old version keeps serving; the old version pauses only
-/// to export its state, and it keeps serving if anything fails. Prints the new version, the
-/// pause and the bytes of state moved, or why the upgrade rolled back.
+/// NEW is compiled and started while the old version keeps serving; the state is then copied to
+/// it in chunks between events (pre-copy, when both versions and every transformer can), and
+/// the old version pauses only to hand over what changed since — or its whole state, when it
+/// cannot be pre-copied. It keeps serving if anything fails. Prints the new version, the pause,
+/// the pre-copy and the bytes of state moved, or why the upgrade rolled back.
 #[derive(Debug, clap::Args)]
 pub struct UpgradeCommand {
     /// The new version's component.
@@ -25,6 +27,11 @@ pub struct UpgradeCommand {
     /// pause that the chain ends in versions NEW reads.
     #[arg(long = "transform", value_name = "T.wasm")]
     transforms: Vec<PathBuf>,
+    /// Move the whole state inside the pause instead of pre-copying it while the old version
+    /// serves: for a migration or transformer that must read a collection whole (to rekey it),
+    /// which a pre-copy cannot feed (it traps naming the rule, and the upgrade rolls back).
+    #[arg(long)]
+    no_precopy: bool,
     #[command(flatten)]
     control: ControlArg,
 }
@@ -40,7 +47,11 @@ impl UpgradeCommand {
                 std::fs::canonicalize(t).with_context(|| format!("cannot read {}", t.display()))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let options = UpgradeOptions { transforms, from_checkpoint: self.from_checkpoint };
+        let options = UpgradeOptions {
+            transforms,
+            from_checkpoint: self.from_checkpoint,
+            no_precopy: self.no_precopy,
+        };
         match tasuki::host::request_upgrade(&self.control.control, &wasm, options)? {
             Response::Upgraded(report) => {
                 println!("{report}");
