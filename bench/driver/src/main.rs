@@ -7,6 +7,7 @@
 //! `key=value` file; `report` reads the directory of them and does the arithmetic.
 
 mod clients;
+mod large;
 mod load;
 mod procfs;
 mod raw;
@@ -42,6 +43,8 @@ enum Cli {
     },
     /// Upgrades a `tasuki run` host over and over under an INCR load; checks nothing was lost.
     Upgrades(upgrades::UpgradesArgs),
+    /// Sends one `RPUSH` of N elements while another client PINGs; times both.
+    LargeRequest(large::LargeArgs),
     /// Restarts redis-server (SHUTDOWN SAVE, start, load the RDB) under the same load.
     Restarts(restarts::RestartsArgs),
     /// Writes RESULTS.md from a directory of raw results.
@@ -69,6 +72,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cli::Upgrades(args) => upgrades::run(&args),
+        Cli::LargeRequest(args) => large::run(&args),
         Cli::Restarts(args) => restarts::run(&args),
         Cli::Report(args) => report::run(&args),
     }
