@@ -174,3 +174,112 @@ impl LineClient {
         }
     }
 }
+
+/// Debian's `redis-server`, started on a free loopback port in a directory of its own, for
+/// comparing replies with the real thing; killed on drop. scripts/test installs it.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` with no persistence and one database (as kv has), and returns once
+    /// it says it is ready to accept connections.
+    pub fn start() -> Self {
+        use std::io::BufRead;
+        // The port is free when picked; if another process takes it first, redis-server
+        // exits and we pick again.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free port")
+                .port();
+            let mut child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+                .args(["--appendonly", "no", "--databases", "1", "--loglevel", "notice"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run redis-server ({e}): scripts/test installs it on Debian")
+                });
+            let stdout = child.stdout.take().expect("stdout");
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let ready = lines
+                .by_ref()
+                .map_while(Result::ok)
+                .any(|line| line.contains("Ready to accept connections"));
+            if ready {
+                // Its log keeps coming to the pipe: drain it, so that redis-server never blocks.
+                std::thread::spawn(move || lines.for_each(drop));
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                return Self { child, addr, _dir: dir };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start");
+    }
+
+    /// A raw TCP connection to it.
+    pub fn raw(&self) -> std::net::TcpStream {
+        let stream = std::net::TcpStream::connect(self.addr).expect("connect to redis-server");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads exactly one RESP2 or RESP3 reply from `reader` and returns its bytes.
+pub fn read_reply(reader: &mut impl std::io::BufRead) -> Vec<u8> {
+    let mut reply = Vec::new();
+    read_one(reader, &mut reply);
+    reply
+}
+
+fn read_one(reader: &mut impl std::io::BufRead, reply: &mut Vec<u8>) {
+    let start = reply.len();
+    let read = reader.read_until(b'\n', reply).expect("a reply");
+    assert!(read > 0 && reply.ends_with(b"\r\n"), "connection closed inside a reply");
+    let line = &reply[start..reply.len() - 2];
+    let number = || -> i64 {
+        std::str::from_utf8(&line[1..])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("bad reply header {:?}", String::from_utf8_lossy(line)))
+    };
+    match line.first() {
+        // A string with a length: its bytes and CRLF follow.
+        Some(b'$' | b'=' | b'!') => {
+            let len = number();
+            if len >= 0 {
+                let at = reply.len();
+                reply.resize(at + usize::try_from(len).expect("length") + 2, 0);
+                reader.read_exact(&mut reply[at..]).expect("a bulk string");
+            }
+        }
+        Some(b'*' | b'~' | b'>') => {
+            for _ in 0..number().max(0) {
+                read_one(reader, reply);
+            }
+        }
+        Some(b'%' | b'|') => {
+            for _ in 0..2 * number().max(0) {
+                read_one(reader, reply);
+            }
+        }
+        // One line: +simple, -error, :integer, ,double, #boolean, _null, (big number.
+        _ => {}
+    }
+}

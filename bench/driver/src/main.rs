@@ -7,6 +7,7 @@
 //! `key=value` file; `report` reads the directory of them and does the arithmetic.
 
 mod clients;
+mod large;
 mod load;
 mod procfs;
 mod profile;
@@ -46,6 +47,8 @@ enum Cli {
     /// Profiles one whole-state upgrade with `perf`: which part of the transfer each sample
     /// belongs to.
     Profile(profile::ProfileArgs),
+    /// Sends one `RPUSH` of N elements while another client PINGs; times both.
+    LargeRequest(large::LargeArgs),
     /// Restarts redis-server (SHUTDOWN SAVE, start, load the RDB) under the same load.
     Restarts(restarts::RestartsArgs),
     /// Writes RESULTS.md from a directory of raw results.
@@ -74,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cli::Upgrades(args) => upgrades::run(&args),
         Cli::Profile(args) => profile::run(&args),
+        Cli::LargeRequest(args) => large::run(&args),
         Cli::Restarts(args) => restarts::run(&args),
         Cli::Report(args) => report::run(&args),
     }

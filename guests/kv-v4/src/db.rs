@@ -26,10 +26,11 @@
 //! from the keyspace and is rebuilt after an upgrade rather than transferred.
 
 use crate::scan::ScanOrder;
+pub(crate) use crate::set::Set;
 use crate::watch::Watches;
 use crate::zset::ZSet;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, DefaultHasher};
 use tasuki_guest::Map;
 
@@ -41,9 +42,6 @@ pub(crate) type List = VecDeque<Vec<u8>>;
 
 /// A hash's fields and their values.
 pub(crate) type Hash = HashMap<Vec<u8>, Vec<u8>, FixedState>;
-
-/// A set's members.
-pub(crate) type Set = HashSet<Vec<u8>, FixedState>;
 
 /// What a key holds.
 ///
@@ -185,7 +183,6 @@ impl Db {
     }
 
     /// The live set under `key`.
-    #[expect(dead_code, reason = "its commands come in the next step")]
     pub(crate) fn set_members(
         &mut self,
         key: &[u8],
@@ -199,7 +196,6 @@ impl Db {
     }
 
     /// The live sorted set under `key`.
-    #[expect(dead_code, reason = "its commands come in the next step")]
     pub(crate) fn zset(&mut self, key: &[u8], now_ms: u64) -> Result<Option<&ZSet>, WrongType> {
         match self.get(key, now_ms) {
             None => Ok(None),
@@ -209,7 +205,6 @@ impl Db {
     }
 
     /// [`Db::update_list`] for a set.
-    #[expect(dead_code, reason = "its commands come in the next step")]
     pub(crate) fn update_set<R>(
         &mut self,
         key: &[u8],
@@ -226,7 +221,6 @@ impl Db {
     }
 
     /// [`Db::update_list`] for a sorted set.
-    #[expect(dead_code, reason = "its commands come in the next step")]
     pub(crate) fn update_zset<R>(
         &mut self,
         key: &[u8],
@@ -426,7 +420,6 @@ impl Db {
 
     /// Up to about `count` live keys from `cursor` on, in `SCAN`'s order, and the cursor to
     /// continue from (0 when the walk is over). See [`ScanOrder`] for its guarantees.
-    #[expect(dead_code, reason = "its commands come in the next step")]
     pub(crate) fn scan(&mut self, cursor: u64, count: usize, now_ms: u64) -> (Vec<Vec<u8>>, u64) {
         self.remove_expired(now_ms, usize::MAX);
         let entries = &self.entries;
@@ -436,17 +429,18 @@ impl Db {
 
     /// Moves the live value and deadline under `from` to `to`, replacing whatever `to` held.
     /// Whether there was a live `from`.
-    #[expect(dead_code, reason = "its commands come in the next step")]
     pub(crate) fn rename(&mut self, from: &[u8], to: &[u8], now_ms: u64) -> bool {
         self.expire_if_due(from, now_ms);
         self.expire_if_due(to, now_ms);
-        let Some(entry) = self.entries.get(from).cloned() else {
+        if !self.entries.contains_key(from) {
             return false;
-        };
+        }
         if from == to {
             return true;
         }
-        self.remove_entry(from);
+        let Some(entry) = self.take_entry(from) else {
+            return false;
+        };
         self.remove_entry(to);
         if let Some(deadline) = entry.expires_at_ms {
             self.deadlines.insert((deadline, to.to_vec()));
@@ -461,7 +455,6 @@ impl Db {
 
     /// A live key picked at random with `pick(n)`, a number below `n`; `None` in an empty
     /// keyspace.
-    #[expect(dead_code, reason = "its commands come in the next step")]
     pub(crate) fn random_key(
         &mut self,
         now_ms: u64,
@@ -508,9 +501,12 @@ impl Db {
 
     /// Removes `key`, live or not, and its deadline; whether it was there.
     fn remove_entry(&mut self, key: &[u8]) -> bool {
-        let Some(entry) = self.entries.remove(key) else {
-            return false;
-        };
+        self.take_entry(key).is_some()
+    }
+
+    /// Removes `key`, live or not, and its deadline, and returns its entry.
+    fn take_entry(&mut self, key: &[u8]) -> Option<Entry> {
+        let entry = self.entries.remove(key)?;
         self.watches.touch(key);
         if let Some(order) = &mut self.scan_order {
             order.remove(key);
@@ -518,7 +514,7 @@ impl Db {
         if let Some(deadline) = entry.expires_at_ms {
             self.deadlines.remove(&(deadline, key.to_vec()));
         }
-        true
+        Some(entry)
     }
 }
 

@@ -38,7 +38,9 @@
 mod client;
 mod cmd;
 mod db;
+mod random;
 mod scan;
+mod set;
 #[cfg(test)]
 mod tests;
 mod watch;
@@ -210,6 +212,7 @@ impl Kv {
             others: &self.clients,
             config: &self.config,
             stats: &self.stats,
+            rng: random::Rng::for_event(now_ms, conn, self.stats.commands_processed),
         };
         // One argument vector for every request of this event: pipelined requests reuse it.
         let mut args = Vec::new();

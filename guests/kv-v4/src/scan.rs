@@ -13,6 +13,13 @@
 //! `SCAN` (one pass over the keyspace) and kept up to date from then on, so a server that never
 //! scans never pays for it. It is derived, not transferred: the next `SCAN` after an upgrade
 //! builds it again, and old cursors mean the same in it.
+//!
+//! `HSCAN`, `SSCAN` and `ZSCAN` walk a value's fields or members in the same order, with the
+//! same cursor and the same guarantee, but without an index: [`walk_collection`] selects the
+//! next batch in one pass over the collection. A collection of at most
+//! [`SMALL_COLLECTION`] elements is returned whole with cursor 0, as redis returns one held in a
+//! listpack; a larger one gives at least a 32nd of its elements per call, so a whole walk costs
+//! at most about 32 passes, whatever `COUNT` says (redis, too, treats `COUNT` as a hint).
 
 use std::collections::BTreeSet;
 
@@ -64,6 +71,39 @@ impl ScanOrder {
     }
 }
 
+/// Up to this many elements, a collection is scanned in one call (redis's listpack limit for
+/// hashes and sorted sets, `hash-max-listpack-entries`).
+pub(crate) const SMALL_COLLECTION: usize = 128;
+
+/// The batch of a field or member walk from `cursor` over `items` (`len` of them, unique): at
+/// least `count` of them (and at least a 32nd of all) in `SCAN` order, then the next cursor, 0
+/// at the end.
+pub(crate) fn walk_collection<'a>(
+    items: impl Iterator<Item = &'a [u8]>,
+    len: usize,
+    cursor: u64,
+    count: usize,
+) -> (Vec<&'a [u8]>, u64) {
+    if len <= SMALL_COLLECTION {
+        return (items.collect(), 0);
+    }
+    let want = count.max(len / 32).max(1);
+    let mut candidates: Vec<(u64, &[u8])> =
+        items.map(|item| (scan_hash(item), item)).filter(|(hash, _)| *hash >= cursor).collect();
+    if candidates.len() > want {
+        candidates.select_nth_unstable(want - 1);
+        let last = candidates[want - 1].0;
+        // Everything sharing the last hash goes too, so that the cursor can resume after it.
+        let (mut batch, rest): (Vec<_>, Vec<_>) =
+            candidates.into_iter().partition(|(hash, _)| *hash <= last);
+        batch.sort_unstable();
+        let next = if rest.is_empty() { 0 } else { last + 1 };
+        return (batch.into_iter().map(|(_, item)| item).collect(), next);
+    }
+    candidates.sort_unstable();
+    (candidates.into_iter().map(|(_, item)| item).collect(), 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +142,35 @@ mod tests {
         for key in &keys {
             assert_eq!(seen.iter().filter(|k| *k == key).count(), 1, "{key:?}");
         }
+    }
+
+    /// The same guarantee for fields and members: every element present throughout is returned
+    /// once, though elements come and go between calls.
+    #[test]
+    fn a_collection_walk_returns_every_element_present_throughout_once() {
+        let stable: Vec<Vec<u8>> = (0..1000).map(|i| format!("field:{i}").into_bytes()).collect();
+        let mut seen = Vec::new();
+        let (mut cursor, mut step) = (0, 0);
+        loop {
+            let churn: Vec<Vec<u8>> =
+                (step * 10..step * 10 + 40).map(|i| format!("churn:{i}").into_bytes()).collect();
+            let items = stable.iter().chain(&churn).map(Vec::as_slice);
+            let (batch, next) = walk_collection(items, stable.len() + churn.len(), cursor, 5);
+            seen.extend(batch.into_iter().map(<[u8]>::to_vec));
+            step += 1;
+            if next == 0 {
+                break;
+            }
+            assert!(next > cursor);
+            cursor = next;
+        }
+        assert!(step > 1 && step <= 40, "{step} calls");
+        for item in &stable {
+            assert_eq!(seen.iter().filter(|seen| *seen == item).count(), 1, "{item:?}");
+        }
+        let small: Vec<Vec<u8>> = (0..SMALL_COLLECTION).map(|i| vec![i as u8]).collect();
+        let (all, next) = walk_collection(small.iter().map(Vec::as_slice), small.len(), 99, 1);
+        assert_eq!((all.len(), next), (SMALL_COLLECTION, 0), "a small one comes whole");
     }
 
     #[test]

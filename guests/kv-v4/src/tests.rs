@@ -524,9 +524,8 @@ fn the_state_encoding_is_pinned() {
     let mut with_counters = hash.clone();
     with_counters.extend(no_clients_zero_counters);
     assert_eq!(encode(&format!("HSET h f v\r\nPEXPIREAT h {T0}\r\n")), with_counters);
-    // TODO(sets): assert_eq!(encode("SADD s m\r\n"), set);
-    // TODO(sets): assert_eq!(encode("ZADD z 1.5 m\r\n"), zset);
-    let _ = (set, zset);
+    assert_eq!(encode("SADD s m\r\n"), set);
+    assert_eq!(encode("ZADD z 1.5 m\r\n"), zset);
     assert_eq!(encode(""), [0, 0, 0, 0, 0]);
 
     // And read back into the real types.
@@ -858,4 +857,304 @@ fn info_has_the_fields_clients_parse() {
             && !server.contains("# Keyspace"),
         "{server}"
     );
+}
+
+#[test]
+fn sets_add_remove_and_pop() {
+    let mut kv = Kv::default();
+    let cases = [
+        ("SADD s a b c a\r\nSREM s a x\r\nSCARD s\r\n", ":3\r\n:1\r\n:2\r\n"),
+        ("SISMEMBER s b\r\nSMISMEMBER s b x\r\nSCARD nope\r\n", ":1\r\n*2\r\n:1\r\n:0\r\n:0\r\n"),
+        (
+            "SPOP nope\r\nSPOP nope 2\r\nSRANDMEMBER nope 3\r\nSMEMBERS nope\r\n",
+            "$-1\r\n*0\r\n*0\r\n*0\r\n",
+        ),
+        (
+            "SPOP s -1\r\nSPOP s 1 2\r\nSRANDMEMBER s x\r\n",
+            "-ERR value is out of range, must be positive\r\n-ERR syntax error\r\n\
+             -ERR value is not an integer or out of range\r\n",
+        ),
+        (
+            "SADD one x\r\nSMEMBERS one\r\nSPOP one\r\nEXISTS one\r\n",
+            ":1\r\n*1\r\n$1\r\nx\r\n$1\r\nx\r\n:0\r\n",
+        ),
+        ("SREM s b c\r\nTYPE s\r\n", ":2\r\n+none\r\n"),
+    ];
+    for (request, reply) in cases {
+        assert_eq!(replies(&mut kv, request), reply, "{request:?}");
+    }
+    replies(&mut kv, "SADD big 1 2 3 4 5 6 7 8 9 10\r\n");
+    let two = replies(&mut kv, "SRANDMEMBER big 4\r\n");
+    assert!(two.starts_with("*4\r\n"), "{two}");
+    let picks: Vec<&str> = two.split("\r\n").skip(2).step_by(2).collect();
+    let mut distinct = picks.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "distinct members: {two}");
+    assert!(replies(&mut kv, "SRANDMEMBER big -20\r\n").starts_with("*20\r\n"));
+    let popped = replies(&mut kv, "SPOP big 3\r\nSCARD big\r\nSPOP big 100\r\nEXISTS big\r\n");
+    assert!(popped.starts_with("*3\r\n") && popped.contains(":7\r\n*7\r\n"), "{popped}");
+    assert!(popped.ends_with(":0\r\n"), "{popped}");
+    assert_eq!(
+        on(&mut kv, 3, "HELLO 3\r\nSPOP nope 1\r\n").rsplit_once("*0").map(|_| ()),
+        Some(())
+    );
+}
+
+/// A replay after a trap runs the same events at the same times on the same state: random
+/// picks must come out the same, or the rebuilt state would not be the one clients saw.
+#[test]
+fn random_picks_are_the_same_in_a_replay() {
+    let run = || {
+        let mut kv = Kv::default();
+        replies(&mut kv, "SADD s 1 2 3 4 5 6 7 8 9 10 11 12\r\nMSET a 1 b 2 c 3 d 4\r\n");
+        at(&mut kv, T0 + 5, "SPOP s\r\nSPOP s 3\r\nSRANDMEMBER s 2\r\nRANDOMKEY\r\nRANDOMKEY\r\n")
+    };
+    let first = run();
+    assert_eq!(run(), first);
+    // And picks vary: another instant, another draw (over enough tries to be sure).
+    let mut kv = Kv::default();
+    replies(&mut kv, "SADD s 1 2 3 4 5 6 7 8 9 10 11 12\r\n");
+    let draws: std::collections::BTreeSet<String> =
+        (0..50).map(|t| at(&mut kv, T0 + t, "SRANDMEMBER s\r\n")).collect();
+    assert!(draws.len() > 5, "{draws:?}");
+}
+
+#[test]
+fn sorted_sets_add_with_flags_and_range() {
+    let mut kv = Kv::default();
+    let cases = [
+        ("ZADD z 1 a 2 b 3 c\r\nZADD z NX 5 a 4 d\r\n", ":3\r\n:1\r\n"),
+        (
+            "ZADD z XX CH 10 a 20 nope\r\nZADD z GT 1 a\r\nZADD z LT CH 1 a\r\n",
+            ":1\r\n:0\r\n:1\r\n",
+        ),
+        ("ZADD z INCR 2 a\r\nZADD z NX INCR 2 a\r\n", "$1\r\n3\r\n$-1\r\n"),
+        (
+            "ZADD z NX XX 1 a\r\nZADD z GT LT 1 a\r\nZADD z INCR 1 a 2 b\r\nZADD z 1 a 2\r\n",
+            "-ERR XX and NX options at the same time are not compatible\r\n\
+             -ERR GT, LT, and/or NX options at the same time are not compatible\r\n\
+             -ERR INCR option supports a single increment-element pair\r\n-ERR syntax error\r\n",
+        ),
+        (
+            "ZADD z nan a\r\nZADD z inf a\r\nZADD z INCR -inf a\r\n",
+            "-ERR value is not a valid float\r\n:0\r\n-ERR resulting score is not a number (NaN)\r\n",
+        ),
+        ("ZADD zz XX 1 a\r\nEXISTS zz\r\nZADD z 1.5 a\r\nZCARD z\r\n", ":0\r\n:0\r\n:0\r\n:4\r\n"),
+        (
+            "ZSCORE z a\r\nZSCORE z nope\r\nZMSCORE z a x\r\n",
+            "$3\r\n1.5\r\n$-1\r\n*2\r\n$3\r\n1.5\r\n$-1\r\n",
+        ),
+        (
+            "ZRANK z c\r\nZREVRANK z c\r\nZRANK z c WITHSCORE\r\n",
+            ":2\r\n:1\r\n*2\r\n:2\r\n$1\r\n3\r\n",
+        ),
+        (
+            "ZRANK z nope WITHSCORE\r\nZRANK z c x y\r\n",
+            "*-1\r\n-ERR wrong number of arguments for 'zrank' command\r\n",
+        ),
+        ("ZRANGE z 0 1\r\n", "*2\r\n$1\r\na\r\n$1\r\nb\r\n"),
+        ("ZRANGE z 1 2 REV WITHSCORES\r\n", "*4\r\n$1\r\nc\r\n$1\r\n3\r\n$1\r\nb\r\n$1\r\n2\r\n"),
+        ("ZRANGE z (1.5 3 BYSCORE\r\n", "*2\r\n$1\r\nb\r\n$1\r\nc\r\n"),
+        ("ZRANGE z +inf -inf BYSCORE REV LIMIT 1 2\r\n", "*2\r\n$1\r\nc\r\n$1\r\nb\r\n"),
+        ("ZRANGEBYSCORE z 2 4 LIMIT 0 1\r\nZCOUNT z (2 +inf\r\n", "*1\r\n$1\r\nb\r\n:2\r\n"),
+        (
+            "ZRANGE z 0 -1 LIMIT 0 1\r\nZRANGE z - + BYLEX WITHSCORES\r\nZRANGE z x 1 BYSCORE\r\n\
+             ZRANGE z 0 1 BYLEX\r\n",
+            "-ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX\r\n\
+             -ERR syntax error, WITHSCORES not supported in combination with BYLEX\r\n\
+             -ERR min or max is not a float\r\n-ERR min or max not valid string range item\r\n",
+        ),
+        (
+            "ZADD lex 0 a 0 b 0 c 0 d\r\nZRANGEBYLEX lex [b (d\r\n",
+            ":4\r\n*2\r\n$1\r\nb\r\n$1\r\nc\r\n",
+        ),
+        ("ZRANGE lex + - BYLEX REV LIMIT 0 2\r\n", "*2\r\n$1\r\nd\r\n$1\r\nc\r\n"),
+        (
+            "ZPOPMIN z\r\nZPOPMIN z 0\r\nZPOPMIN nope\r\n",
+            "*2\r\n$1\r\na\r\n$3\r\n1.5\r\n*0\r\n*0\r\n",
+        ),
+        (
+            "ZPOPMAX z 2\r\nZREM z b nope\r\nEXISTS z\r\n",
+            "*4\r\n$1\r\nd\r\n$1\r\n4\r\n$1\r\nc\r\n$1\r\n3\r\n:1\r\n:0\r\n",
+        ),
+    ];
+    for (request, reply) in cases {
+        assert_eq!(replies(&mut kv, request), reply, "{request:?}");
+    }
+    // RESP3: doubles, and WITHSCORES pairs nested.
+    assert_eq!(
+        on(&mut kv, 3, "HELLO 3\r\nZADD r 1 a 2.5 b\r\nZRANGE r 0 -1 WITHSCORES\r\n")
+            .split_once("*0\r\n")
+            .unwrap()
+            .1,
+        ":2\r\n*2\r\n*2\r\n$1\r\na\r\n,1\r\n*2\r\n$1\r\nb\r\n,2.5\r\n"
+    );
+    assert_eq!(
+        on(&mut kv, 3, "ZPOPMIN r\r\nZPOPMIN r 1\r\n"),
+        "*2\r\n$1\r\na\r\n,1\r\n*1\r\n*2\r\n$1\r\nb\r\n,2.5\r\n"
+    );
+}
+
+#[test]
+fn strings_and_keys_of_redis_6_and_7() {
+    let mut kv = Kv::default();
+    let cases = [
+        (
+            "SET f 10.5\r\nINCRBYFLOAT f 0.1\r\nINCRBYFLOAT nf 5.0e3\r\n",
+            "+OK\r\n$4\r\n10.6\r\n$4\r\n5000\r\n",
+        ),
+        (
+            "INCRBYFLOAT f x\r\nINCRBYFLOAT f inf\r\n",
+            "-ERR value is not a valid float\r\n-ERR increment would produce NaN or Infinity\r\n",
+        ),
+        (
+            "GETSET f new\r\nGETSET nope v\r\nGETDEL nope\r\nGETDEL f\r\nEXISTS f\r\n",
+            "$4\r\n10.6\r\n$-1\r\n$1\r\nv\r\n$3\r\nnew\r\n:0\r\n",
+        ),
+        (
+            "SET e v\r\nGETEX e EX 100\r\nTTL e\r\nGETEX e PERSIST\r\nTTL e\r\n",
+            "+OK\r\n$1\r\nv\r\n:100\r\n$1\r\nv\r\n:-1\r\n",
+        ),
+        (
+            "GETEX e EX 10 PX 10\r\nGETEX e PERSIST EX 1\r\nGETEX e PX 0\r\nGETEX nope EX 0\r\n",
+            "-ERR syntax error\r\n-ERR syntax error\r\n-ERR invalid expire time in 'getex' command\r\n$-1\r\n",
+        ),
+        ("GETEX e EXAT 1\r\nEXISTS e\r\n", "$1\r\nv\r\n:0\r\n"),
+        (
+            "SETRANGE sr 5 hi\r\nGET sr\r\nSETRANGE sr 0 HELLO\r\n",
+            ":7\r\n$7\r\n\0\0\0\0\0hi\r\n:7\r\n",
+        ),
+        (
+            "SETRANGE sr -1 x\r\nSETRANGE nothing 3 \"\"\r\nEXISTS nothing\r\nSETRANGE sr 536870912 x\r\n",
+            "-ERR offset is out of range\r\n:0\r\n:0\r\n\
+             -ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n",
+        ),
+        (
+            "GETRANGE sr 0 -1\r\nGETRANGE sr -3 -1\r\nGETRANGE sr -1 -3\r\nSUBSTR sr 5 100\r\n",
+            "$7\r\nHELLOhi\r\n$3\r\nOhi\r\n$0\r\n\r\n$2\r\nhi\r\n",
+        ),
+        ("MSETNX a 1 b 2\r\nMSETNX a 1 c 3\r\nEXISTS c\r\n", ":1\r\n:0\r\n:0\r\n"),
+        (
+            "RENAME a z\r\nRENAME nope x\r\nGET z\r\nRENAME z z\r\n",
+            "+OK\r\n-ERR no such key\r\n$1\r\n1\r\n+OK\r\n",
+        ),
+        (
+            "RENAMENX b z\r\nRENAMENX b b\r\nRENAMENX b y\r\nRENAMENX nope y\r\n",
+            ":0\r\n:0\r\n:1\r\n-ERR no such key\r\n",
+        ),
+        (
+            "SET t1 v EX 100\r\nRENAME t1 t2\r\nTTL t2\r\nTTL t1\r\n",
+            "+OK\r\n+OK\r\n:100\r\n:-2\r\n",
+        ),
+        (
+            "FLUSHALL\r\nRANDOMKEY\r\nSET only 1\r\nRANDOMKEY\r\n",
+            "+OK\r\n$-1\r\n+OK\r\n$4\r\nonly\r\n",
+        ),
+        (
+            "SADD s m\r\nZADD zs 1 m\r\nTYPE s\r\nTYPE zs\r\nUNLINK s zs\r\n",
+            ":1\r\n:1\r\n+set\r\n+zset\r\n:2\r\n",
+        ),
+    ];
+    for (request, reply) in cases {
+        assert_eq!(replies(&mut kv, request), reply, "{request:?}");
+    }
+}
+
+#[test]
+fn lpos_finds_matches() {
+    let mut kv = Kv::default();
+    replies(&mut kv, "RPUSH l a b c a d a\r\n");
+    let cases = [
+        ("LPOS l a\r\nLPOS l a RANK 2\r\nLPOS l a RANK -1\r\n", ":0\r\n:3\r\n:5\r\n"),
+        (
+            "LPOS l a RANK -2 COUNT 2\r\nLPOS l a COUNT 0 MAXLEN 4\r\n",
+            "*2\r\n:3\r\n:0\r\n*2\r\n:0\r\n:3\r\n",
+        ),
+        (
+            "LPOS l a RANK -1 MAXLEN 2\r\nLPOS l x\r\nLPOS l x COUNT 2\r\nLPOS nope a COUNT 1\r\n",
+            ":5\r\n$-1\r\n*0\r\n*0\r\n",
+        ),
+        (
+            "LPOS l a RANK 0\r\nLPOS l a COUNT -1\r\nLPOS l a MAXLEN x\r\nLPOS l a RANK\r\n",
+            "-ERR RANK can't be zero: use 1 to start from the first match, 2 from the second ... or \
+             use negative to start from the end of the list\r\n-ERR COUNT can't be negative\r\n\
+             -ERR MAXLEN can't be negative\r\n-ERR syntax error\r\n",
+        ),
+    ];
+    for (request, reply) in cases {
+        assert_eq!(replies(&mut kv, request), reply, "{request:?}");
+    }
+}
+
+/// The values the new commands make crossing an upgrade: sets, sorted sets (their order is
+/// rebuilt from the members), their deadlines.
+#[test]
+fn sets_and_sorted_sets_cross_an_upgrade() {
+    let mut kv = Kv::default();
+    replies(&mut kv, "SADD s a b c\r\nZADD z 2 b 1 a -1.5 c\r\nPEXPIRE z 700\r\n");
+    let mut back = upgraded(&kv);
+    assert_eq!(
+        at(
+            &mut back,
+            T0 + 100,
+            "SCARD s\r\nSISMEMBER s b\r\nZRANGE z 0 -1 WITHSCORES\r\nPTTL z\r\n"
+        ),
+        ":3\r\n:1\r\n*6\r\n$1\r\nc\r\n$4\r\n-1.5\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n:600\r\n"
+    );
+}
+
+/// A walk of `SCAN` (or `HSCAN`) in steps of `count`, with an upgrade between every two calls
+/// and churn from another connection: every key present throughout comes back exactly once.
+fn walk(kv: &mut Kv, first: &str, count: usize) -> Vec<String> {
+    let mut cursor = "0".to_string();
+    let mut seen = Vec::new();
+    let mut step = 0;
+    loop {
+        let request = format!("{first} {cursor} COUNT {count}\r\n");
+        let reply = on(kv, 1, &request);
+        let lines: Vec<&str> = reply.split("\r\n").collect();
+        cursor = lines[2].to_string();
+        seen.extend(lines[4..].iter().skip(1).step_by(2).map(|s| s.to_string()));
+        // Churn between calls, then an upgrade.
+        on(
+            kv,
+            2,
+            &format!("SET churn:{step} x\r\nDEL churn:{}\r\nHSET h churn:{step} x\r\n", step / 2),
+        );
+        *kv = upgraded(kv);
+        step += 1;
+        if cursor == "0" {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn a_scan_cursor_stays_valid_across_upgrades() {
+    let mut kv = Kv::default();
+    let mut fill = String::new();
+    for i in 0..500 {
+        fill.push_str(&format!("SET key:{i} v\r\nHSET h field:{i} v\r\n"));
+    }
+    replies(&mut kv, &fill);
+    let seen = walk(&mut kv, "SCAN", 20);
+    for i in 0..500 {
+        let key = format!("key:{i}");
+        assert_eq!(seen.iter().filter(|s| **s == key).count(), 1, "{key}");
+    }
+    assert!(seen.len() < 600, "{} keys returned for about 500", seen.len());
+    let seen = walk(&mut kv, "HSCAN h", 10);
+    // HSCAN returns field, value pairs: every other one is a field.
+    let fields: Vec<&String> = seen.iter().step_by(2).collect();
+    for i in 0..500 {
+        let field = format!("field:{i}");
+        assert_eq!(fields.iter().filter(|s| ***s == field).count(), 1, "{field}");
+    }
+    // MATCH and TYPE filter each batch.
+    replies(&mut kv, "RPUSH list:1 a\r\n");
+    let all = replies(&mut kv, "SCAN 0 COUNT 10000 TYPE list\r\n");
+    assert_eq!(all, "*2\r\n$1\r\n0\r\n*1\r\n$6\r\nlist:1\r\n");
+    let matched = replies(&mut kv, "SCAN 0 COUNT 10000 MATCH key:49?\r\n");
+    assert!(matched.starts_with("*2\r\n$1\r\n0\r\n*10\r\n"), "{matched}");
 }

@@ -14,6 +14,7 @@ use crate::db::FixedState;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 
 /// A score, ordered as redis orders scores. Never NaN.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,7 +50,6 @@ impl PartialEq for ZSet {
 
 impl Eq for ZSet {}
 
-#[cfg_attr(not(test), expect(dead_code, reason = "the sorted-set commands come in the next step"))]
 impl ZSet {
     pub(crate) fn len(&self) -> usize {
         self.scores.len()
@@ -105,11 +105,71 @@ impl ZSet {
         Some(self.order.range(..(Score(score), member.to_vec())).count())
     }
 
+    /// `member`'s position from the highest score down.
+    pub(crate) fn rev_rank(&self, member: &[u8]) -> Option<usize> {
+        self.rank(member).map(|rank| self.len() - 1 - rank)
+    }
+
+    /// Members and scores within `min..max`, lowest first (`rev`: highest first). Starts where
+    /// the range starts rather than at an end.
+    pub(crate) fn by_score(
+        &self,
+        min: ScoreBound,
+        max: ScoreBound,
+        rev: bool,
+    ) -> Box<dyn Iterator<Item = (&[u8], f64)> + '_> {
+        fn pair((score, member): &(Score, Vec<u8>)) -> (&[u8], f64) {
+            (member.as_slice(), score.0)
+        }
+        if rev {
+            let upper = if max.value == f64::INFINITY {
+                Bound::Unbounded
+            } else {
+                Bound::Excluded((Score(max.value.next_up()), Vec::new()))
+            };
+            Box::new(
+                self.order
+                    .range((Bound::Unbounded, upper))
+                    .rev()
+                    .map(pair)
+                    .skip_while(move |(_, score)| !max.admits_from_above(*score))
+                    .take_while(move |(_, score)| min.admits_from_below(*score)),
+            )
+        } else {
+            Box::new(
+                self.order
+                    .range((Score(min.value), Vec::new())..)
+                    .map(pair)
+                    .skip_while(move |(_, score)| !min.admits_from_below(*score))
+                    .take_while(move |(_, score)| max.admits_from_above(*score)),
+            )
+        }
+    }
+
     /// Removes and returns the lowest member (`max`: the highest).
     pub(crate) fn pop(&mut self, max: bool) -> Option<(Vec<u8>, f64)> {
         let (score, member) = if max { self.order.pop_last() } else { self.order.pop_first() }?;
         self.scores.remove(&member);
         Some((member, score.0))
+    }
+}
+
+/// One end of a score range: `1.5` (included) or `(1.5` (excluded).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScoreBound {
+    pub(crate) value: f64,
+    pub(crate) inclusive: bool,
+}
+
+impl ScoreBound {
+    /// Whether `score` is on the right side of this bound taken as a minimum.
+    pub(crate) fn admits_from_below(self, score: f64) -> bool {
+        if self.inclusive { score >= self.value } else { score > self.value }
+    }
+
+    /// Whether `score` is on the right side of this bound taken as a maximum.
+    pub(crate) fn admits_from_above(self, score: f64) -> bool {
+        if self.inclusive { score <= self.value } else { score < self.value }
     }
 }
 

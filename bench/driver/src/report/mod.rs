@@ -6,7 +6,8 @@
 //!   about the recovery checkpoints it took during the run; `tp-1m/` the same on a store of 1M
 //!   keys, `ckpt/` SETs while checkpoints run;
 //! - `upgrades-SERIES-KEYS.kv`, `restarts-KEYS.kv`, `profile-NAME.kv`: from the `upgrades`,
-//!   `restarts` and `profile` subcommands.
+//!   `restarts` and `profile` subcommands;
+//! - `large-SYSTEM.kv`: from `large-request`, one per system.
 //!
 //! One module per part of the report: [`figures`] the headline table, [`checkpoints`] SET
 //! latency while checkpoints run, [`upgrades`] the upgrade tables, [`transfer`] where a
@@ -370,8 +371,51 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         upgrades::write(&mut md, &upgrades, &restarts)?;
     }
     transfer::write(&mut md, &transfer::read(&args.raw)?)?;
+    write_large_request(&mut md, &args.raw)?;
     std::fs::write(&args.out, md).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// The systems `bench/run` sends the large request to, in the order of the table.
+const LARGE_REQUEST_SYSTEMS: &[(&str, &str)] = &[
+    ("redis", "redis-server"),
+    ("kv4", "tasuki, kv 4 (parses incrementally)"),
+    ("kv3", "tasuki, kv 3 (parses a partial request from its start on every read)"),
+];
+
+fn write_large_request(md: &mut String, raw: &Path) -> anyhow::Result<()> {
+    let rows: Vec<(&str, Raw)> = LARGE_REQUEST_SYSTEMS
+        .iter()
+        .filter_map(|(file, name)| {
+            Some((*name, Raw::read(&raw.join(format!("large-{file}.kv"))).ok()?))
+        })
+        .collect();
+    let Some((_, first)) = rows.first() else { return Ok(()) };
+    writeln!(
+        md,
+        "## One large request
+"
+    )?;
+    writeln!(
+        md,
+        "One `RPUSH` of {} elements ({}) sent at once on one connection, while a second client PINGs in a loop: the time from the first byte sent to the reply, and the slowest PING meanwhile (one run each).
+",
+        thousands(first.num("elements")?),
+        bytes(first.num("request_bytes")?)
+    )?;
+    writeln!(md, "| system | reply after | slowest PING meanwhile | PINGs answered meanwhile |")?;
+    writeln!(md, "|---|---:|---:|---:|")?;
+    for (name, raw) in &rows {
+        writeln!(
+            md,
+            "| {name} | {} | {} | {} |",
+            ms(raw.num("reply_ms")? * 1e3),
+            ms(raw.num("ping_max_ms")? * 1e3),
+            thousands(raw.num("pings")?)
+        )?;
+    }
+    writeln!(md)?;
     Ok(())
 }
 

@@ -1,11 +1,11 @@
 //! List commands: `LPUSH`, `RPUSH`, `LPOP`, `RPOP` (with redis 6.2's optional count), `LRANGE`,
-//! `LLEN`.
+//! `LLEN`, `LPOS`.
 //!
 //! Redis's rules throughout: a push creates a missing key, a pop that takes the last element
 //! deletes the key (`Db::update_list` does that), a read of a missing key reads an empty list,
 //! and a key of another type answers `WRONGTYPE`. A list keeps its deadline while it changes.
 
-use super::{NOT_AN_INTEGER, Session, WRONGTYPE, wrong_arity};
+use super::{NOT_AN_INTEGER, SYNTAX_ERROR, Session, WRONGTYPE, count, is, wrong_arity};
 use crate::db::{Db, List, WrongType};
 use resp::{Arg, reply};
 
@@ -138,7 +138,7 @@ pub(super) fn lrange(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
 
 /// The positions `start..=stop` select in a list of `len` elements, by redis's rules, as a
 /// half-open range; `None` when they select nothing.
-fn range(len: usize, start: i64, stop: i64) -> Option<std::ops::Range<usize>> {
+pub(super) fn range(len: usize, start: i64, stop: i64) -> Option<std::ops::Range<usize>> {
     let len = i64::try_from(len).ok()?;
     // `len` is not negative, so adding a negative index cannot overflow.
     let start = if start < 0 { (len + start).max(0) } else { start };
@@ -158,6 +158,88 @@ pub(super) fn llen(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
         }
         Err(WrongType) => reply::error(session.out, WRONGTYPE),
     }
+}
+
+/// `LPOS key element [RANK rank] [COUNT num-matches] [MAXLEN len]`: the index of the
+/// `rank`-th match (negative: counting matches from the tail), looking at no more than `len`
+/// elements; with `COUNT`, the indexes of up to `num-matches` matches (0: all), an array.
+pub(super) fn lpos(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
+    let element: &[u8] = &args[2];
+    let (mut rank, mut many, mut maxlen) = (1i64, None, 0usize);
+    let mut i = 3;
+    while i < args.len() {
+        let (option, value) = (&args[i], args.get(i + 1));
+        match value {
+            Some(value) if is(option, "rank") => match resp::parse_i64(value) {
+                Some(0) => {
+                    return reply::error(
+                        session.out,
+                        "ERR RANK can't be zero: use 1 to start from the first match, 2 from the \
+                         second ... or use negative to start from the end of the list",
+                    );
+                }
+                Some(i64::MIN) => {
+                    return reply::error(
+                        session.out,
+                        "ERR value is out of range, value must between -9223372036854775807 and \
+                         9223372036854775807",
+                    );
+                }
+                Some(n) => rank = n,
+                None => return reply::error(session.out, NOT_AN_INTEGER),
+            },
+            Some(value) if is(option, "count") => match non_negative(value) {
+                Some(n) => many = Some(n),
+                None => return reply::error(session.out, "ERR COUNT can't be negative"),
+            },
+            Some(value) if is(option, "maxlen") => match non_negative(value) {
+                Some(n) => maxlen = n,
+                None => return reply::error(session.out, "ERR MAXLEN can't be negative"),
+            },
+            _ => return reply::error(session.out, SYNTAX_ERROR),
+        }
+        i += 2;
+    }
+    let list = match db.list(&args[1], session.now_ms) {
+        Ok(list) => list,
+        Err(WrongType) => return reply::error(session.out, WRONGTYPE),
+    };
+    let Some(list) = list else {
+        return match many {
+            Some(_) => reply::array(session.out, 0),
+            None => reply::null(session.out, session.client.protocol),
+        };
+    };
+    let len = list.len();
+    let scanned = if maxlen == 0 { len } else { maxlen.min(len) };
+    let skip = usize::try_from(rank.unsigned_abs() - 1).unwrap_or(usize::MAX);
+    let matching = |(_, candidate): &(usize, &Vec<u8>)| candidate.as_slice() == element;
+    let mut found: Box<dyn Iterator<Item = usize>> = if rank > 0 {
+        Box::new(list.iter().enumerate().take(scanned).filter(matching).map(|(i, _)| i))
+    } else {
+        Box::new(list.iter().enumerate().rev().take(scanned).filter(matching).map(|(i, _)| i))
+    };
+    match many {
+        None => match found.nth(skip) {
+            Some(index) => count(session.out, index),
+            None => reply::null(session.out, session.client.protocol),
+        },
+        Some(many) => {
+            let take = if many == 0 { usize::MAX } else { many };
+            let indexes: Vec<usize> = found.skip(skip).take(take).collect();
+            reply::array(session.out, indexes.len());
+            for index in indexes {
+                count(session.out, index);
+            }
+        }
+    }
+}
+
+/// A count that must not be negative (`LPOS`'s `COUNT` and `MAXLEN`): `None` for a negative
+/// one or no integer at all, which redis answers with the same error.
+fn non_negative(arg: &[u8]) -> Option<usize> {
+    let n = u64::try_from(resp::parse_i64(arg)?).ok()?;
+    Some(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 #[cfg(test)]

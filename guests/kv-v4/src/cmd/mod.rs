@@ -11,12 +11,16 @@ mod expire;
 mod hashes;
 mod keys;
 mod lists;
+mod scan;
 mod server;
+mod sets;
 mod strings;
 mod transactions;
+mod zsets;
 
 use crate::client::{Client, Transaction};
 use crate::db::Db;
+use crate::random::Rng;
 use crate::{Config, Stats};
 use resp::{Arg, Protocol, reply};
 use std::collections::BTreeMap;
@@ -39,6 +43,9 @@ pub(crate) struct Session<'o> {
     pub(crate) others: &'o BTreeMap<ConnId, Client>,
     pub(crate) config: &'o Config,
     pub(crate) stats: &'o Stats,
+    /// Where `SPOP`, `SRANDMEMBER` and `RANDOMKEY` draw from: seeded by the event, so that a
+    /// replay draws the same (see `crate::random`).
+    pub(crate) rng: Rng,
 }
 
 impl Session<'_> {
@@ -167,6 +174,35 @@ pub(crate) const COMMANDS: &[Command] = &[
     Command::new("hdel", -3, hashes::hdel).key().write(),
     Command::new("hgetall", 2, hashes::hgetall).key().read(),
     Command::new("hlen", 2, hashes::hlen).key().read(),
+    Command::new("sadd", -3, sets::sadd).key().write(),
+    Command::new("spop", -2, sets::spop).key().write(),
+    Command::new("zadd", -4, zsets::zadd).key().write(),
+    Command::new("zpopmin", -2, zsets::zpopmin).key().write(),
+    Command::new("srem", -3, sets::srem).key().write(),
+    Command::new("smembers", 2, sets::smembers).key().read(),
+    Command::new("sismember", 3, sets::sismember).key().read(),
+    Command::new("smismember", -3, sets::smismember).key().read(),
+    Command::new("scard", 2, sets::scard).key().read(),
+    Command::new("srandmember", -2, sets::srandmember).key().read(),
+    Command::new("zincrby", 4, zsets::zincrby).key().write(),
+    Command::new("zrem", -3, zsets::zrem).key().write(),
+    Command::new("zcard", 2, zsets::zcard).key().read(),
+    Command::new("zscore", 3, zsets::zscore).key().read(),
+    Command::new("zmscore", -3, zsets::zmscore).key().read(),
+    Command::new("zrank", -3, zsets::zrank).key().read(),
+    Command::new("zrevrank", -3, zsets::zrevrank).key().read(),
+    Command::new("zcount", 4, zsets::zcount).key().read(),
+    Command::new("zrange", -4, zsets::zrange).key().read(),
+    Command::new("zrevrange", -4, zsets::zrevrange).key().read(),
+    Command::new("zrangebyscore", -4, zsets::zrangebyscore).key().read(),
+    Command::new("zrevrangebyscore", -4, zsets::zrevrangebyscore).key().read(),
+    Command::new("zrangebylex", -4, zsets::zrangebylex).key().read(),
+    Command::new("zpopmax", -2, zsets::zpopmax).key().write(),
+    Command::new("scan", -2, scan::scan).read(),
+    Command::new("hscan", -3, scan::hscan).key().read(),
+    Command::new("sscan", -3, scan::sscan).key().read(),
+    Command::new("zscan", -3, scan::zscan).key().read(),
+    Command::new("lpos", -3, lists::lpos).key().read(),
     Command::new("decr", 2, strings::decr).key().write(),
     Command::new("incrby", 3, strings::incrby).key().write(),
     Command::new("decrby", 3, strings::decrby).key().write(),
@@ -175,6 +211,14 @@ pub(crate) const COMMANDS: &[Command] = &[
     Command::new("setex", 4, strings::setex).key().write(),
     Command::new("psetex", 4, strings::psetex).key().write(),
     Command::new("setnx", 3, strings::setnx).key().write(),
+    Command::new("msetnx", -3, strings::msetnx).keys(1, -1, 2).write(),
+    Command::new("getset", 3, strings::getset).key().write(),
+    Command::new("getdel", 2, strings::getdel).key().write(),
+    Command::new("getex", -2, strings::getex).key().write(),
+    Command::new("setrange", 4, strings::setrange).key().write(),
+    Command::new("getrange", 4, strings::getrange).key().read(),
+    Command::new("substr", 4, strings::getrange).key().read(),
+    Command::new("incrbyfloat", 3, strings::incrbyfloat).key().write(),
     Command::new("pexpire", -3, expire::pexpire).key().write(),
     Command::new("expireat", -3, expire::expireat).key().write(),
     Command::new("pexpireat", -3, expire::pexpireat).key().write(),
@@ -184,6 +228,9 @@ pub(crate) const COMMANDS: &[Command] = &[
     Command::new("persist", 2, expire::persist).key().write(),
     Command::new("unlink", -2, keys::del).keys(1, -1, 1).write(),
     Command::new("type", 2, keys::type_).key().read(),
+    Command::new("rename", 3, keys::rename).keys(1, 2, 1).write(),
+    Command::new("renamenx", 3, keys::renamenx).keys(1, 2, 1).write(),
+    Command::new("randomkey", 1, keys::randomkey).read(),
     Command::new("keys", 2, keys::keys).read(),
     Command::new("dbsize", 1, keys::dbsize).read(),
     Command::new("flushall", -1, keys::flush).write(),
@@ -294,6 +341,11 @@ fn unknown_subcommand(out: &mut Vec<u8>, args: &[Arg<'_>]) {
     out.extend_from_slice(b"'. Try ");
     out.extend(c_string(&args[0], usize::MAX).iter().map(u8::to_ascii_uppercase));
     out.extend_from_slice(b" HELP.");
+}
+
+/// `:n` for a count of things.
+fn count(out: &mut Vec<u8>, n: usize) {
+    reply::integer(out, i64::try_from(n).unwrap_or(i64::MAX));
 }
 
 /// `-ERR wrong number of arguments for 'get' command`.

@@ -336,3 +336,243 @@ pub(super) fn mset(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
     }
     reply::ok(session.out);
 }
+
+/// `MSETNX key value [key value ...]`: sets every key, or none if any of them exists; 1 or 0.
+pub(super) fn msetnx(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
+    if args.len().is_multiple_of(2) {
+        wrong_arity(session.out, "msetnx");
+        return;
+    }
+    let now = session.now_ms;
+    if args[1..].iter().step_by(2).any(|key| db.contains(key, now)) {
+        reply::integer(session.out, 0);
+        return;
+    }
+    for pair in args[1..].chunks_exact(2) {
+        db.set(&pair[0], &pair[1], None, now);
+    }
+    reply::integer(session.out, 1);
+}
+
+/// `GETSET key value`: `SET key value GET`, the old value or a null; the deadline is dropped.
+pub(super) fn getset(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
+    let now = session.now_ms;
+    match db.get_string(&args[1], now) {
+        Ok(Some(old)) => reply::bulk(session.out, old),
+        Ok(None) => reply::null(session.out, session.client.protocol),
+        Err(WrongType) => {
+            reply::error(session.out, WRONGTYPE);
+            return;
+        }
+    }
+    db.set(&args[1], &args[2], None, now);
+}
+
+/// `GETDEL key`: the value, or a null; the key is deleted.
+pub(super) fn getdel(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
+    let now = session.now_ms;
+    match db.get_string(&args[1], now) {
+        Ok(Some(value)) => {
+            reply::bulk(session.out, value);
+            db.remove(&args[1], now);
+        }
+        Ok(None) => reply::null(session.out, session.client.protocol),
+        Err(WrongType) => reply::error(session.out, WRONGTYPE),
+    }
+}
+
+/// `GETEX key [EX s|PX ms|EXAT ts|PXAT ms-ts|PERSIST]`: the value, or a null; and the key's
+/// deadline set, or removed (`PERSIST`). A deadline already past deletes the key.
+pub(super) fn getex(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
+    // Redis's rules: one expiry form or `PERSIST`, the same form twice allowed (the last wins).
+    let mut expiry: Option<(ExpiryForm, &[u8])> = None;
+    let mut persist = false;
+    let mut rest = args[2..].iter();
+    while let Some(option) = rest.next() {
+        let form = [
+            ("ex", ExpiryForm::Seconds),
+            ("px", ExpiryForm::Millis),
+            ("exat", ExpiryForm::UnixSeconds),
+            ("pxat", ExpiryForm::UnixMillis),
+        ]
+        .into_iter()
+        .find_map(|(word, form)| is(option, word).then_some(form));
+        let next = match form {
+            Some(form) if !persist && expiry.is_none_or(|(other, _)| other == form) => {
+                rest.next().map(|amount| expiry = Some((form, amount)))
+            }
+            None if is(option, "persist") && expiry.is_none() => {
+                persist = true;
+                Some(())
+            }
+            _ => None,
+        };
+        if next.is_none() {
+            reply::error(session.out, SYNTAX_ERROR);
+            return;
+        }
+    }
+    let now = session.now_ms;
+    match db.get_string(&args[1], now) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            reply::null(session.out, session.client.protocol);
+            return;
+        }
+        Err(WrongType) => {
+            reply::error(session.out, WRONGTYPE);
+            return;
+        }
+    }
+    let deadline = match expiry {
+        Some((form, amount)) => match deadline(session, form, amount, "getex") {
+            Some(deadline) => Some(deadline),
+            None => return,
+        },
+        None => None,
+    };
+    if let Ok(Some(value)) = db.get_string(&args[1], now) {
+        reply::bulk(session.out, value);
+    }
+    if deadline.is_some() {
+        db.set_deadline(&args[1], deadline, now);
+    } else if persist && db.get(&args[1], now).is_some_and(|entry| entry.expires_at_ms.is_some()) {
+        db.set_deadline(&args[1], None, now);
+    }
+}
+
+/// `SETRANGE key offset value`: writes `value` at byte `offset`, padding with zero bytes; the
+/// new length. An empty `value` changes nothing (and creates no key).
+pub(super) fn setrange(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
+    let (key, value): (&[u8], &[u8]) = (&args[1], &args[3]);
+    let Some(offset) = resp::parse_i64(&args[2]) else {
+        reply::error(session.out, NOT_AN_INTEGER);
+        return;
+    };
+    let Ok(offset) = usize::try_from(offset) else {
+        reply::error(session.out, "ERR offset is out of range");
+        return;
+    };
+    let too_long = || offset.checked_add(value.len()).is_none_or(|end| end > MAX_BULK_LEN);
+    let now = session.now_ms;
+    let len = match db.string_mut(key, now) {
+        Err(WrongType) => {
+            reply::error(session.out, WRONGTYPE);
+            return;
+        }
+        Ok(Some(old)) if value.is_empty() => old.len(),
+        Ok(None) if value.is_empty() => 0,
+        _ if too_long() => {
+            reply::error(
+                session.out,
+                "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
+            );
+            return;
+        }
+        Ok(Some(old)) => {
+            let end = offset + value.len();
+            if old.len() < end {
+                old.resize(end, 0);
+            }
+            old[offset..end].copy_from_slice(value);
+            let len = old.len();
+            db.touch(key);
+            len
+        }
+        Ok(None) => {
+            let mut new = vec![0; offset];
+            new.extend_from_slice(value);
+            db.set(key, &new, None, now);
+            new.len()
+        }
+    };
+    reply::integer(session.out, i64::try_from(len).unwrap_or(i64::MAX));
+}
+
+/// `GETRANGE key start end` (and `SUBSTR`): the bytes from `start` to `end`, both included,
+/// negative offsets counting from the end; empty for a missing key.
+pub(super) fn getrange(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
+    let (Some(start), Some(end)) = (resp::parse_i64(&args[2]), resp::parse_i64(&args[3])) else {
+        reply::error(session.out, NOT_AN_INTEGER);
+        return;
+    };
+    let value = match db.get_string(&args[1], session.now_ms) {
+        Ok(value) => value.unwrap_or_default(),
+        Err(WrongType) => {
+            reply::error(session.out, WRONGTYPE);
+            return;
+        }
+    };
+    // Redis's arithmetic, step by step (t_string.c, getrangeCommand).
+    let len = i64::try_from(value.len()).unwrap_or(i64::MAX);
+    if start < 0 && end < 0 && start > end {
+        reply::bulk(session.out, b"");
+        return;
+    }
+    let start = if start < 0 { len + start } else { start }.max(0);
+    let end = if end < 0 { len + end } else { end }.max(0).min(len - 1);
+    if start > end || len == 0 {
+        reply::bulk(session.out, b"");
+        return;
+    }
+    // 0 <= start <= end < len here.
+    let (start, end) = (start as usize, end as usize);
+    reply::bulk(session.out, &value[start..=end]);
+}
+
+/// `INCRBYFLOAT key increment`: the new value, as text. The sum is computed in 64-bit floating
+/// point and written as the shortest text that reads back as it (redis computes in `long
+/// double` and writes 17 decimals, trimmed: the two differ in the last digits of sums that
+/// are not exact in binary, such as `0.1 + 0.2`). The key keeps its deadline.
+pub(super) fn incrbyfloat(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
+    const NOT_A_FLOAT: &str = "ERR value is not a valid float";
+    let key = &args[1];
+    let Some(increment) = parse_float(&args[2]) else {
+        reply::error(session.out, NOT_A_FLOAT);
+        return;
+    };
+    let now = session.now_ms;
+    let current = match db.get_string(key, now) {
+        Ok(Some(value)) => match parse_float(value) {
+            Some(current) => current,
+            None => {
+                reply::error(session.out, NOT_A_FLOAT);
+                return;
+            }
+        },
+        Ok(None) => 0.0,
+        Err(WrongType) => {
+            reply::error(session.out, WRONGTYPE);
+            return;
+        }
+    };
+    let sum = current + increment;
+    if !sum.is_finite() {
+        reply::error(session.out, "ERR increment would produce NaN or Infinity");
+        return;
+    }
+    let mut text = Vec::with_capacity(24);
+    write_float(&mut text, sum);
+    db.set_keep_deadline(key, &text, now);
+    reply::bulk(session.out, &text);
+}
+
+/// A floating-point number as redis reads one (`strtod`): decimal or exponent notation, `inf`,
+/// with no space around it; never NaN.
+pub(super) fn parse_float(bytes: &[u8]) -> Option<f64> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    if text.starts_with(|c: char| c.is_ascii_whitespace()) {
+        return None;
+    }
+    text.parse::<f64>().ok().filter(|value| !value.is_nan())
+}
+
+/// `value` as `INCRBYFLOAT` stores it: positional notation, no exponent, no trailing zeros.
+fn write_float(out: &mut Vec<u8>, value: f64) {
+    use std::io::Write as _;
+    if value == 0.0 {
+        out.push(b'0');
+    } else {
+        let _ = write!(out, "{value}");
+    }
+}
