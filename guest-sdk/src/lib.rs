@@ -63,6 +63,34 @@ pub mod transform;
 
 pub use ctx::{ConnId, ConnInfo, Ctx};
 pub use list::List;
+
+/// Figures only the host knows, for a server that reports them (as redis's `INFO` does). Outside
+/// a host (an app's native unit tests) they read 0.
+pub mod host {
+    /// The host process's resident memory, in bytes (`VmRSS`); 0 where unknown.
+    pub fn resident_memory() -> u64 {
+        #[cfg(target_arch = "wasm32")]
+        {
+            crate::runtime::bindings::tasuki::server::host_info::resident_memory()
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            0
+        }
+    }
+
+    /// The most connections the host keeps open at once (`tasuki run --max-connections`).
+    pub fn max_connections() -> u32 {
+        #[cfg(target_arch = "wasm32")]
+        {
+            crate::runtime::bindings::tasuki::server::host_info::max_connections()
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            0
+        }
+    }
+}
 pub use map::{FixedState, Map};
 pub use migrations::Migrations;
 pub use transform::Transform;

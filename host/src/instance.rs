@@ -146,6 +146,7 @@ impl Instance {
                 .instances(64)
                 .build(),
             effects: Vec::new(),
+            max_connections: runtime.limits.max_connections,
         };
         let mut store = Store::new(&runtime.engine, state);
         store.limiter(|s| &mut s.limits);

@@ -28,6 +28,8 @@ pub struct InstanceState {
     pub(crate) table: ResourceTable,
     pub(crate) limits: StoreLimits,
     pub(crate) effects: Vec<Effect>,
+    /// `--max-connections`, for `host-info`.
+    pub(crate) max_connections: usize,
 }
 
 impl std::fmt::Debug for InstanceState {

@@ -162,3 +162,26 @@ fn plain_redis_benchmark_runs_every_test_kv_covers() {
     assert!(ok || streams_only, "an error reply:\n{stderr}");
     assert!(!stderr.contains("Error") || streams_only, "{stderr}");
 }
+
+/// `INFO` reports what only the host knows, as redis's fields: the process's resident memory
+/// and the connection limit the host was started with.
+#[test]
+fn info_reports_the_hosts_resident_memory_and_connection_limit() {
+    let host = TestHost::with(tasuki::HostConfig {
+        app: artifacts::KV_V4.into(),
+        limits: tasuki::limits::Limits { max_connections: 123, ..Default::default() },
+        ..tasuki::HostConfig::default()
+    });
+    let mut client = host.client();
+    let info: String = redis::cmd("INFO").arg("clients").arg("memory").query(&mut client).unwrap();
+    let field = |name: &str| -> u64 {
+        let line = info
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in {info}"));
+        line.trim().parse().unwrap_or_else(|_| panic!("{name}: {line}"))
+    };
+    assert_eq!(field("maxclients"), 123);
+    // The host process (wasmtime, the instance's memory) holds far more than a megabyte.
+    assert!(field("used_memory_rss") > 1 << 20, "{info}");
+}

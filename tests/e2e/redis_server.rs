@@ -141,6 +141,10 @@ const INFO_FIELDS_NORMALISED: &[&str] = &[
     "uptime_in_seconds",
     "used_memory",
     "used_memory_human",
+    "used_memory_rss",
+    "used_memory_rss_human",
+    // A configured limit: redis lowers its own to what the open-file limit allows.
+    "maxclients",
     "total_connections_received",
     "total_commands_processed",
     "instantaneous_ops_per_sec",

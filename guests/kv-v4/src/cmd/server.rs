@@ -337,16 +337,23 @@ pub(super) fn info(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
             ),
             "clients" => write!(
                 text,
-                "# Clients\r\nconnected_clients:{}\r\nblocked_clients:0\r\ntracking_clients:0\r\n",
-                connected(session)
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\n\
+                 tracking_clients:0\r\n",
+                connected(session),
+                tasuki_guest::host::max_connections()
             ),
             "memory" => {
                 let used = used_memory();
+                // The host's resident memory: the process holds every instance and the
+                // host's buffers, which is what a dashboard sizing the machine wants.
+                let rss = tasuki_guest::host::resident_memory();
                 write!(
                     text,
-                    "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\nmaxmemory:0\r\n\
+                    "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\n\
+                     used_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\nmaxmemory:0\r\n\
                      maxmemory_human:0B\r\nmaxmemory_policy:noeviction\r\n",
-                    human(used)
+                    human(used),
+                    human(rss)
                 )
             }
             "persistence" => text.write_str(
