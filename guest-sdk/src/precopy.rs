@@ -429,6 +429,9 @@ pub(crate) trait Sink {
     fn built(self: Box<Self>) -> Box<dyn Any>;
 }
 
+/// A stream's built collection and its counts (elements, records applied).
+pub(crate) type Built = (Box<dyn Any>, (usize, u64));
+
 /// What one reader built or will rewrite, stream by stream.
 #[derive(Default)]
 pub(crate) struct Reader {
@@ -436,8 +439,8 @@ pub(crate) struct Reader {
     /// Streams the skeleton being decoded registered just now (a conversion may replace their
     /// sink; an older stream's sink holds entries already and is kept).
     pub(crate) fresh: Vec<u32>,
-    /// During [`Mode::Resolve`]: the built collections not yet taken, with their lengths.
-    pub(crate) built: HashMap<u32, (Box<dyn Any>, (usize, u64))>,
+    /// During [`Mode::Resolve`]: the built collections not yet taken, with their counts.
+    pub(crate) built: HashMap<u32, Built>,
     /// During [`Mode::Resolve`]: references no collection type took yet (a conversion must).
     pub(crate) unresolved: Vec<u32>,
     /// During [`Mode::Reference`] serialization: the streams written.
