@@ -110,9 +110,13 @@ impl Entry {
 pub(crate) struct Db {
     entries: Map<Vec<u8>, Entry>,
     /// Keys with a deadline, earliest first. Derived from `entries`: rebuilt by
-    /// [`Db::rebuild_deadlines`] after an upgrade instead of transferred.
+    /// [`Db::start_rebuild`] after an upgrade instead of transferred.
     #[serde(skip)]
     deadlines: BTreeSet<(u64, Vec<u8>)>,
+    /// While the index is being rebuilt after an upgrade: entries at positions below this are
+    /// not indexed yet (0 when the index is whole). See [`Db::start_rebuild`].
+    #[serde(skip)]
+    unindexed: usize,
     /// Who watches which key. Derived from the connections' state: rebuilt after an upgrade.
     #[serde(skip)]
     pub(crate) watches: Watches,
@@ -122,7 +126,40 @@ pub(crate) struct Db {
 }
 
 impl Db {
-    /// Derives the deadline index from the entries, after the state was imported.
+    /// Starts deriving the deadline index from the entries, after the state was imported: a
+    /// batch at a time ([`Db::rebuild_some`]), so that an upgrade's pause does not walk every
+    /// key. Until it is whole, lazy expiry checks every key it touches (the index cannot tell
+    /// whether one is overdue) and the expiry timer keeps firing to carry the rebuild on.
+    ///
+    /// The scan goes from the last position down: a removal moves the last entry into the hole,
+    /// so an entry only ever moves from the scanned part into the unscanned one (scanned again,
+    /// harmlessly), never the other way; entries added meanwhile are indexed as they are set.
+    pub(crate) fn start_rebuild(&mut self) {
+        self.deadlines.clear();
+        self.unindexed = self.entries.len();
+    }
+
+    /// True while the deadline index is being rebuilt.
+    pub(crate) fn rebuilding(&self) -> bool {
+        self.unindexed > 0
+    }
+
+    /// Indexes up to `batch` more entries of the rebuild under way.
+    pub(crate) fn rebuild_some(&mut self, batch: usize) {
+        let end = self.unindexed.min(self.entries.len());
+        let start = end.saturating_sub(batch);
+        for index in start..end {
+            if let Some((key, entry)) = self.entries.get_index(index)
+                && let Some(deadline) = entry.expires_at_ms
+            {
+                self.deadlines.insert((deadline, key.clone()));
+            }
+        }
+        self.unindexed = start;
+    }
+
+    /// Derives the whole deadline index from the entries at once.
+    #[cfg(test)]
     pub(crate) fn rebuild_deadlines(&mut self) {
         self.deadlines = self
             .entries
@@ -492,7 +529,7 @@ impl Db {
     /// Lazy expiry: removes `key` if its deadline has passed. Costs a lookup only while some key
     /// is overdue, which the expiry timer keeps rare.
     fn expire_if_due(&mut self, key: &[u8], now_ms: u64) {
-        if self.next_deadline().is_some_and(|deadline| deadline <= now_ms)
+        if (self.rebuilding() || self.next_deadline().is_some_and(|deadline| deadline <= now_ms))
             && self.entries.get(key).is_some_and(|entry| entry.is_expired(now_ms))
         {
             self.remove_entry(key);
@@ -624,6 +661,33 @@ mod tests {
         assert_eq!((db.len(150), db.with_deadline(150)), (2, 1));
         assert_eq!(live_keys(&mut db, 150), [b"b".to_vec(), b"c".to_vec()]);
         assert_eq!(live_keys(&mut db, 250), [b"c".to_vec()]);
+    }
+
+    /// After an upgrade the index is rebuilt a batch at a time; meanwhile an overdue key the
+    /// rebuild has not reached yet still reads as missing, and removals during the rebuild
+    /// (which move entries) leave the finished index exact.
+    #[test]
+    fn the_index_rebuilt_in_batches_is_exact_and_lazy_expiry_holds_meanwhile() {
+        let mut db = Db::default();
+        for i in 0..100u64 {
+            let deadline = if i % 3 == 0 { None } else { Some(50 + i) };
+            db.set(format!("k{i}").as_bytes(), b"v", deadline, 0);
+        }
+        let mut whole = Db { entries: db.entries.clone(), ..Db::default() };
+        whole.rebuild_deadlines();
+        db.start_rebuild();
+        db.rebuild_some(10);
+        assert!(db.rebuilding());
+        assert!(db.get(b"k1", 60).is_none(), "lazy expiry while the index is partial");
+        whole.remove(b"k1", 0);
+        for i in [2u64, 5, 40, 97] {
+            db.remove(format!("k{i}").as_bytes(), 0);
+            whole.remove(format!("k{i}").as_bytes(), 0);
+        }
+        while db.rebuilding() {
+            db.rebuild_some(7);
+        }
+        assert_eq!(db.deadlines, whole.deadlines);
     }
 
     #[test]

@@ -67,6 +67,11 @@ const EXPIRY_TIMER: u64 = 1;
 /// to fire again at once, and requests get their turn in between.
 const EXPIRY_BATCH: usize = 1000;
 
+/// How many entries one firing of the expiry timer indexes while the deadline index is rebuilt
+/// after an upgrade (see `Db::start_rebuild`): a few hundred microseconds of work, so requests
+/// get their turn between batches.
+const REBUILD_BATCH: usize = 10_000;
+
 /// The whole transferable state of release 4, state version 4.
 ///
 /// Its encoding is what the `kv-v3-to-v4` transformer writes from a frozen copy: change a
@@ -163,6 +168,7 @@ impl Server for Kv {
         }
         self.timer_armed_for = None;
         let now_ms = ctx.now_ms();
+        self.db.rebuild_some(REBUILD_BATCH);
         self.db.remove_expired(now_ms, EXPIRY_BATCH);
         self.mark_broken_watches(None);
         self.arm_expiry_timer(ctx, now_ms);
@@ -287,7 +293,10 @@ impl Kv {
     /// Derives what is not transferred from what is: the deadline index, the watchers of each
     /// key; the expiry timer is to be armed again.
     fn rebuild_indexes(&mut self) {
-        self.db.rebuild_deadlines();
+        // One batch of the deadline index here, inside the upgrade's pause (all of it for a
+        // small keyspace); the expiry timer rebuilds the rest, a batch per firing.
+        self.db.start_rebuild();
+        self.db.rebuild_some(REBUILD_BATCH);
         self.db.watches.clear();
         for (conn, client) in &self.clients {
             for key in &client.watched {
@@ -314,7 +323,8 @@ impl Kv {
     /// when the earliest deadline moves earlier keeps the timer off the hot path: a timer that
     /// fires early finds nothing due and is armed for the next deadline then.
     fn expiry_timer_due(&mut self, now_ms: u64) -> Option<Duration> {
-        let next = self.db.next_deadline()?;
+        // While the deadline index is rebuilt, the timer fires at once to carry it on.
+        let next = if self.db.rebuilding() { now_ms } else { self.db.next_deadline()? };
         if self.timer_armed_for.is_some_and(|armed| armed <= next) {
             return None;
         }
