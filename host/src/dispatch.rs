@@ -154,9 +154,7 @@ struct Building {
     /// The live value's generation the session was opened on: a rebuild ends it.
     generation: u64,
     started: Instant,
-    steps: u32,
-    lowest: u64,
-    since_lowest: u32,
+    pace: precopy::Pace,
 }
 
 /// What a recovery recovers from.
@@ -301,9 +299,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                         chunks: Vec::new(),
                         generation: self.live.generation(),
                         started: Instant::now(),
-                        steps: 0,
-                        lowest: u64::MAX,
-                        since_lowest: 0,
+                        pace: precopy::Pace::new(self.precopy_budget),
                     });
                     return;
                 }
@@ -337,16 +333,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             Err(e) => return self.checkpoint_failed(&e),
         };
         building.chunks.extend(batch.chunks);
-        building.steps += 1;
-        if batch.pending < building.lowest {
-            building.lowest = batch.pending;
-            building.since_lowest = 0;
-        } else {
-            building.since_lowest += 1;
-        }
-        let done = batch.pending <= self.precopy_budget.chunk / 4
-            || building.since_lowest >= self.precopy_budget.stall_steps;
-        if done {
+        if building.pace.step(batch.pending) == precopy::Next::Pause {
             self.checkpoint_finish();
         }
     }
@@ -369,7 +356,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 );
                 debug!(
                     bytes,
-                    steps = building.steps,
+                    steps = building.pace.steps(),
                     took_us = building.started.elapsed().as_micros() as u64,
                     "checkpoint from chunks"
                 );
@@ -810,10 +797,6 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             max_state: self.limits.max_state,
         };
         let swap = upgrade::swap(&mut self.live, underway, boundary);
-        if let Swap::Committed { report, .. } = &swap {
-            debug!(pause_us = paused.elapsed().as_micros() as u64, "swap done");
-            let _ = report;
-        }
         let mut swapped = self.ended(swap);
         if let Ok(report) = &mut swapped.outcome {
             report.pause = paused.elapsed();

@@ -6,8 +6,8 @@
 //! - [`limits`], [`clock`], [`bindings`], [`sandbox`]: every bound put on a guest, named; the
 //!   wall clock guests read, frozen per event; the generated WIT bindings; what a guest may reach.
 //! - [`store`]: what a wasmtime store holds — WASI, the memory limiter, the effects a call
-//!   queued. `net` and `timers` are the host side of the `tasuki:server` imports (one module per
-//!   interface); `timers` also holds the host's timer queue.
+//!   queued. `net`, `timers` and `host_info` are the host side of the `tasuki:server` imports
+//!   (one module per interface); `timers` also holds the host's timer queue.
 //! - [`runtime`]: once per process — the engine, the linkers, the epoch ticker.
 //! - [`version`]: once per app version — read, validate, compile, link.
 //! - [`instance`]: once per instance — a store and the guest's exports, with a deadline on every
@@ -41,6 +41,7 @@ pub mod control;
 mod dispatch;
 mod event_loop;
 pub mod host;
+mod host_info;
 pub mod instance;
 pub mod limits;
 mod live;

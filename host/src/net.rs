@@ -1,6 +1,5 @@
 //! `tasuki:server/net`: the guest queues bytes and closes; the dispatcher applies them after the
-//! call returns. The guest never touches a socket. Also `tasuki:server/host-info`: what only the
-//! host knows (its resident memory, its connection limit), read when the guest asks.
+//! call returns. The guest never touches a socket.
 
 use crate::bindings::tasuki::server::net;
 use crate::store::{Effect, InstanceState};
@@ -13,24 +12,4 @@ impl net::Host for InstanceState {
     fn close(&mut self, conn: u64) {
         self.effects.push(Effect::Close(conn));
     }
-}
-
-impl crate::bindings::tasuki::server::host_info::Host for InstanceState {
-    fn resident_memory(&mut self) -> u64 {
-        resident_memory()
-    }
-
-    fn max_connections(&mut self) -> u32 {
-        u32::try_from(self.max_connections).unwrap_or(u32::MAX)
-    }
-}
-
-/// The process's resident memory in bytes: the second field of `/proc/self/statm` (pages)
-/// times the page size; 0 where that file is missing.
-pub(crate) fn resident_memory() -> u64 {
-    let pages = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0);
-    pages * rustix::param::page_size() as u64
 }

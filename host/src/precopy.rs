@@ -46,6 +46,63 @@ impl Default for Budget {
     }
 }
 
+/// When a run of steps should end: what is owed fell to a quarter chunk (converged), or it made
+/// no new low for [`Budget::stall_steps`] steps, or the steps passed [`Budget::max_steps`].
+/// Paces an upgrade's pre-copy and a checkpoint built from chunks alike.
+#[derive(Debug, Clone)]
+pub(crate) struct Pace {
+    budget: Budget,
+    steps: u32,
+    /// Bytes owed after the last step; `None` before the first.
+    owed: Option<u64>,
+    lowest: u64,
+    since_lowest: u32,
+    converged: bool,
+}
+
+impl Pace {
+    pub(crate) fn new(budget: Budget) -> Self {
+        Self { budget, steps: 0, owed: None, lowest: u64::MAX, since_lowest: 0, converged: false }
+    }
+
+    /// Notes a step that left `owed` bytes owed, and says whether to step again.
+    pub(crate) fn step(&mut self, owed: u64) -> Next {
+        self.steps += 1;
+        self.owed = Some(owed);
+        if owed <= self.budget.chunk / 4 {
+            self.converged = true;
+            return Next::Pause;
+        }
+        if owed < self.lowest {
+            self.lowest = owed;
+            self.since_lowest = 0;
+        } else {
+            self.since_lowest += 1;
+        }
+        if self.since_lowest >= self.budget.stall_steps || self.steps >= self.budget.max_steps {
+            return Next::Pause;
+        }
+        Next::Continue
+    }
+
+    pub(crate) fn budget(&self) -> Budget {
+        self.budget
+    }
+
+    pub(crate) fn steps(&self) -> u32 {
+        self.steps
+    }
+
+    /// Bytes owed after the last step (0 before the first).
+    pub(crate) fn owed(&self) -> u64 {
+        self.owed.unwrap_or(0)
+    }
+
+    pub(crate) fn converged(&self) -> bool {
+        self.converged
+    }
+}
+
 /// What a pre-copy did, in the upgrade report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrecopyReport {
@@ -77,6 +134,13 @@ pub(crate) enum StepError {
     TooLarge { bytes: u64, limit: u64 },
 }
 
+impl StepError {
+    /// True if the old instance trapped: its session went with it, and it needs a rebuild.
+    pub(crate) fn old_trapped(&self) -> bool {
+        matches!(self, Self::Export(e) if e.trap().is_some())
+    }
+}
+
 /// What to do after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Next {
@@ -93,16 +157,11 @@ pub(crate) struct Session {
     /// Every chunk the new instance took, after the transformers: with the final snapshot,
     /// the new version's first checkpoint.
     imported: Vec<Chunk>,
-    budget: Budget,
+    pace: Pace,
     /// The live value's generation the session was opened on: a rebuild ends it.
     generation: u64,
     started: Instant,
-    steps: u32,
     bytes: u64,
-    owed: u64,
-    lowest: u64,
-    since_lowest: u32,
-    converged: bool,
 }
 
 impl Session {
@@ -131,15 +190,10 @@ impl Session {
         let mut session = Self {
             chain,
             imported: Vec::new(),
-            budget,
+            pace: Pace::new(budget),
             generation: live.generation(),
             started: Instant::now(),
-            steps: 0,
             bytes: 0,
-            owed: u64::MAX,
-            lowest: u64::MAX,
-            since_lowest: 0,
-            converged: false,
         };
         match session.step(live, new, max_state) {
             Ok(_) => Ok(Some(session)),
@@ -162,12 +216,12 @@ impl Session {
 
     /// Steps so far, bytes moved, bytes still owed.
     pub(crate) fn progress(&self) -> (u32, u64, u64) {
-        (self.steps, self.bytes, if self.owed == u64::MAX { 0 } else { self.owed })
+        (self.pace.steps(), self.bytes, self.pace.owed())
     }
 
     /// How the session paces itself.
     pub(crate) fn budget(&self) -> Budget {
-        self.budget
+        self.pace.budget()
     }
 
     /// Bytes of chunks moved so far.
@@ -187,10 +241,8 @@ impl Session {
         new: &mut Instance,
         max_state: u64,
     ) -> Result<Next, StepError> {
-        let batch = live.precopy_next(self.budget.chunk).map_err(StepError::Export)?;
-        self.steps += 1;
+        let batch = live.precopy_next(self.pace.budget().chunk).map_err(StepError::Export)?;
         self.bytes += chunk_bytes(&batch.chunks);
-        self.owed = batch.pending;
         if self.bytes > max_state {
             return Err(StepError::TooLarge { bytes: self.bytes, limit: max_state });
         }
@@ -198,22 +250,7 @@ impl Session {
         new.import_chunks(&chunks).map_err(StepError::Import)?;
         new.discard_effects();
         self.imported.extend(chunks);
-
-        if self.owed <= self.budget.chunk / 4 {
-            self.converged = true;
-            return Ok(Next::Pause);
-        }
-        if self.owed < self.lowest {
-            self.lowest = self.owed;
-            self.since_lowest = 0;
-        } else {
-            self.since_lowest += 1;
-        }
-        let stalled = self.since_lowest >= self.budget.stall_steps;
-        if stalled || self.steps >= self.budget.max_steps {
-            return Ok(Next::Pause);
-        }
-        Ok(Next::Continue)
+        Ok(self.pace.step(batch.pending))
     }
 
     /// Inside the pause: the final chunks through the transformers, and the report. Returns
@@ -234,12 +271,12 @@ impl Session {
     /// the pause.
     pub(crate) fn end(self, paused_bytes: u64, paused: Instant) -> (Vec<Chunk>, PrecopyReport) {
         let report = PrecopyReport {
-            steps: self.steps,
+            steps: self.pace.steps(),
             bytes: self.bytes,
             took: paused.saturating_duration_since(self.started),
-            owed_at_pause: if self.owed == u64::MAX { 0 } else { self.owed },
+            owed_at_pause: self.pace.owed(),
             paused_bytes,
-            converged: self.converged,
+            converged: self.pace.converged(),
         };
         (self.imported, report)
     }

@@ -184,6 +184,12 @@ struct Session {
 }
 
 impl Session {
+    /// Each call gets the whole `--upgrade-deadline`: one session serves many calls (every
+    /// pre-copy batch, then the final snapshot).
+    fn arm_deadline(&mut self) {
+        self.store.set_epoch_deadline(limits::ticks(self.owner.runtime.limits.upgrade_deadline));
+    }
+
     fn trap(&self, e: &wasmtime::Error) -> TransformError {
         TransformError::Trap { name: self.owner.info.name.clone(), trap: Trap::from_error(e) }
     }
@@ -191,7 +197,8 @@ impl Session {
     /// Rewrites the chunks of the sections the transformer claims; the others pass around it.
     fn chunks(&mut self, chunks: Vec<Chunk>) -> Result<Vec<Chunk>, TransformError> {
         let name = self.owner.info.name.clone();
-        let claimed = |c: &Chunk| self.owner.reads(&c.section) == Some(c.version);
+        let owner = Arc::clone(&self.owner);
+        let claimed = |c: &Chunk| owner.reads(&c.section) == Some(c.version);
         if !chunks.iter().any(claimed) {
             return Ok(chunks);
         }
@@ -201,7 +208,7 @@ impl Session {
                 reason: "it predates pre-copy (no `transform-chunks` export)".into(),
             });
         };
-        self.store.set_epoch_deadline(limits::ticks(self.owner.runtime.limits.upgrade_deadline));
+        self.arm_deadline();
         let (mine, others): (Vec<Chunk>, Vec<Chunk>) = chunks.into_iter().partition(claimed);
         let out = guest
             .call_transform_chunks(&mut self.store, &mine)
@@ -242,7 +249,7 @@ impl Session {
         input.extend(others.iter().filter(|s| s.name == PRECOPY_SECTION).cloned());
         let input =
             Snapshot { app: app.clone(), app_version: app_version.clone(), sections: input };
-        self.store.set_epoch_deadline(limits::ticks(self.owner.runtime.limits.upgrade_deadline));
+        self.arm_deadline();
         let output = self
             .transform
             .call_transform(&mut self.store, &input)

@@ -354,11 +354,7 @@ pub(crate) fn begin(
         Ok(Some(session)) => Begun::Precopy(Underway { next, precopy: Some(session) }),
         Ok(None) => Begun::Full(Underway { next, precopy: None }),
         Err(error) => {
-            let trapped = matches!(&error, precopy::StepError::Export(e) if e.trap().is_some());
-            if !trapped {
-                live.precopy_abort();
-            }
-            let error = step_error(live.app(), AppVersion::from(&next.info), error);
+            let error = failed(live, AppVersion::from(&next.info), error);
             Begun::Failed(Swap::RolledBack { error, retired: Box::new(next.instance) })
         }
     }
@@ -381,12 +377,7 @@ fn restart(
     tracing::info!("{} was rebuilt during the pre-copy; starting the pre-copy over", live.app());
     let begun =
         precopy::Session::begin(live, &mut next.instance, &next.pipeline, budget, max_state);
-    underway.precopy = begun.map_err(|error| {
-        if !matches!(&error, precopy::StepError::Export(e) if e.trap().is_some()) {
-            live.precopy_abort();
-        }
-        step_error(live.app(), AppVersion::from(&next.info), error)
-    })?;
+    underway.precopy = begun.map_err(|error| failed(live, AppVersion::from(&next.info), error))?;
     Ok(())
 }
 
@@ -404,17 +395,18 @@ pub(crate) fn step(
     }
     let Underway { next, precopy } = underway;
     let Some(session) = precopy else { return Ok(precopy::Next::Pause) };
-    let running = live.app();
-    match session.step(live, &mut next.instance, max_state) {
-        Ok(next) => Ok(next),
-        Err(error) => {
-            let trapped = matches!(&error, precopy::StepError::Export(e) if e.trap().is_some());
-            if !trapped {
-                live.precopy_abort();
-            }
-            Err(step_error(running, AppVersion::from(&next.info), error))
-        }
+    session
+        .step(live, &mut next.instance, max_state)
+        .map_err(|error| failed(live, AppVersion::from(&next.info), error))
+}
+
+/// A pre-copy step failed: the old instance's session is closed (unless it trapped, taking the
+/// session with it) and the rollback says why.
+fn failed(live: &mut Live, new: AppVersion, error: precopy::StepError) -> UpgradeError {
+    if !error.old_trapped() {
+        live.precopy_abort();
     }
+    step_error(live.app(), new, error)
 }
 
 fn step_error(running: AppVersion, new: AppVersion, error: precopy::StepError) -> UpgradeError {
