@@ -42,6 +42,7 @@
 //! - [`Migrations`]: older state versions an app accepts.
 //! - [`Transform`], [`export_transform!`]: a state transformer, for when a release should not
 //!   carry the old state type itself.
+//! - [`heap`]: the memory the app uses, as its allocator counts it.
 //! - `runtime` (hidden): the glue between the generated bindings and a [`Server`].
 #![deny(missing_docs)]
 
@@ -50,6 +51,7 @@ extern crate self as tasuki_guest;
 
 mod collection;
 mod ctx;
+pub mod heap;
 mod list;
 mod map;
 mod migrations;
@@ -234,6 +236,15 @@ macro_rules! export {
                     chunks: ::std::vec::Vec<__types::Chunk>,
                 ) -> ::core::result::Result<(), ::std::string::String> {
                     RUNTIME.with_borrow_mut(|rt| rt.import_chunks(chunks))
+                }
+            }
+
+            impl __exports::memory::Guest for __TasukiExport {
+                fn usage() -> __exports::memory::MemoryUsage {
+                    __exports::memory::MemoryUsage {
+                        heap_in_use: $crate::heap::in_use(),
+                        linear_memory: $crate::heap::linear_memory(),
+                    }
                 }
             }
 

@@ -87,6 +87,12 @@ impl<T> List<T> {
         self.readable().len()
     }
 
+    /// How many elements fit before it allocates again. It shrinks when at most 1/8 of it is in
+    /// use (a removal, [`Self::clear`]), so that memory freed by deletes can be given back.
+    pub fn capacity(&self) -> usize {
+        self.readable().capacity()
+    }
+
     /// True if the list holds no element.
     pub fn is_empty(&self) -> bool {
         self.readable().is_empty()
@@ -164,6 +170,7 @@ impl<T> List<T> {
                 track.hi = end;
             }
         }
+        give_back(elements);
         Some(value)
     }
 
@@ -184,6 +191,7 @@ impl<T> List<T> {
                 track.hi = track.origin;
             }
         }
+        give_back(elements);
         Some(value)
     }
 
@@ -212,13 +220,16 @@ impl<T> List<T> {
     /// whole list is copied again.
     pub fn remove(&mut self, index: usize) -> Option<T> {
         self.restart();
-        self.elements.remove(index)
+        let value = self.elements.remove(index);
+        give_back(&mut self.elements);
+        value
     }
 
     /// Removes every element. During an upgrade the list starts a new stream.
     pub fn clear(&mut self) {
         self.restart();
         self.elements.clear();
+        give_back(&mut self.elements);
     }
 
     /// Every element, mutably. During an upgrade the whole list is copied again.
@@ -590,5 +601,15 @@ where
 
     fn built(self: Box<Self>) -> Box<dyn Any> {
         Box::new(())
+    }
+}
+
+/// A list at most 1/8 full gives memory back, as [`crate::Map`] does (redis's dicts shrink at
+/// the same fill): to twice its length, `O(len)` once per halving or more, in order.
+fn give_back<T>(elements: &mut VecDeque<T>) {
+    use crate::map::{SHRINK_BELOW, SHRINK_MIN};
+    let capacity = elements.capacity();
+    if capacity > SHRINK_MIN && elements.len() * SHRINK_BELOW <= capacity {
+        elements.shrink_to(elements.len() * 2);
     }
 }

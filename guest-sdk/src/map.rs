@@ -88,6 +88,12 @@ impl<K, V> Map<K, V> {
         self.readable().len()
     }
 
+    /// How many entries fit before it allocates again. It shrinks when at most 1/8 of it is in
+    /// use (a removal, [`Self::clear`]), so that memory freed by deletes can be given back.
+    pub fn capacity(&self) -> usize {
+        self.readable().capacity()
+    }
+
     /// True if the map holds no entry.
     pub fn is_empty(&self) -> bool {
         self.readable().is_empty()
@@ -120,6 +126,7 @@ impl<K, V> Map<K, V> {
     pub fn clear(&mut self) {
         self.extra.restart();
         self.entries.clear();
+        give_back(&mut self.entries);
     }
 
     /// Every value, mutably. During an upgrade this makes the whole map be copied again
@@ -134,6 +141,11 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
     /// The value under `key`.
     pub fn get<Q: ?Sized + Hash + Equivalent<K>>(&self, key: &Q) -> Option<&V> {
         self.readable().get(key)
+    }
+
+    /// The entry under `key`: the stored key and its value.
+    pub fn get_key_value<Q: ?Sized + Hash + Equivalent<K>>(&self, key: &Q) -> Option<(&K, &V)> {
+        self.readable().get_key_value(key)
     }
 
     /// True if `key` has an entry.
@@ -203,6 +215,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
             track.cursor = track.cursor.min(entries.len());
             track.dirty.insert(key);
         }
+        give_back(entries);
         Some(value)
     }
 
@@ -230,6 +243,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
                 track.cursor = kept_below;
             }
         }
+        give_back(entries);
     }
 
     /// Converts every value with `convert`, keeping the keys: the way a migration or a
@@ -309,6 +323,25 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
             pass.met(stream, pending);
             Ok(Ref { stream, len: self.entries.len() as u64, records: track.records })
         })
+    }
+}
+
+/// A map at most this full gives memory back: redis shrinks a dict when at most 1/8 of it is
+/// used (`HASHTABLE_MIN_FILL` in its `server.h`). Without it a map emptied by deletes would keep
+/// its peak memory, and so would the instance (the host's compaction sees it as in use).
+pub(crate) const SHRINK_BELOW: usize = 8;
+
+/// Capacity below which a map keeps its memory: too little to matter.
+pub(crate) const SHRINK_MIN: usize = 64;
+
+/// Shrinks `entries` to twice its length when it is at most 1/[`SHRINK_BELOW`] full: `O(len)`
+/// (the entries move and the index is rebuilt from the stored hashes), once per halving or
+/// more of the map, so removals stay `O(1)` amortized. Order is kept, so a pre-copy session's
+/// cursor stays valid.
+fn give_back<K, V>(entries: &mut IndexMap<K, V, FixedState>) {
+    let capacity = entries.capacity();
+    if capacity > SHRINK_MIN && entries.len() * SHRINK_BELOW <= capacity {
+        entries.shrink_to(entries.len() * 2);
     }
 }
 

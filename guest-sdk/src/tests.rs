@@ -286,6 +286,43 @@ fn the_importer_ends_with_the_exporters_state_at_finish() {
 }
 
 #[test]
+fn collections_that_give_memory_back_mid_copy_still_arrive_whole() {
+    // Deletes leave the map and the list at most 1/8 full, so they shrink (and move their
+    // entries) while the pre-copy is half way through them.
+    let (batches, snapshot, expected) = thread::spawn(|| {
+        let mut rt = Runtime::<App>::new("1.0.0");
+        for i in 0..2000u64 {
+            rt.server_mut().words.insert(format!("k{i}").into_bytes(), i);
+            rt.server_mut().log.push_back(i);
+        }
+        let full = (rt.server_mut().words.capacity(), rt.server_mut().log.capacity());
+        rt.precopy_begin().unwrap();
+        let mut batches = vec![rt.precopy_next(4096).unwrap().chunks];
+        for i in (0..2000u64).filter(|i| i % 10 != 0) {
+            rt.server_mut().words.remove(format!("k{i}").as_bytes());
+            rt.server_mut().log.pop_front();
+        }
+        let app = rt.server_mut();
+        assert!(app.words.capacity() < full.0 / 2, "the map kept {} slots", app.words.capacity());
+        assert!(app.log.capacity() < full.1 / 2, "the list kept {} slots", app.log.capacity());
+        loop {
+            let batch = rt.precopy_next(4096).unwrap();
+            batches.push(batch.chunks);
+            if batch.pending == 0 {
+                break;
+            }
+        }
+        let (last, snapshot) = rt.precopy_finish().unwrap();
+        batches.push(last);
+        (batches, snapshot, rt.server_mut().clone())
+    })
+    .join()
+    .unwrap();
+    let imported: App = import(batches, snapshot);
+    assert_eq!(imported, expected);
+}
+
+#[test]
 fn a_migration_converts_each_chunk_as_it_arrives() {
     for seed in 1..=20 {
         let (batches, snapshot, expected) = export(seed, 200, 128);

@@ -38,6 +38,9 @@ pub enum Request {
     Snapshot {
         out: PathBuf,
     },
+    /// Swap the live instance for a fresh one of the same release (`tasuki compact`); the
+    /// answer is an [`Response::Upgraded`] whose report has `compaction` set.
+    Compact,
 }
 
 /// A host's answer.

@@ -145,6 +145,8 @@ pub(crate) struct Dispatcher<N, C> {
     snapshot_waiters: Vec<SnapshotReply>,
     /// How pre-copy paces itself.
     pub(crate) precopy_budget: precopy::Budget,
+    /// The upgrade under way is a compaction (a fresh instance of the live release).
+    compacting: bool,
 }
 
 /// A checkpoint under way: the chunks taken so far from the live instance's session.
@@ -201,6 +203,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             checkpointing: None,
             snapshot_waiters: Vec::new(),
             precopy_budget: precopy::Budget::default(),
+            compacting: false,
         };
         dispatcher.precopy_budget.chunk = dispatcher.limits.precopy_chunk;
         dispatcher.event_clock.freeze_at(dispatcher.clock.wall_ns());
@@ -722,10 +725,13 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// `None` while the pre-copy is under way: [`Dispatcher::upgrade_step`] carries it on.
     pub(crate) fn upgrade(&mut self, next: Prepared) -> Option<Swapped> {
         if self.upgrading.is_some() {
-            // The requester holds the upgrade lock, so this does not happen; refuse anyway.
+            // The requester holds the upgrade lock, so this does not happen; refuse anyway,
+            // leaving the record of the upgrade under way alone.
             let error = UpgradeError::InProgress;
-            return Some(self.ended(Swap::RolledBack { error, retired: Box::new(next.instance) }));
+            warn!("{error}");
+            return Some(Swapped { outcome: Err(error), retired: Box::new(next.instance) });
         }
+        self.compacting = next.compaction.is_some();
         self.event_clock.freeze_at(self.clock.wall_ns());
         if self.checkpointing.take().is_some() {
             // The checkpoint under way gives way to the upgrade (the last one stays good) and
@@ -743,6 +749,22 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             }
             Begun::Full(underway) => Some(self.pause_and_swap(underway)),
             Begun::Failed(swap) => Some(self.ended(swap)),
+        }
+    }
+
+    /// Asks the live instance how it uses its memory and tells `tasuki status`. A trap here is
+    /// a fault like any other: the instance is rebuilt.
+    pub(crate) fn check_memory(&mut self) {
+        if self.recovering {
+            return;
+        }
+        match self.live.memory_usage() {
+            Ok(usage) => self.shared.note_memory(usage),
+            Err(e) if e.trap().is_some() => {
+                let cause = format!("{} {e}, while reporting its memory", self.live.app());
+                self.recover(Fault { cause, skip: None, closed: Vec::new(), event_lost: false });
+            }
+            Err(_) => self.shared.note_memory(None),
         }
     }
 
@@ -817,6 +839,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// the rollback recorded (rebuilding the old instance if it trapped while exporting).
     fn ended(&mut self, swap: Swap) -> Swapped {
         self.shared.note_precopy(None);
+        let compacting = std::mem::take(&mut self.compacting);
         match swap {
             Swap::Committed { report, retired, timers } => {
                 if let Some(timers) = timers {
@@ -829,7 +852,11 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                     from = %report.from, to = %report.to, pause_us = report.pause.as_micros() as u64,
                     state_bytes = report.state_bytes, connections = report.connections, "upgraded"
                 );
-                self.shared.record_commit(&report, self.live.info().clone());
+                if report.compaction.is_some() {
+                    self.shared.record_compaction(Ok(&report));
+                } else {
+                    self.shared.record_commit(&report, self.live.info().clone());
+                }
                 self.publish_recovery();
                 Swapped { outcome: Ok(*report), retired }
             }
@@ -839,7 +866,11 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                     *rebuilt = self.export_failed(&cause.clone());
                 }
                 warn!("{error}");
-                self.shared.record_upgrade(Err(error.to_string()));
+                if compacting {
+                    self.shared.record_compaction(Err(error.to_string()));
+                } else {
+                    self.shared.record_upgrade(Err(error.to_string()));
+                }
                 Swapped { outcome: Err(error), retired }
             }
         }

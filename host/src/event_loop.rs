@@ -11,7 +11,7 @@
 use crate::bindings::ConnInfo;
 use crate::conn::{Conn, Connections};
 use crate::dispatch::{Dispatcher, SnapshotReply, Swapped, SystemClock, Tap};
-use crate::limits::{READ_BUDGET, READ_CHUNK};
+use crate::limits::{MEMORY_CHECK, READ_BUDGET, READ_CHUNK};
 use crate::live::Live;
 use crate::status::Shared;
 use crate::upgrade::Prepared;
@@ -20,7 +20,7 @@ use mio::{Events, Interest, Poll, Token};
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 /// Asks the loop to do something at the next event boundary.
@@ -46,6 +46,8 @@ pub(crate) struct EventLoop {
     upgrade_reply: Option<mpsc::SyncSender<Swapped>>,
     refused_connections: u64,
     read_buf: Vec<u8>,
+    /// When to ask the live instance for its memory use next.
+    next_memory_check: Instant,
 }
 
 impl EventLoop {
@@ -73,6 +75,7 @@ impl EventLoop {
             upgrade_reply: None,
             refused_connections: 0,
             read_buf: vec![0; READ_CHUNK],
+            next_memory_check: Instant::now(),
         })
     }
 
@@ -91,12 +94,12 @@ impl EventLoop {
                 && !self.dispatcher.upgrading()
                 && !self.dispatcher.checkpointing()
             {
-                self.dispatcher.next_deadline().map(|deadline| {
-                    self.dispatcher
-                        .clock
-                        .instant(deadline)
-                        .saturating_duration_since(std::time::Instant::now())
-                })
+                let now = Instant::now();
+                let timer = self.dispatcher.next_deadline().map(|deadline| {
+                    self.dispatcher.clock.instant(deadline).saturating_duration_since(now)
+                });
+                let memory = self.next_memory_check.saturating_duration_since(now);
+                Some(timer.map_or(memory, |timer| timer.min(memory)))
             } else {
                 Some(Duration::ZERO)
             };
@@ -132,6 +135,9 @@ impl EventLoop {
             if let Some(swapped) = self.dispatcher.upgrade_step() {
                 self.reply_upgrade(swapped);
             }
+            if Instant::now() >= self.next_memory_check {
+                self.check_memory();
+            }
             loop {
                 match self.commands.try_recv() {
                     Ok(Command::Upgrade(prepared, reply)) => {
@@ -160,6 +166,14 @@ impl EventLoop {
         if let Some(reply) = self.upgrade_reply.take() {
             let _ = reply.send(swapped);
         }
+        // A new instance serves (or the old one does on): what status shows is its memory.
+        self.check_memory();
+    }
+
+    /// Asks the live instance for its memory use now, and again in [`MEMORY_CHECK`].
+    fn check_memory(&mut self) {
+        self.dispatcher.check_memory();
+        self.next_memory_check = Instant::now() + MEMORY_CHECK;
     }
 
     fn accept(&mut self, index: usize) {

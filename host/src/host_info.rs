@@ -16,7 +16,7 @@ impl host_info::Host for InstanceState {
 
 /// The process's resident memory in bytes: the second field of `/proc/self/statm` (pages)
 /// times the page size; 0 where that file is missing.
-fn resident_memory() -> u64 {
+pub(crate) fn resident_memory() -> u64 {
     let pages = std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())

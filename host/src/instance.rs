@@ -4,7 +4,7 @@
 //! fault, a missed deadline) are kept apart: the first is the app refusing, the second means this
 //! instance can never be entered again.
 
-use crate::bindings::server_exports::{app, precopy, state};
+use crate::bindings::server_exports::{app, memory, precopy, state};
 use crate::bindings::{AppInfo, Chunk, ConnInfo, PrecopyBatch, Snapshot};
 use crate::limits;
 use crate::store::{Effect, InstanceState};
@@ -86,6 +86,22 @@ fn trap(e: wasmtime::Error) -> CallError {
     CallError::Trap(trap)
 }
 
+/// How an instance uses its memory, as its guest reports it (`tasuki:server/memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemoryUsage {
+    /// Bytes the guest's allocator has handed out and not taken back (requested sizes).
+    pub heap_in_use: u64,
+    /// The linear memory the instance has grown to, in bytes; it never shrinks.
+    pub linear_memory: u64,
+}
+
+impl MemoryUsage {
+    /// Heap in use as a share of the linear memory, 0.0–1.0 (1.0 for an empty memory).
+    pub fn used_share(&self) -> f64 {
+        if self.linear_memory == 0 { 1.0 } else { self.heap_in_use as f64 / self.linear_memory as f64 }
+    }
+}
+
 /// A live instance of an app version.
 pub struct Instance {
     store: Store<InstanceState>,
@@ -93,6 +109,8 @@ pub struct Instance {
     state: state::Guest,
     /// `None` if the version predates pre-copy.
     precopy: Option<precopy::Guest>,
+    /// `None` if the version predates the `memory` export.
+    memory: Option<memory::Guest>,
     /// Epoch ticks an event may run.
     call_deadline: u64,
     /// Epoch ticks a state call may run.
@@ -161,9 +179,22 @@ impl Instance {
             Some(indices) => Some(indices.load(&mut store, &instance).map_err(trap)?),
             None => None,
         };
+        let memory = match &exports.memory {
+            Some(indices) => Some(indices.load(&mut store, &instance).map_err(trap)?),
+            None => None,
+        };
         let call_deadline = limits::ticks(runtime.limits.call_deadline);
         let state_deadline = limits::ticks(runtime.limits.upgrade_deadline);
-        Ok(Self { store, app, state, precopy, call_deadline, state_deadline, fault_next: false })
+        Ok(Self {
+            store,
+            app,
+            state,
+            precopy,
+            memory,
+            call_deadline,
+            state_deadline,
+            fault_next: false,
+        })
     }
 
     fn event(&mut self) {
@@ -214,6 +245,16 @@ impl Instance {
     pub fn describe(&mut self) -> Result<AppInfo, CallError> {
         self.state_call();
         self.state.call_describe(&mut self.store).map_err(trap)
+    }
+
+    /// `memory.usage`: the guest's heap in use and linear memory, in bytes; `Ok(None)` for a
+    /// version built before the export existed. Runs under an event's deadline: it reads two
+    /// counters.
+    pub fn memory_usage(&mut self) -> Result<Option<MemoryUsage>, CallError> {
+        let Some(memory) = self.memory.clone() else { return Ok(None) };
+        self.store.set_epoch_deadline(self.call_deadline);
+        let usage = memory.call_usage(&mut self.store).map_err(trap)?;
+        Ok(Some(MemoryUsage { heap_in_use: usage.heap_in_use, linear_memory: usage.linear_memory }))
     }
 
     pub fn export_state(&mut self) -> Result<Snapshot, CallError> {

@@ -48,6 +48,23 @@ pub const CHECKPOINT_MIN: usize = 4 << 20;
 /// Concurrent control-socket clients; more are refused at once.
 pub const MAX_CONTROL_CLIENTS: usize = 16;
 
+/// How often the event loop asks the live instance how much of its linear memory is in use
+/// (for `tasuki status` and compaction): one call that reads two counters, once a second.
+pub const MEMORY_CHECK: Duration = Duration::from_secs(1);
+
+/// Compact when the heap in use falls below this share of the linear memory, in percent: three
+/// quarters of the memory is then garbage the instance keeps (a linear memory never shrinks).
+/// A full heap reads 70–90% here (the counter leaves out the allocator's own headers), so 25
+/// never compacts a busy instance.
+pub const COMPACT_BELOW: u32 = 25;
+
+/// No compaction below this much linear memory: what it would give back is not worth a swap.
+pub const COMPACT_MIN_MEMORY: u64 = 64 << 20;
+
+/// At least this long between two automatic compactions (and after the host starts): a heap
+/// that keeps growing and shrinking is compacted at most once a minute.
+pub const COMPACT_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Every limit a host applies, with the defaults above. `tasuki run` exposes each as a flag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -70,6 +87,13 @@ pub struct Limits {
     /// about one step's time for an upgrade. 0 turns pre-copy off: the whole state then
     /// crosses inside the pause.
     pub precopy_chunk: u64,
+    /// Compact when the heap in use falls below this percentage of the linear memory
+    /// (`--compact-below`); 0 turns automatic compaction off (`tasuki compact` still works).
+    pub compact_below: u32,
+    /// Linear memory below which no automatic compaction runs, in bytes.
+    pub compact_min_memory: u64,
+    /// Least time between automatic compactions.
+    pub compact_interval: Duration,
 }
 
 impl Default for Limits {
@@ -83,6 +107,9 @@ impl Default for Limits {
             output_buffer: OUTPUT_HIGH_WATER,
             journal: JOURNAL_LIMIT,
             precopy_chunk: crate::precopy::DEFAULT_CHUNK,
+            compact_below: COMPACT_BELOW,
+            compact_min_memory: COMPACT_MIN_MEMORY,
+            compact_interval: COMPACT_INTERVAL,
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use crate::bindings::{AppInfo, Chunk, ConnInfo, PrecopyBatch, Snapshot};
 use crate::clock::EventClock;
-use crate::instance::{CallError, Instance};
+use crate::instance::{CallError, Instance, MemoryUsage};
 use crate::recovery::{self, RebuildError, RebuildReport, Recovery, Skip, Stamp};
 use crate::store::Effect;
 use crate::timers::TimerQueue;
@@ -165,6 +165,13 @@ impl Live {
         let snapshot = self.instance.export_state();
         self.instance.discard_effects();
         snapshot
+    }
+
+    /// The live instance's memory, as it reports it; `Ok(None)` if it cannot.
+    pub(crate) fn memory_usage(&mut self) -> Result<Option<MemoryUsage>, CallError> {
+        let usage = self.instance.memory_usage();
+        self.instance.discard_effects();
+        usage
     }
 
     /// Opens a pre-copy session on the live instance.

@@ -2,6 +2,7 @@
 
 use crate::bindings::AppInfo;
 use crate::clock::now_unix_ms;
+use crate::instance::MemoryUsage;
 use crate::recovery::Recovery;
 use crate::upgrade::{AppVersion, UpgradeReport};
 use serde::{Deserialize, Serialize};
@@ -82,6 +83,21 @@ pub struct Status {
     /// The upgrade whose pre-copy is under way, if one is.
     pub precopy: Option<PrecopyProgress>,
     pub recovery: Box<RecoveryStatus>,
+    pub memory: MemoryStatus,
+}
+
+/// The live instance's memory and the compactions that gave memory back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryStatus {
+    /// The live instance's last report (the event loop asks every [`crate::limits::MEMORY_CHECK`]
+    /// and after every swap); `None` if its version cannot report (built before the `memory`
+    /// export, or without the SDK's `heap-stats`).
+    pub usage: Option<MemoryUsage>,
+    /// The host process's resident memory, in bytes (`VmRSS`), when the status was taken.
+    pub resident: u64,
+    /// Compactions since the host started (`tasuki compact`, `--compact-below`).
+    pub compactions: u64,
+    pub last_compaction: Option<LastUpgrade>,
 }
 
 /// An upgrade between its first pre-copy step and its pause.
@@ -225,7 +241,50 @@ impl fmt::Display for Status {
                 bytes(p.owed)
             )?;
         }
-        write!(f, "\n{}", self.recovery)
+        write!(f, "\n{}\n{}", self.recovery, self.memory)
+    }
+}
+
+impl fmt::Display for MemoryStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.usage {
+            Some(u) => write!(
+                f,
+                "memory       heap {} in use of {} linear memory ({:.0}%); host resident {}",
+                bytes(u.heap_in_use),
+                bytes(u.linear_memory),
+                u.used_share() * 100.0,
+                bytes(self.resident)
+            )?,
+            None => write!(
+                f,
+                "memory       host resident {} (the app does not report its heap)",
+                bytes(self.resident)
+            )?,
+        }
+        write!(f, "\ncompactions  {}", self.compactions)?;
+        if let Some(last) = &self.last_compaction {
+            let ago = now_unix_ms().saturating_sub(last.at_unix_ms);
+            write!(f, ", last {} ago: ", human(Duration::from_millis(ago)))?;
+            match &last.outcome {
+                Ok(report) => {
+                    write!(f, "pause {:.3} ms", report.pause.as_secs_f64() * 1e3)?;
+                    if let Some(m) = &report.memory {
+                        write!(
+                            f,
+                            ", linear memory {} -> {}",
+                            bytes(m.before.linear_memory),
+                            bytes(m.after.linear_memory)
+                        )?;
+                    }
+                    if let Some(why) = &report.compaction {
+                        write!(f, " ({why})")?;
+                    }
+                }
+                Err(reason) => write!(f, "failed: {reason}")?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -242,6 +301,7 @@ pub(crate) struct Shared {
     recovering_since: AtomicU64,
     recovery: Mutex<RecoveryStatus>,
     precopy: Mutex<Option<PrecopyProgress>>,
+    memory: Mutex<MemoryStatus>,
 }
 
 #[derive(Debug)]
@@ -275,6 +335,7 @@ impl Shared {
             recovering_since: AtomicU64::new(0),
             recovery: Mutex::new(RecoveryStatus::default()),
             precopy: Mutex::new(None),
+            memory: Mutex::new(MemoryStatus::default()),
         }
     }
 
@@ -326,7 +387,35 @@ impl Shared {
 
     pub(crate) fn record_commit(&self, report: &UpgradeReport, info: AppInfo) {
         self.current().info = info;
+        if let Some(memory) = report.memory {
+            self.note_memory(Some(memory.after));
+        }
         self.record_upgrade(Ok(report));
+    }
+
+    fn memory_status(&self) -> std::sync::MutexGuard<'_, MemoryStatus> {
+        self.memory.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The live instance's latest memory report.
+    pub(crate) fn note_memory(&self, usage: Option<MemoryUsage>) {
+        self.memory_status().usage = usage;
+    }
+
+    /// The live instance's latest memory report, if it gave one.
+    pub(crate) fn memory(&self) -> Option<MemoryUsage> {
+        self.memory_status().usage
+    }
+
+    /// How a compaction ended (a same-release upgrade: not counted as an upgrade).
+    pub(crate) fn record_compaction(&self, outcome: Result<&UpgradeReport, String>) {
+        let mut memory = self.memory_status();
+        if let Ok(report) = outcome {
+            memory.compactions += 1;
+            memory.usage = report.memory.map(|m| m.after).or(memory.usage);
+        }
+        memory.last_compaction =
+            Some(LastUpgrade { at_unix_ms: now_unix_ms(), outcome: outcome.cloned() });
     }
 
     pub(crate) fn record_upgrade(&self, outcome: Result<&UpgradeReport, String>) {
@@ -360,6 +449,10 @@ impl Shared {
                 recovery.recovering_since_unix_ms =
                     Some(self.recovering_since.load(Ordering::Relaxed)).filter(|&t| t > 0);
                 recovery
+            },
+            memory: MemoryStatus {
+                resident: crate::host_info::resident_memory(),
+                ..self.memory_status().clone()
             },
         }
     }

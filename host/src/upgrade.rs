@@ -9,7 +9,7 @@
 
 use crate::bindings::{AppInfo, ConnInfo, Snapshot};
 use crate::clock::EventClock;
-use crate::instance::{CallError, Instance, chunk_bytes, snapshot_bytes};
+use crate::instance::{CallError, Instance, MemoryUsage, chunk_bytes, snapshot_bytes};
 use crate::live::{Imported, Live};
 use crate::precopy::{self, PrecopyReport};
 use crate::runtime::Runtime;
@@ -87,6 +87,24 @@ pub struct UpgradeReport {
     /// The pre-copy before the pause; `None` when everything crossed inside it (a side that
     /// predates pre-copy, or `--from-checkpoint`).
     pub precopy: Option<PrecopyReport>,
+    /// The old instance's memory just before the pause and the new one's just after the
+    /// import, as each reports it; `None` when either side predates the `memory` export. The
+    /// new instance holds only the live state, so this is what a compaction gives back.
+    pub memory: Option<MemoryChange>,
+    /// Set when this was a compaction (the live release swapped for a fresh instance of
+    /// itself, to give back its garbage): why it ran.
+    pub compaction: Option<String>,
+}
+
+/// Memory before and after a swap (see [`UpgradeReport::memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryChange {
+    pub before: MemoryUsage,
+    pub after: MemoryUsage,
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1_048_576.0)
 }
 
 fn ms(d: Duration) -> String {
@@ -95,7 +113,10 @@ fn ms(d: Duration) -> String {
 
 impl fmt::Display for UpgradeReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "upgraded {} -> {}", self.from, self.to)?;
+        match &self.compaction {
+            Some(why) => writeln!(f, "compacted {} ({why})", self.to)?,
+            None => writeln!(f, "upgraded {} -> {}", self.from, self.to)?,
+        }
         writeln!(
             f,
             "  pause        {} (export {}, transform {}, import {})",
@@ -113,6 +134,16 @@ impl fmt::Display for UpgradeReport {
             .map(|s| format!("{} v{} {} B", s.name, s.version, s.bytes))
             .collect();
         writeln!(f, "  state moved  {} bytes ({})", self.state_bytes, sections.join(", "))?;
+        if let Some(m) = &self.memory {
+            writeln!(
+                f,
+                "  memory       heap {} of {} linear memory before, {} of {} after",
+                mib(m.before.heap_in_use),
+                mib(m.before.linear_memory),
+                mib(m.after.heap_in_use),
+                mib(m.after.linear_memory)
+            )?;
+        }
         if let Some(p) = &self.precopy {
             writeln!(
                 f,
@@ -217,6 +248,8 @@ pub struct Prepared {
     /// `--no-precopy`.
     pub(crate) no_precopy: bool,
     pub(crate) pipeline: Pipeline,
+    /// A compaction, and why (see [`UpgradeReport::compaction`]).
+    pub(crate) compaction: Option<String>,
 }
 
 /// Step 2 of the upgrade: everything that can happen before the pause.
@@ -258,6 +291,7 @@ pub(crate) fn prepare_loaded(
         from_checkpoint,
         no_precopy: false,
         pipeline,
+        compaction: None,
     })
 }
 
@@ -444,6 +478,7 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
     let running = live.app();
     let new = AppVersion::from(&next.info);
     let paused = Instant::now();
+    let memory_before = live.memory_usage().ok().flatten();
     let connections = conns.len() as u64;
     let rollback = |live: &mut Live, error: UpgradeError, retired: Instance, abort: bool| {
         if abort {
@@ -527,6 +562,8 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
         }
     };
     let import = paused.elapsed() - export - transform;
+    let memory_after = next.instance.memory_usage().ok().flatten();
+    let memory = memory_before.zip(memory_after).map(|(before, after)| MemoryChange { before, after });
 
     // Commit: from here on every event goes to the new instance, and its recovery state is
     // what it imported — after the transformers, so a rebuild offers it its own shape.
@@ -539,7 +576,9 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
     };
     let sections = crossing.as_ref().map_or_else(Vec::new, |(_, s)| sections(s));
     let wasm = next.version.path.clone();
-    let compile = next.version.compile_time;
+    // A compaction reuses the live version, compiled long ago.
+    let compile =
+        if next.compaction.is_some() { Duration::ZERO } else { next.version.compile_time };
     let imported = match (&source, crossing) {
         (StateSource::Export, Some((last, snapshot))) => {
             let mut chunks = precopied;
@@ -565,6 +604,8 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
         connections,
         source,
         precopy: precopy_report,
+        memory,
+        compaction: next.compaction.clone(),
     };
     Swap::Committed {
         report: Box::new(report),

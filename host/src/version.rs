@@ -2,7 +2,7 @@
 //! before an upgrade pauses anything.
 
 use crate::bindings::AppInfo;
-use crate::bindings::server_exports::{app, precopy, state};
+use crate::bindings::server_exports::{app, memory, precopy, state};
 use crate::runtime::Runtime;
 use crate::store::InstanceState;
 use serde::{Deserialize, Serialize};
@@ -57,6 +57,9 @@ pub(crate) struct Exports {
     /// `None` for a server built before the `precopy` interface existed: its state crosses in
     /// one `export-state` inside the pause.
     pub(crate) precopy: Option<precopy::GuestIndices>,
+    /// `None` for a server built before the `memory` interface existed (or without the SDK):
+    /// the host then cannot tell its garbage from its state, and compacts it only on request.
+    pub(crate) memory: Option<memory::GuestIndices>,
 }
 
 /// A compiled, linked app version, ready to be instantiated any number of times.
@@ -110,6 +113,7 @@ impl Version {
             app: app::GuestIndices::new(&instance_pre).map_err(wrong_world)?,
             state: state::GuestIndices::new(&instance_pre).map_err(wrong_world)?,
             precopy: precopy::GuestIndices::new(&instance_pre).ok(),
+            memory: memory::GuestIndices::new(&instance_pre).ok(),
         };
         Ok(Arc::new(Self {
             pre: instance_pre,

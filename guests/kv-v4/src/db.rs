@@ -95,6 +95,48 @@ pub(crate) struct Entry {
     pub(crate) expires_at_ms: Option<u64>,
 }
 
+impl Value {
+    /// Bytes this value takes, as redis's `MEMORY USAGE` estimates them: its own allocations,
+    /// and for a list, hash, set or sorted set its table plus the average of its first
+    /// `samples` elements times its length (0 samples: every element).
+    pub(crate) fn usage(&self, samples: usize) -> u64 {
+        /// Element bytes of a collection of `len`, from a sample of `items`.
+        fn sampled(len: usize, items: impl Iterator<Item = usize>, samples: usize) -> u64 {
+            let take = if samples == 0 { len } else { samples.min(len) };
+            if take == 0 {
+                return 0;
+            }
+            let sum: u64 = items.take(take).map(|n| n as u64).sum();
+            sum * len as u64 / take as u64
+        }
+        const BYTES: u64 = size_of::<Vec<u8>>() as u64;
+        // A hash table slot: one control byte besides the entry (hashbrown); an IndexSet's
+        // entry also keeps its hash, and its index table a usize per slot.
+        const SLOT: u64 = 1;
+        const INDEXED: u64 = size_of::<u64>() as u64 + size_of::<usize>() as u64 + SLOT;
+        match self {
+            Value::String(bytes) => bytes.capacity() as u64,
+            Value::List(list) => {
+                list.capacity() as u64 * BYTES
+                    + sampled(list.len(), list.iter().map(Vec::capacity), samples)
+            }
+            Value::Hash(hash) => {
+                hash.capacity() as u64 * (2 * BYTES + SLOT)
+                    + sampled(hash.len(), hash.iter().map(|(f, v)| f.capacity() + v.capacity()), samples)
+            }
+            Value::Set(set) => {
+                set.len() as u64 * (BYTES + INDEXED) + sampled(set.len(), set.iter().map(<[u8]>::len), samples)
+            }
+            Value::ZSet(zset) => {
+                // A member is kept twice (by name, and in score order) with its score each time.
+                let per = 2 * (BYTES + size_of::<f64>() as u64) + SLOT;
+                zset.len() as u64 * per
+                    + 2 * sampled(zset.len(), zset.iter().map(|(member, _)| member.len()), samples)
+            }
+        }
+    }
+}
+
 impl Entry {
     fn is_expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_some_and(|deadline| deadline <= now_ms)
@@ -172,6 +214,16 @@ impl Db {
     pub(crate) fn get(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
         self.expire_if_due(key, now_ms);
         self.entries.get(key)
+    }
+
+    /// `MEMORY USAGE`: bytes `key` and its value take, the keyspace's slot included; `None`
+    /// if there is no such live key.
+    pub(crate) fn usage(&mut self, key: &[u8], now_ms: u64, samples: usize) -> Option<u64> {
+        self.expire_if_due(key, now_ms);
+        let (stored, entry) = self.entries.get_key_value(key)?;
+        // The keyspace's slot: the entry in the map's vector, its hash, its index.
+        let slot = (size_of::<(Vec<u8>, Entry)>() + 2 * size_of::<usize>()) as u64;
+        Some(slot + stored.capacity() as u64 + entry.value.usage(samples))
     }
 
     /// The live string under `key`.

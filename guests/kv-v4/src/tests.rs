@@ -1158,3 +1158,26 @@ fn a_scan_cursor_stays_valid_across_upgrades() {
     let matched = replies(&mut kv, "SCAN 0 COUNT 10000 MATCH key:49?\r\n");
     assert!(matched.starts_with("*2\r\n$1\r\n0\r\n*10\r\n"), "{matched}");
 }
+
+#[test]
+fn memory_usage_counts_the_key_and_what_its_value_holds() {
+    let mut kv = Kv::default();
+    let number = |reply: String| -> u64 {
+        reply.strip_prefix(':').and_then(|r| r.strip_suffix("\r\n")).unwrap().parse().unwrap()
+    };
+    on(&mut kv, 1, "SET small v\r\n");
+    let big = "x".repeat(10_000);
+    on(&mut kv, 1, &format!("SET big {big}\r\nRPUSH list {big} {big} {big}\r\n"));
+    let small = number(on(&mut kv, 1, "MEMORY USAGE small\r\n"));
+    let large = number(on(&mut kv, 1, "MEMORY USAGE big\r\n"));
+    let list = number(on(&mut kv, 1, "MEMORY USAGE list SAMPLES 0\r\n"));
+    assert!((6..200).contains(&small), "{small}");
+    assert!(large >= 10_003 && large < small + 10_100, "{large} vs {small}");
+    assert!(list >= 30_004, "{list}");
+    assert_eq!(
+        on(&mut kv, 1, "MEMORY USAGE missing\r\nMEMORY USAGE small SAMPLES x\r\nMEMORY USAGE small COUNT 1\r\nMEMORY NOPE\r\nMEMORY\r\n"),
+        "$-1\r\n-ERR value is not an integer or out of range\r\n-ERR syntax error\r\n\
+         -ERR unknown subcommand 'NOPE'. Try MEMORY HELP.\r\n\
+         -ERR wrong number of arguments for 'memory' command\r\n"
+    );
+}

@@ -1,5 +1,6 @@
 //! The subcommands. Flags are parsed and validated here; the work is the library's.
 
+mod compact;
 mod migrate;
 mod run;
 mod snapshot;
@@ -18,6 +19,7 @@ pub enum Command {
     Upgrade(upgrade::UpgradeCommand),
     Status(status::StatusCommand),
     Snapshot(snapshot::SnapshotCommand),
+    Compact(compact::CompactCommand),
     Migrate(migrate::MigrateCommand),
     Test(test::TestCommand),
 }
@@ -29,6 +31,7 @@ impl Command {
             Self::Upgrade(c) => c.execute(),
             Self::Status(c) => c.execute(),
             Self::Snapshot(c) => c.execute(),
+            Self::Compact(c) => c.execute(),
             Self::Migrate(c) => c.execute(),
             Self::Test(c) => c.execute(),
         }

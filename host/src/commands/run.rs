@@ -76,6 +76,20 @@ pub struct RunCommand {
     /// waits at most about one step's time. 0 moves the whole state inside the pause instead.
     #[arg(long, value_name = "KIB", default_value_t = tasuki::precopy::DEFAULT_CHUNK / 1024)]
     precopy_chunk: u64,
+    /// Compact — swap the instance for a fresh one of the same release, which takes only the
+    /// live state and leaves the garbage behind — when the app's heap in use falls below this
+    /// percentage of its linear memory (which never shrinks otherwise). 0 turns it off;
+    /// `tasuki compact` works either way. Apps built without the SDK's heap counter are
+    /// compacted only on request.
+    #[arg(long, value_name = "PERCENT", default_value_t = limits::COMPACT_BELOW,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    compact_below: u32,
+    /// No automatic compaction while the linear memory is below this, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = limits::COMPACT_MIN_MEMORY >> 20)]
+    compact_min_memory: u64,
+    /// Least time between two automatic compactions (and after the host starts), in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = limits::COMPACT_INTERVAL.as_secs())]
+    compact_interval: u64,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -117,6 +131,9 @@ impl RunCommand {
             output_buffer: self.output_buffer.saturating_mul(1024).max(1),
             journal: self.journal.saturating_mul(MIB),
             precopy_chunk: self.precopy_chunk.saturating_mul(1024),
+            compact_below: self.compact_below,
+            compact_min_memory: self.compact_min_memory.saturating_mul(MIB as u64),
+            compact_interval: Duration::from_secs(self.compact_interval),
         };
         // The handler goes in before the host starts: a SIGTERM that arrives as soon as it
         // serves must stop it cleanly, not kill it.

@@ -245,6 +245,7 @@ pub(crate) const COMMANDS: &[Command] = &[
     Command::new("command", -1, server::command),
     Command::new("config", -2, server::config),
     Command::new("info", -1, server::info),
+    Command::new("memory", -2, server::memory),
 ];
 
 const SYNTAX_ERROR: &str = "ERR syntax error";
@@ -297,6 +298,7 @@ fn subcommand(command: &'static Command, args: &[Arg<'_>]) -> Result<&'static Co
     let table = match command.name {
         "client" => connection::CLIENT_SUBCOMMANDS,
         "config" => server::CONFIG_SUBCOMMANDS,
+        "memory" => server::MEMORY_SUBCOMMANDS,
         "command" if args.len() > 1 => server::COMMAND_SUBCOMMANDS,
         _ => return Ok(command),
     };

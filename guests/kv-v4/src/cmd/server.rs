@@ -7,7 +7,7 @@
 //! parameter is refused as redis refuses it.
 
 use super::connection::connected;
-use super::{COMMANDS, Command, Session, c_string, help, is, wrong_arity};
+use super::{COMMANDS, Command, NOT_AN_INTEGER, SYNTAX_ERROR, Session, c_string, help, is, wrong_arity};
 use crate::REDIS_VERSION;
 use crate::db::Db;
 use resp::{Arg, glob_match_nocase, reply};
@@ -259,17 +259,42 @@ fn config_help(_: &mut Db, session: &mut Session<'_>, _: &[Arg<'_>]) {
     );
 }
 
-/// The size of this instance's linear memory, in bytes: what it really uses, as the host
-/// allocated it. (Native unit tests have no such memory and report 0.)
+/// Bytes the allocator has handed out and not taken back, as redis's `used_memory` counts
+/// them (the SDK's counting allocator; native unit tests report 0).
 fn used_memory() -> u64 {
-    #[cfg(target_arch = "wasm32")]
-    {
-        (core::arch::wasm32::memory_size(0) as u64) * 65536
+    tasuki_guest::heap::in_use()
+}
+
+/// `MEMORY`, which takes a subcommand: dispatch finds it, so this runs only for none.
+pub(super) fn memory(_: &mut Db, session: &mut Session<'_>, _: &[Arg<'_>]) {
+    wrong_arity(session.out, "memory");
+}
+
+pub(super) const MEMORY_SUBCOMMANDS: &[Command] = &[
+    Command::new("memory|usage", -3, memory_usage).read(),
+    Command::new("memory|help", 2, memory_help),
+];
+
+/// `MEMORY USAGE key [SAMPLES count]`: the bytes the key and its value take, or nil. As in
+/// redis, a collection is estimated from 5 elements by default, and `SAMPLES 0` counts all.
+fn memory_usage(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
+    let samples = match &args[3..] {
+        [] => 5,
+        [option, count] if is(option, "samples") => match resp::parse_i64(count) {
+            Some(n) if n >= 0 => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(_) => return reply::error(session.out, SYNTAX_ERROR),
+            None => return reply::error(session.out, NOT_AN_INTEGER),
+        },
+        _ => return reply::error(session.out, SYNTAX_ERROR),
+    };
+    match db.usage(&args[2], session.now_ms, samples) {
+        Some(bytes) => reply::integer(session.out, bytes as i64),
+        None => reply::null(session.out, session.protocol()),
     }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        0
-    }
+}
+
+fn memory_help(_: &mut Db, session: &mut Session<'_>, _: &[Arg<'_>]) {
+    help(session.out, "MEMORY", &["USAGE <key> [SAMPLES <count>]", "HELP"]);
 }
 
 /// `1.42M`, as redis's `bytesToHuman` writes sizes.
