@@ -6,8 +6,10 @@
 //! yet freed, by requested size. An app that installs its own allocator turns the feature off;
 //! [`in_use`] then reads 0 and the host compacts it only on request (`tasuki compact`).
 
-// A global allocator is an `unsafe` trait; each method forwards to `System` unchanged.
-#![allow(unsafe_code)]
+#![allow(
+    unsafe_code,
+    reason = "a global allocator is an `unsafe` trait; each method forwards to `System` unchanged"
+)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};

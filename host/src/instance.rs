@@ -98,7 +98,11 @@ pub struct MemoryUsage {
 impl MemoryUsage {
     /// Heap in use as a share of the linear memory, 0.0–1.0 (1.0 for an empty memory).
     pub fn used_share(&self) -> f64 {
-        if self.linear_memory == 0 { 1.0 } else { self.heap_in_use as f64 / self.linear_memory as f64 }
+        if self.linear_memory == 0 {
+            1.0
+        } else {
+            self.heap_in_use as f64 / self.linear_memory as f64
+        }
     }
 }
 

@@ -563,7 +563,8 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
     };
     let import = paused.elapsed() - export - transform;
     let memory_after = next.instance.memory_usage().ok().flatten();
-    let memory = memory_before.zip(memory_after).map(|(before, after)| MemoryChange { before, after });
+    let memory =
+        memory_before.zip(memory_after).map(|(before, after)| MemoryChange { before, after });
 
     // Commit: from here on every event goes to the new instance, and its recovery state is
     // what it imported — after the transformers, so a rebuild offers it its own shape.

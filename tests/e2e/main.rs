@@ -8,6 +8,7 @@ mod hot_swap;
 mod iteration;
 mod large_requests;
 mod limits;
+mod memory;
 mod precopy;
 mod real_clients;
 mod redis_server;

@@ -122,10 +122,15 @@ impl Value {
             }
             Value::Hash(hash) => {
                 hash.capacity() as u64 * (2 * BYTES + SLOT)
-                    + sampled(hash.len(), hash.iter().map(|(f, v)| f.capacity() + v.capacity()), samples)
+                    + sampled(
+                        hash.len(),
+                        hash.iter().map(|(f, v)| f.capacity() + v.capacity()),
+                        samples,
+                    )
             }
             Value::Set(set) => {
-                set.len() as u64 * (BYTES + INDEXED) + sampled(set.len(), set.iter().map(<[u8]>::len), samples)
+                set.len() as u64 * (BYTES + INDEXED)
+                    + sampled(set.len(), set.iter().map(<[u8]>::len), samples)
             }
             Value::ZSet(zset) => {
                 // A member is kept twice (by name, and in score order) with its score each time.

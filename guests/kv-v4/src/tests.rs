@@ -1175,7 +1175,11 @@ fn memory_usage_counts_the_key_and_what_its_value_holds() {
     assert!(large >= 10_003 && large < small + 10_100, "{large} vs {small}");
     assert!(list >= 30_004, "{list}");
     assert_eq!(
-        on(&mut kv, 1, "MEMORY USAGE missing\r\nMEMORY USAGE small SAMPLES x\r\nMEMORY USAGE small COUNT 1\r\nMEMORY NOPE\r\nMEMORY\r\n"),
+        on(
+            &mut kv,
+            1,
+            "MEMORY USAGE missing\r\nMEMORY USAGE small SAMPLES x\r\nMEMORY USAGE small COUNT 1\r\nMEMORY NOPE\r\nMEMORY\r\n"
+        ),
         "$-1\r\n-ERR value is not an integer or out of range\r\n-ERR syntax error\r\n\
          -ERR unknown subcommand 'NOPE'. Try MEMORY HELP.\r\n\
          -ERR wrong number of arguments for 'memory' command\r\n"

@@ -7,7 +7,9 @@
 //! parameter is refused as redis refuses it.
 
 use super::connection::connected;
-use super::{COMMANDS, Command, NOT_AN_INTEGER, SYNTAX_ERROR, Session, c_string, help, is, wrong_arity};
+use super::{
+    COMMANDS, Command, NOT_AN_INTEGER, SYNTAX_ERROR, Session, c_string, help, is, wrong_arity,
+};
 use crate::REDIS_VERSION;
 use crate::db::Db;
 use resp::{Arg, glob_match_nocase, reply};
