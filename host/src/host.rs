@@ -237,13 +237,32 @@ impl Upgrader {
 /// Hands the pages glibc's allocator holds free back to the kernel (`malloc_trim(0)`): the
 /// export, the journal and the retired instance's host-side buffers are freed by then, and
 /// glibc keeps freed small blocks in its arenas otherwise — after a compaction, about 25 MiB
-/// that `VmRSS` would go on counting. Elsewhere (musl, other systems) it does nothing.
+/// that `VmRSS` would go on counting; after the start, the compiler's working memory. Elsewhere
+/// (musl, other systems) it does nothing.
 #[allow(unsafe_code, reason = "one FFI call that takes no pointers")]
 fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `malloc_trim` reads no caller memory; glibc marks it MT-Safe.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Sets glibc's allocator for a long-running host that moves whole states through its heap:
+/// blocks of 1 MiB and more (exports, checkpoint chunks of a big state, journals) are mapped
+/// on their own and go back to the kernel when freed, and an arena's free top is returned past
+/// 8 MiB. Left alone, glibc raises both thresholds after the first big free (up to 32 and 64
+/// MiB), so that a freed export of a large state stays resident at the top of the event loop's
+/// arena, where `malloc_trim` does not reach. Call it once, before starting a host; `tasuki run`
+/// does. Elsewhere (musl, other systems) it does nothing.
+#[allow(unsafe_code, reason = "two FFI calls that take no pointers")]
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` reads no caller memory; glibc marks it MT-Unsafe only against other
+    // `mallopt` calls, and this runs once, before the host's threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
     }
 }
 
@@ -373,6 +392,9 @@ impl Host {
                 .map_err(|source| StartError::Record { path: path.clone(), source })?;
             event_loop.record(Box::new(recorder));
         }
+        // Compiling the app left cranelift's working memory free in glibc's arenas (about
+        // 11 MiB for kv): give it back before serving.
+        release_free_heap();
         let dispatcher = std::thread::Builder::new()
             .name("tasuki-dispatcher".into())
             .spawn(move || event_loop.run())

@@ -122,6 +122,7 @@ impl RunCommand {
             anyhow::ensure!(dir.host.is_dir(), "--dir {}: not a directory", dir.host.display());
         }
         raise_fd_limit();
+        tasuki::host::tune_allocator();
         let limits = Limits {
             memory: self.memory_limit.saturating_mul(MIB),
             call_deadline: Duration::from_millis(self.call_deadline),

@@ -21,6 +21,10 @@ fn after_flushall_a_compaction_gives_the_memory_back() {
     );
     let mut client = host.resp();
     assert_eq!(client.call(&[b"PING"]), Reply::Status("PONG".into()));
+    // The empty host's figure, once it has run a compaction: the code a compaction runs is
+    // then resident in both figures (about 2 MiB of the binary's pages), and what is compared
+    // is the memory that holds data.
+    tasuki_ok(dir.path(), &["compact"]);
     let empty = resident_kib(host.child.id());
 
     // The case: 1M keys with 16-byte values, 1,000 to an MSET.
@@ -62,6 +66,6 @@ fn after_flushall_a_compaction_gives_the_memory_back() {
     assert_eq!(client.call(&[b"SET", b"a", b"b"]), Reply::Status("OK".into()));
     assert_eq!(client.call(&[b"GET", b"a"]), Reply::Bulk(Some(b"b".to_vec())));
     let status = tasuki_ok(dir.path(), &["status"]);
-    assert!(status.contains("compactions  1, last"), "{status}");
+    assert!(status.contains("compactions  2, last"), "{status}");
     assert!(status.contains("upgrades     0"), "{status}");
 }
