@@ -39,6 +39,9 @@ const PRESIZE_MAX: u64 = 1 << 24;
 pub struct Map<K, V> {
     entries: IndexMap<K, V, FixedState>,
     extra: Extra<Track<K>>,
+    /// The capacity the map last grew or shrank to. `entries.capacity()` will not do for
+    /// deciding to shrink: hashbrown's drops with every removal that leaves a tombstone.
+    peak: usize,
 }
 
 /// A map's part of an export session.
@@ -71,11 +74,12 @@ impl<K, V> Map<K, V> {
     }
 
     fn from_entries(entries: IndexMap<K, V, FixedState>) -> Self {
-        Self { entries, extra: Extra::none() }
+        let peak = entries.capacity();
+        Self { entries, extra: Extra::none(), peak }
     }
 
     fn reference(reference: Ref) -> Self {
-        Self { entries: IndexMap::default(), extra: Extra::reference(reference) }
+        Self { entries: IndexMap::default(), extra: Extra::reference(reference), peak: 0 }
     }
 
     fn readable(&self) -> &IndexMap<K, V, FixedState> {
@@ -126,7 +130,7 @@ impl<K, V> Map<K, V> {
     pub fn clear(&mut self) {
         self.extra.restart();
         self.entries.clear();
-        give_back(&mut self.entries);
+        give_back(&mut self.entries, &mut self.peak);
     }
 
     /// Every value, mutably. During an upgrade this makes the whole map be copied again
@@ -156,7 +160,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
     /// The value under `key`, to change. The entry counts as changed.
     pub fn get_mut<Q: ?Sized + Hash + Equivalent<K>>(&mut self, key: &Q) -> Option<&mut V> {
         self.extra.check_readable();
-        let Self { entries, extra } = self;
+        let Self { entries, extra, .. } = self;
         let (index, key, value) = entries.get_full_mut(key)?;
         if let Some(track) = extra.tracked()
             && index < track.cursor
@@ -169,8 +173,9 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
     /// Sets `key` to `value`, returning the value it replaces.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         self.extra.check_readable();
-        let Self { entries, extra } = self;
+        let Self { entries, extra, peak } = self;
         let (index, old) = entries.insert_full(key, value);
+        *peak = (*peak).max(entries.capacity());
         if old.is_some()
             && let Some(track) = extra.tracked()
             && index < track.cursor
@@ -185,7 +190,8 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
     /// as changed.
     pub fn get_or_insert_with(&mut self, key: K, default: impl FnOnce() -> V) -> &mut V {
         self.extra.check_readable();
-        let Self { entries, extra } = self;
+        let Self { entries, extra, peak } = self;
+        *peak = (*peak).max(entries.capacity());
         match entries.entry(key) {
             IndexEntry::Occupied(entry) => {
                 if let Some(track) = extra.tracked()
@@ -195,6 +201,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
                 }
                 entry.into_mut()
             }
+            // A growth here is seen by the next call that looks at the peak.
             IndexEntry::Vacant(entry) => entry.insert(default()),
         }
     }
@@ -202,7 +209,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
     /// Removes `key`, returning its value. The last entry takes its place (`O(1)`).
     pub fn remove<Q: ?Sized + Hash + Equivalent<K>>(&mut self, key: &Q) -> Option<V> {
         self.extra.check_readable();
-        let Self { entries, extra } = self;
+        let Self { entries, extra, peak } = self;
         let (index, key, value) = entries.swap_remove_full(key)?;
         if let Some(track) = extra.tracked() {
             // The last entry moved to `index`: if it was not sent yet and now sits below the
@@ -215,7 +222,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
             track.cursor = track.cursor.min(entries.len());
             track.dirty.insert(key);
         }
-        give_back(entries);
+        give_back(entries, peak);
         Some(value)
     }
 
@@ -224,7 +231,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
     /// upgrade in progress): change values with [`Map::get_mut`].
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
         self.extra.check_readable();
-        let Self { entries, extra } = self;
+        let Self { entries, extra, peak } = self;
         match extra.tracked() {
             None => entries.retain(|key, value| keep(key, value)),
             Some(track) => {
@@ -243,7 +250,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
                 track.cursor = kept_below;
             }
         }
-        give_back(entries);
+        give_back(entries, peak);
     }
 
     /// Converts every value with `convert`, keeping the keys: the way a migration or a
@@ -334,14 +341,16 @@ pub(crate) const SHRINK_BELOW: usize = 8;
 /// Capacity below which a map keeps its memory: too little to matter.
 pub(crate) const SHRINK_MIN: usize = 64;
 
-/// Shrinks `entries` to twice its length when it is at most 1/[`SHRINK_BELOW`] full: `O(len)`
+/// Shrinks `entries` to twice its length when it is at most 1/[`SHRINK_BELOW`] full (of the
+/// capacity it last grew to, `peak`): `O(len)`
 /// (the entries move and the index is rebuilt from the stored hashes), once per halving or
 /// more of the map, so removals stay `O(1)` amortized. Order is kept, so a pre-copy session's
 /// cursor stays valid.
-fn give_back<K, V>(entries: &mut IndexMap<K, V, FixedState>) {
-    let capacity = entries.capacity();
-    if capacity > SHRINK_MIN && entries.len() * SHRINK_BELOW <= capacity {
+fn give_back<K, V>(entries: &mut IndexMap<K, V, FixedState>, peak: &mut usize) {
+    *peak = (*peak).max(entries.capacity());
+    if *peak > SHRINK_MIN && entries.len() * SHRINK_BELOW <= *peak {
         entries.shrink_to(entries.len() * 2);
+        *peak = entries.capacity();
     }
 }
 
@@ -358,7 +367,7 @@ impl<K, V> Default for Map<K, V> {
 impl<K: Clone, V: Clone> Clone for Map<K, V> {
     /// A copy of the entries; the copy is not part of any upgrade in progress.
     fn clone(&self) -> Self {
-        Self { entries: self.entries.clone(), extra: self.extra.copy() }
+        Self { entries: self.entries.clone(), extra: self.extra.copy(), peak: self.peak }
     }
 }
 

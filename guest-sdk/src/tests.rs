@@ -527,3 +527,19 @@ fn reading_a_pre_copied_map_panics() {
     let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| map.get(&1).is_none()));
     assert!(got.is_err(), "get() on a reference answered {got:?} instead of panicking");
 }
+
+#[test]
+fn a_map_emptied_by_removals_gives_its_table_back() {
+    // Removals leave tombstones, which lower hashbrown's capacity as they go: the map must
+    // still see that it is at most 1/8 full of what it grew to.
+    let mut map: Map<Vec<u8>, Vec<u8>> = Map::new();
+    for i in 0..200_000u64 {
+        map.insert(format!("key:{i}").into_bytes(), vec![0; 64]);
+    }
+    let full = map.capacity();
+    for i in (0..200_000u64).filter(|i| i % 10 != 0) {
+        map.remove(format!("key:{i}").as_bytes());
+    }
+    assert_eq!(map.len(), 20_000);
+    assert!(map.capacity() <= 4 * map.len(), "{full} slots, {} after", map.capacity());
+}
