@@ -331,7 +331,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             return;
         }
         self.event_clock.freeze_at(self.clock.wall_ns());
-        let batch = match self.live.precopy_next(self.precopy_budget.chunk) {
+        let batch = match self.live.precopy_next(building.pace.step_bytes()) {
             Ok(batch) => batch,
             Err(e) => return self.checkpoint_failed(&e),
         };

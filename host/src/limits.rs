@@ -84,7 +84,8 @@ pub struct Limits {
     /// Recovery journal bound, in bytes; 0 turns recovery off (a trap then loses the state).
     pub journal: usize,
     /// Bytes of records one pre-copy step moves (`--precopy-chunk`); a client waits at most
-    /// about one step's time for an upgrade. 0 turns pre-copy off: the whole state then
+    /// about one step's time for an upgrade (a step grows to at most
+    /// [`crate::precopy::STEP_GROWTH_MAX`] chunks while writes outrun the copy). 0 turns pre-copy off: the whole state then
     /// crosses inside the pause.
     pub precopy_chunk: u64,
     /// Compact when the heap in use falls below this percentage of the linear memory

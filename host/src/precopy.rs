@@ -46,12 +46,30 @@ impl Default for Budget {
     }
 }
 
+/// How far a step may grow past the chunk when writes outrun the copy: 16 chunks (1 MiB by
+/// default, about 15 ms of kv's small entries). Live migration answers a dirtying rate above the
+/// copy rate the same way, by copying faster (or throttling the writer); here a step grows
+/// while what is owed makes no new low, so the copy keeps up with a writer that sends up to this
+/// much per round, instead of leaving the whole rest to the cut — where a checkpoint of a state
+/// being loaded once moved 176 MB in one call, which stalled every client and grew the guest's
+/// memory by as much, for good.
+pub const STEP_GROWTH_MAX: u64 = 16;
+
+/// Steps in a row without a new low of what is owed before a step grows: one write to an entry
+/// already copied can make a single step miss a new low without the copy falling behind.
+const GROW_AFTER: u32 = 8;
+
 /// When a run of steps should end: what is owed fell to a quarter chunk (converged), or it made
-/// no new low for [`Budget::stall_steps`] steps, or the steps passed [`Budget::max_steps`].
-/// Paces an upgrade's pre-copy and a checkpoint built from chunks alike.
+/// no new low for [`Budget::stall_steps`] steps, or the steps passed [`Budget::max_steps`]; and
+/// how much the next step asks for: the chunk, doubled for every step that made no new low from
+/// the [`GROW_AFTER`]th in a row on, up to [`STEP_GROWTH_MAX`] chunks, and kept for the rest of the run (going back to one chunk
+/// would hand the lead back to the writer). Paces an upgrade's
+/// pre-copy and a checkpoint built from chunks alike.
 #[derive(Debug, Clone)]
 pub(crate) struct Pace {
     budget: Budget,
+    /// Bytes the next step asks for.
+    step_bytes: u64,
     steps: u32,
     /// Bytes owed after the last step; `None` before the first.
     owed: Option<u64>,
@@ -62,7 +80,20 @@ pub(crate) struct Pace {
 
 impl Pace {
     pub(crate) fn new(budget: Budget) -> Self {
-        Self { budget, steps: 0, owed: None, lowest: u64::MAX, since_lowest: 0, converged: false }
+        Self {
+            budget,
+            step_bytes: budget.chunk,
+            steps: 0,
+            owed: None,
+            lowest: u64::MAX,
+            since_lowest: 0,
+            converged: false,
+        }
+    }
+
+    /// Bytes of records the next step asks for.
+    pub(crate) fn step_bytes(&self) -> u64 {
+        self.step_bytes
     }
 
     /// Notes a step that left `owed` bytes owed, and says whether to step again.
@@ -78,6 +109,10 @@ impl Pace {
             self.since_lowest = 0;
         } else {
             self.since_lowest += 1;
+            if self.since_lowest >= GROW_AFTER {
+                let most = self.budget.chunk.saturating_mul(STEP_GROWTH_MAX);
+                self.step_bytes = self.step_bytes.saturating_mul(2).min(most);
+            }
         }
         if self.since_lowest >= self.budget.stall_steps || self.steps >= self.budget.max_steps {
             return Next::Pause;
@@ -241,7 +276,7 @@ impl Session {
         new: &mut Instance,
         max_state: u64,
     ) -> Result<Next, StepError> {
-        let batch = live.precopy_next(self.pace.budget().chunk).map_err(StepError::Export)?;
+        let batch = live.precopy_next(self.pace.step_bytes()).map_err(StepError::Export)?;
         self.bytes += chunk_bytes(&batch.chunks);
         if self.bytes > max_state {
             return Err(StepError::TooLarge { bytes: self.bytes, limit: max_state });

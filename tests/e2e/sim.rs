@@ -444,3 +444,41 @@ fn when_changes_outrun_the_copy_the_host_stops_iterating_and_says_so() {
     let [(_, precopy)] = quiet.precopies.as_slice() else { panic!("one pre-copy: {quiet}") };
     assert!(precopy.converged, "{precopy:?}");
 }
+
+/// 60 entries, then 150 events that each add two new ones, then a read of every entry.
+fn growing_trace() -> Trace {
+    let mut t = Trace::new("growing").connect("a");
+    for i in 0..60 {
+        t = t.send("a", format!("set k{i} v{i}\n")).expect("a", "ok\n");
+    }
+    for i in 0..150 {
+        t = t.send("a", format!("set n{i} a{i}\nset m{i} b{i}\n")).expect("a", "ok\nok\n");
+    }
+    for i in 0..60 {
+        t = t.send("a", format!("get k{i}\n")).expect("a", format!("v{i}\n"));
+    }
+    for i in 0..150 {
+        t = t.send("a", format!("get n{i}\nget m{i}\n")).expect("a", format!("a{i}\nb{i}\n"));
+    }
+    t.quiet("a").close("a")
+}
+
+#[test]
+fn when_inserts_outrun_one_chunk_the_steps_grow_until_the_copy_catches_up() {
+    // About one record per step at first (16 bytes), while every event adds two entries: a copy that kept its
+    // step would never catch up and would leave the whole rest to the pause (as a checkpoint
+    // of a store being loaded once left 176 MB to its cut). The steps grow instead, and the
+    // pre-copy converges long before the trace runs out.
+    let simulator = Simulator::new(SimConfig {
+        app: artifacts::MISBEHAVE.into(),
+        upgrade: Some(Target { wasm: artifacts::MISBEHAVE.into(), transforms: Vec::new() }),
+        limits: tasuki::limits::Limits { precopy_chunk: 16, ..Default::default() },
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let report = simulator.run(&growing_trace(), UpgradeAt::Boundary(61)).unwrap();
+    assert!(report.passed(), "{report}");
+    let [(_, precopy)] = report.precopies.as_slice() else { panic!("one pre-copy: {report}") };
+    assert!(precopy.converged, "{precopy:?}");
+    assert!(precopy.steps < 100, "{precopy:?}");
+}

@@ -73,7 +73,7 @@ pub struct RunCommand {
     #[arg(long, value_name = "MIB", default_value_t = limits::JOURNAL_LIMIT / MIB)]
     journal: usize,
     /// Bytes of state an upgrade's pre-copy moves per step, between events, in KiB: a client
-    /// waits at most about one step's time. 0 moves the whole state inside the pause instead.
+    /// waits at most about one step's time (up to 16 chunks while writes outrun the copy). 0 moves the whole state inside the pause instead.
     #[arg(long, value_name = "KIB", default_value_t = tasuki::precopy::DEFAULT_CHUNK / 1024)]
     precopy_chunk: u64,
     /// Compact — swap the instance for a fresh one of the same release, which takes only the
