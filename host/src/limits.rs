@@ -85,8 +85,8 @@ pub struct Limits {
     pub journal: usize,
     /// Bytes of records one pre-copy step moves (`--precopy-chunk`); a client waits at most
     /// about one step's time for an upgrade (a step grows to at most
-    /// [`crate::precopy::STEP_GROWTH_MAX`] chunks while writes outrun the copy). 0 turns pre-copy off: the whole state then
-    /// crosses inside the pause.
+    /// [`crate::precopy::STEP_GROWTH_MAX`] chunks while writes outrun the copy). 0 turns
+    /// pre-copy off: the whole state then crosses inside the pause.
     pub precopy_chunk: u64,
     /// Compact when the heap in use falls below this percentage of the linear memory
     /// (`--compact-below`); 0 turns automatic compaction off (`tasuki compact` still works).
