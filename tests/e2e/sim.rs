@@ -395,6 +395,17 @@ fn a_queue_changed_between_the_pre_copy_steps_arrives_whole_at_every_boundary() 
     assert_eq!(report.upgraded, report.runs.len(), "every run upgraded: {report}");
 }
 
+/// The misbehave fixture upgraded to itself, pre-copied `chunk` bytes a step.
+fn misbehave_to_itself(chunk: u64) -> Simulator {
+    Simulator::new(SimConfig {
+        app: artifacts::MISBEHAVE.into(),
+        upgrade: Some(Target { wasm: artifacts::MISBEHAVE.into(), transforms: Vec::new() }),
+        limits: tasuki::limits::Limits { precopy_chunk: chunk, ..Default::default() },
+        ..SimConfig::default()
+    })
+    .unwrap()
+}
+
 /// 60 entries, then 150 events that each change the first 20 (already copied, once the
 /// pre-copy has passed them) — or, without `changes`, read one — then a read of every entry.
 fn outrun_trace(changes: bool) -> Trace {
@@ -424,13 +435,7 @@ fn when_changes_outrun_the_copy_the_host_stops_iterating_and_says_so() {
     // One record per step (a 1-byte chunk) and one step per event, while each event changes
     // 20 entries: what is owed never shrinks for long, so the host stops iterating after its
     // bound and moves the rest in the pause; every entry must still read right after.
-    let simulator = Simulator::new(SimConfig {
-        app: artifacts::MISBEHAVE.into(),
-        upgrade: Some(Target { wasm: artifacts::MISBEHAVE.into(), transforms: Vec::new() }),
-        limits: tasuki::limits::Limits { precopy_chunk: 1, ..Default::default() },
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let simulator = misbehave_to_itself(1);
     // Placed after the 60 SETs (61 events with the connect): the 150 touches follow.
     let report = simulator.run(&outrun_trace(true), UpgradeAt::Boundary(61)).unwrap();
     assert!(report.passed(), "{report}");
@@ -465,17 +470,11 @@ fn growing_trace() -> Trace {
 
 #[test]
 fn when_inserts_outrun_one_chunk_the_steps_grow_until_the_copy_catches_up() {
-    // About one record per step at first (16 bytes), while every event adds two entries: a copy that kept its
-    // step would never catch up and would leave the whole rest to the pause (as a checkpoint
+    // About one record per step at first (16 bytes), while every event adds two entries: a
+    // copy that kept its step would never catch up and would leave the whole rest to the pause (as a checkpoint
     // of a store being loaded once left 176 MB to its cut). The steps grow instead, and the
     // pre-copy converges long before the trace runs out.
-    let simulator = Simulator::new(SimConfig {
-        app: artifacts::MISBEHAVE.into(),
-        upgrade: Some(Target { wasm: artifacts::MISBEHAVE.into(), transforms: Vec::new() }),
-        limits: tasuki::limits::Limits { precopy_chunk: 16, ..Default::default() },
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let simulator = misbehave_to_itself(16);
     let report = simulator.run(&growing_trace(), UpgradeAt::Boundary(61)).unwrap();
     assert!(report.passed(), "{report}");
     let [(_, precopy)] = report.precopies.as_slice() else { panic!("one pre-copy: {report}") };
