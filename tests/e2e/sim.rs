@@ -383,13 +383,7 @@ fn queue_trace() -> Trace {
 
 #[test]
 fn a_queue_changed_between_the_pre_copy_steps_arrives_whole_at_every_boundary() {
-    let simulator = Simulator::new(SimConfig {
-        app: artifacts::MISBEHAVE.into(),
-        upgrade: Some(Target { wasm: artifacts::MISBEHAVE.into(), transforms: Vec::new() }),
-        limits: tasuki::limits::Limits { precopy_chunk: 16, ..Default::default() },
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let simulator = misbehave_to_itself(16);
     let report = simulator.run(&queue_trace(), UpgradeAt::Every).unwrap();
     assert!(report.passed(), "{report}");
     assert_eq!(report.upgraded, report.runs.len(), "every run upgraded: {report}");
