@@ -45,6 +45,17 @@ pub const JOURNAL_LIMIT: usize = 256 << 20;
 /// export per byte of input.
 pub const CHECKPOINT_MIN: usize = 4 << 20;
 
+/// Snapshots kept in `--snapshot-dir` (`--snapshot-keep`); older ones are deleted after each
+/// new one is written. More than one, so that a newest file damaged on disk still leaves a good
+/// one before it; three covers a torn newest and a bad one before it, at three times the state
+/// on disk. (redis keeps a single `dump.rdb`, replaced by rename, and no history.)
+pub const SNAPSHOT_KEEP: usize = 3;
+
+/// How long a draining host (SIGTERM, Ctrl-C) lets its clients read the replies already queued
+/// for them before it closes them (`--drain-timeout`). redis's `shutdown-timeout` (the wait for
+/// replicas to catch up before a shutdown) defaults to 10 s; ours is the same.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Concurrent control-socket clients; more are refused at once.
 pub const MAX_CONTROL_CLIENTS: usize = 16;
 
