@@ -283,6 +283,10 @@ impl EventLoop {
                 self.refused_connections += 1;
                 continue;
             }
+            #[cfg(feature = "fault-injection")]
+            if std::env::var_os("TASUKI_FAULT_LOOP_PANIC_ON_ACCEPT").is_some() {
+                panic!("injected fault: TASUKI_FAULT_LOOP_PANIC_ON_ACCEPT");
+            }
             let id = self.next_conn;
             self.next_conn += 1;
             if let Err(e) = stream.set_nodelay(true) {

@@ -187,3 +187,24 @@ fn a_drain_gives_up_on_a_client_that_does_not_read_and_a_second_sigterm_exits_at
     assert_eq!(exit_code(&mut host), Some(1), "{}", host.log());
     assert!(host.log().contains("second signal: exiting at once"), "{}", host.log());
 }
+
+#[test]
+fn run_exits_non_zero_with_the_reason_when_its_event_loop_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(crate::support::TASUKI)
+        .current_dir(dir.path())
+        .args(["run", KV_V1, "--listen", "127.0.0.1:0"])
+        .env("TASUKI_LOG", "info")
+        .env("TASUKI_FAULT_LOOP_PANIC_ON_ACCEPT", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut host = Running::adopt(child);
+    // The first connection makes the loop panic: nothing can be served from then on.
+    let _client = TcpStream::connect(&host.addr).unwrap();
+    assert_eq!(exit_code(&mut host), Some(1), "{}", host.log());
+    let log = host.log();
+    assert!(log.contains("error: the event loop stopped: it panicked"), "{log}");
+    assert!(TcpStream::connect(&host.addr).is_err(), "the port is released");
+    assert!(!dir.path().join("tasuki.sock").exists(), "the control socket is removed");
+}
