@@ -208,3 +208,13 @@ fn run_exits_non_zero_with_the_reason_when_its_event_loop_dies() {
     assert!(TcpStream::connect(&host.addr).is_err(), "the port is released");
     assert!(!dir.path().join("tasuki.sock").exists(), "the control socket is removed");
 }
+
+#[test]
+fn sigterm_stops_the_host_even_after_its_control_socket_file_was_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = run_with(dir.path(), &[]);
+    // A cleanup script removing the host's temporary directory, say.
+    std::fs::remove_file(dir.path().join("tasuki.sock")).unwrap();
+    signal(&host.child, "TERM");
+    assert_eq!(exit_code(&mut host), Some(0), "{}", host.log());
+}
