@@ -20,7 +20,9 @@
 //! whole request, however it trickles in): a client that sends garbage or stalls gets an error
 //! or is dropped, and the host goes on.
 
-use crate::limits::{CONTROL_READ_TIMEOUT, MAX_CONTROL_CLIENTS, MAX_CONTROL_MESSAGE};
+use crate::limits::{
+    CONTROL_READ_TIMEOUT, CONTROL_STOP_GRACE, MAX_CONTROL_CLIENTS, MAX_CONTROL_MESSAGE,
+};
 use crate::snapshot::SnapshotReport;
 use crate::status::Status;
 use crate::upgrade::{UpgradeOptions, UpgradeReport};
@@ -256,6 +258,8 @@ pub(crate) struct ControlServer {
     /// `accept` even when the socket's file was deleted (connecting to it would then fail).
     wake: UnixListener,
     thread: Option<JoinHandle<()>>,
+    /// Clients being served: a stopping host lets them have their answer first.
+    clients: Arc<AtomicUsize>,
 }
 
 /// Binds `path`, replacing a stale socket left by a host that died, but never a live one or a
@@ -300,6 +304,7 @@ impl ControlServer {
         let handle = Arc::new(handle);
         let shown = path.display().to_string();
         let clients = Arc::new(AtomicUsize::new(0));
+        let serving = Arc::clone(&clients);
         let thread =
             std::thread::Builder::new().name("tasuki-control".into()).spawn(move || {
                 for stream in listener.incoming() {
@@ -339,7 +344,7 @@ impl ControlServer {
                 }
             })?;
         info!("control socket at {shown}");
-        Ok(Self { path: path.into(), stop, wake, thread: Some(thread) })
+        Ok(Self { path: path.into(), stop, wake, thread: Some(thread), clients: serving })
     }
 }
 
@@ -398,6 +403,12 @@ impl Drop for ControlServer {
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+        // A client mid-request (an upgrade the stop cancelled, say) gets its answer rather than
+        // a connection closed under it; bounded, as a stop must be.
+        let grace = Instant::now() + CONTROL_STOP_GRACE;
+        while self.clients.load(Ordering::Acquire) > 0 && Instant::now() < grace {
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let _ = std::fs::remove_file(&self.path);
     }

@@ -153,7 +153,14 @@ pub const OUTPUT_HIGH_WATER: usize = 8 << 20;
 /// Largest control-socket message, either way. Requests are small (a path, a few flags).
 pub const MAX_CONTROL_MESSAGE: usize = 1 << 20;
 
-/// How long a control client may take to send its request before it is dropped.
+/// How long a stopping host waits for control clients still being served (an upgrade request
+/// its stop cancelled, a `status`) to get their answer before it exits. Their answers take
+/// milliseconds once the event loop has stopped; an upgrade still compiling its component
+/// takes up to a second or two on a busy machine.
+pub const CONTROL_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a control client may take to send its whole request before it is dropped,
+/// however its bytes trickle in.
 pub const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Epoch ticks in `d`, at least one.

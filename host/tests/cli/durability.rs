@@ -218,3 +218,52 @@ fn sigterm_stops_the_host_even_after_its_control_socket_file_was_deleted() {
     signal(&host.child, "TERM");
     assert_eq!(exit_code(&mut host), Some(0), "{}", host.log());
 }
+
+/// `tasuki upgrade` as a child, its output piped.
+fn spawn_upgrade(dir: &Path, wasm: &str) -> Child {
+    std::process::Command::new(crate::support::TASUKI)
+        .current_dir(dir)
+        .args(["upgrade", wasm])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn ctrl_c_on_upgrade_does_not_cancel_it_and_the_cli_stays_to_report_the_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = run_with(dir.path(), &[]);
+    host.resp().set_all(&keys(0, 10));
+    let upgrade = spawn_upgrade(dir.path(), tasuki_artifacts::KV_V2);
+    // The request reached the host, so the CLI's handler is in place.
+    poll(PATIENCE, || host.log().contains("upgrade to").then_some(()))
+        .unwrap_or_else(|| panic!("no upgrade request arrived:\n{}", host.log()));
+    signal(&upgrade, "INT");
+    let out = upgrade.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("upgraded kv 1.0.0 -> kv 2.0.0"), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("Ctrl-C does not cancel it"), "{}", text(&out.stderr));
+    assert!(tasuki_ok(dir.path(), &["status"]).contains("kv 2.0.0"));
+    assert!(
+        tasuki(dir.path(), &["upgrade", "--help"])
+            .stdout
+            .windows(22)
+            .any(|w| w == b"Ctrl-C does not cancel")
+    );
+}
+
+#[test]
+fn a_host_stopped_mid_upgrade_tells_the_cli_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = run_with(dir.path(), &[]);
+    let upgrade = spawn_upgrade(dir.path(), tasuki_artifacts::KV_V2);
+    poll(PATIENCE, || host.log().contains("upgrade to").then_some(()))
+        .unwrap_or_else(|| panic!("no upgrade request arrived:\n{}", host.log()));
+    signal(&host.child, "TERM");
+    let out = upgrade.wait_with_output().unwrap();
+    assert_eq!(exit_code(&mut host), Some(0), "{}", host.log());
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(err.contains("not done: the host is stopping"), "{err}");
+}
