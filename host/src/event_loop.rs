@@ -61,6 +61,8 @@ pub(crate) struct EventLoop {
     read_buf: Vec<u8>,
     /// When to ask the live instance for its memory use next.
     next_memory_check: Instant,
+    /// Written to a connection refused over `--max-connections` before it is closed.
+    refusal: Vec<u8>,
     /// Set by [`Command::Drain`]: nothing more is accepted or read, and the loop stops once
     /// every reply is written (or at this deadline).
     draining: Option<Instant>,
@@ -92,8 +94,14 @@ impl EventLoop {
             refused_connections: 0,
             read_buf: vec![0; READ_CHUNK],
             next_memory_check: Instant::now(),
+            refusal: Vec::new(),
             draining: None,
         })
+    }
+
+    /// Writes `reply` to each connection refused over `--max-connections` before closing it.
+    pub(crate) fn refuse_with(&mut self, reply: Vec<u8>) {
+        self.refusal = reply;
     }
 
     /// Writes the session to `recorder` from now on.
@@ -273,7 +281,11 @@ impl EventLoop {
                 }
             };
             if self.dispatcher.net.conns.len() >= limits.max_connections {
-                // Closed at once: the app never hears of it.
+                // Closed at once: the app never hears of it. The reply, if any, goes into an
+                // empty send buffer: one write, never waited on.
+                if !self.refusal.is_empty() {
+                    let _ = std::io::Write::write(&mut stream, &self.refusal);
+                }
                 if self.refused_connections.is_multiple_of(1000) {
                     warn!(
                         "refusing connections beyond the limit of {} (--max-connections)",

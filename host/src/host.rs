@@ -43,6 +43,11 @@ pub struct HostConfig {
     pub record: Option<PathBuf>,
     /// Where snapshots go, and how often (`--snapshot-dir`, `--snapshot-every`).
     pub snapshots: Option<SnapshotSchedule>,
+    /// Written to a connection refused over [`Limits::max_connections`] before it is closed
+    /// (`--refuse-reply`): the app is never called for it, so the words are the operator's, in
+    /// the app's protocol (redis says `-ERR max number of clients reached\r\n`). Empty: closed
+    /// without a word.
+    pub refuse_reply: Vec<u8>,
     /// Told if the event loop stops on its own (an error or a bug): the host then serves
     /// nothing, and its process should exit rather than hold the port.
     pub on_stop: Option<mpsc::Sender<Stop>>,
@@ -479,6 +484,7 @@ impl Host {
             Arc::clone(&shared),
         )
         .map_err(StartError::Loop)?;
+        event_loop.refuse_with(config.refuse_reply.clone());
         if let Some(path) = &config.record {
             let recorder = crate::sim::record::Recorder::create(path)
                 .map_err(|source| StartError::Record { path: path.clone(), source })?;

@@ -15,7 +15,7 @@ use tasuki::control::DEFAULT_CONTROL_PATH;
 /// What `tasuki` can do.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    Run(run::RunCommand),
+    Run(Box<run::RunCommand>),
     Upgrade(upgrade::UpgradeCommand),
     Status(status::StatusCommand),
     Snapshot(snapshot::SnapshotCommand),

@@ -84,9 +84,16 @@ pub struct RunCommand {
     /// Largest state an upgrade moves, in MiB; a bigger state rolls the upgrade back.
     #[arg(long, value_name = "MIB", default_value_t = (limits::MAX_STATE as usize) / MIB)]
     max_state: usize,
-    /// Connections open at once; more are closed as soon as they are accepted.
+    /// Connections open at once; more are closed as soon as they are accepted (after
+    /// --refuse-reply).
     #[arg(long, value_name = "N", default_value_t = limits::MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Bytes written to a connection refused over --max-connections before it is closed, in the
+    /// app's protocol, with \r \n \t \\ \xHH escapes; the app itself is never called for it.
+    /// For kv, redis's words: '-ERR max number of clients reached\r\n'. Without it, the
+    /// connection is closed without a word.
+    #[arg(long, value_name = "TEXT", value_parser = parse_reply, allow_hyphen_values = true)]
+    refuse_reply: Option<Bytes>,
     /// Replies queued for one connection before the host stops reading from it, in KiB. A
     /// connection is closed at 32 times this (at least 256 MiB).
     #[arg(long, value_name = "KIB", default_value_t = limits::OUTPUT_HIGH_WATER / 1024)]
@@ -121,6 +128,14 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` is under 10ms: a snapshot is a copy of the whole state"));
     }
     Ok(every)
+}
+
+/// Bytes given as escaped text on the command line.
+#[derive(Debug, Clone)]
+struct Bytes(Vec<u8>);
+
+fn parse_reply(s: &str) -> Result<Bytes, String> {
+    tasuki::sim::trace::unescape(s).map(Bytes)
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -194,6 +209,7 @@ impl RunCommand {
             restore,
             record: self.record,
             snapshots,
+            refuse_reply: self.refuse_reply.map(|b| b.0).unwrap_or_default(),
             on_stop: Some(stop),
         })?;
         // A signal, or the loop's death; the sender in the handler lives forever.

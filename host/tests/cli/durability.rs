@@ -267,3 +267,22 @@ fn a_host_stopped_mid_upgrade_tells_the_cli_why() {
     assert!(!out.status.success(), "{}", text(&out.stdout));
     assert!(err.contains("not done: the host is stopping"), "{err}");
 }
+
+#[test]
+fn a_connection_over_max_connections_is_told_why_before_it_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let refusal = "-ERR max number of clients reached\r\n";
+    let host = run_with(
+        dir.path(),
+        &["--max-connections", "1", "--refuse-reply", r"-ERR max number of clients reached\r\n"],
+    );
+    let mut first = host.resp();
+    assert_eq!(first.call(&[b"PING"]), Reply::Status("PONG".into()), "the one allowed");
+    let mut second = TcpStream::connect(&host.addr).unwrap();
+    second.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut said = Vec::new();
+    let end = second.read_to_end(&mut said);
+    assert!(end.is_ok() || end.as_ref().is_err_and(closed), "{end:?}");
+    assert_eq!(text(&said), refusal);
+    assert_eq!(first.call(&[b"PING"]), Reply::Status("PONG".into()), "the first stays served");
+}
