@@ -24,9 +24,10 @@ const MIB: usize = 1 << 20;
 pub struct RunCommand {
     /// The app's component (a `.wasm` built for wasm32-wasip2 with the tasuki guest SDK).
     app: PathBuf,
-    /// Address to accept connections on, e.g. 127.0.0.1:6379. Repeat for several.
-    #[arg(long, required = true, value_name = "ADDR")]
-    listen: Vec<SocketAddr>,
+    /// Address to accept connections on, e.g. 127.0.0.1:6379 or localhost:6379 (a name is
+    /// listened on at every address it resolves to). Repeat for several.
+    #[arg(long, required = true, value_name = "ADDR", value_parser = parse_listen)]
+    listen: Vec<Listen>,
     /// An argument for the app's `init`, given on start and to every upgraded version. Repeat
     /// for several.
     #[arg(long = "arg", value_name = "ARG")]
@@ -130,6 +131,23 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(every)
 }
 
+/// A `--listen` address: every address its name resolves to.
+#[derive(Debug, Clone)]
+struct Listen(Vec<SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    use std::net::ToSocketAddrs;
+    let mut addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("`{s}` is not HOST:PORT or ADDR:PORT ({e})"))?
+        .collect();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(format!("`{s}` resolves to no address"));
+    }
+    Ok(Listen(addrs))
+}
+
 /// Bytes given as escaped text on the command line.
 #[derive(Debug, Clone)]
 struct Bytes(Vec<u8>);
@@ -201,7 +219,7 @@ impl RunCommand {
         .context("cannot install the signal handler")?;
         let host = Host::start(HostConfig {
             app: self.app,
-            listen: self.listen,
+            listen: self.listen.into_iter().flat_map(|l| l.0).collect(),
             control: Some(self.control.control),
             args: self.args,
             limits,

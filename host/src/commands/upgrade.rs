@@ -77,7 +77,7 @@ impl UpgradeCommand {
         .context("cannot install the signal handler")?;
         match tasuki::host::request_upgrade(&self.control.control, &wasm, options)? {
             Response::Upgraded(report) => {
-                println!("{report}");
+                say!("{report}");
                 Ok(ExitCode::SUCCESS)
             }
             Response::Failed(reason) => {

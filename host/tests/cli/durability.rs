@@ -286,3 +286,53 @@ fn a_connection_over_max_connections_is_told_why_before_it_is_closed() {
     assert_eq!(text(&said), refusal);
     assert_eq!(first.call(&[b"PING"]), Reply::Status("PONG".into()), "the first stays served");
 }
+
+/// Small faults an operator meets on the first day, each once.
+#[test]
+fn operator_papercuts_status_into_head_localhost_missing_dir_one_cause_quiet_debug() {
+    let dir = tempfile::tempdir().unwrap();
+    // `--listen localhost:PORT` is a name, resolved.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let localhost = format!("localhost:{free}");
+    let host = Running::spawn(dir.path(), &["run", KV_V1, "--listen", &localhost]);
+    assert!(host.addr.contains(&format!("127.0.0.1:{free}")), "{}", host.addr);
+
+    // `tasuki status | head`: the reader may go away first; no panic, exit 0.
+    let mut piped = std::process::Command::new(crate::support::TASUKI)
+        .current_dir(dir.path())
+        .arg("status")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(piped.stdout.take()); // the reader is gone before a byte is written
+    let out = piped.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?} {}", out.status, text(&out.stderr));
+    assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
+
+    // A snapshot into a directory that is not there names it.
+    let out = tasuki(dir.path(), &["snapshot", "--out", "no/such/dir/kv.snap"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no/such/dir"), "{}", text(&out.stderr));
+
+    // A port in use: the cause is said once.
+    let out = tasuki(dir.path(), &["run", KV_V1, "--listen", &host.addr, "--control", "b.sock"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    drop(host);
+
+    // TASUKI_LOG=debug: tasuki's own debug lines, not the compiler's.
+    let debug = std::process::Command::new(crate::support::TASUKI)
+        .current_dir(dir.path())
+        .args(["run", KV_V1, "--listen", "127.0.0.1:0", "--control", "d.sock"])
+        .env("TASUKI_LOG", "debug")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let host = Running::adopt(debug);
+    host.resp().call(&[b"PING"]);
+    let log = host.log();
+    assert!(log.contains("DEBUG tasuki"), "{log}");
+    assert!(!log.contains("cranelift") && !log.contains("wasmtime"), "{log}");
+}
