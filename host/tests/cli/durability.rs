@@ -189,6 +189,7 @@ fn a_drain_gives_up_on_a_client_that_does_not_read_and_a_second_sigterm_exits_at
     let _stuck = queue_a_big_reply(&host, b"big", 32 << 20);
     signal(&host.child, "TERM");
     said(&host, "draining");
+    assert!(TcpStream::connect(&host.addr).is_err(), "no longer accepting while draining");
     signal(&host.child, "TERM");
     assert_eq!(exit_code(&mut host), Some(1), "{}", host.log());
     said(&host, "second signal: exiting at once");
