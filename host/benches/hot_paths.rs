@@ -117,7 +117,7 @@ fn event(c: &mut Criterion) {
         limits: Limits::default(),
         sandbox: Sandbox::default(),
         restore: None,
-        record: None,
+        ..HostConfig::default()
     })
     .expect("host starts");
     let mut stream = std::net::TcpStream::connect(host.local_addrs()[0]).unwrap();

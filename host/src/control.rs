@@ -1,12 +1,28 @@
 //! The control socket: how `tasuki upgrade` and `tasuki status` reach a running host.
 //!
 //! A Unix socket, created owner-only (mode 0600), so only the user running the host can drive it.
-//! Each message is a 4-byte big-endian length and a postcard body; one request, one response,
-//! per connection. Every size and wait is bounded ([`MAX_CONTROL_MESSAGE`],
-//! [`CONTROL_READ_TIMEOUT`]): a client that sends garbage or stalls gets an error or is dropped,
-//! and the host goes on.
+//! One request, one response, per connection. Each message is a frame:
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 4 | magic `TSKC` |
+//! | 4 | control protocol version, big-endian ([`PROTOCOL_VERSION`]) |
+//! | 4 | body length, big-endian |
+//! | N | body: postcard of a [`Request`] or a [`Response`] |
+//!
+//! A host and a client of different versions do not guess at each other's bodies: the host
+//! answers a request of another version with a frame of its own version, and the client names
+//! both versions. Frames without the magic come from a tasuki older than versioned frames (whose
+//! frame was the length and the body); the host answers those in that old frame, with an error
+//! it shows as it is.
+//!
+//! Every size and wait is bounded ([`MAX_CONTROL_MESSAGE`], [`CONTROL_READ_TIMEOUT`] for the
+//! whole request, however it trickles in): a client that sends garbage or stalls gets an error
+//! or is dropped, and the host goes on.
 
-use crate::limits::{CONTROL_READ_TIMEOUT, MAX_CONTROL_CLIENTS, MAX_CONTROL_MESSAGE};
+use crate::limits::{
+    CONTROL_READ_TIMEOUT, CONTROL_STOP_GRACE, MAX_CONTROL_CLIENTS, MAX_CONTROL_MESSAGE,
+};
 use crate::snapshot::SnapshotReport;
 use crate::status::Status;
 use crate::upgrade::{UpgradeOptions, UpgradeReport};
@@ -19,11 +35,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::Instant;
 use tracing::{debug, info, warn};
 
 /// Where `run` listens and `upgrade`/`status` connect when `--control` is not given: a file in
 /// the current directory, so commands started from the same place find each other.
 pub const DEFAULT_CONTROL_PATH: &str = "tasuki.sock";
+
+/// The frame's first bytes.
+pub const FRAME_MAGIC: &[u8; 4] = b"TSKC";
+/// The control protocol this tasuki speaks. Bump it whenever [`Request`] or [`Response`] (or
+/// anything in them) changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
 
 /// A request to a running host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +67,9 @@ pub enum Request {
 }
 
 /// A host's answer.
+///
+/// `Failed` must stay the fourth variant: it is what a tasuki older than versioned frames reads
+/// (see the module's documentation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Status(Box<Status>),
@@ -72,23 +98,66 @@ pub enum ControlError {
     TooLarge(usize),
     #[error("control message does not decode: {0}")]
     Decode(String),
+    #[error(
+        "the host at {path} speaks control protocol {host}, this tasuki speaks {PROTOCOL_VERSION}: \
+         use the tasuki binary the host was started with"
+    )]
+    Version { path: PathBuf, host: u32 },
+    #[error(
+        "the host at {path} did not answer in tasuki's control protocol: it may be a tasuki \
+         from before versioned control frames; use the tasuki binary it was started with"
+    )]
+    NotTasuki { path: PathBuf },
+    #[error(
+        "the host at {path} closed the connection without an answer: it stopped or crashed \
+         while handling the request (`tasuki status` shows whether it is still running)"
+    )]
+    NoAnswer { path: PathBuf },
 }
 
 fn write_message<T: Serialize>(stream: &mut impl Write, message: &T) -> io::Result<()> {
-    let body = postcard::to_allocvec(message).map_err(io::Error::other)?;
+    write_frame(
+        stream,
+        PROTOCOL_VERSION,
+        &postcard::to_allocvec(message).map_err(io::Error::other)?,
+    )
+}
+
+fn write_frame(stream: &mut impl Write, version: u32, body: &[u8]) -> io::Result<()> {
     let len = u32::try_from(body.len()).map_err(io::Error::other)?;
-    let mut frame = Vec::with_capacity(4 + body.len());
+    let mut frame = Vec::with_capacity(12 + body.len());
+    frame.extend_from_slice(FRAME_MAGIC);
+    frame.extend_from_slice(&version.to_be_bytes());
     frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(&body);
+    frame.extend_from_slice(body);
     stream.write_all(&frame)?;
     stream.flush()
 }
 
-/// Reads one framed message, refusing anything over [`MAX_CONTROL_MESSAGE`] before allocating.
+/// A frame as a tasuki from before versioned frames wrote and reads it: the length, the body.
+fn write_unversioned<T: Serialize>(stream: &mut impl Write, message: &T) -> io::Result<()> {
+    let body = postcard::to_allocvec(message).map_err(io::Error::other)?;
+    let len = u32::try_from(body.len()).map_err(io::Error::other)?;
+    stream.write_all(&len.to_be_bytes())?;
+    stream.write_all(&body)?;
+    stream.flush()
+}
+
+/// Reads one frame of this protocol version and decodes its body, refusing anything over
+/// [`MAX_CONTROL_MESSAGE`] before allocating.
 pub fn decode_message<T: DeserializeOwned>(stream: &mut impl Read) -> Result<T, MessageError> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).map_err(MessageError::Io)?;
-    let len = u32::from_be_bytes(len) as usize;
+    // The magic alone first: a frame without it may be shorter than a header.
+    let mut header = [0u8; 12];
+    stream.read_exact(&mut header[..4]).map_err(MessageError::Io)?;
+    if &header[..4] != FRAME_MAGIC {
+        return Err(MessageError::NotTasuki);
+    }
+    stream.read_exact(&mut header[4..]).map_err(MessageError::Io)?;
+    let version = u32::from_be_bytes(header[4..8].try_into().unwrap_or_default());
+    if version != PROTOCOL_VERSION {
+        return Err(MessageError::Version(version));
+    }
+    let len = u32::from_be_bytes(header[8..12].try_into().unwrap_or_default()) as usize;
     if len > MAX_CONTROL_MESSAGE {
         return Err(MessageError::TooLarge(len));
     }
@@ -106,6 +175,34 @@ pub enum MessageError {
     TooLarge(usize),
     #[error("message does not decode: {0}")]
     Decode(String),
+    #[error(
+        "the client speaks control protocol {0}, this host speaks {PROTOCOL_VERSION}: use the \
+         tasuki binary the host was started with"
+    )]
+    Version(u32),
+    #[error(
+        "not a tasuki control frame (no `TSKC` magic): a tasuki from before versioned control \
+         frames? Use the tasuki binary the host was started with"
+    )]
+    NotTasuki,
+}
+
+/// A reader that fails once `deadline` passes, however the bytes trickle in: the bound is on
+/// the whole request, not on each read.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    deadline: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the request took too long"));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&mut &*self.stream).read(buf)
+    }
 }
 
 /// The socket must belong to us and be closed to everyone else, like the host creates it.
@@ -140,9 +237,14 @@ pub fn request(path: &Path, request: &Request) -> Result<Response, ControlError>
     let io_err = |reason| ControlError::Io { path: path.into(), reason };
     write_message(&mut stream, request).map_err(io_err)?;
     decode_message(&mut stream).map_err(|e| match e {
+        MessageError::Io(reason) if reason.kind() == io::ErrorKind::UnexpectedEof => {
+            ControlError::NoAnswer { path: path.into() }
+        }
         MessageError::Io(reason) => ControlError::Io { path: path.into(), reason },
         MessageError::TooLarge(n) => ControlError::TooLarge(n),
         MessageError::Decode(reason) => ControlError::Decode(reason),
+        MessageError::Version(host) => ControlError::Version { path: path.into(), host },
+        MessageError::NotTasuki => ControlError::NotTasuki { path: path.into() },
     })
 }
 
@@ -156,6 +258,8 @@ pub(crate) struct ControlServer {
     /// `accept` even when the socket's file was deleted (connecting to it would then fail).
     wake: UnixListener,
     thread: Option<JoinHandle<()>>,
+    /// Clients being served: a stopping host lets them have their answer first.
+    clients: Arc<AtomicUsize>,
 }
 
 /// Binds `path`, replacing a stale socket left by a host that died, but never a live one or a
@@ -200,6 +304,7 @@ impl ControlServer {
         let handle = Arc::new(handle);
         let shown = path.display().to_string();
         let clients = Arc::new(AtomicUsize::new(0));
+        let serving = Arc::clone(&clients);
         let thread =
             std::thread::Builder::new().name("tasuki-control".into()).spawn(move || {
                 for stream in listener.incoming() {
@@ -239,7 +344,7 @@ impl ControlServer {
                 }
             })?;
         info!("control socket at {shown}");
-        Ok(Self { path: path.into(), stop, wake, thread: Some(thread) })
+        Ok(Self { path: path.into(), stop, wake, thread: Some(thread), clients: serving })
     }
 }
 
@@ -256,17 +361,25 @@ fn check_peer(stream: &UnixStream) -> Result<(), String> {
 }
 
 fn serve(mut stream: UnixStream, handle: &dyn Fn(Request) -> Response) {
-    if let Err(e) = stream.set_read_timeout(Some(CONTROL_READ_TIMEOUT)) {
-        warn!("control client: {e}");
-        return;
-    }
-    let response = match decode_message::<Request>(&mut stream) {
+    let deadline = Instant::now() + CONTROL_READ_TIMEOUT;
+    let response = match decode_message::<Request>(&mut Deadline { stream: &stream, deadline }) {
         Ok(request) => {
             debug!(?request, "control request");
             handle(request)
         }
         Err(MessageError::Io(e)) => {
             debug!("control client went away or stalled: {e}");
+            return;
+        }
+        Err(MessageError::NotTasuki) => {
+            warn!("bad control request: {}", MessageError::NotTasuki);
+            let answer = Response::Failed(format!(
+                "this host speaks tasuki control protocol {PROTOCOL_VERSION}, with versioned \
+                 frames; this client does not: use the tasuki binary the host was started with"
+            ));
+            if let Err(e) = write_unversioned(&mut stream, &answer) {
+                debug!("control client went away before the answer: {e}");
+            }
             return;
         }
         Err(e) => {
@@ -290,6 +403,12 @@ impl Drop for ControlServer {
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+        // A client mid-request (an upgrade the stop cancelled, say) gets its answer rather than
+        // a connection closed under it; bounded, as a stop must be.
+        let grace = Instant::now() + CONTROL_STOP_GRACE;
+        while self.clients.load(Ordering::Acquire) > 0 && Instant::now() < grace {
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let _ = std::fs::remove_file(&self.path);
     }
@@ -350,10 +469,12 @@ mod tests {
         for _ in 0..20_000 {
             let len = (next() % 64) as usize;
             let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            if bytes.len() >= 4 && next() % 2 == 0 {
-                // A plausible length prefix, so the body decoder is reached too.
-                let body = (bytes.len() - 4) as u32;
-                bytes[..4].copy_from_slice(&body.to_be_bytes());
+            if bytes.len() >= 12 && next() % 2 == 0 {
+                // A plausible header, so the body decoder is reached too.
+                let body = (bytes.len() - 12) as u32;
+                bytes[..4].copy_from_slice(FRAME_MAGIC);
+                bytes[4..8].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+                bytes[8..12].copy_from_slice(&body.to_be_bytes());
             }
             let _ = decode_message::<Request>(&mut &bytes[..]);
             let _ = decode_message::<Response>(&mut &bytes[..]);
@@ -361,8 +482,25 @@ mod tests {
     }
 
     #[test]
+    fn another_protocol_version_or_an_unversioned_frame_is_named() {
+        let mut bytes = frame(&Request::Status);
+        bytes[4..8].copy_from_slice(&7u32.to_be_bytes());
+        let err = decode_message::<Request>(&mut &bytes[..]).unwrap_err();
+        assert!(matches!(err, MessageError::Version(7)), "{err}");
+        assert!(err.to_string().contains("control protocol 7, this host speaks 1"), "{err}");
+        // What a tasuki from before versioned frames sends: a length, then the body.
+        let body = postcard::to_allocvec(&Request::Status).unwrap();
+        let mut old = (body.len() as u32).to_be_bytes().to_vec();
+        old.extend_from_slice(&body);
+        let err = decode_message::<Request>(&mut &old[..]).unwrap_err();
+        assert!(matches!(err, MessageError::NotTasuki), "{err}");
+    }
+
+    #[test]
     fn a_length_over_the_limit_is_refused_before_allocating() {
-        let bytes = (MAX_CONTROL_MESSAGE as u32 + 1).to_be_bytes();
+        let mut bytes = FRAME_MAGIC.to_vec();
+        bytes.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        bytes.extend_from_slice(&(MAX_CONTROL_MESSAGE as u32 + 1).to_be_bytes());
         assert!(matches!(
             decode_message::<Request>(&mut &bytes[..]),
             Err(MessageError::TooLarge(_))

@@ -799,6 +799,17 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         }
     }
 
+    /// Refuses an upgrade that arrives while the host is stopping.
+    pub(crate) fn refuse_upgrade(&mut self, next: Prepared) -> Swapped {
+        let error = UpgradeError::HostStopped;
+        self.ended(Swap::RolledBack { error, retired: Box::new(next.instance) })
+    }
+
+    /// True while a `tasuki snapshot` (or the last snapshot of a drain) waits for its state.
+    pub(crate) fn snapshot_pending(&self) -> bool {
+        !self.snapshot_waiters.is_empty()
+    }
+
     /// Drops the upgrade under way, if any (the host is stopping): the old version keeps
     /// everything.
     pub(crate) fn cancel_upgrade(&mut self) -> Option<Swapped> {

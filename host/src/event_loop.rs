@@ -21,14 +21,27 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 /// Asks the loop to do something at the next event boundary.
 pub(crate) enum Command {
     Upgrade(Box<Prepared>, mpsc::SyncSender<Swapped>),
     /// Take the state (a copy: the app serves on) and say how long its cut paused the app.
     Snapshot(SnapshotReply),
+    /// Stop accepting and reading, flush what is queued until `deadline`, then stop; with a
+    /// reply, take a last snapshot first, at the boundary where input stopped.
+    Drain {
+        deadline: Instant,
+        snapshot: Option<SnapshotReply>,
+    },
     Shutdown,
+}
+
+/// Why the event loop stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("waiting for readiness failed: {0}")]
+    Poll(io::Error),
 }
 
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -48,6 +61,11 @@ pub(crate) struct EventLoop {
     read_buf: Vec<u8>,
     /// When to ask the live instance for its memory use next.
     next_memory_check: Instant,
+    /// Written to a connection refused over `--max-connections` before it is closed.
+    refusal: Vec<u8>,
+    /// Set by [`Command::Drain`]: nothing more is accepted or read, and the loop stops once
+    /// every reply is written (or at this deadline).
+    draining: Option<Instant>,
 }
 
 impl EventLoop {
@@ -76,7 +94,14 @@ impl EventLoop {
             refused_connections: 0,
             read_buf: vec![0; READ_CHUNK],
             next_memory_check: Instant::now(),
+            refusal: Vec::new(),
+            draining: None,
         })
+    }
+
+    /// Writes `reply` to each connection refused over `--max-connections` before closing it.
+    pub(crate) fn refuse_with(&mut self, reply: Vec<u8>) {
+        self.refusal = reply;
     }
 
     /// Writes the session to `recorder` from now on.
@@ -84,31 +109,23 @@ impl EventLoop {
         self.dispatcher.record(recorder);
     }
 
-    /// Runs until a [`Command::Shutdown`] arrives or the command channel closes.
-    pub(crate) fn run(mut self) {
+    /// Runs until a [`Command::Shutdown`] arrives, the command channel closes, or a drain ends;
+    /// an error if it cannot go on.
+    pub(crate) fn run(mut self) -> Result<(), LoopError> {
         let mut events = Events::with_capacity(1024);
         loop {
-            // While a pre-copy or a checkpoint is under way, poll without waiting: a step runs
-            // after every round of events, and the events of each round wait for at most one.
-            let timeout = if self.dispatcher.net.read_again.is_empty()
-                && !self.dispatcher.upgrading()
-                && !self.dispatcher.checkpointing()
+            if let Some(deadline) = self.draining
+                && self.drained(deadline)
             {
-                let now = Instant::now();
-                let timer = self.dispatcher.next_deadline().map(|deadline| {
-                    self.dispatcher.clock.instant(deadline).saturating_duration_since(now)
-                });
-                let memory = self.next_memory_check.saturating_duration_since(now);
-                Some(timer.map_or(memory, |timer| timer.min(memory)))
-            } else {
-                Some(Duration::ZERO)
-            };
+                info!("event loop stopped");
+                return Ok(());
+            }
+            let timeout = self.timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                error!("poll failed, the host stops: {e}");
-                return;
+                return Err(LoopError::Poll(e));
             }
             for event in events.iter() {
                 match event.token() {
@@ -120,17 +137,22 @@ impl EventLoop {
                             self.dispatcher.net.on_writable(id);
                             self.dispatcher.reap_broken();
                         }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        if self.draining.is_none()
+                            && (event.is_readable() || event.is_read_closed() || event.is_error())
+                        {
                             self.read(id);
                         }
                     }
                 }
             }
-            for id in std::mem::take(&mut self.dispatcher.net.read_again) {
-                self.read(id);
+            let again = std::mem::take(&mut self.dispatcher.net.read_again);
+            if self.draining.is_none() {
+                for id in again {
+                    self.read(id);
+                }
+                self.dispatcher.fire_due_timers();
+                self.dispatcher.checkpoint_if_due();
             }
-            self.dispatcher.fire_due_timers();
-            self.dispatcher.checkpoint_if_due();
             self.dispatcher.checkpoint_step();
             if let Some(swapped) = self.dispatcher.upgrade_step() {
                 self.reply_upgrade(swapped);
@@ -142,22 +164,89 @@ impl EventLoop {
                 match self.commands.try_recv() {
                     Ok(Command::Upgrade(prepared, reply)) => {
                         self.upgrade_reply = Some(reply);
-                        if let Some(swapped) = self.dispatcher.upgrade(*prepared) {
+                        if self.draining.is_some() {
+                            let swapped = self.dispatcher.refuse_upgrade(*prepared);
+                            self.reply_upgrade(swapped);
+                        } else if let Some(swapped) = self.dispatcher.upgrade(*prepared) {
                             self.reply_upgrade(swapped);
                         }
                     }
                     Ok(Command::Snapshot(reply)) => self.dispatcher.snapshot(reply),
+                    Ok(Command::Drain { deadline, snapshot }) => self.drain(deadline, snapshot),
                     Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => {
                         if let Some(swapped) = self.dispatcher.cancel_upgrade() {
                             self.reply_upgrade(swapped);
                         }
                         info!("event loop stopped");
-                        return;
+                        return Ok(());
                     }
                     Err(mpsc::TryRecvError::Empty) => break,
                 }
             }
         }
+    }
+
+    /// How long the next poll may wait: not at all while a pre-copy or a checkpoint is under
+    /// way (a step runs after every round of events, and the events of each round wait for at
+    /// most one), until the next timer otherwise, and never past a drain's deadline.
+    fn timeout(&mut self) -> Option<Duration> {
+        let busy = !self.dispatcher.net.read_again.is_empty() && self.draining.is_none()
+            || self.dispatcher.upgrading()
+            || self.dispatcher.checkpointing();
+        if busy {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        if let Some(deadline) = self.draining {
+            return Some(deadline.saturating_duration_since(now));
+        }
+        let timer = self
+            .dispatcher
+            .next_deadline()
+            .map(|deadline| self.dispatcher.clock.instant(deadline).saturating_duration_since(now));
+        let memory = self.next_memory_check.saturating_duration_since(now);
+        Some(timer.map_or(memory, |timer| timer.min(memory)))
+    }
+
+    /// Starts a drain: the listeners close (new clients are refused by the kernel), no more
+    /// input is read and no timer fires, so the state stops changing here; an upgrade under
+    /// way rolls back; the last snapshot, if asked for, is of this state.
+    fn drain(&mut self, deadline: Instant, snapshot: Option<SnapshotReply>) {
+        self.listeners.clear();
+        self.dispatcher.net.read_again.clear();
+        self.draining = Some(deadline);
+        if let Some(swapped) = self.dispatcher.cancel_upgrade() {
+            self.reply_upgrade(swapped);
+        }
+        let queued: usize = self.dispatcher.net.conns.values().map(Conn::pending).sum();
+        info!(
+            "draining: no longer accepting or reading; flushing {queued} bytes of replies to {} \
+             connections",
+            self.dispatcher.net.conns.len()
+        );
+        if let Some(reply) = snapshot {
+            self.dispatcher.snapshot(reply);
+        }
+    }
+
+    /// Whether a drain is done: no snapshot is still being taken, and every reply is written or
+    /// the deadline has passed.
+    fn drained(&self, deadline: Instant) -> bool {
+        if self.dispatcher.snapshot_pending() {
+            return false;
+        }
+        let unflushed = self.dispatcher.net.conns.values().filter(|c| c.pending() > 0).count();
+        if unflushed == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            warn!(
+                "drain deadline passed: closing {unflushed} connections that have not read all \
+                 their replies (--drain-timeout)"
+            );
+            return true;
+        }
+        false
     }
 
     /// Tells the requester how its upgrade ended. It may have gone away; the outcome is logged
@@ -192,7 +281,11 @@ impl EventLoop {
                 }
             };
             if self.dispatcher.net.conns.len() >= limits.max_connections {
-                // Closed at once: the app never hears of it.
+                // Closed at once: the app never hears of it. The reply, if any, goes into an
+                // empty send buffer: one write, never waited on.
+                if !self.refusal.is_empty() {
+                    let _ = std::io::Write::write(&mut stream, &self.refusal);
+                }
                 if self.refused_connections.is_multiple_of(1000) {
                     warn!(
                         "refusing connections beyond the limit of {} (--max-connections)",
@@ -201,6 +294,10 @@ impl EventLoop {
                 }
                 self.refused_connections += 1;
                 continue;
+            }
+            #[cfg(feature = "fault-injection")]
+            if std::env::var_os("TASUKI_FAULT_LOOP_PANIC_ON_ACCEPT").is_some() {
+                panic!("injected fault: TASUKI_FAULT_LOOP_PANIC_ON_ACCEPT");
             }
             let id = self.next_conn;
             self.next_conn += 1;

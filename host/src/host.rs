@@ -3,13 +3,14 @@
 
 use crate::bindings::{AppInfo, Chunk, Snapshot};
 use crate::control::{self, ControlServer, Request, Response};
+use crate::dispatch::SnapshotReply;
 use crate::event_loop::{Command, EventLoop, WAKER};
 use crate::instance::CallError;
 use crate::limits::Limits;
 use crate::live::Live;
 use crate::runtime::Runtime;
 use crate::sandbox::Sandbox;
-use crate::snapshot::{SnapshotFile, SnapshotFileError, SnapshotReport};
+use crate::snapshot::{SnapshotDir, SnapshotFile, SnapshotFileError, SnapshotReport};
 use crate::status::{Shared, Status};
 use crate::transformer::{ChainError, Pipeline, TransformError};
 use crate::upgrade::{self, AppVersion, UpgradeError, UpgradeOptions, UpgradeReport};
@@ -19,7 +20,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, TryLockError, mpsc};
 use std::thread::JoinHandle;
-use tracing::info;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
 
 /// What to run and where.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +41,33 @@ pub struct HostConfig {
     pub restore: Option<Restore>,
     /// Write the session to this file as a trace (`--record`), for `tasuki test`.
     pub record: Option<PathBuf>,
+    /// Where snapshots go, and how often (`--snapshot-dir`, `--snapshot-every`).
+    pub snapshots: Option<SnapshotSchedule>,
+    /// Written to a connection refused over [`Limits::max_connections`] before it is closed
+    /// (`--refuse-reply`): the app is never called for it, so the words are the operator's, in
+    /// the app's protocol (redis says `-ERR max number of clients reached\r\n`). Empty: closed
+    /// without a word.
+    pub refuse_reply: Vec<u8>,
+    /// Told if the event loop stops on its own (an error or a bug): the host then serves
+    /// nothing, and its process should exit rather than hold the port.
+    pub on_stop: Option<mpsc::Sender<Stop>>,
+}
+
+/// Snapshots written to a directory: on a schedule, and a last one when the host drains.
+#[derive(Debug, Clone)]
+pub struct SnapshotSchedule {
+    pub dir: SnapshotDir,
+    /// How often; `None` for only the last one, at a drain.
+    pub every: Option<Duration>,
+}
+
+/// Why `tasuki run` stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM or Ctrl-C: drain and exit.
+    Signal,
+    /// The event loop stopped on its own, for this reason: nothing is served any more.
+    LoopDied(String),
 }
 
 /// A snapshot file to start from, and the transformers between its state and the app.
@@ -127,29 +156,43 @@ impl Upgrader {
     /// between events when the app pre-copies, else an export — written to the file off the
     /// loop.
     fn snapshot(&self, out: &Path) -> Result<SnapshotReport, SnapshotError> {
+        let (file, pause) = self.take_snapshot(Command::Snapshot)?;
+        let file_bytes = file.write(out)?;
+        let report = SnapshotReport::new(out, &file, file_bytes, pause);
+        info!("{report}");
+        Ok(report)
+    }
+
+    /// Asks the loop for the state with the command `ask` builds, and waits for it.
+    fn take_snapshot(
+        &self,
+        ask: impl FnOnce(SnapshotReply) -> Command,
+    ) -> Result<(SnapshotFile, Duration), SnapshotError> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Command::Snapshot(reply)).map_err(|e| SnapshotError::Export(Box::new(e)))?;
+        self.send(ask(reply)).map_err(|e| SnapshotError::Export(Box::new(e)))?;
         let (chunks, snapshot, pause) = answer
             .recv()
             .map_err(|_| SnapshotError::Export(Box::new(UpgradeError::HostStopped)))?
             .map_err(|e| SnapshotError::Export(Box::new(e)))?;
-        let file = SnapshotFile::from_state(&chunks, &snapshot);
-        let file_bytes = file.write(out)?;
-        let report = SnapshotReport {
-            path: out.into(),
-            app: file.app.clone(),
-            app_version: file.app_version.clone(),
-            file_bytes,
-            sections: file
-                .sections
-                .iter()
-                .map(|s| (s.name.clone(), s.version, s.bytes.len() as u64))
-                .collect(),
-            chunk_bytes: file.chunks.iter().map(|c| c.bytes.len() as u64).sum(),
-            pause,
-        };
-        info!("{report}");
-        Ok(report)
+        Ok((SnapshotFile::from_state(&chunks, &snapshot), pause))
+    }
+
+    /// A snapshot into `dir`, as the schedule or a drain takes it; recorded for `tasuki
+    /// status`.
+    fn snapshot_into(
+        &self,
+        dir: &SnapshotDir,
+        file: Result<(SnapshotFile, Duration), SnapshotError>,
+    ) {
+        let written = file.and_then(|(file, pause)| {
+            let (path, bytes) = dir.write(&file)?;
+            Ok(SnapshotReport::new(&path, &file, bytes, pause))
+        });
+        match &written {
+            Ok(report) => info!("{report}"),
+            Err(e) => warn!("snapshot into {} failed: {e}", dir.path().display()),
+        }
+        self.shared.record_snapshot(written.as_ref().map_err(ToString::to_string));
     }
 
     fn upgrade(
@@ -309,6 +352,60 @@ pub struct RunningHost {
     control: Option<ControlServer>,
     /// Stops the compaction thread (`None` with `--compact-below 0`).
     compactor: Option<mpsc::Sender<()>>,
+    snapshots: Option<Scheduler>,
+}
+
+/// The thread that takes snapshots on a schedule.
+#[derive(Debug)]
+struct Scheduler {
+    dir: SnapshotDir,
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Scheduler {
+    fn start(upgrader: &Arc<Upgrader>, schedule: &SnapshotSchedule) -> std::io::Result<Self> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let upgrader = Arc::clone(upgrader);
+        let dir = schedule.dir.clone();
+        let every = schedule.every;
+        let thread =
+            std::thread::Builder::new().name("tasuki-snapshots".into()).spawn(move || {
+                let Some(every) = every else { return };
+                // Waiting on the channel: a stop ends the wait at once.
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    upgrader.snapshot_into(&dir, upgrader.take_snapshot(Command::Snapshot));
+                }
+            })?;
+        Ok(Self { dir: schedule.dir.clone(), stop, thread })
+    }
+
+    fn stop(self) -> SnapshotDir {
+        drop(self.stop);
+        let _ = self.thread.join();
+        self.dir
+    }
+}
+
+/// Tells [`HostConfig::on_stop`] when the event loop ends other than by being asked to,
+/// including by a panic (dropped while unwinding).
+struct DeathNotice(Option<mpsc::Sender<Stop>>);
+
+impl DeathNotice {
+    fn died(&mut self, reason: String) {
+        error!("the event loop stopped: {reason}; nothing is served any more");
+        if let Some(notify) = self.0.take() {
+            let _ = notify.send(Stop::LoopDied(reason));
+        }
+    }
+}
+
+impl Drop for DeathNotice {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.died("it panicked (the message is above)".into());
+        }
+    }
 }
 
 impl Host {
@@ -387,6 +484,7 @@ impl Host {
             Arc::clone(&shared),
         )
         .map_err(StartError::Loop)?;
+        event_loop.refuse_with(config.refuse_reply.clone());
         if let Some(path) = &config.record {
             let recorder = crate::sim::record::Recorder::create(path)
                 .map_err(|source| StartError::Record { path: path.clone(), source })?;
@@ -395,9 +493,14 @@ impl Host {
         // Compiling the app left cranelift's working memory free in glibc's arenas (about
         // 11 MiB for kv): give it back before serving.
         release_free_heap();
+        let mut notice = DeathNotice(config.on_stop.clone());
         let dispatcher = std::thread::Builder::new()
             .name("tasuki-dispatcher".into())
-            .spawn(move || event_loop.run())
+            .spawn(move || {
+                if let Err(e) = event_loop.run() {
+                    notice.died(e.to_string());
+                }
+            })
             .map_err(StartError::Loop)?;
 
         let upgrader = Arc::new(Upgrader {
@@ -442,10 +545,37 @@ impl Host {
                 match server {
                     Ok(server) => Some(server),
                     Err(source) => {
-                        let host =
-                            RunningHost { addrs, upgrader, dispatcher, control: None, compactor };
+                        let host = RunningHost {
+                            addrs,
+                            upgrader,
+                            dispatcher,
+                            control: None,
+                            compactor,
+                            snapshots: None,
+                        };
                         host.shutdown();
                         return Err(StartError::Control { path: path.clone(), source });
+                    }
+                }
+            }
+        };
+        let snapshots = match &config.snapshots {
+            None => None,
+            Some(schedule) => {
+                upgrader.shared.snapshots_into(schedule.dir.path().into(), schedule.every);
+                match Scheduler::start(&upgrader, schedule) {
+                    Ok(scheduler) => Some(scheduler),
+                    Err(e) => {
+                        let host = RunningHost {
+                            addrs,
+                            upgrader,
+                            dispatcher,
+                            control,
+                            compactor,
+                            snapshots: None,
+                        };
+                        host.shutdown();
+                        return Err(StartError::Loop(e));
                     }
                 }
             }
@@ -454,7 +584,7 @@ impl Host {
             "{app} serving on {}",
             addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
         );
-        Ok(RunningHost { addrs, upgrader, dispatcher, control, compactor })
+        Ok(RunningHost { addrs, upgrader, dispatcher, control, compactor, snapshots })
     }
 }
 
@@ -500,19 +630,57 @@ impl RunningHost {
         self.upgrader.shared.status()
     }
 
-    /// Stops serving: closes the listeners, every connection and the control socket.
+    /// Stops serving at once: closes the listeners, every connection and the control socket.
+    /// Replies not yet written are lost; [`RunningHost::drain`] writes them first.
     pub fn shutdown(self) {
         drop(self.compactor);
+        if let Some(snapshots) = self.snapshots {
+            snapshots.stop();
+        }
         // An error means the loop is gone already.
         let _ = self.upgrader.send(Command::Shutdown);
         drop(self.control);
         let _ = self.dispatcher.join();
     }
 
+    /// Stops serving cleanly (SIGTERM): stops accepting and reading, rolls back an upgrade under
+    /// way, writes a last snapshot into the snapshot directory if there is one (of the state as
+    /// input stopped), and lets every connection take its queued replies for up to `timeout`
+    /// before closing them all. A `status` request is still answered meanwhile.
+    pub fn drain(self, timeout: Duration) -> DrainReport {
+        drop(self.compactor);
+        let dir = self.snapshots.map(Scheduler::stop);
+        let deadline = Instant::now() + timeout;
+        let mut report = DrainReport::default();
+        match &dir {
+            Some(dir) => {
+                let state = self
+                    .upgrader
+                    .take_snapshot(|reply| Command::Drain { deadline, snapshot: Some(reply) });
+                self.upgrader.snapshot_into(dir, state);
+                report.snapshot = Some(self.upgrader.shared.last_snapshot());
+            }
+            None => {
+                let _ = self.upgrader.send(Command::Drain { deadline, snapshot: None });
+            }
+        }
+        let _ = self.dispatcher.join();
+        drop(self.control);
+        report
+    }
+
     /// Blocks until the host stops (it stops only if its event loop fails).
     pub fn wait(self) {
         let _ = self.dispatcher.join();
     }
+}
+
+/// How a drain ended.
+#[derive(Debug, Default)]
+pub struct DrainReport {
+    /// The last snapshot's path, or why it was not written; `None` without a snapshot
+    /// directory.
+    pub snapshot: Option<Result<PathBuf, String>>,
 }
 
 /// `tasuki upgrade` as a function: asks the host behind `control` to upgrade to `wasm`.

@@ -45,6 +45,17 @@ pub const JOURNAL_LIMIT: usize = 256 << 20;
 /// export per byte of input.
 pub const CHECKPOINT_MIN: usize = 4 << 20;
 
+/// Snapshots kept in `--snapshot-dir` (`--snapshot-keep`); older ones are deleted after each
+/// new one is written. More than one, so that a newest file damaged on disk still leaves a good
+/// one before it; three covers a torn newest and a bad one before it, at three times the state
+/// on disk. (redis keeps a single `dump.rdb`, replaced by rename, and no history.)
+pub const SNAPSHOT_KEEP: usize = 3;
+
+/// How long a draining host (SIGTERM, Ctrl-C) lets its clients read the replies already queued
+/// for them before it closes them (`--drain-timeout`). redis's `shutdown-timeout` (the wait for
+/// replicas to catch up before a shutdown) defaults to 10 s; ours is the same.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Concurrent control-socket clients; more are refused at once.
 pub const MAX_CONTROL_CLIENTS: usize = 16;
 
@@ -142,7 +153,14 @@ pub const OUTPUT_HIGH_WATER: usize = 8 << 20;
 /// Largest control-socket message, either way. Requests are small (a path, a few flags).
 pub const MAX_CONTROL_MESSAGE: usize = 1 << 20;
 
-/// How long a control client may take to send its request before it is dropped.
+/// How long a stopping host waits for control clients still being served (an upgrade request
+/// its stop cancelled, a `status`) to get their answer before it exits. Their answers take
+/// milliseconds once the event loop has stopped; an upgrade still compiling its component
+/// takes up to a second or two on a busy machine.
+pub const CONTROL_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a control client may take to send its whole request before it is dropped,
+/// however its bytes trickle in.
 pub const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Epoch ticks in `d`, at least one.

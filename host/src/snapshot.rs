@@ -20,8 +20,9 @@
 
 use crate::bindings::{Chunk, Section, Snapshot};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The file's first eight bytes.
 pub const MAGIC: &[u8; 8] = b"TASUKISN";
@@ -86,7 +87,26 @@ pub struct SnapshotReport {
     /// state was exported whole.
     pub chunk_bytes: u64,
     /// How long the app paused: the whole export, or the cut of a pre-copied state.
-    pub pause: std::time::Duration,
+    pub pause: Duration,
+}
+
+impl SnapshotReport {
+    /// What was written: `file`, `file_bytes` long, at `path`, after a cut of `pause`.
+    pub fn new(path: &Path, file: &SnapshotFile, file_bytes: u64, pause: Duration) -> Self {
+        Self {
+            path: path.into(),
+            app: file.app.clone(),
+            app_version: file.app_version.clone(),
+            file_bytes,
+            sections: file
+                .sections
+                .iter()
+                .map(|s| (s.name.clone(), s.version, s.bytes.len() as u64))
+                .collect(),
+            chunk_bytes: file.chunks.iter().map(|c| c.bytes.len() as u64).sum(),
+            pause,
+        }
+    }
 }
 
 impl std::fmt::Display for SnapshotReport {
@@ -277,26 +297,185 @@ impl SnapshotFile {
         postcard::from_bytes(body).map_err(corrupt)
     }
 
-    /// Reads and checks the file at `path`.
+    /// Reads and checks the file at `path`. A file larger than any snapshot may be is refused
+    /// from its size, before a byte of it is read.
     pub fn read(path: &Path) -> Result<Self, SnapshotFileError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| SnapshotFileError::Read { path: path.into(), source })?;
+        Self::read_at_most(path, MAX_BODY)
+    }
+
+    /// [`Self::read`] with a body of at most `max_body` bytes.
+    fn read_at_most(path: &Path, max_body: u64) -> Result<Self, SnapshotFileError> {
+        let read_err = |source| SnapshotFileError::Read { path: path.into(), source };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        let size = file.metadata().map_err(read_err)?.len();
+        let max_file = max_body + (HEADER + TRAILER) as u64;
+        if size > max_file {
+            return Err(SnapshotFileError::Corrupt {
+                path: path.into(),
+                detail: format!(
+                    "it is {size} bytes, more than a snapshot may be ({max_file}); not read"
+                ),
+            });
+        }
+        // `take`: a file that grows after the check is still read only up to the bound.
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.take(max_file + 1).read_to_end(&mut bytes).map_err(read_err)?;
         Self::decode(path, &bytes)
     }
 
-    /// Writes the file at `path` atomically: a temporary file beside it, synced, then renamed,
-    /// so a crash never leaves a half-written snapshot under the name. Returns its size.
+    /// Writes the file at `path` atomically and durably: a temporary file beside it (owner-only,
+    /// mode 0600: a state holds the app's data), written and fsynced, renamed over `path`, and
+    /// the directory fsynced, so that after a crash `path` is either the old file or the whole
+    /// new one, and the rename itself survives a power loss. Returns the file's size.
     pub fn write(&self, path: &Path) -> Result<u64, SnapshotFileError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let err = |source| SnapshotFileError::Write { path: path.into(), source };
         let bytes = self.encode();
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        let mut file = std::fs::File::create(&tmp).map_err(err)?;
-        file.write_all(&bytes).map_err(err)?;
-        file.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)?;
+        // A temporary file left by a crash is ours to replace; `create_new` then guarantees the
+        // mode (an existing file would keep its own).
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+            _ => {}
+        }
+        let written = (|| {
+            let mut file =
+                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            let dir = match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => Path::new("."),
+            };
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(e));
+        }
         Ok(bytes.len() as u64)
+    }
+}
+
+/// A directory of snapshots taken on a schedule (`tasuki run --snapshot-dir`): the newest valid
+/// one is where a restarted host starts from.
+///
+/// Files are named `snapshot-<ms since the Unix epoch, 16 digits>.snap`, so their names sort in
+/// the order they were taken (a name is never older than the newest already there, even if the
+/// clock steps back). Each is written as [`SnapshotFile::write`] writes: a crash leaves at most
+/// a `.tmp` file, which is removed when the directory is next opened. Only files of that form
+/// are ever read or pruned; anything else in the directory is left alone.
+#[derive(Debug, Clone)]
+pub struct SnapshotDir {
+    path: PathBuf,
+    keep: usize,
+}
+
+/// Why a snapshot directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotDirError {
+    #[error("snapshot directory {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "snapshot directory {path} holds snapshots but none is valid ({refused}); refusing to \
+         start empty over them: move them away to start empty, or --restore one of them"
+    )]
+    NoneValid { path: PathBuf, refused: String },
+    #[error("snapshot directory {path} holds no snapshot to restore")]
+    Empty { path: PathBuf },
+}
+
+const PREFIX: &str = "snapshot-";
+const SUFFIX: &str = ".snap";
+
+impl SnapshotDir {
+    /// Opens `path`, creating it (owner-only) if it does not exist, and removes the temporary
+    /// files a crash mid-write left. `keep` snapshots are kept; older ones are pruned after each
+    /// write.
+    pub fn open(path: &Path, keep: usize) -> Result<Self, SnapshotDirError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let err = |source| SnapshotDirError::Io { path: path.into(), source };
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(err)?;
+        let dir = Self { path: path.into(), keep: keep.max(1) };
+        for entry in std::fs::read_dir(path).map_err(err)? {
+            let name = entry.map_err(err)?.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(PREFIX) && name.ends_with(".tmp") {
+                tracing::info!("removing {name}, a snapshot a crash left half-written");
+                let _ = std::fs::remove_file(path.join(&*name));
+            }
+        }
+        Ok(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The snapshots in the directory, oldest first, each with the time in its name.
+    fn list(&self) -> Result<Vec<(u64, PathBuf)>, SnapshotDirError> {
+        let err = |source| SnapshotDirError::Io { path: self.path.clone(), source };
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.path).map_err(err)? {
+            let name = entry.map_err(err)?.file_name();
+            let Some(ms) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(PREFIX)?.strip_suffix(SUFFIX))
+                .filter(|ms| ms.len() == 16)
+                .and_then(|ms| ms.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            found.push((ms, self.path.join(name)));
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Writes `file` as the newest snapshot and prunes the oldest beyond the number kept.
+    /// Returns its path and size.
+    pub fn write(&self, file: &SnapshotFile) -> Result<(PathBuf, u64), SnapshotFileError> {
+        let listed = self.list().map_err(|e| SnapshotFileError::Write {
+            path: self.path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let newest = listed.last().map_or(0, |(ms, _)| *ms);
+        let ms = file.created_unix_ms.max(newest + 1);
+        let path = self.path.join(format!("{PREFIX}{ms:016}{SUFFIX}"));
+        let bytes = file.write(&path)?;
+        let excess = (listed.len() + 1).saturating_sub(self.keep);
+        for (_, old) in listed.into_iter().take(excess) {
+            if let Err(e) = std::fs::remove_file(&old) {
+                tracing::warn!("cannot prune the old snapshot {}: {e}", old.display());
+            }
+        }
+        Ok((path, bytes))
+    }
+
+    /// The newest snapshot that reads back whole, newest first: each one refused (torn,
+    /// truncated, corrupt) is logged by name and the one before it tried. `None` if the
+    /// directory holds no snapshot at all; an error if it holds some and none is valid, so that
+    /// a host never starts empty over a directory of damaged state without being told.
+    pub fn latest(&self) -> Result<Option<(PathBuf, SnapshotFile)>, SnapshotDirError> {
+        let listed = self.list()?;
+        if listed.is_empty() {
+            return Ok(None);
+        }
+        let mut refused = Vec::new();
+        for (_, path) in listed.into_iter().rev() {
+            match SnapshotFile::read(&path) {
+                Ok(file) => return Ok(Some((path, file))),
+                Err(e) => {
+                    tracing::warn!("refusing {}: {e}; trying the one before it", path.display());
+                    refused.push(e.to_string());
+                }
+            }
+        }
+        Err(SnapshotDirError::NoneValid { path: self.path.clone(), refused: refused.join("; ") })
     }
 }
 
@@ -407,5 +586,61 @@ mod tests {
             bytes.truncate((next() as usize) % (valid.len() + 1));
             let _ = SnapshotFile::decode(Path::new("s"), &bytes);
         }
+    }
+    #[test]
+    fn a_file_over_the_size_limit_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.snap");
+        let bytes = sample().encode();
+        std::fs::write(&path, &bytes).unwrap();
+        let body = (bytes.len() - HEADER - TRAILER) as u64;
+        assert_eq!(SnapshotFile::read_at_most(&path, body).unwrap(), sample());
+        let err = SnapshotFile::read_at_most(&path, body - 1).unwrap_err().to_string();
+        assert!(err.contains("more than a snapshot may be") && err.contains("not read"), "{err}");
+    }
+
+    #[test]
+    fn a_written_file_is_owner_only_and_leaves_no_temporary_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.snap");
+        // A temporary file a crash left, open to everyone: replaced, not reused.
+        std::fs::write(dir.path().join("s.snap.tmp"), b"junk").unwrap();
+        std::fs::set_permissions(
+            dir.path().join("s.snap.tmp"),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        sample().write(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!dir.path().join("s.snap.tmp").exists());
+        assert_eq!(SnapshotFile::read(&path).unwrap(), sample());
+    }
+
+    #[test]
+    fn a_directory_keeps_the_newest_and_skips_a_torn_one_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::open(&tmp.path().join("snaps"), 2).unwrap();
+        assert!(dir.latest().unwrap().is_none());
+        let mut written = Vec::new();
+        for n in 0..3u8 {
+            let mut file = sample();
+            file.sections[0].bytes = vec![n];
+            written.push(dir.write(&file).unwrap().0);
+        }
+        assert!(!written[0].exists(), "pruned beyond the two kept");
+        let (path, file) = dir.latest().unwrap().unwrap();
+        assert_eq!((path, file.sections[0].bytes.clone()), (written[2].clone(), vec![2]));
+        // The newest torn in half: the one before it is used.
+        let bytes = std::fs::read(&written[2]).unwrap();
+        std::fs::write(&written[2], &bytes[..bytes.len() / 2]).unwrap();
+        let (path, file) = dir.latest().unwrap().unwrap();
+        assert_eq!((path, file.sections[0].bytes.clone()), (written[1].clone(), vec![1]));
+        // None valid: an error naming each, never an empty start.
+        std::fs::write(&written[1], b"TASUKISN").unwrap();
+        let err = dir.latest().unwrap_err().to_string();
+        let name = written[2].display().to_string();
+        assert!(err.contains(&name) && err.contains("none is valid"), "{err}");
     }
 }

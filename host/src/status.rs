@@ -84,6 +84,22 @@ pub struct Status {
     pub precopy: Option<PrecopyProgress>,
     pub recovery: Box<RecoveryStatus>,
     pub memory: MemoryStatus,
+    /// Snapshots into `--snapshot-dir`, if one is set.
+    pub snapshots: Option<SnapshotsStatus>,
+}
+
+/// Snapshots written to the snapshot directory since the host started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotsStatus {
+    pub dir: PathBuf,
+    /// How often one is taken; `None` for only a last one, when the host drains.
+    pub every: Option<Duration>,
+    /// Snapshots written since the host started.
+    pub written: u64,
+    /// The newest written: its path and when (ms since the Unix epoch).
+    pub last: Option<(PathBuf, u64)>,
+    /// Why the most recent attempt failed, if it did; cleared by the next that succeeds.
+    pub failing: Option<String>,
 }
 
 /// The live instance's memory and the compactions that gave memory back.
@@ -241,7 +257,20 @@ impl fmt::Display for Status {
                 bytes(p.owed)
             )?;
         }
-        write!(f, "\n{}\n{}", self.recovery, self.memory)
+        write!(f, "\n{}\n{}", self.recovery, self.memory)?;
+        if let Some(s) = &self.snapshots {
+            let every =
+                s.every.map_or("only when stopping".into(), |d| format!("every {}", human(d)));
+            write!(f, "\nsnapshots    {} into {}, {} written", every, s.dir.display(), s.written)?;
+            if let Some((path, at)) = &s.last {
+                let ago = Duration::from_millis(now_unix_ms().saturating_sub(*at));
+                write!(f, "; last {} ago: {}", human(ago), path.display())?;
+            }
+            if let Some(reason) = &s.failing {
+                write!(f, "\n             FAILING: {reason}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -302,6 +331,7 @@ pub(crate) struct Shared {
     recovery: Mutex<RecoveryStatus>,
     precopy: Mutex<Option<PrecopyProgress>>,
     memory: Mutex<MemoryStatus>,
+    snapshots: Mutex<Option<SnapshotsStatus>>,
 }
 
 #[derive(Debug)]
@@ -336,6 +366,43 @@ impl Shared {
             recovery: Mutex::new(RecoveryStatus::default()),
             precopy: Mutex::new(None),
             memory: Mutex::new(MemoryStatus::default()),
+            snapshots: Mutex::new(None),
+        }
+    }
+
+    fn snapshots(&self) -> std::sync::MutexGuard<'_, Option<SnapshotsStatus>> {
+        self.snapshots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Snapshots go into `dir`, `every` so often.
+    pub(crate) fn snapshots_into(&self, dir: PathBuf, every: Option<Duration>) {
+        *self.snapshots() = Some(SnapshotsStatus { dir, every, ..SnapshotsStatus::default() });
+    }
+
+    /// A snapshot into the snapshot directory was written, or failed.
+    pub(crate) fn record_snapshot(
+        &self,
+        outcome: Result<&crate::snapshot::SnapshotReport, String>,
+    ) {
+        let mut guard = self.snapshots();
+        let status = guard.get_or_insert_with(SnapshotsStatus::default);
+        match outcome {
+            Ok(report) => {
+                status.written += 1;
+                status.last = Some((report.path.clone(), now_unix_ms()));
+                status.failing = None;
+            }
+            Err(reason) => status.failing = Some(reason),
+        }
+    }
+
+    /// The newest snapshot's path, or why the last attempt failed.
+    pub(crate) fn last_snapshot(&self) -> Result<PathBuf, String> {
+        let guard = self.snapshots();
+        match guard.as_ref() {
+            Some(SnapshotsStatus { failing: Some(reason), .. }) => Err(reason.clone()),
+            Some(SnapshotsStatus { last: Some((path, _)), .. }) => Ok(path.clone()),
+            _ => Err("no snapshot was written".into()),
         }
     }
 
@@ -454,6 +521,7 @@ impl Shared {
                 resident: crate::host_info::resident_memory(),
                 ..self.memory_status().clone()
             },
+            snapshots: self.snapshots().clone(),
         }
     }
 }

@@ -228,7 +228,10 @@ pub enum UpgradeError {
     Transform { running: AppVersion, error: Box<TransformError> },
     #[error("rolled back, {running} keeps serving: {new} failed to import the state: {error}")]
     Import { running: AppVersion, new: AppVersion, error: Box<CallError> },
-    #[error("the host is shutting down")]
+    #[error(
+        "not done: the host is stopping (SIGTERM or Ctrl-C); the version that was serving kept \
+         its state and stops with it"
+    )]
     HostStopped,
     #[error(
         "rolled back, {running} keeps serving: it trapped and was rebuilt at the pause, which \

@@ -21,11 +21,21 @@ fn still_serving(host: &TestHost) {
     assert_eq!(host.status().app.to_string(), "kv 1.0.0");
 }
 
+/// A frame header of protocol `version` announcing `len` bytes of body.
+fn header(version: u32, len: u32) -> Vec<u8> {
+    let mut bytes = control::FRAME_MAGIC.to_vec();
+    bytes.extend_from_slice(&version.to_be_bytes());
+    bytes.extend_from_slice(&len.to_be_bytes());
+    bytes
+}
+
 #[test]
 fn garbage_gets_an_error_answer() {
     let host = TestHost::start(artifacts::KV_V1);
     let mut stream = UnixStream::connect(&host.control).unwrap();
-    stream.write_all(&[0, 0, 0, 5, 0xff, 0xfe, 0xfd, 0xfc, 0xfb]).unwrap();
+    let mut garbage = header(control::PROTOCOL_VERSION, 5);
+    garbage.extend_from_slice(&[0xff, 0xfe, 0xfd, 0xfc, 0xfb]);
+    stream.write_all(&garbage).unwrap();
     match answer(&mut stream) {
         Some(Response::Failed(reason)) => assert!(reason.contains("bad request"), "{reason}"),
         other => panic!("expected an error answer, got {other:?}"),
@@ -34,10 +44,37 @@ fn garbage_gets_an_error_answer() {
 }
 
 #[test]
+fn a_client_of_another_protocol_version_is_told_both_versions() {
+    let host = TestHost::start(artifacts::KV_V1);
+    let mut stream = UnixStream::connect(&host.control).unwrap();
+    stream.write_all(&header(99, 1)).unwrap();
+    stream.write_all(&[0]).unwrap();
+    match answer(&mut stream) {
+        Some(Response::Failed(reason)) => {
+            assert!(reason.contains("control protocol 99, this host speaks 1"), "{reason}")
+        }
+        other => panic!("expected an error answer, got {other:?}"),
+    }
+    // A tasuki from before versioned frames (a length, then the body) is answered in its own
+    // frame, with words it shows as they are.
+    let mut old = UnixStream::connect(&host.control).unwrap();
+    old.write_all(&[0, 0, 0, 1, 0]).unwrap();
+    old.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut len = [0u8; 4];
+    old.read_exact(&mut len).unwrap();
+    let mut body = vec![0; u32::from_be_bytes(len) as usize];
+    old.read_exact(&mut body).unwrap();
+    let reason = String::from_utf8_lossy(&body);
+    assert_eq!(body[0], 3, "Response::Failed, as an old tasuki numbers it: {reason}");
+    assert!(reason.contains("use the tasuki binary the host was started with"), "{reason}");
+    still_serving(&host);
+}
+
+#[test]
 fn an_oversized_request_is_refused_before_it_is_read() {
     let host = TestHost::start(artifacts::KV_V1);
     let mut stream = UnixStream::connect(&host.control).unwrap();
-    let huge = (MAX_CONTROL_MESSAGE as u32 + 1).to_be_bytes();
+    let huge = header(control::PROTOCOL_VERSION, MAX_CONTROL_MESSAGE as u32 + 1);
     stream.write_all(&huge).unwrap();
     match answer(&mut stream) {
         Some(Response::Failed(reason)) => assert!(reason.contains("exceeds the limit"), "{reason}"),
@@ -54,7 +91,7 @@ fn a_client_that_stalls_is_dropped_and_does_not_block_others() {
     let host = TestHost::start(artifacts::KV_V1);
     let connected = Instant::now();
     let mut stalled = UnixStream::connect(&host.control).unwrap();
-    stalled.write_all(&[0, 0, 0, 9, 1]).unwrap(); // a length, then nothing
+    stalled.write_all(&header(control::PROTOCOL_VERSION, 9)).unwrap(); // a header, then nothing
     // Others are served meanwhile.
     let started = Instant::now();
     assert_eq!(host.status().app.to_string(), "kv 1.0.0");
@@ -78,6 +115,38 @@ fn a_client_that_stalls_is_dropped_and_does_not_block_others() {
         dropped_after >= CONTROL_READ_TIMEOUT,
         "dropped after {dropped_after:?}, before the {CONTROL_READ_TIMEOUT:?} a client is given"
     );
+    still_serving(&host);
+}
+
+/// The bound is on the whole request: a client that trickles a byte at a time (each read well
+/// within the timeout) is still dropped once `CONTROL_READ_TIMEOUT` has passed since it
+/// connected, before its request is complete, so it cannot hold one of the few client slots.
+#[test]
+fn a_client_that_trickles_its_request_is_dropped_at_the_deadline_for_the_whole_request() {
+    let host = TestHost::start(artifacts::KV_V1);
+    let mut request = header(control::PROTOCOL_VERSION, 64);
+    request.extend_from_slice(&[0; 64]);
+    let step = Duration::from_millis(200);
+    assert!(step * request.len() as u32 > CONTROL_READ_TIMEOUT * 2, "trickles past the bound");
+    let mut trickler = UnixStream::connect(&host.control).unwrap();
+    let connected = Instant::now();
+    let mut sent = 0;
+    for byte in &request {
+        match trickler.write_all(&[*byte]) {
+            Ok(()) => sent += 1,
+            Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {
+                break;
+            }
+            Err(e) => panic!("writing to the control socket failed: {e}"),
+        }
+        std::thread::sleep(step); // the trickle itself, not a synchronisation
+    }
+    assert!(
+        sent < request.len(),
+        "the host read all {sent} trickled bytes over {:?}: the bound is not on the whole request",
+        connected.elapsed()
+    );
+    assert!(connected.elapsed() >= CONTROL_READ_TIMEOUT, "dropped before its time");
     still_serving(&host);
 }
 

@@ -22,7 +22,7 @@ impl CompactCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         match control::request(&self.control.control, &Request::Compact)? {
             Response::Upgraded(report) => {
-                println!("{report}");
+                say!("{report}");
                 Ok(ExitCode::SUCCESS)
             }
             Response::Failed(reason) => {

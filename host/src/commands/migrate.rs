@@ -59,9 +59,9 @@ impl MigrateCommand {
             .collect();
         let chunk_bytes: usize = chunks.iter().map(|c| c.bytes.len()).sum();
         if chunks.is_empty() {
-            println!("migrated {}: {}", self.input.display(), sections.join(", "));
+            say!("migrated {}: {}", self.input.display(), sections.join(", "));
         } else {
-            println!(
+            say!(
                 "migrated {}: {}, and {} pre-copied chunks of {chunk_bytes} B",
                 self.input.display(),
                 sections.join(", "),
@@ -72,11 +72,11 @@ impl MigrateCommand {
             instance.import(&chunks, &snapshot, &[]).map_err(|e| {
                 anyhow::anyhow!("{} {} refused the state: {e}", info.name, info.version)
             })?;
-            println!("checked: {} {} ({}) imports it", info.name, info.version, app.display());
+            say!("checked: {} {} ({}) imports it", info.name, info.version, app.display());
         }
         if let Some(out) = &self.out {
             let bytes = SnapshotFile::from_state(&chunks, &snapshot).write(out)?;
-            println!("wrote {} ({bytes} bytes)", out.display());
+            say!("wrote {} ({bytes} bytes)", out.display());
         }
         Ok(ExitCode::SUCCESS)
     }

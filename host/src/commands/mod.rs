@@ -1,5 +1,13 @@
 //! The subcommands. Flags are parsed and validated here; the work is the library's.
 
+/// `println!` for a command's output, which stops quietly once its reader has gone away
+/// (`tasuki status | head`), as Unix tools do, instead of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::commands::say(format_args!($($arg)*))
+    };
+}
+
 mod compact;
 mod migrate;
 mod run;
@@ -12,10 +20,22 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tasuki::control::DEFAULT_CONTROL_PATH;
 
+/// Writes one line of output; a reader that went away is not an error of ours.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("cannot write the output: {e}");
+        }
+        _ => {}
+    }
+}
+
 /// What `tasuki` can do.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    Run(run::RunCommand),
+    Run(Box<run::RunCommand>),
     Upgrade(upgrade::UpgradeCommand),
     Status(status::StatusCommand),
     Snapshot(snapshot::SnapshotCommand),

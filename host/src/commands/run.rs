@@ -5,22 +5,29 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
-use tasuki::host::Restore;
+use tasuki::host::{Restore, SnapshotSchedule, Stop};
 use tasuki::limits::{self, Limits};
 use tasuki::sandbox::{Preopen, Sandbox};
+use tasuki::snapshot::{SnapshotDir, SnapshotDirError};
 use tasuki::{Host, HostConfig};
 
 const MIB: usize = 1 << 20;
 
 /// Serve an app: own its listeners and connections and dispatch their events to it, until
-/// interrupted (Ctrl-C or SIGTERM stop it cleanly).
+/// stopped.
+///
+/// SIGTERM or Ctrl-C drains: no more connections or input are taken, an upgrade under way rolls
+/// back, a last snapshot is written into --snapshot-dir (if set), queued replies are written for
+/// up to --drain-timeout, and it exits 0. A second SIGTERM or Ctrl-C exits at once (status 1).
+/// If the event loop itself fails, it exits with status 1 and the reason.
 #[derive(Debug, clap::Args)]
 pub struct RunCommand {
     /// The app's component (a `.wasm` built for wasm32-wasip2 with the tasuki guest SDK).
     app: PathBuf,
-    /// Address to accept connections on, e.g. 127.0.0.1:6379. Repeat for several.
-    #[arg(long, required = true, value_name = "ADDR")]
-    listen: Vec<SocketAddr>,
+    /// Address to accept connections on, e.g. 127.0.0.1:6379 or localhost:6379 (a name is
+    /// listened on at every address it resolves to). Repeat for several.
+    #[arg(long, required = true, value_name = "ADDR", value_parser = parse_listen)]
+    listen: Vec<Listen>,
     /// An argument for the app's `init`, given on start and to every upgraded version. Repeat
     /// for several.
     #[arg(long = "arg", value_name = "ARG")]
@@ -29,15 +36,32 @@ pub struct RunCommand {
     control: ControlArg,
 
     /// Start from the state in this snapshot file (written by `tasuki snapshot`) instead of
-    /// empty state.
-    #[arg(long, value_name = "FILE")]
+    /// empty state; `latest` is the newest valid snapshot in --snapshot-dir (as is the default
+    /// when --snapshot-dir holds any). A file named `latest` is `./latest`.
+    #[arg(long, value_name = "FILE|latest")]
     restore: Option<PathBuf>,
+    /// Write snapshots into this directory (created owner-only if missing): every
+    /// --snapshot-every, and a last one when stopped by SIGTERM or Ctrl-C. On start, the newest
+    /// valid snapshot in it is restored (a damaged one is skipped, named in the log); a host
+    /// killed outright loses at most what came after the newest snapshot.
+    #[arg(long, value_name = "DIR")]
+    snapshot_dir: Option<PathBuf>,
+    /// How often to write a snapshot into --snapshot-dir, e.g. `30s`, `500ms`, `5m`. Without
+    /// it, only the last one is written, when the host stops cleanly.
+    #[arg(long, value_name = "DURATION", requires = "snapshot_dir", value_parser = parse_interval)]
+    snapshot_every: Option<Duration>,
+    /// Snapshots kept in --snapshot-dir; older ones are deleted.
+    #[arg(long, value_name = "N", default_value_t = limits::SNAPSHOT_KEEP)]
+    snapshot_keep: usize,
+    /// How long a stopping host lets clients read the replies queued for them, in ms.
+    #[arg(long, value_name = "MS", default_value_t = limits::DRAIN_TIMEOUT.as_millis() as u64)]
+    drain_timeout: u64,
     /// Write the session to FILE as a trace — every connection, every byte sent and every
     /// reply — so `tasuki test` can replay it, with an upgrade at every boundary.
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
     /// A transformer the restored state goes through first, in order. Repeat for a chain.
-    #[arg(long = "transform", value_name = "T.wasm", requires = "restore")]
+    #[arg(long = "transform", value_name = "T.wasm")]
     transforms: Vec<PathBuf>,
 
     /// Let the app use a host directory, seen by it at GUEST (the same path if not given).
@@ -61,9 +85,16 @@ pub struct RunCommand {
     /// Largest state an upgrade moves, in MiB; a bigger state rolls the upgrade back.
     #[arg(long, value_name = "MIB", default_value_t = (limits::MAX_STATE as usize) / MIB)]
     max_state: usize,
-    /// Connections open at once; more are closed as soon as they are accepted.
+    /// Connections open at once; more are closed as soon as they are accepted (after
+    /// --refuse-reply).
     #[arg(long, value_name = "N", default_value_t = limits::MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Bytes written to a connection refused over --max-connections before it is closed, in the
+    /// app's protocol, with \r \n \t \\ \xHH escapes; the app itself is never called for it.
+    /// For kv, redis's words: '-ERR max number of clients reached\r\n'. Without it, the
+    /// connection is closed without a word.
+    #[arg(long, value_name = "TEXT", value_parser = parse_reply, allow_hyphen_values = true)]
+    refuse_reply: Option<Bytes>,
     /// Replies queued for one connection before the host stops reading from it, in KiB. A
     /// connection is closed at 32 times this (at least 256 MiB).
     #[arg(long, value_name = "KIB", default_value_t = limits::OUTPUT_HIGH_WATER / 1024)]
@@ -92,6 +123,39 @@ pub struct RunCommand {
     compact_interval: u64,
 }
 
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let every = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))?;
+    if every < Duration::from_millis(10) {
+        return Err(format!("`{s}` is under 10ms: a snapshot is a copy of the whole state"));
+    }
+    Ok(every)
+}
+
+/// A `--listen` address: every address its name resolves to.
+#[derive(Debug, Clone)]
+struct Listen(Vec<SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    use std::net::ToSocketAddrs;
+    let mut addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("`{s}` is not HOST:PORT or ADDR:PORT ({e})"))?
+        .collect();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(format!("`{s}` resolves to no address"));
+    }
+    Ok(Listen(addrs))
+}
+
+/// Bytes given as escaped text on the command line.
+#[derive(Debug, Clone)]
+struct Bytes(Vec<u8>);
+
+fn parse_reply(s: &str) -> Result<Bytes, String> {
+    tasuki::sim::trace::unescape(s).map(Bytes)
+}
+
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.into(), value.into())),
@@ -115,6 +179,7 @@ fn raise_fd_limit() {
 impl RunCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(self.memory_limit > 0, "--memory-limit must be at least 1 MiB");
+        anyhow::ensure!(self.snapshot_keep > 0, "--snapshot-keep must be at least 1");
         anyhow::ensure!(self.max_connections > 0, "--max-connections must be at least 1");
         anyhow::ensure!(self.call_deadline > 0, "--call-deadline must be at least 1 ms");
         anyhow::ensure!(self.upgrade_deadline > 0, "--upgrade-deadline must be at least 1 ms");
@@ -136,27 +201,90 @@ impl RunCommand {
             compact_min_memory: self.compact_min_memory.saturating_mul(MIB as u64),
             compact_interval: Duration::from_secs(self.compact_interval),
         };
+        let snapshots = match &self.snapshot_dir {
+            None => None,
+            Some(dir) => Some(SnapshotSchedule {
+                dir: SnapshotDir::open(dir, self.snapshot_keep)?,
+                every: self.snapshot_every,
+            }),
+        };
+        let restore = self.restore_from(snapshots.as_ref())?;
         // The handler goes in before the host starts: a SIGTERM that arrives as soon as it
         // serves must stop it cleanly, not kill it.
         let (stop, stopped) = mpsc::channel();
+        let signal = stop.clone();
         ctrlc::set_handler(move || {
-            let _ = stop.send(());
+            let _ = signal.send(Stop::Signal);
         })
         .context("cannot install the signal handler")?;
         let host = Host::start(HostConfig {
             app: self.app,
-            listen: self.listen,
+            listen: self.listen.into_iter().flat_map(|l| l.0).collect(),
             control: Some(self.control.control),
             args: self.args,
             limits,
             sandbox: Sandbox { dirs: self.dirs, env: self.env },
-            restore: self.restore.map(|file| Restore { file, transforms: self.transforms }),
+            restore,
             record: self.record,
+            snapshots,
+            refuse_reply: self.refuse_reply.map(|b| b.0).unwrap_or_default(),
+            on_stop: Some(stop),
         })?;
-        // Either a signal arrives, or the sender lives forever: both end the wait correctly.
-        let _ = stopped.recv();
-        tracing::info!("stopping");
-        host.shutdown();
+        // A signal, or the loop's death; the sender in the handler lives forever.
+        match stopped.recv() {
+            Ok(Stop::Signal) | Err(_) => {}
+            Ok(Stop::LoopDied(reason)) => {
+                host.shutdown();
+                anyhow::bail!("the event loop stopped: {reason}");
+            }
+        }
+        // A second signal while draining exits at once.
+        std::thread::spawn(move || {
+            if let Ok(Stop::Signal) = stopped.recv() {
+                eprintln!("second signal: exiting at once, without draining");
+                std::process::exit(1);
+            }
+        });
+        tracing::info!("stopping (again to exit at once)");
+        let drained = host.drain(Duration::from_millis(self.drain_timeout));
+        match drained.snapshot {
+            Some(Err(reason)) => {
+                anyhow::bail!("stopped, but the last snapshot was not written: {reason}")
+            }
+            Some(Ok(path)) => tracing::info!("stopped; last snapshot {}", path.display()),
+            None => tracing::info!("stopped"),
+        }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// The snapshot to start from: --restore FILE, or the newest valid one in --snapshot-dir
+    /// (`--restore latest`, or no --restore at all).
+    fn restore_from(
+        &self,
+        snapshots: Option<&SnapshotSchedule>,
+    ) -> anyhow::Result<Option<Restore>> {
+        let transforms = self.transforms.clone();
+        let latest = match (&self.restore, snapshots) {
+            (Some(file), _) if file.as_os_str() != "latest" => {
+                return Ok(Some(Restore { file: file.clone(), transforms }));
+            }
+            (Some(_), None) => anyhow::bail!("--restore latest needs --snapshot-dir"),
+            (_, None) if transforms.is_empty() => return Ok(None),
+            (_, None) => anyhow::bail!("--transform applies to a restored state: give --restore"),
+            (restore, Some(schedule)) => match schedule.dir.latest()? {
+                Some((file, _)) => file,
+                None if restore.is_some() => {
+                    return Err(SnapshotDirError::Empty { path: schedule.dir.path().into() }.into());
+                }
+                None => {
+                    tracing::info!(
+                        "{} holds no snapshot: starting with empty state",
+                        schedule.dir.path().display()
+                    );
+                    return Ok(None);
+                }
+            },
+        };
+        Ok(Some(Restore { file: latest, transforms }))
     }
 }

@@ -1,5 +1,5 @@
 use super::ControlArg;
-use anyhow::bail;
+use anyhow::{Context, bail};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tasuki::control::{Request, Response};
@@ -19,13 +19,18 @@ impl SnapshotCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         // The host writes the file: give it a path that means the same from its directory.
         let out = match self.out.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => std::fs::canonicalize(dir)?
+            Some(dir) if !dir.as_os_str().is_empty() => std::fs::canonicalize(dir)
+                .with_context(|| {
+                    format!("cannot write {}: no directory {}", self.out.display(), dir.display())
+                })?
                 .join(self.out.file_name().ok_or_else(|| anyhow::anyhow!("--out names no file"))?),
-            _ => std::env::current_dir()?.join(&self.out),
+            _ => std::env::current_dir()
+                .context("cannot read the current directory")?
+                .join(&self.out),
         };
         match tasuki::control::request(&self.control.control, &Request::Snapshot { out })? {
             Response::Snapshotted(report) => {
-                println!("{report}");
+                say!("{report}");
                 Ok(ExitCode::SUCCESS)
             }
             Response::Failed(reason) => {

@@ -14,7 +14,7 @@ impl StatusCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         match tasuki::control::request(&self.control.control, &Request::Status)? {
             Response::Status(status) => {
-                println!("{status}");
+                say!("{status}");
                 Ok(ExitCode::SUCCESS)
             }
             Response::Failed(reason) => bail!("{reason}"),

@@ -96,12 +96,12 @@ impl TestCommand {
                 return Ok(ExitCode::from(2));
             }
         };
-        println!("{report}");
+        say!("{report}");
         if report.passed() {
             return Ok(ExitCode::SUCCESS);
         }
         if let Some((boundary, _, _)) = report.first_failure() {
-            println!("  reproduce only that case:\n    {}", self.reproduce(boundary));
+            say!("  reproduce only that case:\n    {}", self.reproduce(boundary));
         }
         Ok(ExitCode::FAILURE)
     }

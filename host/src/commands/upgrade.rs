@@ -12,6 +12,10 @@ use tasuki::upgrade::UpgradeOptions;
 /// the old version pauses only to hand over what changed since — or its whole state, when it
 /// cannot be pre-copied. It keeps serving if anything fails. Prints the new version, the pause,
 /// the pre-copy and the bytes of state moved, or why the upgrade rolled back.
+///
+/// Ctrl-C does not cancel an upgrade: once asked for, the host carries it through to a commit or
+/// a rollback. The command stays to report which; a second Ctrl-C stops waiting (exit 130), and
+/// `tasuki status` then shows the outcome.
 #[derive(Debug, clap::Args)]
 pub struct UpgradeCommand {
     /// The new version's component.
@@ -52,9 +56,28 @@ impl UpgradeCommand {
             from_checkpoint: self.from_checkpoint,
             no_precopy: self.no_precopy,
         };
+        // The default action of SIGINT would end this process and leave the operator not knowing
+        // how the upgrade they asked for ended.
+        let mut interrupts = 0u32;
+        ctrlc::set_handler(move || {
+            interrupts += 1;
+            if interrupts == 1 {
+                eprintln!(
+                    "the upgrade goes on in the host (Ctrl-C does not cancel it); waiting to \
+                     report how it ends. Ctrl-C again to stop waiting"
+                );
+            } else {
+                eprintln!(
+                    "stopped waiting; the upgrade goes on in the host: `tasuki status` shows how \
+                     it ended"
+                );
+                std::process::exit(130);
+            }
+        })
+        .context("cannot install the signal handler")?;
         match tasuki::host::request_upgrade(&self.control.control, &wasm, options)? {
             Response::Upgraded(report) => {
-                println!("{report}");
+                say!("{report}");
                 Ok(ExitCode::SUCCESS)
             }
             Response::Failed(reason) => {

@@ -90,7 +90,9 @@ pub fn escape(bytes: &[u8]) -> String {
     out
 }
 
-fn unescape(s: &str) -> Result<Vec<u8>, String> {
+/// The bytes a string with `\\r \\n \\t \\\\ \\" \\xHH` escapes stands for (a trace's strings,
+/// `tasuki run --refuse-reply`).
+pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let mut chars = s.chars();
     while let Some(c) = chars.next() {

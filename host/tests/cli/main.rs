@@ -2,6 +2,7 @@
 //! from another process, Ctrl-C to stop. `recovery` holds the end-to-end tests of recovery from a
 //! trap; `support` what every test shares.
 
+mod durability;
 mod memory;
 mod recovery;
 mod support;
@@ -415,4 +416,34 @@ fn tasuki_test_refuses_what_upgrade_refuses_and_fails_when_no_upgrade_ran() {
     let past = test(&past);
     assert_eq!(past.status.code(), Some(1), "{}", text(&past.stdout));
     assert!(text(&past.stdout).contains("no upgrade ran"), "{}", text(&past.stdout));
+}
+
+/// A host of another control protocol version (here a stand-in that answers as one would): the
+/// CLI names both versions instead of misreading the answer.
+#[test]
+fn a_host_of_another_control_protocol_version_is_named() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(dir.path().join("tasuki.sock")).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("tasuki.sock"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let host = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut header = [0u8; 12];
+        stream.read_exact(&mut header).unwrap();
+        assert_eq!(&header[..4], tasuki::control::FRAME_MAGIC, "the request is framed");
+        let mut answer = tasuki::control::FRAME_MAGIC.to_vec();
+        answer.extend_from_slice(&99u32.to_be_bytes());
+        answer.extend_from_slice(&3u32.to_be_bytes());
+        answer.extend_from_slice(b"new");
+        stream.write_all(&answer).unwrap();
+    });
+    let out = tasuki(dir.path(), &["status"]);
+    host.join().unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("speaks control protocol 99, this tasuki speaks 1"), "{err}");
 }

@@ -73,6 +73,11 @@ impl Running {
         log[skip..].join("\n")
     }
 
+    /// Everything the host logged so far.
+    pub fn whole_log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
     pub fn resp(&self) -> Resp {
         Resp::connect(&self.addr)
     }
