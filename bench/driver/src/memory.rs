@@ -147,7 +147,10 @@ impl Server {
                     .arg("--control")
                     .arg(&control)
                     .args(&args.host_args)
-                    .env("TASUKI_LOG", std::env::var("TASUKI_LOG").unwrap_or_else(|_| "warn".into()));
+                    .env(
+                        "TASUKI_LOG",
+                        std::env::var("TASUKI_LOG").unwrap_or_else(|_| "warn".into()),
+                    );
                 (c, Some(control))
             }
             None => {
@@ -444,10 +447,8 @@ impl Incr {
                 let sent = Instant::now();
                 let value: i64 = redis::cmd("INCR").arg(COUNTER).query(&mut conn)?;
                 let took = sent.elapsed();
-                log.replies.push((
-                    sent.duration_since(t0).as_micros() as u64,
-                    took.as_micros() as u64,
-                ));
+                log.replies
+                    .push((sent.duration_since(t0).as_micros() as u64, took.as_micros() as u64));
                 if value == 1 && log.last != 0 {
                     log.restarts += 1;
                 } else if value != log.last + 1 {
@@ -522,7 +523,11 @@ fn delete(conn: &mut redis::Connection, how: Delete, keys: u64) -> anyhow::Resul
 }
 
 /// Every key the delete left, read back with MGET: each must hold the value it was loaded with.
-fn check_survivors(conn: &mut redis::Connection, how: Delete, args: &CompactionArgs) -> anyhow::Result<u64> {
+fn check_survivors(
+    conn: &mut redis::Connection,
+    how: Delete,
+    args: &CompactionArgs,
+) -> anyhow::Result<u64> {
     let survivors: Vec<u64> = match how {
         Delete::Flushall => Vec::new(),
         Delete::Del => (0..args.keys).filter(|i| i % 10 == 0).collect(),
@@ -535,12 +540,20 @@ fn check_survivors(conn: &mut redis::Connection, how: Delete, args: &CompactionA
         let values: Vec<Option<Vec<u8>>> = mget.query(conn).context("MGET")?;
         for (i, v) in batch.iter().zip(values) {
             let want = load::value(*i, args.value_size);
-            ensure!(v.as_ref() == Some(&want), "{} reads {v:?} after the compaction", load::key(*i));
+            ensure!(
+                v.as_ref() == Some(&want),
+                "{} reads {v:?} after the compaction",
+                load::key(*i)
+            );
         }
     }
     let size: u64 = redis::cmd("DBSIZE").query(conn)?;
     // The counter is a key too.
-    ensure!(size == survivors.len() as u64 + 1, "DBSIZE is {size}, {} keys should remain", survivors.len());
+    ensure!(
+        size == survivors.len() as u64 + 1,
+        "DBSIZE is {size}, {} keys should remain",
+        survivors.len()
+    );
     Ok(survivors.len() as u64)
 }
 
@@ -583,7 +596,8 @@ fn compaction(args: &CompactionArgs) -> anyhow::Result<()> {
     let (report, last_at_unix_ms) = loop {
         let status = server.status()?.ok_or_else(|| anyhow!("no status"))?;
         if status.memory.compactions > compactions_before {
-            let last = status.memory.last_compaction.ok_or_else(|| anyhow!("no last compaction"))?;
+            let last =
+                status.memory.last_compaction.ok_or_else(|| anyhow!("no last compaction"))?;
             let report = last.outcome.map_err(|e| anyhow!("the compaction failed: {e}"))?;
             break (report, last.at_unix_ms);
         }
@@ -601,7 +615,10 @@ fn compaction(args: &CompactionArgs) -> anyhow::Result<()> {
     let end = micros(t0);
     let log = incr.stop()?;
 
-    raw.set("compaction_after_delete_ms", format!("{:.0}", (compacted_seen - delete_done) as f64 / 1e3));
+    raw.set(
+        "compaction_after_delete_ms",
+        format!("{:.0}", (compacted_seen - delete_done) as f64 / 1e3),
+    );
     raw.set("compaction_pause_us", format!("{:.1}", report.pause.as_secs_f64() * 1e6));
     raw.set("compaction_reason", report.compaction.clone().unwrap_or_default());
     raw.set("compaction_state_bytes", report.state_bytes);
