@@ -217,7 +217,7 @@ fn write_checks(md: &mut String, m: &Memory) -> anyhow::Result<()> {
                 mib(kib(r, "rss_kib")),
                 mib(kib(r, "smaps_rss_kib")),
                 mib_b(own.unwrap_or(f64::NAN)),
-                r.opt_num("heap_in_use").map_or("–".into(), |h| thousands(h)),
+                r.opt_num("heap_in_use").map_or("–".into(), thousands),
                 if used.is_finite() { thousands(used) } else { "–".into() },
                 // kv's used_memory is the guest's heap, not the process's: no ratio to RSS.
                 if *file == "redis" {
