@@ -168,9 +168,18 @@ impl Server {
             .stderr(log)
             .spawn()
             .context("starting the server")?;
-        let server = Self { child, addr, control };
+        let mut server = Self { child, addr, control };
         crate::wait_ready(&server.addr, Duration::from_secs(30))
             .with_context(|| format!("the server did not start; see {}", args.log.display()))?;
+        // The host may answer on its listener a moment before its control socket is bound.
+        let started = Instant::now();
+        while let Err(e) = server.status() {
+            ensure!(matches!(server.child.try_wait(), Ok(None)), "the server exited: {e:#}");
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(e.context("the host's control socket did not answer"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Ok(server)
     }
 
