@@ -237,17 +237,35 @@ fn write_compactions(md: &mut String, m: &Memory) -> anyhow::Result<()> {
     writeln!(md, "### Memory given back: compaction\n")?;
     writeln!(
         md,
-        "A fresh `tasuki run kv_v4.wasm {}` loaded with {} keys of {} bytes, then emptied by `FLUSHALL`, or 9 keys in 10 deleted by pipelined `DEL`s, while one client INCRs a counter of its own on one connection throughout. The host then compacts by itself (default `--compact-below`, 25%); the driver waits for `status.memory.compactions` to count it, then for the host to settle. Every key the delete left was read back afterwards with its value, and the counter matched the INCRs acknowledged. *Usual* is the slowest INCR reply in the moment before the delete; *during the delete* while the `FLUSHALL` or `DEL`s were answered; *after* from the delete's reply until 2,000 INCRs after the compaction, so the compaction's pause is inside it (with when that slowest reply was sent and when the compaction committed, both after the delete's reply).\n",
+        "A fresh `tasuki run kv_v4.wasm {}` loaded with {} keys of {} bytes, then emptied by `FLUSHALL`, or 9 keys in 10 deleted by pipelined `DEL`s, while one client INCRs a counter of its own on one connection throughout. The host then compacts by itself (default `--compact-below`, 25%); the driver waits for `status.memory.compactions` to count it, then for the host to settle. Every key the delete left was read back afterwards with its value, and the counter matched the INCRs acknowledged. *Usual* is the slowest INCR reply in the moment before the delete; *during the delete* while the `FLUSHALL` or `DEL`s were answered; *after* from the delete's reply until 2,000 INCRs after the compaction, so the compaction's pause is inside it (with when that slowest reply was sent and when the compaction committed, both after the delete's reply). The target after `FLUSHALL` is the empty host's RSS within 10%; after `DEL`, a fresh host loaded with the keys that are left (the row of that size in the first table).\n",
         first.get("host_args").unwrap_or(""),
         thousands(first.num("keys")?),
         first.num("value_size")?
     )?;
     writeln!(
         md,
-        "| delete | RSS empty | loaded | right after the delete | after the compaction | after / empty | linear memory before → after | compaction's pause | compacted after | slowest INCR: usual | during the delete | after (sent at; compaction at) | INCRs |"
+        "| delete | RSS empty | loaded | right after the delete | after the compaction | after / a fresh host holding what is left | linear memory before → after | compaction's pause | compacted after | slowest INCR: usual | during the delete | after (sent at; compaction at) | INCRs |"
     )?;
     writeln!(md, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")?;
     for r in &m.compactions {
+        // What the compacted host should come back to: the same process empty after FLUSHALL;
+        // after DEL, the kv 4 row above loaded with as many keys as were left, if there is one.
+        let left = r.opt_num("survivors_checked").unwrap_or(0.0) as u64;
+        let size = r.opt_num("value_size").unwrap_or(0.0) as u64;
+        let fresh = if left == 0 {
+            Some((kib(r, "empty_rss_kib"), "empty".to_string()))
+        } else {
+            m.rows
+                .get(&(left, size))
+                .and_then(|systems| systems.get("kv4"))
+                .map(|row| (kib(row, "rss_kib"), format!("{} row", row_label(left, size))))
+        };
+        let back = match fresh {
+            Some((rss, what)) => {
+                format!("{} ({what}, {})", ratio(kib(r, "compacted_rss_kib"), rss), mib(rss))
+            }
+            None => "–".into(),
+        };
         let delete = match r.get("delete") {
             Some("flushall") => "`FLUSHALL`".to_string(),
             Some("del") => {
@@ -257,12 +275,11 @@ fn write_compactions(md: &mut String, m: &Memory) -> anyhow::Result<()> {
         };
         writeln!(
             md,
-            "| {delete} | {} | {} | {} | {} | {} | {} → {} | {} | {} | {} | {} | {} ({} ms; {} ms) | {} |",
+            "| {delete} | {} | {} | {} | {} | {back} | {} → {} | {} | {} | {} | {} | {} ({} ms; {} ms) | {} |",
             mib(kib(r, "empty_rss_kib")),
             mib(kib(r, "loaded_rss_kib")),
             mib(kib(r, "deleted_rss_kib")),
             mib(kib(r, "compacted_rss_kib")),
-            ratio(kib(r, "compacted_rss_kib"), kib(r, "empty_rss_kib")),
             mib_b(kib(r, "compaction_before_linear")),
             mib_b(kib(r, "compaction_after_linear")),
             ms(r.num("compaction_pause_us")?),
