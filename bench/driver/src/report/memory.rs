@@ -187,9 +187,31 @@ fn write_split(md: &mut String, m: &Memory) -> anyhow::Result<()> {
             )?;
         }
     }
+    let unmatched: Vec<String> = m
+        .rows
+        .iter()
+        .flat_map(|((k, s), systems)| {
+            systems.iter().filter_map(move |(sys, r)| {
+                let found = r.opt_num("linear_memories_found")?;
+                (found != 1.0).then(|| format!("{sys} at {}: {found}", row_label(*k, *s)))
+            })
+        })
+        .collect();
+    if unmatched.is_empty() {
+        writeln!(
+            md,
+            "\nIn every row exactly one run of mappings added up to the linear memory the guest reports."
+        )?;
+    } else {
+        writeln!(
+            md,
+            "\nRuns of mappings that added up to the linear memory the guest reports, where not exactly one: {}.",
+            unmatched.join("; ")
+        )?;
+    }
     writeln!(
         md,
-        "\n\"–\": the release does not report its heap (built before the `memory` export), so its linear memory cannot be told apart.\n"
+        "\"–\": the release does not report its heap (built before the `memory` export), so its linear memory cannot be told apart.\n"
     )?;
     Ok(())
 }
