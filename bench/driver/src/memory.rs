@@ -318,14 +318,16 @@ fn smaps(pid: u32) -> anyhow::Result<Vec<Mapping>> {
 /// memory as one region of several GiB and makes the part the instance has grown to accessible:
 /// in smaps that is a few contiguous readable mappings (the data segments' copy-on-write image,
 /// `memfd:wasm-memory-image`, and anonymous pages) directly followed by the inaccessible rest of
-/// the reservation (`---p`, at least 1 GiB). A memory is found by walking back from such a
-/// reservation over the contiguous readable mappings until their sizes add up to `bytes`
-/// exactly, the size the guest reports.
+/// the reservation (`---p`: at least the guard pages, however far the memory has grown). A
+/// memory is found by walking back from an inaccessible mapping over the contiguous readable
+/// mappings until their sizes add up to `bytes` exactly, the size the guest reports: other
+/// mappings followed by an inaccessible one (a malloc arena, a thread's stack) do not add up to
+/// it.
 fn linear_memory_resident(maps: &[Mapping], bytes: u64) -> (u64, usize) {
     let mut resident = 0;
     let mut found = 0;
     for (i, reservation) in maps.iter().enumerate() {
-        if !reservation.perms.starts_with("---") || reservation.end - reservation.start < 1 << 30 {
+        if !reservation.perms.starts_with("---") {
             continue;
         }
         let (mut size, mut rss, mut next_start) = (0, 0, reservation.start);
@@ -691,11 +693,20 @@ mod tests {
             map(0x20_0000, 0x20_e000, "rw-p", 56),
             map(0x20_e000, 0x100_0000, "rw-p", 3000),
             map(0x100_0000, 0x100_0000 + 4 * g, "---p", 0),
-            // A thread's stack guard: inaccessible but small.
-            map(0x200_0000_0000, 0x200_0000_1000, "---p", 0),
+            // A malloc arena: its used part, then the rest of its reservation.
+            map(0x200_0000_0000, 0x200_0010_0000, "rw-p", 1024),
+            map(0x200_0010_0000, 0x200_0400_0000, "---p", 0),
         ];
         assert_eq!(linear_memory_resident(&maps, 0x100_0000 - 0x10_0000), (3156, 1));
         // A size that does not add up exactly is not a linear memory.
         assert_eq!(linear_memory_resident(&maps, 0x100_0000 - 0x20_0000 + 0x1000), (0, 0));
+        // A memory grown almost to its whole reservation: only the guard pages are left after
+        // it, and it is still found.
+        let grown = [
+            map(0x10_0000, 0x20_0000, "rw-p", 100),
+            map(0x20_0000, 0x20_0000 + 4 * g - 0x20_0000, "rw-p", 4000),
+            map(0x20_0000 + 4 * g - 0x20_0000, 0x20_0000 + 4 * g + 0x200_0000, "---p", 0),
+        ];
+        assert_eq!(linear_memory_resident(&grown, 4 * g - 0x10_0000), (4100, 1));
     }
 }
