@@ -492,10 +492,10 @@ impl Incr {
 }
 
 impl IncrLog {
-    /// The slowest reply to a request sent in [from, to) µs: (its latency, when it was sent),
-    /// and how many requests were sent then.
-    fn slowest(&self, from: u64, to: u64) -> ((u64, u64), usize) {
-        let window = self.replies.iter().filter(|(sent, _)| (from..to).contains(sent));
+    /// The slowest of the requests `pick` chooses by (sent, answered) in µs: (its latency, when it
+    /// was sent), and how many it chose.
+    fn slowest(&self, pick: impl Fn(u64, u64) -> bool) -> ((u64, u64), usize) {
+        let window = self.replies.iter().filter(|(sent, took)| pick(*sent, sent + took));
         window.fold(((0, 0), 0), |(max, n), &(sent, took)| {
             (if took > max.0 { (took, sent) } else { max }, n + 1)
         })
@@ -639,9 +639,12 @@ fn compaction(args: &CompactionArgs) -> anyhow::Result<()> {
         raw.set("compaction_after_heap", m.after.heap_in_use);
         raw.set("compaction_after_linear", m.after.linear_memory);
     }
-    let ((before_max, _), before_n) = log.slowest(0, delete_sent);
-    let ((delete_max, _), delete_n) = log.slowest(delete_sent, delete_done);
-    let ((after_max, after_at), after_n) = log.slowest(delete_done, end);
+    // Before: answered before the delete was sent. During: in flight at any moment of the delete
+    // (an INCR sent just before a FLUSHALL waits for it). After: sent after the delete's reply.
+    let ((before_max, _), before_n) = log.slowest(|_, answered| answered < delete_sent);
+    let ((delete_max, _), delete_n) =
+        log.slowest(|sent, answered| answered >= delete_sent && sent <= delete_done);
+    let ((after_max, after_at), after_n) = log.slowest(|sent, _| sent > delete_done);
     raw.set("incr_before_max_us", before_max);
     raw.set("incr_before_n", before_n);
     raw.set("incr_delete_max_us", delete_max);

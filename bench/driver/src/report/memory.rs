@@ -259,7 +259,7 @@ fn write_compactions(md: &mut String, m: &Memory) -> anyhow::Result<()> {
     writeln!(md, "### Memory given back: compaction\n")?;
     writeln!(
         md,
-        "A fresh `tasuki run kv_v4.wasm {}` loaded with {} keys of {} bytes, then emptied by `FLUSHALL`, or 9 keys in 10 deleted by pipelined `DEL`s, while one client INCRs a counter of its own on one connection throughout. The host then compacts by itself ({}); the driver waits for `status.memory.compactions` to count it, then for the host to settle. Every key the delete left was read back afterwards with its value, and the counter matched the INCRs acknowledged. *Usual* is the slowest INCR reply in the moment before the delete; *during the delete* while the `FLUSHALL` or `DEL`s were answered; *after* from the delete's reply until 2,000 INCRs after the compaction, so the compaction's pause is inside it (with when that slowest reply was sent and when the compaction committed, both after the delete's reply). The target after `FLUSHALL` is the empty host's RSS within 10%; after `DEL`, a fresh host loaded with the keys that are left (the row of that size in the first table).\n",
+        "A fresh `tasuki run kv_v4.wasm {}` loaded with {} keys of {} bytes, then emptied by `FLUSHALL`, or 9 keys in 10 deleted by pipelined `DEL`s, while one client INCRs a counter of its own on one connection throughout. The host then compacts by itself ({}); the driver waits for `status.memory.compactions` to count it, then for the host to settle. Every key the delete left was read back afterwards with its value, and the counter matched the INCRs acknowledged. *Usual* is the slowest INCR reply in the moment before the delete (requests answered before it was sent); *during the delete* of the requests in flight at any moment while the `FLUSHALL` or `DEL`s were answered; *after* of those sent from the delete's reply until 2,000 INCRs after the compaction, so the compaction's pause is inside it (with when that slowest reply was sent and when the compaction committed, both after the delete's reply). The target after `FLUSHALL` is the empty host's RSS within 10%; after `DEL`, a fresh host loaded with the keys that are left (the row of that size in the first table).\n",
         first.get("host_args").unwrap_or(""),
         thousands(first.num("keys")?),
         first.num("value_size")?,
@@ -312,7 +312,12 @@ fn write_compactions(md: &mut String, m: &Memory) -> anyhow::Result<()> {
             ms(r.num("compaction_pause_us")?),
             ms(r.num("compaction_after_delete_ms")? * 1e3),
             ms(r.num("incr_before_max_us")?),
-            ms(r.num("incr_delete_max_us")?),
+            // A FLUSHALL can be answered before the client sends its next INCR.
+            if r.opt_num("incr_delete_n") == Some(0.0) {
+                "none sent".to_string()
+            } else {
+                ms(r.num("incr_delete_max_us")?)
+            },
             ms(r.num("incr_compaction_max_us")?),
             r.get("incr_compaction_max_at_ms").unwrap_or("?"),
             r.get("compaction_committed_at_ms").unwrap_or("?"),
