@@ -644,7 +644,7 @@ fn compaction(args: &CompactionArgs) -> anyhow::Result<()> {
     let ((before_max, _), before_n) = log.slowest(|_, answered| answered < delete_sent);
     let ((delete_max, _), delete_n) =
         log.slowest(|sent, answered| answered >= delete_sent && sent <= delete_done);
-    let ((after_max, after_at), after_n) = log.slowest(|sent, _| sent > delete_done);
+    let ((after_max, after_at), after_n) = log.slowest(|sent, _| sent > delete_done && sent <= end);
     raw.set("incr_before_max_us", before_max);
     raw.set("incr_before_n", before_n);
     raw.set("incr_delete_max_us", delete_max);
