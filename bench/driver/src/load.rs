@@ -24,7 +24,7 @@ pub fn key(i: u64) -> String {
     format!("key:{i:012}")
 }
 
-fn value(i: u64, size: usize) -> Vec<u8> {
+pub fn value(i: u64, size: usize) -> Vec<u8> {
     let mut v = format!("{i:0size$}").into_bytes();
     v.truncate(size);
     v

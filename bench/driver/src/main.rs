@@ -9,6 +9,7 @@
 mod clients;
 mod large;
 mod load;
+mod memory;
 mod procfs;
 mod profile;
 mod raw;
@@ -49,6 +50,8 @@ enum Cli {
     Profile(profile::ProfileArgs),
     /// Sends one `RPUSH` of N elements while another client PINGs; times both.
     LargeRequest(large::LargeArgs),
+    /// Memory per key beside redis-server, where tasuki's goes, and what a compaction gives back.
+    Memory(memory::MemoryArgs),
     /// Restarts redis-server (SHUTDOWN SAVE, start, load the RDB) under the same load.
     Restarts(restarts::RestartsArgs),
     /// Writes RESULTS.md from a directory of raw results.
@@ -78,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         Cli::Upgrades(args) => upgrades::run(&args),
         Cli::Profile(args) => profile::run(&args),
         Cli::LargeRequest(args) => large::run(&args),
+        Cli::Memory(args) => memory::run(&args),
         Cli::Restarts(args) => restarts::run(&args),
         Cli::Report(args) => report::run(&args),
     }

@@ -7,15 +7,18 @@
 //!   keys, `ckpt/` SETs while checkpoints run;
 //! - `upgrades-SERIES-KEYS.kv`, `restarts-KEYS.kv`, `profile-NAME.kv`: from the `upgrades`,
 //!   `restarts` and `profile` subcommands;
-//! - `large-SYSTEM.kv`: from `large-request`, one per system.
+//! - `large-SYSTEM.kv`: from `large-request`, one per system;
+//! - `memory/`: from `memory row` and `memory compaction`, with a `meta.kv` of its own (the
+//!   section may be measured alone, by `bench/run --memory-only`).
 //!
 //! One module per part of the report: [`figures`] the headline table, [`checkpoints`] SET
 //! latency while checkpoints run, [`upgrades`] the upgrade tables, [`transfer`] where a
-//! whole-state transfer's time goes; throughput, latency and CPU
+//! whole-state transfer's time goes, [`memory`] memory per key and compaction; throughput, latency and CPU
 //! per request are here.
 
 mod checkpoints;
 mod figures;
+mod memory;
 mod transfer;
 mod upgrades;
 
@@ -34,6 +37,10 @@ pub struct ReportArgs {
     /// Where to write the report.
     #[arg(long)]
     out: PathBuf,
+    /// Write only the memory section, into the report at OUT in place of the one there (the
+    /// other sections stay as their own run wrote them).
+    #[arg(long)]
+    memory_only: bool,
 }
 
 /// One redis-benchmark run of one test against one system.
@@ -309,6 +316,16 @@ fn read_series(dir: &Path, prefix: &str) -> anyhow::Result<BTreeMap<u64, Raw>> {
 }
 
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
+    let memory = memory::read(&args.raw)?;
+    if args.memory_only {
+        let memory =
+            memory.ok_or_else(|| anyhow!("no memory results in {}", args.raw.display()))?;
+        let mut section = String::new();
+        memory::write(&mut section, &memory)?;
+        memory::splice(&args.out, &section)?;
+        eprintln!("wrote the memory section of {}", args.out.display());
+        return Ok(());
+    }
     let meta = Raw::read(&args.raw.join("meta.kv"))?;
     let m = |k: &str| meta.get(k).unwrap_or("?").to_string();
     let n_for = |p: u32| meta.opt_num(&format!("requests_p{p}")).unwrap_or(f64::NAN);
@@ -372,6 +389,9 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     }
     transfer::write(&mut md, &transfer::read(&args.raw)?)?;
     write_large_request(&mut md, &args.raw)?;
+    if let Some(memory) = &memory {
+        memory::write(&mut md, memory)?;
+    }
     std::fs::write(&args.out, md).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
