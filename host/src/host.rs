@@ -5,7 +5,7 @@ use crate::bindings::{AppInfo, Chunk, Snapshot};
 use crate::control::{self, ControlServer, Request, Response};
 use crate::dispatch::SnapshotReply;
 use crate::event_loop::{Command, EventLoop, WAKER};
-use crate::instance::CallError;
+use crate::instance::{CallError, MemoryUsage};
 use crate::limits::Limits;
 use crate::live::Live;
 use crate::runtime::Runtime;
@@ -309,37 +309,88 @@ pub fn tune_allocator() {
     }
 }
 
-/// Compacts the live instance when its heap in use falls below `--compact-below` percent of
-/// its linear memory, at most once per `--compact-interval`; runs on a thread of its own until
-/// `stop` says so (or its sender is gone).
+/// Compacts the live instance when [`compaction_due`] says so, at most once per
+/// `--compact-interval`; runs on a thread of its own until `stop` says so (or its sender is
+/// gone).
 fn compact_when_due(upgrader: &Upgrader, limits: &Limits, stop: &mpsc::Receiver<()>) {
-    let mut last = std::time::Instant::now();
+    let mut last: Option<std::time::Instant> = Some(std::time::Instant::now());
+    // The linear memory of a fresh instance: the first one's, then each compaction's result.
+    let mut floor: Option<u64> = None;
     loop {
         match stop.recv_timeout(crate::limits::MEMORY_CHECK) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
         let Some(usage) = upgrader.shared.memory() else { continue };
-        let below = f64::from(limits.compact_below) / 100.0;
-        if usage.linear_memory < limits.compact_min_memory
-            || usage.used_share() >= below
-            || last.elapsed() < limits.compact_interval
-        {
+        let fresh = *floor.get_or_insert(usage.linear_memory);
+        if last.is_some_and(|at| at.elapsed() < limits.compact_interval) {
             continue;
         }
-        last = std::time::Instant::now();
-        let why = format!(
-            "heap {:.1} MiB in use of {:.1} MiB linear memory, below {}%",
-            usage.heap_in_use as f64 / 1_048_576.0,
-            usage.linear_memory as f64 / 1_048_576.0,
-            limits.compact_below
-        );
+        let Some(why) = compaction_due(usage, fresh, limits) else { continue };
+        last = Some(std::time::Instant::now());
         match upgrader.compact(why) {
-            Ok(report) => info!("{report}"),
+            Ok(report) => {
+                info!("{report}");
+                if let Some(memory) = report.memory {
+                    floor = Some(memory.after.linear_memory);
+                }
+            }
             // Another upgrade holds the lock: try again at the next check.
-            Err(UpgradeError::InProgress) => last -= limits.compact_interval,
+            Err(UpgradeError::InProgress) => last = None,
             Err(e) => tracing::warn!("compaction failed: {e}"),
         }
+    }
+}
+
+/// Why the live instance should be compacted, given its memory now and `floor`, the linear
+/// memory of an instance just started or compacted; `None` if it should not: its linear memory
+/// is under `--compact-min-memory`, or under twice the floor (a fresh instance would give back
+/// too little: without this an idle host whose floor is over `--compact-min-memory` would
+/// compact at every interval, forever), or its heap is at least `--compact-below` percent of it.
+fn compaction_due(usage: MemoryUsage, floor: u64, limits: &Limits) -> Option<String> {
+    let below = f64::from(limits.compact_below) / 100.0;
+    if limits.compact_below == 0
+        || usage.linear_memory < limits.compact_min_memory
+        || usage.linear_memory < floor.saturating_mul(2)
+        || usage.used_share() >= below
+    {
+        return None;
+    }
+    Some(format!(
+        "heap {:.1} MiB in use of {:.1} MiB linear memory, below {}%",
+        usage.heap_in_use as f64 / 1_048_576.0,
+        usage.linear_memory as f64 / 1_048_576.0,
+        limits.compact_below
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn usage(heap_mib: u64, linear_mib: u64) -> MemoryUsage {
+        MemoryUsage { heap_in_use: heap_mib * MIB, linear_memory: linear_mib * MIB }
+    }
+
+    #[test]
+    fn a_compaction_is_due_only_when_it_gives_memory_back() {
+        let limits = Limits { compact_min_memory: 0, ..Limits::default() };
+        // Mostly garbage, and far over what a fresh instance holds.
+        assert!(compaction_due(usage(10, 256), MIB, &limits).is_some());
+        // A busy heap.
+        assert!(compaction_due(usage(200, 256), MIB, &limits).is_none());
+        // An idle instance as small as a fresh one: compacting it gives nothing back.
+        assert!(
+            compaction_due(MemoryUsage { heap_in_use: 2_000, linear_memory: MIB }, MIB, &limits)
+                .is_none()
+        );
+        // Under --compact-min-memory, or with compaction off.
+        let limits = Limits { compact_min_memory: 512 * MIB, ..Limits::default() };
+        assert!(compaction_due(usage(10, 256), MIB, &limits).is_none());
+        let limits = Limits { compact_below: 0, compact_min_memory: 0, ..Limits::default() };
+        assert!(compaction_due(usage(10, 256), MIB, &limits).is_none());
     }
 }
 
