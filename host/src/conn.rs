@@ -23,18 +23,60 @@ pub(crate) struct Conn {
     written: usize,
     /// The guest closed it: write what is queued, then drop it.
     pub(crate) closing: bool,
-    /// Reading stopped because too much output is queued (back-pressure).
-    pub(crate) read_paused: bool,
+    /// Input read while the app's replies to this connection are backed up (more than
+    /// `--output-buffer` queued): it is kept here, not handed to the app, until the client
+    /// reads. `held[held_from..]` goes to the app, in order, before anything read later.
+    /// Reading on means a client that writes a whole pipeline before it reads its replies
+    /// finishes its write instead of waiting forever for a host that waits for it to read.
+    held: Vec<u8>,
+    held_from: usize,
+    /// The peer finished sending while input was held: the app hears of the disconnect after
+    /// it has had every held byte.
+    pub(crate) eof: bool,
 }
 
 impl Conn {
     pub(crate) fn new(stream: TcpStream, info: ConnInfo) -> Self {
-        Self { stream, info, out: Vec::new(), written: 0, closing: false, read_paused: false }
+        Self {
+            stream,
+            info,
+            out: Vec::new(),
+            written: 0,
+            closing: false,
+            held: Vec::new(),
+            held_from: 0,
+            eof: false,
+        }
     }
 
     /// Bytes queued and not yet written.
     pub(crate) fn pending(&self) -> usize {
         self.out.len() - self.written
+    }
+
+    /// Bytes of input read and not yet handed to the app.
+    pub(crate) fn held(&self) -> usize {
+        self.held.len() - self.held_from
+    }
+
+    /// Keeps input for the app until its replies drain.
+    pub(crate) fn hold(&mut self, bytes: &[u8]) {
+        self.held.extend_from_slice(bytes);
+    }
+
+    /// Moves the oldest held input into `buf`; returns how many bytes.
+    pub(crate) fn take_held(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.held());
+        buf[..n].copy_from_slice(&self.held[self.held_from..self.held_from + n]);
+        self.held_from += n;
+        if self.held_from == self.held.len() {
+            self.held = Vec::new();
+            self.held_from = 0;
+        } else if self.held_from > self.held.len() / 2 {
+            self.held.drain(..self.held_from);
+            self.held_from = 0;
+        }
+        n
     }
 
     /// Writes queued output until the kernel pushes back.
@@ -101,10 +143,15 @@ impl Connections {
         }
         if conn.closing && conn.pending() == 0 {
             self.remove(id);
-        } else if conn.read_paused && conn.pending() <= self.limits.output_buffer / 2 {
-            conn.read_paused = false;
+        } else if (conn.held() > 0 || conn.eof) && conn.pending() <= self.limits.output_buffer / 2 {
+            // The client is reading again: the app gets the input held meanwhile.
             self.read_again.push_back(id);
         }
+    }
+
+    /// Closes a connection that passed a limit; the app hears of it after the call.
+    pub(crate) fn cut_off(&mut self, id: u64) {
+        self.broken.push(id);
     }
 
     fn remove(&mut self, id: u64) -> Option<Conn> {

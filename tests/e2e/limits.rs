@@ -1,5 +1,6 @@
-//! Bounds a host keeps whatever clients and guests do: back-pressure on a client that does not
-//! read, ten thousand idle connections across an upgrade, and a guest with no ambient authority.
+//! Bounds a host keeps whatever clients and guests do: a pipeline written before its replies
+//! are read, a client that does not read, ten thousand idle connections across an upgrade, and
+//! a guest with no ambient authority.
 
 use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
@@ -8,60 +9,84 @@ use tasuki::limits::Limits;
 use tasuki::sandbox::{Preopen, Sandbox};
 use tasuki_tests::{TestHost, artifacts};
 
+/// `SET v` with a 1 KiB value, then 400,000 `GET v` in one write before reading anything, as
+/// redis-py's and Jedis's pipelines do: 8 MB of requests, 413 MB of replies. The write must
+/// finish (the host keeps reading while the replies back up) and every reply must be the value.
 #[test]
-fn a_client_that_stops_reading_is_throttled_and_loses_nothing() {
+fn a_pipeline_written_whole_before_its_replies_are_read_completes() {
+    const GETS: usize = 400_000;
+    let host = TestHost::start(artifacts::KV_V1);
+    let value = "v".repeat(1024);
+    let mut conn = host.raw();
+    // A host that stops reading makes the write fail here instead of hanging the test.
+    conn.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut pipeline = format!("*3\r\n$3\r\nSET\r\n$1\r\nv\r\n$1024\r\n{value}\r\n");
+    pipeline.push_str(&"*2\r\n$3\r\nGET\r\n$1\r\nv\r\n".repeat(GETS));
+    conn.write_all(pipeline.as_bytes()).expect("the whole pipeline is written");
+
+    let mut replies = std::io::BufReader::with_capacity(1 << 20, conn);
+    let mut ok = [0; 5];
+    replies.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+    let expected = format!("$1024\r\n{value}\r\n");
+    let mut reply = vec![0; expected.len()];
+    for i in 0..GETS {
+        replies.read_exact(&mut reply).unwrap_or_else(|e| panic!("reply {i} of {GETS}: {e}"));
+        assert!(reply == expected.as_bytes(), "reply {i} is not the value");
+    }
+}
+
+/// A client that stops reading its replies but goes on sending: what it sends is held (not
+/// answered) up to `--input-buffer`, so a pipeline within that bound is answered in full once
+/// it reads, and other clients are served meanwhile. One that sends past the bound is closed —
+/// its write fails — rather than left waiting or costing the host more memory.
+#[test]
+fn a_client_that_stops_reading_loses_nothing_until_it_passes_the_input_buffer() {
+    const INPUT: usize = 8 << 20;
     let host = TestHost::with(HostConfig {
         app: artifacts::KV_V1.into(),
-        limits: Limits { output_buffer: 1 << 20, ..Limits::default() },
+        limits: Limits { output_buffer: 1 << 20, input_buffer: INPUT, ..Limits::default() },
         ..HostConfig::default()
     });
     let payload = "p".repeat(4096);
     let request = format!("*2\r\n$4\r\nECHO\r\n$4096\r\n{payload}\r\n");
     let reply = format!("$4096\r\n{payload}\r\n");
 
+    // Within the bound: 6 MiB of requests (24 MiB of replies queued and held back) in one write.
+    let count = (6 << 20) / request.len();
     let mut slow = host.raw();
-    slow.set_nonblocking(true).unwrap();
-    let (mut sent, mut partial) = (0usize, 0usize);
-    let mut blocked_since: Option<Instant> = None;
-    let started = Instant::now();
-    // Write until the host has stopped reading for half a second.
-    while blocked_since.is_none_or(|t| t.elapsed() < Duration::from_millis(500)) {
-        assert!(started.elapsed() < Duration::from_secs(20), "the host never pushed back");
-        match slow.write(&request.as_bytes()[partial..]) {
-            Ok(n) => {
-                blocked_since = None;
-                partial += n;
-                if partial == request.len() {
-                    partial = 0;
-                    sent += 1;
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                blocked_since.get_or_insert_with(Instant::now);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("write failed: {e}"),
-        }
-    }
-    let written = sent * request.len() + partial;
-    assert!(written < 64 << 20, "the host kept reading: {written} bytes accepted");
-
-    // Other clients are served meanwhile.
+    slow.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    slow.write_all(request.repeat(count).as_bytes()).expect("the host keeps reading");
     let mut other = host.client();
     let pong: String = redis::cmd("PING").query(&mut other).unwrap();
-    assert_eq!(pong, "PONG");
-
-    // Read every reply: nothing was dropped. Then finish the half-written last request.
-    slow.set_nonblocking(false).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(pong, "PONG", "other clients are served meanwhile");
     let mut buf = vec![0; reply.len()];
-    for i in 0..sent {
-        slow.read_exact(&mut buf).unwrap_or_else(|e| panic!("reply {i} of {sent}: {e}"));
+    for i in 0..count {
+        slow.read_exact(&mut buf).unwrap_or_else(|e| panic!("reply {i} of {count}: {e}"));
         assert!(buf == reply.as_bytes(), "reply {i} differs");
     }
-    slow.write_all(&request.as_bytes()[partial..]).unwrap();
-    slow.read_exact(&mut buf).unwrap();
-    assert!(buf == reply.as_bytes(), "the connection still works");
+
+    // Past the bound: the host closes the connection, so the write fails.
+    let mut flood = host.raw();
+    flood.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let chunk = request.repeat(64);
+    let started = Instant::now();
+    let mut written = 0usize;
+    let error = loop {
+        match flood.write(chunk.as_bytes()) {
+            Ok(n) => written += n,
+            Err(e) => break e,
+        }
+        assert!(written < 16 * INPUT, "the host took {written} bytes from a client not reading");
+        assert!(started.elapsed() < Duration::from_secs(60), "the host neither read nor closed");
+    };
+    assert!(
+        matches!(error.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+        "the write failed with {error} after {written} bytes"
+    );
+    let pong: String = redis::cmd("PING").query(&mut other).unwrap();
+    assert_eq!(pong, "PONG", "the host serves on");
 }
 
 #[test]

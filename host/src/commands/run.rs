@@ -95,10 +95,16 @@ pub struct RunCommand {
     /// connection is closed without a word.
     #[arg(long, value_name = "TEXT", value_parser = parse_reply, allow_hyphen_values = true)]
     refuse_reply: Option<Bytes>,
-    /// Replies queued for one connection before the host stops reading from it, in KiB. A
+    /// Replies queued for one connection before the host stops handing its input to the app,
+    /// in KiB; what the client sends meanwhile is held (see --input-buffer) until it reads. A
     /// connection is closed at 32 times this (at least 256 MiB).
     #[arg(long, value_name = "KIB", default_value_t = limits::OUTPUT_HIGH_WATER / 1024)]
     output_buffer: usize,
+    /// Input held for one connection while its replies are backed up, in MiB (redis's
+    /// client-query-buffer-limit). A client that sends more without reading is closed; a
+    /// pipeline smaller than this always completes.
+    #[arg(long, value_name = "MIB", default_value_t = limits::INPUT_BUFFER / MIB)]
+    input_buffer: usize,
     /// Bound of the recovery journal, in MiB; 0 turns recovery off, so that a trap loses the
     /// app's state.
     #[arg(long, value_name = "MIB", default_value_t = limits::JOURNAL_LIMIT / MIB)]
@@ -195,6 +201,7 @@ impl RunCommand {
             max_state: (self.max_state as u64).saturating_mul(MIB as u64),
             max_connections: self.max_connections,
             output_buffer: self.output_buffer.saturating_mul(1024).max(1),
+            input_buffer: self.input_buffer.saturating_mul(MIB),
             journal: self.journal.saturating_mul(MIB),
             precopy_chunk: self.precopy_chunk.saturating_mul(1024),
             compact_below: self.compact_below,
