@@ -169,6 +169,8 @@ impl Instance {
                 .build(),
             effects: Vec::new(),
             max_connections: runtime.limits.max_connections,
+            input_limit: runtime.limits.query_buffer,
+            input_total: runtime.limits.input_total(),
         };
         let mut store = Store::new(&runtime.engine, state);
         store.limiter(|s| &mut s.limits);

@@ -96,6 +96,9 @@ pub struct Limits {
     /// Input read from one connection and held, not yet handed to the app, while its replies
     /// are backed up; a connection that sends more is closed.
     pub input_buffer: usize,
+    /// Input an app keeps unconsumed for one connection (a request still arriving), in bytes;
+    /// the guest SDK closes a connection that leaves more.
+    pub query_buffer: usize,
     /// Recovery journal bound, in bytes; 0 turns recovery off (a trap then loses the state).
     pub journal: usize,
     /// Bytes of records one pre-copy step moves (`--precopy-chunk`); a client waits at most
@@ -122,6 +125,7 @@ impl Default for Limits {
             max_connections: MAX_CONNECTIONS,
             output_buffer: OUTPUT_HIGH_WATER,
             input_buffer: INPUT_BUFFER,
+            query_buffer: QUERY_BUFFER,
             journal: JOURNAL_LIMIT,
             precopy_chunk: crate::precopy::DEFAULT_CHUNK,
             compact_below: COMPACT_BELOW,
@@ -137,6 +141,13 @@ impl Limits {
     /// room for section names and framing, is not cut off below the limit `--max-state` states.
     pub fn hostcall_bytes(&self) -> usize {
         HOSTCALL_BYTES.max((self.max_state as usize).saturating_add(1 << 20))
+    }
+
+    /// Unconsumed input an app keeps for all its connections together: half of `max_state`, so
+    /// that half-received requests can never make the state too big to move in an upgrade or
+    /// to checkpoint, and the rest of the state always has the other half.
+    pub fn input_total(&self) -> u64 {
+        self.max_state / 2
     }
 
     /// Queued output at which a connection is closed.
@@ -167,6 +178,16 @@ pub const OUTPUT_HIGH_WATER: usize = 8 << 20;
 /// and it is reached only by a client that sends this much without reading a byte: a
 /// pipeline of 10 million small commands still fits.
 pub const INPUT_BUFFER: usize = 256 << 20;
+
+/// Input an app keeps unconsumed for one connection — a request that has not fully arrived —
+/// before the guest SDK closes the connection (redis's `client-query-buffer-limit`, 1 GiB
+/// there). Unconsumed input is part of the app's state (`tasuki.conns`): it crosses an upgrade
+/// and goes into every checkpoint, so it must fit in `--max-state` (512 MiB) with the keyspace,
+/// and the instance must hold it and the value built from it in `--memory-limit` (1 GiB).
+/// 128 MiB keeps both true for a value this large while leaving the keyspace most of the room;
+/// kv takes it as its `proto-max-bulk-len` (512 MB in redis), so a request announcing a larger
+/// value, or a `SETRANGE`/`APPEND` that would build one, gets an error instead.
+pub const QUERY_BUFFER: usize = 128 << 20;
 
 /// Largest control-socket message, either way. Requests are small (a path, a few flags).
 pub const MAX_CONTROL_MESSAGE: usize = 1 << 20;

@@ -30,6 +30,10 @@ pub struct InstanceState {
     pub(crate) effects: Vec<Effect>,
     /// `--max-connections`, for `host-info`.
     pub(crate) max_connections: usize,
+    /// `--query-buffer`, for `host-info`.
+    pub(crate) input_limit: usize,
+    /// The bound on all connections' unconsumed input, for `host-info`.
+    pub(crate) input_total: u64,
 }
 
 impl std::fmt::Debug for InstanceState {

@@ -161,3 +161,137 @@ fn dir_and_env_grant_exactly_what_they_name() {
     assert_eq!(a.call("env GREETING"), "ok hello");
     assert!(a.call("env HOME").starts_with("err"));
 }
+
+/// Reads until the host closes `stream`, expecting exactly `last_words` first.
+fn expect_told_and_closed(stream: &mut std::net::TcpStream, last_words: &[u8]) {
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = Vec::new();
+    match stream.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the host neither answered nor closed: {e} after {got:?}"),
+    }
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(last_words));
+}
+
+/// A multibulk request: `*N`, then each argument as `$len` and its bytes.
+fn request(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// With `--query-buffer 1` (MiB), kv's `proto-max-bulk-len` is 512 KiB: a request announcing a
+/// longer argument is refused at once, and one that leaves more than 1 MiB unconsumed (several
+/// arguments, the last still arriving) is told and closed. The rest of the state is untouched
+/// and still moves in an upgrade.
+#[test]
+fn a_request_over_the_query_buffer_is_refused_and_the_keyspace_kept() {
+    let host = TestHost::with(HostConfig {
+        app: artifacts::KV_V4.into(),
+        limits: Limits { query_buffer: 1 << 20, ..Limits::default() },
+        ..HostConfig::default()
+    });
+    let mut client = host.client();
+    let () = redis::cmd("SET").arg("kept").arg("yes").query(&mut client).unwrap();
+
+    let mut announce = host.raw();
+    announce.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$600000\r\n").unwrap();
+    expect_told_and_closed(&mut announce, b"-ERR Protocol error: invalid bulk length\r\n");
+
+    let value = vec![b'x'; 400_000];
+    let whole = request(&[b"MSET", b"a", &value, b"b", &value, b"c", &value]);
+    let mut trickle = host.raw();
+    let mut error = None;
+    for piece in whole[..1_100_000].chunks(100_000) {
+        if let Err(e) = trickle.write_all(piece) {
+            error = Some(e);
+            break;
+        }
+    }
+    expect_told_and_closed(
+        &mut trickle,
+        b"-ERR Protocol error: request over the query buffer limit\r\n",
+    );
+
+    host.upgrade(artifacts::KV_V4).expect("the state still moves");
+    let kept: String = redis::cmd("GET").arg("kept").query(&mut client).unwrap();
+    assert_eq!(kept, "yes");
+    let exists: u64 = redis::cmd("EXISTS").arg("a").arg("b").query(&mut client).unwrap();
+    assert_eq!(exists, 0, "nothing of the refused request ran (write error: {error:?})");
+}
+
+/// Half-received requests of all connections together never pass half of `--max-state`: with
+/// 4 MiB, the connection holding the most is told and closed once they pass 2 MiB, whatever
+/// order their bytes arrive in; the others finish their requests after an upgrade in between.
+#[test]
+fn half_received_requests_together_stay_under_half_of_max_state() {
+    let host = TestHost::with(HostConfig {
+        app: artifacts::KV_V4.into(),
+        limits: Limits { query_buffer: 1 << 20, max_state: 4 << 20, ..Limits::default() },
+        ..HostConfig::default()
+    });
+    let small = vec![b's'; 300_000];
+    let large = vec![b'l'; 500_000];
+    let small_request = request(&[b"MSET", b"s1", &small, b"s2", &small]);
+    let large_request = request(&[b"MSET", b"l1", &large, b"l2", &large]);
+    // About 600 KB, 600 KB and 1 MB unconsumed: 2.2 MB in all.
+    let (small_part, large_part) = (small_request.len() - 10_000, large_request.len() - 10_000);
+    let mut first = host.raw();
+    let mut second = host.raw();
+    let mut largest = host.raw();
+    first.write_all(&small_request[..small_part]).unwrap();
+    second.write_all(&small_request[..small_part]).unwrap();
+    let _ = largest.write_all(&large_request[..large_part]);
+    expect_told_and_closed(
+        &mut largest,
+        b"-ERR Protocol error: request over the query buffer limit\r\n",
+    );
+
+    let report = host.upgrade(artifacts::KV_V4).expect("upgrade with requests half-received");
+    assert_eq!(report.connections, 2);
+    for conn in [&mut first, &mut second] {
+        conn.write_all(&small_request[small_part..]).unwrap();
+        tasuki_tests::expect_bytes(conn, b"+OK\r\n");
+    }
+    let mut client = host.client();
+    let len: u64 = redis::cmd("STRLEN").arg("s2").query(&mut client).unwrap();
+    assert_eq!(len, 300_000);
+    let exists: u64 = redis::cmd("EXISTS").arg("l1").query(&mut client).unwrap();
+    assert_eq!(exists, 0);
+}
+
+/// A `SETRANGE` just under 512 MB used to build a value the 1 GiB instance could not export,
+/// so every checkpoint after it trapped. kv's `proto-max-bulk-len` is now half of
+/// `--query-buffer` (64 MiB by default): past it the client gets redis's error, and a value up
+/// to it still goes into a snapshot with the rest of the keyspace.
+#[test]
+fn a_value_too_large_to_keep_is_refused_with_an_error() {
+    let host = TestHost::start(artifacts::KV_V4);
+    let mut client = host.client();
+    let () = redis::cmd("SET").arg("kept").arg("yes").query(&mut client).unwrap();
+    let max: Vec<String> =
+        redis::cmd("CONFIG").arg("GET").arg("proto-max-bulk-len").query(&mut client).unwrap();
+    assert_eq!(max[1], (64 << 20).to_string());
+    let refused = redis::cmd("SETRANGE")
+        .arg("big")
+        .arg(536_870_000)
+        .arg("x")
+        .query::<u64>(&mut client)
+        .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "ResponseError: string exceeds maximum allowed size (proto-max-bulk-len)"
+    );
+    let len: u64 =
+        redis::cmd("SETRANGE").arg("big").arg((64 << 20) - 1).arg("x").query(&mut client).unwrap();
+    assert_eq!(len, 64 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    host.snapshot(&dir.path().join("state"));
+    let kept: String = redis::cmd("GET").arg("kept").query(&mut client).unwrap();
+    assert_eq!(kept, "yes");
+}

@@ -105,6 +105,12 @@ pub struct RunCommand {
     /// pipeline smaller than this always completes.
     #[arg(long, value_name = "MIB", default_value_t = limits::INPUT_BUFFER / MIB)]
     input_buffer: usize,
+    /// Input the app keeps unconsumed for one connection (a request still arriving), in MiB
+    /// (redis's client-query-buffer-limit; kv's proto-max-bulk-len). A connection that leaves
+    /// more is closed, and so is the one holding the most once all of them together hold half
+    /// of --max-state.
+    #[arg(long, value_name = "MIB", default_value_t = limits::QUERY_BUFFER / MIB)]
+    query_buffer: usize,
     /// Bound of the recovery journal, in MiB; 0 turns recovery off, so that a trap loses the
     /// app's state.
     #[arg(long, value_name = "MIB", default_value_t = limits::JOURNAL_LIMIT / MIB)]
@@ -202,6 +208,7 @@ impl RunCommand {
             max_connections: self.max_connections,
             output_buffer: self.output_buffer.saturating_mul(1024).max(1),
             input_buffer: self.input_buffer.saturating_mul(MIB),
+            query_buffer: self.query_buffer.saturating_mul(MIB).max(1),
             journal: self.journal.saturating_mul(MIB),
             precopy_chunk: self.precopy_chunk.saturating_mul(1024),
             compact_below: self.compact_below,
