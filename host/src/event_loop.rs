@@ -337,7 +337,7 @@ impl EventLoop {
             let deliver = conn.pending() <= limits.output_buffer;
             let limit = budget.min(buf.len());
             if deliver && conn.held() > 0 {
-                let n = conn.take_held(&mut buf[..limit]);
+                let n = net.take_held(id, &mut buf[..limit]);
                 budget -= n;
                 self.dispatcher.data(id, &buf[..n]);
                 continue;
@@ -377,7 +377,8 @@ impl EventLoop {
                     if deliver {
                         self.dispatcher.data(id, &buf[..n]);
                     } else {
-                        conn.hold(&buf[..n]);
+                        net.hold(id, &buf[..n]);
+                        self.dispatcher.reap_broken();
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -96,6 +96,9 @@ pub struct Limits {
     /// Input read from one connection and held, not yet handed to the app, while its replies
     /// are backed up; a connection that sends more is closed.
     pub input_buffer: usize,
+    /// Bytes the host buffers for all connections together (replies queued, input held);
+    /// past it the connections that buffer the most are closed.
+    pub buffer_budget: usize,
     /// Input an app keeps unconsumed for one connection (a request still arriving), in bytes;
     /// the guest SDK closes a connection that leaves more.
     pub query_buffer: usize,
@@ -126,6 +129,7 @@ impl Default for Limits {
             output_buffer: OUTPUT_HIGH_WATER,
             input_buffer: INPUT_BUFFER,
             query_buffer: QUERY_BUFFER,
+            buffer_budget: BUFFER_BUDGET,
             journal: JOURNAL_LIMIT,
             precopy_chunk: crate::precopy::DEFAULT_CHUNK,
             compact_below: COMPACT_BELOW,
@@ -178,6 +182,15 @@ pub const OUTPUT_HIGH_WATER: usize = 8 << 20;
 /// and it is reached only by a client that sends this much without reading a byte: a
 /// pipeline of 10 million small commands still fits.
 pub const INPUT_BUFFER: usize = 256 << 20;
+
+/// Bytes the host buffers for all connections together — replies queued and not yet taken by
+/// the kernel, input held while replies are backed up — beyond which it closes the connections
+/// that buffer the most, with a log line each (redis's `maxmemory-clients`, off by default
+/// there). Each connection alone is bounded ([`OUTPUT_HIGH_WATER`] plus one call's output,
+/// [`INPUT_BUFFER`]), but 10,000 of them are not: 1 GiB, the size of the app's own instance,
+/// lets four clients reach their own limits at once, or a thousand have a pipeline of a MiB
+/// in flight, and keeps the host's memory to about twice the app's.
+pub const BUFFER_BUDGET: usize = 1 << 30;
 
 /// Input an app keeps unconsumed for one connection — a request that has not fully arrived —
 /// before the guest SDK closes the connection (redis's `client-query-buffer-limit`, 1 GiB

@@ -295,3 +295,77 @@ fn a_value_too_large_to_keep_is_refused_with_an_error() {
     let kept: String = redis::cmd("GET").arg("kept").query(&mut client).unwrap();
     assert_eq!(kept, "yes");
 }
+
+/// All connections together buffer at most `--buffer-budget` (replies queued, input held):
+/// three clients that each send 24 MiB of pipelined requests and read nothing until all three
+/// have (the kernel takes 8 to 12 MiB of each: replies in the host's send buffer, requests in
+/// the client's, so the host holds 12 to 16 MiB of each), against a budget of 20 MiB, cannot all
+/// be buffered — any two pass it, one alone never does. The host closes the one buffering the
+/// most (its client sees the connection close, not a hang), the others get every reply once
+/// they read, and a well-behaved client is served throughout.
+#[test]
+fn all_connections_together_buffer_no_more_than_the_budget() {
+    const FLOODERS: usize = 3;
+    let host = TestHost::with(HostConfig {
+        app: artifacts::KV_V1.into(),
+        limits: Limits {
+            output_buffer: 256 << 10,
+            input_buffer: 32 << 20,
+            buffer_budget: 20 << 20,
+            ..Limits::default()
+        },
+        ..HostConfig::default()
+    });
+    let payload = "p".repeat(4096);
+    let request = format!("*2\r\n$4\r\nECHO\r\n$4096\r\n{payload}\r\n");
+    let reply = format!("$4096\r\n{payload}\r\n");
+    let count = (24 << 20) / request.len();
+    let pipeline = request.repeat(count);
+    let all_written = std::sync::Arc::new(std::sync::Barrier::new(FLOODERS));
+
+    let flooders: Vec<_> = (0..FLOODERS)
+        .map(|_| {
+            let mut conn = host.raw();
+            let (pipeline, reply) = (pipeline.clone(), reply.clone());
+            let all_written = std::sync::Arc::clone(&all_written);
+            std::thread::spawn(move || {
+                conn.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                // Closed by the host: the write or a read fails, never hangs.
+                let closed = |e: std::io::Error| {
+                    assert!(
+                        matches!(
+                            e.kind(),
+                            ErrorKind::ConnectionReset
+                                | ErrorKind::BrokenPipe
+                                | ErrorKind::UnexpectedEof
+                        ),
+                        "{e}"
+                    );
+                    false
+                };
+                let written = conn.write_all(pipeline.as_bytes());
+                all_written.wait();
+                if let Err(e) = written {
+                    return closed(e);
+                }
+                let mut buf = vec![0; reply.len()];
+                for i in 0..count {
+                    if let Err(e) = conn.read_exact(&mut buf) {
+                        return closed(e);
+                    }
+                    assert!(buf == reply.as_bytes(), "reply {i} differs");
+                }
+                true
+            })
+        })
+        .collect();
+    let mut client = host.client();
+    let pong: String = redis::cmd("PING").query(&mut client).unwrap();
+    assert_eq!(pong, "PONG");
+    let completed = flooders.into_iter().map(|f| f.join().unwrap()).filter(|&done| done).count();
+    assert!(completed < FLOODERS, "all {FLOODERS} were buffered: the budget held nothing back");
+    assert!(completed >= 1, "the host closed more than it had to");
+    let pong: String = redis::cmd("PING").query(&mut client).unwrap();
+    assert_eq!(pong, "PONG");
+}

@@ -111,6 +111,11 @@ pub struct RunCommand {
     /// of --max-state.
     #[arg(long, value_name = "MIB", default_value_t = limits::QUERY_BUFFER / MIB)]
     query_buffer: usize,
+    /// Bytes the host buffers for all connections together (replies queued, input held), in
+    /// MiB; past it the connections that buffer the most are closed (redis's
+    /// maxmemory-clients).
+    #[arg(long, value_name = "MIB", default_value_t = limits::BUFFER_BUDGET / MIB)]
+    buffer_budget: usize,
     /// Bound of the recovery journal, in MiB; 0 turns recovery off, so that a trap loses the
     /// app's state.
     #[arg(long, value_name = "MIB", default_value_t = limits::JOURNAL_LIMIT / MIB)]
@@ -209,6 +214,7 @@ impl RunCommand {
             output_buffer: self.output_buffer.saturating_mul(1024).max(1),
             input_buffer: self.input_buffer.saturating_mul(MIB),
             query_buffer: self.query_buffer.saturating_mul(MIB).max(1),
+            buffer_budget: self.buffer_budget.saturating_mul(MIB),
             journal: self.journal.saturating_mul(MIB),
             precopy_chunk: self.precopy_chunk.saturating_mul(1024),
             compact_below: self.compact_below,
