@@ -168,6 +168,9 @@ impl Instance {
                 .instances(64)
                 .build(),
             effects: Vec::new(),
+            call_output: 0,
+            call_output_limit: runtime.limits.output_limit(),
+            cut_off: Vec::new(),
             max_connections: runtime.limits.max_connections,
             input_limit: runtime.limits.query_buffer,
             input_total: runtime.limits.input_total(),
@@ -235,12 +238,12 @@ impl Instance {
 
     /// What the guest asked for since the last drain.
     pub fn take_effects(&mut self) -> std::vec::Drain<'_, Effect> {
-        self.store.data_mut().effects.drain(..)
+        self.store.data_mut().take_effects()
     }
 
     /// Drops whatever the guest asked for (used when an upgrade rolls back).
     pub fn discard_effects(&mut self) {
-        self.store.data_mut().effects.clear();
+        self.store.data_mut().take_effects();
     }
 
     pub fn init(&mut self, args: &[String]) -> Result<(), CallError> {

@@ -33,7 +33,7 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 /// Output queued for one connection beyond which the host closes it, like Redis's
 /// client-output-buffer-limit: a client that asks for far more than it reads is cut off before
 /// it costs the host its memory. Past [`OUTPUT_HIGH_WATER`] no more input reaches the app, so
-/// only a single call's output can get here.
+/// only a single call's output can get here; it is also the most one call may queue in all.
 pub const OUTPUT_LIMIT: usize = 256 << 20;
 
 /// Bytes of events kept in the recovery journal before protection gives up (see `recovery`).

@@ -16,6 +16,10 @@ pub enum Effect {
     Send(u64, Vec<u8>),
     /// `net.close(conn)`.
     Close(u64),
+    /// The call queued more output than one call may ([`InstanceState::call_output_limit`]):
+    /// the connection whose bytes passed it is dropped, and the app hears of it, as if the
+    /// client had gone.
+    CutOff(u64),
     /// `timers.set(id, after)`: fire `on-timer(id)` once, `after` from the event's time.
     SetTimer(u64, Duration),
     /// `timers.cancel(id)`.
@@ -28,6 +32,14 @@ pub struct InstanceState {
     pub(crate) table: ResourceTable,
     pub(crate) limits: StoreLimits,
     pub(crate) effects: Vec<Effect>,
+    /// Bytes of `Send` effects in `effects`.
+    pub(crate) call_output: usize,
+    /// The most output one call may queue, over all connections: a connection is closed at
+    /// this much queued anyway ([`crate::limits::Limits::output_limit`]), so a guest that
+    /// queues more in one call must not hold it in the host's memory meanwhile.
+    pub(crate) call_output_limit: usize,
+    /// Connections cut off during this call; what the guest sends them after is dropped.
+    pub(crate) cut_off: Vec<u64>,
     /// `--max-connections`, for `host-info`.
     pub(crate) max_connections: usize,
     /// `--query-buffer`, for `host-info`.
@@ -41,6 +53,15 @@ impl std::fmt::Debug for InstanceState {
         f.debug_struct("InstanceState")
             .field("effects", &self.effects.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl InstanceState {
+    /// Hands over what the guest asked for since the last call, and starts counting anew.
+    pub(crate) fn take_effects(&mut self) -> std::vec::Drain<'_, Effect> {
+        self.call_output = 0;
+        self.cut_off.clear();
+        self.effects.drain(..)
     }
 }
 

@@ -60,7 +60,7 @@ impl TimerQueue {
                 self.set(id, now.saturating_add(after.as_nanos() as u64));
             }
             Effect::CancelTimer(id) => self.cancel(id),
-            Effect::Send(..) | Effect::Close(_) => {}
+            Effect::Send(..) | Effect::Close(_) | Effect::CutOff(_) => {}
         }
     }
 

@@ -296,6 +296,33 @@ fn a_value_too_large_to_keep_is_refused_with_an_error() {
     assert_eq!(kept, "yes");
 }
 
+/// One call may queue at most 32 × `--output-buffer` (at least 256 MiB) of output: the host used
+/// to hold whatever a guest sent in a call until it returned. A guest that sends 300 MiB in one
+/// event gets the connection cut off once it passes the bound — the client sees the connection
+/// close, not 300 MiB — and the app hears that the connection went; other clients are served.
+#[test]
+fn one_call_cannot_queue_more_output_than_the_limit() {
+    let host =
+        TestHost::with(HostConfig { app: artifacts::MISBEHAVE.into(), ..HostConfig::default() });
+    let limit = Limits::default().output_limit();
+    let mut flood = host.raw();
+    flood.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    flood.write_all(b"flood 300\n").unwrap();
+    let mut received = 0usize;
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        match flood.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received += n,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the connection was not closed after {received} bytes: {e}"),
+        }
+    }
+    assert!(received <= limit, "{received} bytes arrived, over the {limit} one call may queue");
+    let mut a = host.lines();
+    assert_eq!(a.call("count"), "1", "the app heard that the flooded connection went");
+}
+
 /// All connections together buffer at most `--buffer-budget` (replies queued, input held):
 /// three clients that each send 24 MiB of pipelined requests and read nothing until all three
 /// have (the kernel takes 8 to 12 MiB of each: replies in the host's send buffer, requests in
