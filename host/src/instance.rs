@@ -7,10 +7,10 @@
 use crate::bindings::server_exports::{app, memory, precopy, state};
 use crate::bindings::{AppInfo, Chunk, ConnInfo, PrecopyBatch, Snapshot};
 use crate::limits;
-use crate::store::{Effect, InstanceState};
+use crate::store::{Effect, InstanceState, Limiter};
 use crate::version::Version;
+use wasmtime::Store;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
 /// A guest call that did not complete.
@@ -163,10 +163,7 @@ impl Instance {
         let state = InstanceState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(runtime.limits.memory)
-                .instances(64)
-                .build(),
+            limits: Limiter::new(runtime.limits.memory),
             effects: Vec::new(),
             call_output: 0,
             call_output_limit: runtime.limits.output_limit(),

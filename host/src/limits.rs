@@ -15,8 +15,8 @@ pub const EVENT_DEADLINE: Duration = Duration::from_secs(1);
 /// pause of an upgrade). These scale with the state and run rarely: 10 s moves gigabytes.
 pub const STATE_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Linear memory one instance may grow to. Two instances exist during an upgrade, so the host
-/// can need twice this. 1 GiB holds a few million small keys.
+/// Linear memory one instance may grow to, all its memories together. Two instances exist
+/// during an upgrade, so the host can need twice this. 1 GiB holds a few million small keys.
 pub const MEMORY_LIMIT: usize = 1 << 30;
 
 /// Largest state an upgrade will move. An export larger than this rolls the upgrade back:
@@ -201,6 +201,24 @@ pub const BUFFER_BUDGET: usize = 1 << 30;
 /// kv takes it as its `proto-max-bulk-len` (512 MB in redis), so a request announcing a larger
 /// value, or a `SETRANGE`/`APPEND` that would build one, gets an error instead.
 pub const QUERY_BUFFER: usize = 128 << 20;
+
+/// Core instances one component instance may create. A Rust guest's component has a handful
+/// (its module and the shims `wit-component` adds); 64 leaves room for components composed of
+/// several modules, and bounds the host's per-instance bookkeeping.
+pub const MAX_INSTANCES: usize = 64;
+
+/// Linear memories one store may create; `--memory-limit` bounds their total size. A guest
+/// has one per core module that declares one: 16 leaves room.
+pub const MAX_MEMORIES: usize = 16;
+
+/// Tables one store may create (each core module's function table, and the shims').
+pub const MAX_TABLES: usize = 64;
+
+/// Elements one table may grow to. Each costs the host a pointer outside the guest's linear
+/// memory, so without a bound `table.grow` would be a way around `--memory-limit`; a guest's
+/// function table holds its address-taken functions (hundreds to thousands), and 1 Mi elements
+/// is 8 MiB.
+pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 /// Largest control-socket message, either way. Requests are small (a path, a few flags).
 pub const MAX_CONTROL_MESSAGE: usize = 1 << 20;
