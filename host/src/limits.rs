@@ -202,6 +202,12 @@ pub const BUFFER_BUDGET: usize = 1 << 30;
 /// value, or a `SETRANGE`/`APPEND` that would build one, gets an error instead.
 pub const QUERY_BUFFER: usize = 128 << 20;
 
+/// Timers an app may have armed at once; arming another (a new id) is refused with a log line,
+/// re-arming an armed one always works. A server needs one or a few (kv: one, for expiry), or
+/// one per connection for idle timeouts ([`MAX_CONNECTIONS`]); ten times that leaves room
+/// while keeping the host's timer queue to a few MiB.
+pub const MAX_TIMERS: usize = 10 * MAX_CONNECTIONS;
+
 /// Core instances one component instance may create. A Rust guest's component has a handful
 /// (its module and the shims `wit-component` adds); 64 leaves room for components composed of
 /// several modules, and bounds the host's per-instance bookkeeping.

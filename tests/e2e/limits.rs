@@ -296,6 +296,44 @@ fn a_value_too_large_to_keep_is_refused_with_an_error() {
     assert_eq!(kept, "yes");
 }
 
+/// An app may keep at most `MAX_TIMERS` timers armed: past that, a new one is not armed (the
+/// host logs it), while re-arming an armed one still works. Without the bound, a guest arming a
+/// timer per request would grow the host's queue without end.
+#[test]
+fn no_more_than_max_timers_are_armed() {
+    use std::io::{BufRead, BufReader};
+    use tasuki::limits::MAX_TIMERS;
+    let host =
+        TestHost::with(HostConfig { app: artifacts::MISBEHAVE.into(), ..HostConfig::default() });
+    let conn = host.raw();
+    let mut replies = BufReader::new(conn.try_clone().unwrap());
+    let mut conn = conn;
+    // Every timer the limit allows, an hour away; then five more and a re-arm of timer 0, all
+    // due in 1 ms and in this order (one batch, one event time: equal deadlines fire in the
+    // order they were armed).
+    let mut lines: String = (0..MAX_TIMERS).map(|id| format!("timer {id} 3600000\n")).collect();
+    for id in 0..5 {
+        lines.push_str(&format!("timer {} 1\n", MAX_TIMERS + id));
+    }
+    lines.push_str("timer 0 1\n");
+    conn.write_all(lines.as_bytes()).unwrap();
+    let mut reply = String::new();
+    for i in 0..MAX_TIMERS + 6 {
+        reply.clear();
+        replies.read_line(&mut reply).unwrap();
+        assert_eq!(reply, "ok\n", "command {i}");
+    }
+    let mut a = host.lines();
+    let fired = loop {
+        let fired = a.call("fired");
+        if fired != "none" {
+            break fired;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(fired, "0", "only the re-armed timer fired; the five over the limit were not armed");
+}
+
 /// One call may queue at most 32 × `--output-buffer` (at least 256 MiB) of output: the host used
 /// to hold whatever a guest sent in a call until it returned. A guest that sends 300 MiB in one
 /// event gets the connection cut off once it passes the bound — the client sees the connection
