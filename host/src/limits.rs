@@ -239,7 +239,28 @@ pub const CONTROL_STOP_GRACE: Duration = Duration::from_secs(5);
 /// however its bytes trickle in.
 pub const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Epoch ticks in `d`, at least one.
+/// Epoch ticks that give a call at least `d`. A deadline of n ticks traps at the n-th tick
+/// after the call starts, and the first can come at once, so `d` is rounded up to whole ticks
+/// and gets one more: `--call-deadline 5` is 2 ticks (10 to 20 ms), where 1 tick (what rounding
+/// gave before) could stop a call of a few microseconds that happened to straddle a tick.
 pub(crate) fn ticks(d: Duration) -> u64 {
-    (d.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    u64::try_from(d.as_nanos().div_ceil(EPOCH_TICK.as_nanos())).unwrap_or(u64::MAX / 2) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_is_never_shorter_than_asked() {
+        let ms = Duration::from_millis;
+        assert_eq!(ticks(ms(1)), 2);
+        assert_eq!(ticks(ms(10)), 2);
+        assert_eq!(ticks(ms(11)), 3);
+        assert_eq!(ticks(EVENT_DEADLINE), 101);
+        for d in [1, 5, 9, 10, 15, 999, 1000] {
+            // The first tick can come at once: the call is sure of (ticks - 1) whole ticks.
+            assert!((ticks(ms(d)) - 1) * EPOCH_TICK.as_millis() as u64 >= d, "{d} ms");
+        }
+    }
 }

@@ -296,6 +296,36 @@ fn a_value_too_large_to_keep_is_refused_with_an_error() {
     assert_eq!(kept, "yes");
 }
 
+/// `--call-deadline` below the 10 ms epoch tick used to become one tick, which stops a call at
+/// the next tick however soon it comes: a call of a millisecond was stopped (and its connection
+/// closed) about one time in ten. Rounded up to whole ticks plus one, 5 ms gives every call at
+/// least 10 ms: 200 `KEYS *` over 10,000 keys, a millisecond or so each, are all answered.
+#[test]
+fn a_call_deadline_below_the_tick_stops_no_quick_call() {
+    const KEYS: usize = 10_000;
+    let host = TestHost::with(HostConfig {
+        app: artifacts::KV_V1.into(),
+        limits: Limits { call_deadline: Duration::from_millis(5), ..Limits::default() },
+        ..HostConfig::default()
+    });
+    let mut client = host.client();
+    for batch in (0..KEYS).collect::<Vec<_>>().chunks(500) {
+        let mut mset = redis::cmd("MSET");
+        for i in batch {
+            mset.arg(format!("key:{i}")).arg(i);
+        }
+        let () = mset.query(&mut client).unwrap();
+    }
+    for i in 0..200 {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut client)
+            .unwrap_or_else(|e| panic!("KEYS {i} was cut off: {e}"));
+        assert_eq!(keys.len(), KEYS, "KEYS {i}");
+    }
+    assert_eq!(host.status().recovery.recoveries, 0, "no call was stopped");
+}
+
 /// An app may keep at most `MAX_TIMERS` timers armed: past that, a new one is not armed (the
 /// host logs it), while re-arming an armed one still works. Without the bound, a guest arming a
 /// timer per request would grow the host's queue without end.

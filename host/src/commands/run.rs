@@ -76,7 +76,9 @@ pub struct RunCommand {
     #[arg(long, value_name = "MIB", default_value_t = limits::MEMORY_LIMIT / MIB)]
     memory_limit: usize,
     /// How long one event may run before it is stopped, in ms; its connection is then closed
-    /// and the app rebuilt from its journal.
+    /// and the app rebuilt from its journal. Deadlines are counted in 10 ms epoch ticks: this
+    /// is rounded up to whole ticks plus one, so an event always gets at least this long and
+    /// less than two ticks more (1 ms gives 10 to 20 ms).
     #[arg(long, value_name = "MS", default_value_t = limits::EVENT_DEADLINE.as_millis() as u64)]
     call_deadline: u64,
     /// How long each state call of an upgrade (init, export, import) may run, in ms.
