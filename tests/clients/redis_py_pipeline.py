@@ -2,14 +2,18 @@
 sent in one go before a single reply is read (redis-py writes the whole pipeline, then reads).
 
 Run by tests/e2e/real_clients.rs: `python redis_py_pipeline.py PORT`. Prints `DONE <replies>`
-after checking that every reply is the value; any error is a traceback and exit 1.
+after checking that every reply is the value; any error is a traceback and exit 1. A host that
+stops reading makes the write block: redis-py's retries stretch its 60 s socket timeout to many
+minutes, so the whole run is bounded at 120 s (the pipeline takes seconds).
 """
 
+import signal
 import sys
 
 import redis
 
 PORT = int(sys.argv[1])
+signal.alarm(120)
 GETS = 400_000
 VALUE = b"v" * 1024
 
