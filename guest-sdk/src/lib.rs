@@ -81,6 +81,33 @@ pub mod host {
         }
     }
 
+    /// The most input the app keeps unconsumed for one connection, in bytes (`tasuki run
+    /// --query-buffer`): the SDK closes a connection that leaves more. Also the largest value a
+    /// server should build from requests. 0 (no bound) outside a host.
+    pub fn input_limit() -> u64 {
+        #[cfg(target_arch = "wasm32")]
+        {
+            crate::runtime::bindings::tasuki::server::host_info::input_limit()
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            0
+        }
+    }
+
+    /// The most unconsumed input the app keeps for all its connections together, in bytes:
+    /// past it the SDK closes the connection holding the most. 0 (no bound) outside a host.
+    pub fn input_total() -> u64 {
+        #[cfg(target_arch = "wasm32")]
+        {
+            crate::runtime::bindings::tasuki::server::host_info::input_total()
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            0
+        }
+    }
+
     /// The most connections the host keeps open at once (`tasuki run --max-connections`).
     pub fn max_connections() -> u32 {
         #[cfg(target_arch = "wasm32")]
@@ -132,6 +159,13 @@ pub trait Server: Serialize + DeserializeOwned + Default + 'static {
     /// consume, followed by the new bytes. Return how many leading bytes were consumed; the SDK
     /// keeps the rest (across upgrades too) and offers it again when more arrive.
     fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize;
+
+    /// `conn` left more input unconsumed than the host allows ([`host::input_limit`] for one
+    /// connection, [`host::input_total`] for all): the SDK closes it and discards that input
+    /// after this call. Queue a last word for the client here (kv answers as redis does).
+    fn on_input_limit(&mut self, ctx: &mut Ctx, conn: ConnId) {
+        let _ = (ctx, conn);
+    }
 
     /// The client went away. Its unconsumed input is discarded after this call.
     fn on_disconnect(&mut self, ctx: &mut Ctx, conn: ConnId) {

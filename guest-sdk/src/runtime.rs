@@ -36,19 +36,72 @@ pub struct Runtime<S> {
     server: S,
     ctx: Ctx,
     conns: BTreeMap<ConnId, Conn>,
+    /// Bytes of unconsumed input over all of `conns`.
+    unconsumed: usize,
     version: &'static str,
 }
 
 impl<S: Server> Runtime<S> {
     /// A fresh instance of release `version`.
     pub fn new(version: &'static str) -> Self {
-        Self { server: S::default(), ctx: Ctx::default(), conns: BTreeMap::new(), version }
+        Self {
+            server: S::default(),
+            ctx: Ctx::default(),
+            conns: BTreeMap::new(),
+            unconsumed: 0,
+            version,
+        }
     }
 
     fn finish_event(&mut self) {
         for conn in self.ctx.flush() {
-            self.conns.remove(&conn);
+            self.forget(conn);
         }
+    }
+
+    /// Drops `conn` and its unconsumed input.
+    fn forget(&mut self, conn: ConnId) {
+        if let Some(slot) = self.conns.remove(&conn) {
+            self.unconsumed -= slot.input.len();
+        }
+    }
+
+    /// Closes the connections whose unconsumed input passes the host's bounds: `conn` if it
+    /// alone holds more than [`crate::host::input_limit`], then the one holding the most while
+    /// all together hold more than [`crate::host::input_total`]. Each is told (through
+    /// [`Server::on_input_limit`]) and said in the host's log.
+    fn enforce_input_limits(&mut self, conn: ConnId) {
+        let limit = usize::try_from(crate::host::input_limit()).unwrap_or(usize::MAX);
+        let total = usize::try_from(crate::host::input_total()).unwrap_or(usize::MAX);
+        let held = self.conns.get(&conn).map_or(0, |c| c.input.len());
+        if limit > 0 && held > limit {
+            self.cut_off(
+                conn,
+                format!("{held} bytes of unconsumed input, over --query-buffer ({limit} bytes)"),
+            );
+        }
+        while total > 0 && self.unconsumed > total {
+            let Some((&largest, slot)) = self.conns.iter().max_by_key(|(_, c)| c.input.len())
+            else {
+                break;
+            };
+            let held = slot.input.len();
+            self.cut_off(
+                largest,
+                format!(
+                    "the most unconsumed input ({held} bytes) while all connections hold {}, \
+                     over half of --max-state ({total} bytes)",
+                    self.unconsumed
+                ),
+            );
+        }
+    }
+
+    fn cut_off(&mut self, conn: ConnId, why: String) {
+        eprintln!("{} {}: closing connection {conn}: {why}", S::NAME, self.version);
+        self.server.on_input_limit(&mut self.ctx, conn);
+        self.ctx.close(conn);
+        self.forget(conn);
     }
 
     /// `app.init`.
@@ -61,7 +114,9 @@ impl<S: Server> Runtime<S> {
     /// `app.on-connect`.
     pub fn on_connect(&mut self, info: ConnInfo) {
         self.server.on_connect(&mut self.ctx, &info);
-        self.conns.insert(info.id, Conn { info, input: Vec::new() });
+        let id = info.id;
+        self.forget(id);
+        self.conns.insert(id, Conn { info, input: Vec::new() });
         self.finish_event();
     }
 
@@ -73,6 +128,7 @@ impl<S: Server> Runtime<S> {
             return;
         };
         let mut input = std::mem::take(&mut slot.input);
+        self.unconsumed -= input.len();
         if input.is_empty() {
             input = data;
         } else {
@@ -81,7 +137,9 @@ impl<S: Server> Runtime<S> {
         let consumed = self.server.on_data(&mut self.ctx, conn, &input).min(input.len());
         input.drain(..consumed);
         if let Some(slot) = self.conns.get_mut(&conn) {
+            self.unconsumed += input.len();
             slot.input = input;
+            self.enforce_input_limits(conn);
         }
         self.finish_event();
     }
@@ -89,7 +147,7 @@ impl<S: Server> Runtime<S> {
     /// `app.on-disconnect`.
     pub fn on_disconnect(&mut self, conn: ConnId) {
         self.server.on_disconnect(&mut self.ctx, conn);
-        self.conns.remove(&conn);
+        self.forget(conn);
         self.finish_event();
     }
 
@@ -275,6 +333,7 @@ impl<S: Server> Runtime<S> {
                 (info.id, Conn { info, input })
             })
             .collect();
+        self.unconsumed = self.conns.values().map(|c| c.input.len()).sum();
         let fresh = std::mem::replace(&mut self.server, server);
         self.server.resumed(&mut self.ctx, fresh);
         self.finish_event();

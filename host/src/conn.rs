@@ -23,18 +23,69 @@ pub(crate) struct Conn {
     written: usize,
     /// The guest closed it: write what is queued, then drop it.
     pub(crate) closing: bool,
-    /// Reading stopped because too much output is queued (back-pressure).
-    pub(crate) read_paused: bool,
+    /// Input read while the app's replies to this connection are backed up (more than
+    /// `--output-buffer` queued): it is kept here, not handed to the app, until the client
+    /// reads. `held[held_from..]` goes to the app, in order, before anything read later.
+    /// Reading on means a client that writes a whole pipeline before it reads its replies
+    /// finishes its write instead of waiting forever for a host that waits for it to read.
+    held: Vec<u8>,
+    held_from: usize,
+    /// The peer finished sending while input was held: the app hears of the disconnect after
+    /// it has had every held byte.
+    pub(crate) eof: bool,
+    /// Closed to bring the host back under `--buffer-budget`: the bytes it buffered then, which
+    /// go when it is removed.
+    evicted: Option<usize>,
 }
 
 impl Conn {
     pub(crate) fn new(stream: TcpStream, info: ConnInfo) -> Self {
-        Self { stream, info, out: Vec::new(), written: 0, closing: false, read_paused: false }
+        Self {
+            stream,
+            info,
+            out: Vec::new(),
+            written: 0,
+            closing: false,
+            held: Vec::new(),
+            held_from: 0,
+            eof: false,
+            evicted: None,
+        }
+    }
+
+    /// Bytes the host buffers for this connection: replies queued and input held.
+    fn buffered(&self) -> usize {
+        self.pending() + self.held()
     }
 
     /// Bytes queued and not yet written.
     pub(crate) fn pending(&self) -> usize {
         self.out.len() - self.written
+    }
+
+    /// Bytes of input read and not yet handed to the app.
+    pub(crate) fn held(&self) -> usize {
+        self.held.len() - self.held_from
+    }
+
+    /// Keeps input for the app until its replies drain.
+    fn hold(&mut self, bytes: &[u8]) {
+        self.held.extend_from_slice(bytes);
+    }
+
+    /// Moves the oldest held input into `buf`; returns how many bytes.
+    fn take_held(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.held());
+        buf[..n].copy_from_slice(&self.held[self.held_from..self.held_from + n]);
+        self.held_from += n;
+        if self.held_from == self.held.len() {
+            self.held = Vec::new();
+            self.held_from = 0;
+        } else if self.held_from > self.held.len() / 2 {
+            self.held.drain(..self.held_from);
+            self.held_from = 0;
+        }
+        n
     }
 
     /// Writes queued output until the kernel pushes back.
@@ -71,6 +122,10 @@ pub(crate) struct Connections {
     broken: Vec<u64>,
     /// Connections whose reading resumed or was cut short by the read budget.
     pub(crate) read_again: VecDeque<u64>,
+    /// Bytes buffered over all connections (replies queued, input held), and the part of them
+    /// that belongs to connections evicted and not yet removed.
+    buffered: usize,
+    evicting: usize,
 }
 
 impl Connections {
@@ -82,6 +137,62 @@ impl Connections {
             limits,
             broken: Vec::new(),
             read_again: VecDeque::new(),
+            buffered: 0,
+            evicting: 0,
+        }
+    }
+
+    /// Runs `f` on connection `id`, keeping the count of buffered bytes right.
+    fn with_conn<T>(&mut self, id: u64, f: impl FnOnce(&mut Conn) -> T) -> Option<T> {
+        let conn = self.conns.get_mut(&id)?;
+        let before = conn.buffered();
+        let out = f(conn);
+        self.buffered = self.buffered - before + conn.buffered();
+        Some(out)
+    }
+
+    /// Holds input read from `id` until its replies drain (see [`Conn::held`]).
+    pub(crate) fn hold(&mut self, id: u64, bytes: &[u8]) {
+        self.with_conn(id, |conn| conn.hold(bytes));
+        self.enforce_budget();
+    }
+
+    /// Moves the oldest input held for `id` into `buf`; returns how many bytes.
+    pub(crate) fn take_held(&mut self, id: u64, buf: &mut [u8]) -> usize {
+        self.with_conn(id, |conn| conn.take_held(buf)).unwrap_or(0)
+    }
+
+    /// Once all connections together buffer more than `--buffer-budget`, closes the ones that
+    /// buffer the most until the rest fit (as redis's `maxmemory-clients` evicts its biggest
+    /// clients): one greedy client, or many, cannot take the host's memory, and which one goes
+    /// does not depend on who asked last.
+    fn enforce_budget(&mut self) {
+        let budget = self.limits.buffer_budget;
+        while self.buffered - self.evicting > budget {
+            let Some((&id, conn)) = self
+                .conns
+                .iter_mut()
+                .filter(|(_, c)| c.evicted.is_none())
+                .max_by_key(|(_, c)| c.buffered())
+            else {
+                break;
+            };
+            let size = conn.buffered();
+            if size == 0 {
+                break;
+            }
+            warn!(
+                conn = id,
+                peer = %conn.info.peer,
+                "closing the connection that buffers the most ({size} bytes: {} of replies, {} \
+                 of input held) while all buffer {}, over --buffer-budget ({budget} bytes)",
+                conn.pending(),
+                conn.held(),
+                self.buffered - self.evicting
+            );
+            conn.evicted = Some(size);
+            self.evicting += size;
+            self.broken.push(id);
         }
     }
 
@@ -93,22 +204,32 @@ impl Connections {
 
     /// The socket became writable.
     pub(crate) fn on_writable(&mut self, id: u64) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
-        if let Err(e) = conn.write_pending() {
+        let Some(written) = self.with_conn(id, Conn::write_pending) else { return };
+        if let Err(e) = written {
             debug!(conn = id, "write failed: {e}");
             self.broken.push(id);
             return;
         }
+        let Some(conn) = self.conns.get_mut(&id) else { return };
         if conn.closing && conn.pending() == 0 {
             self.remove(id);
-        } else if conn.read_paused && conn.pending() <= self.limits.output_buffer / 2 {
-            conn.read_paused = false;
+        } else if (conn.held() > 0 || conn.eof) && conn.pending() <= self.limits.output_buffer / 2 {
+            // The client is reading again: the app gets the input held meanwhile.
             self.read_again.push_back(id);
         }
     }
 
+    /// Closes a connection that passed a limit; the app hears of it after the call.
+    pub(crate) fn cut_off(&mut self, id: u64) {
+        self.broken.push(id);
+    }
+
     fn remove(&mut self, id: u64) -> Option<Conn> {
         let mut conn = self.conns.remove(&id)?;
+        self.buffered -= conn.buffered();
+        if let Some(size) = conn.evicted {
+            self.evicting -= size;
+        }
         if let Err(e) = self.registry.deregister(&mut conn.stream) {
             debug!(conn = id, "deregister failed: {e}");
         }
@@ -119,17 +240,21 @@ impl Connections {
 
 impl Network for Connections {
     fn send(&mut self, id: u64, data: Vec<u8>) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
-        if conn.closing {
+        let Some(conn) = self.conns.get(&id) else { return };
+        if conn.closing || conn.evicted.is_some() {
             return;
         }
-        if conn.pending() == 0 {
-            conn.out = data;
-            conn.written = 0;
-        } else {
-            conn.out.extend_from_slice(&data);
-        }
-        if let Err(e) = conn.write_pending() {
+        let written = self.with_conn(id, |conn| {
+            if conn.pending() == 0 {
+                conn.out = data;
+                conn.written = 0;
+            } else {
+                conn.out.extend_from_slice(&data);
+            }
+            conn.write_pending()
+        });
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if let Some(Err(e)) = written {
             debug!(conn = id, "write failed: {e}");
             self.broken.push(id);
         } else if conn.pending() > self.limits.output_limit() {
@@ -141,6 +266,7 @@ impl Network for Connections {
             );
             self.broken.push(id);
         }
+        self.enforce_budget();
     }
 
     fn close(&mut self, id: u64) {

@@ -422,6 +422,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// Applies what the guest asked for during an event that ran at monotonic time `now`.
     fn apply_effects_at(&mut self, now: u64) {
         let Self { live, net, timers, recorder, .. } = self;
+        let mut cut_off = Vec::new();
         live.drain_effects(|effect| {
             if let Some(recorder) = recorder {
                 match &effect {
@@ -433,9 +434,13 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             match effect {
                 Effect::Send(conn, data) => net.send(conn, data),
                 Effect::Close(conn) => net.close(conn),
+                Effect::CutOff(conn) => cut_off.push(conn),
                 timer => timers.apply(&timer, now),
             }
         });
+        for conn in cut_off {
+            self.peer_gone(conn);
+        }
     }
 
     /// The live instance trapped (or refused an export) during `call`. The event is dropped;

@@ -317,33 +317,69 @@ impl EventLoop {
         }
     }
 
+    /// Reads from `id` and hands the bytes to the app, up to the read budget. While more than
+    /// `--output-buffer` of replies are queued for it, what is read is held instead (up to
+    /// `--input-buffer`) and handed over, in order, once the client has read its replies.
     fn read(&mut self, id: u64) {
+        let limits = Arc::clone(&self.dispatcher.live().version().runtime.limits);
         let mut budget = READ_BUDGET;
         let mut buf = std::mem::take(&mut self.read_buf);
-        let output_buffer = self.dispatcher.live().version().runtime.limits.output_buffer;
         loop {
             let net = &mut self.dispatcher.net;
             let Some(conn) = net.conns.get_mut(&id) else { break };
             if conn.closing {
                 break;
             }
-            if conn.pending() > output_buffer {
-                conn.read_paused = true;
-                break;
-            }
             if budget == 0 {
                 net.read_again.push_back(id);
                 break;
             }
+            let deliver = conn.pending() <= limits.output_buffer;
             let limit = budget.min(buf.len());
+            if deliver && conn.held() > 0 {
+                let n = net.take_held(id, &mut buf[..limit]);
+                budget -= n;
+                self.dispatcher.data(id, &buf[..n]);
+                continue;
+            }
+            if conn.eof {
+                if deliver {
+                    self.dispatcher.peer_gone(id);
+                }
+                break;
+            }
+            if !deliver && conn.held() > limits.input_buffer {
+                warn!(
+                    conn = id,
+                    peer = %conn.info.peer,
+                    "closing a connection that sent {} bytes more while not reading its {} \
+                     bytes of replies (--input-buffer is {} bytes)",
+                    conn.held(),
+                    conn.pending(),
+                    limits.input_buffer
+                );
+                net.cut_off(id);
+                self.dispatcher.reap_broken();
+                break;
+            }
+            // One byte past the limit tells a client that passes it from one that meets it.
+            let limit =
+                if deliver { limit } else { limit.min(limits.input_buffer + 1 - conn.held()) };
             match conn.stream.read(&mut buf[..limit]) {
+                // Half-closed: the replies still queued go out before the app hears of it.
+                Ok(0) if !deliver => conn.eof = true,
                 Ok(0) => {
                     self.dispatcher.peer_gone(id);
                     break;
                 }
                 Ok(n) => {
                     budget -= n;
-                    self.dispatcher.data(id, &buf[..n]);
+                    if deliver {
+                        self.dispatcher.data(id, &buf[..n]);
+                    } else {
+                        net.hold(id, &buf[..n]);
+                        self.dispatcher.reap_broken();
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -1,5 +1,5 @@
 //! `tasuki:server/host-info`: what only the host knows (its resident memory, its connection
-//! limit), read when the guest asks (kv's `INFO`).
+//! limit, the bounds on unconsumed input), read when the guest asks (kv's `INFO`, the SDK).
 
 use crate::bindings::tasuki::server::host_info;
 use crate::store::InstanceState;
@@ -11,6 +11,14 @@ impl host_info::Host for InstanceState {
 
     fn max_connections(&mut self) -> u32 {
         u32::try_from(self.max_connections).unwrap_or(u32::MAX)
+    }
+
+    fn input_limit(&mut self) -> u64 {
+        self.input_limit as u64
+    }
+
+    fn input_total(&mut self) -> u64 {
+        self.input_total
     }
 }
 

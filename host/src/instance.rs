@@ -7,10 +7,10 @@
 use crate::bindings::server_exports::{app, memory, precopy, state};
 use crate::bindings::{AppInfo, Chunk, ConnInfo, PrecopyBatch, Snapshot};
 use crate::limits;
-use crate::store::{Effect, InstanceState};
+use crate::store::{Effect, InstanceState, Limiter};
 use crate::version::Version;
+use wasmtime::Store;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
 /// A guest call that did not complete.
@@ -163,12 +163,14 @@ impl Instance {
         let state = InstanceState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(runtime.limits.memory)
-                .instances(64)
-                .build(),
+            limits: Limiter::new(runtime.limits.memory),
             effects: Vec::new(),
+            call_output: 0,
+            call_output_limit: runtime.limits.output_limit(),
+            cut_off: Vec::new(),
             max_connections: runtime.limits.max_connections,
+            input_limit: runtime.limits.query_buffer,
+            input_total: runtime.limits.input_total(),
         };
         let mut store = Store::new(&runtime.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -233,12 +235,12 @@ impl Instance {
 
     /// What the guest asked for since the last drain.
     pub fn take_effects(&mut self) -> std::vec::Drain<'_, Effect> {
-        self.store.data_mut().effects.drain(..)
+        self.store.data_mut().take_effects()
     }
 
     /// Drops whatever the guest asked for (used when an upgrade rolls back).
     pub fn discard_effects(&mut self) {
-        self.store.data_mut().effects.clear();
+        self.store.data_mut().take_effects();
     }
 
     pub fn init(&mut self, args: &[String]) -> Result<(), CallError> {

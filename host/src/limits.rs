@@ -15,8 +15,8 @@ pub const EVENT_DEADLINE: Duration = Duration::from_secs(1);
 /// pause of an upgrade). These scale with the state and run rarely: 10 s moves gigabytes.
 pub const STATE_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Linear memory one instance may grow to. Two instances exist during an upgrade, so the host
-/// can need twice this. 1 GiB holds a few million small keys.
+/// Linear memory one instance may grow to, all its memories together. Two instances exist
+/// during an upgrade, so the host can need twice this. 1 GiB holds a few million small keys.
 pub const MEMORY_LIMIT: usize = 1 << 30;
 
 /// Largest state an upgrade will move. An export larger than this rolls the upgrade back:
@@ -32,7 +32,8 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 
 /// Output queued for one connection beyond which the host closes it, like Redis's
 /// client-output-buffer-limit: a client that asks for far more than it reads is cut off before
-/// it costs the host its memory. Reading from a connection already stops at [`OUTPUT_HIGH_WATER`].
+/// it costs the host its memory. Past [`OUTPUT_HIGH_WATER`] no more input reaches the app, so
+/// only a single call's output can get here; it is also the most one call may queue in all.
 pub const OUTPUT_LIMIT: usize = 256 << 20;
 
 /// Bytes of events kept in the recovery journal before protection gives up (see `recovery`).
@@ -92,6 +93,15 @@ pub struct Limits {
     /// Output queued per connection before reading from it stops; the connection is closed at
     /// 32 times this (at least [`OUTPUT_LIMIT`]).
     pub output_buffer: usize,
+    /// Input read from one connection and held, not yet handed to the app, while its replies
+    /// are backed up; a connection that sends more is closed.
+    pub input_buffer: usize,
+    /// Bytes the host buffers for all connections together (replies queued, input held);
+    /// past it the connections that buffer the most are closed.
+    pub buffer_budget: usize,
+    /// Input an app keeps unconsumed for one connection (a request still arriving), in bytes;
+    /// the guest SDK closes a connection that leaves more.
+    pub query_buffer: usize,
     /// Recovery journal bound, in bytes; 0 turns recovery off (a trap then loses the state).
     pub journal: usize,
     /// Bytes of records one pre-copy step moves (`--precopy-chunk`); a client waits at most
@@ -117,6 +127,9 @@ impl Default for Limits {
             max_state: MAX_STATE,
             max_connections: MAX_CONNECTIONS,
             output_buffer: OUTPUT_HIGH_WATER,
+            input_buffer: INPUT_BUFFER,
+            query_buffer: QUERY_BUFFER,
+            buffer_budget: BUFFER_BUDGET,
             journal: JOURNAL_LIMIT,
             precopy_chunk: crate::precopy::DEFAULT_CHUNK,
             compact_below: COMPACT_BELOW,
@@ -134,6 +147,13 @@ impl Limits {
         HOSTCALL_BYTES.max((self.max_state as usize).saturating_add(1 << 20))
     }
 
+    /// Unconsumed input an app keeps for all its connections together: half of `max_state`, so
+    /// that half-received requests can never make the state too big to move in an upgrade or
+    /// to checkpoint, and the rest of the state always has the other half.
+    pub fn input_total(&self) -> u64 {
+        self.max_state / 2
+    }
+
     /// Queued output at which a connection is closed.
     pub fn output_limit(&self) -> usize {
         self.output_buffer.saturating_mul(32).max(OUTPUT_LIMIT)
@@ -146,9 +166,65 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read from one connection per readiness event before the loop serves the others.
 pub const READ_BUDGET: usize = 4 * READ_CHUNK;
 
-/// Output queued for one connection above which the host stops reading from it, so a client
-/// that does not read its replies cannot make the host's memory grow without bound.
+/// Output queued for one connection above which the host stops handing its input to the app
+/// (it holds it, up to [`INPUT_BUFFER`]), so a client that does not read its replies cannot
+/// make the host's memory grow without bound.
 pub const OUTPUT_HIGH_WATER: usize = 8 << 20;
+
+/// Input the host reads from one connection and holds while the app's replies to it are
+/// backed up (more than [`OUTPUT_HIGH_WATER`] queued), before it closes the connection. The host
+/// keeps reading so that a client that writes a whole pipeline before reading its replies
+/// (redis-py's and Jedis's pipelines do) finishes its write and then reads, instead of blocking
+/// on a host that waits for it; holding the requests rather than answering them keeps the
+/// host's memory to the requests' size (8 MB for 400,000 `GET`s) instead of the replies'
+/// (413 MB for 1 KiB values, which redis-server buffers). Redis's `client-query-buffer-limit`
+/// is 1 GiB; 256 MiB here, because the host holds this beside the app's own 1 GiB instance
+/// and it is reached only by a client that sends this much without reading a byte: a
+/// pipeline of 10 million small commands still fits.
+pub const INPUT_BUFFER: usize = 256 << 20;
+
+/// Bytes the host buffers for all connections together — replies queued and not yet taken by
+/// the kernel, input held while replies are backed up — beyond which it closes the connections
+/// that buffer the most, with a log line each (redis's `maxmemory-clients`, off by default
+/// there). Each connection alone is bounded ([`OUTPUT_HIGH_WATER`] plus one call's output,
+/// [`INPUT_BUFFER`]), but 10,000 of them are not: 1 GiB, the size of the app's own instance,
+/// lets four clients reach their own limits at once, or a thousand have a pipeline of a MiB
+/// in flight, and keeps the host's memory to about twice the app's.
+pub const BUFFER_BUDGET: usize = 1 << 30;
+
+/// Input an app keeps unconsumed for one connection — a request that has not fully arrived —
+/// before the guest SDK closes the connection (redis's `client-query-buffer-limit`, 1 GiB
+/// there). Unconsumed input is part of the app's state (`tasuki.conns`): it crosses an upgrade
+/// and goes into every checkpoint, so it must fit in `--max-state` (512 MiB) with the keyspace,
+/// and the instance must hold it and the value built from it in `--memory-limit` (1 GiB).
+/// 128 MiB keeps both true for a value this large while leaving the keyspace most of the room;
+/// kv takes it as its `proto-max-bulk-len` (512 MB in redis), so a request announcing a larger
+/// value, or a `SETRANGE`/`APPEND` that would build one, gets an error instead.
+pub const QUERY_BUFFER: usize = 128 << 20;
+
+/// Timers an app may have armed at once; arming another (a new id) is refused with a log line,
+/// re-arming an armed one always works. A server needs one or a few (kv: one, for expiry), or
+/// one per connection for idle timeouts ([`MAX_CONNECTIONS`]); ten times that leaves room
+/// while keeping the host's timer queue to a few MiB.
+pub const MAX_TIMERS: usize = 10 * MAX_CONNECTIONS;
+
+/// Core instances one component instance may create. A Rust guest's component has a handful
+/// (its module and the shims `wit-component` adds); 64 leaves room for components composed of
+/// several modules, and bounds the host's per-instance bookkeeping.
+pub const MAX_INSTANCES: usize = 64;
+
+/// Linear memories one store may create; `--memory-limit` bounds their total size. A guest
+/// has one per core module that declares one: 16 leaves room.
+pub const MAX_MEMORIES: usize = 16;
+
+/// Tables one store may create (each core module's function table, and the shims').
+pub const MAX_TABLES: usize = 64;
+
+/// Elements one table may grow to. Each costs the host a pointer outside the guest's linear
+/// memory, so without a bound `table.grow` would be a way around `--memory-limit`; a guest's
+/// function table holds its address-taken functions (hundreds to thousands), and 1 Mi elements
+/// is 8 MiB.
+pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 /// Largest control-socket message, either way. Requests are small (a path, a few flags).
 pub const MAX_CONTROL_MESSAGE: usize = 1 << 20;
@@ -163,7 +239,28 @@ pub const CONTROL_STOP_GRACE: Duration = Duration::from_secs(5);
 /// however its bytes trickle in.
 pub const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Epoch ticks in `d`, at least one.
+/// Epoch ticks that give a call at least `d`. A deadline of n ticks traps at the n-th tick
+/// after the call starts, and the first can come at once, so `d` is rounded up to whole ticks
+/// and gets one more: `--call-deadline 5` is 2 ticks (10 to 20 ms), where 1 tick (what rounding
+/// gave before) could stop a call of a few microseconds that happened to straddle a tick.
 pub(crate) fn ticks(d: Duration) -> u64 {
-    (d.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    u64::try_from(d.as_nanos().div_ceil(EPOCH_TICK.as_nanos())).unwrap_or(u64::MAX / 2) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_is_never_shorter_than_asked() {
+        let ms = Duration::from_millis;
+        assert_eq!(ticks(ms(1)), 2);
+        assert_eq!(ticks(ms(10)), 2);
+        assert_eq!(ticks(ms(11)), 3);
+        assert_eq!(ticks(EVENT_DEADLINE), 101);
+        for d in [1, 5, 9, 10, 15, 999, 1000] {
+            // The first tick can come at once: the call is sure of (ticks - 1) whole ticks.
+            assert!((ticks(ms(d)) - 1) * EPOCH_TICK.as_millis() as u64 >= d, "{d} ms");
+        }
+    }
 }

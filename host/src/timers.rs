@@ -6,10 +6,12 @@
 //! when serving, the virtual clock in the simulator.
 
 use crate::bindings::tasuki::server::timers;
+use crate::limits::MAX_TIMERS;
 use crate::store::{Effect, InstanceState};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
+use tracing::warn;
 
 impl timers::Host for InstanceState {
     fn set(&mut self, id: u64, after_ms: u64) {
@@ -21,8 +23,10 @@ impl timers::Host for InstanceState {
     }
 }
 
-/// Armed timers, by deadline. Re-arming or cancelling leaves a stale heap entry behind, skipped
-/// when it surfaces (its generation no longer matches), so both are O(log n).
+/// Armed timers, by deadline: at most [`MAX_TIMERS`]. Re-arming or cancelling leaves a stale
+/// heap entry behind, skipped when it surfaces (its generation no longer matches), so both are
+/// O(log n); once stale entries outnumber live ones the heap is rebuilt from the live ones, so
+/// a guest that re-arms one timer on every event does not grow it.
 #[derive(Debug, Default)]
 pub(crate) struct TimerQueue {
     /// Each armed timer's generation and deadline.
@@ -30,7 +34,12 @@ pub(crate) struct TimerQueue {
     /// (deadline ns, generation, id): equal deadlines fire in the order they were armed.
     heap: BinaryHeap<Reverse<(u64, u64, u64)>>,
     generation: u64,
+    /// Timers not armed because [`MAX_TIMERS`] were.
+    refused: u64,
 }
+
+/// Stale heap entries tolerated beyond the live ones before the heap is rebuilt.
+const STALE_SLACK: usize = 64;
 
 impl TimerQueue {
     /// The armed timers as (id, deadline), in the order they fire.
@@ -48,7 +57,7 @@ impl TimerQueue {
     pub(crate) fn from_armed(armed: &[(u64, u64)]) -> Self {
         let mut queue = Self::default();
         for &(id, deadline) in armed {
-            queue.set(id, deadline);
+            queue.arm(id, deadline);
         }
         queue
     }
@@ -60,18 +69,51 @@ impl TimerQueue {
                 self.set(id, now.saturating_add(after.as_nanos() as u64));
             }
             Effect::CancelTimer(id) => self.cancel(id),
-            Effect::Send(..) | Effect::Close(_) => {}
+            Effect::Send(..) | Effect::Close(_) | Effect::CutOff(_) => {}
         }
     }
 
+    /// Arms (or re-arms) timer `id` for `deadline`, unless it is new and [`MAX_TIMERS`] are
+    /// armed already: it is then left unarmed, said in the log (the first time and every
+    /// thousandth after).
     pub(crate) fn set(&mut self, id: u64, deadline: u64) {
+        if self.armed.len() >= MAX_TIMERS && !self.armed.contains_key(&id) {
+            if self.refused.is_multiple_of(1000) {
+                warn!(
+                    timer = id,
+                    "not arming timer {id}: the app has {MAX_TIMERS} timers armed, the most the \
+                     host keeps ({} refused so far)",
+                    self.refused + 1
+                );
+            }
+            self.refused += 1;
+            return;
+        }
+        self.arm(id, deadline);
+    }
+
+    fn arm(&mut self, id: u64, deadline: u64) {
         self.generation += 1;
         self.armed.insert(id, (self.generation, deadline));
         self.heap.push(Reverse((deadline, self.generation, id)));
+        self.drop_stale();
     }
 
     pub(crate) fn cancel(&mut self, id: u64) {
         self.armed.remove(&id);
+        self.drop_stale();
+    }
+
+    /// Rebuilds the heap from the armed timers once stale entries outnumber them: each rebuild
+    /// is paid for by the re-arms and cancels that made the entries stale.
+    fn drop_stale(&mut self) {
+        if self.heap.len() > 2 * self.armed.len() + STALE_SLACK {
+            self.heap = self
+                .armed
+                .iter()
+                .map(|(&id, &(generation, deadline))| Reverse((deadline, generation, id)))
+                .collect();
+        }
     }
 
     /// The earliest live deadline.
@@ -120,6 +162,35 @@ mod tests {
         assert_eq!(fired, vec![1, 2]);
         assert_eq!(q.len(), 0);
         assert_eq!(q.next_deadline(), None);
+    }
+
+    #[test]
+    fn rearming_and_cancelling_leave_no_garbage() {
+        let mut q = TimerQueue::default();
+        q.set(1, 10);
+        for i in 0..100_000 {
+            q.set(2, 1_000 + i);
+            q.set(3, i);
+            q.cancel(3);
+        }
+        assert!(q.heap.len() <= 2 * q.len() + STALE_SLACK, "{} heap entries", q.heap.len());
+        assert_eq!(std::iter::from_fn(|| q.pop_due(u64::MAX)).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn no_more_than_max_timers_are_armed_and_rearming_one_still_works() {
+        let mut q = TimerQueue::default();
+        for id in 0..MAX_TIMERS as u64 + 10 {
+            q.set(id, 1_000 + id);
+        }
+        assert_eq!(q.len(), MAX_TIMERS);
+        assert_eq!(q.refused, 10);
+        q.set(0, 5_000_000);
+        assert_eq!(q.len(), MAX_TIMERS);
+        assert_eq!(q.pop_due(1_001), Some(1), "timer 0 moved");
+        q.cancel(2);
+        q.set(MAX_TIMERS as u64 + 100, 1);
+        assert_eq!(q.pop_due(1_000), Some(MAX_TIMERS as u64 + 100), "room again after a cancel");
     }
 
     #[test]

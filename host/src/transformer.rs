@@ -12,14 +12,14 @@ use crate::bindings::{AppInfo, Chunk, Section, Snapshot, TransformInfo};
 use crate::instance::Trap;
 use crate::limits;
 use crate::runtime::Runtime;
-use crate::store::TransformState;
+use crate::store::{Limiter, TransformState};
 use crate::version::{LoadError, check_component};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use wasmtime::Store;
 use wasmtime::component::{InstancePre, ResourceTable};
-use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, WasiCtx};
 
 /// A clock that never moves: a transformer's output may not depend on when it runs.
@@ -139,7 +139,7 @@ impl Transformer {
         let state = TransformState {
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new().memory_size(limits.memory).instances(64).build(),
+            limits: Limiter::new(limits.memory),
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limits);

@@ -218,3 +218,20 @@ fn kv_1_reaches_kv_4_through_the_chain() {
     let value: String = redis::cmd("GET").arg("k").query(&mut conn).unwrap();
     assert_eq!(value, "v1");
 }
+
+/// redis-py writes a whole pipeline before it reads a reply: 400,000 `GET`s of a 1 KiB value
+/// are 8 MB of requests and 413 MB of replies. The host must keep reading while the replies
+/// back up, or the client blocks in its write while the host waits for it to read.
+#[test]
+fn a_redis_py_pipeline_of_400_000_gets_completes_with_every_reply() {
+    let python = installed("venv/bin/python");
+    let host = TestHost::start(artifacts::KV_V4);
+    let out = Command::new(python)
+        .arg(script("redis_py_pipeline.py"))
+        .arg(host.addr.port().to_string())
+        .output()
+        .expect("run redis_py_pipeline.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), "DONE 400000");
+}

@@ -148,6 +148,7 @@ impl Server for Kv {
     }
 
     fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize {
+        BULK_LIMIT.call_once(|| resp::set_max_bulk_len(bulk_limit()));
         // One clock reading per event: the requests of one batch all run at the same instant.
         let now_ms = ctx.now_ms();
         let (consumed, close) = self.serve(conn, input, ctx.output(conn), now_ms);
@@ -156,6 +157,11 @@ impl Server for Kv {
         }
         self.arm_expiry_timer(ctx, now_ms);
         consumed
+    }
+
+    /// Redis closes a client past its query-buffer limit without a word; kv says why first.
+    fn on_input_limit(&mut self, ctx: &mut Ctx, conn: ConnId) {
+        reply::error(ctx.output(conn), "ERR Protocol error: request over the query buffer limit");
     }
 
     fn on_disconnect(&mut self, _: &mut Ctx, conn: ConnId) {
@@ -189,6 +195,22 @@ impl Server for Kv {
     /// need not carry their types (see the crate docs).
     fn migrations() -> Migrations<Self> {
         Migrations::none()
+    }
+}
+
+/// Sets `proto-max-bulk-len` once per instance, before its first request.
+static BULK_LIMIT: std::sync::Once = std::sync::Once::new();
+
+/// `proto-max-bulk-len`: half of what the host lets the app keep of one connection's input (as
+/// redis's 512 MB is half its 1 GiB query buffer), so that an argument of this size arrives
+/// whole, and so that no value is built that the instance cannot hold and export beside the
+/// keyspace. A request announcing a longer one is refused at once (`invalid bulk length`), and
+/// `SETRANGE`/`APPEND` refuse to build one.
+fn bulk_limit() -> usize {
+    match usize::try_from(tasuki_guest::host::input_limit() / 2) {
+        Ok(0) => resp::MAX_BULK_LEN,
+        Ok(half) => half,
+        Err(_) => resp::MAX_BULK_LEN,
     }
 }
 

@@ -16,7 +16,7 @@
 //! on a server that requires it, at most 10 arguments of at most 16 KiB each.
 
 use crate::request::{
-    Arg, Line, MAX_BULK_LEN, MAX_INLINE_LEN, ProtocolError, header_line, parse_inline, request_form,
+    Arg, Line, MAX_INLINE_LEN, ProtocolError, header_line, parse_inline, request_form,
 };
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -146,7 +146,7 @@ impl Parser {
                     }
                     let len = crate::parse_i64(&input[self.pos + 1..cr])
                         .and_then(|len| usize::try_from(len).ok())
-                        .filter(|&len| len <= MAX_BULK_LEN)
+                        .filter(|&len| len <= crate::max_bulk_len())
                         .ok_or(ProtocolError::InvalidBulkLength)?;
                     if len > MAX_UNAUTHENTICATED_BULK && !authenticated {
                         return Err(ProtocolError::UnauthenticatedBulkLength);

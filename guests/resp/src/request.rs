@@ -20,6 +20,21 @@ pub const MAX_MULTIBULK_LEN: usize = 1024 * 1024;
 /// `proto-max-bulk-len`, 512 MiB. Also the longest value `APPEND` may build.
 pub const MAX_BULK_LEN: usize = 512 * 1024 * 1024;
 
+/// The `proto-max-bulk-len` in force: [`MAX_BULK_LEN`] unless the server lowered it to what its
+/// host lets it keep of a request (one instance per process, so one value).
+static BULK_LIMIT: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(MAX_BULK_LEN);
+
+/// The longest argument accepted, and the longest value a command may build, now.
+pub fn max_bulk_len() -> usize {
+    BULK_LIMIT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Lowers (or restores) [`max_bulk_len`]; never above [`MAX_BULK_LEN`].
+pub fn set_max_bulk_len(len: usize) {
+    BULK_LIMIT.store(len.min(MAX_BULK_LEN), std::sync::atomic::Ordering::Relaxed);
+}
+
 /// How far the parser looks for the end of a line before giving up: an inline request, or the
 /// `*N` / `$N` header of a multibulk one. Redis's `PROTO_INLINE_MAX_SIZE`, 64 KiB.
 pub const MAX_INLINE_LEN: usize = 64 * 1024;
@@ -156,7 +171,7 @@ fn parse_multibulk<'a>(
         }
         let len = crate::parse_i64(&input[pos + 1..cr])
             .and_then(|len| usize::try_from(len).ok())
-            .filter(|&len| len <= MAX_BULK_LEN)
+            .filter(|&len| len <= max_bulk_len())
             .ok_or(ProtocolError::InvalidBulkLength)?;
         pos = cr + 2;
         // Like redis, the two bytes after the argument are taken as its `\r\n` unread.

@@ -76,7 +76,9 @@ pub struct RunCommand {
     #[arg(long, value_name = "MIB", default_value_t = limits::MEMORY_LIMIT / MIB)]
     memory_limit: usize,
     /// How long one event may run before it is stopped, in ms; its connection is then closed
-    /// and the app rebuilt from its journal.
+    /// and the app rebuilt from its journal. Deadlines are counted in 10 ms epoch ticks: this
+    /// is rounded up to whole ticks plus one, so an event always gets at least this long and
+    /// less than two ticks more (1 ms gives 10 to 20 ms).
     #[arg(long, value_name = "MS", default_value_t = limits::EVENT_DEADLINE.as_millis() as u64)]
     call_deadline: u64,
     /// How long each state call of an upgrade (init, export, import) may run, in ms.
@@ -95,10 +97,27 @@ pub struct RunCommand {
     /// connection is closed without a word.
     #[arg(long, value_name = "TEXT", value_parser = parse_reply, allow_hyphen_values = true)]
     refuse_reply: Option<Bytes>,
-    /// Replies queued for one connection before the host stops reading from it, in KiB. A
+    /// Replies queued for one connection before the host stops handing its input to the app,
+    /// in KiB; what the client sends meanwhile is held (see --input-buffer) until it reads. A
     /// connection is closed at 32 times this (at least 256 MiB).
     #[arg(long, value_name = "KIB", default_value_t = limits::OUTPUT_HIGH_WATER / 1024)]
     output_buffer: usize,
+    /// Input held for one connection while its replies are backed up, in MiB (redis's
+    /// client-query-buffer-limit). A client that sends more without reading is closed; a
+    /// pipeline smaller than this always completes.
+    #[arg(long, value_name = "MIB", default_value_t = limits::INPUT_BUFFER / MIB)]
+    input_buffer: usize,
+    /// Input the app keeps unconsumed for one connection (a request still arriving), in MiB
+    /// (redis's client-query-buffer-limit; kv's proto-max-bulk-len). A connection that leaves
+    /// more is closed, and so is the one holding the most once all of them together hold half
+    /// of --max-state.
+    #[arg(long, value_name = "MIB", default_value_t = limits::QUERY_BUFFER / MIB)]
+    query_buffer: usize,
+    /// Bytes the host buffers for all connections together (replies queued, input held), in
+    /// MiB; past it the connections that buffer the most are closed (redis's
+    /// maxmemory-clients).
+    #[arg(long, value_name = "MIB", default_value_t = limits::BUFFER_BUDGET / MIB)]
+    buffer_budget: usize,
     /// Bound of the recovery journal, in MiB; 0 turns recovery off, so that a trap loses the
     /// app's state.
     #[arg(long, value_name = "MIB", default_value_t = limits::JOURNAL_LIMIT / MIB)]
@@ -195,6 +214,9 @@ impl RunCommand {
             max_state: (self.max_state as u64).saturating_mul(MIB as u64),
             max_connections: self.max_connections,
             output_buffer: self.output_buffer.saturating_mul(1024).max(1),
+            input_buffer: self.input_buffer.saturating_mul(MIB),
+            query_buffer: self.query_buffer.saturating_mul(MIB).max(1),
+            buffer_budget: self.buffer_budget.saturating_mul(MIB),
             journal: self.journal.saturating_mul(MIB),
             precopy_chunk: self.precopy_chunk.saturating_mul(1024),
             compact_below: self.compact_below,

@@ -167,7 +167,7 @@ fn parameters(session: &Session<'_>) -> Vec<(&'static str, String)> {
         ("maxmemory-policy", "noeviction".into()),
         ("timeout", "0".into()),
         ("port", port),
-        ("proto-max-bulk-len", resp::MAX_BULK_LEN.to_string()),
+        ("proto-max-bulk-len", resp::max_bulk_len().to_string()),
         ("cluster-enabled", "no".into()),
         ("notify-keyspace-events", String::new()),
     ]

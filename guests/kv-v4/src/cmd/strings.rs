@@ -14,7 +14,7 @@
 
 use super::{NOT_AN_INTEGER, SYNTAX_ERROR, Session, WRONGTYPE, is, wrong_arity};
 use crate::db::{Db, WrongType};
-use resp::{Arg, MAX_BULK_LEN, reply};
+use resp::{Arg, max_bulk_len, reply};
 
 /// How an expiry argument is meant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,7 +216,7 @@ pub(super) fn append(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
             return;
         }
         Ok(Some(value)) => {
-            if value.len() + suffix.len() > MAX_BULK_LEN {
+            if value.len() + suffix.len() > max_bulk_len() {
                 reply::error(
                     session.out,
                     "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
@@ -453,7 +453,7 @@ pub(super) fn setrange(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>])
         reply::error(session.out, "ERR offset is out of range");
         return;
     };
-    let too_long = || offset.checked_add(value.len()).is_none_or(|end| end > MAX_BULK_LEN);
+    let too_long = || offset.checked_add(value.len()).is_none_or(|end| end > max_bulk_len());
     let now = session.now_ms;
     let len = match db.string_mut(key, now) {
         Err(WrongType) => {
