@@ -92,6 +92,15 @@ impl<T: Tracking> Extra<T> {
         }
     }
 
+    /// The tracking as it is, stale or not (for tests of what it keeps).
+    #[cfg(test)]
+    pub(crate) fn peek_tracked<R>(&self, look: impl FnOnce(&T) -> R) -> Option<R> {
+        match self.0.borrow().as_deref() {
+            Some(Side::Tracked(track)) => Some(look(track)),
+            _ => None,
+        }
+    }
+
     /// Forgets the tracking: during an upgrade the collection is copied again, as a new stream.
     pub(crate) fn restart(&mut self) {
         self.check_readable();

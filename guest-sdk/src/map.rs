@@ -92,6 +92,12 @@ impl<K, V> Map<K, V> {
         self.readable().len()
     }
 
+    /// Slots the tracking of the export session holds for changed keys (stale or not).
+    #[cfg(test)]
+    pub(crate) fn dirty_capacity(&self) -> usize {
+        self.extra.peek_tracked(|track| track.dirty.capacity()).unwrap_or(0)
+    }
+
     /// How many entries fit before it allocates again. It shrinks when at most 1/8 of it is in
     /// use (a removal, [`Self::clear`]), so that memory freed by deletes can be given back.
     pub fn capacity(&self) -> usize {
@@ -326,6 +332,13 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
                 }
                 Ok(())
             })?;
+            // The dirty set drains as the pass sends it, but keeps its table: shrink it as the
+            // map would, or a session that saw many writes (a mass delete during a checkpoint)
+            // leaves that table allocated until the map is next written, which may be never.
+            let dirty = &mut track.dirty;
+            if dirty.capacity() > SHRINK_MIN && dirty.len() * SHRINK_BELOW <= dirty.capacity() {
+                dirty.shrink_to(dirty.len() * 2);
+            }
             let pending = (self.entries.len() - track.cursor + track.dirty.len()) as u64;
             pass.met(stream, pending);
             Ok(Ref { stream, len: self.entries.len() as u64, records: track.records })

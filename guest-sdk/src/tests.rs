@@ -543,3 +543,30 @@ fn a_map_emptied_by_removals_gives_its_table_back() {
     assert_eq!(map.len(), 20_000);
     assert!(map.capacity() <= 4 * map.len(), "{full} slots, {} after", map.capacity());
 }
+
+#[test]
+fn a_session_that_saw_many_removals_does_not_keep_their_table() {
+    // Nine keys in ten removed while a checkpoint copies the map: every removal is recorded as
+    // owed. Once the session has sent them, the record must not keep its table: the session's
+    // tracking stays in the map until the map is next written, which may be never (a mass
+    // delete, then reads only), and the heap it holds hides the garbage from compaction.
+    thread::spawn(|| {
+        let mut rt = Runtime::<App>::new("1.0.0");
+        for i in 0..20_000u64 {
+            rt.server_mut().words.insert(format!("k{i}").into_bytes(), i);
+        }
+        rt.precopy_begin().unwrap();
+        let _ = rt.precopy_next(4096).unwrap();
+        for i in (0..20_000u64).filter(|i| i % 10 != 0) {
+            rt.server_mut().words.remove(format!("k{i}").as_bytes());
+        }
+        let peak = rt.server_mut().words.dirty_capacity();
+        assert!(peak >= 18_000, "{peak}");
+        while rt.precopy_next(4096).unwrap().pending > 0 {}
+        let _ = rt.precopy_finish().unwrap();
+        let kept = rt.server_mut().words.dirty_capacity();
+        assert!(kept <= 4 * 64, "the finished session keeps {kept} slots of {peak}");
+    })
+    .join()
+    .unwrap();
+}

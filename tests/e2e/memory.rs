@@ -144,3 +144,77 @@ fn an_app_that_cannot_report_its_heap_is_compacted_only_on_request() {
     assert_eq!(got, "v");
     assert_eq!(host.status().memory.compactions, 1, "only the requested one");
 }
+
+#[test]
+fn a_failed_compaction_is_shown_as_one_and_the_running_instance_serves_on() {
+    let host = host(artifacts::MISBEHAVE, Limits { compact_below: 0, ..Limits::default() });
+    let mut lines = host.lines();
+    assert_eq!(lines.call("set k v"), "ok");
+    assert_eq!(lines.call("fail-export"), "ok");
+    let reason = match control::request(&host.control, &Request::Compact).unwrap() {
+        Response::Failed(reason) => reason,
+        other => panic!("{other:?}"),
+    };
+    assert!(reason.contains("export refused on request"), "{reason}");
+    let status = host.status();
+    // Counted and shown as a compaction that failed, not as an upgrade.
+    assert_eq!((status.upgrades, status.memory.compactions), (0, 0));
+    assert!(status.last_upgrade.is_none(), "{status:#?}");
+    let last = status.memory.last_compaction.as_ref().expect("the failed compaction");
+    assert!(last.outcome.as_ref().is_err_and(|e| e.contains("export refused")), "{last:?}");
+    assert!(status.to_string().contains("compactions  0, last"), "{status}");
+    assert!(status.to_string().contains("failed: "), "{status}");
+    // The same connection, the same instance, the same state.
+    assert_eq!(lines.call("get k"), "v");
+}
+
+#[test]
+fn an_idle_instance_is_left_alone_below_the_minimum_memory_and_within_the_interval() {
+    // A fresh kv 4 uses almost none of its 1 MiB linear memory: far below 25%. It is not
+    // compacted while its memory is under --compact-min-memory (the default 64 MiB) ...
+    let small =
+        host(artifacts::KV_V4, Limits { compact_interval: Duration::ZERO, ..Limits::default() });
+    // ... nor, with no minimum, before --compact-interval has passed since the start.
+    let waiting = host(
+        artifacts::KV_V4,
+        Limits {
+            compact_min_memory: 0,
+            compact_interval: Duration::from_secs(3600),
+            ..Limits::default()
+        },
+    );
+    for host in [&small, &waiting] {
+        wait_for(host, Duration::from_secs(10), |s| {
+            s.memory.usage.is_some_and(|u| u.used_share() < 0.25)
+        });
+    }
+    // The compactor looks once a second.
+    std::thread::sleep(Duration::from_millis(3500));
+    for host in [&small, &waiting] {
+        let status = host.status();
+        assert_eq!(status.memory.compactions, 0, "{status}");
+        assert!(status.memory.last_compaction.is_none(), "{status}");
+    }
+}
+
+#[test]
+fn info_used_memory_is_the_heap_the_host_sees() {
+    let host = host(artifacts::KV_V4, Limits { compact_below: 0, ..Limits::default() });
+    let mut conn = host.client();
+    load(&mut conn, 50_000);
+    // The host asks once a second; wait for a report taken after the load.
+    wait_for(&host, Duration::from_secs(10), |s| {
+        s.memory.usage.is_some_and(|u| u.heap_in_use > 4 << 20)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let heap = host.status().memory.usage.expect("kv 4 reports its memory").heap_in_use;
+    let info: String = redis::cmd("INFO").arg("memory").query(&mut conn).unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("used_memory");
+    // The same counter, read a moment apart with no write in between (a checkpoint may have
+    // run meanwhile).
+    assert!(used.abs_diff(heap) < heap / 20, "INFO used_memory {used}, heap in use {heap}");
+}

@@ -1174,6 +1174,16 @@ fn memory_usage_counts_the_key_and_what_its_value_holds() {
     assert!((6..200).contains(&small), "{small}");
     assert!(large >= 10_003 && large < small + 10_100, "{large} vs {small}");
     assert!(list >= 30_004, "{list}");
+    // SAMPLES given twice: the last counts (redis accepts it too).
+    assert_eq!(number(on(&mut kv, 1, "MEMORY USAGE list SAMPLES 1 SAMPLES 0\r\n")), list);
+    assert_eq!(
+        on(
+            &mut kv,
+            1,
+            "MEMORY USAGE list SAMPLES 1 SAMPLES\r\nMEMORY USAGE list SAMPLES 1 X 2\r\n"
+        ),
+        "-ERR syntax error\r\n-ERR syntax error\r\n"
+    );
     assert_eq!(
         on(
             &mut kv,

@@ -280,15 +280,21 @@ pub(super) const MEMORY_SUBCOMMANDS: &[Command] = &[
 /// `MEMORY USAGE key [SAMPLES count]`: the bytes the key and its value take, or nil. As in
 /// redis, a collection is estimated from 5 elements by default, and `SAMPLES 0` counts all.
 fn memory_usage(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
-    let samples = match &args[3..] {
-        [] => 5,
-        [option, count] if is(option, "samples") => match resp::parse_i64(count) {
+    // `SAMPLES` may be given more than once; the last one counts, as in redis.
+    let mut samples = 5;
+    let mut options = &args[3..];
+    while let [option, rest @ ..] = options {
+        let [count, rest @ ..] = rest else { return reply::error(session.out, SYNTAX_ERROR) };
+        if !is(option, "samples") {
+            return reply::error(session.out, SYNTAX_ERROR);
+        }
+        samples = match resp::parse_i64(count) {
             Some(n) if n >= 0 => usize::try_from(n).unwrap_or(usize::MAX),
             Some(_) => return reply::error(session.out, SYNTAX_ERROR),
             None => return reply::error(session.out, NOT_AN_INTEGER),
-        },
-        _ => return reply::error(session.out, SYNTAX_ERROR),
-    };
+        };
+        options = rest;
+    }
     match db.usage(&args[2], session.now_ms, samples) {
         Some(bytes) => reply::integer(session.out, bytes as i64),
         None => reply::null(session.out, session.protocol()),
