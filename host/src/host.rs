@@ -18,6 +18,7 @@ use crate::version::{LoadError, Version};
 use mio::{Poll, Waker};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, TryLockError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -139,6 +140,9 @@ struct Upgrader {
     in_progress: Mutex<()>,
     /// The version serving, for a compaction (a fresh instance of it); set on every commit.
     live_version: Mutex<Arc<Version>>,
+    /// Set while a compaction holds `in_progress`: an upgrade request then waits for it
+    /// instead of being refused.
+    compacting: AtomicBool,
 }
 
 impl Upgrader {
@@ -202,6 +206,11 @@ impl Upgrader {
     ) -> Result<UpgradeReport, UpgradeError> {
         let _guard = match self.in_progress.try_lock() {
             Ok(guard) => guard,
+            // A compaction is short and nobody asked for it to block a deploy: wait for it.
+            Err(TryLockError::WouldBlock) if self.compacting.load(Ordering::Relaxed) => {
+                info!("upgrade to {} waits for the compaction under way", wasm.display());
+                self.in_progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+            }
             Err(TryLockError::WouldBlock) => return Err(UpgradeError::InProgress),
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
         };
@@ -234,6 +243,14 @@ impl Upgrader {
             Err(TryLockError::WouldBlock) => return Err(UpgradeError::InProgress),
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
         };
+        self.compacting.store(true, Ordering::Relaxed);
+        let result = self.compact_locked(why);
+        self.compacting.store(false, Ordering::Relaxed);
+        result
+    }
+
+    /// [`Upgrader::compact`] with the upgrade lock held.
+    fn compact_locked(&self, why: String) -> Result<UpgradeReport, UpgradeError> {
         info!("compaction requested: {why}");
         let version = Arc::clone(&self.live_version.lock().unwrap_or_else(|p| p.into_inner()));
         let running = self.shared.running_info();
@@ -313,9 +330,11 @@ pub fn tune_allocator() {
 /// `--compact-interval`; runs on a thread of its own until `stop` says so (or its sender is
 /// gone).
 fn compact_when_due(upgrader: &Upgrader, limits: &Limits, stop: &mpsc::Receiver<()>) {
-    let mut last: Option<std::time::Instant> = Some(std::time::Instant::now());
+    use std::time::Instant;
+    let mut not_before = Instant::now() + limits.compact_interval;
     // The linear memory of a fresh instance: the first one's, then each compaction's result.
     let mut floor: Option<u64> = None;
+    let mut failures = 0u32;
     loop {
         match stop.recv_timeout(crate::limits::MEMORY_CHECK) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -323,23 +342,40 @@ fn compact_when_due(upgrader: &Upgrader, limits: &Limits, stop: &mpsc::Receiver<
         }
         let Some(usage) = upgrader.shared.memory() else { continue };
         let fresh = *floor.get_or_insert(usage.linear_memory);
-        if last.is_some_and(|at| at.elapsed() < limits.compact_interval) {
+        if Instant::now() < not_before {
             continue;
         }
         let Some(why) = compaction_due(usage, fresh, limits) else { continue };
-        last = Some(std::time::Instant::now());
         match upgrader.compact(why) {
             Ok(report) => {
                 info!("{report}");
                 if let Some(memory) = report.memory {
                     floor = Some(memory.after.linear_memory);
                 }
+                failures = 0;
+                not_before = Instant::now() + limits.compact_interval;
             }
             // Another upgrade holds the lock: try again at the next check.
-            Err(UpgradeError::InProgress) => last = None,
-            Err(e) => tracing::warn!("compaction failed: {e}"),
+            Err(UpgradeError::InProgress) => {}
+            Err(e) => {
+                failures += 1;
+                let wait = retry_after(limits.compact_interval, failures);
+                tracing::warn!(
+                    "compaction failed ({failures} in a row), next try in {}s at the earliest: {e}",
+                    wait.as_secs()
+                );
+                not_before = Instant::now() + wait;
+            }
         }
     }
+}
+
+/// How long after its last failure a compaction that failed `failures` times in a row is tried
+/// again: the interval, doubled per failure, up to an hour. A failed compaction is a failed
+/// upgrade, and an export that traps costs the app a rebuild each time.
+fn retry_after(interval: std::time::Duration, failures: u32) -> std::time::Duration {
+    let hour = std::time::Duration::from_secs(3600);
+    interval.saturating_mul(1 << failures.min(12)).min(hour.max(interval))
 }
 
 /// Why the live instance should be compacted, given its memory now and `floor`, the linear
@@ -372,6 +408,16 @@ mod tests {
 
     fn usage(heap_mib: u64, linear_mib: u64) -> MemoryUsage {
         MemoryUsage { heap_in_use: heap_mib * MIB, linear_memory: linear_mib * MIB }
+    }
+
+    #[test]
+    fn a_failing_compaction_is_retried_less_and_less_often() {
+        let minute = std::time::Duration::from_secs(60);
+        assert_eq!(retry_after(minute, 1), 2 * minute);
+        assert_eq!(retry_after(minute, 3), 8 * minute);
+        assert_eq!(retry_after(minute, 40), 60 * minute);
+        // An interval already over an hour is kept.
+        assert_eq!(retry_after(120 * minute, 1), 120 * minute);
     }
 
     #[test]
@@ -562,6 +608,7 @@ impl Host {
             args: config.args,
             in_progress: Mutex::new(()),
             live_version: Mutex::new(Arc::clone(&version)),
+            compacting: AtomicBool::new(false),
         });
         let compactor = if config.limits.compact_below > 0 {
             let (stop, stopped) = mpsc::channel();
