@@ -221,14 +221,19 @@ fn info_used_memory_is_the_heap_the_host_sees() {
 
 #[test]
 fn an_upgrade_requested_during_a_compaction_waits_for_it_instead_of_failing() {
-    // Small steps, so that the compaction's pre-copy is still under way when the upgrade comes.
-    let limits = Limits { compact_below: 0, precopy_chunk: 4 << 10, ..Limits::default() };
+    // 128-byte steps through 200k keys (a second or more), so that the compaction's pre-copy
+    // is still under way when the upgrade comes.
+    let limits = Limits { compact_below: 0, precopy_chunk: 128, ..Limits::default() };
     let host = host(artifacts::KV_V4, limits);
     let mut conn = host.client();
-    load(&mut conn, 50_000);
+    load(&mut conn, 200_000);
     let control = host.control.clone();
     let compaction = std::thread::spawn(move || control::request(&control, &Request::Compact));
-    wait_for(&host, Duration::from_secs(30), |s| s.precopy.is_some());
+    let started = Instant::now();
+    while host.status().precopy.is_none() {
+        assert!(started.elapsed() < Duration::from_secs(30), "no pre-copy seen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let upgraded = host.upgrade(artifacts::KV_V4).expect("the upgrade waits, then runs");
     assert!(upgraded.compaction.is_none(), "{upgraded:?}");
     match compaction.join().unwrap().unwrap() {
@@ -237,6 +242,6 @@ fn an_upgrade_requested_during_a_compaction_waits_for_it_instead_of_failing() {
     }
     let status = host.status();
     assert_eq!((status.upgrades, status.memory.compactions), (1, 1));
-    let got: String = redis::cmd("GET").arg("key:49999").query(&mut conn).unwrap();
-    assert_eq!(got, value(49_999));
+    let got: String = redis::cmd("GET").arg("key:199999").query(&mut conn).unwrap();
+    assert_eq!(got, value(199_999));
 }
