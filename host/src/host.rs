@@ -19,7 +19,7 @@ use mio::{Poll, Waker};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, TryLockError, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
@@ -156,6 +156,23 @@ impl Upgrader {
         Ok(())
     }
 
+    /// The upgrade lock, held for a whole upgrade or compaction: a second request is refused.
+    /// An upgrade (`upgrading` names its component) waits instead for a compaction under way:
+    /// a compaction is short, and nobody asked for it to block a deploy.
+    fn exclusive(&self, upgrading: Option<&Path>) -> Result<MutexGuard<'_, ()>, UpgradeError> {
+        match self.in_progress.try_lock() {
+            Ok(guard) => Ok(guard),
+            Err(TryLockError::WouldBlock) => match upgrading {
+                Some(wasm) if self.compacting.load(Ordering::Relaxed) => {
+                    info!("upgrade to {} waits for the compaction under way", wasm.display());
+                    Ok(self.in_progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+                }
+                _ => Err(UpgradeError::InProgress),
+            },
+            Err(TryLockError::Poisoned(poisoned)) => Ok(poisoned.into_inner()),
+        }
+    }
+
     /// `tasuki snapshot`: the state at an event boundary — a checkpoint built a chunk at a time
     /// between events when the app pre-copies, else an export — written to the file off the
     /// loop.
@@ -204,16 +221,7 @@ impl Upgrader {
         wasm: &Path,
         options: &UpgradeOptions,
     ) -> Result<UpgradeReport, UpgradeError> {
-        let _guard = match self.in_progress.try_lock() {
-            Ok(guard) => guard,
-            // A compaction is short and nobody asked for it to block a deploy: wait for it.
-            Err(TryLockError::WouldBlock) if self.compacting.load(Ordering::Relaxed) => {
-                info!("upgrade to {} waits for the compaction under way", wasm.display());
-                self.in_progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-            }
-            Err(TryLockError::WouldBlock) => return Err(UpgradeError::InProgress),
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-        };
+        let _guard = self.exclusive(Some(wasm))?;
         info!("upgrade to {} requested", wasm.display());
         let running = self.shared.running_info();
         let prepared = match upgrade::prepare(&self.runtime, wasm, &self.args, &running, options) {
@@ -238,11 +246,7 @@ impl Upgrader {
     /// the live state crosses and the old instance's garbage goes with its memory. `why` is
     /// what the report says.
     fn compact(&self, why: String) -> Result<UpgradeReport, UpgradeError> {
-        let _guard = match self.in_progress.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::WouldBlock) => return Err(UpgradeError::InProgress),
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-        };
+        let _guard = self.exclusive(None)?;
         self.compacting.store(true, Ordering::Relaxed);
         let result = self.compact_locked(why);
         self.compacting.store(false, Ordering::Relaxed);

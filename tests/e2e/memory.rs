@@ -27,6 +27,15 @@ fn value(i: u64) -> String {
     format!("{i:064}")
 }
 
+/// `used_memory` from kv's `INFO memory`.
+fn info_used_memory(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("memory").query(conn).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("used_memory")
+}
+
 /// Polls `tasuki status` until `done` says yes; fails after `limit`.
 fn wait_for(host: &TestHost, limit: Duration, done: impl Fn(&tasuki::status::Status) -> bool) {
     let started = Instant::now();
@@ -87,12 +96,7 @@ fn deleting_most_keys_makes_the_host_compact_by_itself() {
         assert_eq!(got, expected, "key:{i}");
     }
     // INFO's used_memory is the allocator's count, which the host saw too.
-    let info: String = redis::cmd("INFO").arg("memory").query(&mut conn).unwrap();
-    let used: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("used_memory");
+    let used = info_used_memory(&mut conn);
     assert!(used > 0 && used < memory.after.linear_memory, "{used} of {memory:?}");
 }
 
@@ -208,12 +212,7 @@ fn info_used_memory_is_the_heap_the_host_sees() {
     });
     std::thread::sleep(Duration::from_millis(1500));
     let heap = host.status().memory.usage.expect("kv 4 reports its memory").heap_in_use;
-    let info: String = redis::cmd("INFO").arg("memory").query(&mut conn).unwrap();
-    let used: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("used_memory");
+    let used = info_used_memory(&mut conn);
     // The same counter, read a moment apart with no write in between (a checkpoint may have
     // run meanwhile).
     assert!(used.abs_diff(heap) < heap / 20, "INFO used_memory {used}, heap in use {heap}");
