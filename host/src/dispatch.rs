@@ -13,7 +13,7 @@ use crate::limits::Limits;
 use crate::live::{Call, Live};
 use crate::precopy;
 use crate::recovery::{RebuildReport, Skip, Stamp};
-use crate::status::{PrecopyProgress, RecoveryOutcome, RecoveryRecord, Shared};
+use crate::status::{CheckpointRecord, PrecopyProgress, RecoveryOutcome, RecoveryRecord, Shared};
 use crate::store::Effect;
 use crate::timers::TimerQueue;
 use crate::upgrade::{self, Begun, Prepared, Swap, Underway, UpgradeError, UpgradeReport};
@@ -331,13 +331,42 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             return;
         }
         self.event_clock.freeze_at(self.clock.wall_ns());
+        let start = self.clock.monotonic_ns();
         let batch = match self.live.precopy_next(building.pace.step_bytes()) {
             Ok(batch) => batch,
             Err(e) => return self.checkpoint_failed(&e),
         };
         building.chunks.extend(batch.chunks);
-        if building.pace.step(batch.pending) == precopy::Next::Pause {
+        let took = Duration::from_nanos(self.clock.monotonic_ns().saturating_sub(start));
+        // The cut comes at three quarters of the journal (checkpoint_if_due): input past
+        // that would make it move whatever is still owed at once.
+        let recovery = self.live.recovery();
+        let room = (recovery.limit() > 0 && recovery.is_on())
+            .then(|| (recovery.limit() / 4 * 3).saturating_sub(recovery.len()) as u64);
+        if building.pace.step(batch.pending, room, took) == precopy::Next::Pause {
             self.checkpoint_finish();
+        }
+    }
+
+    /// Bytes of client input the event loop may read before the next step of the pre-copy or
+    /// checkpoint under way, while their copy must catch up with the changes; `None` for no
+    /// bound (see [`precopy::Pace`]).
+    pub(crate) fn input_allowance(&self) -> Option<u64> {
+        let checkpoint = self.checkpointing.as_ref().and_then(|b| b.pace.allowance());
+        let upgrade = self.upgrading.as_ref().and_then(|u| u.precopy.as_ref()?.allowance());
+        match (checkpoint, upgrade) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The event loop left client input unread this round because of [`Self::input_allowance`].
+    pub(crate) fn input_held_back(&mut self) {
+        if let Some(building) = &mut self.checkpointing {
+            building.pace.held_back();
+        }
+        if let Some(session) = self.upgrading.as_mut().and_then(|u| u.precopy.as_mut()) {
+            session.pace_mut().held_back();
         }
     }
 
@@ -348,6 +377,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         let cut = Instant::now();
         match self.live.precopy_finish() {
             Ok((last, snapshot)) => {
+                let cut_bytes = chunk_bytes(&last) + snapshot_bytes(&snapshot);
                 building.chunks.extend(last);
                 let bytes = chunk_bytes(&building.chunks) + snapshot_bytes(&snapshot);
                 let (timers, mono) = (self.timers.armed(), self.clock.monotonic_ns());
@@ -357,12 +387,26 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                     timers,
                     mono,
                 );
+                let record = CheckpointRecord {
+                    bytes,
+                    steps: building.pace.steps(),
+                    took: cut.saturating_duration_since(building.started),
+                    cut_bytes,
+                    cut_took: cut.elapsed(),
+                    converged: building.pace.converged(),
+                    throttled_rounds: building.pace.throttled(),
+                };
                 debug!(
                     bytes,
-                    steps = building.pace.steps(),
-                    took_us = building.started.elapsed().as_micros() as u64,
+                    steps = record.steps,
+                    took_us = record.took.as_micros() as u64,
+                    cut_bytes,
+                    cut_us = record.cut_took.as_micros() as u64,
+                    converged = record.converged,
+                    throttled_rounds = record.throttled_rounds,
                     "checkpoint from chunks"
                 );
+                self.shared.record_checkpoint(Some(record));
                 self.answer_snapshots(cut.elapsed());
                 self.publish_recovery();
             }
@@ -680,6 +724,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             Ok(snapshot) => {
                 let bytes = snapshot_bytes(&snapshot);
                 self.set_checkpoint(snapshot);
+                self.shared.record_checkpoint(None);
                 debug!(bytes, took_us = started.elapsed().as_micros() as u64, "checkpoint");
                 self.answer_snapshots(started.elapsed());
             }
@@ -783,7 +828,15 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     pub(crate) fn upgrade_step(&mut self) -> Option<Swapped> {
         let underway = self.upgrading.as_mut()?;
         self.event_clock.freeze_at(self.clock.wall_ns());
-        match upgrade::step(&mut self.live, underway, &self.args, self.limits.max_state) {
+        let clock = &self.clock;
+        let monotonic_ns = || clock.monotonic_ns();
+        match upgrade::step(
+            &mut self.live,
+            underway,
+            &self.args,
+            self.limits.max_state,
+            &monotonic_ns,
+        ) {
             Ok(precopy::Next::Continue) => {
                 self.note_precopy();
                 None

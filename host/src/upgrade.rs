@@ -162,6 +162,14 @@ impl fmt::Display for UpgradeReport {
                     )
                 }
             )?;
+            if p.throttled_rounds > 0 {
+                writeln!(
+                    f,
+                    "               client input slowed in {} rounds of events so that the copy could \
+                     catch up with the writes",
+                    p.throttled_rounds
+                )?;
+            }
         }
         writeln!(
             f,
@@ -425,6 +433,7 @@ pub(crate) fn step(
     underway: &mut Underway,
     args: &[String],
     max_state: u64,
+    monotonic_ns: &dyn Fn() -> u64,
 ) -> Result<precopy::Next, UpgradeError> {
     if underway.precopy.as_ref().is_some_and(|s| !s.belongs_to(live)) {
         restart(live, underway, args, max_state)?;
@@ -433,7 +442,7 @@ pub(crate) fn step(
     let Underway { next, precopy } = underway;
     let Some(session) = precopy else { return Ok(precopy::Next::Pause) };
     session
-        .step(live, &mut next.instance, max_state)
+        .step(live, &mut next.instance, max_state, monotonic_ns)
         .map_err(|error| failed(live, AppVersion::from(&next.info), error))
 }
 

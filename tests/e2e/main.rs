@@ -3,6 +3,7 @@
 
 mod clients;
 mod control;
+mod converge;
 mod faults;
 mod hot_swap;
 mod iteration;
