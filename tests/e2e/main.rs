@@ -3,6 +3,7 @@
 
 mod clients;
 mod control;
+mod docs;
 mod faults;
 mod hot_swap;
 mod iteration;
