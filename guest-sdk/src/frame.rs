@@ -158,8 +158,9 @@ pub struct Lines {
 impl Lines {
     /// Lines of at most `max_len` bytes, the terminator not counted. A longer line is refused as
     /// soon as more than `max_len` bytes arrived without a terminator (not counting a last CR,
-    /// which may be half of one), so an unfinished line holds at most `max_len + 1` bytes. FTP servers use a few
-    /// KiB (vsftpd: 4 KiB); SMTP's RFC 5321 says 1000 with the CRLF.
+    /// which may be half of one), so an unfinished line holds at most `max_len + 1` bytes. FTP
+    /// servers allow a few KiB (vsftpd 4 KiB); SMTP's RFC 5321 says 1000 bytes with the CRLF,
+    /// IRC's RFC 1459 512.
     pub const fn new(max_len: usize) -> Self {
         Self { max_len }
     }

@@ -87,12 +87,14 @@ impl<S: Server> Runtime<S> {
 impl<S: Server, H: HostCalls> Runtime<S, H> {
     /// A fresh instance of release `version` whose requests go to `host`.
     pub fn with_host(version: &'static str, host: H) -> Self {
-        Self::with_server(version, host, S::default())
-    }
-
-    /// An instance holding `server`, before its `init`.
-    pub(crate) fn with_server(version: &'static str, host: H, server: S) -> Self {
-        Self { server, ctx: Ctx::default(), conns: BTreeMap::new(), unconsumed: 0, version, host }
+        Self {
+            server: S::default(),
+            ctx: Ctx::default(),
+            conns: BTreeMap::new(),
+            unconsumed: 0,
+            version,
+            host,
+        }
     }
 
     /// Hands what the event asked for to the host: output, then timers, then closes (whose
