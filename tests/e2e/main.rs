@@ -4,6 +4,7 @@
 mod clients;
 mod control;
 mod converge;
+mod docs;
 mod faults;
 mod hot_swap;
 mod iteration;
