@@ -395,6 +395,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                     cut_took: cut.elapsed(),
                     converged: building.pace.converged(),
                     throttled_rounds: building.pace.throttled(),
+                    longest_step: building.pace.longest_step(),
                 };
                 debug!(
                     bytes,
@@ -404,6 +405,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                     cut_us = record.cut_took.as_micros() as u64,
                     converged = record.converged,
                     throttled_rounds = record.throttled_rounds,
+                    longest_step_us = record.longest_step.as_micros() as u64,
                     "checkpoint from chunks"
                 );
                 self.shared.record_checkpoint(Some(record));

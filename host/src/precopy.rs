@@ -107,6 +107,8 @@ pub(crate) struct Pace {
     /// Whether the loop held input back since the last step, and in how many rounds in all.
     held_back: bool,
     throttled: u32,
+    /// The longest a step took.
+    longest: Duration,
 }
 
 impl Pace {
@@ -123,6 +125,7 @@ impl Pace {
             lagging: false,
             held_back: false,
             throttled: 0,
+            longest: Duration::ZERO,
         }
     }
 
@@ -150,10 +153,16 @@ impl Pace {
         self.throttled
     }
 
+    /// The longest a step took: what a client waited for the copy at most, between events.
+    pub(crate) fn longest_step(&self) -> Duration {
+        self.longest
+    }
+
     /// Notes a step that left `owed` bytes owed and took `took`, with `room` bytes of input left
     /// before the run must end (`None` if no such bound), and says whether to step again.
     pub(crate) fn step(&mut self, owed: u64, room: Option<u64>, took: Duration) -> Next {
         self.steps += 1;
+        self.longest = self.longest.max(took);
         self.owed = Some(owed);
         if owed <= self.budget.chunk / 4 {
             self.converged = true;
@@ -228,6 +237,8 @@ pub struct PrecopyReport {
     /// Rounds of events in which the host read less client input than was waiting, so that the
     /// copy could catch up with the changes (see [`Pace`]); 0 if writes never outran it.
     pub throttled_rounds: u32,
+    /// The longest step: the most a client waited for the copy between two events.
+    pub longest_step: Duration,
 }
 
 /// Why a pre-copy step failed. The upgrade rolls back; the old version serves on.
@@ -402,6 +413,7 @@ impl Session {
             paused_bytes,
             converged: self.pace.converged(),
             throttled_rounds: self.pace.throttled(),
+            longest_step: self.pace.longest_step(),
         };
         (self.imported, report)
     }

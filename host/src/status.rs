@@ -54,6 +54,8 @@ pub struct CheckpointRecord {
     /// Rounds of events in which the host read less client input than was waiting, so that
     /// the copy could catch up.
     pub throttled_rounds: u32,
+    /// The longest step: the most a client waited for the copy between two events.
+    pub longest_step: Duration,
 }
 
 /// One recovery: what trapped, how long the rebuild took, what was lost.
@@ -187,10 +189,11 @@ impl fmt::Display for RecoveryStatus {
         if let Some(c) = &self.last_checkpoint {
             write!(
                 f,
-                "\ncheckpoints  {} taken; the last built in {} steps over {:.1} ms, its cut moved \
-                 {} in {:.1} ms{}",
+                "\ncheckpoints  {} taken; the last built in {} steps (the longest {:.1} ms) over \
+                 {:.1} ms, its cut moved {} in {:.1} ms{}",
                 self.checkpoints,
                 c.steps,
+                c.longest_step.as_secs_f64() * 1e3,
                 c.took.as_secs_f64() * 1e3,
                 bytes(c.cut_bytes),
                 c.cut_took.as_secs_f64() * 1e3,

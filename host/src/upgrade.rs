@@ -147,9 +147,11 @@ impl fmt::Display for UpgradeReport {
         if let Some(p) = &self.precopy {
             writeln!(
                 f,
-                "  pre-copied   {} bytes in {} steps over {} while serving; {} bytes in the pause{}",
+                "  pre-copied   {} bytes in {} steps (the longest {}) over {} while serving; {} \
+                 bytes in the pause{}",
                 p.bytes,
                 p.steps,
+                ms(p.longest_step),
                 ms(p.took),
                 p.paused_bytes,
                 if p.converged {

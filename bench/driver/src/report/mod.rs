@@ -70,6 +70,11 @@ struct Checkpoints {
     /// Of the chunked ones: steps, and time from the first step to the cut.
     steps: Vec<f64>,
     took_us: Vec<f64>,
+    /// Of the chunked ones: each one's longest step, its cut's time (the two stops of the
+    /// event loop a checkpoint makes), and the rounds whose input the host slowed for it.
+    longest_step_us: Vec<f64>,
+    cut_us: Vec<f64>,
+    throttled_rounds: Vec<f64>,
 }
 
 impl Checkpoints {
@@ -87,6 +92,9 @@ impl Checkpoints {
                 out.chunked += 1;
                 out.steps.extend(field("steps"));
                 out.took_us.extend(field("took_us"));
+                out.longest_step_us.extend(field("longest_step_us"));
+                out.cut_us.extend(field("cut_us"));
+                out.throttled_rounds.extend(field("throttled_rounds"));
             } else if rest.starts_with(' ') {
                 out.whole += 1;
             }
@@ -99,6 +107,9 @@ impl Checkpoints {
         self.whole += other.whole;
         self.steps.extend(&other.steps);
         self.took_us.extend(&other.took_us);
+        self.longest_step_us.extend(&other.longest_step_us);
+        self.cut_us.extend(&other.cut_us);
+        self.throttled_rounds.extend(&other.throttled_rounds);
     }
 
     /// "N (each about S steps over T ms)" for a table.
@@ -112,6 +123,20 @@ impl Checkpoints {
                 ms(median(&self.took_us))
             )
             .ok();
+        }
+        let most = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+        if !self.longest_step_us.is_empty() {
+            write!(
+                s,
+                "; the longest step {}, the longest cut {}",
+                ms(most(&self.longest_step_us)),
+                ms(most(&self.cut_us))
+            )
+            .ok();
+        }
+        let throttled: f64 = self.throttled_rounds.iter().sum();
+        if throttled > 0.0 {
+            write!(s, "; client input slowed in {} rounds in all", thousands(throttled)).ok();
         }
         if self.whole > 0 {
             write!(s, "; {} exported whole (clients waited for those)", self.whole).ok();
