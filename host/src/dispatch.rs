@@ -890,11 +890,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             max_state: self.limits.max_state,
         };
         let swap = upgrade::swap(&mut self.live, underway, boundary);
-        let mut swapped = self.ended(swap);
-        if let Ok(report) = &mut swapped.outcome {
-            report.pause = paused.elapsed();
-        }
-        swapped
+        self.ended_paused(swap, Some(paused))
     }
 
     /// Tells `tasuki status` how far the pre-copy under way is.
@@ -909,16 +905,25 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// The end of an upgrade: the new instance's effects applied and the commit recorded, or
     /// the rollback recorded (rebuilding the old instance if it trapped while exporting).
     fn ended(&mut self, swap: Swap) -> Swapped {
+        self.ended_paused(swap, None)
+    }
+
+    /// [`Self::ended`] for an upgrade that paused the loop at `paused`: its report's pause runs
+    /// to here, after the queued output was flushed, and status shows the same figure.
+    fn ended_paused(&mut self, swap: Swap, paused: Option<Instant>) -> Swapped {
         self.shared.note_precopy(None);
         let compacting = std::mem::take(&mut self.compacting);
         match swap {
-            Swap::Committed { report, retired, timers } => {
+            Swap::Committed { mut report, retired, timers } => {
                 if let Some(timers) = timers {
                     // After --from-checkpoint: what the new instance believes armed.
                     self.timers = timers;
                 }
                 self.apply_effects();
                 self.reap_broken();
+                if let Some(paused) = paused {
+                    report.pause = paused.elapsed();
+                }
                 info!(
                     from = %report.from, to = %report.to, pause_us = report.pause.as_micros() as u64,
                     state_bytes = report.state_bytes, connections = report.connections, "upgraded"

@@ -125,6 +125,9 @@ fn a_compaction_on_request_reports_the_memory_given_back() {
     assert_eq!((status.upgrades, status.memory.compactions), (0, 1));
     assert_eq!(status.memory.usage.map(|u| u.linear_memory), Some(memory.after.linear_memory));
     assert!(status.to_string().contains("compactions  1, last"), "{status}");
+    // The pause status shows is the one the requester was told.
+    let last = status.memory.last_compaction.expect("recorded").outcome.expect("committed");
+    assert_eq!(last.pause, report.pause);
 }
 
 #[test]
