@@ -896,8 +896,16 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// Tells `tasuki status` how far the pre-copy under way is.
     fn note_precopy(&self) {
         let progress = self.upgrading.as_ref().and_then(|u| {
-            let (steps, bytes, owed) = u.precopy.as_ref()?.progress();
-            Some(PrecopyProgress { to: AppVersion::from(&u.next.info), steps, bytes, owed })
+            let session = u.precopy.as_ref()?;
+            let (steps, bytes, owed) = session.progress();
+            Some(PrecopyProgress {
+                to: AppVersion::from(&u.next.info),
+                steps,
+                bytes,
+                owed,
+                compaction: self.compacting,
+                throttled_rounds: session.throttled(),
+            })
         });
         self.shared.note_precopy(progress);
     }

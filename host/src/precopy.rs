@@ -349,6 +349,11 @@ impl Session {
         &mut self.pace
     }
 
+    /// Rounds whose client input was slowed for this copy so far.
+    pub(crate) fn throttled(&self) -> u32 {
+        self.pace.throttled()
+    }
+
     /// Client input the event loop may read before the next step (see [`Pace::allowance`]).
     pub(crate) fn allowance(&self) -> Option<u64> {
         self.pace.allowance()

@@ -154,6 +154,10 @@ pub struct PrecopyProgress {
     pub bytes: u64,
     /// Bytes the old version still owes (its estimate).
     pub owed: u64,
+    /// True for a compaction (a fresh instance of the running release), false for an upgrade.
+    pub compaction: bool,
+    /// Rounds of events whose client input was slowed so the copy could catch up.
+    pub throttled_rounds: u32,
 }
 
 fn bytes(n: u64) -> String {
@@ -292,14 +296,18 @@ impl fmt::Display for Status {
             }
         }
         if let Some(p) = &self.precopy {
+            let doing = if p.compaction { "compacting   " } else { "upgrading    to " };
             write!(
                 f,
-                "\nupgrading    to {}: pre-copy under way, {} moved in {} steps, {} still owed",
+                "\n{doing}{}: pre-copy under way, {} moved in {} steps, {} still owed",
                 p.to,
                 bytes(p.bytes),
                 p.steps,
                 bytes(p.owed)
             )?;
+            if p.throttled_rounds > 0 {
+                write!(f, "; client input slowed in {} rounds", p.throttled_rounds)?;
+            }
         }
         write!(f, "\n{}\n{}", self.recovery, self.memory)?;
         if let Some(s) = &self.snapshots {

@@ -232,7 +232,15 @@ fn an_upgrade_requested_during_a_compaction_waits_for_it_instead_of_failing() {
     let control = host.control.clone();
     let compaction = std::thread::spawn(move || control::request(&control, &Request::Compact));
     let started = Instant::now();
-    while host.status().precopy.is_none() {
+    loop {
+        let status = host.status();
+        if let Some(precopy) = &status.precopy {
+            // Shown as what it is, not as an upgrade.
+            assert!(precopy.compaction, "{precopy:?}");
+            let shown = status.to_string();
+            assert!(shown.contains("\ncompacting   kv 4.0.0: pre-copy under way"), "{shown}");
+            break;
+        }
         assert!(started.elapsed() < Duration::from_secs(30), "no pre-copy seen");
         std::thread::sleep(Duration::from_millis(5));
     }
