@@ -54,7 +54,7 @@ pub struct SoakArgs {
     #[command(flatten)]
     hostile: hostile::HostileArgs,
     /// The resident memory the host must stay under, in MiB.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 3072)]
     max_rss_mib: u64,
     /// Where to write the raw result.
     #[arg(long)]
@@ -194,7 +194,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         }
     }
     let log = read_from(&args.log, log_from)?;
-    count_closes(&log, &mut raw);
+    read_log(&log, &mut raw);
 
     raw.set("failures", failures.len());
     crate::write_raw(&args.out, &raw)?;
@@ -240,7 +240,12 @@ impl Host {
             .arg("--control")
             .arg(args.dir.join(format!("soak-{port}.sock")))
             .args(&args.host_args)
-            .env("TASUKI_LOG", std::env::var("TASUKI_LOG").unwrap_or_else(|_| "info".into()))
+            // The recovery checkpoints are logged at debug level: a whole export stalls the loop.
+            .env(
+                "TASUKI_LOG",
+                std::env::var("TASUKI_LOG")
+                    .unwrap_or_else(|_| "info,tasuki::dispatch=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -401,12 +406,32 @@ fn read_from(path: &Path, offset: u64) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&bytes[from..]).into_owned())
 }
 
-/// Counts the host's log lines about closes at a limit, by reason, and its recoveries.
-fn count_closes(log: &str, raw: &mut Raw) {
+/// Counts the host's log lines about closes at a limit, by reason; its traps and the longest
+/// rebuild after one; its recovery checkpoints, and the longest of those exported whole (the
+/// loop waits for it).
+fn read_log(log: &str, raw: &mut Raw) {
     for (words, key) in CLOSE_REASONS {
         raw.set(key, log.lines().filter(|l| l.contains(words)).count());
     }
-    raw.set("recoveries", log.lines().filter(|l| l.contains("rebuilt")).count());
+    // `... DEBUG tasuki::dispatch: checkpoint bytes=… took_us=…`, `… rebuilt in 832.3 ms …`
+    let field = |line: &str, name: &str| -> Option<f64> {
+        line.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    };
+    let whole: Vec<&str> = log
+        .lines()
+        .filter(|l| l.ends_with(": checkpoint") || l.contains(": checkpoint bytes="))
+        .collect();
+    let chunked = log.lines().filter(|l| l.contains("checkpoint from chunks")).count();
+    raw.set("checkpoints_whole", whole.len());
+    raw.set("checkpoints_chunked", chunked);
+    let longest = whole.iter().filter_map(|l| field(l, "took_us")).fold(0.0, f64::max);
+    raw.set("checkpoint_whole_max_us", longest);
+    raw.set("traps", log.lines().filter(|l| l.contains(" trapped")).count());
+    let rebuilt = log
+        .lines()
+        .filter_map(|l| l.split_once(" rebuilt in ")?.1.split_once(" ms")?.0.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    raw.set("rebuild_max_ms", rebuilt);
 }
 
 fn summary(raw: &Raw) -> String {
@@ -432,12 +457,21 @@ mod tests {
     fn closes_are_counted_by_reason() {
         let log = "WARN tasuki::conn: closing the connection that buffers the most (5 bytes) over --buffer-budget (4 bytes)\n\
                    kv 4.0.0: closing connection 7: 134217729 bytes of unconsumed input, over --query-buffer (134217728 bytes)\n\
-                   WARN tasuki::event_loop: closing a connection that sent 1 bytes more while not reading its 2 bytes of replies\n";
+                   WARN tasuki::event_loop: closing a connection that sent 1 bytes more while not reading its 2 bytes of replies\n\
+                   DEBUG tasuki::dispatch: checkpoint bytes=10 took_us=1500\n\
+                   DEBUG tasuki::dispatch: checkpoint from chunks bytes=10 steps=2 took_us=99999\n\
+                   ERROR tasuki::dispatch: kv 4.0.0 trapped: ran past its deadline conn=5040\n\
+                   INFO tasuki::dispatch: kv 4.0.0 rebuilt in 832.3 ms from its checkpoint and 2264 journaled events\n";
         let mut raw = Raw::default();
-        count_closes(log, &mut raw);
+        read_log(log, &mut raw);
         assert_eq!(raw.get("closed_buffer_budget"), Some("1"));
         assert_eq!(raw.get("closed_query_buffer"), Some("1"));
         assert_eq!(raw.get("closed_input_buffer"), Some("1"));
         assert_eq!(raw.get("closed_output_limit"), Some("0"));
+        assert_eq!(raw.get("checkpoints_whole"), Some("1"));
+        assert_eq!(raw.get("checkpoint_whole_max_us"), Some("1500"));
+        assert_eq!(raw.get("checkpoints_chunked"), Some("1"));
+        assert_eq!(raw.get("traps"), Some("1"));
+        assert_eq!(raw.get("rebuild_max_ms"), Some("832.3"));
     }
 }

@@ -51,7 +51,6 @@ const CLOSES: &[(&str, &str)] = &[
     ("closed_query_buffer", "unconsumed input past `--query-buffer` (said by the app)"),
     ("closed_query_total", "unconsumed input of all past half `--max-state`"),
     ("refused_max_connections", "connections refused past `--max-connections`"),
-    ("recoveries", "guest traps, each followed by a rebuild (not a limit)"),
 ];
 
 pub(super) struct Soak {
@@ -213,6 +212,18 @@ pub(super) fn write(md: &mut String, s: &Soak) -> anyhow::Result<()> {
         writeln!(md, "| {reason} | {} |", thousands(num(h, key)))?;
     }
     writeln!(md)?;
+    writeln!(
+        md,
+        "Beside the hostile clients the host also trapped {} time(s) (each followed by a rebuild from its checkpoint and journal; the longest took {}) and took {} recovery checkpoints built from chunks and {} exported whole, the longest of which held the loop for {} (the unconsumed input of the hoarder and tricklers is part of the state it exports). Alone: {} traps, {} and {} checkpoints.\n",
+        thousands(num(h, "traps")),
+        ms(num(h, "rebuild_max_ms") * 1e3),
+        thousands(num(h, "checkpoints_chunked")),
+        thousands(num(h, "checkpoints_whole")),
+        ms(num(h, "checkpoint_whole_max_us")),
+        thousands(num(a, "traps")),
+        thousands(num(a, "checkpoints_chunked")),
+        thousands(num(a, "checkpoints_whole")),
+    )?;
 
     let bound = num(h, "max_rss_mib");
     writeln!(
