@@ -83,8 +83,19 @@ fn num(raw: &Raw, key: &str) -> f64 {
     raw.opt_num(key).unwrap_or(f64::NAN)
 }
 
+/// `a / b`, with the digits that matter at its size.
 fn ratio(a: f64, b: f64) -> String {
-    if a.is_finite() && b.is_finite() && b > 0.0 { format!("{:.1}×", a / b) } else { "–".into() }
+    if !(a.is_finite() && b.is_finite() && b > 0.0) {
+        return "–".into();
+    }
+    let r = a / b;
+    if r >= 10.0 {
+        format!("{r:.0}×")
+    } else if r >= 1.0 {
+        format!("{r:.1}×")
+    } else {
+        super::ratio(a, b)
+    }
 }
 
 pub(super) fn write(md: &mut String, s: &Soak) -> anyhow::Result<()> {
