@@ -223,14 +223,30 @@ pub(super) fn write(md: &mut String, s: &Soak) -> anyhow::Result<()> {
         writeln!(md, "| {reason} | {} |", thousands(num(h, key)))?;
     }
     writeln!(md)?;
+    let traps = num(h, "traps");
+    let whole = num(h, "checkpoints_whole");
     writeln!(
         md,
-        "Beside the hostile clients the host also trapped {} time(s) (each followed by a rebuild from its checkpoint and journal; the longest took {}) and took {} recovery checkpoints built from chunks and {} exported whole, the longest of which held the loop for {} (the unconsumed input of the hoarder and tricklers is part of the state it exports). Alone: {} traps, {} and {} checkpoints.\n",
-        thousands(num(h, "traps")),
-        ms(num(h, "rebuild_max_ms") * 1e3),
+        "Beside the hostile clients the host also {}, and took {} recovery checkpoints built a chunk at a time between events and {} exported whole{}. Alone: {} traps, {} and {} checkpoints.\n",
+        if traps > 0.0 {
+            format!(
+                "trapped {} time(s), each followed by a rebuild from its checkpoint and journal (the longest took {}; the log says why each trapped)",
+                thousands(traps),
+                ms(num(h, "rebuild_max_ms") * 1e3)
+            )
+        } else {
+            "never trapped".to_string()
+        },
         thousands(num(h, "checkpoints_chunked")),
-        thousands(num(h, "checkpoints_whole")),
-        ms(num(h, "checkpoint_whole_max_us")),
+        thousands(whole),
+        if whole > 0.0 {
+            format!(
+                ", the longest of which held the loop for {} (the unconsumed input of the hoarder and the tricklers is part of the state)",
+                ms(num(h, "checkpoint_whole_max_us"))
+            )
+        } else {
+            String::new()
+        },
         thousands(num(a, "traps")),
         thousands(num(a, "checkpoints_chunked")),
         thousands(num(a, "checkpoints_whole")),
