@@ -210,7 +210,7 @@ pub(super) fn write(md: &mut String, s: &Soak) -> anyhow::Result<()> {
     )?;
     writeln!(
         md,
-        "*The reply lost*: the host closed a client that was still sending, and the kernel's reset reached the client before it had read the documented reply; the close itself is counted from the host's log below.\n"
+        "*The reply lost*: the host closed a client that was still sending, and the kernel's reset reached the client before it had read the documented reply; the close itself is counted from the host's log below. A connection opened but not closed by the host was under way when the soak stopped (a slow reader still being filled, a bulk announcer or hoarder mid-request): one left waiting 10 s for its documented reply fails the soak.\n"
     )?;
 
     writeln!(
@@ -288,7 +288,8 @@ pub(super) fn write(md: &mut String, s: &Soak) -> anyhow::Result<()> {
                 match target.as_str() {
                     "control_message" =>
                         "bytes on the control socket, decoded as a request and a response",
-                    "snapshot_file" => "a snapshot file's bytes",
+                    "snapshot_file" =>
+                        "a snapshot file's bytes, and the same as the body of a file with a valid header and checksum",
                     "resp_request" =>
                         "a client's byte stream, cut anywhere, to the RESP parsers (properties in `guests/resp/src/fuzzing.rs`)",
                     _ => "",
