@@ -2,17 +2,16 @@
 //! directory): memory per key beside redis-server, where tasuki's goes, the second readings
 //! each figure was checked against, and what a compaction gave back.
 //!
-//! `bench/run --memory-only` measures only this section; [`splice`] then replaces it in an
-//! existing report and leaves every other section as its own run wrote it.
+//! `bench/run --memory-only` measures only this section; [`super::splice`] then replaces it in
+//! an existing report and leaves every other section as its own run wrote it.
 
 use super::{bytes, keys_label, mib, ms, ratio, thousands};
 use crate::raw::Raw;
-use anyhow::Context;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// The section's heading; [`splice`] finds the section by it.
+/// The section's heading; [`super::splice`] finds the section by it.
 pub(super) const HEADING: &str = "## Memory";
 
 /// The systems of a row, in the order of the tables: (file name, column name).
@@ -339,65 +338,4 @@ fn write_compactions(md: &mut String, m: &Memory) -> anyhow::Result<()> {
     }
     writeln!(md)?;
     Ok(())
-}
-
-/// Replaces the memory section of the report at `path` with `section` (the text from
-/// [`HEADING`] up to the next `## ` heading), or appends it if the report has none; writes
-/// the section alone if there is no report yet.
-pub(super) fn splice(path: &Path, section: &str) -> anyhow::Result<()> {
-    let old = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let start = old.lines().scan(0, |at, line| {
-        let here = *at;
-        *at += line.len() + 1;
-        Some((here, line))
-    });
-    let mut from = None;
-    let mut to = None;
-    for (at, line) in start {
-        if from.is_none() && line == HEADING {
-            from = Some(at);
-        } else if from.is_some() && line.starts_with("## ") {
-            to = Some(at);
-            break;
-        }
-    }
-    let new = match from {
-        Some(from) => {
-            let to = to.unwrap_or(old.len());
-            format!("{}{section}{}", &old[..from], &old[to.min(old.len())..])
-        }
-        None if old.is_empty() => section.to_string(),
-        None => format!("{}\n{section}", old.trim_end_matches('\n').to_string() + "\n"),
-    };
-    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splice_replaces_only_the_memory_section() {
-        let dir = std::env::temp_dir().join(format!("tasuki-bench-splice-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("RESULTS.md");
-        std::fs::write(&path, "# t\n\n## A\n\na\n\n## Memory\n\nold\n\n## B\n\nb\n").unwrap();
-        splice(&path, "## Memory\n\nnew\n\n").unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "# t\n\n## A\n\na\n\n## Memory\n\nnew\n\n## B\n\nb\n"
-        );
-        // A report without the section gets it at the end.
-        std::fs::write(&path, "# t\n\n## A\n\na\n").unwrap();
-        splice(&path, "## Memory\n\nnew\n").unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "# t\n\n## A\n\na\n\n## Memory\n\nnew\n"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

@@ -19,6 +19,7 @@
 mod checkpoints;
 mod figures;
 mod memory;
+mod soak;
 mod transfer;
 mod upgrades;
 
@@ -41,6 +42,9 @@ pub struct ReportArgs {
     /// other sections stay as their own run wrote them).
     #[arg(long)]
     memory_only: bool,
+    /// RAW is `bench/soak`'s: write only the soak section, in place of the one at OUT.
+    #[arg(long, conflicts_with = "memory_only")]
+    soak_only: bool,
 }
 
 /// One redis-benchmark run of one test against one system.
@@ -341,13 +345,20 @@ fn read_series(dir: &Path, prefix: &str) -> anyhow::Result<BTreeMap<u64, Raw>> {
 }
 
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
+    if args.soak_only {
+        let mut section = String::new();
+        soak::write(&mut section, &soak::read(&args.raw)?)?;
+        splice(&args.out, soak::HEADING, &section)?;
+        eprintln!("wrote the soak section of {}", args.out.display());
+        return Ok(());
+    }
     let memory = memory::read(&args.raw)?;
     if args.memory_only {
         let memory =
             memory.ok_or_else(|| anyhow!("no memory results in {}", args.raw.display()))?;
         let mut section = String::new();
         memory::write(&mut section, &memory)?;
-        memory::splice(&args.out, &section)?;
+        splice(&args.out, memory::HEADING, &section)?;
         eprintln!("wrote the memory section of {}", args.out.display());
         return Ok(());
     }
@@ -416,6 +427,12 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     write_large_request(&mut md, &args.raw)?;
     if let Some(memory) = &memory {
         memory::write(&mut md, memory)?;
+    }
+    // The soak is measured by bench/soak, not here: its section stays as that run wrote it.
+    if let Some(soak) =
+        std::fs::read_to_string(&args.out).ok().and_then(|old| section(&old, soak::HEADING))
+    {
+        md.push_str(&soak);
     }
     std::fs::write(&args.out, md).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote {}", args.out.display());
@@ -597,9 +614,76 @@ fn write_throughput(
     Ok(())
 }
 
+/// Replaces the section under `heading` of the report at `path` with `section` (the text from
+/// the heading up to the next `## ` heading), or appends it if the report has none; writes the
+/// section alone if there is no report yet. Sections measured by their own runs (the memory
+/// section, the soak) are put in place this way and leave the others as their run wrote them.
+fn splice(path: &Path, heading: &str, section: &str) -> anyhow::Result<()> {
+    let old = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let start = old.lines().scan(0, |at, line| {
+        let here = *at;
+        *at += line.len() + 1;
+        Some((here, line))
+    });
+    let mut from = None;
+    let mut to = None;
+    for (at, line) in start {
+        if from.is_none() && line == heading {
+            from = Some(at);
+        } else if from.is_some() && line.starts_with("## ") {
+            to = Some(at);
+            break;
+        }
+    }
+    let new = match from {
+        Some(from) => {
+            let to = to.unwrap_or(old.len());
+            format!("{}{section}{}", &old[..from], &old[to.min(old.len())..])
+        }
+        None if old.is_empty() => section.to_string(),
+        None => format!("{}\n{section}", old.trim_end_matches('\n').to_string() + "\n"),
+    };
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The section of `report` under `heading`, up to the next `## ` heading.
+fn section(report: &str, heading: &str) -> Option<String> {
+    let from = report.lines().position(|l| l == heading)?;
+    let lines: Vec<&str> = report.lines().skip(from).collect();
+    let to = lines.iter().skip(1).position(|l| l.starts_with("## ")).map_or(lines.len(), |i| i + 1);
+    Some(lines[..to].join("\n") + "\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splice_replaces_only_its_own_section() {
+        let dir = std::env::temp_dir().join(format!("tasuki-bench-splice-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("RESULTS.md");
+        std::fs::write(&path, "# t\n\n## A\n\na\n\n## Memory\n\nold\n\n## B\n\nb\n").unwrap();
+        splice(&path, "## Memory", "## Memory\n\nnew\n\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "# t\n\n## A\n\na\n\n## Memory\n\nnew\n\n## B\n\nb\n"
+        );
+        // A report without the section gets it at the end.
+        std::fs::write(&path, "# t\n\n## A\n\na\n").unwrap();
+        splice(&path, "## Memory", "## Memory\n\nnew\n").unwrap();
+        assert_eq!(section("# t\n\n## A\n\na\n\n## B\n\nb\n", "## A").unwrap(), "## A\n\na\n\n");
+        assert_eq!(section("# t\n\n## A\n\na\n\n## B\n\nb\n", "## B").unwrap(), "## B\n\nb\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "# t\n\n## A\n\na\n\n## Memory\n\nnew\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn redis_benchmark_csv() {
