@@ -123,6 +123,20 @@ fn past_the_input_limit_the_app_is_told_and_the_connection_closed() {
 }
 
 #[test]
+fn input_left_behind_a_close_is_dropped_without_the_input_limit_firing() {
+    let mut host = TestHost::<Probe>::new();
+    host.set_host_info(HostInfo { input_limit: 8, ..HostInfo::default() });
+    let a = host.connect();
+    // The app closes at `close` and is offered nothing after it: the 12 bytes behind it go
+    // with the connection. They are not input the app left over the limit, so it is not told
+    // so (a client that quit would read "over the limit" after its goodbye).
+    host.send(a, "hi\nclose\n123456789012");
+    assert_eq!(host.read_string(a), "hi\n");
+    assert!(host.closed_by_app(a));
+    assert_eq!(host.take_effects().iter().filter(|e| **e == Effect::Close(a)).count(), 1);
+}
+
+#[test]
 fn timers_fire_at_their_due_time_in_deadline_order() {
     let mut host = TestHost::<Probe>::new();
     let t0 = TestHost::<Probe>::EPOCH_MS;
