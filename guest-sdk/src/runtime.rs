@@ -208,8 +208,12 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
                 break;
             }
         }
-        input.drain(..consumed);
-        if let Some(slot) = self.conns.get_mut(&conn) {
+        // What is left behind a close goes with the connection: it is not input the app kept,
+        // so no input limit applies to it (the app would be told of a limit after its goodbye).
+        if !self.ctx.is_closing(conn)
+            && let Some(slot) = self.conns.get_mut(&conn)
+        {
+            input.drain(..consumed);
             self.unconsumed += input.len();
             slot.input = input;
             self.enforce_input_limits(conn);

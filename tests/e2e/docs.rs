@@ -45,11 +45,27 @@ struct Block {
 fn blocks(path: &Path) -> Vec<Block> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let name = path.strip_prefix(repo_root()).unwrap_or(path).display().to_string();
+    blocks_in(&name, &text)
+}
+
+/// The fenced code blocks of `text` (the document `name`): fences of three or more backticks or
+/// tildes, indented or not (inside a list item), each block's lines taken out of the fence's
+/// indentation, as a Markdown renderer shows them.
+fn blocks_in(name: &str, text: &str) -> Vec<Block> {
+    /// The fence a line opens or closes: its indentation, its character and length, and the
+    /// info string after it.
+    fn fence(line: &str) -> Option<(usize, char, usize, &str)> {
+        let trimmed = line.trim_start_matches(' ');
+        let indent = line.len() - trimmed.len();
+        let mark = trimmed.chars().next().filter(|c| *c == '`' || *c == '~')?;
+        let len = trimmed.chars().take_while(|c| *c == mark).count();
+        (len >= 3).then(|| (indent, mark, len, trimmed[len..].trim()))
+    }
     let lines: Vec<&str> = text.lines().collect();
     let mut found = Vec::new();
     let mut i = 0;
     while i < lines.len() {
-        let Some(lang) = lines[i].strip_prefix("```") else {
+        let Some((indent, mark, len, info)) = fence(lines[i]) else {
             i += 1;
             continue;
         };
@@ -60,17 +76,35 @@ fn blocks(path: &Path) -> Vec<Block> {
             .map(|comment| comment.trim().to_string());
         let start = i + 1;
         let end = (start..lines.len())
-            .find(|&j| lines[j].starts_with("```"))
+            .find(|&j| {
+                fence(lines[j])
+                    .is_some_and(|(_, m, l, rest)| m == mark && l >= len && rest.is_empty())
+            })
             .unwrap_or_else(|| panic!("{name}:{}: a code block that never ends", i + 1));
         found.push(Block {
             at: format!("{name}:{}", i + 1),
-            lang: lang.trim().to_string(),
+            lang: info.to_string(),
             marker,
-            lines: lines[start..end].iter().map(|l| l.trim_end().to_string()).collect(),
+            lines: lines[start..end]
+                .iter()
+                .map(|l| {
+                    let inside = l.len() - l.trim_start_matches(' ').len();
+                    l[inside.min(indent)..].trim_end().to_string()
+                })
+                .collect(),
         });
         i = end + 1;
     }
     found
+}
+
+impl Block {
+    /// Whether the block is Rust: its info string's language is `rust` or `rs`, whatever
+    /// attributes follow (`rust,ignore`, `rust no_run`).
+    fn is_rust(&self) -> bool {
+        let language = self.lang.split([',', ' ', '{']).next().unwrap_or_default();
+        language.eq_ignore_ascii_case("rust") || language.eq_ignore_ascii_case("rs")
+    }
 }
 
 /// Whether `excerpt` appears in `file` as consecutive lines, all indented by the same number of
@@ -111,7 +145,7 @@ fn is_excerpt(excerpt: &[String], file: &[&str]) -> bool {
 fn every_rust_example_in_the_docs_is_an_excerpt_of_compiled_code() {
     let mut checked = 0;
     for document in documents() {
-        for block in blocks(&document).into_iter().filter(|b| b.lang == "rust") {
+        for block in blocks(&document).into_iter().filter(Block::is_rust) {
             let source = block
                 .marker
                 .as_deref()
@@ -124,6 +158,13 @@ fn every_rust_example_in_the_docs_is_an_excerpt_of_compiled_code() {
                         block.at
                     )
                 });
+            // A page of prose would pass as its own source, and compiles nothing.
+            assert!(
+                source.ends_with(".rs"),
+                "{}: the source of a Rust example must be a Rust file the workspace builds, \
+                 not {source}",
+                block.at
+            );
             let text = std::fs::read_to_string(repo_root().join(source))
                 .unwrap_or_else(|e| panic!("{}: source {source}: {e}", block.at));
             let file: Vec<&str> = text.lines().collect();
@@ -152,6 +193,50 @@ fn the_excerpt_check_refuses_what_the_file_does_not_say() {
     assert!(!is_excerpt(&excerpt(&["let x = 1;", "  let y = 2;"]), &file), "indentation");
     assert!(!is_excerpt(&excerpt(&["let x = 3;"]), &file));
     assert!(!is_excerpt(&excerpt(&["// ..."]), &file), "nothing but an elision");
+}
+
+#[test]
+fn every_rust_block_is_found_however_it_is_fenced() {
+    let text = "\
+<!-- source: a.rs -->
+```rust
+let a = 1;
+```
+```rust,ignore
+let b = 2;
+```
+1. In a list:
+   ```rust
+   let c = 3;
+       indented();
+   ```
+~~~rs
+let d = 4;
+~~~
+````Rust no_run
+```
+let e = 5;
+````
+```sh
+cargo build
+```
+";
+    let blocks = blocks_in("doc.md", text);
+    let rust: Vec<(&str, &[String])> =
+        blocks.iter().filter(|b| b.is_rust()).map(|b| (b.at.as_str(), &b.lines[..])).collect();
+    let lines = |l: &[&str]| l.iter().map(|l| (*l).to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        rust,
+        [
+            ("doc.md:2", &lines(&["let a = 1;"])[..]),
+            ("doc.md:5", &lines(&["let b = 2;"])[..]),
+            ("doc.md:9", &lines(&["let c = 3;", "    indented();"])[..]),
+            ("doc.md:13", &lines(&["let d = 4;"])[..]),
+            ("doc.md:16", &lines(&["```", "let e = 5;"])[..]),
+        ]
+    );
+    assert_eq!(blocks[0].marker.as_deref(), Some("source: a.rs"));
+    assert_eq!(blocks.len(), 6, "and the sh block");
 }
 
 #[test]
