@@ -7,13 +7,16 @@
 //! ([`crate::event_loop`]) and virtual connections on a virtual clock ([`crate::sim`]).
 
 use crate::bindings::{Chunk, ConnInfo, Snapshot};
+use crate::canary::{Canary, Stop, Window};
 use crate::clock::{EventClock, now_unix_ms};
 use crate::instance::{CallError, chunk_bytes, snapshot_bytes};
 use crate::limits::Limits;
 use crate::live::{Call, Live};
 use crate::precopy;
 use crate::recovery::{RebuildReport, Skip, Stamp};
-use crate::status::{CheckpointRecord, PrecopyProgress, RecoveryOutcome, RecoveryRecord, Shared};
+use crate::status::{
+    CanaryProgress, CheckpointRecord, PrecopyProgress, RecoveryOutcome, RecoveryRecord, Shared,
+};
 use crate::store::Effect;
 use crate::timers::TimerQueue;
 use crate::upgrade::{self, Begun, Prepared, Swap, Underway, UpgradeError, UpgradeReport};
@@ -147,6 +150,9 @@ pub(crate) struct Dispatcher<N, C> {
     pub(crate) precopy_budget: precopy::Budget,
     /// The upgrade under way is a compaction (a fresh instance of the live release).
     compacting: bool,
+    /// An upgrade whose candidate runs beside the live instance (`--canary`), with its report
+    /// so far.
+    canary: Option<(Canary, Box<UpgradeReport>)>,
 }
 
 /// A checkpoint under way: the chunks taken so far from the live instance's session.
@@ -204,6 +210,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             snapshot_waiters: Vec::new(),
             precopy_budget: precopy::Budget::default(),
             compacting: false,
+            canary: None,
         };
         dispatcher.precopy_budget.chunk = dispatcher.limits.precopy_chunk;
         dispatcher.event_clock.freeze_at(dispatcher.clock.wall_ns());
@@ -224,7 +231,11 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
 
     /// The earliest armed timer's deadline, on [`Clock::monotonic_ns`].
     pub(crate) fn next_deadline(&mut self) -> Option<u64> {
-        self.timers.next_deadline()
+        let candidate = self.canary.as_mut().and_then(|(c, _)| c.next_deadline());
+        match (self.timers.next_deadline(), candidate) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// A new connection: the app hears of it.
@@ -256,6 +267,13 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// Fires every timer due now, earliest first.
     pub(crate) fn fire_due_timers(&mut self) {
         while self.fire_next_due() {}
+        // A canary's candidate fires its own timers; those due with one of the live instance's
+        // fired with it, at the same clock reading (see `dispatch`).
+        if let Some((canary, _)) = &mut self.canary {
+            let at = Stamp { wall: self.clock.wall_ns(), mono: self.clock.monotonic_ns() };
+            self.event_clock.freeze_at(at.wall);
+            canary.fire_due(at);
+        }
     }
 
     /// Fires the earliest timer if it is due; false if none is.
@@ -448,6 +466,14 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                     }
                 }
                 self.apply_effects_at(at.mono);
+                if let Some((canary, _)) = &mut self.canary {
+                    // The same event, at the same clock reading, in the candidate; a timer
+                    // fires there from its own queue, with whatever else is due by now.
+                    match call {
+                        Call::Timer(_) => canary.fire_due(at),
+                        _ => canary.feed(at, call),
+                    }
+                }
                 self.shared.note_journal(self.live.recovery());
                 // Between every two events, not once per poll: one poll can read many events,
                 // and the journal must never pass its limit while a checkpoint could be taken.
@@ -467,13 +493,20 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
 
     /// Applies what the guest asked for during an event that ran at monotonic time `now`.
     fn apply_effects_at(&mut self, now: u64) {
-        let Self { live, net, timers, recorder, .. } = self;
+        let Self { live, net, timers, recorder, canary, .. } = self;
         let mut cut_off = Vec::new();
         live.drain_effects(|effect| {
             if let Some(recorder) = recorder {
                 match &effect {
                     Effect::Send(conn, data) => recorder.reply(*conn, data),
                     Effect::Close(conn) => recorder.forget(*conn),
+                    _ => {}
+                }
+            }
+            if let Some((canary, _)) = canary {
+                match &effect {
+                    Effect::Send(conn, data) => canary.old_sent(*conn, data),
+                    Effect::Close(conn) => canary.old_closed(*conn),
                     _ => {}
                 }
             }
@@ -553,6 +586,11 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             // The rebuilt instance trapped while being told what changed: recover again after.
             self.nested.get_or_insert(fault);
             return;
+        }
+        if let Some((canary, _)) = &mut self.canary {
+            // Recovery leaves a culprit's input out of the rebuilt state: the two versions no
+            // longer run the same events.
+            canary.interrupt(fault.cause.clone());
         }
         self.recovering = true;
         self.shared.recovering(true);
@@ -776,7 +814,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// pauses now and swaps. `Some` when the upgrade ended here (committed or rolled back);
     /// `None` while the pre-copy is under way: [`Dispatcher::upgrade_step`] carries it on.
     pub(crate) fn upgrade(&mut self, next: Prepared) -> Option<Swapped> {
-        if self.upgrading.is_some() {
+        if self.upgrading.is_some() || self.canary.is_some() {
             // The requester holds the upgrade lock, so this does not happen; refuse anyway,
             // leaving the record of the upgrade under way alone.
             let error = UpgradeError::InProgress;
@@ -799,7 +837,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 self.note_precopy();
                 None
             }
-            Begun::Full(underway) => Some(self.pause_and_swap(underway)),
+            Begun::Full(underway) => self.pause_and_swap(underway),
             Begun::Failed(swap) => Some(self.ended(swap)),
         }
     }
@@ -828,6 +866,9 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// One step of the pre-copy under way, between events; `Some` when the upgrade ended
     /// (after the pause that this step decided on, or a rollback).
     pub(crate) fn upgrade_step(&mut self) -> Option<Swapped> {
+        if self.canary.is_some() {
+            return self.canary_step();
+        }
         let underway = self.upgrading.as_mut()?;
         self.event_clock.freeze_at(self.clock.wall_ns());
         let clock = &self.clock;
@@ -845,7 +886,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             }
             Ok(precopy::Next::Pause) => {
                 let underway = self.upgrading.take().expect("checked above");
-                Some(self.pause_and_swap(underway))
+                self.pause_and_swap(underway)
             }
             Err(error) => {
                 let underway = self.upgrading.take().expect("checked above");
@@ -873,13 +914,21 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// Drops the upgrade under way, if any (the host is stopping): the old version keeps
     /// everything.
     pub(crate) fn cancel_upgrade(&mut self) -> Option<Swapped> {
+        if let Some((canary, report)) = self.canary.take() {
+            self.shared.note_canary(None);
+            let error = UpgradeError::HostStopped;
+            info!("canary of {} dropped: the host is stopping", report.to);
+            self.shared.record_upgrade(Err(error.to_string()));
+            return Some(Swapped { outcome: Err(error), retired: Box::new(canary.candidate) });
+        }
         let underway = self.upgrading.take()?;
         let swap = upgrade::cancel(&mut self.live, underway, UpgradeError::HostStopped);
         Some(self.ended(swap))
     }
 
-    /// Steps 4–7 of the upgrade: pause, export, import, commit or roll back.
-    fn pause_and_swap(&mut self, underway: Underway) -> Swapped {
+    /// Steps 4–7 of the upgrade: pause, export, import, commit or roll back — or, with
+    /// `--canary`, start the canary (`None`: [`Dispatcher::upgrade_step`] ends it).
+    fn pause_and_swap(&mut self, underway: Underway) -> Option<Swapped> {
         let paused = Instant::now();
         self.event_clock.freeze_at(self.clock.wall_ns());
         let boundary = upgrade::Boundary {
@@ -889,8 +938,94 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             clock: &self.event_clock,
             max_state: self.limits.max_state,
         };
-        let swap = upgrade::swap(&mut self.live, underway, boundary);
-        self.ended_paused(swap, Some(paused))
+        match upgrade::swap(&mut self.live, underway, boundary) {
+            Swap::Canary { mut report, candidate, window } => {
+                report.pause = paused.elapsed();
+                self.start_canary(report, *candidate, window);
+                None
+            }
+            swap => Some(self.ended_paused(swap, Some(paused))),
+        }
+    }
+
+    /// The candidate imported the state: from now on it runs every event beside the live
+    /// instance. The pause ends here.
+    fn start_canary(&mut self, report: Box<UpgradeReport>, candidate: Live, window: Window) {
+        self.shared.note_precopy(None);
+        let timers = TimerQueue::from_armed(&self.timers.armed());
+        let canary = Canary::start(candidate, timers, window, self.clock.monotonic_ns());
+        info!(
+            pause_us = report.pause.as_micros() as u64,
+            "{} imported the state; canary of {window} under way beside {}", report.to, report.from
+        );
+        self.canary = Some((canary, report));
+        self.note_canary();
+    }
+
+    /// Tells `tasuki status` how far the canary under way is.
+    fn note_canary(&self) {
+        let progress = self.canary.as_ref().map(|(canary, report)| {
+            let (events, left) = canary.progress();
+            CanaryProgress {
+                to: report.to.clone(),
+                window: canary.window(),
+                events,
+                left,
+                divergences: 0,
+            }
+        });
+        self.shared.note_canary(progress);
+    }
+
+    /// When the canary under way ends on the clock (`--canary 30s`), for the loop's poll.
+    pub(crate) fn canary_deadline(&self) -> Option<Instant> {
+        self.canary.as_ref().and_then(|(canary, _)| canary.deadline())
+    }
+
+    /// Between rounds of events: ends the canary if it diverged, failed or ran its window
+    /// (committing by swapping instances); `None` while it goes on.
+    fn canary_step(&mut self) -> Option<Swapped> {
+        let (canary, _) = self.canary.as_mut()?;
+        canary.forget_closed();
+        let stop = match canary.stopped() {
+            Some(stop) => Some(stop),
+            None if canary.window_done() => None,
+            None => match canary.stopped() {
+                Some(stop) => Some(stop),
+                None => {
+                    self.note_canary();
+                    return None;
+                }
+            },
+        };
+        let (canary, mut report) = self.canary.take().expect("checked above");
+        self.shared.note_canary(None);
+        let (running, new) = (Box::new(report.from.clone()), Box::new(report.to.clone()));
+        let error = match stop {
+            Some(Stop::Diverged(divergence)) => UpgradeError::Diverged { running, new, divergence },
+            Some(Stop::Trapped { event, error }) => {
+                UpgradeError::CanaryTrapped { running, new, event, error }
+            }
+            Some(Stop::Interrupted(cause)) => {
+                UpgradeError::CanaryInterrupted { running, new, cause }
+            }
+            None => {
+                let (canary_report, candidate, timers) = canary.commit();
+                report.canary = Some(canary_report);
+                let retired = self.live.adopt(candidate);
+                self.timers = timers;
+                info!(
+                    from = %report.from, to = %report.to, events = report.canary.as_ref().map_or(0, |c| c.events),
+                    "canary agreed; upgraded"
+                );
+                self.shared.record_commit(&report, self.live.info().clone());
+                self.publish_recovery();
+                return Some(Swapped { outcome: Ok(*report), retired: Box::new(retired) });
+            }
+        };
+        warn!("{error}");
+        self.shared.record_upgrade(Err(error.to_string()));
+        Some(Swapped { outcome: Err(error), retired: Box::new(canary.candidate) })
     }
 
     /// Tells `tasuki status` how far the pre-copy under way is.
@@ -944,6 +1079,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 self.publish_recovery();
                 Swapped { outcome: Ok(*report), retired }
             }
+            Swap::Canary { .. } => unreachable!("pause_and_swap starts a canary, never ends one"),
             Swap::RolledBack { mut error, retired } => {
                 // An export that trapped leaves the old instance unusable: rebuild it now.
                 if let UpgradeError::Export { error: cause, rebuilt, .. } = &mut error {

@@ -219,7 +219,8 @@ impl EventLoop {
             .next_deadline()
             .map(|deadline| self.dispatcher.clock.instant(deadline).saturating_duration_since(now));
         let memory = self.next_memory_check.saturating_duration_since(now);
-        Some(timer.map_or(memory, |timer| timer.min(memory)))
+        let canary = self.dispatcher.canary_deadline().map(|d| d.saturating_duration_since(now));
+        Some([timer, canary].into_iter().flatten().fold(memory, Duration::min))
     }
 
     /// Starts a drain: the listeners close (new clients are refused by the kernel), no more

@@ -35,6 +35,7 @@
 //! - [`host`]: [`Host::start`], which puts the pieces together; the CLI is a thin shell over it.
 
 pub mod bindings;
+pub mod canary;
 pub mod clock;
 mod conn;
 pub mod control;

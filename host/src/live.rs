@@ -124,6 +124,29 @@ impl Live {
         std::mem::replace(self, Self { version, instance, info, recovery, generation })
     }
 
+    /// A new instance that imported `imported` and is not (yet) live: a canary's candidate
+    /// ([`crate::canary`]). Its recovery state is built as [`Live::commit`] builds it, and it
+    /// journals the events it is fed, so that adopting it later needs nothing more.
+    pub(crate) fn candidate(
+        &self,
+        version: Arc<Version>,
+        instance: Instance,
+        info: AppInfo,
+        (chunks, snapshot, live): (Vec<Chunk>, Snapshot, Vec<ConnInfo>),
+        timers: Vec<(u64, u64)>,
+        mono: u64,
+    ) -> Live {
+        let recovery =
+            Recovery::from_snapshot(self.recovery.limit(), (chunks, snapshot), live, timers, mono);
+        Self { version, instance, info, recovery, generation: self.generation + 1 }
+    }
+
+    /// Makes `candidate` the live value (a canary that agreed) and returns the one it replaced.
+    pub(crate) fn adopt(&mut self, mut candidate: Live) -> Live {
+        candidate.generation = self.generation + 1;
+        std::mem::replace(self, candidate)
+    }
+
     /// Runs one event; journals it if it completed. A trap leaves the instance unusable:
     /// rebuild it before the next call.
     pub(crate) fn call(&mut self, at: Stamp, call: Call<'_>) -> Result<(), CallError> {

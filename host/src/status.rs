@@ -109,6 +109,8 @@ pub struct Status {
     pub last_upgrade: Option<LastUpgrade>,
     /// The upgrade whose pre-copy is under way, if one is.
     pub precopy: Option<PrecopyProgress>,
+    /// The upgrade whose canary is under way, if one is.
+    pub canary: Option<CanaryProgress>,
     pub recovery: Box<RecoveryStatus>,
     pub memory: MemoryStatus,
     /// Snapshots into `--snapshot-dir`, if one is set.
@@ -158,6 +160,20 @@ pub struct PrecopyProgress {
     pub compaction: bool,
     /// Rounds of events whose client input was slowed so the copy could catch up.
     pub throttled_rounds: u32,
+}
+
+/// An upgrade between its import and the end of its canary (`tasuki upgrade --canary`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryProgress {
+    /// The candidate: the version the canary would commit.
+    pub to: AppVersion,
+    pub window: crate::canary::Window,
+    /// Client events both versions ran, all agreeing so far.
+    pub events: u64,
+    /// Time left of a time window (`--canary 30s`); `None` for a window of events.
+    pub left: Option<Duration>,
+    /// Differences seen: 0 while it runs (the first one ends it).
+    pub divergences: u64,
 }
 
 fn bytes(n: u64) -> String {
@@ -309,6 +325,16 @@ impl fmt::Display for Status {
                 write!(f, "; client input slowed in {} rounds", p.throttled_rounds)?;
             }
         }
+        if let Some(c) = &self.canary {
+            write!(
+                f,
+                "\ncanary       {}: {} client events compared of {}, {} divergences",
+                c.to, c.events, c.window, c.divergences
+            )?;
+            if let Some(left) = c.left {
+                write!(f, ", {:.1} s left", left.as_secs_f64())?;
+            }
+        }
         write!(f, "\n{}\n{}", self.recovery, self.memory)?;
         if let Some(s) = &self.snapshots {
             let every =
@@ -382,6 +408,7 @@ pub(crate) struct Shared {
     recovering_since: AtomicU64,
     recovery: Mutex<RecoveryStatus>,
     precopy: Mutex<Option<PrecopyProgress>>,
+    canary: Mutex<Option<CanaryProgress>>,
     memory: Mutex<MemoryStatus>,
     snapshots: Mutex<Option<SnapshotsStatus>>,
 }
@@ -417,6 +444,7 @@ impl Shared {
             recovering_since: AtomicU64::new(0),
             recovery: Mutex::new(RecoveryStatus::default()),
             precopy: Mutex::new(None),
+            canary: Mutex::new(None),
             memory: Mutex::new(MemoryStatus::default()),
             snapshots: Mutex::new(None),
         }
@@ -461,6 +489,11 @@ impl Shared {
     /// After each pre-copy step; `None` when the upgrade ended.
     pub(crate) fn note_precopy(&self, progress: Option<PrecopyProgress>) {
         *self.precopy.lock().unwrap_or_else(|p| p.into_inner()) = progress;
+    }
+
+    /// While a canary runs; `None` when it ended.
+    pub(crate) fn note_canary(&self, progress: Option<CanaryProgress>) {
+        *self.canary.lock().unwrap_or_else(|p| p.into_inner()) = progress;
     }
 
     fn recovery_status(&self) -> std::sync::MutexGuard<'_, RecoveryStatus> {
@@ -570,6 +603,7 @@ impl Shared {
             upgrades: current.upgrades,
             last_upgrade: current.last_upgrade.clone(),
             precopy: self.precopy.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            canary: self.canary.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             recovery: {
                 let mut recovery = Box::new(self.recovery_status().clone());
                 recovery.journal_bytes = self.journal_bytes.load(Ordering::Relaxed);

@@ -8,6 +8,7 @@
 //! over the open connections' descriptions and applies the new instance's effects after.
 
 use crate::bindings::{AppInfo, ConnInfo, Snapshot};
+use crate::canary::{CanaryReport, Divergence, Window};
 use crate::clock::EventClock;
 use crate::instance::{CallError, Instance, MemoryUsage, chunk_bytes, snapshot_bytes};
 use crate::live::{Imported, Live};
@@ -42,6 +43,10 @@ pub struct UpgradeOptions {
     /// migration or transformer that must read a collection whole (to rekey it, say), which a
     /// pre-copy cannot feed.
     pub no_precopy: bool,
+    /// `--canary`: after the import, run the new version beside the old one on every client
+    /// event of this window, comparing their output, and commit only if it agreed (see
+    /// [`crate::canary`]).
+    pub canary: Option<Window>,
 }
 
 /// Where the state a new version imported came from.
@@ -94,6 +99,9 @@ pub struct UpgradeReport {
     /// Set when this was a compaction (the live release swapped for a fresh instance of
     /// itself, to give back its garbage): why it ran.
     pub compaction: Option<String>,
+    /// `--canary`: what the new version ran beside the old one, and agreed on, before it took
+    /// over. The pause above is the import's; the commit after the canary moved nothing.
+    pub canary: Option<CanaryReport>,
 }
 
 /// Memory before and after a swap (see [`UpgradeReport::memory`]).
@@ -179,6 +187,19 @@ impl fmt::Display for UpgradeReport {
             ms(self.prepare),
             ms(self.compile)
         )?;
+        if let Some(c) = &self.canary {
+            writeln!(
+                f,
+                "  canary       {} client events and {} timer firings run by both versions over {:.1} s \
+                 ({}): all {} bytes of replies agreed; committed by swapping instances, nothing \
+                 more crossed",
+                c.events,
+                c.timers,
+                c.took.as_secs_f64(),
+                c.window,
+                c.bytes_compared
+            )?;
+        }
         write!(f, "  connections  {} kept open", self.connections)?;
         if let StateSource::Checkpoint { at_unix_ms, events_replayed, complete } = &self.source {
             let at = match at_unix_ms {
@@ -248,6 +269,25 @@ pub enum UpgradeError {
          ended the pre-copy session; try again"
     )]
     Interrupted { running: AppVersion },
+    #[error(
+        "refused before any pause: --canary needs the running version's export; with \
+         --from-checkpoint there is none to compare against"
+    )]
+    CanaryFromCheckpoint,
+    #[error(
+        "rolled back, {running} keeps serving: {new} answered differently in the canary; no \
+         client saw its replies. First difference: {divergence}"
+    )]
+    Diverged { running: Box<AppVersion>, new: Box<AppVersion>, divergence: Box<Divergence> },
+    #[error(
+        "rolled back, {running} keeps serving: {new} failed in the canary, at {event}: {error}; \
+         no client saw its replies"
+    )]
+    CanaryTrapped { running: Box<AppVersion>, new: Box<AppVersion>, event: String, error: String },
+    #[error(
+        "rolled back, {running} keeps serving: the canary of {new} ended early: {cause}; try again"
+    )]
+    CanaryInterrupted { running: Box<AppVersion>, new: Box<AppVersion>, cause: String },
 }
 
 /// A new version, instantiated and initialised, waiting for the pause.
@@ -263,6 +303,8 @@ pub struct Prepared {
     pub(crate) pipeline: Pipeline,
     /// A compaction, and why (see [`UpgradeReport::compaction`]).
     pub(crate) compaction: Option<String>,
+    /// `--canary`.
+    pub(crate) canary: Option<Window>,
 }
 
 /// Step 2 of the upgrade: everything that can happen before the pause.
@@ -276,9 +318,13 @@ pub(crate) fn prepare(
     let started = Instant::now();
     let version = Version::load(runtime, wasm)?;
     let pipeline = Pipeline::load(runtime, &options.transforms)?;
+    if options.canary.is_some() && options.from_checkpoint {
+        return Err(UpgradeError::CanaryFromCheckpoint);
+    }
     let mut prepared =
         prepare_loaded(version, pipeline, args, running, options.from_checkpoint, started)?;
     prepared.no_precopy = options.no_precopy;
+    prepared.canary = options.canary;
     Ok(prepared)
 }
 
@@ -305,6 +351,7 @@ pub(crate) fn prepare_loaded(
         no_precopy: false,
         pipeline,
         compaction: None,
+        canary: None,
     })
 }
 
@@ -351,6 +398,9 @@ pub(crate) enum Swap {
     /// while exporting (an `Export` error holding a trap), the dispatcher must rebuild it before
     /// the next event.
     RolledBack { error: UpgradeError, retired: Box<Instance> },
+    /// `--canary`: the new version imported the state and now runs beside the old one, which
+    /// serves on; `report` is the upgrade's so far (its pause is the import's).
+    Canary { report: Box<UpgradeReport>, candidate: Box<Live>, window: Window },
 }
 
 /// Where the host stands at the boundary an upgrade runs at.
@@ -602,14 +652,13 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
         }
         (_, crossing) => Imported::Journal(crossing),
     };
-    let retired = live.commit(next.version, next.instance, next.info, imported, timers, mono);
-    let report = UpgradeReport {
+    let mut report = UpgradeReport {
         from: running,
         to: new,
         wasm,
         prepare: next.prepare_time,
         compile,
-        pause: paused.elapsed(),
+        pause: Duration::ZERO,
         export,
         transform,
         transformers: next.pipeline.stages.iter().map(|t| t.info.name.clone()).collect(),
@@ -621,11 +670,32 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
         precopy: precopy_report,
         memory,
         compaction: next.compaction.clone(),
+        canary: None,
     };
-    Swap::Committed {
-        report: Box::new(report),
-        retired: Box::new(retired),
-        timers: replayed_timers,
+    match (imported, next.canary) {
+        (Imported::Snapshot(chunks, snapshot, importing), Some(window)) => {
+            // The candidate does not take over yet: it runs beside the old version.
+            let candidate = live.candidate(
+                next.version,
+                next.instance,
+                next.info,
+                (chunks, snapshot, importing),
+                timers,
+                mono,
+            );
+            report.pause = paused.elapsed();
+            Swap::Canary { report: Box::new(report), candidate: Box::new(candidate), window }
+        }
+        (imported, _) => {
+            let retired =
+                live.commit(next.version, next.instance, next.info, imported, timers, mono);
+            report.pause = paused.elapsed();
+            Swap::Committed {
+                report: Box::new(report),
+                retired: Box::new(retired),
+                timers: replayed_timers,
+            }
+        }
     }
 }
 

@@ -36,6 +36,14 @@ pub struct UpgradeCommand {
     /// which a pre-copy cannot feed (it traps naming the rule, and the upgrade rolls back).
     #[arg(long)]
     no_precopy: bool,
+    /// Try NEW on live traffic before it takes over: after it imports the state, the old
+    /// version keeps serving and NEW also runs every client event of the window, at the same
+    /// clock reading, its replies compared byte for byte with the old version's and never sent.
+    /// If all agreed, NEW takes over by swapping instances (nothing more crosses); otherwise it is
+    /// dropped and the first difference is reported: connection, request, both replies. WINDOW
+    /// is a number of client events (`500`) or a duration (`30s`, `1500ms`, `2m`).
+    #[arg(long, value_name = "WINDOW", conflicts_with = "from_checkpoint")]
+    canary: Option<tasuki::canary::Window>,
     #[command(flatten)]
     control: ControlArg,
 }
@@ -55,6 +63,7 @@ impl UpgradeCommand {
             transforms,
             from_checkpoint: self.from_checkpoint,
             no_precopy: self.no_precopy,
+            canary: self.canary,
         };
         // The default action of SIGINT would end this process and leave the operator not knowing
         // how the upgrade they asked for ended.

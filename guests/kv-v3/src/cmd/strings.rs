@@ -276,6 +276,13 @@ pub(super) fn decrby(db: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
 /// Adds `increment` to the integer under `key` (0 if missing) and replies the result. The key
 /// keeps its deadline.
 fn add(db: &mut Db, session: &mut Session<'_>, key: &[u8], increment: i64) {
+    // The wrong release the canary tests must catch (feature `fixture-incr-off-by-one`):
+    // INCR, INCRBY, DECR and DECRBY all add one too many.
+    let increment = if cfg!(feature = "fixture-incr-off-by-one") {
+        increment.saturating_add(1)
+    } else {
+        increment
+    };
     let current = match db.string_mut(key, session.now_ms) {
         Ok(Some(value)) => match resp::parse_i64(value) {
             Some(current) => Some((current, value)),

@@ -1,0 +1,448 @@
+//! Canary upgrades (`tasuki upgrade --canary WINDOW`): the new version imports the state as for
+//! any upgrade, but does not take over. For a window of events the old version keeps serving and
+//! every client event is also run in the new instance (the candidate), at the same frozen clock
+//! reading; the candidate's output is captured and compared, connection by connection, with what
+//! the old version sent, and never reaches a client. If every byte agreed when the window ends
+//! the host commits by swapping the instances — the candidate holds the live state already, so
+//! nothing more crosses — and otherwise drops the candidate and reports the first divergence.
+//!
+//! This is multi-version execution as MVEDSUa (Pina et al., ASPLOS 2019) ran it for C servers,
+//! here between two sandboxed instances in one process: the host owns every socket, timer and
+//! clock reading, so feeding both the same events is a matter of calling both.
+//!
+//! Output is compared per connection as a byte stream, not per event: a candidate whose timer
+//! fires a moment after the old one's still agrees, as long as the bytes are the same and in the
+//! same order. A connection's unmatched bytes are bounded ([`UNMATCHED_MAX`]); more than that is
+//! a divergence, so a candidate that talks where the old version was silent costs no memory.
+
+use crate::bindings::ConnInfo;
+use crate::live::{Call, Live};
+use crate::recovery::Stamp;
+use crate::store::Effect;
+use crate::timers::TimerQueue;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+/// How long a canary runs before it commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Window {
+    /// This many client events (connects, data, disconnects; timers are not counted, since
+    /// they fire without a client) compared without a difference.
+    Events(u64),
+    /// This long, from the end of the import, with no difference.
+    Time(Duration),
+}
+
+impl FromStr for Window {
+    type Err = String;
+
+    /// `500` (events), or a duration with a unit: `1500ms`, `30s`, `2m`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(digits);
+        let n: u64 = number.parse().map_err(|_| {
+            format!("`{s}` is not a canary window: give a number of events (500) or a duration (30s, 1500ms, 2m)")
+        })?;
+        let window = match unit {
+            "" => Window::Events(n),
+            "ms" => Window::Time(Duration::from_millis(n)),
+            "s" => Window::Time(Duration::from_secs(n)),
+            "m" => Window::Time(Duration::from_secs(n.saturating_mul(60))),
+            _ => {
+                return Err(format!(
+                    "`{s}`: unknown unit `{unit}` for a canary window (ms, s or m; none for a \
+                     number of events)"
+                ));
+            }
+        };
+        if n == 0 {
+            return Err("a canary window must be at least one event or one millisecond".into());
+        }
+        Ok(window)
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Window::Events(n) => write!(f, "{n} events"),
+            Window::Time(d) => write!(f, "{:.1} s", d.as_secs_f64()),
+        }
+    }
+}
+
+/// What a canary that committed compared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryReport {
+    pub window: Window,
+    /// Client events both versions ran.
+    pub events: u64,
+    /// Timer firings each ran (of its own timers, in step).
+    pub timers: u64,
+    /// Bytes of output that agreed.
+    pub bytes_compared: u64,
+    /// From the end of the import to the commit.
+    pub took: Duration,
+}
+
+/// The first place the two versions' output differed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Divergence {
+    pub conn: u64,
+    /// The event that produced it (`data`, `connect`, `disconnect`, `timer 7`, or `end of the
+    /// window` for output one version sent and the other never did).
+    pub event: String,
+    /// The connection's input in that event, for `data` (at most [`KEPT_MAX`] bytes).
+    pub request: Vec<u8>,
+    /// What the old version sent on the connection that the new one did not match, from the
+    /// first differing byte's reply on (at most [`KEPT_MAX`] bytes).
+    pub old: Vec<u8>,
+    /// The same for the new version.
+    pub new: Vec<u8>,
+    /// Whether each version closed the connection.
+    pub old_closed: bool,
+    pub new_closed: bool,
+    /// Client events compared before this one.
+    pub after_events: u64,
+}
+
+/// Bytes of a request or reply a divergence report shows.
+pub const SHOWN_MAX: usize = 512;
+
+/// Bytes of a request or reply a divergence keeps (the report shows the first [`SHOWN_MAX`]).
+pub const KEPT_MAX: usize = 64 << 10;
+
+/// Output one version sent on a connection and the other has not (yet) matched, in bytes: past
+/// it the canary ends as a divergence.
+pub const UNMATCHED_MAX: usize = 1 << 20;
+
+/// Writes bytes as redis-cli quotes them: printable ASCII as is, `\r`, `\n`, `\t`, `\"`, `\\`,
+/// and `\xHH` for the rest, with a note when it was cut short.
+pub fn quoted(bytes: &[u8]) -> String {
+    let mut out = String::from("\"");
+    for &b in bytes.iter().take(SHOWN_MAX) {
+        match b {
+            b'\r' => out.push_str("\\r"),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out.push('"');
+    if bytes.len() > SHOWN_MAX {
+        out.push_str(&format!(" (first {SHOWN_MAX} of {} bytes)", bytes.len()));
+    }
+    out
+}
+
+impl fmt::Display for Divergence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "connection {}, at {} (after {} events agreed)",
+            self.conn, self.event, self.after_events
+        )?;
+        if !self.request.is_empty() {
+            write!(f, "\n    request      {}", quoted(&self.request))?;
+        }
+        let closed = |c: bool| if c { ", then closed the connection" } else { "" };
+        write!(f, "\n    old replied  {}{}", quoted(&self.old), closed(self.old_closed))?;
+        write!(f, "\n    new replied  {}{}", quoted(&self.new), closed(self.new_closed))
+    }
+}
+
+/// One connection's output, as far as the two versions have not yet matched it.
+#[derive(Debug, Default)]
+struct Streams {
+    old: Vec<u8>,
+    new: Vec<u8>,
+    old_closed: bool,
+    new_closed: bool,
+}
+
+/// Why a canary stopped without committing.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    Diverged(Box<Divergence>),
+    /// The candidate trapped or refused on an event.
+    Trapped {
+        event: String,
+        error: String,
+    },
+    /// The old version trapped: recovery leaves its culprit's input out, so the two no longer
+    /// see the same events.
+    Interrupted(String),
+}
+
+/// A canary under way: the candidate and what is known of its agreement so far.
+#[derive(Debug)]
+pub(crate) struct Canary {
+    pub(crate) candidate: Live,
+    /// The timers the candidate believes armed (it inherited the host's at the import).
+    pub(crate) timers: TimerQueue,
+    window: Window,
+    started: Instant,
+    events: u64,
+    timer_calls: u64,
+    bytes_compared: u64,
+    streams: HashMap<u64, Streams>,
+    stop: Option<Stop>,
+}
+
+impl Canary {
+    /// Starts comparing: `candidate` has imported the state, `timers` are the host's armed
+    /// timers at that boundary, `now` the monotonic time of the import. What the import asked
+    /// for (sends, timers) is taken in now.
+    pub(crate) fn start(candidate: Live, timers: TimerQueue, window: Window, now: u64) -> Self {
+        let mut canary = Self {
+            candidate,
+            timers,
+            window,
+            started: Instant::now(),
+            events: 0,
+            timer_calls: 0,
+            bytes_compared: 0,
+            streams: HashMap::new(),
+            stop: None,
+        };
+        canary.take_effects(now);
+        canary.compare("the import", &[]);
+        canary
+    }
+
+    /// The old version sent `data` on `conn` (and it went to the client).
+    pub(crate) fn old_sent(&mut self, conn: u64, data: &[u8]) {
+        self.streams.entry(conn).or_default().old.extend_from_slice(data);
+    }
+
+    /// The old version closed `conn`.
+    pub(crate) fn old_closed(&mut self, conn: u64) {
+        self.streams.entry(conn).or_default().old_closed = true;
+    }
+
+    /// Runs the client event the old version just ran (at `at`) in the candidate, and compares
+    /// what the two sent.
+    pub(crate) fn feed(&mut self, at: Stamp, call: Call<'_>) {
+        if self.stop.is_some() {
+            return;
+        }
+        let event = describe(call);
+        let request = match call {
+            Call::Data(_, bytes) => bytes,
+            _ => &[][..],
+        };
+        match self.candidate.call(at, call) {
+            Ok(()) => self.take_effects(at.mono),
+            Err(e) => {
+                self.candidate.discard_effects();
+                self.stop = Some(Stop::Trapped { event, error: e.to_string() });
+                return;
+            }
+        }
+        if !matches!(call, Call::Timer(_)) {
+            self.events += 1;
+        }
+        self.compare(&event, request);
+        if let Call::Disconnect(conn) = call {
+            self.forget(conn);
+        }
+    }
+
+    /// Fires the candidate's timers due at `at` (the old version's due timers have just
+    /// fired): each version fires its own, so they stay in step while they agree.
+    pub(crate) fn fire_due(&mut self, at: Stamp) {
+        while self.stop.is_none()
+            && let Some(id) = self.timers.pop_due(at.mono)
+        {
+            self.timer_calls += 1;
+            self.feed(at, Call::Timer(id));
+        }
+    }
+
+    /// The earliest of the candidate's timers, on the monotonic clock.
+    pub(crate) fn next_deadline(&mut self) -> Option<u64> {
+        self.timers.next_deadline()
+    }
+
+    /// The old version trapped: the canary cannot go on.
+    pub(crate) fn interrupt(&mut self, cause: String) {
+        if self.stop.is_none() {
+            self.stop = Some(Stop::Interrupted(cause));
+        }
+    }
+
+    /// Why it stopped, if it did.
+    pub(crate) fn stopped(&mut self) -> Option<Stop> {
+        self.stop.take()
+    }
+
+    /// True once the window has run without a difference: checks, first, that nothing is left
+    /// unmatched.
+    pub(crate) fn window_done(&mut self) -> bool {
+        let done = match self.window {
+            Window::Events(n) => self.events >= n,
+            Window::Time(d) => self.started.elapsed() >= d,
+        };
+        if !done {
+            return false;
+        }
+        let unmatched = self
+            .streams
+            .iter()
+            .find(|(_, s)| !s.old.is_empty() || !s.new.is_empty() || s.old_closed != s.new_closed);
+        if let Some((&conn, s)) = unmatched {
+            self.stop = Some(Stop::Diverged(Box::new(Divergence {
+                conn,
+                event: "the end of the window".into(),
+                request: Vec::new(),
+                old: s.old.iter().copied().take(KEPT_MAX).collect(),
+                new: s.new.iter().copied().take(KEPT_MAX).collect(),
+                old_closed: s.old_closed,
+                new_closed: s.new_closed,
+                after_events: self.events,
+            })));
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn window(&self) -> Window {
+        self.window
+    }
+
+    /// When a time window ends.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        match self.window {
+            Window::Time(d) => Some(self.started + d),
+            Window::Events(_) => None,
+        }
+    }
+
+    /// How far it is, for `tasuki status`: events compared, and the time left of a time window.
+    pub(crate) fn progress(&self) -> (u64, Option<Duration>) {
+        let left = self.deadline().map(|d| d.saturating_duration_since(Instant::now()));
+        (self.events, left)
+    }
+
+    /// The report of a canary that ends in a commit, and the candidate and its timers.
+    pub(crate) fn commit(self) -> (CanaryReport, Live, TimerQueue) {
+        let report = CanaryReport {
+            window: self.window,
+            events: self.events,
+            timers: self.timer_calls,
+            bytes_compared: self.bytes_compared,
+            took: self.started.elapsed(),
+        };
+        (report, self.candidate, self.timers)
+    }
+
+    /// Takes what the candidate asked for: its sends and closes are compared, never sent; its
+    /// timers go to its own queue.
+    fn take_effects(&mut self, now: u64) {
+        let Self { candidate, timers, streams, .. } = self;
+        candidate.drain_effects(|effect| match effect {
+            Effect::Send(conn, data) => streams.entry(conn).or_default().new.extend(data),
+            Effect::Close(conn) => streams.entry(conn).or_default().new_closed = true,
+            // Past the per-call output limit: the host would have cut the connection off. The
+            // output it did send is compared; the old version, which sent the same, was cut
+            // off too, and both hear of it through the disconnect.
+            Effect::CutOff(_) => {}
+            timer => timers.apply(&timer, now),
+        });
+    }
+
+    /// Drops the matched prefix of every connection's two streams; a differing byte, a close
+    /// on one side only with nothing left to come, or too much unmatched output stops the
+    /// canary.
+    fn compare(&mut self, event: &str, request: &[u8]) {
+        let mut diverged = None;
+        for (&conn, s) in &mut self.streams {
+            let common = s.old.iter().zip(&s.new).take_while(|(a, b)| a == b).count();
+            let differs = common < s.old.len().min(s.new.len());
+            let closed_apart = s.old_closed != s.new_closed
+                && (if s.old_closed { s.old.len() } else { s.new.len() }) == common;
+            let too_much = s.old.len().max(s.new.len()) - common > UNMATCHED_MAX;
+            if !(differs || closed_apart || too_much) {
+                s.old.drain(..common);
+                s.new.drain(..common);
+                self.bytes_compared += common as u64;
+                continue;
+            }
+            // Reported from the first byte not matched before this event: the whole of each
+            // reply, not only its differing tail.
+            diverged = Some(Divergence {
+                conn,
+                event: event.to_string(),
+                request: request.iter().copied().take(KEPT_MAX).collect(),
+                old: s.old.iter().copied().take(KEPT_MAX).collect(),
+                new: s.new.iter().copied().take(KEPT_MAX).collect(),
+                old_closed: s.old_closed,
+                new_closed: s.new_closed,
+                after_events: self.events.saturating_sub(1),
+            });
+            break;
+        }
+        if let Some(d) = diverged {
+            self.stop = Some(Stop::Diverged(Box::new(d)));
+        }
+    }
+
+    /// A connection both versions are done with.
+    fn forget(&mut self, conn: u64) {
+        if let Some(s) = self.streams.get(&conn)
+            && s.old.is_empty()
+            && s.new.is_empty()
+        {
+            self.streams.remove(&conn);
+        }
+    }
+
+    /// Connections both versions closed and have nothing unmatched on: forgotten, so a long
+    /// canary over many short connections keeps no record of each.
+    pub(crate) fn forget_closed(&mut self) {
+        self.streams
+            .retain(|_, s| !(s.old_closed && s.new_closed && s.old.is_empty() && s.new.is_empty()));
+    }
+}
+
+fn describe(call: Call<'_>) -> String {
+    match call {
+        Call::Connect(ConnInfo { peer, .. }) => format!("connect from {peer}"),
+        Call::Data(_, _) => "data".into(),
+        Call::Disconnect(_) => "disconnect".into(),
+        Call::Timer(id) => format!("timer {id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_events_or_durations() {
+        assert_eq!("500".parse::<Window>(), Ok(Window::Events(500)));
+        assert_eq!("30s".parse::<Window>(), Ok(Window::Time(Duration::from_secs(30))));
+        assert_eq!("1500ms".parse::<Window>(), Ok(Window::Time(Duration::from_millis(1500))));
+        assert_eq!("2m".parse::<Window>(), Ok(Window::Time(Duration::from_secs(120))));
+        assert!("0".parse::<Window>().is_err());
+        assert!("5h".parse::<Window>().unwrap_err().contains("unknown unit"));
+        assert!("s".parse::<Window>().is_err());
+    }
+
+    #[test]
+    fn bytes_are_quoted_as_redis_cli_does() {
+        assert_eq!(quoted(b":5\r\n"), "\":5\\r\\n\"");
+        assert_eq!(quoted(b"a\"b\\\x00"), "\"a\\\"b\\\\\\x00\"");
+        let long = vec![b'x'; SHOWN_MAX + 10];
+        assert!(
+            quoted(&long).ends_with(&format!("(first {SHOWN_MAX} of {} bytes)", SHOWN_MAX + 10))
+        );
+    }
+}

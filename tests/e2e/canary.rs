@@ -1,0 +1,204 @@
+//! Canary upgrades (`tasuki upgrade --canary`): the new version runs beside the old one on live
+//! traffic, its replies compared and never sent, and takes over only if every byte agreed.
+
+use redis::Commands;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::Duration;
+use tasuki::UpgradeError;
+use tasuki::canary::Window;
+use tasuki::upgrade::UpgradeOptions;
+use tasuki_tests::{TestHost, artifacts};
+
+/// Clients that INCR counters of their own, one request at a time, and check every reply
+/// against their own count: a reply the old version would not have given fails them.
+struct Counters {
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<AtomicU64>,
+    threads: Vec<thread::JoinHandle<Result<u64, String>>>,
+}
+
+impl Counters {
+    fn start(host: &TestHost, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acknowledged = Arc::new(AtomicU64::new(0));
+        let threads = (0..clients)
+            .map(|i| {
+                let mut conn = host.client();
+                let stop = Arc::clone(&stop);
+                let acknowledged = Arc::clone(&acknowledged);
+                thread::spawn(move || {
+                    let key = format!("canary:counter:{i}");
+                    let mut expected = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let got: u64 = conn.incr(&key, 1).map_err(|e| e.to_string())?;
+                        expected += 1;
+                        if got != expected {
+                            return Err(format!("{key}: INCR answered {got}, expected {expected}"));
+                        }
+                        acknowledged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(expected)
+                })
+            })
+            .collect();
+        Self { stop, acknowledged, threads }
+    }
+
+    /// Waits until the clients have had `n` more replies.
+    fn wait_for(&self, n: u64) {
+        let target = self.acknowledged.load(Ordering::Relaxed) + n;
+        while self.acknowledged.load(Ordering::Relaxed) < target {
+            assert!(self.threads.iter().all(|t| !t.is_finished()), "a client stopped early");
+            thread::yield_now();
+        }
+    }
+
+    /// Stops the clients; each one's count, or the first wrong reply any of them saw.
+    fn stop(self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("client thread").unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    }
+}
+
+fn v2_with_keys(keys: usize) -> TestHost {
+    let host = TestHost::start(artifacts::KV_V2);
+    let mut conn = host.client();
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(500) {
+        let pairs: Vec<(String, String)> =
+            chunk.iter().map(|i| (format!("key:{i}"), format!("value-{i}"))).collect();
+        let () = conn.mset(&pairs).unwrap();
+    }
+    host
+}
+
+fn to_v3(canary: Window) -> UpgradeOptions {
+    UpgradeOptions {
+        transforms: vec![artifacts::KV_V2_TO_V3.into()],
+        canary: Some(canary),
+        ..UpgradeOptions::default()
+    }
+}
+
+fn every_key_readable(host: &TestHost, keys: usize) {
+    let mut conn = host.client();
+    for i in 0..keys {
+        let value: Option<String> = conn.get(format!("key:{i}")).unwrap();
+        assert_eq!(value.as_deref(), Some(format!("value-{i}").as_str()), "key:{i}");
+    }
+}
+
+#[test]
+fn a_canary_that_agrees_commits_by_swapping_and_every_reply_and_key_is_kept() {
+    const KEYS: usize = 5_000;
+    const WINDOW: u64 = 3_000;
+    let host = Arc::new(v2_with_keys(KEYS));
+    let clients = Counters::start(&host, 3);
+    clients.wait_for(100);
+
+    let upgrading = {
+        let host = Arc::clone(&host);
+        thread::spawn(move || {
+            host.host_upgrade_with(artifacts::KV_V3, &to_v3(Window::Events(WINDOW)))
+        })
+    };
+    // While it runs, status shows it, and a second upgrade is refused.
+    let progress = loop {
+        if let Some(canary) = host.status().canary {
+            break canary;
+        }
+        assert!(!upgrading.is_finished(), "the upgrade ended before its canary was seen");
+        thread::yield_now();
+    };
+    assert_eq!(progress.to.to_string(), "kv 3.0.0");
+    assert_eq!(progress.window, Window::Events(WINDOW));
+    assert_eq!(
+        host.status().app.to_string(),
+        "kv 2.0.0",
+        "the old version serves during the canary"
+    );
+    let second = host.upgrade(artifacts::KV_V2).unwrap_err();
+    assert!(matches!(second, UpgradeError::InProgress), "{second}");
+
+    let report = upgrading.join().unwrap().expect("the canary agreed and committed");
+    let counts = clients.stop();
+
+    let canary = report.canary.as_ref().expect("the report has the canary");
+    assert!(canary.events >= WINDOW, "{report}");
+    assert!(canary.bytes_compared > 0, "{report}");
+    assert_eq!(report.to.to_string(), "kv 3.0.0");
+    assert!(report.to_string().contains("committed by swapping instances"), "{report}");
+    assert_eq!(host.status().app.to_string(), "kv 3.0.0");
+    assert!(host.status().canary.is_none());
+    // The new version holds every key and every acknowledged INCR, including those it ran as
+    // the candidate.
+    every_key_readable(&host, KEYS);
+    let mut conn = host.client();
+    for (i, count) in counts.iter().enumerate() {
+        let value: u64 = conn.get(format!("canary:counter:{i}")).unwrap();
+        assert_eq!(value, *count, "canary:counter:{i}");
+    }
+    // v3's own commands work: it is serving.
+    let _: () = conn.rpush("canary:list", "x").unwrap();
+}
+
+#[test]
+fn a_wrong_release_is_caught_by_its_canary_and_no_client_sees_its_replies() {
+    const KEYS: usize = 2_000;
+    let host = v2_with_keys(KEYS);
+    let clients = Counters::start(&host, 2);
+    clients.wait_for(100);
+
+    // kv 3 built with INCR adding 2: the canary must catch it long before its window ends.
+    let error = host
+        .host_upgrade_with(
+            artifacts::KV_V3_INCR_OFF_BY_ONE,
+            &to_v3(Window::Time(Duration::from_secs(600))),
+        )
+        .unwrap_err();
+    clients.wait_for(100);
+    let counts = clients.stop();
+
+    let UpgradeError::Diverged { divergence, .. } = &error else {
+        panic!("expected a divergence, got: {error}");
+    };
+    // The report names the request and both replies: the old version's count and one more.
+    let request = String::from_utf8_lossy(&divergence.request).to_string();
+    assert!(request.contains("INCR") || request.contains("incr"), "{error}");
+    let old = String::from_utf8_lossy(&divergence.old).to_string();
+    let new = String::from_utf8_lossy(&divergence.new).to_string();
+    let number = |s: &str| s.trim_start_matches(':').trim_end().parse::<i64>();
+    let (old_n, new_n) = (number(&old).expect(&old), number(&new).expect(&new));
+    assert_eq!(new_n, old_n + 1, "{error}");
+    let text = error.to_string();
+    assert!(text.starts_with("rolled back, kv 2.0.0 keeps serving"), "{text}");
+    assert!(text.contains("no client saw its replies"), "{text}");
+
+    // The old version serves on, with every key and every acknowledged INCR (the clients
+    // checked each reply against their own count, so none saw the candidate's).
+    assert_eq!(host.status().app.to_string(), "kv 2.0.0");
+    assert!(host.status().canary.is_none());
+    assert!(host.status().last_upgrade.expect("recorded").outcome.is_err());
+    every_key_readable(&host, KEYS);
+    let mut conn = host.client();
+    for (i, count) in counts.iter().enumerate() {
+        let value: u64 = conn.get(format!("canary:counter:{i}")).unwrap();
+        assert_eq!(value, *count, "canary:counter:{i}");
+    }
+}
+
+#[test]
+fn a_time_window_ends_on_the_clock_with_no_traffic_at_all() {
+    let host = v2_with_keys(100);
+    let report = host
+        .host_upgrade_with(artifacts::KV_V3, &to_v3(Window::Time(Duration::from_millis(300))))
+        .expect("an idle canary agrees");
+    let canary = report.canary.expect("canary report");
+    assert_eq!(canary.events, 0);
+    assert!(canary.took >= Duration::from_millis(300), "{canary:?}");
+    every_key_readable(&host, 100);
+}
