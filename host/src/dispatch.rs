@@ -1014,6 +1014,9 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 report.canary = Some(canary_report);
                 let retired = self.live.adopt(candidate);
                 self.timers = timers;
+                // A long canary may have overflowed the candidate's journal: its first
+                // checkpoint as the live version turns recovery back on.
+                self.checkpoint_now |= !self.live.recovery().is_on();
                 info!(
                     from = %report.from, to = %report.to, events = report.canary.as_ref().map_or(0, |c| c.events),
                     "canary agreed; upgraded"
