@@ -202,3 +202,46 @@ fn a_time_window_ends_on_the_clock_with_no_traffic_at_all() {
     assert!(canary.took >= Duration::from_millis(300), "{canary:?}");
     every_key_readable(&host, 100);
 }
+
+#[test]
+fn replies_that_depend_on_the_clock_and_on_random_picks_agree() {
+    // kv 4's PTTL reads the clock, and RANDOMKEY and SPOP draw from a generator seeded by the
+    // event (its clock reading, connection and command count): both versions run each event at
+    // the same frozen clock reading, so they agree.
+    let host = Arc::new(TestHost::start(artifacts::KV_V4));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (mut conn, stop, sent) = (host.client(), Arc::clone(&stop), Arc::clone(&sent));
+        thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let key = format!("ttl:{}", i % 50);
+                let () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(i)
+                    .arg("PX")
+                    .arg(60_000)
+                    .query(&mut conn)
+                    .unwrap();
+                let pttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
+                assert!((0..=60_000).contains(&pttl), "PTTL {pttl}");
+                let _: usize = redis::cmd("SADD").arg("set").arg(i % 200).query(&mut conn).unwrap();
+                let _: Option<String> = redis::cmd("SPOP").arg("set").query(&mut conn).unwrap();
+                let _: Option<String> = redis::cmd("RANDOMKEY").query(&mut conn).unwrap();
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    while sent.load(Ordering::Relaxed) < 50 {
+        thread::yield_now();
+    }
+    let options =
+        UpgradeOptions { canary: Some(Window::Events(3_000)), ..UpgradeOptions::default() };
+    let report = host.host_upgrade_with(artifacts::KV_V4, &options);
+    stop.store(true, Ordering::Relaxed);
+    client.join().expect("client");
+    let report = report.expect("the canary agreed on clock- and randomness-dependent replies");
+    assert!(report.canary.expect("canary report").events >= 3_000);
+}
