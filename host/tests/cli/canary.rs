@@ -1,0 +1,114 @@
+//! `tasuki upgrade --canary` as an operator runs it: under redis-benchmark, a wrong release
+//! caught and a right one committed; `status` during a canary; SIGTERM during a canary.
+
+use crate::support::{Reply, Running, poll, tasuki, tasuki_ok, text};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tasuki_artifacts::{KV_V2, KV_V2_TO_V3, KV_V3, KV_V3_INCR_OFF_BY_ONE};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn spawn_canary(dir: &Path, wasm: &str, window: &str) -> Child {
+    Command::new(crate::support::TASUKI)
+        .current_dir(dir)
+        .args(["upgrade", wasm, "--transform", KV_V2_TO_V3, "--canary", window])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `tasuki status` shows a canary of kv 3 under way; its status text.
+fn canary_shown(dir: &Path, upgrade: &mut Child) -> String {
+    poll(PATIENCE, || {
+        assert!(
+            upgrade.try_wait().unwrap().is_none(),
+            "the upgrade ended before its canary was seen"
+        );
+        let status = tasuki_ok(dir, &["status"]);
+        status.contains("canary       kv 3.0.0").then_some(status)
+    })
+    .expect("status never showed the canary")
+}
+
+#[test]
+fn under_redis_benchmark_a_wrong_release_is_caught_and_a_right_one_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Running::start(dir.path(), KV_V2);
+    let port = host.addr.rsplit(':').next().unwrap().to_string();
+    let mut bench = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port, "-t", "incr", "-n", "100000000"])
+        .args(["-c", "4", "-q", "-e"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run redis-benchmark ({e}): install redis-tools"));
+    // Without -r, redis-benchmark's INCR key is this, literally: it is writing once it exists.
+    let mut watcher = host.resp();
+    poll(PATIENCE, || {
+        (watcher.call(&[b"EXISTS", b"counter:__rand_int__"]) == Reply::Int(1)).then_some(())
+    })
+    .expect("redis-benchmark never wrote");
+
+    // kv 3 built with INCR adding one too many: caught at the first INCR the candidate runs
+    // (60 s is only a bound, so that a canary that misses it fails the test).
+    let wrong = spawn_canary(dir.path(), KV_V3_INCR_OFF_BY_ONE, "60s").wait_with_output().unwrap();
+    assert!(!wrong.status.success(), "{}", text(&wrong.stdout));
+    let err = text(&wrong.stderr);
+    assert!(err.contains("upgrade failed: rolled back, kv 2.0.0 keeps serving"), "{err}");
+    assert!(err.contains("answered differently in the canary; no client saw its replies"), "{err}");
+    assert!(err.contains("request      \"*2\\r\\n$4\\r\\nINCR\\r\\n"), "{err}");
+    assert!(err.contains("old replied  \":") && err.contains("new replied  \":"), "{err}");
+    assert!(tasuki_ok(dir.path(), &["status"]).contains("app          kv 2.0.0"));
+
+    let mut right = spawn_canary(dir.path(), KV_V3, "2s");
+    let status = canary_shown(dir.path(), &mut right);
+    assert!(status.contains("client events compared of 2.0 s"), "{status}");
+    assert!(status.contains("s left"), "{status}");
+    let right = right.wait_with_output().unwrap();
+    let out = text(&right.stdout);
+    assert!(right.status.success(), "{out}{}", text(&right.stderr));
+    assert!(out.contains("upgraded kv 2.0.0 -> kv 3.0.0"), "{out}");
+    let events: u64 = out
+        .split("canary       ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no canary line: {out}"));
+    assert!(events > 100, "the canary ran beside redis-benchmark: {out}");
+    assert!(out.contains("committed by swapping instances"), "{out}");
+
+    // redis-benchmark never got an error reply, before, during or after either canary.
+    assert!(bench.try_wait().unwrap().is_none(), "redis-benchmark stopped early");
+    bench.kill().unwrap();
+    let bench = bench.wait_with_output().unwrap();
+    assert!(!text(&bench.stdout).contains("ERR"), "{}", text(&bench.stdout));
+    assert!(tasuki_ok(dir.path(), &["status"]).contains("app          kv 3.0.0"));
+}
+
+#[test]
+fn sigterm_during_a_canary_drops_the_candidate_and_the_cli_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = Running::start(dir.path(), KV_V2);
+    let mut upgrade = spawn_canary(dir.path(), KV_V3, "10m");
+    canary_shown(dir.path(), &mut upgrade);
+    let sent = Command::new("kill").args(["-TERM", &host.child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let out = upgrade.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("not done: the host is stopping"), "{}", text(&out.stderr));
+    let status = poll(PATIENCE, || host.child.try_wait().unwrap()).expect("the host exits");
+    assert_eq!(status.code(), Some(0), "{}", host.log());
+}
+
+#[test]
+fn a_canary_window_is_events_or_a_duration_with_its_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tasuki(dir.path(), &["upgrade", KV_V3, "--canary", "5h"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("unknown unit `h` for a canary window"), "{err}");
+    let out = tasuki(dir.path(), &["upgrade", KV_V3, "--canary", "10", "--from-checkpoint"]);
+    assert!(text(&out.stderr).contains("cannot be used with"), "{}", text(&out.stderr));
+}
