@@ -249,6 +249,20 @@ pub trait Server: Serialize + DeserializeOwned + Default + 'static {
         Ok(())
     }
 
+    /// Whether a reply this release gives differently from the release it replaces is one it
+    /// expects, so that a canary (`tasuki upgrade --canary`) takes the two as agreeing. Asked
+    /// on the new version only when its output on a connection differed from the old one's:
+    /// `request` is the connection's input in that event (empty at a connect, a timer or the
+    /// end of the window), `old` and `new` what each version sent that the other has not
+    /// matched. Declare what a release changes on purpose — a version string in an `INFO`
+    /// reply, a command it newly supports that the old version refused — and nothing else:
+    /// every other difference is what a canary is for. Must not change the state (it gets
+    /// `&self`). The default declares none.
+    fn expected_difference(&self, request: &[u8], old: &[u8], new: &[u8]) -> bool {
+        let _ = (request, old, new);
+        false
+    }
+
     /// Older state versions this release can read, and how.
     fn migrations() -> Migrations<Self> {
         Migrations::none()
@@ -336,6 +350,16 @@ macro_rules! export {
                         heap_in_use: $crate::heap::in_use(),
                         linear_memory: $crate::heap::linear_memory(),
                     }
+                }
+            }
+
+            impl __exports::canary::Guest for __TasukiExport {
+                fn expected_difference(
+                    request: ::std::vec::Vec<u8>,
+                    old: ::std::vec::Vec<u8>,
+                    new: ::std::vec::Vec<u8>,
+                ) -> bool {
+                    RUNTIME.with_borrow(|rt| rt.expected_difference(&request, &old, &new))
                 }
             }
 

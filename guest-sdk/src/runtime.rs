@@ -234,6 +234,11 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
         self.finish_event();
     }
 
+    /// `canary.expected-difference`: see [`Server::expected_difference`].
+    pub fn expected_difference(&self, request: &[u8], old: &[u8], new: &[u8]) -> bool {
+        self.server.expected_difference(request, old, new)
+    }
+
     /// `state.describe`.
     pub fn describe(&self) -> AppInfo {
         let mut accepts = vec![S::STATE_VERSION];

@@ -85,6 +85,9 @@ pub struct CanaryReport {
     pub timers: u64,
     /// Bytes of output that agreed.
     pub bytes_compared: u64,
+    /// Differences the new release declared expected (its `canary` export), each taken as
+    /// agreeing.
+    pub declared_differences: u64,
     /// From the end of the import to the commit.
     pub took: Duration,
 }
@@ -192,6 +195,7 @@ pub(crate) struct Canary {
     events: u64,
     timer_calls: u64,
     bytes_compared: u64,
+    declared: u64,
     streams: HashMap<u64, Streams>,
     stop: Option<Stop>,
 }
@@ -209,11 +213,12 @@ impl Canary {
             events: 0,
             timer_calls: 0,
             bytes_compared: 0,
+            declared: 0,
             streams: HashMap::new(),
             stop: None,
         };
         canary.take_effects(now);
-        canary.compare("the import", &[]);
+        canary.compare("the import", None);
         canary
     }
 
@@ -234,9 +239,9 @@ impl Canary {
             return;
         }
         let event = describe(call);
-        let request = match call {
-            Call::Data(_, bytes) => bytes,
-            _ => &[][..],
+        let input = match call {
+            Call::Data(conn, bytes) => Some((conn, bytes)),
+            _ => None,
         };
         match self.candidate.call(at, call) {
             Ok(()) => self.take_effects(at.mono),
@@ -249,7 +254,7 @@ impl Canary {
         if !matches!(call, Call::Timer(_)) {
             self.events += 1;
         }
-        self.compare(&event, request);
+        self.compare(&event, input);
         if let Call::Disconnect(conn) = call {
             self.forget(conn);
         }
@@ -293,11 +298,17 @@ impl Canary {
         if !done {
             return false;
         }
-        let unmatched = self
+        let unmatched: Vec<u64> = self
             .streams
             .iter()
-            .find(|(_, s)| !s.old.is_empty() || !s.new.is_empty() || s.old_closed != s.new_closed);
-        if let Some((&conn, s)) = unmatched {
+            .filter(|(_, s)| !s.old.is_empty() || !s.new.is_empty() || s.old_closed != s.new_closed)
+            .map(|(&conn, _)| conn)
+            .collect();
+        for conn in unmatched {
+            if self.declared_expected(conn, &[]) {
+                continue;
+            }
+            let s = &self.streams[&conn];
             self.stop = Some(Stop::Diverged(Box::new(Divergence {
                 conn,
                 event: "the end of the window".into(),
@@ -338,6 +349,7 @@ impl Canary {
             events: self.events,
             timers: self.timer_calls,
             bytes_compared: self.bytes_compared,
+            declared_differences: self.declared,
             took: self.started.elapsed(),
         };
         (report, self.candidate, self.timers)
@@ -361,8 +373,9 @@ impl Canary {
     /// Drops the matched prefix of every connection's two streams; a differing byte, a close
     /// on one side only with nothing left to come, or too much unmatched output stops the
     /// canary.
-    fn compare(&mut self, event: &str, request: &[u8]) {
-        let mut diverged = None;
+    /// `input` is the event's connection and bytes, for a `data` event.
+    fn compare(&mut self, event: &str, input: Option<(u64, &[u8])>) {
+        let mut differing = Vec::new();
         for (&conn, s) in &mut self.streams {
             let common = s.old.iter().zip(&s.new).take_while(|(a, b)| a == b).count();
             let differs = common < s.old.len().min(s.new.len());
@@ -375,9 +388,20 @@ impl Canary {
                 self.bytes_compared += common as u64;
                 continue;
             }
+            differing.push(conn);
+        }
+        for conn in differing {
+            let request = match input {
+                Some((c, bytes)) if c == conn => bytes,
+                _ => &[][..],
+            };
+            if self.declared_expected(conn, request) {
+                continue;
+            }
             // Reported from the first byte not matched before this event: the whole of each
             // reply, not only its differing tail.
-            diverged = Some(Divergence {
+            let s = &self.streams[&conn];
+            self.stop = Some(Stop::Diverged(Box::new(Divergence {
                 conn,
                 event: event.to_string(),
                 request: request.iter().copied().take(KEPT_MAX).collect(),
@@ -386,12 +410,23 @@ impl Canary {
                 old_closed: s.old_closed,
                 new_closed: s.new_closed,
                 after_events: self.events.saturating_sub(1),
-            });
-            break;
+            })));
+            return;
         }
-        if let Some(d) = diverged {
-            self.stop = Some(Stop::Diverged(Box::new(d)));
+    }
+
+    /// Asks the candidate whether the unmatched output on `conn` is a difference its release
+    /// declares; if so both sides are taken as agreeing (dropped) and it is counted.
+    fn declared_expected(&mut self, conn: u64, request: &[u8]) -> bool {
+        let Some(s) = self.streams.get_mut(&conn) else { return false };
+        if !self.candidate.expected_difference(request, &s.old, &s.new) {
+            return false;
         }
+        s.old.clear();
+        s.new.clear();
+        s.new_closed = s.old_closed;
+        self.declared += 1;
+        true
     }
 
     /// A connection both versions are done with.

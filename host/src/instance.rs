@@ -4,7 +4,7 @@
 //! fault, a missed deadline) are kept apart: the first is the app refusing, the second means this
 //! instance can never be entered again.
 
-use crate::bindings::server_exports::{app, memory, precopy, state};
+use crate::bindings::server_exports::{app, canary, memory, precopy, state};
 use crate::bindings::{AppInfo, Chunk, ConnInfo, PrecopyBatch, Snapshot};
 use crate::limits;
 use crate::store::{Effect, InstanceState, Limiter};
@@ -115,6 +115,8 @@ pub struct Instance {
     precopy: Option<precopy::Guest>,
     /// `None` if the version predates the `memory` export.
     memory: Option<memory::Guest>,
+    /// `None` if the version predates the `canary` export.
+    canary: Option<canary::Guest>,
     /// Epoch ticks an event may run.
     call_deadline: u64,
     /// Epoch ticks a state call may run.
@@ -189,6 +191,10 @@ impl Instance {
             Some(indices) => Some(indices.load(&mut store, &instance).map_err(trap)?),
             None => None,
         };
+        let canary = match &exports.canary {
+            Some(indices) => Some(indices.load(&mut store, &instance).map_err(trap)?),
+            None => None,
+        };
         let call_deadline = limits::ticks(runtime.limits.call_deadline);
         let state_deadline = limits::ticks(runtime.limits.upgrade_deadline);
         Ok(Self {
@@ -197,6 +203,7 @@ impl Instance {
             state,
             precopy,
             memory,
+            canary,
             call_deadline,
             state_deadline,
             fault_next: false,
@@ -261,6 +268,20 @@ impl Instance {
         self.store.set_epoch_deadline(self.call_deadline);
         let usage = memory.call_usage(&mut self.store).map_err(trap)?;
         Ok(Some(MemoryUsage { heap_in_use: usage.heap_in_use, linear_memory: usage.linear_memory }))
+    }
+
+    /// `canary.expected-difference`: whether this (new) version declares the difference between
+    /// `old` and `new` output, in the event whose input was `request`, an expected one; false
+    /// for a version built before the export existed. Runs under an event's deadline.
+    pub fn expected_difference(
+        &mut self,
+        request: &[u8],
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool, CallError> {
+        let Some(canary) = self.canary.clone() else { return Ok(false) };
+        self.store.set_epoch_deadline(self.call_deadline);
+        canary.call_expected_difference(&mut self.store, request, old, new).map_err(trap)
     }
 
     pub fn export_state(&mut self) -> Result<Snapshot, CallError> {

@@ -190,6 +190,17 @@ impl Live {
         snapshot
     }
 
+    /// Whether this instance's release declares the difference between `old` and `new` output
+    /// expected (see [`Instance::expected_difference`]); a trap counts as no.
+    pub(crate) fn expected_difference(&mut self, request: &[u8], old: &[u8], new: &[u8]) -> bool {
+        let declared = self.instance.expected_difference(request, old, new);
+        self.instance.discard_effects();
+        declared.unwrap_or_else(|e| {
+            tracing::warn!("{} failed to say whether a difference was expected: {e}", self.app());
+            false
+        })
+    }
+
     /// The live instance's memory, as it reports it; `Ok(None)` if it cannot.
     pub(crate) fn memory_usage(&mut self) -> Result<Option<MemoryUsage>, CallError> {
         let usage = self.instance.memory_usage();

@@ -191,13 +191,17 @@ impl fmt::Display for UpgradeReport {
             writeln!(
                 f,
                 "  canary       {} client events and {} timer firings run by both versions over {:.1} s \
-                 ({}): all {} bytes of replies agreed; committed by swapping instances, nothing \
+                 ({}): all {} bytes of replies agreed{}; committed by swapping instances, nothing \
                  more crossed",
                 c.events,
                 c.timers,
                 c.took.as_secs_f64(),
                 c.window,
-                c.bytes_compared
+                c.bytes_compared,
+                match c.declared_differences {
+                    0 => String::new(),
+                    n => format!(" but for {n} differences the new release declares expected"),
+                }
             )?;
         }
         write!(f, "  connections  {} kept open", self.connections)?;

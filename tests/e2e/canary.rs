@@ -245,3 +245,30 @@ fn replies_that_depend_on_the_clock_and_on_random_picks_agree() {
     let report = report.expect("the canary agreed on clock- and randomness-dependent replies");
     assert!(report.canary.expect("canary report").events >= 3_000);
 }
+
+#[test]
+fn differences_the_new_release_declares_are_taken_as_agreeing_and_counted() {
+    // kv 3 declares INFO (it names the release) and the commands kv 2 refused as unknown.
+    let host = Arc::new(v2_with_keys(10));
+    let mut conn = host.client();
+    let upgrading = {
+        let host = Arc::clone(&host);
+        thread::spawn(move || host.host_upgrade_with(artifacts::KV_V3, &to_v3(Window::Events(6))))
+    };
+    while host.status().canary.is_none() {
+        assert!(!upgrading.is_finished(), "the upgrade ended before its canary was seen");
+        thread::yield_now();
+    }
+    // The old version answers every one of these; the candidate differs on INFO and on LPUSH.
+    let info: String = redis::cmd("INFO").query(&mut conn).unwrap();
+    assert!(info.contains("tasuki_version:2.0.0"), "{info}");
+    let refused = redis::cmd("LPUSH").arg("l").arg("x").query::<i64>(&mut conn).unwrap_err();
+    assert!(refused.to_string().contains("unknown command"), "{refused}");
+    for i in 0..4 {
+        let () = conn.set(format!("k{i}"), i).unwrap();
+    }
+    let report = upgrading.join().unwrap().expect("declared differences do not fail the canary");
+    let canary = report.canary.as_ref().expect("canary report");
+    assert_eq!(canary.declared_differences, 2, "{canary:?}");
+    assert!(report.to_string().contains("but for 2 differences the new release declares expected"));
+}

@@ -37,6 +37,6 @@ pub use int::{parse_i64, write_i64};
 pub use parser::Parser;
 pub use reply::Protocol;
 pub use request::{
-    Arg, MAX_BULK_LEN, MAX_INLINE_LEN, MAX_MULTIBULK_LEN, ProtocolError, max_bulk_len, parse,
-    parse_into, set_max_bulk_len,
+    Arg, MAX_BULK_LEN, MAX_INLINE_LEN, MAX_MULTIBULK_LEN, ProtocolError, command_names,
+    max_bulk_len, parse, parse_into, set_max_bulk_len,
 };

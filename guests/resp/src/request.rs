@@ -534,3 +534,29 @@ mod tests {
         assert!(args.is_empty());
     }
 }
+
+/// The command names of the whole requests in `input`, in order, upper-cased (`[b"INFO"]` for
+/// `*1\r\n$4\r\ninfo\r\n`); stops at a request cut short or a protocol error. For a release's
+/// canary rules (the SDK's `Server::expected_difference`), which see one event's input.
+pub fn command_names(mut input: &[u8]) -> Vec<Vec<u8>> {
+    let mut names = Vec::new();
+    while let Ok(Some((args, consumed))) = parse(input) {
+        if let Some(name) = args.first() {
+            names.push(name.to_ascii_uppercase());
+        }
+        input = &input[consumed..];
+    }
+    names
+}
+
+#[cfg(test)]
+mod command_names_tests {
+    use super::command_names;
+
+    #[test]
+    fn names_of_every_whole_request_upper_cased() {
+        let input = b"*1\r\n$4\r\ninfo\r\nget k\r\n*2\r\n$3\r\nGET";
+        assert_eq!(command_names(input), [b"INFO".to_vec(), b"GET".to_vec()]);
+        assert!(command_names(b"*x\r\n").is_empty());
+    }
+}
