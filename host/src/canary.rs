@@ -21,7 +21,7 @@ use crate::recovery::Stamp;
 use crate::store::Effect;
 use crate::timers::TimerQueue;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -196,7 +196,11 @@ pub(crate) struct Canary {
     timer_calls: u64,
     bytes_compared: u64,
     declared: u64,
-    streams: HashMap<u64, Streams>,
+    /// By connection, in order, so that of two connections that differ at one event the same
+    /// is reported every run.
+    streams: BTreeMap<u64, Streams>,
+    /// The window was ended early ([`Canary::end_window`]).
+    ended: bool,
     stop: Option<Stop>,
 }
 
@@ -214,7 +218,8 @@ impl Canary {
             timer_calls: 0,
             bytes_compared: 0,
             declared: 0,
-            streams: HashMap::new(),
+            streams: BTreeMap::new(),
+            ended: false,
             stop: None,
         };
         canary.take_effects(now);
@@ -291,10 +296,11 @@ impl Canary {
     /// True once the window has run without a difference: checks, first, that nothing is left
     /// unmatched.
     pub(crate) fn window_done(&mut self) -> bool {
-        let done = match self.window {
-            Window::Events(n) => self.events >= n,
-            Window::Time(d) => self.started.elapsed() >= d,
-        };
+        let done = self.ended
+            || match self.window {
+                Window::Events(n) => self.events >= n,
+                Window::Time(d) => self.started.elapsed() >= d,
+            };
         if !done {
             return false;
         }
@@ -322,6 +328,11 @@ impl Canary {
             return false;
         }
         true
+    }
+
+    /// Ends the window now: the next [`Canary::window_done`] is true if all agreed so far.
+    pub(crate) fn end_window(&mut self) {
+        self.ended = true;
     }
 
     pub(crate) fn window(&self) -> Window {

@@ -977,6 +977,19 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.shared.note_canary(progress);
     }
 
+    /// True while a canary runs (`--canary`).
+    pub(crate) fn canary_running(&self) -> bool {
+        self.canary.is_some()
+    }
+
+    /// Ends the window of the canary under way now (the simulator, when its trace ends): the
+    /// next [`Dispatcher::upgrade_step`] gives its verdict on what ran.
+    pub(crate) fn end_canary_window(&mut self) {
+        if let Some((canary, _)) = &mut self.canary {
+            canary.end_window();
+        }
+    }
+
     /// When the canary under way ends on the clock (`--canary 30s`), for the loop's poll.
     pub(crate) fn canary_deadline(&self) -> Option<Instant> {
         self.canary.as_ref().and_then(|(canary, _)| canary.deadline())

@@ -475,3 +475,75 @@ fn when_inserts_outrun_one_chunk_the_steps_grow_until_the_copy_catches_up() {
     assert!(precopy.converged, "{precopy:?}");
     assert!(precopy.steps < 100, "{precopy:?}");
 }
+
+/// Six events, the INCR fifth of them: the trace `canary_windows_end_at_every_boundary` runs.
+fn incr_trace() -> Trace {
+    Trace::new("canary")
+        .connect("a")
+        .send("a", "SET k 1\r\n")
+        .expect("a", "+OK\r\n")
+        .send("a", "GET k\r\n")
+        .expect("a", "$1\r\n1\r\n")
+        .send("a", "GET k\r\n")
+        .expect("a", "$1\r\n1\r\n")
+        .send("a", "GET k\r\n")
+        .expect("a", "$1\r\n1\r\n")
+        .send("a", "INCR n\r\n")
+        .expect("a", ":1\r\n")
+        .send("a", "GET k\r\n")
+        .expect("a", "$1\r\n1\r\n")
+}
+
+fn canary_every(to: &str, window: u64) -> Report {
+    Simulator::new(SimConfig {
+        app: artifacts::KV_V2.into(),
+        upgrade: Some(Target {
+            wasm: to.into(),
+            transforms: vec![PathBuf::from(artifacts::KV_V2_TO_V3)],
+        }),
+        canary: Some(window),
+        // The whole state in the pause, so that the canary starts at the boundary itself
+        // rather than after pre-copy steps spread over the next events.
+        limits: tasuki::limits::Limits { precopy_chunk: 0, ..Default::default() },
+        ..SimConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+    .run(&incr_trace(), UpgradeAt::Every)
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn canary_windows_end_at_every_boundary_with_the_same_verdict_every_run() {
+    // The right release agrees wherever its canary starts and ends.
+    let right = canary_every(artifacts::KV_V3, 2);
+    assert!(right.passed(), "{right}");
+    assert_eq!(right.upgraded, right.runs.len(), "{right}");
+
+    // The off-by-one release, with a canary of two events: started at boundary 4 or 5, its
+    // window holds the INCR (event 6) and catches it; started earlier, its window ends before
+    // the INCR, it commits, and the client gets its wrong reply; started later, the INCR ran
+    // on the old version and nothing differs.
+    let wrong = canary_every(artifacts::KV_V3_INCR_OFF_BY_ONE, 2);
+    println!("{wrong}");
+    let verdicts =
+        |r: &Report| r.runs.iter().map(|(b, _, res)| (*b, res.clone())).collect::<Vec<_>>();
+    for (boundary, result) in verdicts(&wrong) {
+        match boundary {
+            0..=3 => {
+                let failure = result.expect_err("committed before the INCR: the client sees :2");
+                assert_eq!(failure.actual.as_deref(), Some(":2\\r\\n"), "{failure:?}");
+            }
+            4 | 5 => {
+                let failure = result.expect_err("the canary's window holds the INCR");
+                assert!(
+                    failure.message.contains("answered differently in the canary"),
+                    "{failure:?}"
+                );
+                assert!(failure.message.contains("INCR"), "{failure:?}");
+            }
+            _ => assert!(result.is_ok(), "boundary {boundary}: {result:?}"),
+        }
+    }
+    // The same verdicts, byte for byte, on another run.
+    assert_eq!(verdicts(&wrong), verdicts(&canary_every(artifacts::KV_V3_INCR_OFF_BY_ONE, 2)));
+}

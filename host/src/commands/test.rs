@@ -40,6 +40,13 @@ pub struct TestCommand {
     /// short trace's events interleave with many steps; 0 moves the state inside the pause.
     #[arg(long, value_name = "BYTES", default_value_t = 64)]
     precopy_chunk: u64,
+    /// Run the --upgrade as a canary of N client events, as `tasuki upgrade --canary N` does:
+    /// the new version runs beside the old one on the events after the boundary and takes over
+    /// only if every reply agreed; a divergence fails the run with the canary's report. A
+    /// window that the trace ends inside ends with it. With `--upgrade-at every`, the windows
+    /// end at every boundary, and each verdict is the same on every run.
+    #[arg(long, value_name = "N", requires = "upgrade", value_parser = clap::value_parser!(u64).range(1..))]
+    canary: Option<u64>,
 }
 
 fn parse_rebuild(s: &str) -> Result<bool, String> {
@@ -84,6 +91,7 @@ impl TestCommand {
             args: self.args.clone(),
             seed: self.seed,
             rebuild_every_boundary: self.rebuild_at,
+            canary: self.canary,
             limits: tasuki::limits::Limits {
                 precopy_chunk: self.precopy_chunk,
                 ..tasuki::limits::Limits::default()

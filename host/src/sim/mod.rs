@@ -16,6 +16,7 @@ pub mod record;
 pub mod trace;
 
 use crate::bindings::{AppInfo, ConnInfo};
+use crate::canary::Window;
 use crate::dispatch::{Clock, Dispatcher, Network, Swapped};
 use crate::limits::Limits;
 use crate::live::{Call, Live};
@@ -59,6 +60,11 @@ pub struct SimConfig {
     /// still hold. This checks that checkpoint + journal is the live state at every point of the
     /// trace — through upgrades, transformers and checkpoints.
     pub rebuild_every_boundary: bool,
+    /// Run the placed upgrade as a canary of this many client events (`tasuki test --canary`):
+    /// the new version runs beside the old one and takes over only if every reply agreed. A
+    /// window the trace ends inside ends with the trace. The verdict is part of the run: a
+    /// divergence fails it with the canary's report.
+    pub canary: Option<u64>,
 }
 
 /// Where to place the upgrade to [`SimConfig::upgrade`].
@@ -301,6 +307,7 @@ pub struct Simulator {
     target: Option<Loaded>,
     args: Vec<String>,
     rebuild_every_boundary: bool,
+    canary: Option<u64>,
     /// Versions named by `upgrade` steps, loaded once.
     loaded: std::sync::Mutex<HashMap<PathBuf, Loaded>>,
 }
@@ -354,6 +361,7 @@ impl Simulator {
             target,
             args: config.args,
             rebuild_every_boundary: config.rebuild_every_boundary,
+            canary: config.canary,
             loaded: Default::default(),
         })
     }
@@ -459,7 +467,7 @@ impl Simulator {
             rebuilds: 0,
             precopy: None,
         };
-        let result = run.play(trace);
+        let result = run.play(trace).and_then(|()| run.end_canary(trace));
         let events = run.lines.len();
         let result = result.and_then(|()| match inject {
             Some(b) if !run.injected => Err(Failure {
@@ -502,8 +510,9 @@ impl Run<'_> {
     /// After an event (or before the first): the injected upgrade if its boundary has come,
     /// then a checkpoint if one is due — as the event loop does between events.
     fn boundary(&mut self, line: usize) -> Result<(), Failure> {
-        // A pre-copy under way takes one step between every two events, as on the event loop.
-        if self.dispatcher.upgrading()
+        // A pre-copy under way takes one step between every two events, as on the event loop;
+        // a canary is checked for its end.
+        if (self.dispatcher.upgrading() || self.dispatcher.canary_running())
             && let Some(swapped) = self.dispatcher.upgrade_step()
         {
             self.ended(swapped, line)?;
@@ -515,7 +524,8 @@ impl Run<'_> {
                 .target
                 .clone()
                 .ok_or_else(|| failure(line, "no version to upgrade to".into()))?;
-            self.upgrade(version, pipeline, line, false)?;
+            let canary = self.sim.canary.map(Window::Events);
+            self.upgrade(version, pipeline, line, false, canary)?;
         }
         self.dispatcher.checkpoint_if_due();
         self.dispatcher.checkpoint_step();
@@ -534,9 +544,10 @@ impl Run<'_> {
         pipeline: Pipeline,
         line: usize,
         now: bool,
+        canary: Option<Window>,
     ) -> Result<(), Failure> {
         let running: AppInfo = self.dispatcher.live().info().clone();
-        let prepared = upgrade::prepare_loaded(
+        let mut prepared = upgrade::prepare_loaded(
             version,
             pipeline,
             &self.sim.args,
@@ -545,6 +556,7 @@ impl Run<'_> {
             Instant::now(),
         )
         .map_err(|e| failure(line, format!("upgrade: {e}")))?;
+        prepared.canary = canary;
         if let Some(swapped) = self.dispatcher.upgrade(prepared) {
             return self.ended(swapped, line);
         }
@@ -562,6 +574,20 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The trace ended with a canary under way: its window ends with the trace, and its
+    /// verdict is given on what ran.
+    fn end_canary(&mut self, trace: &Trace) -> Result<(), Failure> {
+        if !self.dispatcher.canary_running() {
+            return Ok(());
+        }
+        let line = trace.steps.last().map_or(0, |(l, _)| *l);
+        self.dispatcher.end_canary_window();
+        match self.dispatcher.upgrade_step() {
+            Some(swapped) => self.ended(swapped, line),
+            None => Err(failure(line, "the canary did not end with the trace".into())),
+        }
     }
 
     /// An upgrade ended: it must have committed.
@@ -713,7 +739,7 @@ impl Run<'_> {
                 Step::Upgrade { wasm, transforms } => {
                     let (version, pipeline) =
                         self.sim.load(wasm, transforms).map_err(|e| fail(e.to_string()))?;
-                    self.upgrade(version, pipeline, line, true)?;
+                    self.upgrade(version, pipeline, line, true, None)?;
                 }
             }
         }
