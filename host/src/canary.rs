@@ -18,6 +18,7 @@
 use crate::bindings::ConnInfo;
 use crate::live::{Call, Live};
 use crate::recovery::Stamp;
+use crate::snapshot::SnapshotFile;
 use crate::store::Effect;
 use crate::timers::TimerQueue;
 use serde::{Deserialize, Serialize};
@@ -111,6 +112,86 @@ pub struct Divergence {
     pub new_closed: bool,
     /// Client events compared before this one.
     pub after_events: u64,
+    /// The canary's events up to this one as a `tasuki test` trace whose expectations are the
+    /// old version's replies, and the state the new version imported (a snapshot file's
+    /// bytes), from which the trace starts: `tasuki test TRACE --app NEW.wasm --restore FILE`
+    /// fails where the canary did. `None` when the events outgrew [`RECORDING_MAX`].
+    #[serde(skip)]
+    pub reproduction: Option<Reproduction>,
+}
+
+/// See [`Divergence::reproduction`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Reproduction {
+    pub trace: String,
+    pub snapshot_file: Vec<u8>,
+}
+
+/// Bytes of trace a canary records at most (its events and the old version's replies); past
+/// it a divergence is reported without a trace.
+pub const RECORDING_MAX: usize = 64 << 20;
+
+/// The canary's events as trace lines (see [`crate::sim::trace`]), as they run.
+#[derive(Debug)]
+struct Recording {
+    text: String,
+    /// The monotonic time the trace has advanced to.
+    at: u64,
+    /// What the old version sent in the event being recorded, by connection.
+    replies: BTreeMap<u64, Vec<u8>>,
+    full: bool,
+}
+
+impl Recording {
+    /// Connections open at the import are connected first: the state a trace starts from
+    /// (`tasuki test --restore`) has none open.
+    fn new(open: &[ConnInfo], now: u64) -> Self {
+        let mut text = String::from(
+            "# The events of a canary, from the state the new version imported (its snapshot\n\
+             # file beside this trace), with the replies the old version gave as expectations.\n",
+        );
+        for info in open {
+            text.push_str(&format!("connect c{}\n", info.id));
+        }
+        Self { text, at: now, replies: BTreeMap::new(), full: false }
+    }
+
+    /// The clock moved to `mono` (in whole milliseconds, as a trace advances it).
+    fn advance(&mut self, mono: u64) {
+        let ms = mono.saturating_sub(self.at) / 1_000_000;
+        if ms > 0 {
+            self.line(format!("advance {ms}ms"));
+            self.at += ms * 1_000_000;
+        }
+    }
+
+    fn event(&mut self, call: Call<'_>) {
+        match call {
+            Call::Connect(info) => self.line(format!("connect c{}", info.id)),
+            Call::Data(conn, bytes) => {
+                self.line(format!("send c{conn} \"{}\"", crate::sim::trace::escape(bytes)))
+            }
+            Call::Disconnect(conn) => self.line(format!("close c{conn}")),
+            // A timer fires in the trace when the clock passes its deadline.
+            Call::Timer(_) => {}
+        }
+    }
+
+    /// The old version's replies to the event just recorded, as expectations.
+    fn expect_replies(&mut self) {
+        for (conn, bytes) in std::mem::take(&mut self.replies) {
+            self.line(format!("expect c{conn} \"{}\"", crate::sim::trace::escape(&bytes)));
+        }
+    }
+
+    fn line(&mut self, line: String) {
+        if self.full || self.text.len() + line.len() > RECORDING_MAX {
+            self.full = true;
+            return;
+        }
+        self.text.push_str(&line);
+        self.text.push('\n');
+    }
 }
 
 /// Bytes of a request or reply a divergence report shows.
@@ -126,19 +207,8 @@ pub const UNMATCHED_MAX: usize = 1 << 20;
 /// Writes bytes as redis-cli quotes them: printable ASCII as is, `\r`, `\n`, `\t`, `\"`, `\\`,
 /// and `\xHH` for the rest, with a note when it was cut short.
 pub fn quoted(bytes: &[u8]) -> String {
-    let mut out = String::from("\"");
-    for &b in bytes.iter().take(SHOWN_MAX) {
-        match b {
-            b'\r' => out.push_str("\\r"),
-            b'\n' => out.push_str("\\n"),
-            b'\t' => out.push_str("\\t"),
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            0x20..=0x7e => out.push(b as char),
-            _ => out.push_str(&format!("\\x{b:02x}")),
-        }
-    }
-    out.push('"');
+    let shown = &bytes[..bytes.len().min(SHOWN_MAX)];
+    let mut out = format!("\"{}\"", crate::sim::trace::escape(shown));
     if bytes.len() > SHOWN_MAX {
         out.push_str(&format!(" (first {SHOWN_MAX} of {} bytes)", bytes.len()));
     }
@@ -199,6 +269,7 @@ pub(crate) struct Canary {
     /// By connection, in order, so that of two connections that differ at one event the same
     /// is reported every run.
     streams: BTreeMap<u64, Streams>,
+    recording: Recording,
     /// The window was ended early ([`Canary::end_window`]).
     ended: bool,
     stop: Option<Stop>,
@@ -208,7 +279,13 @@ impl Canary {
     /// Starts comparing: `candidate` has imported the state, `timers` are the host's armed
     /// timers at that boundary, `now` the monotonic time of the import. What the import asked
     /// for (sends, timers) is taken in now.
-    pub(crate) fn start(candidate: Live, timers: TimerQueue, window: Window, now: u64) -> Self {
+    pub(crate) fn start(
+        candidate: Live,
+        timers: TimerQueue,
+        window: Window,
+        open: &[ConnInfo],
+        now: u64,
+    ) -> Self {
         let mut canary = Self {
             candidate,
             timers,
@@ -219,6 +296,7 @@ impl Canary {
             bytes_compared: 0,
             declared: 0,
             streams: BTreeMap::new(),
+            recording: Recording::new(open, now),
             ended: false,
             stop: None,
         };
@@ -230,6 +308,10 @@ impl Canary {
     /// The old version sent `data` on `conn` (and it went to the client).
     pub(crate) fn old_sent(&mut self, conn: u64, data: &[u8]) {
         self.streams.entry(conn).or_default().old.extend_from_slice(data);
+        // After a divergence the recording is done: it ends at the event that showed it.
+        if self.stop.is_none() {
+            self.recording.replies.entry(conn).or_default().extend_from_slice(data);
+        }
     }
 
     /// The old version closed `conn`.
@@ -244,6 +326,9 @@ impl Canary {
             return;
         }
         let event = describe(call);
+        self.recording.advance(at.mono);
+        self.recording.event(call);
+        self.recording.expect_replies();
         let input = match call {
             Call::Data(conn, bytes) => Some((conn, bytes)),
             _ => None,
@@ -268,6 +353,11 @@ impl Canary {
     /// Fires the candidate's timers due at `at` (the old version's due timers have just
     /// fired): each version fires its own, so they stay in step while they agree.
     pub(crate) fn fire_due(&mut self, at: Stamp) {
+        // The old version's timer output, if it fired one just now, is expected here.
+        if self.stop.is_none() {
+            self.recording.advance(at.mono);
+            self.recording.expect_replies();
+        }
         while self.stop.is_none()
             && let Some(id) = self.timers.pop_due(at.mono)
         {
@@ -288,9 +378,24 @@ impl Canary {
         }
     }
 
-    /// Why it stopped, if it did.
+    /// Why it stopped, if it did; a divergence comes with its reproduction.
     pub(crate) fn stopped(&mut self) -> Option<Stop> {
-        self.stop.take()
+        let mut stop = self.stop.take()?;
+        if let Stop::Diverged(divergence) = &mut stop {
+            divergence.reproduction = self.reproduction();
+        }
+        Some(stop)
+    }
+
+    /// The recorded events as a trace, and the state the candidate imported as a snapshot
+    /// file; `None` if the recording outgrew its bound.
+    fn reproduction(&self) -> Option<Reproduction> {
+        if self.recording.full {
+            return None;
+        }
+        let checkpoint = self.candidate.recovery().checkpoint()?;
+        let file = SnapshotFile::from_state(&checkpoint.chunks, &checkpoint.snapshot);
+        Some(Reproduction { trace: self.recording.text.clone(), snapshot_file: file.encode() })
     }
 
     /// True once the window has run without a difference: checks, first, that nothing is left
@@ -324,6 +429,7 @@ impl Canary {
                 old_closed: s.old_closed,
                 new_closed: s.new_closed,
                 after_events: self.events,
+                reproduction: None,
             })));
             return false;
         }
@@ -421,6 +527,7 @@ impl Canary {
                 old_closed: s.old_closed,
                 new_closed: s.new_closed,
                 after_events: self.events.saturating_sub(1),
+                reproduction: None,
             })));
             return;
         }

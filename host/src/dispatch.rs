@@ -953,7 +953,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     fn start_canary(&mut self, report: Box<UpgradeReport>, candidate: Live, window: Window) {
         self.shared.note_precopy(None);
         let timers = TimerQueue::from_armed(&self.timers.armed());
-        let canary = Canary::start(candidate, timers, window, self.clock.monotonic_ns());
+        let open = self.net.live();
+        let canary = Canary::start(candidate, timers, window, &open, self.clock.monotonic_ns());
         info!(
             pause_us = report.pause.as_micros() as u64,
             "{} imported the state; canary of {window} under way beside {}", report.to, report.from
@@ -1015,7 +1016,9 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.shared.note_canary(None);
         let (running, new) = (Box::new(report.from.clone()), Box::new(report.to.clone()));
         let error = match stop {
-            Some(Stop::Diverged(divergence)) => UpgradeError::Diverged { running, new, divergence },
+            Some(Stop::Diverged(divergence)) => {
+                UpgradeError::Diverged { running, new, divergence, saved: None }
+            }
             Some(Stop::Trapped { event, error }) => {
                 UpgradeError::CanaryTrapped { running, new, event, error }
             }

@@ -238,7 +238,42 @@ impl Upgrader {
             prepared.prepare_time.as_secs_f64() * 1e3,
             AppVersion::from(&running)
         );
-        self.swap(prepared)
+        let mut outcome = self.swap(prepared);
+        if let (Err(UpgradeError::Diverged { divergence, saved, .. }), Some(dir)) =
+            (&mut outcome, &options.divergence_dir)
+        {
+            *saved = Self::save_divergence(dir, wasm, divergence);
+        }
+        outcome
+    }
+
+    /// Writes a canary's divergence as `DIR/canary-<ms>.trace` and the snapshot file it starts from,
+    /// and returns the `tasuki test` command that reproduces it with `new`; `None` (said in the log)
+    /// if there is nothing to save or it cannot be written.
+    fn save_divergence(
+        dir: &Path,
+        new: &Path,
+        divergence: &crate::canary::Divergence,
+    ) -> Option<String> {
+        let Some(reproduction) = &divergence.reproduction else {
+            warn!("the canary's divergence has no trace to save: its events outgrew the recording");
+            return None;
+        };
+        let stem = format!("canary-{}", crate::clock::now_unix_ms());
+        let trace = dir.join(format!("{stem}.trace"));
+        let snap = dir.join(format!("{stem}.snap"));
+        let written = std::fs::write(&trace, &reproduction.trace)
+            .and_then(|()| std::fs::write(&snap, &reproduction.snapshot_file));
+        if let Err(e) = written {
+            warn!("cannot save the canary's divergence into {}: {e}", dir.display());
+            return None;
+        }
+        Some(format!(
+            "tasuki test {} --app {} --restore {}",
+            trace.display(),
+            new.display(),
+            snap.display()
+        ))
     }
 
     /// `tasuki compact`, or `--compact-below`: the live release swapped for a fresh instance of

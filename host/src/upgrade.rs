@@ -47,6 +47,10 @@ pub struct UpgradeOptions {
     /// event of this window, comparing their output, and commit only if it agreed (see
     /// [`crate::canary`]).
     pub canary: Option<Window>,
+    /// Where a canary that diverges saves its reproduction: a `tasuki test` trace of its events
+    /// and the snapshot file it starts from (`canary-<ms>.trace`, `canary-<ms>.snap`). `None`
+    /// saves nothing (`tasuki upgrade` passes its working directory, or `--divergence-dir`).
+    pub divergence_dir: Option<PathBuf>,
 }
 
 /// Where the state a new version imported came from.
@@ -280,9 +284,17 @@ pub enum UpgradeError {
     CanaryFromCheckpoint,
     #[error(
         "rolled back, {running} keeps serving: {new} answered differently in the canary; no \
-         client saw its replies. First difference: {divergence}"
+         client saw its replies. First difference: {divergence}{}",
+        saved.as_ref().map(|s| format!("\n  saved as a test, which fails the same way until {new} is fixed:\n    {s}")).unwrap_or_default()
     )]
-    Diverged { running: Box<AppVersion>, new: Box<AppVersion>, divergence: Box<Divergence> },
+    Diverged {
+        running: Box<AppVersion>,
+        new: Box<AppVersion>,
+        divergence: Box<Divergence>,
+        /// The command that reproduces it, when its reproduction was saved
+        /// ([`UpgradeOptions::divergence_dir`]).
+        saved: Option<String>,
+    },
     #[error(
         "rolled back, {running} keeps serving: {new} failed in the canary, at {event}: {error}; \
          no client saw its replies"

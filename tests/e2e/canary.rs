@@ -153,18 +153,20 @@ fn a_wrong_release_is_caught_by_its_canary_and_no_client_sees_its_replies() {
     let clients = Counters::start(&host, 2);
     clients.wait_for(100);
 
-    // kv 3 built with INCR adding 2: the canary must catch it long before its window ends.
-    let error = host
-        .host_upgrade_with(
-            artifacts::KV_V3_INCR_OFF_BY_ONE,
-            &to_v3(Window::Time(Duration::from_secs(600))),
-        )
-        .unwrap_err();
+    // kv 3 built with INCR adding one too many: the canary must catch it before its window
+    // ends (at once, with clients INCRing throughout; 20 s is only so that a canary that fails
+    // to catch it fails the test soon).
+    let saved = tempfile::tempdir().unwrap();
+    let options = UpgradeOptions {
+        divergence_dir: Some(saved.path().into()),
+        ..to_v3(Window::Time(Duration::from_secs(20)))
+    };
+    let error = host.host_upgrade_with(artifacts::KV_V3_INCR_OFF_BY_ONE, &options).unwrap_err();
     clients.wait_for(100);
     let counts = clients.stop();
 
-    let UpgradeError::Diverged { divergence, .. } = &error else {
-        panic!("expected a divergence, got: {error}");
+    let UpgradeError::Diverged { divergence, saved: Some(command), .. } = &error else {
+        panic!("expected a divergence, saved, got: {error}");
     };
     // The report names the request and both replies: the old version's count and one more.
     let request = String::from_utf8_lossy(&divergence.request).to_string();
@@ -177,6 +179,37 @@ fn a_wrong_release_is_caught_by_its_canary_and_no_client_sees_its_replies() {
     let text = error.to_string();
     assert!(text.starts_with("rolled back, kv 2.0.0 keeps serving"), "{text}");
     assert!(text.contains("no client saw its replies"), "{text}");
+
+    // Saved as a test: the trace from the state the new version imported, with the old
+    // version's replies as expectations, fails with the wrong release where the canary did,
+    // and passes with the right one.
+    assert!(text.contains(command.as_str()), "{text}");
+    let file = |ext: &str| {
+        let found = std::fs::read_dir(saved.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == ext));
+        found.unwrap_or_else(|| panic!("no .{ext} saved"))
+    };
+    let (trace, snap) = (file("trace"), file("snap"));
+    assert!(command.ends_with(&format!("--restore {}", snap.display())), "{command}");
+    let replay = |app: &str| {
+        let config = tasuki::sim::SimConfig {
+            app: app.into(),
+            restore: Some(snap.clone()),
+            ..tasuki::sim::SimConfig::default()
+        };
+        let trace = tasuki::sim::trace::Trace::read(&trace).unwrap();
+        let sim = tasuki::sim::Simulator::new(config).unwrap();
+        sim.run(&trace, tasuki::sim::UpgradeAt::Never).unwrap()
+    };
+    let reproduced = replay(artifacts::KV_V3_INCR_OFF_BY_ONE);
+    let failure =
+        reproduced.baseline.as_ref().expect_err("the saved trace fails as the canary did");
+    let old_reply = format!("\"{}\"", tasuki::sim::trace::escape(&divergence.old));
+    assert_eq!(failure.expected.as_deref(), Some(old_reply.as_str()), "{reproduced}");
+    let fixed = replay(artifacts::KV_V3);
+    assert!(fixed.passed(), "{fixed}");
 
     // The old version serves on, with every key and every acknowledged INCR (the clients
     // checked each reply against their own count, so none saw the candidate's).

@@ -47,6 +47,11 @@ pub struct TestCommand {
     /// end at every boundary, and each verdict is the same on every run.
     #[arg(long, value_name = "N", requires = "upgrade", value_parser = clap::value_parser!(u64).range(1..))]
     canary: Option<u64>,
+    /// Start the app from this snapshot file (as `tasuki run --restore`, no connection open)
+    /// instead of `init`'s state: the trace a diverging `tasuki upgrade --canary` saves starts
+    /// from the state it names.
+    #[arg(long, value_name = "FILE")]
+    restore: Option<PathBuf>,
 }
 
 fn parse_rebuild(s: &str) -> Result<bool, String> {
@@ -92,6 +97,7 @@ impl TestCommand {
             seed: self.seed,
             rebuild_every_boundary: self.rebuild_at,
             canary: self.canary,
+            restore: self.restore.clone(),
             limits: tasuki::limits::Limits {
                 precopy_chunk: self.precopy_chunk,
                 ..tasuki::limits::Limits::default()

@@ -44,6 +44,11 @@ pub struct UpgradeCommand {
     /// is a number of client events (`500`) or a duration (`30s`, `1500ms`, `2m`).
     #[arg(long, value_name = "WINDOW", conflicts_with = "from_checkpoint")]
     canary: Option<tasuki::canary::Window>,
+    /// Where a canary that diverges saves what reproduces it: a `tasuki test` trace of the
+    /// canary's events, whose expectations are the old version's replies, and the snapshot file
+    /// it starts from (`canary-<ms>.trace` and `.snap`). The failure message gives the command.
+    #[arg(long, value_name = "DIR", default_value = ".", requires = "canary")]
+    divergence_dir: PathBuf,
     #[command(flatten)]
     control: ControlArg,
 }
@@ -64,6 +69,14 @@ impl UpgradeCommand {
             from_checkpoint: self.from_checkpoint,
             no_precopy: self.no_precopy,
             canary: self.canary,
+            divergence_dir: match self.canary {
+                Some(_) => {
+                    Some(std::fs::canonicalize(&self.divergence_dir).with_context(|| {
+                        format!("cannot use --divergence-dir {}", self.divergence_dir.display())
+                    })?)
+                }
+                None => None,
+            },
         };
         // The default action of SIGINT would end this process and leave the operator not knowing
         // how the upgrade they asked for ended.

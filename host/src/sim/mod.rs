@@ -65,6 +65,10 @@ pub struct SimConfig {
     /// window the trace ends inside ends with the trace. The verdict is part of the run: a
     /// divergence fails it with the canary's report.
     pub canary: Option<u64>,
+    /// Start the app from this snapshot file instead of `init`'s state, as `tasuki run
+    /// --restore` does (no connection open): for the trace a diverging canary saves, which
+    /// starts from the state the new version imported.
+    pub restore: Option<PathBuf>,
 }
 
 /// Where to place the upgrade to [`SimConfig::upgrade`].
@@ -294,6 +298,8 @@ pub enum SimError {
          boundary"
     )]
     NoUpgrade,
+    #[error("cannot restore {file}: {error}")]
+    Restore { file: PathBuf, error: String },
 }
 
 /// A version loaded with the transformers on the way to it.
@@ -308,6 +314,8 @@ pub struct Simulator {
     args: Vec<String>,
     rebuild_every_boundary: bool,
     canary: Option<u64>,
+    /// The app's state at the start, from `SimConfig::restore`.
+    restore: Option<(PathBuf, (Vec<crate::bindings::Chunk>, crate::bindings::Snapshot))>,
     /// Versions named by `upgrade` steps, loaded once.
     loaded: std::sync::Mutex<HashMap<PathBuf, Loaded>>,
 }
@@ -362,6 +370,18 @@ impl Simulator {
             args: config.args,
             rebuild_every_boundary: config.rebuild_every_boundary,
             canary: config.canary,
+            restore: match config.restore {
+                Some(file) => {
+                    let state = crate::snapshot::SnapshotFile::read(&file)
+                        .map_err(|e| SimError::Restore {
+                            file: file.clone(),
+                            error: e.to_string(),
+                        })?
+                        .into_state();
+                    Some((file, state))
+                }
+                None => None,
+            },
             loaded: Default::default(),
         })
     }
@@ -449,10 +469,21 @@ impl Simulator {
         })
     }
 
+    /// The app as a run starts it: `init`'s state, or the restored one.
+    fn start_app(&self) -> Result<Live, SimError> {
+        let Some((file, state)) = &self.restore else { return self.start(&self.app) };
+        let version = Arc::clone(&self.app);
+        let started = crate::recovery::start(&version, &self.args).map_err(|error| {
+            SimError::Start { app: version.path.clone(), error: Box::new(error) }
+        })?;
+        Live::restore(version, started, self.runtime.limits.journal, state.clone())
+            .map_err(|e| SimError::Restore { file: file.clone(), error: e.to_string() })
+    }
+
     /// Plays the whole trace from a fresh start, with the upgrade to the target at boundary
     /// `inject` if given.
     fn play(&self, trace: &Trace, inject: Option<usize>) -> Result<Played, SimError> {
-        let live = self.start(&self.app)?;
+        let live = self.start_app()?;
         let shared = Arc::new(Shared::new(live.info().clone(), self.app.path.clone(), Vec::new()));
         let net = VirtualNet { next_id: 1, ..VirtualNet::default() };
         let dispatcher =
