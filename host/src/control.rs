@@ -433,6 +433,7 @@ mod tests {
                 from_checkpoint: true,
                 no_precopy: true,
                 canary: Some(crate::canary::Window::Time(std::time::Duration::from_millis(1500))),
+                divergence_dir: Some("/srv/canaries".into()),
             },
         };
         let bytes = frame(&request);
