@@ -61,6 +61,19 @@ fn under_redis_benchmark_a_wrong_release_is_caught_and_a_right_one_commits() {
     assert!(err.contains("request      \"*2\\r\\n$4\\r\\nINCR\\r\\n"), "{err}");
     assert!(err.contains("old replied  \":") && err.contains("new replied  \":"), "{err}");
     assert!(tasuki_ok(dir.path(), &["status"]).contains("app          kv 2.0.0"));
+    // Saved as a test in the working directory: the printed command fails the same way.
+    let command = err
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("tasuki test "))
+        .unwrap_or_else(|| panic!("no reproduce command: {err}"));
+    let args: Vec<&str> = std::iter::once("test").chain(command.split(' ')).collect();
+    let replay = tasuki(dir.path(), &args);
+    assert_eq!(replay.status.code(), Some(1), "{}{}", text(&replay.stdout), text(&replay.stderr));
+    assert!(
+        text(&replay.stdout).contains("did not receive what was expected"),
+        "{}",
+        text(&replay.stdout)
+    );
 
     let mut right = spawn_canary(dir.path(), KV_V3, "2s");
     let status = canary_shown(dir.path(), &mut right);
