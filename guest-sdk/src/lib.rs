@@ -53,12 +53,13 @@ mod collection;
 mod ctx;
 pub mod heap;
 mod list;
-mod map;
+pub mod map;
 mod migrations;
 #[doc(hidden)]
 pub mod precopy;
 #[doc(hidden)]
 pub mod runtime;
+mod table;
 #[cfg(test)]
 mod tests;
 pub mod transform;

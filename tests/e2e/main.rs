@@ -6,6 +6,7 @@ mod control;
 mod faults;
 mod hot_swap;
 mod iteration;
+mod kv5;
 mod large_requests;
 mod limits;
 mod memory;
