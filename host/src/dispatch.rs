@@ -6,13 +6,14 @@
 //! sees and the time timers run on) — so the same code serves real sockets on the wall clock
 //! ([`crate::event_loop`]) and virtual connections on a virtual clock ([`crate::sim`]).
 
-use crate::bindings::{Chunk, ConnInfo, Snapshot};
+use crate::bindings::{ConnInfo, Snapshot};
 use crate::clock::{EventClock, now_unix_ms};
-use crate::instance::{CallError, chunk_bytes, snapshot_bytes};
+use crate::instance::{CallError, snapshot_bytes};
 use crate::limits::Limits;
 use crate::live::{Call, Live};
 use crate::precopy;
 use crate::recovery::{RebuildReport, Skip, Stamp};
+use crate::spill::Chunks;
 use crate::status::{PrecopyProgress, RecoveryOutcome, RecoveryRecord, Shared};
 use crate::store::Effect;
 use crate::timers::TimerQueue;
@@ -102,9 +103,10 @@ pub const TIMER_RETRY_MAX: Duration = Duration::from_secs(60);
 pub const EXPORT_CULPRIT_MIN: usize = 1 << 20;
 
 /// Where `tasuki snapshot` gets its answer: the state (pre-copied chunks, none for an export,
-/// and the snapshot of the rest) and how long its cut kept events waiting.
+/// and the snapshot of the rest) and how long its cut kept events waiting. The chunks are the
+/// checkpoint's, in its file: the requester reads them back off the event loop.
 pub(crate) type SnapshotReply =
-    std::sync::mpsc::SyncSender<Result<(Vec<Chunk>, Snapshot, Duration), UpgradeError>>;
+    std::sync::mpsc::SyncSender<Result<(Chunks, Snapshot, Duration), UpgradeError>>;
 
 /// What a committed or rolled-back upgrade hands back to its requester.
 #[derive(Debug)]
@@ -152,7 +154,7 @@ pub(crate) struct Dispatcher<N, C> {
 /// A checkpoint under way: the chunks taken so far from the live instance's session.
 #[derive(Debug)]
 struct Building {
-    chunks: Vec<Chunk>,
+    chunks: Chunks,
     /// The live value's generation the session was opened on: a rebuild ends it.
     generation: u64,
     started: Instant,
@@ -299,7 +301,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             match self.live.precopy_begin() {
                 Ok(()) => {
                     self.checkpointing = Some(Building {
-                        chunks: Vec::new(),
+                        chunks: Chunks::new(self.limits.checkpoint_dir.as_deref()),
                         generation: self.live.generation(),
                         started: Instant::now(),
                         pace: precopy::Pace::new(self.precopy_budget),
@@ -349,7 +351,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         match self.live.precopy_finish() {
             Ok((last, snapshot)) => {
                 building.chunks.extend(last);
-                let bytes = chunk_bytes(&building.chunks) + snapshot_bytes(&snapshot);
+                let bytes = building.chunks.bytes() + snapshot_bytes(&snapshot);
                 let (timers, mono) = (self.timers.armed(), self.clock.monotonic_ns());
                 self.live.set_checkpoint(
                     (building.chunks, snapshot),
@@ -669,7 +671,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// this moment.
     fn set_checkpoint(&mut self, snapshot: Snapshot) {
         let (timers, mono) = (self.timers.armed(), self.clock.monotonic_ns());
-        self.live.set_checkpoint((Vec::new(), snapshot), self.net.live(), timers, mono);
+        let chunks = Chunks::new(None);
+        self.live.set_checkpoint((chunks, snapshot), self.net.live(), timers, mono);
     }
 
     /// Exports the live state so the journal can start over from it.

@@ -140,6 +140,12 @@ pub struct RunCommand {
     /// Least time between two automatic compactions (and after the host starts), in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = limits::COMPACT_INTERVAL.as_secs())]
     compact_interval: u64,
+    /// Where recovery checkpoints are kept (default: the system's temporary directory, $TMPDIR
+    /// or /tmp): each in an unnamed file, gone with the process, so that the host's second
+    /// copy of the state is page cache the kernel can reclaim, not resident memory. On a tmpfs
+    /// it stays in RAM; if the file cannot be written the checkpoint is kept in memory.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -205,6 +211,12 @@ impl RunCommand {
         for dir in &self.dirs {
             anyhow::ensure!(dir.host.is_dir(), "--dir {}: not a directory", dir.host.display());
         }
+        let checkpoint_dir = self.checkpoint_dir.clone().unwrap_or_else(std::env::temp_dir);
+        anyhow::ensure!(
+            checkpoint_dir.is_dir(),
+            "--checkpoint-dir {}: not a directory",
+            checkpoint_dir.display()
+        );
         raise_fd_limit();
         tasuki::host::tune_allocator();
         let limits = Limits {
@@ -222,6 +234,7 @@ impl RunCommand {
             compact_below: self.compact_below,
             compact_min_memory: self.compact_min_memory.saturating_mul(MIB as u64),
             compact_interval: Duration::from_secs(self.compact_interval),
+            checkpoint_dir: Some(checkpoint_dir),
         };
         let snapshots = match &self.snapshot_dir {
             None => None,

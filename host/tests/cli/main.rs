@@ -156,6 +156,13 @@ fn run_help_shows_every_limit_with_its_default() {
         "{}",
         text(&out.stderr)
     );
+    let out = tasuki(
+        dir.path(),
+        &["run", tasuki_artifacts::KV_V1, "--listen", "127.0.0.1:0", "--checkpoint-dir", "/no/dir"],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("--checkpoint-dir /no/dir: not a directory"), "{stderr}");
 }
 
 #[test]
@@ -445,5 +452,9 @@ fn a_host_of_another_control_protocol_version_is_named() {
     host.join().unwrap();
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("speaks control protocol 99, this tasuki speaks 1"), "{err}");
+    let named = format!(
+        "speaks control protocol 99, this tasuki speaks {}",
+        tasuki::control::PROTOCOL_VERSION
+    );
+    assert!(err.contains(&named), "{err}");
 }
