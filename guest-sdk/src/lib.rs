@@ -3,24 +3,68 @@
 //! An app is a type that holds its whole transferable state, derives serde's `Serialize`,
 //! `Deserialize` and `Default`, and implements [`Server`]. One line, `tasuki_guest::export!(App);`,
 //! turns it into a component of the `tasuki:server/server` world; no binding code is written by
-//! hand.
+//! hand. The same type runs natively in a plain `cargo test` under a [`testing::TestHost`]:
 //!
-//! ```ignore
-//! #[derive(Default, serde::Serialize, serde::Deserialize)]
-//! struct Echo { lines: u64 }
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use tasuki_guest::frame::{Framing, Lines};
+//! use tasuki_guest::{ConnId, Ctx, Server};
 //!
-//! impl tasuki_guest::Server for Echo {
+//! /// Lines of at most 1 KiB, ended by LF or CRLF.
+//! const LINES: Lines = Lines::new(1024);
+//!
+//! #[derive(Default, Serialize, Deserialize)]
+//! struct Echo {
+//!     lines: u64,
+//! }
+//!
+//! impl Server for Echo {
 //!     const NAME: &'static str = "echo";
 //!     const STATE_VERSION: u32 = 1;
+//!
 //!     fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize {
-//!         let Some(end) = input.iter().position(|&b| b == b'\n') else { return 0 };
-//!         self.lines += 1;
-//!         ctx.send(conn, &input[..=end]);
-//!         end + 1
+//!         match LINES.next(input) {
+//!             Ok(Some(line)) => {
+//!                 self.lines += 1;
+//!                 ctx.send(conn, &input[..line.consumed]);
+//!                 line.consumed
+//!             }
+//!             Ok(None) => 0,
+//!             Err(too_long) => {
+//!                 ctx.send(conn, format!("error: {too_long}\n").as_bytes());
+//!                 ctx.close(conn);
+//!                 input.len()
+//!             }
+//!         }
 //!     }
 //! }
+//!
 //! tasuki_guest::export!(Echo);
+//!
+//! // A pipeline in one read is answered whole: the SDK offers the input again while the app
+//! // consumes some, so the app can take one line per call.
+//! let mut host = tasuki_guest::testing::TestHost::<Echo>::new();
+//! let a = host.connect();
+//! host.send(a, "one\ntwo\nthree\n");
+//! assert_eq!(host.read(a), b"one\ntwo\nthree\n");
 //! ```
+//!
+//! # What `tasuki status` calls the app
+//!
+//! `export!` reports the app as [`Server::NAME`] and the `version` of the crate that invokes it
+//! (its `Cargo.toml`, read as `CARGO_PKG_VERSION` when the component is built): `kv 4.0.0` for
+//! `guests/kv-v4`. `tasuki status`, `tasuki upgrade`'s report and the host's log show that pair,
+//! and the host refuses to upgrade an app to a component whose name differs. Bump the crate's
+//! version with each release, so that the operator can tell which one is serving.
+//!
+//! # How input reaches the app
+//!
+//! The host hands over bytes as they arrive, in reads of any size. The SDK keeps, per
+//! connection, what the app has not consumed, and calls [`Server::on_data`] with all of it; it
+//! calls again at once while a call consumes something and input is left, so an app may handle
+//! one message per call. [`frame`] finds where messages end ([`frame::Lines`],
+//! [`frame::LengthPrefixed`]) and refuses messages past a maximum length, so that no app
+//! hand-writes its parse loop.
 //!
 //! # What crosses an upgrade
 //!
@@ -39,11 +83,14 @@
 //!
 //! # Layout
 //! - [`Server`], [`Ctx`]: what an app implements and what it calls.
+//! - [`frame`]: where a message ends in a connection's input.
+//! - [`testing`]: a stand-in host for driving a [`Server`] in a native `cargo test`.
 //! - [`Migrations`]: older state versions an app accepts.
 //! - [`Transform`], [`export_transform!`]: a state transformer, for when a release should not
 //!   carry the old state type itself.
 //! - [`heap`]: the memory the app uses, as its allocator counts it.
-//! - `runtime` (hidden): the glue between the generated bindings and a [`Server`].
+//! - `runtime` (hidden): the glue between the generated bindings and a [`Server`], and between
+//!   a [`Server`] and a [`testing::TestHost`].
 #![deny(missing_docs)]
 
 // The generated bindings name this crate by its path, from inside it as from the apps.
@@ -51,6 +98,7 @@ extern crate self as tasuki_guest;
 
 mod collection;
 mod ctx;
+pub mod frame;
 pub mod heap;
 mod list;
 pub mod map;
@@ -60,6 +108,7 @@ pub mod precopy;
 #[doc(hidden)]
 pub mod runtime;
 mod table;
+pub mod testing;
 #[cfg(test)]
 mod tests;
 pub mod transform;
@@ -68,7 +117,8 @@ pub use ctx::{ConnId, ConnInfo, Ctx};
 pub use list::List;
 
 /// Figures only the host knows, for a server that reports them (as redis's `INFO` does). Outside
-/// a host (an app's native unit tests) they read 0.
+/// a host (an app's native unit tests) they read what the [`testing::TestHost`] running the
+/// event was given ([`testing::HostInfo`]), 0 by default.
 pub mod host {
     /// The host process's resident memory, in bytes (`VmRSS`); 0 where unknown.
     pub fn resident_memory() -> u64 {
@@ -78,7 +128,7 @@ pub mod host {
         }
         #[cfg(not(target_arch = "wasm32"))]
         {
-            0
+            crate::testing::host_info().resident_memory
         }
     }
 
@@ -92,7 +142,7 @@ pub mod host {
         }
         #[cfg(not(target_arch = "wasm32"))]
         {
-            0
+            crate::testing::host_info().input_limit
         }
     }
 
@@ -105,7 +155,7 @@ pub mod host {
         }
         #[cfg(not(target_arch = "wasm32"))]
         {
-            0
+            crate::testing::host_info().input_total
         }
     }
 
@@ -117,7 +167,7 @@ pub mod host {
         }
         #[cfg(not(target_arch = "wasm32"))]
         {
-            0
+            crate::testing::host_info().max_connections
         }
     }
 }
@@ -157,8 +207,14 @@ pub trait Server: Serialize + DeserializeOwned + Default + 'static {
     }
 
     /// Bytes arrived. `input` holds everything received on `conn` that earlier calls did not
-    /// consume, followed by the new bytes. Return how many leading bytes were consumed; the SDK
-    /// keeps the rest (across upgrades too) and offers it again when more arrive.
+    /// consume, followed by the new bytes. Return how many leading bytes were consumed (more
+    /// than `input.len()` counts as all of it).
+    ///
+    /// While a call consumes something, input remains and the app has not closed `conn`
+    /// ([`Ctx::close`]), the SDK calls again at once, in the same event, with what is left. So
+    /// an app can handle one message per call (see [`frame`]) and a pipeline of them arriving
+    /// in one read is answered whole. A call that consumes nothing ends the event; the SDK
+    /// keeps the rest (across upgrades too) and offers it again when more bytes arrive.
     fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize;
 
     /// `conn` left more input unconsumed than the host allows ([`host::input_limit`] for one
@@ -201,7 +257,8 @@ pub trait Server: Serialize + DeserializeOwned + Default + 'static {
 }
 
 /// Exports a [`Server`] as a `tasuki:server/server` component. Use it once, in the app's
-/// `cdylib` crate: `tasuki_guest::export!(MyServer);`.
+/// `cdylib` crate: `tasuki_guest::export!(MyServer);`. The component describes itself as
+/// [`Server::NAME`] at the invoking crate's `CARGO_PKG_VERSION` (what `tasuki status` shows).
 #[macro_export]
 macro_rules! export {
     ($server:ty) => {

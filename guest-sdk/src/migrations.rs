@@ -6,10 +6,52 @@ type Step<S> = Box<dyn Fn(&[u8]) -> Result<S, String>>;
 
 /// The state versions a release can read besides its own, each with a conversion.
 ///
-/// ```ignore
-/// fn migrations() -> Migrations<Self> {
-///     Migrations::none().from::<v1::State>(1, Kv::from_v1)
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use tasuki_guest::{ConnId, Ctx, Migrations, Server};
+///
+/// /// Release 1's state, frozen as it shipped: postcard needs the old type field for field.
+/// mod v1 {
+///     #[derive(Default, serde::Serialize, serde::Deserialize)]
+///     pub struct State {
+///         pub hits: u32,
+///     }
 /// }
+///
+/// /// Release 2 counts in 64 bits and remembers the last client.
+/// #[derive(Default, Serialize, Deserialize)]
+/// struct Counter {
+///     hits: u64,
+///     last: Option<ConnId>,
+/// }
+///
+/// impl Server for Counter {
+///     const NAME: &'static str = "counter";
+///     const STATE_VERSION: u32 = 2;
+///     fn on_data(&mut self, _: &mut Ctx, conn: ConnId, input: &[u8]) -> usize {
+///         (self.hits, self.last) = (self.hits + 1, Some(conn));
+///         input.len()
+///     }
+///     fn migrations() -> Migrations<Self> {
+///         Migrations::none()
+///             .from::<v1::State>(1, |old| Counter { hits: old.hits.into(), last: None })
+///     }
+/// }
+///
+/// // Release 1's exported state reads as release 2's.
+/// # impl Server for v1::State {
+/// #     const NAME: &'static str = "counter";
+/// #     const STATE_VERSION: u32 = 1;
+/// #     fn on_data(&mut self, _: &mut Ctx, _: ConnId, input: &[u8]) -> usize {
+/// #         self.hits += 1;
+/// #         input.len()
+/// #     }
+/// # }
+/// let mut host = tasuki_guest::testing::TestHost::<v1::State>::new();
+/// let a = host.connect();
+/// host.send(a, "hit");
+/// let host = host.upgrade::<Counter>().expect("release 2 reads version 1");
+/// assert_eq!((host.server().hits, host.server().last), (1, None));
 /// ```
 pub struct Migrations<S> {
     steps: Vec<(u32, Step<S>)>,

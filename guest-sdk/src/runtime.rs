@@ -1,6 +1,8 @@
 //! The glue between the generated bindings and an app's [`Server`]: per-connection input
-//! buffers, the snapshot layout, and migrations on import. Used through [`crate::export!`].
+//! buffers and how input is offered, the snapshot layout, and migrations on import. Used through
+//! [`crate::export!`], and by [`crate::testing::TestHost`] with a recorder in place of the host.
 
+use crate::ctx::TimerOp;
 use crate::precopy::{self, Mode, PRECOPY_SECTION, Passed};
 use crate::{CONNS_SECTION, CONNS_SECTION_VERSION, ConnId, Ctx, Server};
 use std::collections::BTreeMap;
@@ -22,6 +24,38 @@ use bindings::tasuki::server::types::{
     AppInfo, Chunk, ConnInfo, PrecopyBatch, Section, SectionSpec, Snapshot,
 };
 
+/// Where an instance's requests go when an event returns: the host's `net` and `timers` imports
+/// in a component ([`Imports`]), a recorder in a native test.
+pub trait HostCalls {
+    /// `net.send`: queue `bytes` (never empty) for `conn`.
+    fn send(&mut self, conn: ConnId, bytes: Vec<u8>);
+    /// `net.close`: close `conn` after its output.
+    fn close(&mut self, conn: ConnId);
+    /// `timers.set`: arm timer `id` to fire after `after_ms` milliseconds.
+    fn set_timer(&mut self, id: u64, after_ms: u64);
+    /// `timers.cancel`.
+    fn cancel_timer(&mut self, id: u64);
+}
+
+/// The host's imports: what a component's requests go to.
+#[derive(Debug, Default)]
+pub struct Imports;
+
+impl HostCalls for Imports {
+    fn send(&mut self, conn: ConnId, bytes: Vec<u8>) {
+        bindings::tasuki::server::net::send(conn, &bytes);
+    }
+    fn close(&mut self, conn: ConnId) {
+        bindings::tasuki::server::net::close(conn);
+    }
+    fn set_timer(&mut self, id: u64, after_ms: u64) {
+        bindings::tasuki::server::timers::set(id, after_ms);
+    }
+    fn cancel_timer(&mut self, id: u64) {
+        bindings::tasuki::server::timers::cancel(id);
+    }
+}
+
 /// A connection as the SDK tracks it.
 #[derive(Debug)]
 struct Conn {
@@ -30,31 +64,56 @@ struct Conn {
     input: Vec<u8>,
 }
 
-/// One app instance: its state, its connections, the output of the event in progress.
+/// One app instance: its state, its connections, the output of the event in progress, and
+/// where its requests go (`H`).
 #[derive(Debug)]
-pub struct Runtime<S> {
+pub struct Runtime<S, H = Imports> {
     server: S,
     ctx: Ctx,
     conns: BTreeMap<ConnId, Conn>,
     /// Bytes of unconsumed input over all of `conns`.
     unconsumed: usize,
     version: &'static str,
+    host: H,
 }
 
 impl<S: Server> Runtime<S> {
-    /// A fresh instance of release `version`.
+    /// A fresh instance of release `version`, in a component.
     pub fn new(version: &'static str) -> Self {
+        Self::with_host(version, Imports)
+    }
+}
+
+impl<S: Server, H: HostCalls> Runtime<S, H> {
+    /// A fresh instance of release `version` whose requests go to `host`.
+    pub fn with_host(version: &'static str, host: H) -> Self {
         Self {
             server: S::default(),
             ctx: Ctx::default(),
             conns: BTreeMap::new(),
             unconsumed: 0,
             version,
+            host,
         }
     }
 
+    /// Hands what the event asked for to the host: output, then timers, then closes (whose
+    /// connections the SDK forgets with their unconsumed input).
     fn finish_event(&mut self) {
-        for conn in self.ctx.flush() {
+        let requests = self.ctx.take_requests();
+        for (conn, bytes) in requests.out {
+            if !bytes.is_empty() {
+                self.host.send(conn, bytes);
+            }
+        }
+        for op in requests.timers {
+            match op {
+                TimerOp::Set(id, after_ms) => self.host.set_timer(id, after_ms),
+                TimerOp::Cancel(id) => self.host.cancel_timer(id),
+            }
+        }
+        for conn in requests.closes {
+            self.host.close(conn);
             self.forget(conn);
         }
     }
@@ -120,7 +179,11 @@ impl<S: Server> Runtime<S> {
         self.finish_event();
     }
 
-    /// `app.on-data`.
+    /// `app.on-data`: offers the connection's unconsumed input followed by `data` to
+    /// [`Server::on_data`], and offers what is left again at once for as long as each call
+    /// consumes something, input remains and the app has not closed the connection. An app can
+    /// then take one message per call: a pipeline of them in one read is answered whole, not
+    /// one message per arrival of more bytes.
     pub fn on_data(&mut self, conn: ConnId, data: Vec<u8>) {
         let Some(slot) = self.conns.get_mut(&conn) else {
             // The host never sends data for a connection it did not announce; if it does, the
@@ -134,9 +197,23 @@ impl<S: Server> Runtime<S> {
         } else {
             input.extend_from_slice(&data);
         }
-        let consumed = self.server.on_data(&mut self.ctx, conn, &input).min(input.len());
-        input.drain(..consumed);
-        if let Some(slot) = self.conns.get_mut(&conn) {
+        // Consumed bytes are dropped once, at the end: an app taking a byte per call must not
+        // make the event quadratic in its input.
+        let mut consumed = 0;
+        loop {
+            let rest = &input[consumed..];
+            let taken = self.server.on_data(&mut self.ctx, conn, rest).min(rest.len());
+            consumed += taken;
+            if taken == 0 || consumed == input.len() || self.ctx.is_closing(conn) {
+                break;
+            }
+        }
+        // What is left behind a close goes with the connection: it is not input the app kept,
+        // so no input limit applies to it (the app would be told of a limit after its goodbye).
+        if !self.ctx.is_closing(conn)
+            && let Some(slot) = self.conns.get_mut(&conn)
+        {
+            input.drain(..consumed);
             self.unconsumed += input.len();
             slot.input = input;
             self.enforce_input_limits(conn);
@@ -340,10 +417,34 @@ impl<S: Server> Runtime<S> {
         Ok(())
     }
 
-    /// The app's state, for the SDK's own tests.
-    #[cfg(test)]
+    /// The app's state.
+    pub(crate) fn server(&self) -> &S {
+        &self.server
+    }
+
+    /// The app's state, to change between events (tests).
     pub(crate) fn server_mut(&mut self) -> &mut S {
         &mut self.server
+    }
+
+    /// Where the requests go.
+    pub(crate) fn host_mut(&mut self) -> &mut H {
+        &mut self.host
+    }
+
+    /// Pins the clock the app reads through [`Ctx::now_ms`] (a native test's).
+    pub(crate) fn set_clock(&mut self, ms: Option<u64>) {
+        self.ctx.set_clock(ms);
+    }
+
+    /// Bytes `conn` sent that the app has not consumed; 0 for a connection it does not know.
+    pub(crate) fn unconsumed(&self, conn: ConnId) -> usize {
+        self.conns.get(&conn).map_or(0, |c| c.input.len())
+    }
+
+    /// The connections the app knows, as `import-state`'s `live` lists them.
+    pub(crate) fn live(&self) -> Vec<ConnInfo> {
+        self.conns.values().map(|c| c.info.clone()).collect()
     }
 
     /// What the app knows of `conn`.

@@ -1,18 +1,42 @@
 //! Transformers: a plain Rust function from one version of a state section to the next, exported
 //! as a component of the `tasuki:server/transformer` world with [`crate::export_transform!`].
 //!
-//! ```ignore
+//! ```
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// kv 1's state, frozen: values without deadlines.
+//! #[derive(Deserialize)]
+//! pub struct V1 {
+//!     entries: tasuki_guest::Map<Vec<u8>, Vec<u8>>,
+//! }
+//!
+//! /// kv 2's state: each value with an optional deadline (Unix ms).
+//! #[derive(Serialize)]
+//! pub struct V2 {
+//!     entries: tasuki_guest::Map<Vec<u8>, (Vec<u8>, Option<u64>)>,
+//! }
+//!
 //! struct KvV1ToV2;
+//!
 //! impl tasuki_guest::Transform for KvV1ToV2 {
 //!     const NAME: &'static str = "kv-v1-to-v2";
 //!     const SECTION: &'static str = "kv";
 //!     const FROM: u32 = 1;
 //!     const TO: u32 = 2;
-//!     type Old = v1::State;
-//!     type New = v2::State;
-//!     fn transform(old: v1::State) -> Result<v2::State, String> { Ok(old.into()) }
+//!     type Old = V1;
+//!     type New = V2;
+//!     fn transform(old: V1) -> Result<V2, String> {
+//!         // `convert`, not a loop: in a pre-copied upgrade it runs on each chunk as it crosses.
+//!         Ok(V2 { entries: old.entries.convert(|_, value| Ok((value, None)))? })
+//!     }
 //! }
+//!
 //! tasuki_guest::export_transform!(KvV1ToV2);
+//! # use tasuki_guest::Transform;
+//! # let mut entries = tasuki_guest::Map::new();
+//! # entries.insert(b"k".to_vec(), b"v".to_vec());
+//! # let v2 = KvV1ToV2::transform(V1 { entries }).unwrap();
+//! # assert_eq!(v2.entries.get(&b"k".to_vec()), Some(&(b"v".to_vec(), None)));
 //! ```
 //!
 //! The host hands a transformer only the section it names, at version `FROM`; every other

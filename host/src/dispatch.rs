@@ -14,7 +14,7 @@ use crate::live::{Call, Live};
 use crate::precopy;
 use crate::recovery::{RebuildReport, Skip, Stamp};
 use crate::spill::Chunks;
-use crate::status::{PrecopyProgress, RecoveryOutcome, RecoveryRecord, Shared};
+use crate::status::{CheckpointRecord, PrecopyProgress, RecoveryOutcome, RecoveryRecord, Shared};
 use crate::store::Effect;
 use crate::timers::TimerQueue;
 use crate::upgrade::{self, Begun, Prepared, Swap, Underway, UpgradeError, UpgradeReport};
@@ -341,13 +341,42 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             return;
         }
         self.event_clock.freeze_at(self.clock.wall_ns());
+        let start = self.clock.monotonic_ns();
         let batch = match self.live.precopy_next(building.pace.step_bytes()) {
             Ok(batch) => batch,
             Err(e) => return self.checkpoint_failed(&e),
         };
         building.chunks.extend(batch.chunks);
-        if building.pace.step(batch.pending) == precopy::Next::Pause {
+        let took = Duration::from_nanos(self.clock.monotonic_ns().saturating_sub(start));
+        // The cut comes at three quarters of the journal (checkpoint_if_due): input past
+        // that would make it move whatever is still owed at once.
+        let recovery = self.live.recovery();
+        let room = (recovery.limit() > 0 && recovery.is_on())
+            .then(|| (recovery.limit() / 4 * 3).saturating_sub(recovery.len()) as u64);
+        if building.pace.step(batch.pending, room, took) == precopy::Next::Pause {
             self.checkpoint_finish();
+        }
+    }
+
+    /// Bytes of client input the event loop may read before the next step of the pre-copy or
+    /// checkpoint under way, while their copy must catch up with the changes; `None` for no
+    /// bound (see [`precopy::Pace`]).
+    pub(crate) fn input_allowance(&self) -> Option<u64> {
+        let checkpoint = self.checkpointing.as_ref().and_then(|b| b.pace.allowance());
+        let upgrade = self.upgrading.as_ref().and_then(|u| u.precopy.as_ref()?.allowance());
+        match (checkpoint, upgrade) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The event loop left client input unread this round because of [`Self::input_allowance`].
+    pub(crate) fn input_held_back(&mut self) {
+        if let Some(building) = &mut self.checkpointing {
+            building.pace.held_back();
+        }
+        if let Some(session) = self.upgrading.as_mut().and_then(|u| u.precopy.as_mut()) {
+            session.pace_mut().held_back();
         }
     }
 
@@ -361,6 +390,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         let cut = Instant::now();
         let step = self.precopy_budget.chunk.max(1).saturating_mul(CUT_STEP_CHUNKS);
         let mut owed = building.pace.owed();
+        let before_cut = building.chunks.bytes();
         // Each step leaves less owed (no event runs in between); the bound is a backstop.
         for _ in 0..=owed / step * 2 {
             if owed <= step {
@@ -377,6 +407,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         match self.live.precopy_finish() {
             Ok((last, snapshot)) => {
                 building.chunks.extend(last);
+                // The steps above stopped the loop as the final pass does: both are the cut.
+                let cut_bytes = building.chunks.bytes() - before_cut + snapshot_bytes(&snapshot);
                 let bytes = building.chunks.bytes() + snapshot_bytes(&snapshot);
                 let (timers, mono) = (self.timers.armed(), self.clock.monotonic_ns());
                 self.live.set_checkpoint(
@@ -385,12 +417,28 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                     timers,
                     mono,
                 );
+                let record = CheckpointRecord {
+                    bytes,
+                    steps: building.pace.steps(),
+                    took: cut.saturating_duration_since(building.started),
+                    cut_bytes,
+                    cut_took: cut.elapsed(),
+                    converged: building.pace.converged(),
+                    throttled_rounds: building.pace.throttled(),
+                    longest_step: building.pace.longest_step(),
+                };
                 debug!(
                     bytes,
-                    steps = building.pace.steps(),
-                    took_us = building.started.elapsed().as_micros() as u64,
+                    steps = record.steps,
+                    took_us = record.took.as_micros() as u64,
+                    cut_bytes,
+                    cut_us = record.cut_took.as_micros() as u64,
+                    converged = record.converged,
+                    throttled_rounds = record.throttled_rounds,
+                    longest_step_us = record.longest_step.as_micros() as u64,
                     "checkpoint from chunks"
                 );
+                self.shared.record_checkpoint(Some(record));
                 self.answer_snapshots(cut.elapsed());
                 self.publish_recovery();
             }
@@ -709,6 +757,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             Ok(snapshot) => {
                 let bytes = snapshot_bytes(&snapshot);
                 self.set_checkpoint(snapshot);
+                self.shared.record_checkpoint(None);
                 debug!(bytes, took_us = started.elapsed().as_micros() as u64, "checkpoint");
                 self.answer_snapshots(started.elapsed());
             }
@@ -812,7 +861,15 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     pub(crate) fn upgrade_step(&mut self) -> Option<Swapped> {
         let underway = self.upgrading.as_mut()?;
         self.event_clock.freeze_at(self.clock.wall_ns());
-        match upgrade::step(&mut self.live, underway, &self.args, self.limits.max_state) {
+        let clock = &self.clock;
+        let monotonic_ns = || clock.monotonic_ns();
+        match upgrade::step(
+            &mut self.live,
+            underway,
+            &self.args,
+            self.limits.max_state,
+            &monotonic_ns,
+        ) {
             Ok(precopy::Next::Continue) => {
                 self.note_precopy();
                 None
@@ -864,18 +921,22 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             max_state: self.limits.max_state,
         };
         let swap = upgrade::swap(&mut self.live, underway, boundary);
-        let mut swapped = self.ended(swap);
-        if let Ok(report) = &mut swapped.outcome {
-            report.pause = paused.elapsed();
-        }
-        swapped
+        self.ended_paused(swap, Some(paused))
     }
 
     /// Tells `tasuki status` how far the pre-copy under way is.
     fn note_precopy(&self) {
         let progress = self.upgrading.as_ref().and_then(|u| {
-            let (steps, bytes, owed) = u.precopy.as_ref()?.progress();
-            Some(PrecopyProgress { to: AppVersion::from(&u.next.info), steps, bytes, owed })
+            let session = u.precopy.as_ref()?;
+            let (steps, bytes, owed) = session.progress();
+            Some(PrecopyProgress {
+                to: AppVersion::from(&u.next.info),
+                steps,
+                bytes,
+                owed,
+                compaction: self.compacting,
+                throttled_rounds: session.throttled(),
+            })
         });
         self.shared.note_precopy(progress);
     }
@@ -883,16 +944,25 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// The end of an upgrade: the new instance's effects applied and the commit recorded, or
     /// the rollback recorded (rebuilding the old instance if it trapped while exporting).
     fn ended(&mut self, swap: Swap) -> Swapped {
+        self.ended_paused(swap, None)
+    }
+
+    /// [`Self::ended`] for an upgrade that paused the loop at `paused`: its report's pause runs
+    /// to here, after the queued output was flushed, and status shows the same figure.
+    fn ended_paused(&mut self, swap: Swap, paused: Option<Instant>) -> Swapped {
         self.shared.note_precopy(None);
         let compacting = std::mem::take(&mut self.compacting);
         match swap {
-            Swap::Committed { report, retired, timers } => {
+            Swap::Committed { mut report, retired, timers } => {
                 if let Some(timers) = timers {
                     // After --from-checkpoint: what the new instance believes armed.
                     self.timers = timers;
                 }
                 self.apply_effects();
                 self.reap_broken();
+                if let Some(paused) = paused {
+                    report.pause = paused.elapsed();
+                }
                 info!(
                     from = %report.from, to = %report.to, pause_us = report.pause.as_micros() as u64,
                     state_bytes = report.state_bytes, connections = report.connections, "upgraded"

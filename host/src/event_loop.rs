@@ -17,6 +17,7 @@ use crate::status::Shared;
 use crate::upgrade::Prepared;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -127,6 +128,10 @@ impl EventLoop {
                 }
                 return Err(LoopError::Poll(e));
             }
+            // While a copy catches up with the changes, this round reads only so much input
+            // (auto-converge); the connections wait their turn in arrival order.
+            let allowance = self.dispatcher.input_allowance();
+            let mut ready = Vec::new();
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
@@ -140,15 +145,24 @@ impl EventLoop {
                         if self.draining.is_none()
                             && (event.is_readable() || event.is_read_closed() || event.is_error())
                         {
-                            self.read(id);
+                            if allowance.is_some() {
+                                ready.push(id);
+                            } else {
+                                self.read(id, READ_BUDGET);
+                            }
                         }
                     }
                 }
             }
             let again = std::mem::take(&mut self.dispatcher.net.read_again);
             if self.draining.is_none() {
-                for id in again {
-                    self.read(id);
+                match allowance {
+                    Some(allowance) => self.read_some(again, ready, allowance),
+                    None => {
+                        for id in again {
+                            self.read(id, READ_BUDGET);
+                        }
+                    }
                 }
                 self.dispatcher.fire_due_timers();
                 self.dispatcher.checkpoint_if_due();
@@ -317,12 +331,39 @@ impl EventLoop {
         }
     }
 
-    /// Reads from `id` and hands the bytes to the app, up to the read budget. While more than
-    /// `--output-buffer` of replies are queued for it, what is read is held instead (up to
-    /// `--input-buffer`) and handed over, in order, once the client has read its replies.
-    fn read(&mut self, id: u64) {
+    /// Reads from the connections of `again`, then `ready`, in that order and each once, until
+    /// `allowance` bytes of input are taken; the rest wait for the next round, first in line.
+    fn read_some(&mut self, again: VecDeque<u64>, ready: Vec<u64>, allowance: u64) {
+        let mut left = usize::try_from(allowance).unwrap_or(usize::MAX);
+        let mut seen = HashSet::new();
+        let mut held_back = false;
+        for id in again.into_iter().chain(ready) {
+            if !seen.insert(id) {
+                continue;
+            }
+            if left == 0 {
+                self.dispatcher.net.read_again.push_back(id);
+                held_back = true;
+                continue;
+            }
+            let budget = left.min(READ_BUDGET);
+            let read = self.read(id, budget);
+            left -= read.min(left);
+            held_back |= read == budget && budget < READ_BUDGET;
+        }
+        if held_back {
+            self.dispatcher.input_held_back();
+        }
+    }
+
+    /// Reads from `id` and hands the bytes to the app, up to `budget` bytes (then it is read
+    /// again next round); returns how many. While more than `--output-buffer` of replies are
+    /// queued for it, what is read is held instead (up to `--input-buffer`) and handed over, in
+    /// order, once the client has read its replies.
+    fn read(&mut self, id: u64, budget: usize) -> usize {
         let limits = Arc::clone(&self.dispatcher.live().version().runtime.limits);
-        let mut budget = READ_BUDGET;
+        let mut budget = budget;
+        let start = budget;
         let mut buf = std::mem::take(&mut self.read_buf);
         loop {
             let net = &mut self.dispatcher.net;
@@ -391,5 +432,6 @@ impl EventLoop {
             }
         }
         self.read_buf = buf;
+        start - budget
     }
 }

@@ -560,7 +560,13 @@ impl Host {
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
         for addr in &config.listen {
+            // `listen` again on the bound socket only raises the backlog std chose.
             let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| {
+                    rustix::net::listen(&l, crate::limits::LISTEN_BACKLOG)
+                        .map(|()| l)
+                        .map_err(Into::into)
+                })
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .map_err(|source| StartError::Listen { addr: *addr, source })?;
             let local = listener

@@ -31,6 +31,13 @@ pub const HOSTCALL_BYTES: usize = 128 << 20;
 /// Connections open at once; more are accepted and closed at once. Redis's default `maxclients`.
 pub const MAX_CONNECTIONS: usize = 10_000;
 
+/// Connections the kernel completes and queues for the host before it accepts them (the
+/// `listen` backlog; the kernel caps it at `net.core.somaxconn`). While the loop is inside a
+/// call, new clients wait in this queue; past it their SYNs are dropped and they retry after a
+/// second. std's 128 did that to a pool of clients opening at once (5,000 connections in a row
+/// took 15 to 20 s in the soak, bench/soak); redis's `tcp-backlog` is 511, mio's own 1024.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
 /// Output queued for one connection beyond which the host closes it, like Redis's
 /// client-output-buffer-limit: a client that asks for far more than it reads is cut off before
 /// it costs the host its memory. Past [`OUTPUT_HIGH_WATER`] no more input reaches the app, so

@@ -48,24 +48,50 @@ impl Default for Budget {
 }
 
 /// How far a step may grow past the chunk when writes outrun the copy: 16 chunks (1 MiB by
-/// default, about 15 ms of kv's small entries). Live migration answers a dirtying rate above the
-/// copy rate the same way, by copying faster (or throttling the writer); here a step grows
-/// while what is owed makes no new low, so the copy keeps up with a writer that sends up to this
-/// much per round, instead of leaving the whole rest to the cut — where a checkpoint of a state
-/// being loaded once moved 176 MB in one call, which stalled every client and grew the guest's
-/// memory by as much, for good.
+/// default). Live migration answers a dirtying rate above the copy rate the same way, by copying
+/// faster (or throttling the writer, below); here a step grows while what is owed makes no new
+/// low, or while the loop holds input back for it, so the copy keeps up with a writer instead of
+/// leaving the whole rest to the cut — where a checkpoint of a state being loaded once moved
+/// 176 MB in one call, which stalled every client and grew the guest's memory by as much, for
+/// good.
 pub const STEP_GROWTH_MAX: u64 = 16;
+
+/// The longest a step may take before it stops growing (and shrinks back if it takes twice
+/// as long): clients wait for a step, so its length, not its bytes, is what is bounded. 1 MiB of
+/// kv's 16-byte entries takes about 15 ms to export and import, of its 1 KiB values about 3 ms
+/// (`bench/RESULTS.md`), so a byte bound alone is either slow for big entries or long for small
+/// ones.
+pub const STEP_TIME: Duration = Duration::from_millis(3);
 
 /// Steps in a row without a new low of what is owed before a step grows: one write to an entry
 /// already copied can make a single step miss a new low without the copy falling behind.
 const GROW_AFTER: u32 = 8;
 
+/// The least client input a round may take while the copy is given the lead: clients always
+/// progress, if slowly; past this, a checkpoint that still cannot finish is cut when its
+/// journal fills.
+pub const MIN_ALLOWANCE: u64 = 4 << 10;
+
 /// When a run of steps should end: what is owed fell to a quarter chunk (converged), or it made
-/// no new low for [`Budget::stall_steps`] steps, or the steps passed [`Budget::max_steps`]; and
-/// how much the next step asks for: the chunk, doubled for every step that made no new low from
-/// the [`GROW_AFTER`]th in a row on, up to [`STEP_GROWTH_MAX`] chunks, and kept for the rest of the run (going back to one chunk
-/// would hand the lead back to the writer). Paces an upgrade's
-/// pre-copy and a checkpoint built from chunks alike.
+/// no new low for [`Budget::stall_steps`] steps, or the steps passed [`Budget::max_steps`]; how
+/// much the next step asks for; and how much client input the event loop may read before it
+/// (auto-converge, as QEMU throttles a guest whose memory is dirtied faster than it migrates).
+/// Paces an upgrade's pre-copy and a checkpoint built from chunks alike.
+///
+/// - **Step size**: the chunk, doubled for every step that made no new low from the
+///   [`GROW_AFTER`]th in a row on, or that followed a round whose input was held back, up to
+///   [`STEP_GROWTH_MAX`] chunks, while a step takes less than [`STEP_TIME`]; halved (not below
+///   the chunk) after a step that took twice that. Kept for the rest of the run otherwise
+///   (going back to one chunk would hand the lead back to the writer).
+/// - **Input allowance**: with a deadline counted in input bytes (a checkpoint must be cut
+///   before its journal fills: `room` bytes more), each round may read `step × room / (4 ×
+///   owed)`. Were nothing copied ever changed again, the room left when the copy is done would
+///   be `room × (owed at the end / owed at the start)^(1/4)`, a sixth of it for a 20 MB state
+///   copied down to 16 KiB (with 2 instead of 4, a 35th: the cut came first under load, with
+///   2% of the state still owed); writes to entries already copied use up the rest. With
+///   none (an upgrade), a round may read half a step's bytes once the copy has made no new low
+///   for [`GROW_AFTER`] steps, so what is copied outruns what is changed. Never below
+///   [`MIN_ALLOWANCE`].
 #[derive(Debug, Clone)]
 pub(crate) struct Pace {
     budget: Budget,
@@ -77,6 +103,16 @@ pub(crate) struct Pace {
     lowest: u64,
     since_lowest: u32,
     converged: bool,
+    /// Client input the event loop may read before the next step; `None`: no bound.
+    allowance: Option<u64>,
+    /// Whether the copy has fallen behind the changes in this run (kept once it has: a new low
+    /// under a bound on input says the bound works, not that it can go).
+    lagging: bool,
+    /// Whether the loop held input back since the last step, and in how many rounds in all.
+    held_back: bool,
+    throttled: u32,
+    /// The longest a step took.
+    longest: Duration,
 }
 
 impl Pace {
@@ -89,6 +125,11 @@ impl Pace {
             lowest: u64::MAX,
             since_lowest: 0,
             converged: false,
+            allowance: None,
+            lagging: false,
+            held_back: false,
+            throttled: 0,
+            longest: Duration::ZERO,
         }
     }
 
@@ -97,12 +138,39 @@ impl Pace {
         self.step_bytes
     }
 
-    /// Notes a step that left `owed` bytes owed, and says whether to step again.
-    pub(crate) fn step(&mut self, owed: u64) -> Next {
+    /// Bytes of client input the event loop may read before the next step; `None` for as much
+    /// as it likes.
+    pub(crate) fn allowance(&self) -> Option<u64> {
+        self.allowance
+    }
+
+    /// The event loop left input unread in a round because of [`Pace::allowance`].
+    pub(crate) fn held_back(&mut self) {
+        if !self.held_back {
+            self.held_back = true;
+            self.throttled += 1;
+        }
+    }
+
+    /// Rounds whose input was held back for the copy.
+    pub(crate) fn throttled(&self) -> u32 {
+        self.throttled
+    }
+
+    /// The longest a step took: what a client waited for the copy at most, between events.
+    pub(crate) fn longest_step(&self) -> Duration {
+        self.longest
+    }
+
+    /// Notes a step that left `owed` bytes owed and took `took`, with `room` bytes of input left
+    /// before the run must end (`None` if no such bound), and says whether to step again.
+    pub(crate) fn step(&mut self, owed: u64, room: Option<u64>, took: Duration) -> Next {
         self.steps += 1;
+        self.longest = self.longest.max(took);
         self.owed = Some(owed);
         if owed <= self.budget.chunk / 4 {
             self.converged = true;
+            self.allowance = None;
             return Next::Pause;
         }
         if owed < self.lowest {
@@ -110,11 +178,26 @@ impl Pace {
             self.since_lowest = 0;
         } else {
             self.since_lowest += 1;
-            if self.since_lowest >= GROW_AFTER {
-                let most = self.budget.chunk.saturating_mul(STEP_GROWTH_MAX);
-                self.step_bytes = self.step_bytes.saturating_mul(2).min(most);
-            }
         }
+        let behind = self.since_lowest >= GROW_AFTER;
+        self.lagging |= behind;
+        if took > STEP_TIME * 2 {
+            self.step_bytes = (self.step_bytes / 2).max(self.budget.chunk);
+        } else if (behind || self.held_back) && took < STEP_TIME {
+            let most = self.budget.chunk.saturating_mul(STEP_GROWTH_MAX);
+            self.step_bytes = self.step_bytes.saturating_mul(2).min(most);
+        }
+        self.held_back = false;
+        let by_room = room.map(|room| {
+            let share = u128::from(self.step_bytes) * u128::from(room) / (4 * u128::from(owed));
+            u64::try_from(share).unwrap_or(u64::MAX)
+        });
+        let by_progress = self.lagging.then_some(self.step_bytes / 2);
+        self.allowance = match (by_room, by_progress) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(|allowance| allowance.max(MIN_ALLOWANCE));
         if self.since_lowest >= self.budget.stall_steps || self.steps >= self.budget.max_steps {
             return Next::Pause;
         }
@@ -155,6 +238,11 @@ pub struct PrecopyReport {
     /// False if the host stopped iterating because the owed bytes did not shrink (writes
     /// outran the copy): the final round then moved more than one chunk inside the pause.
     pub converged: bool,
+    /// Rounds of events in which the host read less client input than was waiting, so that the
+    /// copy could catch up with the changes (see [`Pace`]); 0 if writes never outran it.
+    pub throttled_rounds: u32,
+    /// The longest step: the most a client waited for the copy between two events.
+    pub longest_step: Duration,
 }
 
 /// Why a pre-copy step failed. The upgrade rolls back; the old version serves on.
@@ -231,7 +319,7 @@ impl Session {
             started: Instant::now(),
             bytes: 0,
         };
-        match session.step(live, new, max_state) {
+        match session.step(live, new, max_state, &|| 0) {
             Ok(_) => Ok(Some(session)),
             // A reader that cannot take the skeleton refuses: the whole state crosses in the
             // pause instead (into the same new instance, whose reader forgot the refused
@@ -260,6 +348,21 @@ impl Session {
         self.pace.budget()
     }
 
+    /// How it paces the clients meanwhile.
+    pub(crate) fn pace_mut(&mut self) -> &mut Pace {
+        &mut self.pace
+    }
+
+    /// Rounds whose client input was slowed for this copy so far.
+    pub(crate) fn throttled(&self) -> u32 {
+        self.pace.throttled()
+    }
+
+    /// Client input the event loop may read before the next step (see [`Pace::allowance`]).
+    pub(crate) fn allowance(&self) -> Option<u64> {
+        self.pace.allowance()
+    }
+
     /// Bytes of chunks moved so far.
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
@@ -271,12 +374,16 @@ impl Session {
     }
 
     /// One chunk across: old instance, transformers, new instance.
+    /// `monotonic_ns` reads the host's monotonic clock (the simulator's virtual one, under
+    /// which a step takes no time and the pace depends on the trace alone).
     pub(crate) fn step(
         &mut self,
         live: &mut Live,
         new: &mut Instance,
         max_state: u64,
+        monotonic_ns: &dyn Fn() -> u64,
     ) -> Result<Next, StepError> {
+        let start = monotonic_ns();
         let batch = live.precopy_next(self.pace.step_bytes()).map_err(StepError::Export)?;
         self.bytes += chunk_bytes(&batch.chunks);
         if self.bytes > max_state {
@@ -286,7 +393,8 @@ impl Session {
         new.import_chunks(&chunks).map_err(StepError::Import)?;
         new.discard_effects();
         self.imported.extend(chunks);
-        Ok(self.pace.step(batch.pending))
+        let took = Duration::from_nanos(monotonic_ns().saturating_sub(start));
+        Ok(self.pace.step(batch.pending, None, took))
     }
 
     /// Inside the pause: the final chunks through the transformers, and the report. Returns
@@ -313,7 +421,98 @@ impl Session {
             owed_at_pause: self.pace.owed(),
             paused_bytes,
             converged: self.pace.converged(),
+            throttled_rounds: self.pace.throttled(),
+            longest_step: self.pace.longest_step(),
         };
         (self.imported, report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: u64 = 64 << 10;
+    const QUICK: Duration = Duration::from_micros(100);
+
+    fn pace() -> Pace {
+        Pace::new(Budget { chunk: CHUNK, ..Budget::default() })
+    }
+
+    #[test]
+    fn input_is_not_bounded_while_the_copy_gains() {
+        let mut pace = pace();
+        for owed in (1..20).rev().map(|n| n * CHUNK) {
+            assert_eq!(pace.step(owed, None, QUICK), Next::Continue);
+            assert_eq!(pace.allowance(), None);
+        }
+        assert_eq!(pace.step_bytes(), CHUNK);
+    }
+
+    #[test]
+    fn once_the_copy_falls_behind_a_round_reads_half_a_step_for_the_rest_of_the_run() {
+        let mut pace = pace();
+        pace.step(100 * CHUNK, None, QUICK);
+        for _ in 0..GROW_AFTER {
+            assert_eq!(pace.allowance(), None);
+            pace.step(100 * CHUNK, None, QUICK);
+        }
+        let step = pace.step_bytes();
+        assert_eq!(pace.allowance(), Some(step / 2));
+        // The bound works: the copy makes new lows again. It stays.
+        pace.step(50 * CHUNK, None, QUICK);
+        assert!(pace.allowance().is_some());
+    }
+
+    #[test]
+    fn with_a_deadline_in_input_bytes_a_round_reads_what_leaves_half_the_room() {
+        let mut pace = pace();
+        // 100 chunks owed, 80 chunks of journal left: each step of one chunk may let in a
+        // fifth of a chunk.
+        pace.step(100 * CHUNK, Some(80 * CHUNK), QUICK);
+        assert_eq!(pace.allowance(), Some(CHUNK / 5));
+        // Plenty of room: the bound is far above what a round reads.
+        pace.step(10 * CHUNK, Some(2000 * CHUNK), QUICK);
+        assert_eq!(pace.allowance(), Some(50 * CHUNK));
+        // No room at all: clients still move, a little.
+        pace.step(9 * CHUNK, Some(0), QUICK);
+        assert_eq!(pace.allowance(), Some(MIN_ALLOWANCE));
+    }
+
+    #[test]
+    fn a_step_grows_while_input_is_held_back_and_only_while_it_stays_short() {
+        let mut pace = pace();
+        pace.step(100 * CHUNK, Some(CHUNK), QUICK);
+        pace.held_back();
+        pace.step(99 * CHUNK, Some(CHUNK), QUICK);
+        assert_eq!(pace.step_bytes(), 2 * CHUNK);
+        // Not held back: the step keeps its size.
+        pace.step(98 * CHUNK, Some(CHUNK), QUICK);
+        assert_eq!(pace.step_bytes(), 2 * CHUNK);
+        // Held back, but the step took as long as a step may: it does not grow.
+        pace.held_back();
+        pace.step(97 * CHUNK, Some(CHUNK), STEP_TIME);
+        assert_eq!(pace.step_bytes(), 2 * CHUNK);
+        // A step that took twice that halves it, down to the chunk and no further.
+        pace.step(96 * CHUNK, Some(CHUNK), STEP_TIME * 3);
+        assert_eq!(pace.step_bytes(), CHUNK);
+        pace.step(95 * CHUNK, Some(CHUNK), STEP_TIME * 3);
+        assert_eq!(pace.step_bytes(), CHUNK);
+        assert_eq!(pace.throttled(), 2);
+        for _ in 0..20 {
+            pace.held_back();
+            pace.step(90 * CHUNK, Some(CHUNK), QUICK);
+        }
+        assert_eq!(pace.step_bytes(), STEP_GROWTH_MAX * CHUNK);
+    }
+
+    #[test]
+    fn converging_lifts_the_bound() {
+        let mut pace = pace();
+        pace.step(100 * CHUNK, Some(CHUNK), QUICK);
+        assert!(pace.allowance().is_some());
+        assert_eq!(pace.step(CHUNK / 4, Some(CHUNK), QUICK), Next::Pause);
+        assert!(pace.converged());
+        assert_eq!(pace.allowance(), None);
     }
 }

@@ -32,6 +32,33 @@ pub struct RecoveryStatus {
     /// Recoveries since the host started.
     pub recoveries: u64,
     pub last: Option<RecoveryRecord>,
+    /// Checkpoints taken since the host started (built from chunks or exported whole).
+    pub checkpoints: u64,
+    /// How the last checkpoint built from chunks went.
+    pub last_checkpoint: Option<CheckpointRecord>,
+}
+
+/// One checkpoint built from chunks between events: how long it ran, and what its cut (the
+/// rest of the state, taken at one boundary) moved. A cut that moved far more than a chunk
+/// stalled clients for that long: the copy did not catch up with the writers before the
+/// journal filled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    /// Bytes in the checkpoint.
+    pub bytes: u64,
+    /// Steps before the cut, and the time from the first to the cut.
+    pub steps: u32,
+    pub took: Duration,
+    /// Bytes the cut moved, and how long it stopped the event loop.
+    pub cut_bytes: u64,
+    pub cut_took: Duration,
+    /// True if the copy caught up (what was owed fell to a quarter chunk) before the cut.
+    pub converged: bool,
+    /// Rounds of events in which the host read less client input than was waiting, so that
+    /// the copy could catch up.
+    pub throttled_rounds: u32,
+    /// The longest step: the most a client waited for the copy between two events.
+    pub longest_step: Duration,
 }
 
 /// One recovery: what trapped, how long the rebuild took, what was lost.
@@ -130,6 +157,10 @@ pub struct PrecopyProgress {
     pub bytes: u64,
     /// Bytes the old version still owes (its estimate).
     pub owed: u64,
+    /// True for a compaction (a fresh instance of the running release), false for an upgrade.
+    pub compaction: bool,
+    /// Rounds of events whose client input was slowed so the copy could catch up.
+    pub throttled_rounds: u32,
 }
 
 fn bytes(n: u64) -> String {
@@ -161,6 +192,23 @@ impl fmt::Display for RecoveryStatus {
                     bytes(self.journal_limit),
                     self.journal_events
                 )?;
+            }
+        }
+        if let Some(c) = &self.last_checkpoint {
+            write!(
+                f,
+                "\ncheckpoints  {} taken; the last built in {} steps (the longest {:.1} ms) over \
+                 {:.1} ms, its cut moved {} in {:.1} ms{}",
+                self.checkpoints,
+                c.steps,
+                c.longest_step.as_secs_f64() * 1e3,
+                c.took.as_secs_f64() * 1e3,
+                bytes(c.cut_bytes),
+                c.cut_took.as_secs_f64() * 1e3,
+                if c.converged { "" } else { " (the copy had not caught up with the writes)" }
+            )?;
+            if c.throttled_rounds > 0 {
+                write!(f, ", input slowed for it in {} rounds of events", c.throttled_rounds)?;
             }
         }
         if let Some(since) = self.recovering_since_unix_ms {
@@ -252,14 +300,18 @@ impl fmt::Display for Status {
             }
         }
         if let Some(p) = &self.precopy {
+            let doing = if p.compaction { "compacting   " } else { "upgrading    to " };
             write!(
                 f,
-                "\nupgrading    to {}: pre-copy under way, {} moved in {} steps, {} still owed",
+                "\n{doing}{}: pre-copy under way, {} moved in {} steps, {} still owed",
                 p.to,
                 bytes(p.bytes),
                 p.steps,
                 bytes(p.owed)
             )?;
+            if p.throttled_rounds > 0 {
+                write!(f, "; client input slowed in {} rounds", p.throttled_rounds)?;
+            }
         }
         write!(f, "\n{}\n{}", self.recovery, self.memory)?;
         if let Some(s) = &self.snapshots {
@@ -439,6 +491,15 @@ impl Shared {
     pub(crate) fn recovering(&self, on: bool) {
         let since = if on { now_unix_ms().max(1) } else { 0 };
         self.recovering_since.store(since, Ordering::Relaxed);
+    }
+
+    /// A checkpoint was taken; `built` says how, if it was built from chunks.
+    pub(crate) fn record_checkpoint(&self, built: Option<CheckpointRecord>) {
+        let mut status = self.recovery_status();
+        status.checkpoints += 1;
+        if built.is_some() {
+            status.last_checkpoint = built;
+        }
     }
 
     pub(crate) fn record_recovery(&self, record: RecoveryRecord) {

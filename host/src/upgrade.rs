@@ -148,9 +148,11 @@ impl fmt::Display for UpgradeReport {
         if let Some(p) = &self.precopy {
             writeln!(
                 f,
-                "  pre-copied   {} bytes in {} steps over {} while serving; {} bytes in the pause{}",
+                "  pre-copied   {} bytes in {} steps (the longest {}) over {} while serving; {} \
+                 bytes in the pause{}",
                 p.bytes,
                 p.steps,
+                ms(p.longest_step),
                 ms(p.took),
                 p.paused_bytes,
                 if p.converged {
@@ -163,6 +165,14 @@ impl fmt::Display for UpgradeReport {
                     )
                 }
             )?;
+            if p.throttled_rounds > 0 {
+                writeln!(
+                    f,
+                    "               client input slowed in {} rounds of events so that the copy could \
+                     catch up with the writes",
+                    p.throttled_rounds
+                )?;
+            }
         }
         writeln!(
             f,
@@ -426,6 +436,7 @@ pub(crate) fn step(
     underway: &mut Underway,
     args: &[String],
     max_state: u64,
+    monotonic_ns: &dyn Fn() -> u64,
 ) -> Result<precopy::Next, UpgradeError> {
     if underway.precopy.as_ref().is_some_and(|s| !s.belongs_to(live)) {
         restart(live, underway, args, max_state)?;
@@ -434,7 +445,7 @@ pub(crate) fn step(
     let Underway { next, precopy } = underway;
     let Some(session) = precopy else { return Ok(precopy::Next::Pause) };
     session
-        .step(live, &mut next.instance, max_state)
+        .step(live, &mut next.instance, max_state, monotonic_ns)
         .map_err(|error| failed(live, AppVersion::from(&next.info), error))
 }
 

@@ -3,6 +3,8 @@
 
 mod clients;
 mod control;
+mod converge;
+mod docs;
 mod faults;
 mod hot_swap;
 mod iteration;

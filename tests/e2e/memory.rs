@@ -125,6 +125,9 @@ fn a_compaction_on_request_reports_the_memory_given_back() {
     assert_eq!((status.upgrades, status.memory.compactions), (0, 1));
     assert_eq!(status.memory.usage.map(|u| u.linear_memory), Some(memory.after.linear_memory));
     assert!(status.to_string().contains("compactions  1, last"), "{status}");
+    // The pause status shows is the one the requester was told.
+    let last = status.memory.last_compaction.expect("recorded").outcome.expect("committed");
+    assert_eq!(last.pause, report.pause);
 }
 
 #[test]
@@ -229,7 +232,15 @@ fn an_upgrade_requested_during_a_compaction_waits_for_it_instead_of_failing() {
     let control = host.control.clone();
     let compaction = std::thread::spawn(move || control::request(&control, &Request::Compact));
     let started = Instant::now();
-    while host.status().precopy.is_none() {
+    loop {
+        let status = host.status();
+        if let Some(precopy) = &status.precopy {
+            // Shown as what it is, not as an upgrade.
+            assert!(precopy.compaction, "{precopy:?}");
+            let shown = status.to_string();
+            assert!(shown.contains("\ncompacting   kv 4.0.0: pre-copy under way"), "{shown}");
+            break;
+        }
         assert!(started.elapsed() < Duration::from_secs(30), "no pre-copy seen");
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -3,7 +3,7 @@
 //! The script starts the servers and runs `redis-benchmark`; everything that needs a program —
 //! loading a million keys, upgrading a hundred times under load while checking that no INCR is
 //! lost, restarting redis-server the way its users upgrade it, sampling memory and CPU, and
-//! writing `bench/RESULTS.md` — is a subcommand here. Every measuring subcommand writes a raw
+//! writing `bench/RESULTS.md` — is a subcommand here, and so is the soak behind `bench/soak`. Every measuring subcommand writes a raw
 //! `key=value` file; `report` reads the directory of them and does the arithmetic.
 
 mod clients;
@@ -15,6 +15,7 @@ mod profile;
 mod raw;
 mod report;
 mod restarts;
+mod soak;
 mod stats;
 mod upgrades;
 
@@ -54,6 +55,9 @@ enum Cli {
     Memory(memory::MemoryArgs),
     /// Restarts redis-server (SHUTDOWN SAVE, start, load the RDB) under the same load.
     Restarts(restarts::RestartsArgs),
+    /// Runs a host under hostile clients beside one well-behaved client (or that client alone,
+    /// with `--alone`); fails if the host exits, its RSS passes a bound, or a request fails.
+    Soak(soak::SoakArgs),
     /// Writes RESULTS.md from a directory of raw results.
     Report(report::ReportArgs),
 }
@@ -83,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         Cli::LargeRequest(args) => large::run(&args),
         Cli::Memory(args) => memory::run(&args),
         Cli::Restarts(args) => restarts::run(&args),
+        Cli::Soak(args) => soak::run(&args),
         Cli::Report(args) => report::run(&args),
     }
 }

@@ -160,6 +160,7 @@ struct Series {
     precopy_steps: Vec<u32>,
     precopy_bytes: Vec<u64>,
     precopy: Vec<f64>,
+    longest_step: Vec<f64>,
     owed_at_pause: Vec<u64>,
     paused_bytes: Vec<u64>,
     converged: Vec<u8>,
@@ -189,6 +190,7 @@ impl Series {
         self.precopy_steps.push(steps);
         self.precopy_bytes.push(bytes);
         self.precopy.push(took);
+        self.longest_step.push(report.precopy.as_ref().map_or(0.0, |p| us(p.longest_step)));
         self.owed_at_pause.push(owed);
         self.paused_bytes.push(paused);
         self.converged.push(u8::from(converged));
@@ -206,6 +208,7 @@ impl Series {
         raw.set_list("precopy_steps", &self.precopy_steps);
         raw.set_list("precopy_bytes", &self.precopy_bytes);
         raw.set_list("precopy_us", &rounded(&self.precopy));
+        raw.set_list("longest_step_us", &rounded(&self.longest_step));
         raw.set_list("owed_at_pause_bytes", &self.owed_at_pause);
         raw.set_list("paused_bytes", &self.paused_bytes);
         raw.set_list("converged", &self.converged);

@@ -16,12 +16,16 @@
 //!   for a connection that said `HELLO 3`, RESP3.
 //! - [`glob`]: the pattern matching `KEYS` and `CONFIG GET` use (redis's `stringmatchlen`).
 //! - [`int`]: strict integer parsing (redis's `string2ll`) and allocation-free formatting.
+//! - `fuzzing` (feature `fuzzing`, and in tests): the properties the parsers must hold for any
+//!   bytes, which the `resp_request` fuzz target checks.
 //!
 //! [`parse`] is stateless: it is handed everything a connection has sent that is not consumed
 //! yet, and either takes one whole request off the front or says it needs more. [`Parser`] is
 //! handed the same and remembers how far it got.
 #![deny(missing_docs)]
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod glob;
 pub mod int;
 pub mod parser;

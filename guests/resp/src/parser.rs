@@ -63,7 +63,7 @@ impl Parser {
         authenticated: bool,
     ) -> Result<Option<usize>, ProtocolError> {
         args.clear();
-        if self.pos > input.len() {
+        if self.pos > input.len() || self.scanned > input.len() {
             // Not the input it was parsing: start over rather than index past the end.
             *self = Self::default();
         }

@@ -67,6 +67,35 @@ fn commands_without_a_running_host_say_so() {
     }
 }
 
+/// A burst of new clients while the loop is busy inside a call waits in the kernel's queue
+/// and is accepted at once afterwards: with std's backlog of 128, the clients past it had their
+/// SYNs dropped and connected a second or more later (`LISTEN_BACKLOG`).
+#[test]
+fn a_burst_of_connections_during_a_long_call_is_queued_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["run", tasuki_artifacts::MISBEHAVE, "--listen", "127.0.0.1:0"];
+    let host = Running::spawn(dir.path(), &args);
+    // The guest spins until the 1 s call deadline: the loop accepts nobody meanwhile.
+    let mut busy = TcpStream::connect(&host.addr).unwrap();
+    std::io::Write::write_all(&mut busy, b"loop\n").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut burst = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..600 {
+        let started = std::time::Instant::now();
+        burst.push(TcpStream::connect(&host.addr).unwrap());
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(900),
+        "a connect took {slowest:?}: its SYN was dropped"
+    );
+    // And every one of them is served once the call is over.
+    let last = burst.last_mut().unwrap();
+    last.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(roundtrip(last, b"set k v\n", 3), "ok\n");
+}
+
 #[test]
 fn run_refuses_bad_input_before_serving() {
     let dir = tempfile::tempdir().unwrap();

@@ -21,6 +21,7 @@
 mod checkpoints;
 mod figures;
 mod memory;
+mod soak;
 mod transfer;
 mod upgrades;
 
@@ -45,8 +46,11 @@ pub struct ReportArgs {
     memory_only: bool,
     /// Write only the throughput, latency and CPU sections (empty and with 1M keys), into the
     /// report at OUT in place of the ones there.
-    #[arg(long, conflicts_with = "memory_only")]
+    #[arg(long, conflicts_with_all = ["memory_only", "soak_only"])]
     throughput_only: bool,
+    /// RAW is `bench/soak`'s: write only the soak section, in place of the one at OUT.
+    #[arg(long, conflicts_with = "memory_only")]
+    soak_only: bool,
 }
 
 /// The headings of the sections `--throughput-only` replaces, in their order in the report.
@@ -58,41 +62,6 @@ const THROUGHPUT_HEADINGS: &[&str] = &[
     "## Latency with 1M keys in the store",
     "## Server CPU per request with 1M keys in the store",
 ];
-
-/// Replaces, in the report at `path`, the sections from the heading `first` on, as long as
-/// `ours` says a heading is one of them, with `text`; appends `text` if the report has no
-/// `first`; writes `text` alone if there is no report yet.
-fn splice(path: &Path, first: &str, ours: impl Fn(&str) -> bool, text: &str) -> anyhow::Result<()> {
-    let old = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let start = old.lines().scan(0, |at, line| {
-        let here = *at;
-        *at += line.len() + 1;
-        Some((here, line))
-    });
-    let mut from = None;
-    let mut to = None;
-    for (at, line) in start {
-        if from.is_none() && line == first {
-            from = Some(at);
-        } else if from.is_some() && line.starts_with("## ") && !ours(line) {
-            to = Some(at);
-            break;
-        }
-    }
-    let new = match from {
-        Some(from) => {
-            let to = to.unwrap_or(old.len());
-            format!("{}{text}{}", &old[..from], &old[to.min(old.len())..])
-        }
-        None if old.is_empty() => text.to_string(),
-        None => format!("{}\n{text}", old.trim_end_matches('\n').to_string() + "\n"),
-    };
-    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
-}
 
 /// One redis-benchmark run of one test against one system.
 #[derive(Debug, Clone)]
@@ -121,6 +90,11 @@ struct Checkpoints {
     /// Of the chunked ones: steps, and time from the first step to the cut.
     steps: Vec<f64>,
     took_us: Vec<f64>,
+    /// Of the chunked ones: each one's longest step, its cut's time (the two stops of the
+    /// event loop a checkpoint makes), and the rounds whose input the host slowed for it.
+    longest_step_us: Vec<f64>,
+    cut_us: Vec<f64>,
+    throttled_rounds: Vec<f64>,
 }
 
 impl Checkpoints {
@@ -138,6 +112,9 @@ impl Checkpoints {
                 out.chunked += 1;
                 out.steps.extend(field("steps"));
                 out.took_us.extend(field("took_us"));
+                out.longest_step_us.extend(field("longest_step_us"));
+                out.cut_us.extend(field("cut_us"));
+                out.throttled_rounds.extend(field("throttled_rounds"));
             } else if rest.starts_with(' ') {
                 out.whole += 1;
             }
@@ -150,6 +127,9 @@ impl Checkpoints {
         self.whole += other.whole;
         self.steps.extend(&other.steps);
         self.took_us.extend(&other.took_us);
+        self.longest_step_us.extend(&other.longest_step_us);
+        self.cut_us.extend(&other.cut_us);
+        self.throttled_rounds.extend(&other.throttled_rounds);
     }
 
     /// "N (each about S steps over T ms)" for a table.
@@ -163,6 +143,20 @@ impl Checkpoints {
                 ms(median(&self.took_us))
             )
             .ok();
+        }
+        let most = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+        if !self.longest_step_us.is_empty() {
+            write!(
+                s,
+                "; the longest step {}, the longest cut {}",
+                ms(most(&self.longest_step_us)),
+                ms(most(&self.cut_us))
+            )
+            .ok();
+        }
+        let throttled: f64 = self.throttled_rounds.iter().sum();
+        if throttled > 0.0 {
+            write!(s, "; client input slowed in {} rounds in all", thousands(throttled)).ok();
         }
         if self.whole > 0 {
             write!(s, "; {} exported whole (clients waited for those)", self.whole).ok();
@@ -367,13 +361,20 @@ fn read_series(dir: &Path, prefix: &str) -> anyhow::Result<BTreeMap<u64, Raw>> {
 }
 
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
+    if args.soak_only {
+        let mut section = String::new();
+        soak::write(&mut section, &soak::read(&args.raw)?)?;
+        splice(&args.out, soak::HEADING, &section)?;
+        eprintln!("wrote the soak section of {}", args.out.display());
+        return Ok(());
+    }
     let memory = memory::read(&args.raw)?;
     if args.memory_only {
         let memory =
             memory.ok_or_else(|| anyhow!("no memory results in {}", args.raw.display()))?;
         let mut section = String::new();
         memory::write(&mut section, &memory)?;
-        splice(&args.out, memory::HEADING, |h| h == memory::HEADING, &section)?;
+        splice(&args.out, memory::HEADING, &section)?;
         eprintln!("wrote the memory section of {}", args.out.display());
         return Ok(());
     }
@@ -383,7 +384,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         let mut sections = String::new();
         write_throughput_sections(&mut sections, &args.raw, &source, &n_for)?;
         let ours = |h: &str| THROUGHPUT_HEADINGS.contains(&h);
-        splice(&args.out, THROUGHPUT_HEADINGS[0], ours, &sections)?;
+        splice_sections(&args.out, THROUGHPUT_HEADINGS[0], ours, &sections)?;
         eprintln!("wrote the throughput sections of {}", args.out.display());
         return Ok(());
     }
@@ -448,6 +449,12 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     write_large_request(&mut md, &args.raw)?;
     if let Some(memory) = &memory {
         memory::write(&mut md, memory)?;
+    }
+    // The soak is measured by bench/soak, not here: its section stays as that run wrote it.
+    if let Some(soak) =
+        std::fs::read_to_string(&args.out).ok().and_then(|old| section(&old, soak::HEADING))
+    {
+        md.push_str(&soak);
     }
     std::fs::write(&args.out, md).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote {}", args.out.display());
@@ -663,6 +670,62 @@ fn write_throughput(
     Ok(())
 }
 
+/// Replaces, in the report at `path`, the sections from the heading `first` on, as long as
+/// `ours` says a heading is one of them, with `text`; appends `text` if the report has no
+/// `first`; writes `text` alone if there is no report yet. [`splice`] for one section.
+fn splice_sections(
+    path: &Path,
+    first: &str,
+    ours: impl Fn(&str) -> bool,
+    text: &str,
+) -> anyhow::Result<()> {
+    let old = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let start = old.lines().scan(0, |at, line| {
+        let here = *at;
+        *at += line.len() + 1;
+        Some((here, line))
+    });
+    let mut from = None;
+    let mut to = None;
+    for (at, line) in start {
+        if from.is_none() && line == first {
+            from = Some(at);
+        } else if from.is_some() && line.starts_with("## ") && !ours(line) {
+            to = Some(at);
+            break;
+        }
+    }
+    let new = match from {
+        Some(from) => {
+            let to = to.unwrap_or(old.len());
+            format!("{}{text}{}", &old[..from], &old[to.min(old.len())..])
+        }
+        None if old.is_empty() => text.to_string(),
+        None => format!("{}\n{text}", old.trim_end_matches('\n').to_string() + "\n"),
+    };
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Replaces the section under `heading` of the report at `path` with `section` (the text from
+/// the heading up to the next `## ` heading), or appends it if the report has none; writes the
+/// section alone if there is no report yet. Sections measured by their own runs (the memory
+/// section, the soak) are put in place this way and leave the others as their run wrote them.
+fn splice(path: &Path, heading: &str, section: &str) -> anyhow::Result<()> {
+    splice_sections(path, heading, |h| h == heading, section)
+}
+
+/// The section of `report` under `heading`, up to the next `## ` heading.
+fn section(report: &str, heading: &str) -> Option<String> {
+    let from = report.lines().position(|l| l == heading)?;
+    let lines: Vec<&str> = report.lines().skip(from).collect();
+    let to = lines.iter().skip(1).position(|l| l.starts_with("## ")).map_or(lines.len(), |i| i + 1);
+    Some(lines[..to].join("\n") + "\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -672,16 +735,17 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tasuki-bench-splice-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("RESULTS.md");
-        let memory = |h: &str| h == memory::HEADING;
         std::fs::write(&path, "# t\n\n## A\n\na\n\n## Memory\n\nold\n\n## B\n\nb\n").unwrap();
-        splice(&path, memory::HEADING, memory, "## Memory\n\nnew\n\n").unwrap();
+        splice(&path, memory::HEADING, "## Memory\n\nnew\n\n").unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "# t\n\n## A\n\na\n\n## Memory\n\nnew\n\n## B\n\nb\n"
         );
         // A report without the section gets it at the end.
         std::fs::write(&path, "# t\n\n## A\n\na\n").unwrap();
-        splice(&path, memory::HEADING, memory, "## Memory\n\nnew\n").unwrap();
+        splice(&path, memory::HEADING, "## Memory\n\nnew\n").unwrap();
+        assert_eq!(section("# t\n\n## A\n\na\n\n## B\n\nb\n", "## A").unwrap(), "## A\n\na\n\n");
+        assert_eq!(section("# t\n\n## A\n\na\n\n## B\n\nb\n", "## B").unwrap(), "## B\n\nb\n");
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "# t\n\n## A\n\na\n\n## Memory\n\nnew\n"
@@ -690,7 +754,7 @@ mod tests {
         let old: String = THROUGHPUT_HEADINGS.iter().map(|h| format!("{h}\n\nold\n\n")).collect();
         std::fs::write(&path, format!("# t\n\n## A\n\na\n\n{old}## SET latency\n\nc\n")).unwrap();
         let ours = |h: &str| THROUGHPUT_HEADINGS.contains(&h);
-        splice(&path, THROUGHPUT_HEADINGS[0], ours, "## Throughput\n\nnew\n\n").unwrap();
+        splice_sections(&path, THROUGHPUT_HEADINGS[0], ours, "## Throughput\n\nnew\n\n").unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "# t\n\n## A\n\na\n\n## Throughput\n\nnew\n\n## SET latency\n\nc\n"

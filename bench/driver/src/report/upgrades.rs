@@ -104,13 +104,13 @@ pub(super) fn write(
     writeln!(md, "### Where the pause goes\n")?;
     writeln!(
         md,
-        "Medians. Pre-copy: the steps (one chunk of `--precopy-chunk` bytes each, out of the old instance, through the transformers, into the new one) run between rounds of events while the old version serves, before the pause; the bytes they moved do not cross in it. In the pause: export is the last round on the old instance (what changed since its entries were copied, and the small rest of the state) or, without pre-copy, `export-state` — the guest encodes its state and the host lifts it out of the guest's memory. Transform is the host's own figure for the transformers. Import is the new instance taking it: the host lowers it into the guest's memory and the guest decodes it and rebuilds its indexes. The rest of the pause is the commit (switching instances, flushing queued output). Where a full transfer's time goes inside export and import is measured apart, below.\n"
+        "Medians. Pre-copy: the steps (one chunk of `--precopy-chunk` bytes each, out of the old instance, through the transformers, into the new one) run between rounds of events while the old version serves, before the pause; the bytes they moved do not cross in it. The longest step (over the whole series) is the most a client waited for the copy between two events; a step grows past one chunk only while it stays under 3 ms. In the pause: export is the last round on the old instance (what changed since its entries were copied, and the small rest of the state) or, without pre-copy, `export-state` — the guest encodes its state and the host lifts it out of the guest's memory. Transform is the host's own figure for the transformers. Import is the new instance taking it: the host lowers it into the guest's memory and the guest decodes it and rebuilds its indexes. The rest of the pause is the commit (switching instances, flushing queued output). Where a full transfer's time goes inside export and import is measured apart, below.\n"
     )?;
     writeln!(
         md,
-        "| upgrade | keys | pre-copy steps | pre-copy time (serving) | moved before the pause | moved in the pause | export | transform | import | commit | pause |"
+        "| upgrade | keys | pre-copy steps | pre-copy time (serving) | longest step | moved before the pause | moved in the pause | export | transform | import | commit | pause |"
     )?;
-    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for (label, keys, raw) in upgrades.rows() {
         let (e, t, i, p) = (
             med(raw, "export_us"),
@@ -119,14 +119,15 @@ pub(super) fn write(
             med(raw, "pause_us"),
         );
         let steps = med(raw, "precopy_steps");
-        let (before, during) = if steps > 0.0 {
-            (ms(med(raw, "precopy_us")), bytes(med(raw, "precopy_bytes")))
+        let (before, longest, during) = if steps > 0.0 {
+            let longest = raw.list("longest_step_us").ok().map_or("–".into(), |l| ms(max(&l)));
+            (ms(med(raw, "precopy_us")), longest, bytes(med(raw, "precopy_bytes")))
         } else {
-            ("–".into(), "–".into())
+            ("–".into(), "–".into(), "–".into())
         };
         writeln!(
             md,
-            "| {label} | {} | {} | {before} | {during} | {} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {before} | {longest} | {during} | {} | {} | {} | {} | {} | {} |",
             keys_label(keys),
             if steps.is_finite() { thousands(steps) } else { "–".into() },
             bytes(med(raw, "paused_bytes")),

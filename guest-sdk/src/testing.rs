@@ -1,0 +1,437 @@
+//! Driving a [`Server`] in a plain `cargo test`: no wasm, no host.
+//!
+//! A [`TestHost`] stands where the tasuki host stands: it opens and closes connections, delivers
+//! bytes, keeps the clock and the timers, and records what the app asks for — output, closes,
+//! timers — as the host would receive it. Between the app and the `TestHost` runs the same SDK
+//! code as in a component (the per-connection input buffers, input offered again while the app
+//! makes progress, the input limits, the state's export and import), so what a test shows of
+//! the app holds in the component too. What it does not run is the host: no sockets, no wasm, no
+//! checkpoints or recovery, no pre-copy (an upgrade here moves the whole state). For those, run
+//! the component under `tasuki test` (a trace) or `tasuki::sim`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tasuki_guest::testing::TestHost;
+//! use tasuki_guest::{ConnId, Ctx, Server};
+//!
+//! /// Says "bye" and hangs up on a connection that stays silent for a second.
+//! #[derive(Default, serde::Serialize, serde::Deserialize)]
+//! struct Idle;
+//!
+//! impl Server for Idle {
+//!     const NAME: &'static str = "idle";
+//!     const STATE_VERSION: u32 = 1;
+//!     fn on_connect(&mut self, ctx: &mut Ctx, conn: &tasuki_guest::ConnInfo) {
+//!         ctx.set_timer(conn.id, Duration::from_secs(1));
+//!     }
+//!     fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize {
+//!         ctx.set_timer(conn, Duration::from_secs(1)); // re-armed: the second starts again
+//!         input.len()
+//!     }
+//!     fn on_timer(&mut self, ctx: &mut Ctx, conn: u64) {
+//!         ctx.send(conn, b"bye\n");
+//!         ctx.close(conn);
+//!     }
+//! }
+//!
+//! let mut host = TestHost::<Idle>::new();
+//! let a = host.connect();
+//! host.advance(Duration::from_millis(900));
+//! host.send(a, "still here");
+//! host.advance(Duration::from_millis(900));
+//! assert!(host.is_open(a));
+//! host.advance(Duration::from_millis(100));
+//! assert_eq!(host.read(a), b"bye\n");
+//! assert!(host.closed_by_app(a));
+//! ```
+
+use crate::runtime::bindings::tasuki::server::types::Snapshot;
+use crate::runtime::{HostCalls, Runtime};
+use crate::{ConnId, ConnInfo, Server};
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What an app asked of the host, in the order the host received it: at the end of each event,
+/// output first (one `Send` per connection written to), then timers in the order asked, then
+/// closes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// `net.send`: bytes queued for a connection.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// Everything the event queued for it.
+        bytes: Vec<u8>,
+    },
+    /// `net.close`: the app closed a connection (after its output).
+    Close(ConnId),
+    /// `timers.set`: timer `id` armed to fire after `after_ms` milliseconds.
+    SetTimer {
+        /// The app's id for the timer.
+        id: u64,
+        /// Milliseconds from the event's time.
+        after_ms: u64,
+    },
+    /// `timers.cancel`: timer `id` disarmed.
+    CancelTimer(u64),
+}
+
+/// The figures the [`crate::host`] functions report, which a test sets with
+/// [`TestHost::set_host_info`]. All 0 by default: no bound on unconsumed input, as outside a host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostInfo {
+    /// [`crate::host::resident_memory`], in bytes.
+    pub resident_memory: u64,
+    /// [`crate::host::max_connections`].
+    pub max_connections: u32,
+    /// [`crate::host::input_limit`], in bytes: the SDK closes a connection that leaves more
+    /// unconsumed (after [`Server::on_input_limit`]); 0 for no bound.
+    pub input_limit: u64,
+    /// [`crate::host::input_total`], in bytes, over all connections; 0 for no bound.
+    pub input_total: u64,
+}
+
+thread_local! {
+    /// The figures of the `TestHost` whose event runs on this thread.
+    static HOST_INFO: Cell<HostInfo> = const { Cell::new(HostInfo {
+        resident_memory: 0,
+        max_connections: 0,
+        input_limit: 0,
+        input_total: 0,
+    }) };
+}
+
+/// What [`crate::host`] reports outside a component.
+#[cfg_attr(target_arch = "wasm32", expect(dead_code, reason = "components ask the host"))]
+pub(crate) fn host_info() -> HostInfo {
+    HOST_INFO.get()
+}
+
+/// Collects the requests of each event for the [`TestHost`].
+#[derive(Debug, Default)]
+pub(crate) struct Recorder {
+    effects: Vec<Effect>,
+}
+
+impl HostCalls for Recorder {
+    fn send(&mut self, conn: ConnId, bytes: Vec<u8>) {
+        self.effects.push(Effect::Send { conn, bytes });
+    }
+    fn close(&mut self, conn: ConnId) {
+        self.effects.push(Effect::Close(conn));
+    }
+    fn set_timer(&mut self, id: u64, after_ms: u64) {
+        self.effects.push(Effect::SetTimer { id, after_ms });
+    }
+    fn cancel_timer(&mut self, id: u64) {
+        self.effects.push(Effect::CancelTimer(id));
+    }
+}
+
+/// A connection as its client sees it.
+#[derive(Debug)]
+struct Client {
+    /// Bytes the app sent that the test has not read.
+    unread: Vec<u8>,
+    state: ConnState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    Open,
+    /// The app closed it ([`crate::Ctx::close`]).
+    ClosedByApp,
+    /// The client went away ([`TestHost::disconnect`]).
+    Disconnected,
+}
+
+/// Everything of the host that an upgrade keeps: connections, clock, timers, what was recorded.
+#[derive(Debug)]
+struct World {
+    args: Vec<String>,
+    now_ms: u64,
+    next_conn: ConnId,
+    clients: BTreeMap<ConnId, Client>,
+    /// Armed timers: id → (due, Unix ms; the order it was armed, to break ties as the host does).
+    timers: BTreeMap<u64, (u64, u64)>,
+    armed: u64,
+    effects: Vec<Effect>,
+    info: HostInfo,
+}
+
+/// A stand-in for the tasuki host, driving one instance of `S` natively. See the
+/// [module docs](self).
+///
+/// Connections get ids 1, 2, 3, … in the order they connect. The clock starts at
+/// [`TestHost::EPOCH_MS`] and moves only with [`TestHost::advance`]; the app reads it through
+/// [`crate::Ctx::now_ms`]. Timers fire only from [`TestHost::advance`] (each at its due time,
+/// in the order of their deadlines, then the order they were armed, as the host fires them) and
+/// [`TestHost::fire_timer`].
+///
+/// Misuse by the test — data for a connection that is not open, firing a timer that is not
+/// armed — panics with what was wrong.
+#[derive(Debug)]
+pub struct TestHost<S: Server> {
+    runtime: Runtime<S, Recorder>,
+    world: World,
+}
+
+/// The release name a test instance reports in its snapshots.
+const TEST_VERSION: &str = "test";
+
+impl<S: Server> Default for TestHost<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: Server> TestHost<S> {
+    /// Where the clock starts: 2026-01-01T00:00:00Z in Unix ms, as in the host's simulator
+    /// (`tasuki test`), so a test does not depend on the day it runs.
+    pub const EPOCH_MS: u64 = 1_767_225_600_000;
+
+    /// An instance started as the host starts one without `--arg`: `S::default()`, then
+    /// [`Server::init`]. Panics with the app's reason if `init` refuses.
+    pub fn new() -> Self {
+        Self::start(&[]).unwrap_or_else(|e| panic!("`{}` refused to start: {e}", S::NAME))
+    }
+
+    /// An instance started with `args` (the host's `--arg` values); the app's error if its
+    /// [`Server::init`] refuses them.
+    pub fn start(args: &[&str]) -> Result<Self, String> {
+        let world = World {
+            args: args.iter().map(|a| (*a).to_string()).collect(),
+            now_ms: Self::EPOCH_MS,
+            next_conn: 1,
+            clients: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            armed: 0,
+            effects: Vec::new(),
+            info: HostInfo::default(),
+        };
+        let mut host =
+            Self { runtime: Runtime::with_host(TEST_VERSION, Recorder::default()), world };
+        let args = host.world.args.clone();
+        host.event(|rt| rt.init(args))?;
+        Ok(host)
+    }
+
+    /// The app's state.
+    pub fn server(&self) -> &S {
+        self.runtime.server()
+    }
+
+    /// The app's state, to set up a test (changes made here are not an event: the app is not
+    /// told).
+    pub fn server_mut(&mut self) -> &mut S {
+        self.runtime.server_mut()
+    }
+
+    /// Sets what [`crate::host`] reports to the app from the next event on, and the input
+    /// limits the SDK enforces.
+    pub fn set_host_info(&mut self, info: HostInfo) {
+        self.world.info = info;
+    }
+
+    /// The clock, in Unix ms.
+    pub fn now_ms(&self) -> u64 {
+        self.world.now_ms
+    }
+
+    /// A client connects (`on_connect`), from `192.0.2.1` (a documentation address) to
+    /// `127.0.0.1:7000`. Returns its id.
+    pub fn connect(&mut self) -> ConnId {
+        let id = self.world.next_conn;
+        self.connect_with("127.0.0.1:7000", &format!("192.0.2.1:{}", 40_000 + id % 20_000))
+    }
+
+    /// A client connects from `peer` to the listener `listener` (both `ip:port`, as
+    /// [`ConnInfo`] has them). Returns its id.
+    pub fn connect_with(&mut self, listener: &str, peer: &str) -> ConnId {
+        let id = self.world.next_conn;
+        self.world.next_conn += 1;
+        self.world.clients.insert(id, Client { unread: Vec::new(), state: ConnState::Open });
+        let info = ConnInfo { id, listener: listener.to_string(), peer: peer.to_string() };
+        self.event(|rt| rt.on_connect(info));
+        id
+    }
+
+    /// The client of `conn` sends `bytes`: one `on_data` event, as one read of the host's.
+    /// Panics if `conn` is not open.
+    pub fn send(&mut self, conn: ConnId, bytes: impl AsRef<[u8]>) {
+        self.expect_open(conn, "send on");
+        let data = bytes.as_ref().to_vec();
+        self.event(|rt| rt.on_data(conn, data));
+    }
+
+    /// The client of `conn` goes away: `on_disconnect`. Panics if `conn` is not open (the
+    /// host sends no disconnect for a connection the app closed).
+    pub fn disconnect(&mut self, conn: ConnId) {
+        self.expect_open(conn, "disconnect");
+        if let Some(client) = self.world.clients.get_mut(&conn) {
+            client.state = ConnState::Disconnected;
+        }
+        self.event(|rt| rt.on_disconnect(conn));
+    }
+
+    /// Takes what the app sent to `conn` since the last read, as its client would read it.
+    pub fn read(&mut self, conn: ConnId) -> Vec<u8> {
+        self.world.clients.get_mut(&conn).map(|c| std::mem::take(&mut c.unread)).unwrap_or_default()
+    }
+
+    /// [`TestHost::read`] as text. Panics (showing the bytes) if they are not UTF-8.
+    pub fn read_string(&mut self, conn: ConnId) -> String {
+        let bytes = self.read(conn);
+        String::from_utf8(bytes).unwrap_or_else(|e| {
+            panic!("connection {conn} read bytes that are not UTF-8: {:?}", e.as_bytes())
+        })
+    }
+
+    /// Whether `conn` is open: connected, and closed by neither side.
+    pub fn is_open(&self, conn: ConnId) -> bool {
+        self.state(conn) == Some(ConnState::Open)
+    }
+
+    /// Whether the app closed `conn` (with [`crate::Ctx::close`], or the SDK for it, past an
+    /// input limit).
+    pub fn closed_by_app(&self, conn: ConnId) -> bool {
+        self.state(conn) == Some(ConnState::ClosedByApp)
+    }
+
+    /// Bytes `conn` sent that the app has not consumed (the SDK keeps them for it, across
+    /// upgrades too).
+    pub fn unconsumed(&self, conn: ConnId) -> usize {
+        self.runtime.unconsumed(conn)
+    }
+
+    /// The armed timers as (id, due time in Unix ms), in the order they would fire.
+    pub fn timers(&self) -> Vec<(u64, u64)> {
+        let mut armed: Vec<(u64, u64, u64)> =
+            self.world.timers.iter().map(|(&id, &(due, order))| (due, order, id)).collect();
+        armed.sort_unstable();
+        armed.into_iter().map(|(due, _, id)| (id, due)).collect()
+    }
+
+    /// Fires timer `id` now, whatever its due time: `on_timer`. Panics if it is not armed.
+    pub fn fire_timer(&mut self, id: u64) {
+        assert!(
+            self.world.timers.remove(&id).is_some(),
+            "timer {id} is not armed (armed: {:?})",
+            self.timers()
+        );
+        self.event(|rt| rt.on_timer(id));
+    }
+
+    /// Moves the clock forward by `by`, firing every timer that falls due meanwhile at its due
+    /// time, in order — including timers those firings arm, if they fall due in time.
+    pub fn advance(&mut self, by: Duration) {
+        let by_ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        let until = self.world.now_ms.saturating_add(by_ms);
+        while let Some(&(id, due)) = self.timers().first() {
+            if due > until {
+                break;
+            }
+            self.world.timers.remove(&id);
+            self.world.now_ms = self.world.now_ms.max(due);
+            self.event(|rt| rt.on_timer(id));
+        }
+        self.world.now_ms = until;
+    }
+
+    /// Everything the app asked of the host so far, in order.
+    pub fn effects(&self) -> &[Effect] {
+        &self.world.effects
+    }
+
+    /// Takes what [`TestHost::effects`] holds, so the next look sees only what came after.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.world.effects)
+    }
+
+    /// Upgrades to release `N` as the host does with a whole-state transfer: a fresh `N`
+    /// started with the same arguments ([`Server::init`]), the state exported
+    /// ([`Server::export_ready`], then serialized: the app's section and each connection's
+    /// unconsumed input), imported (through [`Server::migrations`] when the versions differ)
+    /// and [`Server::resumed`]. Connections, their unread output, timers and the clock stay.
+    /// The error of the step that refused; this host is then dropped (a test that wants the
+    /// old version to serve on after a refusal builds it again).
+    pub fn upgrade<N: Server>(mut self) -> Result<TestHost<N>, String> {
+        let snapshot: Snapshot = self.event(|rt| rt.export_state())?;
+        let live = self.runtime.live();
+        let mut next = TestHost::<N> {
+            runtime: Runtime::with_host(TEST_VERSION, Recorder::default()),
+            world: self.world,
+        };
+        let args = next.world.args.clone();
+        next.event(|rt| rt.init(args))?;
+        next.event(|rt| rt.import_state(snapshot, live))?;
+        Ok(next)
+    }
+
+    fn state(&self, conn: ConnId) -> Option<ConnState> {
+        self.world.clients.get(&conn).map(|c| c.state)
+    }
+
+    fn expect_open(&self, conn: ConnId, what: &str) {
+        match self.state(conn) {
+            Some(ConnState::Open) => {}
+            Some(ConnState::ClosedByApp) => {
+                panic!("cannot {what} connection {conn}: the app closed it")
+            }
+            Some(ConnState::Disconnected) => {
+                panic!("cannot {what} connection {conn}: its client disconnected")
+            }
+            None => panic!("cannot {what} connection {conn}: it never connected"),
+        }
+    }
+
+    /// Runs one call into the instance at the current time with this host's figures, then
+    /// applies what the app asked for.
+    fn event<T>(&mut self, call: impl FnOnce(&mut Runtime<S, Recorder>) -> T) -> T {
+        let outer = HOST_INFO.replace(self.world.info);
+        self.runtime.set_clock(Some(self.world.now_ms));
+        let result = call(&mut self.runtime);
+        HOST_INFO.set(outer);
+        let effects = std::mem::take(&mut self.runtime.host_mut().effects);
+        for effect in effects {
+            self.world.apply(&effect);
+            self.world.effects.push(effect);
+        }
+        result
+    }
+}
+
+impl World {
+    fn apply(&mut self, effect: &Effect) {
+        match effect {
+            Effect::Send { conn, bytes } => {
+                // The host drops output for a connection that is gone, as here.
+                // (An event's output comes before its closes, so a connection the event closes
+                // still gets what it was sent.)
+                if let Some(client) = self.clients.get_mut(conn)
+                    && client.state == ConnState::Open
+                {
+                    client.unread.extend_from_slice(bytes);
+                }
+            }
+            Effect::Close(conn) => {
+                if let Some(client) = self.clients.get_mut(conn)
+                    && client.state == ConnState::Open
+                {
+                    client.state = ConnState::ClosedByApp;
+                }
+            }
+            Effect::SetTimer { id, after_ms } => {
+                self.armed += 1;
+                self.timers.insert(*id, (self.now_ms.saturating_add(*after_ms), self.armed));
+            }
+            Effect::CancelTimer(id) => {
+                self.timers.remove(id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
