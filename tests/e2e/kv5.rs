@@ -201,3 +201,74 @@ fn kv4_upgrades_to_kv5_and_back_with_no_transformer_every_key_intact() {
     assert_eq!(host.status().app.to_string(), "kv 4.0.0");
     assert_same(&state_of(&host, &dir.path().join("c.snap")), &before, "kv 4 after kv 5");
 }
+
+/// String keys redis-py writes for the keyspace test: enough that the keyspace is pre-copied in
+/// many chunks, few enough that the check takes a second.
+const PY_KEYS: &str = "20000";
+
+/// `redis_py_keyspace.py PORT MODE N` against `host`, to its `DONE`.
+fn redis_py(host: &TestHost, mode: &str) {
+    let python = crate::real_clients::installed("venv/bin/python");
+    let out = std::process::Command::new(python)
+        .arg(crate::real_clients::script("redis_py_keyspace.py"))
+        .args([&host.addr.port().to_string(), mode, PY_KEYS])
+        .output()
+        .expect("run redis-py");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.trim() == format!("DONE {PY_KEYS}"),
+        "redis-py {mode} against {}: {said}{}",
+        host.status().app,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What redis-py wrote, read back by redis-py (every key: value, deadline, members) and by
+/// redis-cli (a SCAN walk of the whole keyspace, and keys on both sides of kv 5's 22 bytes).
+fn every_key_is_there(host: &TestHost, what: &str) {
+    redis_py(host, "check");
+    let cli = |args: &[&str]| crate::clients::cli(host, args);
+    let walked = cli(&["--scan"]);
+    let keys: usize = PY_KEYS.parse().unwrap();
+    assert_eq!(walked.lines().count(), keys + 4, "{what}: redis-cli --scan");
+    // The script's key(i) and value(i).
+    let key = |i: usize| format!("key:{i:0width$}", width = 1 + i % 30);
+    let value = |i: usize| format!("{i}:").repeat(40)[..i % 70].to_string();
+    for i in [1, 21, 22, 23, 28, 69, 19_999] {
+        assert_eq!(cli(&["GET", &key(i)]), value(i), "{what}: {}", key(i));
+    }
+    assert_eq!(cli(&["STRLEN", &key(69)]), "69", "{what}");
+    assert_eq!(cli(&["PEXPIRETIME", &key(0)]), FAR.to_string(), "{what}");
+    assert_eq!(cli(&["PEXPIRETIME", &key(1)]), "-1", "{what}");
+    assert_eq!(cli(&["LLEN", "list"]), "100", "{what}");
+}
+
+/// Every key redis-py wrote to kv 4 is readable with its value and deadline after an upgrade
+/// to kv 5, from a snapshot of that kv 5 restored into a fresh kv 5, and from kv 4's own
+/// snapshot restored into kv 5: the compact keyspace reads kv 4's state and writes its own
+/// back whole, through the pre-copy and through a snapshot file.
+#[test]
+fn kv5_keeps_every_key_across_an_upgrade_from_kv4_and_a_snapshot_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = TestHost::start(artifacts::KV_V4);
+    redis_py(&host, "write");
+    let of_kv4 = dir.path().join("kv4.snap");
+    host.snapshot(&of_kv4);
+
+    let report = host.upgrade(artifacts::KV_V5).expect("kv 4 -> kv 5");
+    assert!(report.precopy.as_ref().is_some_and(|p| p.steps > 1), "pre-copied: {report:?}");
+    assert_eq!(host.status().app.to_string(), "kv 5.0.0");
+    every_key_is_there(&host, "kv 5 after the upgrade from kv 4");
+
+    let of_kv5 = dir.path().join("kv5.snap");
+    host.snapshot(&of_kv5);
+    for (file, what) in [(of_kv5, "kv 5's snapshot"), (of_kv4, "kv 4's snapshot")] {
+        let restored = TestHost::with(HostConfig {
+            app: artifacts::KV_V5.into(),
+            restore: Some(Restore { file, transforms: Vec::new() }),
+            ..HostConfig::default()
+        });
+        assert_eq!(restored.status().app.to_string(), "kv 5.0.0");
+        every_key_is_there(&restored, &format!("a fresh kv 5 restored from {what}"));
+    }
+}
