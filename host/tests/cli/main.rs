@@ -194,6 +194,32 @@ fn run_help_shows_every_limit_with_its_default() {
     assert!(stderr.contains("--checkpoint-dir /no/dir: not a directory"), "{stderr}");
 }
 
+/// A `--checkpoint-dir` that cannot hold a file is refused before a socket is bound, naming the
+/// directory and why, rather than the host serving with its recovery state in memory.
+#[test]
+fn a_checkpoint_dir_that_cannot_hold_a_file_is_refused_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    // /proc: a directory no one can make a file in, root included.
+    let args =
+        ["run", tasuki_artifacts::KV_V1, "--listen", "127.0.0.1:0", "--checkpoint-dir", "/proc"];
+    let mut child = Command::new(TASUKI)
+        .current_dir(dir.path())
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = support::poll(Duration::from_secs(30), || child.try_wait().unwrap());
+    if exited.is_none() {
+        child.kill().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(exited.is_some_and(|s| !s.success()), "it must exit non-zero at once:\n{stderr}");
+    let said = "--checkpoint-dir /proc: cannot write the recovery checkpoint's file there";
+    assert!(stderr.contains(said), "{stderr}");
+    assert!(!stderr.contains("serving on"), "refused before serving: {stderr}");
+}
+
 #[test]
 fn snapshot_migrate_check_and_restore_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
