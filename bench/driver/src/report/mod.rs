@@ -484,6 +484,19 @@ fn write_throughput_sections(
         s("kv_version"),
         s("runs")
     );
+    // A load above the cores means other processes competed with the servers and with
+    // redis-benchmark for the CPU: the single-threaded redis-server and the host (an event loop
+    // beside its epoch and copy threads) do not suffer it alike, so the ratios move with it.
+    let busiest = ["loadavg_start", "loadavg_end"]
+        .iter()
+        .filter_map(|k| source.get(k)?.split(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    let provenance = match source.opt_num("cores") {
+        Some(cores) if busiest > cores => format!(
+            "{provenance} **The machine was busy** (a load average of up to {busiest} on {cores} cores, from other processes): the throughput ratios and latencies below are not the servers' alone and spread widely from run to run; CPU per request is less affected, and a run on a quiet machine is what to compare with."
+        ),
+        _ => provenance,
+    };
     write_throughput(md, &tp, "", &connections, n_for, &provenance)?;
     let big = read_throughput(&raw.join("tp-1m"), n_for)?;
     if !big.is_empty() {
