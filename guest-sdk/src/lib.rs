@@ -101,12 +101,13 @@ mod ctx;
 pub mod frame;
 pub mod heap;
 mod list;
-mod map;
+pub mod map;
 mod migrations;
 #[doc(hidden)]
 pub mod precopy;
 #[doc(hidden)]
 pub mod runtime;
+mod table;
 pub mod testing;
 #[cfg(test)]
 mod tests;

@@ -607,7 +607,7 @@ where
 /// A list at most 1/8 full gives memory back, as [`crate::Map`] does (redis's dicts shrink at
 /// the same fill): to twice its length, `O(len)` once per halving or more, in order.
 fn give_back<T>(elements: &mut VecDeque<T>) {
-    use crate::map::{SHRINK_BELOW, SHRINK_MIN};
+    use crate::table::{SHRINK_BELOW, SHRINK_MIN};
     let capacity = elements.capacity();
     if capacity > SHRINK_MIN && elements.len() * SHRINK_BELOW <= capacity {
         elements.shrink_to(elements.len() * 2);

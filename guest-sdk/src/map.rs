@@ -2,8 +2,9 @@
 
 use crate::collection::{self, Converted, Extra, Plain, Read, Ref, Tracking};
 use crate::precopy::{self, Mode, Sink};
-use indexmap::map::Entry as IndexEntry;
-use indexmap::{Equivalent, IndexMap, IndexSet};
+pub use crate::table::{IntoIter, Iter, Keys, Values, ValuesMut};
+use crate::table::{SHRINK_BELOW, SHRINK_MIN, Table};
+use indexmap::{Equivalent, IndexSet};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
@@ -23,25 +24,24 @@ const PRESIZE_MAX: u64 = 1 << 24;
 /// A hash map whose contents cross an upgrade ahead of the pause.
 ///
 /// Use it for an app's big collections in place of `HashMap`: outside an upgrade it is a hash
-/// map in insertion order (an [`indexmap::IndexMap`] with [`FixedState`]), and it serializes
+/// map in insertion order (entries in fixed-size segments, which never move or over-allocate
+/// by more than a segment as the map grows, found through a table of `u32` positions hashed
+/// with [`FixedState`]), and it serializes
 /// exactly as a `HashMap` does (a length, then the pairs), so replacing one with the other keeps
 /// the state's encoding. During an upgrade the host copies its entries in small chunks between
 /// events while the app serves, and every change to an entry already copied is recorded and sent
 /// again; the pause moves only those (see [`crate::precopy`] in the SDK's source).
 ///
 /// Removal is [`Map::remove`], which moves the last entry into the hole (`O(1)`, as
-/// `IndexMap::swap_remove`): the order of the entries is the order of insertion only until the
+/// `IndexMap::swap_remove`, whose order this keeps): the order of the entries is the order of insertion only until the
 /// first removal.
 ///
 /// In a migration or a transformer, a pre-copied map arrives as a reference to its chunks, not
 /// as entries: convert it with [`Map::convert`] (the conversion then runs chunk by chunk as the
 /// entries cross). Reading a reference's entries panics, naming this rule.
 pub struct Map<K, V> {
-    entries: IndexMap<K, V, FixedState>,
+    entries: Table<K, V>,
     extra: Extra<Track<K>>,
-    /// The capacity the map last grew or shrank to. `entries.capacity()` will not do for
-    /// deciding to shrink: hashbrown's drops with every removal that leaves a tombstone.
-    peak: usize,
 }
 
 /// A map's part of an export session.
@@ -70,19 +70,18 @@ impl<K, V> Map<K, V> {
 
     /// An empty map with room for `capacity` entries.
     pub fn with_capacity(capacity: usize) -> Self {
-        Self::from_entries(IndexMap::with_capacity_and_hasher(capacity, FixedState::default()))
+        Self::from_entries(Table::with_capacity(capacity))
     }
 
-    fn from_entries(entries: IndexMap<K, V, FixedState>) -> Self {
-        let peak = entries.capacity();
-        Self { entries, extra: Extra::none(), peak }
+    fn from_entries(entries: Table<K, V>) -> Self {
+        Self { entries, extra: Extra::none() }
     }
 
     fn reference(reference: Ref) -> Self {
-        Self { entries: IndexMap::default(), extra: Extra::reference(reference), peak: 0 }
+        Self { entries: Table::new(), extra: Extra::reference(reference) }
     }
 
-    fn readable(&self) -> &IndexMap<K, V, FixedState> {
+    fn readable(&self) -> &Table<K, V> {
         self.extra.check_readable();
         &self.entries
     }
@@ -110,13 +109,13 @@ impl<K, V> Map<K, V> {
     }
 
     /// The entries, in the map's order.
-    pub fn iter(&self) -> indexmap::map::Iter<'_, K, V> {
+    pub fn iter(&self) -> Iter<'_, K, V> {
         self.readable().iter()
     }
 
     /// The keys, in the map's order.
-    pub fn keys(&self) -> indexmap::map::Keys<'_, K, V> {
-        self.readable().keys()
+    pub fn keys(&self) -> Keys<'_, K, V> {
+        Keys(self.readable().iter())
     }
 
     /// The entry at position `index` of the map's order (`0..len`), for scanning a map a part
@@ -127,21 +126,21 @@ impl<K, V> Map<K, V> {
     }
 
     /// The values, in the map's order.
-    pub fn values(&self) -> indexmap::map::Values<'_, K, V> {
-        self.readable().values()
+    pub fn values(&self) -> Values<'_, K, V> {
+        Values(self.readable().iter())
     }
 
-    /// Removes every entry. During an upgrade the map starts a new stream, so the entries
-    /// copied so far are dropped by the reader rather than removed one by one.
+    /// Removes every entry, and gives their memory back. During an upgrade the map starts a
+    /// new stream, so the entries copied so far are dropped by the reader rather than removed
+    /// one by one.
     pub fn clear(&mut self) {
         self.extra.restart();
         self.entries.clear();
-        give_back(&mut self.entries, &mut self.peak);
     }
 
     /// Every value, mutably. During an upgrade this makes the whole map be copied again
     /// (a change through the iterator cannot be told from no change): prefer [`Map::get_mut`].
-    pub fn values_mut(&mut self) -> indexmap::map::ValuesMut<'_, K, V> {
+    pub fn values_mut(&mut self) -> ValuesMut<'_, K, V> {
         self.extra.restart();
         self.entries.values_mut()
     }
@@ -150,17 +149,17 @@ impl<K, V> Map<K, V> {
 impl<K: Hash + Eq + Clone, V> Map<K, V> {
     /// The value under `key`.
     pub fn get<Q: ?Sized + Hash + Equivalent<K>>(&self, key: &Q) -> Option<&V> {
-        self.readable().get(key)
+        self.readable().get_full(key).map(|(_, _, value)| value)
     }
 
     /// The entry under `key`: the stored key and its value.
     pub fn get_key_value<Q: ?Sized + Hash + Equivalent<K>>(&self, key: &Q) -> Option<(&K, &V)> {
-        self.readable().get_key_value(key)
+        self.readable().get_full(key).map(|(_, key, value)| (key, value))
     }
 
     /// True if `key` has an entry.
     pub fn contains_key<Q: ?Sized + Hash + Equivalent<K>>(&self, key: &Q) -> bool {
-        self.readable().contains_key(key)
+        self.readable().get_full(key).is_some()
     }
 
     /// The value under `key`, to change. The entry counts as changed.
@@ -179,9 +178,8 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
     /// Sets `key` to `value`, returning the value it replaces.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         self.extra.check_readable();
-        let Self { entries, extra, peak } = self;
+        let Self { entries, extra } = self;
         let (index, old) = entries.insert_full(key, value);
-        *peak = (*peak).max(entries.capacity());
         if old.is_some()
             && let Some(track) = extra.tracked()
             && index < track.cursor
@@ -196,26 +194,21 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
     /// as changed.
     pub fn get_or_insert_with(&mut self, key: K, default: impl FnOnce() -> V) -> &mut V {
         self.extra.check_readable();
-        let Self { entries, extra, peak } = self;
-        *peak = (*peak).max(entries.capacity());
-        match entries.entry(key) {
-            IndexEntry::Occupied(entry) => {
-                if let Some(track) = extra.tracked()
-                    && entry.index() < track.cursor
-                {
-                    track.dirty.insert(entry.key().clone());
-                }
-                entry.into_mut()
-            }
-            // A growth here is seen by the next call that looks at the peak.
-            IndexEntry::Vacant(entry) => entry.insert(default()),
+        let Self { entries, extra } = self;
+        let (index, existed, key, value) = entries.get_or_insert_with(key, default);
+        if existed
+            && let Some(track) = extra.tracked()
+            && index < track.cursor
+        {
+            track.dirty.insert(key.clone());
         }
+        value
     }
 
     /// Removes `key`, returning its value. The last entry takes its place (`O(1)`).
     pub fn remove<Q: ?Sized + Hash + Equivalent<K>>(&mut self, key: &Q) -> Option<V> {
         self.extra.check_readable();
-        let Self { entries, extra, peak } = self;
+        let Self { entries, extra } = self;
         let (index, key, value) = entries.swap_remove_full(key)?;
         if let Some(track) = extra.tracked() {
             // The last entry moved to `index`: if it was not sent yet and now sits below the
@@ -228,7 +221,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
             track.cursor = track.cursor.min(entries.len());
             track.dirty.insert(key);
         }
-        give_back(entries, peak);
+        entries.give_back();
         Some(value)
     }
 
@@ -237,7 +230,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
     /// upgrade in progress): change values with [`Map::get_mut`].
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
         self.extra.check_readable();
-        let Self { entries, extra, peak } = self;
+        let Self { entries, extra } = self;
         match extra.tracked() {
             None => entries.retain(|key, value| keep(key, value)),
             Some(track) => {
@@ -256,7 +249,7 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
                 track.cursor = kept_below;
             }
         }
-        give_back(entries, peak);
+        entries.give_back();
     }
 
     /// Converts every value with `convert`, keeping the keys: the way a migration or a
@@ -276,23 +269,22 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
             let mut out = Map::with_capacity(self.entries.len());
             for (key, value) in self.entries {
                 let value = convert(&key, value)?;
-                out.entries.insert(key, value);
+                out.entries.insert_full(key, value);
             }
             return Ok(out);
         };
-        let read =
-            collection::convert_reference::<IndexMap<K, V2, FixedState>>(reference, |store| {
-                if store {
-                    Box::new(ConvertStore::<K, V, V2, _> {
-                        entries: presized(reference.len),
-                        applied: 0,
-                        convert,
-                        old: PhantomData,
-                    })
-                } else {
-                    Box::new(ConvertEncode::<K, V, V2, _> { convert, types: PhantomData })
-                }
-            })?;
+        let read = collection::convert_reference::<Table<K, V2>>(reference, |store| {
+            if store {
+                Box::new(ConvertStore::<K, V, V2, _> {
+                    entries: presized(reference.len),
+                    applied: 0,
+                    convert,
+                    old: PhantomData,
+                })
+            } else {
+                Box::new(ConvertEncode::<K, V, V2, _> { convert, types: PhantomData })
+            }
+        })?;
         Ok(match read {
             Read::Empty => Map::new(),
             Read::Built(entries) => Map::from_entries(entries),
@@ -321,7 +313,8 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
             precopy::with_mode(Mode::Inline, || -> Result<(), String> {
                 while pass.has_room() {
                     let Some(key) = track.dirty.pop() else { break };
-                    pass.record(stream, &key, self.entries.get(&key))?;
+                    let value = self.entries.get_full(&key).map(|(_, _, value)| value);
+                    pass.record(stream, &key, value)?;
                     track.records += 1;
                 }
                 while pass.has_room() && track.cursor < self.entries.len() {
@@ -346,29 +339,8 @@ impl<K: Hash + Eq + Clone, V> Map<K, V> {
     }
 }
 
-/// A map at most this full gives memory back: redis shrinks a dict when at most 1/8 of it is
-/// used (`HASHTABLE_MIN_FILL` in its `server.h`). Without it a map emptied by deletes would keep
-/// its peak memory, and so would the instance (the host's compaction sees it as in use).
-pub(crate) const SHRINK_BELOW: usize = 8;
-
-/// Capacity below which a map keeps its memory: too little to matter.
-pub(crate) const SHRINK_MIN: usize = 64;
-
-/// Shrinks `entries` to twice its length when it is at most 1/[`SHRINK_BELOW`] full (of the
-/// capacity it last grew to, `peak`): `O(len)`
-/// (the entries move and the index is rebuilt from the stored hashes), once per halving or
-/// more of the map, so removals stay `O(1)` amortized. Order is kept, so a pre-copy session's
-/// cursor stays valid.
-fn give_back<K, V>(entries: &mut IndexMap<K, V, FixedState>, peak: &mut usize) {
-    *peak = (*peak).max(entries.capacity());
-    if *peak > SHRINK_MIN && entries.len() * SHRINK_BELOW <= *peak {
-        entries.shrink_to(entries.len() * 2);
-        *peak = entries.capacity();
-    }
-}
-
-fn presized<K: Hash + Eq, V>(len: u64) -> IndexMap<K, V, FixedState> {
-    IndexMap::with_capacity_and_hasher(len.min(PRESIZE_MAX) as usize, FixedState::default())
+fn presized<K, V>(len: u64) -> Table<K, V> {
+    Table::with_capacity(len.min(PRESIZE_MAX) as usize)
 }
 
 impl<K, V> Default for Map<K, V> {
@@ -380,7 +352,7 @@ impl<K, V> Default for Map<K, V> {
 impl<K: Clone, V: Clone> Clone for Map<K, V> {
     /// A copy of the entries; the copy is not part of any upgrade in progress.
     fn clone(&self) -> Self {
-        Self { entries: self.entries.clone(), extra: self.extra.copy(), peak: self.peak }
+        Self { entries: self.entries.clone(), extra: self.extra.copy() }
     }
 }
 
@@ -397,7 +369,7 @@ impl<K: Hash + Eq, V: PartialEq> PartialEq for Map<K, V> {
     /// The same keys with the same values, in any order.
     fn eq(&self, other: &Self) -> bool {
         self.entries.len() == other.entries.len()
-            && self.entries.iter().all(|(k, v)| other.entries.get(k) == Some(v))
+            && self.entries.iter().all(|(k, v)| other.entries.get_full(k).is_some_and(|e| e.2 == v))
     }
 }
 
@@ -421,7 +393,7 @@ impl<K: Hash + Eq + Clone, V> Extend<(K, V)> for Map<K, V> {
 
 impl<K, V> IntoIterator for Map<K, V> {
     type Item = (K, V);
-    type IntoIter = indexmap::map::IntoIter<K, V>;
+    type IntoIter = IntoIter<K, V>;
     fn into_iter(self) -> Self::IntoIter {
         self.extra.check_readable();
         self.entries.into_iter()
@@ -430,7 +402,7 @@ impl<K, V> IntoIterator for Map<K, V> {
 
 impl<'a, K, V> IntoIterator for &'a Map<K, V> {
     type Item = (&'a K, &'a V);
-    type IntoIter = indexmap::map::Iter<'a, K, V>;
+    type IntoIter = Iter<'a, K, V>;
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
     }
@@ -457,7 +429,7 @@ where
         if matches!(precopy::mode(), Mode::Inline | Mode::Pass) {
             return d.deserialize_map(Entries(PhantomData));
         }
-        let read = collection::read_reference::<D, IndexMap<K, V, FixedState>>(d, |len| {
+        let read = collection::read_reference::<D, Table<K, V>>(d, |len| {
             Box::new(Store::<K, V> { entries: presized(len), applied: 0 })
         })?;
         Ok(match read {
@@ -487,7 +459,7 @@ where
         let len = access.size_hint().unwrap_or(0) as u64;
         let mut entries = presized(len);
         while let Some((key, value)) = access.next_entry()? {
-            entries.insert(key, value);
+            entries.insert_full(key, value);
         }
         Ok(Map::from_entries(entries))
     }
@@ -495,7 +467,7 @@ where
 
 /// A reader's sink that builds the map.
 struct Store<K, V> {
-    entries: IndexMap<K, V, FixedState>,
+    entries: Table<K, V>,
     /// Records applied.
     applied: u64,
 }
@@ -522,9 +494,9 @@ where
         self.applied += 1;
         let (key, rest) = key_of::<K>(payload)?;
         if op == precopy::UPSERT {
-            self.entries.insert(key, value_of(rest)?);
+            self.entries.insert_full(key, value_of(rest)?);
         } else {
-            self.entries.swap_remove(&key);
+            self.entries.swap_remove_full(&key);
         }
         Ok(())
     }
@@ -540,7 +512,7 @@ where
 
 /// A reader's sink that converts each value as it arrives, then builds the map.
 struct ConvertStore<K, V, V2, F> {
-    entries: IndexMap<K, V2, FixedState>,
+    entries: Table<K, V2>,
     /// Records applied.
     applied: u64,
     convert: F,
@@ -563,9 +535,9 @@ where
         let (key, rest) = key_of::<K>(payload)?;
         if op == precopy::UPSERT {
             let value = (self.convert)(&key, value_of(rest)?)?;
-            self.entries.insert(key, value);
+            self.entries.insert_full(key, value);
         } else {
-            self.entries.swap_remove(&key);
+            self.entries.swap_remove_full(&key);
         }
         Ok(())
     }

@@ -394,7 +394,8 @@ impl Canary {
             return None;
         }
         let checkpoint = self.candidate.recovery().checkpoint()?;
-        let file = SnapshotFile::from_state(&checkpoint.chunks, &checkpoint.snapshot);
+        let chunks = checkpoint.chunks.read().ok()?;
+        let file = SnapshotFile::from_state(&chunks, &checkpoint.snapshot);
         Some(Reproduction { trace: self.recording.text.clone(), snapshot_file: file.encode() })
     }
 

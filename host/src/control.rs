@@ -489,11 +489,8 @@ mod tests {
         bytes[4..8].copy_from_slice(&7u32.to_be_bytes());
         let err = decode_message::<Request>(&mut &bytes[..]).unwrap_err();
         assert!(matches!(err, MessageError::Version(7)), "{err}");
-        assert!(
-            err.to_string()
-                .contains(&format!("control protocol 7, this host speaks {PROTOCOL_VERSION}")),
-            "{err}"
-        );
+        let named = format!("control protocol 7, this host speaks {PROTOCOL_VERSION}");
+        assert!(err.to_string().contains(&named), "{err}");
         // What a tasuki from before versioned frames sends: a length, then the body.
         let body = postcard::to_allocvec(&Request::Status).unwrap();
         let mut old = (body.len() as u32).to_be_bytes().to_vec();

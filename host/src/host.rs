@@ -119,6 +119,8 @@ pub enum MigrateError {
 pub enum SnapshotError {
     #[error("{0}")]
     Export(Box<UpgradeError>),
+    #[error("cannot read the checkpoint's chunks back from their file: {0}")]
+    Read(std::io::Error),
     #[error(transparent)]
     Write(#[from] SnapshotFileError),
 }
@@ -195,6 +197,7 @@ impl Upgrader {
             .recv()
             .map_err(|_| SnapshotError::Export(Box::new(UpgradeError::HostStopped)))?
             .map_err(|e| SnapshotError::Export(Box::new(e)))?;
+        let chunks = chunks.read().map_err(SnapshotError::Read)?;
         Ok((SnapshotFile::from_state(&chunks, &snapshot), pause))
     }
 

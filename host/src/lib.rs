@@ -14,6 +14,8 @@
 //!   call; guest refusals and typed traps kept apart.
 //! - [`transformer`]: sandboxed state transformers and the pipeline that chains them.
 //! - [`snapshot`]: snapshot files — the documented on-disk format of a state.
+//! - `spill`: the checkpoint's chunks and the journal's bytes, in unnamed files rather than
+//!   the heap.
 //! - `recovery`: a checkpoint and a journal of events, and the rebuild that replays them
 //!   (leaving out input that makes the replay trap, and rebuilding the timer queue).
 //! - `live`: **the live version** — version, instance, app info and recovery state as one
@@ -53,6 +55,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod sim;
 pub mod snapshot;
+mod spill;
 pub mod status;
 pub mod store;
 mod timers;

@@ -1,5 +1,6 @@
 //! Every bound the host puts on a guest, named, with why the default is what it is.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How often the epoch ticker advances the engine's epoch. Deadlines are counted in ticks, so
@@ -123,6 +124,10 @@ pub struct Limits {
     pub compact_min_memory: u64,
     /// Least time between automatic compactions.
     pub compact_interval: Duration,
+    /// Where the pre-copied chunks of checkpoints are written, in an unnamed file
+    /// (`--checkpoint-dir`; the system's temporary directory by default): the host's second copy
+    /// of the state then costs page cache, not resident memory. `None` keeps them in the heap.
+    pub checkpoint_dir: Option<PathBuf>,
 }
 
 impl Default for Limits {
@@ -142,6 +147,7 @@ impl Default for Limits {
             compact_below: COMPACT_BELOW,
             compact_min_memory: COMPACT_MIN_MEMORY,
             compact_interval: COMPACT_INTERVAL,
+            checkpoint_dir: Some(std::env::temp_dir()),
         }
     }
 }

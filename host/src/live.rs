@@ -11,6 +11,7 @@ use crate::bindings::{AppInfo, Chunk, ConnInfo, PrecopyBatch, Snapshot};
 use crate::clock::EventClock;
 use crate::instance::{CallError, Instance, MemoryUsage};
 use crate::recovery::{self, RebuildError, RebuildReport, Recovery, Skip, Stamp};
+use crate::spill::Chunks;
 use crate::store::Effect;
 use crate::timers::TimerQueue;
 use crate::version::{AppVersion, Version};
@@ -41,10 +42,10 @@ impl Call<'_> {
 pub(crate) enum Imported {
     /// It imported these pre-copied chunks (none for a full transfer) and this snapshot (after
     /// transformers) with these connections open.
-    Snapshot(Vec<Chunk>, Snapshot, Vec<ConnInfo>),
+    Snapshot(Chunks, Snapshot, Vec<ConnInfo>),
     /// `--from-checkpoint`: it imported the checkpoint (after transformers; `None` when there
     /// was none and `init` built the state) and replayed the journal since.
-    Journal(Option<(Vec<Chunk>, Snapshot)>),
+    Journal(Option<(Chunks, Snapshot)>),
 }
 
 /// The version being served, with its instance and recovery state.
@@ -66,13 +67,9 @@ impl Live {
         journal_limit: usize,
     ) -> Result<Self, CallError> {
         let (instance, info) = recovery::start(&version, args)?;
-        Ok(Self {
-            version,
-            instance,
-            info,
-            recovery: Recovery::fresh(journal_limit),
-            generation: 0,
-        })
+        let recovery =
+            Recovery::fresh(journal_limit, version.runtime.limits.checkpoint_dir.as_deref());
+        Ok(Self { version, instance, info, recovery, generation: 0 })
     }
 
     /// A start from a state (`run --restore`, after transformers: pre-copied chunks and the
@@ -86,9 +83,16 @@ impl Live {
         (chunks, snapshot): (Vec<Chunk>, Snapshot),
     ) -> Result<Self, CallError> {
         instance.import(&chunks, &snapshot, &[])?;
+        let dir = version.runtime.limits.checkpoint_dir.as_deref();
+        let chunks = Chunks::from_vec(dir, chunks);
         // No timers before the import; the dispatcher anchors the time when it starts.
-        let recovery =
-            Recovery::from_snapshot(journal_limit, (chunks, snapshot), Vec::new(), Vec::new(), 0);
+        let recovery = Recovery::from_snapshot(
+            (journal_limit, dir),
+            (chunks, snapshot),
+            Vec::new(),
+            Vec::new(),
+            0,
+        );
         Ok(Self { version, instance, info, recovery, generation: 0 })
     }
 
@@ -111,12 +115,13 @@ impl Live {
         mono: u64,
     ) -> Live {
         let limit = self.recovery.limit();
+        let dir = version.runtime.limits.checkpoint_dir.as_deref();
         let recovery = match imported {
             Imported::Snapshot(chunks, snapshot, live) => {
-                Recovery::from_snapshot(limit, (chunks, snapshot), live, timers, mono)
+                Recovery::from_snapshot((limit, dir), (chunks, snapshot), live, timers, mono)
             }
             Imported::Journal(snapshot) => {
-                std::mem::replace(&mut self.recovery, Recovery::fresh(limit))
+                std::mem::replace(&mut self.recovery, Recovery::fresh(limit, dir))
                     .with_checkpoint_snapshot(snapshot)
             }
         };
@@ -132,12 +137,12 @@ impl Live {
         version: Arc<Version>,
         instance: Instance,
         info: AppInfo,
-        (chunks, snapshot, live): (Vec<Chunk>, Snapshot, Vec<ConnInfo>),
+        (chunks, snapshot, live): (Chunks, Snapshot, Vec<ConnInfo>),
         timers: Vec<(u64, u64)>,
         mono: u64,
     ) -> Live {
-        let recovery =
-            Recovery::from_snapshot(self.recovery.limit(), (chunks, snapshot), live, timers, mono);
+        let limit = (self.recovery.limit(), version.runtime.limits.checkpoint_dir.as_deref());
+        let recovery = Recovery::from_snapshot(limit, (chunks, snapshot), live, timers, mono);
         Self { version, instance, info, recovery, generation: self.generation + 1 }
     }
 
@@ -254,7 +259,7 @@ impl Live {
     /// the checkpoint.
     pub(crate) fn set_checkpoint(
         &mut self,
-        state: (Vec<Chunk>, Snapshot),
+        state: (Chunks, Snapshot),
         live: Vec<ConnInfo>,
         timers: Vec<(u64, u64)>,
         mono: u64,
@@ -295,7 +300,8 @@ impl Live {
         self.generation += 1;
         self.instance = instance;
         self.info = info;
-        self.recovery = Recovery::fresh(self.recovery.limit());
+        let dir = self.version.runtime.limits.checkpoint_dir.as_deref();
+        self.recovery = Recovery::fresh(self.recovery.limit(), dir);
         self.recovery.anchor(mono);
         Ok(())
     }

@@ -20,6 +20,7 @@
 use crate::bindings::Chunk;
 use crate::instance::{CallError, Instance, chunk_bytes};
 use crate::live::Live;
+use crate::spill::Chunks;
 use crate::transformer::{ChainSession, Pipeline, TransformError};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
@@ -278,8 +279,8 @@ pub(crate) enum Next {
 pub(crate) struct Session {
     chain: ChainSession,
     /// Every chunk the new instance took, after the transformers: with the final snapshot,
-    /// the new version's first checkpoint.
-    imported: Vec<Chunk>,
+    /// the new version's first checkpoint. In a file, as a checkpoint's are.
+    imported: Chunks,
     pace: Pace,
     /// The live value's generation the session was opened on: a rebuild ends it.
     generation: u64,
@@ -312,7 +313,7 @@ impl Session {
         }
         let mut session = Self {
             chain,
-            imported: Vec::new(),
+            imported: Chunks::new(live.version().runtime.limits.checkpoint_dir.as_deref()),
             pace: Pace::new(budget),
             generation: live.generation(),
             started: Instant::now(),
@@ -412,7 +413,7 @@ impl Session {
 
     /// The chunks imported before the pause, and the report, once `paused_bytes` crossed in
     /// the pause.
-    pub(crate) fn end(self, paused_bytes: u64, paused: Instant) -> (Vec<Chunk>, PrecopyReport) {
+    pub(crate) fn end(self, paused_bytes: u64, paused: Instant) -> (Chunks, PrecopyReport) {
         let report = PrecopyReport {
             steps: self.pace.steps(),
             bytes: self.bytes,

@@ -28,14 +28,16 @@
 //! in the log). If exports keep failing, the journal reaches its limit and recovery is off until
 //! the next checkpoint succeeds; `tasuki status` says so, and why.
 
-use crate::bindings::{AppInfo, Chunk, ConnInfo, Snapshot};
+use crate::bindings::{AppInfo, ConnInfo, Snapshot};
 use crate::clock::EventClock;
-use crate::instance::{CallError, Instance, chunk_bytes, snapshot_bytes};
+use crate::instance::{CallError, Instance, snapshot_bytes};
 use crate::limits::CHECKPOINT_MIN;
+use crate::spill::{Chunks, IMPORT_BATCH, Log};
 use crate::timers::TimerQueue;
 use crate::version::Version;
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Rebuilds tried before recovery gives up: each finds one more culprit (a connection or a
@@ -64,8 +66,9 @@ pub(crate) enum Event {
 /// The state an instance can be rebuilt from.
 #[derive(Debug, Clone)]
 pub(crate) struct Checkpoint {
-    /// Chunks pre-copied ahead of `snapshot` (empty for a full export): imported first.
-    pub(crate) chunks: Vec<Chunk>,
+    /// Chunks pre-copied ahead of `snapshot` (none for a full export): imported first. In a
+    /// file, not the heap (see [`crate::spill`]).
+    pub(crate) chunks: Chunks,
     pub(crate) snapshot: Snapshot,
     /// Connections open when it was taken.
     pub(crate) live: Vec<ConnInfo>,
@@ -76,7 +79,26 @@ pub(crate) struct Checkpoint {
 impl Checkpoint {
     /// Bytes of state it holds, chunks and snapshot.
     pub(crate) fn bytes(&self) -> u64 {
-        chunk_bytes(&self.chunks) + snapshot_bytes(&self.snapshot)
+        self.chunks.bytes() + snapshot_bytes(&self.snapshot)
+    }
+
+    /// Bytes of it the host holds in its heap: the snapshot, and the chunks not in the file.
+    pub(crate) fn heap_bytes(&self) -> u64 {
+        self.chunks.heap_bytes() + snapshot_bytes(&self.snapshot)
+    }
+
+    /// Imports it into `instance`: the chunks read back from their file a batch at a time,
+    /// then the snapshot.
+    pub(crate) fn import_into(&self, instance: &mut Instance) -> Result<(), CallError> {
+        self.chunks.read_batches(IMPORT_BATCH, |batch| instance.import_chunks(&batch)).map_err(
+            |e| match e {
+                Ok(io) => CallError::Refused(format!(
+                    "the checkpoint's chunks cannot be read back from their file: {io}"
+                )),
+                Err(call) => call,
+            },
+        )?;
+        instance.import_state(&self.snapshot, &self.live)
     }
 }
 
@@ -116,8 +138,11 @@ pub(crate) struct Recovery {
     base_mono: u64,
     /// Each event with when it ran.
     events: Vec<(Stamp, Event)>,
-    /// The bytes of every `Data` event, back to back.
-    data: Vec<u8>,
+    /// The bytes of every `Data` event, back to back: in a file but for the last MiB (see
+    /// [`crate::spill`]).
+    data: Log,
+    /// Where the journal's file (and the checkpoints' chunks) go; `None`: the heap.
+    dir: Option<PathBuf>,
     /// Bytes of events (counted as [`Recovery::len`]) at which the next checkpoint is due.
     checkpoint_at: usize,
     /// Consecutive checkpoints that failed.
@@ -174,6 +199,8 @@ pub enum RebuildError {
     Start(CallError),
     #[error("a fresh instance failed to import the checkpoint: {0}")]
     Import(CallError),
+    #[error("the journal cannot be read back from its file: {0}")]
+    Journal(String),
     #[error("the replay trapped {attempts} times, each at another event; last: {last}")]
     Replay { attempts: usize, last: CallError },
 }
@@ -187,14 +214,16 @@ pub(crate) struct Skip {
 }
 
 impl Recovery {
-    /// Recovery from the app's `init` state: nothing journaled yet.
-    pub(crate) fn fresh(limit: usize) -> Self {
+    /// Recovery from the app's `init` state: nothing journaled yet. The journal's bytes go to
+    /// a file in `dir` (`None`: the heap).
+    pub(crate) fn fresh(limit: usize, dir: Option<&Path>) -> Self {
         Self {
             checkpoint: None,
             base_timers: Vec::new(),
             base_mono: 0,
             events: Vec::new(),
-            data: Vec::new(),
+            data: Log::new(dir),
+            dir: dir.map(Path::to_path_buf),
             checkpoint_at: CHECKPOINT_MIN.min(limit / 2).max(1),
             failures: 0,
             limit,
@@ -207,13 +236,13 @@ impl Recovery {
     /// Recovery from `snapshot`, which the live instance has just imported with `live` open,
     /// at monotonic time `mono`, when the host's timers were `timers`.
     pub(crate) fn from_snapshot(
-        limit: usize,
-        (chunks, snapshot): (Vec<Chunk>, Snapshot),
+        (limit, dir): (usize, Option<&Path>),
+        (chunks, snapshot): (Chunks, Snapshot),
         live: Vec<ConnInfo>,
         timers: Vec<(u64, u64)>,
         mono: u64,
     ) -> Self {
-        let mut recovery = Self::fresh(limit);
+        let mut recovery = Self::fresh(limit, dir);
         recovery.set_checkpoint((chunks, snapshot), live, timers, mono);
         recovery
     }
@@ -227,10 +256,7 @@ impl Recovery {
 
     /// The same journal over another checkpoint: after `--from-checkpoint`, the new version
     /// imported the (transformed) checkpoint and replayed these very events.
-    pub(crate) fn with_checkpoint_snapshot(
-        mut self,
-        snapshot: Option<(Vec<Chunk>, Snapshot)>,
-    ) -> Self {
+    pub(crate) fn with_checkpoint_snapshot(mut self, snapshot: Option<(Chunks, Snapshot)>) -> Self {
         match (&mut self.checkpoint, snapshot) {
             (Some(checkpoint), Some((chunks, snapshot))) => {
                 checkpoint.chunks = chunks;
@@ -251,7 +277,7 @@ impl Recovery {
             let off = RecoveryOff::Overflowed { limit: self.limit, failures: self.failures };
             tracing::error!("recovery is {off}");
             self.events = Vec::new();
-            self.data = Vec::new();
+            self.data.clear();
             self.off = Some(off);
         }
     }
@@ -267,9 +293,8 @@ impl Recovery {
             self.since_checkpoint += bytes.len() + EVENT_OVERHEAD;
             return;
         }
-        let start = self.data.len();
-        self.data.extend_from_slice(bytes);
-        self.push(at, Event::Data(conn, start..self.data.len()), bytes.len());
+        let range = self.data.append(bytes);
+        self.push(at, Event::Data(conn, range), bytes.len());
     }
 
     pub(crate) fn disconnect(&mut self, at: Stamp, conn: u64) {
@@ -342,12 +367,12 @@ impl Recovery {
     /// `mono`, when the host's armed timers were `timers`.
     pub(crate) fn set_checkpoint(
         &mut self,
-        (chunks, snapshot): (Vec<Chunk>, Snapshot),
+        (chunks, snapshot): (Chunks, Snapshot),
         live: Vec<ConnInfo>,
         timers: Vec<(u64, u64)>,
         mono: u64,
     ) {
-        let bytes = (chunk_bytes(&chunks) + snapshot_bytes(&snapshot)) as usize;
+        let bytes = (chunks.bytes() + snapshot_bytes(&snapshot)) as usize;
         let half = (self.limit / 2).max(1);
         if bytes > self.limit && self.limit > 0 {
             tracing::warn!(
@@ -362,7 +387,8 @@ impl Recovery {
             Some(Checkpoint { chunks, snapshot, live, at_unix_ms: crate::clock::now_unix_ms() });
         self.base_timers = timers;
         self.base_mono = mono;
-        self.events.clear();
+        // The journal starts over; what it grew to (up to the state's size) goes back.
+        self.events = Vec::new();
         self.data.clear();
         // Unanswered input from before now is in the checkpoint: none of it can be left out.
         for unanswered in self.unanswered.values_mut() {
@@ -403,6 +429,7 @@ impl Recovery {
             return Err(RebuildError::Off(off.clone()));
         }
         let started = Instant::now();
+        let data = self.data.read().map_err(|e| RebuildError::Journal(e.to_string()))?;
         let mut skips: HashMap<u64, usize> = skip.into_iter().map(|s| (s.conn, s.from)).collect();
         // Single events left out: a connect, disconnect or timer whose replay trapped.
         let mut skipped: HashSet<usize> = HashSet::new();
@@ -416,12 +443,10 @@ impl Recovery {
                 if let Some(at) = self.events.first().map(|(at, _)| at.wall) {
                     clock.freeze_at(at);
                 }
-                instance
-                    .import(&checkpoint.chunks, &checkpoint.snapshot, &checkpoint.live)
-                    .map_err(RebuildError::Import)?;
+                checkpoint.import_into(&mut instance).map_err(RebuildError::Import)?;
             }
             let mut timers = self.timers_after_import(&mut instance);
-            match self.replay_into(&mut instance, clock, &skips, &skipped, &mut timers) {
+            match self.replay_into(&mut instance, clock, (&skips, &skipped), &data, &mut timers) {
                 Ok(replayed) => {
                     let mut refire: Vec<u64> = skipped
                         .iter()
@@ -433,7 +458,7 @@ impl Recovery {
                     refire.sort_unstable();
                     refire.dedup();
                     let before = self.events.len();
-                    self.drop_events(&skips, &skipped);
+                    self.drop_events(&skips, &skipped, &data);
                     let mut culprits: Vec<u64> = skips.keys().copied().collect();
                     culprits.sort_unstable();
                     return Ok((
@@ -493,8 +518,8 @@ impl Recovery {
         &self,
         instance: &mut Instance,
         clock: &EventClock,
-        skips: &HashMap<u64, usize>,
-        skipped: &HashSet<usize>,
+        (skips, skipped): (&HashMap<u64, usize>, &HashSet<usize>),
+        data: &[u8],
         timers: &mut TimerQueue,
     ) -> Result<usize, (usize, CallError)> {
         let mut replayed = 0;
@@ -505,7 +530,7 @@ impl Recovery {
             clock.freeze_at(at.wall);
             let result = match event {
                 Event::Connect(conn) => instance.on_connect(conn),
-                Event::Data(conn, range) => instance.on_data(*conn, &self.data[range.clone()]),
+                Event::Data(conn, range) => instance.on_data(*conn, &data[range.clone()]),
                 Event::Disconnect(conn) => instance.on_disconnect(*conn),
                 Event::Timer(id) => {
                     // It fired: it is no longer armed, unless its handler arms it again.
@@ -522,8 +547,9 @@ impl Recovery {
         Ok(replayed)
     }
 
-    /// Removes the events a rebuild left out, and their bytes.
-    fn drop_events(&mut self, skips: &HashMap<u64, usize>, skipped: &HashSet<usize>) {
+    /// Removes the events a rebuild left out, and their bytes (`data`, the journal's bytes
+    /// read back).
+    fn drop_events(&mut self, skips: &HashMap<u64, usize>, skipped: &HashSet<usize>, data: &[u8]) {
         // kept_before[i]: how many events before old index i stay, to move `unanswered` along.
         let mut kept_before = Vec::with_capacity(self.events.len() + 1);
         let mut kept = 0;
@@ -544,15 +570,13 @@ impl Recovery {
             keep
         });
         // The bytes of the dropped events go too: a culprit's input can be most of the journal.
-        let mut data = Vec::with_capacity(self.len().min(self.data.len()));
+        let mut kept = Log::new(self.dir.as_deref());
         for (_, event) in &mut self.events {
             if let Event::Data(_, range) = event {
-                let start = data.len();
-                data.extend_from_slice(&self.data[range.clone()]);
-                *range = start..data.len();
+                *range = kept.append(&data[range.clone()]);
             }
         }
-        self.data = data;
+        self.data = kept;
     }
 
     /// Replays the journal into `instance`, which has just imported the checkpoint: the
@@ -564,8 +588,11 @@ impl Recovery {
         clock: &EventClock,
     ) -> Result<TimerQueue, CallError> {
         let mut timers = self.timers_after_import(instance);
-        self.replay_into(instance, clock, &HashMap::new(), &HashSet::new(), &mut timers)
-            .map_err(|(_, e)| e)?;
+        let data = self.data.read().map_err(|e| {
+            CallError::Refused(format!("the journal cannot be read back from its file: {e}"))
+        })?;
+        let none = (&HashMap::new(), &HashSet::new());
+        self.replay_into(instance, clock, none, &data, &mut timers).map_err(|(_, e)| e)?;
         Ok(timers)
     }
 }

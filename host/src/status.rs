@@ -20,6 +20,9 @@ pub struct RecoveryStatus {
     /// When the current checkpoint was taken (ms since the Unix epoch) and its bytes; `None`
     /// when the journal starts from the app's `init`.
     pub checkpoint: Option<(u64, u64)>,
+    /// Bytes of the checkpoint the host holds in its memory: the rest is in its file in
+    /// `--checkpoint-dir` (page cache, not the host's resident memory).
+    pub checkpoint_in_memory: u64,
     /// Bytes and events journaled since the checkpoint, and the journal's bound.
     pub journal_bytes: u64,
     pub journal_events: u64,
@@ -191,9 +194,10 @@ impl fmt::Display for RecoveryStatus {
             None => {
                 let from = match self.checkpoint {
                     Some((at, size)) => format!(
-                        "checkpoint of {} ago ({})",
+                        "checkpoint of {} ago ({}, {} of it in memory)",
                         human(Duration::from_millis(now_unix_ms().saturating_sub(at))),
-                        bytes(size)
+                        bytes(size),
+                        bytes(self.checkpoint_in_memory)
                     ),
                     None => "the app's start".to_string(),
                 };
@@ -512,6 +516,7 @@ impl Shared {
         let mut status = self.recovery_status();
         status.off = recovery.off().map(ToString::to_string);
         status.checkpoint = recovery.checkpoint().map(|c| (c.at_unix_ms, c.bytes()));
+        status.checkpoint_in_memory = recovery.checkpoint().map_or(0, |c| c.heap_bytes());
         status.journal_limit = recovery.limit() as u64;
     }
 

@@ -14,6 +14,7 @@ use crate::instance::{CallError, Instance, MemoryUsage, chunk_bytes, snapshot_by
 use crate::live::{Imported, Live};
 use crate::precopy::{self, PrecopyReport};
 use crate::runtime::Runtime;
+use crate::spill::Chunks;
 use crate::timers::TimerQueue;
 use crate::transformer::{Pipeline, TransformError};
 pub use crate::version::AppVersion;
@@ -582,8 +583,16 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
             events_replayed: recovery.events() as u64,
             complete: recovery.is_on(),
         };
-        match checkpoint {
-            Some(c) => (c.chunks.clone(), Some(c.snapshot.clone()), c.live.clone(), source),
+        match checkpoint.map(|c| c.chunks.read().map(|chunks| (chunks, c))) {
+            Some(Ok((chunks, c))) => (chunks, Some(c.snapshot.clone()), c.live.clone(), source),
+            Some(Err(e)) => {
+                let error = CallError::Refused(format!(
+                    "the checkpoint's chunks cannot be read back from their file: {e}"
+                ));
+                let error =
+                    UpgradeError::Export { running, error: Box::new(error), rebuilt: false };
+                return rollback(live, error, next.instance, false);
+            }
             None => (Vec::new(), None, Vec::new(), source),
         }
     } else {
@@ -648,12 +657,13 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
 
     // Commit: from here on every event goes to the new instance, and its recovery state is
     // what it imported — after the transformers, so a rebuild offers it its own shape.
+    let checkpoint_dir = live.version().runtime.limits.checkpoint_dir.clone();
     let (precopied, precopy_report) = match precopy {
         Some(session) => {
             let (chunks, report) = session.end(paused_bytes, paused);
             (chunks, Some(report))
         }
-        None => (Vec::new(), None),
+        None => (Chunks::new(checkpoint_dir.as_deref()), None),
     };
     let sections = crossing.as_ref().map_or_else(Vec::new, |(_, s)| sections(s));
     let wasm = next.version.path.clone();
@@ -666,7 +676,9 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
             chunks.extend(last);
             Imported::Snapshot(chunks, snapshot, importing)
         }
-        (_, crossing) => Imported::Journal(crossing),
+        (_, crossing) => Imported::Journal(crossing.map(|(chunks, snapshot)| {
+            (Chunks::from_vec(checkpoint_dir.as_deref(), chunks), snapshot)
+        })),
     };
     let mut report = UpgradeReport {
         from: running,

@@ -17,6 +17,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("KV_V2", "kv-v2", "kv_v2"),
     ("KV_V3", "kv-v3", "kv_v3"),
     ("KV_V4", "kv-v4", "kv_v4"),
+    ("KV_V5", "kv-v5", "kv_v5"),
     ("KV_V1_TO_V2", "kv-v1-to-v2", "kv_v1_to_v2"),
     ("KV_V2_TO_V3", "kv-v2-to-v3", "kv_v2_to_v3"),
     ("KV_V3_TO_V4", "kv-v3-to-v4", "kv_v3_to_v4"),

@@ -12,7 +12,7 @@ fn tool(name: &str, args: &[&str]) -> Output {
     })
 }
 
-fn cli(host: &TestHost, args: &[&str]) -> String {
+pub(crate) fn cli(host: &TestHost, args: &[&str]) -> String {
     let port = host.addr.port().to_string();
     let mut full = vec!["-h", "127.0.0.1", "-p", &port];
     full.extend_from_slice(args);

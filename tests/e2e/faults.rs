@@ -105,6 +105,48 @@ fn checkpoints_bound_the_journal_and_recovery_still_has_everything() {
     assert_eq!(host.status().recovery.recoveries, 1);
 }
 
+/// Files in `dir` this process holds open: the checkpoint's and the journal's, which have no
+/// name (`/proc` shows them as `DIR/#N (deleted)`).
+fn open_files_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+/// The host's copies of the state for recovery — the checkpoint's chunks and the journal's
+/// bytes — are in files in `--checkpoint-dir`, not in its memory, and a trap is recovered from
+/// them with every key.
+#[test]
+fn the_checkpoint_and_the_journal_are_kept_in_files_and_a_trap_recovers_from_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { checkpoint_dir: Some(dir.path().into()), ..Limits::default() };
+    let host = misbehave(limits);
+    let mut a = host.lines();
+    let value = "z".repeat(1000);
+    for i in 0..3000 {
+        assert_eq!(a.call(&format!("set k{i} {value}")), "ok");
+    }
+    // A snapshot is also the next checkpoint, built from chunks.
+    host.snapshot(&dir.path().join("now.snap"));
+    let recovery = host.status().recovery;
+    let (_, bytes) = recovery.checkpoint.expect("a checkpoint");
+    assert!(bytes > 3_000_000, "{recovery:?}");
+    assert!(recovery.checkpoint_in_memory < 64 << 10, "{recovery:?}");
+    // 2 MB journaled after it: all but the last MiB go to the journal's file.
+    for i in 3000..5000 {
+        assert_eq!(a.call(&format!("set k{i} {value}")), "ok");
+    }
+    assert!(host.status().recovery.journal_bytes > 2_000_000);
+    assert_eq!(open_files_in(dir.path()), 2, "the checkpoint's file and the journal's");
+    host.lines().expect_closed("panic");
+    for i in (0..5000).step_by(7).chain([4999]) {
+        assert_eq!(a.call(&format!("get k{i}")), value, "k{i} survived the trap");
+    }
+    assert_eq!(host.status().recovery.recoveries, 1);
+}
+
 #[test]
 fn a_state_larger_than_the_journal_limit_still_recovers() {
     // 4 MB of state, a 1 MiB journal: each checkpoint is bigger than the whole journal may be.

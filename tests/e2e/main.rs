@@ -9,6 +9,7 @@ mod docs;
 mod faults;
 mod hot_swap;
 mod iteration;
+mod kv5;
 mod large_requests;
 mod limits;
 mod memory;

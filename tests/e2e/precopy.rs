@@ -129,6 +129,23 @@ fn an_upgrade_pre_copied_under_writes_keeps_every_write_and_no_deleted_key_retur
     assert_eq!(host.status().app.to_string(), "kv 3.0.0");
 }
 
+/// kv 5 keeps kv 4's state in another layout, in the same encoding: either way, the state is
+/// pre-copied under writes with no transformer, and every key reads as last written.
+#[test]
+fn kv4_to_kv5_and_back_pre_copied_under_writes_with_no_transformer() {
+    let host = host(artifacts::KV_V4, 16 << 10);
+    let (report, during) = upgrade_under_writes(&host, artifacts::KV_V5, &[]);
+    let precopy = report.precopy.expect("the state was pre-copied");
+    assert!(precopy.steps > 100 && during > 0, "{precopy:?}, {during} writes during it");
+    assert_eq!(host.status().app.to_string(), "kv 5.0.0");
+    // The first writer's keys beyond the loaded ones would outlive the next load.
+    redis::cmd("FLUSHALL").query::<()>(&mut host.client()).unwrap();
+    let (report, during) = upgrade_under_writes(&host, artifacts::KV_V4, &[]);
+    let precopy = report.precopy.expect("the state was pre-copied");
+    assert!(precopy.steps > 100 && during > 0, "{precopy:?}, {during} writes during it");
+    assert_eq!(host.status().app.to_string(), "kv 4.0.0");
+}
+
 #[test]
 fn a_v1_to_v4_upgrade_through_three_transformers_is_pre_copied() {
     let host = host(artifacts::KV_V1, 64 << 10);

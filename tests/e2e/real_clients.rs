@@ -21,7 +21,7 @@ fn clients_dir() -> PathBuf {
     }
 }
 
-fn installed(relative: &str) -> PathBuf {
+pub(crate) fn installed(relative: &str) -> PathBuf {
     let path = clients_dir().join(relative);
     assert!(
         path.exists(),
@@ -32,7 +32,7 @@ fn installed(relative: &str) -> PathBuf {
     path
 }
 
-fn script(name: &str) -> PathBuf {
+pub(crate) fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients").join(name)
 }
 

@@ -347,6 +347,23 @@ fn linear_memory_resident(maps: &[Mapping], bytes: u64) -> (u64, usize) {
     (resident, found)
 }
 
+/// Bytes of the unnamed files the host `pid` holds in the temporary directory (its default
+/// `--checkpoint-dir`): its checkpoint's chunks and its journal, read through /proc/PID/fd —
+/// a second reading of how much of the recovery state is outside its resident memory.
+fn recovery_file_bytes(pid: u32) -> u64 {
+    let temp = std::env::temp_dir();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
+    fds.filter_map(Result::ok)
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| {
+                target.starts_with(&temp) && target.to_string_lossy().ends_with("(deleted)")
+            })
+        })
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|meta| meta.len())
+        .sum()
+}
+
 /// What a server looks like now, as raw fields with `prefix`.
 fn measure(server: &Server, raw: &mut Raw, prefix: &str) -> anyhow::Result<()> {
     let pid = server.pid();
@@ -373,7 +390,9 @@ fn measure(server: &Server, raw: &mut Raw, prefix: &str) -> anyhow::Result<()> {
         set(raw, "linear_memories_found", found as u64);
     }
     set(raw, "checkpoint_bytes", status.recovery.checkpoint.map_or(0, |(_, b)| b));
+    set(raw, "checkpoint_in_memory", status.recovery.checkpoint_in_memory);
     set(raw, "journal_bytes", status.recovery.journal_bytes);
+    set(raw, "recovery_file_bytes", recovery_file_bytes(pid));
     set(raw, "compactions", status.memory.compactions);
     Ok(())
 }

@@ -140,6 +140,13 @@ pub struct RunCommand {
     /// Least time between two automatic compactions (and after the host starts), in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = limits::COMPACT_INTERVAL.as_secs())]
     compact_interval: u64,
+    /// Where the recovery checkpoint and journal are kept (default: the system's temporary
+    /// directory, $TMPDIR or /tmp): each in an unnamed file, gone with the process, so that the
+    /// host's second copy of the state is page cache the kernel can reclaim, not resident
+    /// memory. On a tmpfs it stays in RAM. A directory given here that cannot hold a file is
+    /// refused at start; if a write fails later (a full disk), what follows is kept in memory.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -196,6 +203,30 @@ fn raise_fd_limit() {
 }
 
 impl RunCommand {
+    /// Where the recovery state's files go, checked by making one there before a socket is
+    /// bound. A directory named with `--checkpoint-dir` that cannot hold a file is refused; the
+    /// default one (the system's temporary directory) is only warned about, and the recovery
+    /// state is then kept in memory, as a host without files keeps it.
+    fn checkpoint_dir(&self) -> anyhow::Result<Option<PathBuf>> {
+        let dir = self.checkpoint_dir.clone().unwrap_or_else(std::env::temp_dir);
+        anyhow::ensure!(dir.is_dir(), "--checkpoint-dir {}: not a directory", dir.display());
+        match tempfile::tempfile_in(&dir) {
+            Ok(_) => Ok(Some(dir)),
+            Err(e) if self.checkpoint_dir.is_some() => Err(anyhow::anyhow!(
+                "--checkpoint-dir {}: cannot write the recovery checkpoint's file there: {e}",
+                dir.display()
+            )),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot write a file in {} ({e}): the recovery checkpoint and journal are \
+                     kept in memory; name a writable directory with --checkpoint-dir",
+                    dir.display()
+                );
+                Ok(None)
+            }
+        }
+    }
+
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(self.memory_limit > 0, "--memory-limit must be at least 1 MiB");
         anyhow::ensure!(self.snapshot_keep > 0, "--snapshot-keep must be at least 1");
@@ -205,6 +236,7 @@ impl RunCommand {
         for dir in &self.dirs {
             anyhow::ensure!(dir.host.is_dir(), "--dir {}: not a directory", dir.host.display());
         }
+        let checkpoint_dir = self.checkpoint_dir()?;
         raise_fd_limit();
         tasuki::host::tune_allocator();
         let limits = Limits {
@@ -222,6 +254,7 @@ impl RunCommand {
             compact_below: self.compact_below,
             compact_min_memory: self.compact_min_memory.saturating_mul(MIB as u64),
             compact_interval: Duration::from_secs(self.compact_interval),
+            checkpoint_dir,
         };
         let snapshots = match &self.snapshot_dir {
             None => None,

@@ -186,6 +186,39 @@ fn run_help_shows_every_limit_with_its_default() {
         "{}",
         text(&out.stderr)
     );
+    let out = tasuki(
+        dir.path(),
+        &["run", tasuki_artifacts::KV_V1, "--listen", "127.0.0.1:0", "--checkpoint-dir", "/no/dir"],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("--checkpoint-dir /no/dir: not a directory"), "{stderr}");
+}
+
+/// A `--checkpoint-dir` that cannot hold a file is refused before a socket is bound, naming the
+/// directory and why, rather than the host serving with its recovery state in memory.
+#[test]
+fn a_checkpoint_dir_that_cannot_hold_a_file_is_refused_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    // /proc: a directory no one can make a file in, root included.
+    let args =
+        ["run", tasuki_artifacts::KV_V1, "--listen", "127.0.0.1:0", "--checkpoint-dir", "/proc"];
+    let mut child = Command::new(TASUKI)
+        .current_dir(dir.path())
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = support::poll(Duration::from_secs(30), || child.try_wait().unwrap());
+    if exited.is_none() {
+        child.kill().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(exited.is_some_and(|s| !s.success()), "it must exit non-zero at once:\n{stderr}");
+    let said = "--checkpoint-dir /proc: cannot write the recovery checkpoint's file there";
+    assert!(stderr.contains(said), "{stderr}");
+    assert!(!stderr.contains("serving on"), "refused before serving: {stderr}");
 }
 
 #[test]
@@ -475,9 +508,9 @@ fn a_host_of_another_control_protocol_version_is_named() {
     host.join().unwrap();
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    let expected = format!(
+    let named = format!(
         "speaks control protocol 99, this tasuki speaks {}",
         tasuki::control::PROTOCOL_VERSION
     );
-    assert!(err.contains(&expected), "{err}");
+    assert!(err.contains(&named), "{err}");
 }

@@ -10,7 +10,7 @@
 use crate::support::{Reply, Resp, Running, closed, poll, tasuki_ok};
 use std::io::{ErrorKind, Write};
 use std::time::{Duration, Instant};
-use tasuki_artifacts::{KV_V1, KV_V1_TO_V2, KV_V2, KV_V2_TO_V3, KV_V3, MISBEHAVE};
+use tasuki_artifacts::{KV_V1, KV_V1_TO_V2, KV_V2, KV_V2_TO_V3, KV_V3, KV_V5, MISBEHAVE};
 
 /// `count` keys from `first` on, each with a value of its own of `len` bytes.
 fn keys(first: usize, count: usize, len: usize) -> Vec<(String, Vec<u8>)> {
@@ -292,4 +292,67 @@ fn a_trap_in_kv_loses_only_the_request_that_trapped() {
     assert!(status.contains("(1 in all)"), "{status}");
     assert!(status.contains("rebuilt from the "), "{status}");
     assert!(status.contains("lost: the faulting event, connections ["), "{status}");
+}
+
+/// Unnamed files (`DIR/#N (deleted)` in /proc) that the process `pid` holds open in `dir`.
+fn open_files_in(pid: u32, dir: &std::path::Path) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+/// `tasuki run kv_v5.wasm --checkpoint-dir DIR`: the recovery checkpoint and the journal are
+/// two files the host holds open in DIR, not its memory; a trap rebuilds kv 5 from them with
+/// every key, and a SIGTERM's last snapshot, written from the checkpoint's file, restores every
+/// key on the next start.
+#[test]
+fn with_checkpoint_dir_a_trap_and_a_restart_recover_every_key_from_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let spill = tempfile::tempdir().unwrap();
+    let spill_arg = spill.path().to_str().unwrap();
+    let flags = ["--memory-limit", "64", "--checkpoint-dir", spill_arg, "--snapshot-dir", "snaps"];
+    let mut host = kv(dir.path(), KV_V5, &flags);
+    let mut a = host.resp();
+    let checkpointed = keys(0, 4000, 1000);
+    a.set_all(&checkpointed);
+    // A snapshot is also the next checkpoint, built from chunks: 4 MB of them.
+    tasuki_ok(dir.path(), &["snapshot", "--out", "now.snap"]);
+    let journaled = keys(4000, 2000, 1000);
+    a.set_all(&journaled);
+    let status = tasuki_ok(dir.path(), &["status"]);
+    let line = status.lines().find(|l| l.contains("checkpoint of")).unwrap_or_default();
+    // "checkpoint of 1s ago (4.1 MiB, 312 B of it in memory)": the snapshot of what is not
+    // pre-copied stays in memory, the chunks do not.
+    assert!(line.contains("MiB, ") && line.contains(" B of it in memory"), "{status}");
+    assert_eq!(
+        open_files_in(host.child.id(), spill.path()),
+        2,
+        "the checkpoint's file and the journal's, in --checkpoint-dir"
+    );
+
+    trap(&host, &mut a);
+    for (pairs, what) in [(&checkpointed, "checkpoint"), (&journaled, "journal")] {
+        if let Some(lost) = lost(&mut a, pairs, &host) {
+            panic!("after a rebuild from the {what}'s file: {lost}");
+        }
+    }
+    let status = tasuki_ok(dir.path(), &["status"]);
+    assert!(status.contains("last recovery"), "{status}");
+
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &host.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let exit = poll(Duration::from_secs(60), || host.child.try_wait().unwrap());
+    assert_eq!(exit.and_then(|s| s.code()), Some(0), "{}", host.log());
+    let restarted = kv(dir.path(), KV_V5, &flags);
+    let mut b = restarted.resp();
+    for (pairs, what) in [(&checkpointed, "checkpoint"), (&journaled, "journal")] {
+        if let Some(lost) = lost(&mut b, pairs, &restarted) {
+            panic!("after a restart, keys of the {what}: {lost}");
+        }
+    }
 }

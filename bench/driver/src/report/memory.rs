@@ -15,7 +15,8 @@ use std::path::Path;
 pub(super) const HEADING: &str = "## Memory";
 
 /// The systems of a row, in the order of the tables: (file name, column name).
-const SYSTEMS: &[(&str, &str)] = &[("redis", "redis-server"), ("kv4", "kv 4"), ("kv2", "kv 2")];
+const SYSTEMS: &[(&str, &str)] =
+    &[("redis", "redis-server"), ("kv5", "kv 5"), ("kv4", "kv 4"), ("kv2", "kv 2")];
 
 /// The raw results: rows by (keys, value size, system), compactions by how they deleted.
 pub(super) struct Memory {
@@ -82,7 +83,7 @@ pub(super) fn write(md: &mut String, m: &Memory) -> anyhow::Result<()> {
     writeln!(md, "{HEADING}\n")?;
     writeln!(
         md,
-        "Measured by `{}` at commit `{}` on {} (load average {} at the start, {} at the end); memory figures do not depend on a quiet machine the way the timings above do. Each row is a fresh server process (redis-server {} with `--save '' --appendonly no`; `tasuki run kv_v4.wasm`, the latest release, and `tasuki run kv_v2.wasm`, the release issue 16 measured), measured empty and then loaded the same way as every other benchmark here (pipelined MSETs of 1,000 keys, `key:%012d`, the value size given). After loading, the driver waits until the server has settled — its RSS steady within 0.5% and its CPU idle for 2 s, and for tasuki the status unchanged over that time (no checkpoint or pre-copy under way, the guest's memory report read after the load) — and reads VmRSS.\n",
+        "Measured by `{}` at commit `{}` on {} (load average {} at the start, {} at the end); memory figures do not depend on a quiet machine the way the timings above do. Each row is a fresh server process (redis-server {} with `--save '' --appendonly no`; `tasuki run kv_v5.wasm`, the latest release, `kv_v4.wasm`, the release before it, whose state kv 5 keeps byte for byte in a compact layout, and `kv_v2.wasm`, the release issue 16 measured; all three with this commit's host and guest SDK, default flags), measured empty and then loaded the same way as every other benchmark here (pipelined MSETs of 1,000 keys, `key:%012d`, the value size given). After loading, the driver waits until the server has settled — its RSS steady within 0.5% and its CPU idle for 2 s, and for tasuki the status unchanged over that time (no checkpoint or pre-copy under way, the guest's memory report read after the load) — and reads VmRSS.\n",
         meta("command"),
         meta("commit"),
         meta("date"),
@@ -156,13 +157,13 @@ fn write_split(md: &mut String, m: &Memory) -> anyhow::Result<()> {
     writeln!(md, "### Where tasuki's memory goes\n")?;
     writeln!(
         md,
-        "Per row, from the host's status and /proc/PID/smaps. *Heap in use* is the guest allocator's count of bytes handed out (requested sizes, without the allocator's headers); *linear memory* what the instance has grown to (it never shrinks); *resident* the pages of it in RAM: the smaps mappings that hold it — the readable mappings (the data image, `memfd:wasm-memory-image`, and anonymous pages) directly before the inaccessible rest of its reservation, whose sizes add up exactly to the linear memory the guest reports. The host uses wasmtime's on-demand allocator (host/src/runtime.rs sets no pooling), so there is no pooling reservation: each linear memory reserves 4 GiB of address space plus guard pages, virtual only, none of it resident until the guest touches it. *Checkpoint* and *journal* are the host's copies of the state for recovery (their bytes, from the status). *Baseline* is the process before the load less its linear memory's resident pages: wasmtime, the compiled component, the runtime. *Rest* is what is left of the RSS: the host's buffers and its allocator's slack. The checkpoint, the journal and the rest depend on where the load ended in the host's checkpoint schedule (a checkpoint is taken once the journal outgrows the last one), so they, and the RSS with them, differ from run to run by up to the state's size; the linear memory and its resident pages do not.\n"
+        "Per row, from the host's status and /proc/PID/smaps. *Heap in use* is the guest allocator's count of bytes handed out (requested sizes, without the allocator's headers); *linear memory* what the instance has grown to (it never shrinks); *resident* the pages of it in RAM: the smaps mappings that hold it — the readable mappings (the data image, `memfd:wasm-memory-image`, and anonymous pages) directly before the inaccessible rest of its reservation, whose sizes add up exactly to the linear memory the guest reports. The host uses wasmtime's on-demand allocator (host/src/runtime.rs sets no pooling), so there is no pooling reservation: each linear memory reserves 4 GiB of address space plus guard pages, virtual only, none of it resident until the guest touches it. *Checkpoint* and *journal* are the host's copies of the state for recovery (their bytes, from the status), which it writes to unnamed files in `--checkpoint-dir` (here the default, the system's temporary directory) rather than keep in its memory: *of it in memory* is the part of the checkpoint the host holds (the snapshot of what was not pre-copied), the journal keeps its last MiB and an index of its events in memory; *in files* is the size of the unnamed files the process holds open there, read through /proc/PID/fd (page cache, not its RSS). *Baseline* is the process before the load less its linear memory's resident pages: wasmtime, the compiled component, the runtime. *Rest* is what is left of the RSS less the checkpoint's part in memory: the journal's part in memory, the host's buffers and its allocator's slack. The checkpoint and journal bytes depend on where the load ended in the host's checkpoint schedule (a checkpoint is taken once the journal outgrows the last one), so they differ from run to run; with both in files the RSS no longer does.\n"
     )?;
     writeln!(
         md,
-        "| release | keys × value | RSS | heap in use | linear memory | resident of it | checkpoint | journal | baseline | rest |"
+        "| release | keys × value | RSS | heap in use | linear memory | resident of it | checkpoint | of it in memory | journal | in files | baseline | rest |"
     )?;
-    writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for (file, name) in &SYSTEMS[1..] {
         for ((keys, size), systems) in &m.rows {
             let Some(r) = systems.get(*file) else { continue };
@@ -170,16 +171,20 @@ fn write_split(md: &mut String, m: &Memory) -> anyhow::Result<()> {
             let resident = kib(r, "linear_resident_kib") * 1024.0;
             let baseline = (kib(r, "empty_rss_kib") - kib(r, "empty_linear_resident_kib")) * 1024.0;
             let (ckpt, journal) = (kib(r, "checkpoint_bytes"), kib(r, "journal_bytes"));
-            let rest = rss - resident - ckpt - journal - baseline;
+            // A host from before the recovery files held all of it.
+            let in_memory = r.opt_num("checkpoint_in_memory").unwrap_or(ckpt);
+            let files = r.opt_num("recovery_file_bytes").map_or("–".into(), mib_b);
+            let rest = rss - resident - in_memory - baseline;
             writeln!(
                 md,
-                "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {files} | {} | {} |",
                 row_label(*keys, *size),
                 mib_b(rss),
                 mib_b(kib(r, "heap_in_use")),
                 mib_b(kib(r, "linear_memory")),
                 mib_b(resident),
                 mib_b(ckpt),
+                mib_b(in_memory),
                 mib_b(journal),
                 mib_b(baseline),
                 mib_b(rest)
@@ -219,7 +224,7 @@ fn write_checks(md: &mut String, m: &Memory) -> anyhow::Result<()> {
     writeln!(md, "### Each figure read a second way\n")?;
     writeln!(
         md,
-        "VmRSS (what the tables use) beside the sum of every mapping's `Rss` in /proc/PID/smaps and the server's own reading of its RSS (redis's `INFO memory` `used_memory_rss`; the host's `status.memory.resident`, which kv 4 also reports as `used_memory_rss`), taken a moment apart; the guest's heap counter from the host's status beside kv 4's `INFO memory` `used_memory` (the same counter, read through the guest; a few hundred bytes apart, the INFO request's own buffers); redis's `used_memory` (its allocator's count) beside its RSS.\n"
+        "VmRSS (what the tables use) beside the sum of every mapping's `Rss` in /proc/PID/smaps and the server's own reading of its RSS (redis's `INFO memory` `used_memory_rss`; the host's `status.memory.resident`, which kv 4 and 5 also report as `used_memory_rss`), taken a moment apart; the guest's heap counter from the host's status beside kv 4's and 5's `INFO memory` `used_memory` (the same counter, read through the guest; a few hundred bytes apart, the INFO request's own buffers); redis's `used_memory` (its allocator's count) beside its RSS.\n"
     )?;
     writeln!(
         md,
@@ -258,7 +263,8 @@ fn write_compactions(md: &mut String, m: &Memory) -> anyhow::Result<()> {
     writeln!(md, "### Memory given back: compaction\n")?;
     writeln!(
         md,
-        "A fresh `tasuki run kv_v4.wasm {}` loaded with {} keys of {} bytes, then emptied by `FLUSHALL`, or 9 keys in 10 deleted by pipelined `DEL`s, while one client INCRs a counter of its own on one connection throughout. The host then compacts by itself ({}); the driver waits for `status.memory.compactions` to count it, then for the host to settle. Every key the delete left was read back afterwards with its value, and the counter matched the INCRs acknowledged. *Usual* is the slowest INCR reply in the moment before the delete (requests answered before it was sent); *during the delete* of the requests in flight at any moment while the `FLUSHALL` or `DEL`s were answered; *after* of those sent from the delete's reply until 2,000 INCRs after the compaction, so the compaction's pause is inside it (with when that slowest reply was sent and when the compaction committed, both after the delete's reply). The target after `FLUSHALL` is the empty host's RSS within 10%; after `DEL`, a fresh host loaded with the keys that are left (the row of that size in the first table).\n",
+        "A fresh `tasuki run {} {}` loaded with {} keys of {} bytes, then emptied by `FLUSHALL`, or 9 keys in 10 deleted by pipelined `DEL`s, while one client INCRs a counter of its own on one connection throughout. The host then compacts by itself ({}); the driver waits for `status.memory.compactions` to count it, then for the host to settle. Every key the delete left was read back afterwards with its value, and the counter matched the INCRs acknowledged. *Usual* is the slowest INCR reply in the moment before the delete (requests answered before it was sent); *during the delete* of the requests in flight at any moment while the `FLUSHALL` or `DEL`s were answered; *after* of those sent from the delete's reply until 2,000 INCRs after the compaction, so the compaction's pause is inside it (with when that slowest reply was sent and when the compaction committed, both after the delete's reply). The target after `FLUSHALL` is the empty host's RSS within 10%; after `DEL`, a fresh host loaded with the keys that are left (the row of that size in the first table).\n",
+        first.get("app").unwrap_or("?"),
         first.get("host_args").unwrap_or(""),
         thousands(first.num("keys")?),
         first.num("value_size")?,
@@ -275,7 +281,9 @@ fn write_compactions(md: &mut String, m: &Memory) -> anyhow::Result<()> {
     writeln!(md, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")?;
     for r in &m.compactions {
         // What the compacted host should come back to: the same process empty after FLUSHALL;
-        // after DEL, the kv 4 row above loaded with as many keys as were left, if there is one.
+        // after DEL, the row above of the same release loaded with as many keys as were left.
+        let release = r.get("app").and_then(|a| a.strip_suffix(".wasm")).unwrap_or("?");
+        let release = release.replace("_v", "");
         let left = r.opt_num("survivors_checked").unwrap_or(0.0) as u64;
         let size = r.opt_num("value_size").unwrap_or(0.0) as u64;
         let fresh = if left == 0 {
@@ -283,7 +291,7 @@ fn write_compactions(md: &mut String, m: &Memory) -> anyhow::Result<()> {
         } else {
             m.rows
                 .get(&(left, size))
-                .and_then(|systems| systems.get("kv4"))
+                .and_then(|systems| systems.get(&release))
                 .map(|row| (kib(row, "rss_kib"), format!("{} row", row_label(left, size))))
         };
         let back = match fresh {

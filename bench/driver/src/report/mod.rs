@@ -9,7 +9,9 @@
 //!   `restarts` and `profile` subcommands;
 //! - `large-SYSTEM.kv`: from `large-request`, one per system;
 //! - `memory/`: from `memory row` and `memory compaction`, with a `meta.kv` of its own (the
-//!   section may be measured alone, by `bench/run --memory-only`).
+//!   section may be measured alone, by `bench/run --memory-only`);
+//! - `throughput.kv`: where `tp/` and `tp-1m/` came from (their sections may be measured
+//!   alone, by `bench/run --throughput-only`).
 //!
 //! One module per part of the report: [`figures`] the headline table, [`checkpoints`] SET
 //! latency while checkpoints run, [`upgrades`] the upgrade tables, [`transfer`] where a
@@ -42,10 +44,24 @@ pub struct ReportArgs {
     /// other sections stay as their own run wrote them).
     #[arg(long)]
     memory_only: bool,
+    /// Write only the throughput, latency and CPU sections (empty and with 1M keys), into the
+    /// report at OUT in place of the ones there.
+    #[arg(long, conflicts_with_all = ["memory_only", "soak_only"])]
+    throughput_only: bool,
     /// RAW is `bench/soak`'s: write only the soak section, in place of the one at OUT.
     #[arg(long, conflicts_with = "memory_only")]
     soak_only: bool,
 }
+
+/// The headings of the sections `--throughput-only` replaces, in their order in the report.
+const THROUGHPUT_HEADINGS: &[&str] = &[
+    "## Throughput",
+    "## Latency",
+    "## Server CPU per request",
+    "## Throughput with 1M keys in the store",
+    "## Latency with 1M keys in the store",
+    "## Server CPU per request with 1M keys in the store",
+];
 
 /// One redis-benchmark run of one test against one system.
 #[derive(Debug, Clone)]
@@ -362,10 +378,19 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         eprintln!("wrote the memory section of {}", args.out.display());
         return Ok(());
     }
+    let source = Raw::read(&args.raw.join("throughput.kv")).unwrap_or_default();
+    if args.throughput_only {
+        let n_for = |p: u32| source.opt_num(&format!("requests_p{p}")).unwrap_or(f64::NAN);
+        let mut sections = String::new();
+        write_throughput_sections(&mut sections, &args.raw, &source, &n_for)?;
+        let ours = |h: &str| THROUGHPUT_HEADINGS.contains(&h);
+        splice_sections(&args.out, THROUGHPUT_HEADINGS[0], ours, &sections)?;
+        eprintln!("wrote the throughput sections of {}", args.out.display());
+        return Ok(());
+    }
     let meta = Raw::read(&args.raw.join("meta.kv"))?;
     let m = |k: &str| meta.get(k).unwrap_or("?").to_string();
     let n_for = |p: u32| meta.opt_num(&format!("requests_p{p}")).unwrap_or(f64::NAN);
-    let tp = read_throughput(&args.raw.join("tp"), &n_for)?;
     let upgrades = upgrades::Upgrades::read(&args.raw)?;
     let restarts = read_series(&args.raw, "restarts-")?;
     let ckpt_requests = meta.opt_num("ckpt_requests").unwrap_or(f64::NAN);
@@ -399,7 +424,8 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     )?;
     writeln!(
         md,
-        "| tasuki | `tasuki run kv_v2.wasm` (kv {}), loopback, release build |",
+        "| tasuki | `tasuki run {}` (kv {}) for throughput, latency, CPU and SET under checkpoints; the upgrade, large-request and memory sections name the releases they ran; loopback, release build |",
+        source.get("app").unwrap_or("kv_v2.wasm"),
         m("kv_version")
     )?;
     writeln!(md, "| load generator | {} on the same machine |", m("benchmark_version"))?;
@@ -411,11 +437,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     writeln!(md)?;
 
     figures::write(&mut md, &upgrades, &restarts, ckpt_summary.as_ref())?;
-    write_throughput(&mut md, &tp, "", &m("connections"), &n_for)?;
-    let big = read_throughput(&args.raw.join("tp-1m"), &n_for)?;
-    if !big.is_empty() {
-        write_throughput(&mut md, &big, " with 1M keys in the store", &m("connections"), &n_for)?;
-    }
+    write_throughput_sections(&mut md, &args.raw, &source, &n_for)?;
 
     if let Some(summary) = &ckpt_summary {
         checkpoints::write(&mut md, &ckpt, summary, ckpt_requests, &m("connections"))?;
@@ -436,6 +458,51 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     }
     std::fs::write(&args.out, md).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// The throughput, latency and CPU sections, empty and (if measured) with 1M keys, from `tp/`
+/// and `tp-1m/`, opening with where they came from (`source`, `throughput.kv`).
+fn write_throughput_sections(
+    md: &mut String,
+    raw: &Path,
+    source: &Raw,
+    n_for: &dyn Fn(u32) -> f64,
+) -> anyhow::Result<()> {
+    let s = |k: &str| source.get(k).unwrap_or("?").to_string();
+    let connections = s("connections");
+    let tp = read_throughput(&raw.join("tp"), n_for)?;
+    let provenance = format!(
+        "Measured by `{}` at commit `{}` on {} (load average {} at the start, {} at the end): redis-server {} against `tasuki run {}` (kv {}), {} run(s) of each figure.",
+        s("command"),
+        s("commit"),
+        s("date"),
+        s("loadavg_start"),
+        s("loadavg_end"),
+        s("redis_version"),
+        s("app"),
+        s("kv_version"),
+        s("runs")
+    );
+    // A load above the cores means other processes competed with the servers and with
+    // redis-benchmark for the CPU: the single-threaded redis-server and the host (an event loop
+    // beside its epoch and copy threads) do not suffer it alike, so the ratios move with it.
+    let busiest = ["loadavg_start", "loadavg_end"]
+        .iter()
+        .filter_map(|k| source.get(k)?.split(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    let provenance = match source.opt_num("cores") {
+        Some(cores) if busiest > cores => format!(
+            "{provenance} **The machine was busy** (a load average of up to {busiest} on {cores} cores, from other processes): the throughput ratios and latencies below are not the servers' alone and spread widely from run to run; CPU per request is less affected, and a run on a quiet machine is what to compare with."
+        ),
+        _ => provenance,
+    };
+    write_throughput(md, &tp, "", &connections, n_for, &provenance)?;
+    let big = read_throughput(&raw.join("tp-1m"), n_for)?;
+    if !big.is_empty() {
+        let title = " with 1M keys in the store";
+        write_throughput(md, &big, title, &connections, n_for, &provenance)?;
+    }
     Ok(())
 }
 
@@ -487,6 +554,7 @@ fn write_throughput(
     title: &str,
     connections: &str,
     n_for: &dyn Fn(u32) -> f64,
+    provenance: &str,
 ) -> anyhow::Result<()> {
     let med = |test: &str, p: u32, sys: &str, f: fn(&Run) -> f64| {
         tp.get(&(test.to_string(), p, sys.to_string()))
@@ -510,6 +578,7 @@ fn write_throughput(
     };
 
     writeln!(*md, "## Throughput{title}\n")?;
+    writeln!(*md, "{provenance}\n")?;
     writeln!(
         md,
         "`redis-benchmark -t set|get -c {} -n N -P P --csv{}`, one test per invocation (N = {} at pipeline 1, {} at 16). Requests per second, higher is better.{}\n",
@@ -614,11 +683,15 @@ fn write_throughput(
     Ok(())
 }
 
-/// Replaces the section under `heading` of the report at `path` with `section` (the text from
-/// the heading up to the next `## ` heading), or appends it if the report has none; writes the
-/// section alone if there is no report yet. Sections measured by their own runs (the memory
-/// section, the soak) are put in place this way and leave the others as their run wrote them.
-fn splice(path: &Path, heading: &str, section: &str) -> anyhow::Result<()> {
+/// Replaces, in the report at `path`, the sections from the heading `first` on, as long as
+/// `ours` says a heading is one of them, with `text`; appends `text` if the report has no
+/// `first`; writes `text` alone if there is no report yet. [`splice`] for one section.
+fn splice_sections(
+    path: &Path,
+    first: &str,
+    ours: impl Fn(&str) -> bool,
+    text: &str,
+) -> anyhow::Result<()> {
     let old = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -632,9 +705,9 @@ fn splice(path: &Path, heading: &str, section: &str) -> anyhow::Result<()> {
     let mut from = None;
     let mut to = None;
     for (at, line) in start {
-        if from.is_none() && line == heading {
+        if from.is_none() && line == first {
             from = Some(at);
-        } else if from.is_some() && line.starts_with("## ") {
+        } else if from.is_some() && line.starts_with("## ") && !ours(line) {
             to = Some(at);
             break;
         }
@@ -642,12 +715,20 @@ fn splice(path: &Path, heading: &str, section: &str) -> anyhow::Result<()> {
     let new = match from {
         Some(from) => {
             let to = to.unwrap_or(old.len());
-            format!("{}{section}{}", &old[..from], &old[to.min(old.len())..])
+            format!("{}{text}{}", &old[..from], &old[to.min(old.len())..])
         }
-        None if old.is_empty() => section.to_string(),
-        None => format!("{}\n{section}", old.trim_end_matches('\n').to_string() + "\n"),
+        None if old.is_empty() => text.to_string(),
+        None => format!("{}\n{text}", old.trim_end_matches('\n').to_string() + "\n"),
     };
     std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Replaces the section under `heading` of the report at `path` with `section` (the text from
+/// the heading up to the next `## ` heading), or appends it if the report has none; writes the
+/// section alone if there is no report yet. Sections measured by their own runs (the memory
+/// section, the soak) are put in place this way and leave the others as their run wrote them.
+fn splice(path: &Path, heading: &str, section: &str) -> anyhow::Result<()> {
+    splice_sections(path, heading, |h| h == heading, section)
 }
 
 /// The section of `report` under `heading`, up to the next `## ` heading.
@@ -663,24 +744,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splice_replaces_only_its_own_section() {
+    fn splice_replaces_only_the_sections_it_is_given() {
         let dir = std::env::temp_dir().join(format!("tasuki-bench-splice-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("RESULTS.md");
         std::fs::write(&path, "# t\n\n## A\n\na\n\n## Memory\n\nold\n\n## B\n\nb\n").unwrap();
-        splice(&path, "## Memory", "## Memory\n\nnew\n\n").unwrap();
+        splice(&path, memory::HEADING, "## Memory\n\nnew\n\n").unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "# t\n\n## A\n\na\n\n## Memory\n\nnew\n\n## B\n\nb\n"
         );
         // A report without the section gets it at the end.
         std::fs::write(&path, "# t\n\n## A\n\na\n").unwrap();
-        splice(&path, "## Memory", "## Memory\n\nnew\n").unwrap();
+        splice(&path, memory::HEADING, "## Memory\n\nnew\n").unwrap();
         assert_eq!(section("# t\n\n## A\n\na\n\n## B\n\nb\n", "## A").unwrap(), "## A\n\na\n\n");
         assert_eq!(section("# t\n\n## A\n\na\n\n## B\n\nb\n", "## B").unwrap(), "## B\n\nb\n");
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "# t\n\n## A\n\na\n\n## Memory\n\nnew\n"
+        );
+        // The throughput sections, empty and with 1M keys, go together; what follows them stays.
+        let old: String = THROUGHPUT_HEADINGS.iter().map(|h| format!("{h}\n\nold\n\n")).collect();
+        std::fs::write(&path, format!("# t\n\n## A\n\na\n\n{old}## SET latency\n\nc\n")).unwrap();
+        let ours = |h: &str| THROUGHPUT_HEADINGS.contains(&h);
+        splice_sections(&path, THROUGHPUT_HEADINGS[0], ours, "## Throughput\n\nnew\n\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "# t\n\n## A\n\na\n\n## Throughput\n\nnew\n\n## SET latency\n\nc\n"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
