@@ -46,7 +46,7 @@ pub const DEFAULT_CONTROL_PATH: &str = "tasuki.sock";
 pub const FRAME_MAGIC: &[u8; 4] = b"TSKC";
 /// The control protocol this tasuki speaks. Bump it whenever [`Request`] or [`Response`] (or
 /// anything in them) changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A request to a running host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -487,7 +487,11 @@ mod tests {
         bytes[4..8].copy_from_slice(&7u32.to_be_bytes());
         let err = decode_message::<Request>(&mut &bytes[..]).unwrap_err();
         assert!(matches!(err, MessageError::Version(7)), "{err}");
-        assert!(err.to_string().contains("control protocol 7, this host speaks 1"), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("control protocol 7, this host speaks {PROTOCOL_VERSION}")),
+            "{err}"
+        );
         // What a tasuki from before versioned frames sends: a length, then the body.
         let body = postcard::to_allocvec(&Request::Status).unwrap();
         let mut old = (body.len() as u32).to_be_bytes().to_vec();

@@ -662,7 +662,9 @@ pub(crate) fn check_compatible(
             .find(|s| s.name == written.name)
             .map(|s| s.accepts.clone())
             .unwrap_or_default();
-        if !accepts.contains(&written.version) {
+        // A release built before the SDK's back-pressure sections reads none of them.
+        let optional = accepts.is_empty() && crate::transformer::optional_section(&written.name);
+        if !accepts.contains(&written.version) && !optional {
             return Err(UpgradeError::Incompatible {
                 running: Box::new(running.into()),
                 new: Box::new(new.into()),

@@ -2,7 +2,7 @@
 //! before an upgrade pauses anything.
 
 use crate::bindings::AppInfo;
-use crate::bindings::server_exports::{app, memory, precopy, state};
+use crate::bindings::server_exports::{app, memory, precopy, state, writable};
 use crate::runtime::Runtime;
 use crate::store::InstanceState;
 use serde::{Deserialize, Serialize};
@@ -60,6 +60,9 @@ pub(crate) struct Exports {
     /// `None` for a server built before the `memory` interface existed (or without the SDK):
     /// the host then cannot tell its garbage from its state, and compacts it only on request.
     pub(crate) memory: Option<memory::GuestIndices>,
+    /// `None` for a server built before the `writable` interface existed: it never asks to be
+    /// told when a connection can take more, and gets only the host's output limits.
+    pub(crate) writable: Option<writable::GuestIndices>,
 }
 
 /// A compiled, linked app version, ready to be instantiated any number of times.
@@ -114,6 +117,7 @@ impl Version {
             state: state::GuestIndices::new(&instance_pre).map_err(wrong_world)?,
             precopy: precopy::GuestIndices::new(&instance_pre).ok(),
             memory: memory::GuestIndices::new(&instance_pre).ok(),
+            writable: writable::GuestIndices::new(&instance_pre).ok(),
         };
         Ok(Arc::new(Self {
             pre: instance_pre,

@@ -51,7 +51,9 @@ fn a_client_of_another_protocol_version_is_told_both_versions() {
     stream.write_all(&[0]).unwrap();
     match answer(&mut stream) {
         Some(Response::Failed(reason)) => {
-            assert!(reason.contains("control protocol 99, this host speaks 1"), "{reason}")
+            let expected =
+                format!("control protocol 99, this host speaks {}", control::PROTOCOL_VERSION);
+            assert!(reason.contains(&expected), "{reason}")
         }
         other => panic!("expected an error answer, got {other:?}"),
     }

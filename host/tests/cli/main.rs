@@ -474,5 +474,9 @@ fn a_host_of_another_control_protocol_version_is_named() {
     host.join().unwrap();
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("speaks control protocol 99, this tasuki speaks 1"), "{err}");
+    let speaks = tasuki::control::PROTOCOL_VERSION;
+    assert!(
+        err.contains(&format!("speaks control protocol 99, this tasuki speaks {speaks}")),
+        "{err}"
+    );
 }
