@@ -266,6 +266,9 @@ impl Connections {
             debug!(conn = id, "deregister failed: {e}");
         }
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        if conn.awaiting_writable {
+            self.shared.waiting_writable.fetch_sub(1, Ordering::Relaxed);
+        }
         Some(conn)
     }
 }
@@ -330,7 +333,10 @@ impl Network for Connections {
 
     fn want_writable(&mut self, id: u64) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        conn.awaiting_writable = true;
+        if !conn.awaiting_writable {
+            conn.awaiting_writable = true;
+            self.shared.waiting_writable.fetch_add(1, Ordering::Relaxed);
+        }
         self.writable_if_drained(id);
     }
 
@@ -338,7 +344,10 @@ impl Network for Connections {
         let mut due = Vec::new();
         for id in std::mem::take(&mut self.writable) {
             let Some(conn) = self.conns.get_mut(&id) else { continue };
-            conn.awaiting_writable = false;
+            if conn.awaiting_writable {
+                conn.awaiting_writable = false;
+                self.shared.waiting_writable.fetch_sub(1, Ordering::Relaxed);
+            }
             conn.writable_due = false;
             if conn.held() > 0 || conn.eof {
                 // Read on after the guest has heard: what it held back comes first.

@@ -113,6 +113,7 @@ pub struct Status {
     pub memory: MemoryStatus,
     /// Snapshots into `--snapshot-dir`, if one is set.
     pub snapshots: Option<SnapshotsStatus>,
+    /// Output queued for clients, and the back-pressure that bounds it.
     pub output: OutputStatus,
 }
 
@@ -130,6 +131,9 @@ pub struct OutputStatus {
     /// `on-writable` calls made: times a connection the app had stopped sending to could take
     /// more again.
     pub writable_calls: u64,
+    /// Connections whose app waits, now, to be told they can take more: it has sent its
+    /// window, their clients have not read it yet, and the host holds what they send meanwhile.
+    pub waiting: u64,
 }
 
 /// Snapshots written to the snapshot directory since the host started.
@@ -390,11 +394,12 @@ impl fmt::Display for OutputStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "output       the most one call queued {}, the most queued for one connection {}; {} \
-             on-writable calls",
+            "output       {} connections waiting for their clients to read (on-writable); {} \
+             on-writable calls; the most one call queued {}, for one connection {}",
+            self.waiting,
+            self.writable_calls,
             bytes(self.largest_call),
             bytes(self.largest_queue),
-            self.writable_calls
         )
     }
 }
@@ -417,6 +422,8 @@ pub(crate) struct Shared {
     largest_call_output: AtomicU64,
     largest_queue: AtomicU64,
     writable_calls: AtomicU64,
+    /// Connections whose guest waits for `on-writable` ([`OutputStatus::waiting`]).
+    pub(crate) waiting_writable: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -455,6 +462,7 @@ impl Shared {
             largest_call_output: AtomicU64::new(0),
             largest_queue: AtomicU64::new(0),
             writable_calls: AtomicU64::new(0),
+            waiting_writable: AtomicU64::new(0),
         }
     }
 
@@ -638,6 +646,7 @@ impl Shared {
                 largest_call: self.largest_call_output.load(Ordering::Relaxed),
                 largest_queue: self.largest_queue.load(Ordering::Relaxed),
                 writable_calls: self.writable_calls.load(Ordering::Relaxed),
+                waiting: self.waiting_writable.load(Ordering::Relaxed),
             },
         }
     }

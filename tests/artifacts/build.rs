@@ -27,6 +27,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("MISSING_EXPORT", "missing-export", "missing_export"),
     ("EXTRA_IMPORT", "extra-import", "extra_import"),
     ("ECHO", "echo", "echo"),
+    ("DOWNLOAD", "download", "download"),
 ];
 
 fn main() {

@@ -609,10 +609,14 @@ impl Run<'_> {
         self.after_event(line)
     }
 
-    /// An event of trace line `line` ran: the `on-writable` calls the app asked for, then the
-    /// boundary after it. A virtual client reads everything at once, so they are due at once,
-    /// until the app stops asking (a stream of N bytes asks about N / `--output-buffer` times).
+    /// An event of trace line `line` ran: the boundary after it, then each `on-writable` call
+    /// the app asked for, each with the boundary after it (an upgrade or a rebuild placed there
+    /// lands in the middle of a stream). A virtual client reads everything at once, so the calls
+    /// are due at once, until the app stops asking (a stream of N bytes asks about N /
+    /// `--output-buffer` times).
     fn after_event(&mut self, line: usize) -> Result<(), Failure> {
+        self.lines.push(line);
+        self.boundary(line)?;
         let mut rounds = 0u32;
         while self.dispatcher.net.writable_pending() {
             rounds += 1;
@@ -626,9 +630,10 @@ impl Run<'_> {
                 ));
             }
             self.dispatcher.writable_due();
+            self.lines.push(line);
+            self.boundary(line)?;
         }
-        self.lines.push(line);
-        self.boundary(line)
+        Ok(())
     }
 
     fn play(&mut self, trace: &Trace) -> Result<(), Failure> {
