@@ -708,6 +708,21 @@ mod tests {
     }
 
     #[test]
+    fn a_release_built_before_back_pressure_may_be_upgraded_to_without_its_sections() {
+        let (conns, windows, streams) = ("tasuki.conns", "tasuki.windows", "tasuki.streams");
+        let old = app("kv", "2.0.0", &[("kv", 2, &[2]), (conns, 1, &[1])]);
+        let flow = [("kv", 2, &[2][..]), (conns, 1, &[1]), (windows, 1, &[1]), (streams, 1, &[1])];
+        let new = app("kv", "2.1.0", &flow);
+        assert!(check_compatible(Path::new("old.wasm"), &new, &old).is_ok());
+        assert!(check_compatible(Path::new("new.wasm"), &old, &new).is_ok());
+        // A release that reads the section, but not at the version written, is refused.
+        let later = [("kv", 2, &[2][..]), (conns, 1, &[1]), (windows, 2, &[2]), (streams, 1, &[1])];
+        let newer = app("kv", "2.2.0", &later);
+        let err = check_compatible(Path::new("new.wasm"), &newer, &new).unwrap_err().to_string();
+        assert!(err.contains("tasuki.windows"), "{err}");
+    }
+
+    #[test]
     fn another_app_is_refused_by_name() {
         let kv = app("kv", "1.0.0", &[]);
         let echo = app("echo", "1.0.0", &[]);
