@@ -9,6 +9,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 use tasuki::HostConfig;
 use tasuki::limits::Limits;
+use tasuki::sandbox::{Preopen, Sandbox};
 use tasuki::sim::trace::Trace;
 use tasuki::sim::{Report, SimConfig, Simulator, Target, UpgradeAt};
 use tasuki::status::RecoveryOutcome;
@@ -111,6 +112,35 @@ fn a_stream_under_way_crosses_two_upgrades_and_arrives_whole() {
     // One window and one piece of a stream over it at most, however large the payload.
     assert!(output.largest_queue <= 2 * OUTPUT_BUFFER as u64, "{output:?}");
     assert!(output.largest_call <= 2 * OUTPUT_BUFFER as u64, "{output:?}");
+}
+
+/// A file crosses an upgrade by path and offset: the new instance opens it again where the
+/// old one stood (an open file is instance state that cannot cross).
+#[test]
+fn a_file_under_a_granted_directory_is_streamed_across_an_upgrade() {
+    const LEN: u64 = 24 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let contents: Vec<u8> = (0..LEN).map(generated).collect();
+    std::fs::write(dir.path().join("big.bin"), &contents).unwrap();
+    let host = TestHost::with(HostConfig {
+        app: artifacts::DOWNLOAD.into(),
+        limits: Limits { output_buffer: OUTPUT_BUFFER, ..Limits::default() },
+        sandbox: Sandbox {
+            dirs: vec![Preopen { host: dir.path().into(), guest: "/data".into() }],
+            env: vec![],
+        },
+        ..HostConfig::default()
+    });
+    let mut client = Reader::connect(&host);
+    client.send("FILE /data/big.bin\n");
+    assert_eq!(client.line(), format!("OK {LEN}\n"));
+    client.payload(0, 8 << 20);
+    wait_until_waiting(&host);
+    let report = host.upgrade(artifacts::DOWNLOAD).expect("upgrade mid-file");
+    assert!(report.sections.iter().any(|s| s.name == "tasuki.streams"), "{report}");
+    client.payload(8 << 20, LEN - (8 << 20));
+    client.send("FILE /etc/hostname\n");
+    assert!(client.line().starts_with("ERR "), "nothing outside the granted directory");
 }
 
 #[test]
