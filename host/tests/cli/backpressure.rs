@@ -166,3 +166,33 @@ fn a_slow_reader_pipelining_gets_of_large_values_keeps_the_host_bounded() {
     let status = tasuki_ok(dir.path(), &["status"]);
     assert!(figure(&status, "on-writable calls") > 0, "{status}");
 }
+
+/// `tasuki test --output-buffer`: each on-writable is an event with a boundary of its own, so a
+/// small buffer puts the upgrade of `--upgrade-at every` inside a pipeline's replies.
+#[test]
+fn tasuki_test_puts_boundaries_between_on_writable_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let value = "x".repeat(4096);
+    let reply = format!("${}\\r\\n{value}\\r\\n", value.len());
+    let trace = format!(
+        "connect a\nsend a \"SET big {value}\\r\\n\"\nexpect a \"+OK\\r\\n\"\n\
+         send a \"{}\"\nexpect a \"{}\"\nsend a \"PING\\r\\n\"\nexpect a \"+PONG\\r\\n\"\n",
+        "GET big\\r\\n".repeat(100),
+        reply.repeat(100)
+    );
+    std::fs::write(dir.path().join("pipeline.trace"), trace).unwrap();
+    let kv = tasuki_artifacts::KV_V4;
+    let run = |buffer: &str| {
+        let args = ["test", "pipeline.trace", "--app", kv, "--upgrade", kv, "--output-buffer"];
+        let out = crate::support::tasuki(dir.path(), &[&args[..], &[buffer]].concat());
+        let shown = crate::support::text(&out.stdout);
+        assert!(out.status.success(), "{shown}{}", crate::support::text(&out.stderr));
+        let events = shown.split(", ").nth(1).and_then(|w| w.split(' ').next()).unwrap();
+        events.parse::<usize>().unwrap_or_else(|e| panic!("{e}: {shown}"))
+    };
+    // Four client events; 400 KiB of replies at 32 KiB a window (and at most a slice's replies
+    // over it, 28 KiB here) adds at least six on-writable calls.
+    assert_eq!(run("8192"), 4);
+    let events = run("32");
+    assert!(events >= 4 + 6, "{events} events");
+}
