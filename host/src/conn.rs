@@ -61,6 +61,12 @@ impl Conn {
         }
     }
 
+    /// The guest waits to be told this connection can take more, and it can: the call is
+    /// queued for the loop's next turn ([`Connections::take_writable`]).
+    pub(crate) fn writable_is_due(&self) -> bool {
+        self.awaiting_writable && self.writable_due
+    }
+
     /// Bytes the host buffers for this connection: replies queued and input held.
     fn buffered(&self) -> usize {
         self.pending() + self.held()

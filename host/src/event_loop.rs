@@ -382,6 +382,14 @@ impl EventLoop {
                 net.read_again.push_back(id);
                 break;
             }
+            if conn.writable_is_due() && conn.held() > 0 {
+                // The guest waits for a window its client has already made room for: grant it
+                // now and hand over the held input, rather than read on into `held` until the
+                // loop's next turn (a client that writes faster than one window a turn would
+                // otherwise pile its input up here while the kernel takes every reply).
+                self.dispatcher.writable_due();
+                continue;
+            }
             let deliver = conn.pending() <= limits.output_buffer && !conn.awaiting_writable;
             let limit = budget.min(buf.len());
             if deliver && conn.held() > 0 {
