@@ -1,9 +1,11 @@
-//! What an app can do while it handles an event: queue output, close, arm timers, read the clock.
+//! What an app can do while it handles an event: queue output, stream a payload, close, arm
+//! timers, read the clock.
 //!
 //! `Ctx` only records: the runtime hands what an event recorded to the host when the event
 //! returns (through `net` and `timers` in a component, to a [`crate::testing::TestHost`] in a
 //! native test), so an app's code is the same in both.
 
+use crate::stream::Source;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A connection's id: stable across versions, never reused while the host runs.
@@ -21,6 +23,13 @@ pub struct Ctx {
     out: Vec<(ConnId, Vec<u8>)>,
     closes: Vec<ConnId>,
     timers: Vec<TimerOp>,
+    /// Streams started during the event: the connection, how much of its output was queued
+    /// when the stream was started (the stream goes after those bytes, before the rest), and
+    /// what to send.
+    streams: Vec<(ConnId, usize, Source)>,
+    /// Connections the SDK stopped sending to for want of window: the host is asked to say when
+    /// they can take more.
+    notify: Vec<ConnId>,
     /// The clock of a [`crate::testing::TestHost`], in Unix ms; `None` reads the system clock
     /// (in a component, the host's: frozen for the event, virtual under `tasuki test`).
     clock_ms: Option<u64>,
@@ -41,6 +50,8 @@ pub(crate) struct Requests {
     /// Output per connection, in the order each connection was first written to.
     pub(crate) out: Vec<(ConnId, Vec<u8>)>,
     pub(crate) timers: Vec<TimerOp>,
+    /// Connections whose host is asked to call `on-writable` (`net.notify-writable`).
+    pub(crate) notify: Vec<ConnId>,
     /// Connections to close after their output, in the order asked.
     pub(crate) closes: Vec<ConnId>,
 }
@@ -64,8 +75,26 @@ impl Ctx {
         &mut self.out[index].1
     }
 
+    /// Send everything `source` holds to `conn`, after what is queued for it so far, as one
+    /// call: the SDK sends as much as the connection's send window allows now and the rest as
+    /// the client reads (each time the host says the connection can take more), so that a
+    /// payload of any size costs the host at most `--output-buffer` of memory. Output queued
+    /// for `conn` after this call (in this event or a later one) goes after the stream's last
+    /// byte, and the SDK offers `conn`'s input to [`crate::Server::on_data`] again only once
+    /// the stream is sent, so replies stay in order. [`crate::Server::on_stream_end`] says when
+    /// it ended and how.
+    ///
+    /// A stream is state: what is left of it, and where it stands, cross an upgrade with the
+    /// connection, and the new version carries it on (see [`Source`] for how each kind is
+    /// taken up again). [`Ctx::close`] after it closes the connection once it is sent.
+    pub fn stream(&mut self, conn: ConnId, source: Source) {
+        let at = self.output(conn).len();
+        self.streams.push((conn, at, source));
+    }
+
     /// Close `conn` once everything queued for it has been written. The SDK then offers it no
-    /// more input, and the host sends no `on_disconnect` for it.
+    /// more input, and the host sends no `on_disconnect` for it. Streams queued for it are
+    /// sent first.
     pub fn close(&mut self, conn: ConnId) {
         if !self.closes.contains(&conn) {
             self.closes.push(conn);
@@ -107,11 +136,50 @@ impl Ctx {
         self.clock_ms = ms;
     }
 
+    /// Bytes queued for `conn` during this event.
+    pub(crate) fn queued(&self, conn: ConnId) -> usize {
+        self.out.iter().rev().find(|(c, _)| *c == conn).map_or(0, |(_, bytes)| bytes.len())
+    }
+
+    /// Whether a stream to `conn` was started during this event and not yet taken.
+    pub(crate) fn has_streams(&self, conn: ConnId) -> bool {
+        self.streams.iter().any(|(c, _, _)| *c == conn)
+    }
+
+    /// The connections with streams started during this event and not yet taken.
+    pub(crate) fn streaming(&self) -> Vec<ConnId> {
+        let mut conns: Vec<ConnId> = self.streams.iter().map(|(c, _, _)| *c).collect();
+        conns.dedup();
+        conns
+    }
+
+    /// Takes the streams started for `conn` during this event, in order, each with where in
+    /// the event's output for `conn` it goes.
+    pub(crate) fn take_streams(&mut self, conn: ConnId) -> Vec<(usize, Source)> {
+        let mut taken = Vec::new();
+        self.streams.retain_mut(|(c, at, source)| {
+            if *c != conn {
+                return true;
+            }
+            taken.push((*at, std::mem::replace(source, Source::Bytes(Vec::new()))));
+            false
+        });
+        taken
+    }
+
+    /// Asks the host to call `on-writable` for `conn` (`net.notify-writable`).
+    pub(crate) fn notify_writable(&mut self, conn: ConnId) {
+        if !self.notify.contains(&conn) {
+            self.notify.push(conn);
+        }
+    }
+
     /// Takes what the event asked for, leaving the context empty for the next event.
     pub(crate) fn take_requests(&mut self) -> Requests {
         Requests {
             out: std::mem::take(&mut self.out),
             timers: std::mem::take(&mut self.timers),
+            notify: std::mem::take(&mut self.notify),
             closes: std::mem::take(&mut self.closes),
         }
     }

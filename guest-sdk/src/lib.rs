@@ -66,13 +66,31 @@
 //! [`frame::LengthPrefixed`]) and refuses messages past a maximum length, so that no app
 //! hand-writes its parse loop.
 //!
+//! # Back-pressure, and streaming a payload
+//!
+//! The SDK keeps each connection's send window: what the host takes before the output queued
+//! for it passes `--output-buffer` (8 MiB by default). It offers input in slices whose replies
+//! fit what is left of the window, and stops once the window is used up: the rest of the input
+//! waits, the host holds what the client sends meanwhile, and both go on when the client has
+//! read half of what was queued. So a client that pipelines requests and reads slowly is
+//! answered as fast as it reads, whether the app takes one request per call or a whole batch,
+//! and other clients are not kept waiting by a call that builds hundreds of megabytes of
+//! replies. An app needs no code for this.
+//!
+//! [`Ctx::stream`] sends a payload of any size as one call — bytes, a file by path, or chunks
+//! the app makes on demand ([`Source`], [`Server::next_chunk`]) — a window at a time, in order
+//! with the connection's other output; where it stands crosses an upgrade, and the new version
+//! sends the rest. [`Server::on_stream_end`] says when it ended.
+//!
 //! # What crosses an upgrade
 //!
-//! On an upgrade the SDK exports two sections: the app's state (named [`Server::NAME`], at
-//! [`Server::STATE_VERSION`], encoded with postcard) and `tasuki.conns`, the input each connection
-//! sent that the app has not consumed yet. A request half-received when the old version stops is
-//! completed under the new one. Fields marked `#[serde(skip)]` do not cross: rebuild them in
-//! [`Server::resumed`].
+//! On an upgrade the SDK exports the app's state (named [`Server::NAME`], at
+//! [`Server::STATE_VERSION`], encoded with postcard) and its own per-connection sections:
+//! `tasuki.conns`, the input each connection sent that the app has not consumed yet;
+//! `tasuki.windows`, each connection's send window; and, while streams are being sent,
+//! `tasuki.streams`, what is left of them. A request half-received when the old version stops
+//! is completed under the new one, and a stream half-sent goes on from where it stood. Fields
+//! marked `#[serde(skip)]` do not cross: rebuild them in [`Server::resumed`].
 //!
 //! # Migrations
 //!
@@ -84,6 +102,7 @@
 //! # Layout
 //! - [`Server`], [`Ctx`]: what an app implements and what it calls.
 //! - [`frame`]: where a message ends in a connection's input.
+//! - [`stream`]: payloads sent a window at a time ([`Ctx::stream`]).
 //! - [`testing`]: a stand-in host for driving a [`Server`] in a native `cargo test`.
 //! - [`Migrations`]: older state versions an app accepts.
 //! - [`Transform`], [`export_transform!`]: a state transformer, for when a release should not
@@ -107,6 +126,7 @@ mod migrations;
 pub mod precopy;
 #[doc(hidden)]
 pub mod runtime;
+pub mod stream;
 mod table;
 pub mod testing;
 #[cfg(test)]
@@ -115,6 +135,7 @@ pub mod transform;
 
 pub use ctx::{ConnId, ConnInfo, Ctx};
 pub use list::List;
+pub use stream::{Source, StreamEnd};
 
 /// Figures only the host knows, for a server that reports them (as redis's `INFO` does). Outside
 /// a host (an app's native unit tests) they read what the [`testing::TestHost`] running the
@@ -159,6 +180,21 @@ pub mod host {
         }
     }
 
+    /// Output the host queues for one connection before it stops handing over that
+    /// connection's input (`tasuki run --output-buffer`), in bytes: a new connection's send
+    /// window. 0 (no bound: the SDK never waits) outside a host unless the
+    /// [`crate::testing::TestHost`] sets it.
+    pub fn output_buffer() -> u64 {
+        #[cfg(target_arch = "wasm32")]
+        {
+            crate::runtime::bindings::tasuki::server::host_info::output_buffer()
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            crate::testing::host_info().output_buffer
+        }
+    }
+
     /// The most connections the host keeps open at once (`tasuki run --max-connections`).
     pub fn max_connections() -> u32 {
         #[cfg(target_arch = "wasm32")]
@@ -182,6 +218,17 @@ use serde::de::DeserializeOwned;
 pub const CONNS_SECTION: &str = "tasuki.conns";
 /// The version of the [`CONNS_SECTION`] encoding.
 pub const CONNS_SECTION_VERSION: u32 = 1;
+/// The section of each connection's send window (back-pressure): what the host takes before
+/// its queued output passes `--output-buffer`, and whether the SDK waits to be told it can
+/// send more. A release built before back-pressure has no windows: the host drops this
+/// section for it, which loses nothing (such a release never waits).
+pub const WINDOWS_SECTION: &str = "tasuki.windows";
+/// The section of the streams still being sent ([`Ctx::stream`]), written only while there
+/// are some: a release that cannot carry them on (built before streams) refuses the import,
+/// and the upgrade rolls back rather than cut a payload short.
+pub const STREAMS_SECTION: &str = "tasuki.streams";
+/// The version of the [`WINDOWS_SECTION`] and [`STREAMS_SECTION`] encodings.
+pub const FLOW_SECTIONS_VERSION: u32 = 1;
 
 /// A server tasuki can run. The implementing type *is* the transferable state.
 ///
@@ -215,6 +262,12 @@ pub trait Server: Serialize + DeserializeOwned + Default + 'static {
     /// an app can handle one message per call (see [`frame`]) and a pipeline of them arriving
     /// in one read is answered whole. A call that consumes nothing ends the event; the SDK
     /// keeps the rest (across upgrades too) and offers it again when more bytes arrive.
+    ///
+    /// `input` may end before the bytes received do: the SDK offers a slice whose replies fit
+    /// the connection's send window, and offers more once the client reads (see the crate
+    /// docs). Treat its end as a network read's end — a message cut there is incomplete, so
+    /// consume none of it — and the SDK offers a longer slice at once. The SDK also stops
+    /// offering once the app starts a stream to `conn` ([`Ctx::stream`]), until it is sent.
     fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize;
 
     /// `conn` left more input unconsumed than the host allows ([`host::input_limit`] for one
@@ -232,6 +285,32 @@ pub trait Server: Serialize + DeserializeOwned + Default + 'static {
     /// A timer armed with [`Ctx::set_timer`] fired (possibly armed by an earlier version).
     fn on_timer(&mut self, ctx: &mut Ctx, id: u64) {
         let _ = (ctx, id);
+    }
+
+    /// The next bytes of a [`Source::Chunks`] stream to `conn`: append to `out` the payload of
+    /// stream `key` from byte `offset` (what was sent so far), at most about `max` bytes, as
+    /// many as is convenient (the SDK calls again for more while the window allows). Append
+    /// nothing to end the stream; an error ends it with [`StreamEnd::Failed`]. Called whenever
+    /// the connection can take more, possibly by a later version than the one that started the
+    /// stream, so the payload must follow from `key`, `offset` and the state. The default ends
+    /// the stream at once.
+    fn next_chunk(
+        &mut self,
+        conn: ConnId,
+        key: &str,
+        offset: u64,
+        max: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let _ = (conn, key, offset, max, out);
+        Ok(())
+    }
+
+    /// A stream started with [`Ctx::stream`] ended: sent whole, failed, or its connection
+    /// went. Output queued here for `conn` goes after the streams still queued for it. Streams
+    /// to one connection end in the order they were started.
+    fn on_stream_end(&mut self, ctx: &mut Ctx, conn: ConnId, end: StreamEnd) {
+        let _ = (ctx, conn, end);
     }
 
     /// Called after an upgrade imported this state, before the next event: rebuild what
@@ -342,6 +421,12 @@ macro_rules! export {
                     chunks: ::std::vec::Vec<__types::Chunk>,
                 ) -> ::core::result::Result<(), ::std::string::String> {
                     RUNTIME.with_borrow_mut(|rt| rt.import_chunks(chunks))
+                }
+            }
+
+            impl __exports::writable::Guest for __TasukiExport {
+                fn on_writable(conn: u64, window: u64) {
+                    RUNTIME.with_borrow_mut(|rt| rt.on_writable(conn, window))
                 }
             }
 

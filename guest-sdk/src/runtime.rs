@@ -1,11 +1,30 @@
 //! The glue between the generated bindings and an app's [`Server`]: per-connection input
-//! buffers and how input is offered, the snapshot layout, and migrations on import. Used through
-//! [`crate::export!`], and by [`crate::testing::TestHost`] with a recorder in place of the host.
+//! buffers and how input is offered, send windows and streams (back-pressure), the snapshot
+//! layout, and migrations on import. Used through [`crate::export!`], and by
+//! [`crate::testing::TestHost`] with a recorder in place of the host.
+//!
+//! **Back-pressure.** Each connection has a send window: the bytes the host takes before the
+//! output queued for it passes `--output-buffer` — that whole buffer for a new connection, less
+//! every byte the app sends, renewed by the host's `on-writable` (credit, as in HTTP/2's flow
+//! control, RFC 9113 section 5.2). Input is offered in slices sized so that a slice's replies
+//! fit what is left of the window, at the rate of output per input byte the last slice showed;
+//! once the window is used up the SDK stops, leaves the rest of the input unconsumed, asks the
+//! host to say when the connection can take more (the host then holds that connection's further
+//! input), and goes on when it does. An app that answers a whole batch per call (kv) thus makes
+//! about one window of output per event, however many requests a read holds, and a client
+//! that pipelines requests without reading is answered as fast as it reads. The window, the
+//! streams and whether the app is in the middle of a message are per-connection state that
+//! crosses an upgrade and that a checkpoint holds, so a replay makes the same decisions.
 
 use crate::ctx::TimerOp;
 use crate::precopy::{self, Mode, PRECOPY_SECTION, Passed};
-use crate::{CONNS_SECTION, CONNS_SECTION_VERSION, ConnId, Ctx, Server};
-use std::collections::BTreeMap;
+use crate::stream::{Filled, Source, Stream, StreamEnd};
+use crate::{
+    CONNS_SECTION, CONNS_SECTION_VERSION, ConnId, Ctx, FLOW_SECTIONS_VERSION, STREAMS_SECTION,
+    Server, WINDOWS_SECTION,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
 
 #[doc(hidden)]
 pub mod bindings {
@@ -35,6 +54,8 @@ pub trait HostCalls {
     fn set_timer(&mut self, id: u64, after_ms: u64);
     /// `timers.cancel`.
     fn cancel_timer(&mut self, id: u64);
+    /// `net.notify-writable`: call `on-writable` for `conn` once it can take more.
+    fn notify_writable(&mut self, conn: ConnId);
 }
 
 /// The host's imports: what a component's requests go to.
@@ -54,7 +75,25 @@ impl HostCalls for Imports {
     fn cancel_timer(&mut self, id: u64) {
         bindings::tasuki::server::timers::cancel(id);
     }
+    fn notify_writable(&mut self, conn: ConnId) {
+        bindings::tasuki::server::net::notify_writable(conn);
+    }
 }
+
+/// The first slice of an event's input, before the SDK knows how much output a byte of it
+/// makes, and the least slice offered while some window is left: a request or two (a redis
+/// `GET` is about 24 bytes), whose replies, however large, are seen before more is offered.
+/// Each next slice is at most twice the last (a slow start, as TCP's), so a change in the
+/// kind of request is seen before it can make much more than the window.
+pub const MIN_OFFER: usize = 64;
+/// The largest slice offered while a connection's window is bounded: a batch-at-once app's
+/// output per call is at most what this much input makes. 4 KiB of input is a few hundred
+/// small requests, so the extra calls cost little beside the requests themselves.
+pub const MAX_OFFER: usize = 4096;
+
+/// The send window of a connection that has no bound (`host-info.output-buffer` is 0, as
+/// outside a host).
+const UNBOUNDED: u64 = u64::MAX;
 
 /// A connection as the SDK tracks it.
 #[derive(Debug)]
@@ -62,6 +101,69 @@ struct Conn {
     info: ConnInfo,
     /// Bytes received and not yet consumed by the app.
     input: Vec<u8>,
+    flow: Flow,
+}
+
+/// A connection's back-pressure state. Crosses an upgrade and is in every checkpoint (the
+/// window in [`WINDOWS_SECTION`], the streams in [`STREAMS_SECTION`]): a replayed event must
+/// find the window and the stream where the first run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Flow {
+    /// Bytes the host takes before this connection's queued output passes `--output-buffer`,
+    /// as far as the SDK knows: the last window the host gave, less what was sent since. 0
+    /// after an import from a release that did not count it (the SDK asks before sending);
+    /// [`UNBOUNDED`] when the host has no bound.
+    credit: u64,
+    /// The app consumed nothing of all the input it had, this many bytes (0: it did consume):
+    /// it is in the middle of a message. Offered again once more arrives, a little more than
+    /// that first.
+    refused: u64,
+    /// The SDK asked the host to say when the connection can take more, and is waiting.
+    waiting: bool,
+    /// Streams queued, the first one under way.
+    streams: VecDeque<Stream>,
+    /// The app closed the connection while streams were queued: closed once they are sent.
+    closing: bool,
+}
+
+impl Flow {
+    /// A new connection's: the whole of `--output-buffer`.
+    fn new() -> Self {
+        let window = crate::host::output_buffer();
+        Self::with_credit(if window == 0 { UNBOUNDED } else { window })
+    }
+
+    /// One that crossed from a release that did not count its window: the host's queue is
+    /// unknown, so the SDK asks before it sends (no bound, no asking, if the host has none).
+    /// `input` is what that release left unconsumed: it offered input until the app consumed
+    /// nothing, so that is a message under way.
+    fn unknown(input: usize) -> Self {
+        let credit = if crate::host::output_buffer() == 0 { UNBOUNDED } else { 0 };
+        let mut flow = Self::with_credit(credit);
+        flow.refused = input as u64;
+        flow
+    }
+
+    fn with_credit(credit: u64) -> Self {
+        Self { credit, refused: 0, waiting: false, streams: VecDeque::new(), closing: false }
+    }
+}
+
+/// One connection in the [`WINDOWS_SECTION`]: [`Flow`]'s window.
+#[derive(Debug, Serialize, Deserialize)]
+struct WindowRecord {
+    id: ConnId,
+    credit: u64,
+    refused: u64,
+    waiting: bool,
+}
+
+/// One connection in the [`STREAMS_SECTION`]: [`Flow`]'s streams.
+#[derive(Debug, Serialize, Deserialize)]
+struct StreamsRecord {
+    id: ConnId,
+    streams: VecDeque<Stream>,
+    closing: bool,
 }
 
 /// One app instance: its state, its connections, the output of the event in progress, and
@@ -73,6 +175,9 @@ pub struct Runtime<S, H = Imports> {
     conns: BTreeMap<ConnId, Conn>,
     /// Bytes of unconsumed input over all of `conns`.
     unconsumed: usize,
+    /// Per connection, how much of the event's output for it is in place: sent directly, or
+    /// stream bytes pumped. What an app queues past it while streams wait goes behind them.
+    placed: BTreeMap<ConnId, usize>,
     version: &'static str,
     host: H,
 }
@@ -92,19 +197,48 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
             ctx: Ctx::default(),
             conns: BTreeMap::new(),
             unconsumed: 0,
+            placed: BTreeMap::new(),
             version,
             host,
         }
     }
 
-    /// Hands what the event asked for to the host: output, then timers, then closes (whose
-    /// connections the SDK forgets with their unconsumed input).
+    /// Hands what the event asked for to the host: output, then timers, then requests to be
+    /// told of a window, then closes (whose connections the SDK forgets with their unconsumed
+    /// input, unless streams still wait to be sent to them). First, output an app queued to a
+    /// connection with streams waiting goes behind them, and streams started now are sent as
+    /// far as their windows allow.
     fn finish_event(&mut self) {
+        loop {
+            let mut unsettled = self.ctx.streaming();
+            for (&id, c) in &self.conns {
+                let placed = self.placed.get(&id).copied().unwrap_or(0);
+                if !c.flow.streams.is_empty()
+                    && self.ctx.queued(id) > placed
+                    && !unsettled.contains(&id)
+                {
+                    unsettled.push(id);
+                }
+            }
+            if unsettled.is_empty() {
+                break;
+            }
+            for conn in unsettled {
+                self.drive(conn);
+            }
+        }
+        self.placed.clear();
         let requests = self.ctx.take_requests();
         for (conn, bytes) in requests.out {
-            if !bytes.is_empty() {
-                self.host.send(conn, bytes);
+            if bytes.is_empty() {
+                continue;
             }
+            if let Some(slot) = self.conns.get_mut(&conn)
+                && slot.flow.credit != UNBOUNDED
+            {
+                slot.flow.credit = slot.flow.credit.saturating_sub(bytes.len() as u64);
+            }
+            self.host.send(conn, bytes);
         }
         for op in requests.timers {
             match op {
@@ -112,16 +246,40 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
                 TimerOp::Cancel(id) => self.host.cancel_timer(id),
             }
         }
+        for conn in requests.notify {
+            // A connection closed with streams still queued is still sent to.
+            if self.conns.contains_key(&conn) {
+                self.host.notify_writable(conn);
+            }
+        }
         for conn in requests.closes {
+            if let Some(slot) = self.conns.get_mut(&conn)
+                && !slot.flow.streams.is_empty()
+            {
+                // Closed once the streams are sent (see `pump`).
+                slot.flow.closing = true;
+                continue;
+            }
             self.host.close(conn);
             self.forget(conn);
         }
     }
 
-    /// Drops `conn` and its unconsumed input.
+    /// Drops `conn` and its unconsumed input; streams still queued for it end as
+    /// [`StreamEnd::Gone`].
     fn forget(&mut self, conn: ConnId) {
         if let Some(slot) = self.conns.remove(&conn) {
             self.unconsumed -= slot.input.len();
+            for stream in slot.flow.streams {
+                if stream.told {
+                    let end = StreamEnd::Gone { bytes: stream.sent };
+                    self.server.on_stream_end(&mut self.ctx, conn, end);
+                }
+            }
+        }
+        // Streams the app started for it during this event never began.
+        for _ in self.ctx.take_streams(conn) {
+            self.server.on_stream_end(&mut self.ctx, conn, StreamEnd::Gone { bytes: 0 });
         }
     }
 
@@ -170,53 +328,50 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
         result
     }
 
-    /// `app.on-connect`.
+    /// `app.on-connect`. The connection's send window starts as the host's whole
+    /// `--output-buffer`.
     pub fn on_connect(&mut self, info: ConnInfo) {
-        self.server.on_connect(&mut self.ctx, &info);
         let id = info.id;
         self.forget(id);
-        self.conns.insert(id, Conn { info, input: Vec::new() });
+        // Known before the app hears of it, so that it can stream to it at once.
+        self.conns.insert(id, Conn { info: info.clone(), input: Vec::new(), flow: Flow::new() });
+        self.server.on_connect(&mut self.ctx, &info);
         self.finish_event();
     }
 
     /// `app.on-data`: offers the connection's unconsumed input followed by `data` to
     /// [`Server::on_data`], and offers what is left again at once for as long as each call
-    /// consumes something, input remains and the app has not closed the connection. An app can
-    /// then take one message per call: a pipeline of them in one read is answered whole, not
-    /// one message per arrival of more bytes.
+    /// consumes something, input remains, the app has not closed the connection nor started a
+    /// stream to it, and the connection's send window is not used up (see the module docs).
+    /// An app can then take one message per call: a pipeline of them in one read is answered
+    /// whole, as far as the client reads.
     pub fn on_data(&mut self, conn: ConnId, data: Vec<u8>) {
         let Some(slot) = self.conns.get_mut(&conn) else {
             // The host never sends data for a connection it did not announce; if it does, the
             // bytes have no owner and are dropped rather than trapping the whole instance.
             return;
         };
-        let mut input = std::mem::take(&mut slot.input);
-        self.unconsumed -= input.len();
-        if input.is_empty() {
-            input = data;
+        self.unconsumed += data.len();
+        if slot.input.is_empty() {
+            slot.input = data;
         } else {
-            input.extend_from_slice(&data);
+            slot.input.extend_from_slice(&data);
         }
-        // Consumed bytes are dropped once, at the end: an app taking a byte per call must not
-        // make the event quadratic in its input.
-        let mut consumed = 0;
-        loop {
-            let rest = &input[consumed..];
-            let taken = self.server.on_data(&mut self.ctx, conn, rest).min(rest.len());
-            consumed += taken;
-            if taken == 0 || consumed == input.len() || self.ctx.is_closing(conn) {
-                break;
-            }
-        }
-        // What is left behind a close goes with the connection: it is not input the app kept,
-        // so no input limit applies to it (the app would be told of a limit after its goodbye).
-        if !self.ctx.is_closing(conn)
-            && let Some(slot) = self.conns.get_mut(&conn)
-        {
-            input.drain(..consumed);
-            self.unconsumed += input.len();
-            slot.input = input;
+        self.drive(conn);
+        // Input left behind a close went with the connection (see `offer`): no limit applies.
+        if self.conns.contains_key(&conn) && !self.ctx.is_closing(conn) {
             self.enforce_input_limits(conn);
+        }
+        self.finish_event();
+    }
+
+    /// `writable.on-writable`: `conn` can take `window` more bytes. Its streams go on, then
+    /// its input is offered again.
+    pub fn on_writable(&mut self, conn: ConnId, window: u64) {
+        if let Some(slot) = self.conns.get_mut(&conn) {
+            slot.flow.credit = window;
+            slot.flow.waiting = false;
+            self.drive(conn);
         }
         self.finish_event();
     }
@@ -239,6 +394,174 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
         self.server.expected_difference(request, old, new)
     }
 
+    /// Sends what `conn`'s streams may send now, then offers its input, and again while the
+    /// app starts a stream and the window lets it go on.
+    fn drive(&mut self, conn: ConnId) {
+        while self.pump(conn) && self.offer(conn) {}
+    }
+
+    /// Offers `conn`'s input to the app (see [`Runtime::on_data`]). True if it stopped because
+    /// the app started a stream to `conn` (to be sent before more input is offered).
+    fn offer(&mut self, conn: ConnId) -> bool {
+        let Some(slot) = self.conns.get_mut(&conn) else { return false };
+        let refused = usize::try_from(slot.flow.refused).unwrap_or(usize::MAX);
+        if slot.input.len() <= refused || slot.flow.closing {
+            // Nothing, or nothing new to an app that is waiting for the rest of a message.
+            return false;
+        }
+        let credit = slot.flow.credit;
+        let bounded = credit != UNBOUNDED;
+        let mut input = std::mem::take(&mut slot.input);
+        self.unconsumed -= input.len();
+        let mut len = match (bounded, refused) {
+            (false, _) => input.len(),
+            (true, 0) => MIN_OFFER,
+            // The message under way needs more than it had: a little more, then twice as much.
+            (true, refused) => refused.saturating_add(MIN_OFFER),
+        };
+        // Consumed bytes are dropped once, at the end: an app taking a byte per call must not
+        // make the event quadratic in its input.
+        let mut consumed = 0;
+        let (mut refused, mut blocked, mut streamed) = (0, false, false);
+        loop {
+            let rest = input.len() - consumed;
+            if rest == 0 || self.ctx.is_closing(conn) {
+                break;
+            }
+            let before = self.ctx.queued(conn) as u64;
+            if bounded && before >= credit {
+                blocked = true;
+                break;
+            }
+            let offered = len.clamp(1, rest);
+            let slice = &input[consumed..consumed + offered];
+            let taken = self.server.on_data(&mut self.ctx, conn, slice).min(offered);
+            consumed += taken;
+            if self.ctx.has_streams(conn) {
+                streamed = true;
+                break;
+            }
+            if taken == 0 {
+                if offered < rest {
+                    len = offered.saturating_mul(2);
+                    continue;
+                }
+                refused = rest;
+                break;
+            }
+            if bounded {
+                let after = self.ctx.queued(conn) as u64;
+                let left = credit.saturating_sub(after);
+                len = next_offer(offered, taken, after.saturating_sub(before), left);
+            }
+        }
+        let Some(slot) = self.conns.get_mut(&conn) else { return false };
+        // What is left behind a close goes with the connection: it is not input the app kept,
+        // so no input limit applies to it (the app would be told of a limit after its goodbye).
+        if self.ctx.is_closing(conn) {
+            return streamed;
+        }
+        input.drain(..consumed);
+        self.unconsumed += input.len();
+        slot.input = input;
+        slot.flow.refused = refused as u64;
+        if blocked {
+            self.wait_writable(conn);
+        }
+        streamed
+    }
+
+    /// Moves what the app started or queued for `conn` during this event into its stream queue
+    /// (see `settle`), then sends from the first stream as far as the window goes; a stream
+    /// that ends is taken off and the app told. True once nothing waits to be sent and the
+    /// connection is open, so its input may be offered.
+    fn pump(&mut self, conn: ConnId) -> bool {
+        loop {
+            self.settle(conn);
+            let Some(slot) = self.conns.get_mut(&conn) else { return false };
+            let Some(stream) = slot.flow.streams.front_mut() else {
+                if slot.flow.closing {
+                    self.ctx.close(conn);
+                    return false;
+                }
+                return true;
+            };
+            let queued = self.ctx.queued(conn) as u64;
+            let left = slot.flow.credit.saturating_sub(queued);
+            if left == 0 {
+                self.wait_writable(conn);
+                return false;
+            }
+            let max = usize::try_from(left).unwrap_or(usize::MAX);
+            let filled = stream.fill(&mut self.server, conn, self.ctx.output(conn), max);
+            self.placed.insert(conn, self.ctx.queued(conn));
+            let (bytes, end) = match filled {
+                Filled::More => continue,
+                Filled::Done => (stream.sent, None),
+                Filled::Failed(error) => (stream.sent, Some(error)),
+            };
+            let told = stream.told;
+            slot.flow.streams.pop_front();
+            if told {
+                let end = match end {
+                    None => StreamEnd::Done { bytes },
+                    Some(error) => StreamEnd::Failed { bytes, error },
+                };
+                self.server.on_stream_end(&mut self.ctx, conn, end);
+            }
+        }
+    }
+
+    /// Takes the streams started for `conn` during this event into its queue, each after the
+    /// output queued before it; output queued after a stream, or while streams wait, becomes a
+    /// stream of its own behind them.
+    fn settle(&mut self, conn: ConnId) {
+        let started = self.ctx.take_streams(conn);
+        let Some(slot) = self.conns.get_mut(&conn) else {
+            for _ in started {
+                self.server.on_stream_end(&mut self.ctx, conn, StreamEnd::Gone { bytes: 0 });
+            }
+            return;
+        };
+        let placed = self.placed.get(&conn).copied().unwrap_or(0);
+        let queued = self.ctx.queued(conn);
+        if started.is_empty() && (slot.flow.streams.is_empty() || queued <= placed) {
+            return;
+        }
+        // Output before the first stream goes out now if nothing waits before it.
+        let cut = match (slot.flow.streams.is_empty(), started.first()) {
+            (true, Some((at, _))) => (*at).max(placed),
+            _ => placed,
+        };
+        let out = self.ctx.output(conn);
+        let tail = out.split_off(cut.min(out.len()));
+        let mut from = cut;
+        for (at, source) in started {
+            let at = at.clamp(from, cut + tail.len());
+            if at > from {
+                let bytes = tail[from - cut..at - cut].to_vec();
+                slot.flow.streams.push_back(Stream::new(Source::Bytes(bytes), false));
+            }
+            slot.flow.streams.push_back(Stream::new(source, true));
+            from = at;
+        }
+        if tail.len() > from - cut {
+            let bytes = tail[from - cut..].to_vec();
+            slot.flow.streams.push_back(Stream::new(Source::Bytes(bytes), false));
+        }
+        self.placed.insert(conn, cut);
+    }
+
+    /// Asks the host, once, to say when `conn` can take more.
+    fn wait_writable(&mut self, conn: ConnId) {
+        if let Some(slot) = self.conns.get_mut(&conn)
+            && !slot.flow.waiting
+        {
+            slot.flow.waiting = true;
+            self.ctx.notify_writable(conn);
+        }
+    }
+
     /// `state.describe`.
     pub fn describe(&self) -> AppInfo {
         let mut accepts = vec![S::STATE_VERSION];
@@ -252,6 +575,16 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
                     name: CONNS_SECTION.to_string(),
                     version: CONNS_SECTION_VERSION,
                     accepts: vec![CONNS_SECTION_VERSION],
+                },
+                SectionSpec {
+                    name: WINDOWS_SECTION.to_string(),
+                    version: FLOW_SECTIONS_VERSION,
+                    accepts: vec![FLOW_SECTIONS_VERSION],
+                },
+                SectionSpec {
+                    name: STREAMS_SECTION.to_string(),
+                    version: FLOW_SECTIONS_VERSION,
+                    accepts: vec![FLOW_SECTIONS_VERSION],
                 },
             ],
         }
@@ -269,8 +602,9 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
             .map_err(|e| format!("state of `{}` does not encode: {e}", S::NAME))
     }
 
-    /// The snapshot of `state` (the app's section), the connections' unconsumed input, and
-    /// `extra` sections.
+    /// The snapshot of `state` (the app's section), the connections' unconsumed input, their
+    /// windows and the streams under way (a section only if there are some), and `extra`
+    /// sections.
     fn snapshot(&self, state: Vec<u8>, extra: Vec<Section>) -> Result<Snapshot, String> {
         let pending: Vec<(ConnId, &[u8])> = self
             .conns
@@ -280,6 +614,28 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
             .collect();
         let conns = postcard::to_allocvec(&pending)
             .map_err(|e| format!("connection input does not encode: {e}"))?;
+        let windows: Vec<WindowRecord> = self
+            .conns
+            .iter()
+            .map(|(&id, c)| WindowRecord {
+                id,
+                credit: c.flow.credit,
+                refused: c.flow.refused,
+                waiting: c.flow.waiting,
+            })
+            .collect();
+        let windows = postcard::to_allocvec(&windows)
+            .map_err(|e| format!("send windows do not encode: {e}"))?;
+        let streams: Vec<StreamsRecord> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.flow.streams.is_empty() || c.flow.closing)
+            .map(|(&id, c)| StreamsRecord {
+                id,
+                streams: c.flow.streams.clone(),
+                closing: c.flow.closing,
+            })
+            .collect();
         let mut sections = vec![
             Section { name: S::NAME.to_string(), version: S::STATE_VERSION, bytes: state },
             Section {
@@ -287,7 +643,21 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
                 version: CONNS_SECTION_VERSION,
                 bytes: conns,
             },
+            Section {
+                name: WINDOWS_SECTION.to_string(),
+                version: FLOW_SECTIONS_VERSION,
+                bytes: windows,
+            },
         ];
+        if !streams.is_empty() {
+            let bytes = postcard::to_allocvec(&streams)
+                .map_err(|e| format!("streams under way do not encode: {e}"))?;
+            sections.push(Section {
+                name: STREAMS_SECTION.to_string(),
+                version: FLOW_SECTIONS_VERSION,
+                bytes,
+            });
+        }
         sections.extend(extra);
         Ok(Snapshot { app: S::NAME.to_string(), app_version: self.version.to_string(), sections })
     }
@@ -376,6 +746,8 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
         let precopied = snapshot.sections.iter().any(|s| s.name == PRECOPY_SECTION);
         let mut server = None;
         let mut pending: Vec<(ConnId, Vec<u8>)> = Vec::new();
+        let mut windows: Option<Vec<WindowRecord>> = None;
+        let mut streams: Vec<StreamsRecord> = Vec::new();
         for section in snapshot.sections {
             if section.name == S::NAME {
                 server = Some(if precopied {
@@ -386,14 +758,11 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
             } else if section.name == PRECOPY_SECTION {
                 continue;
             } else if section.name == CONNS_SECTION {
-                if section.version != CONNS_SECTION_VERSION {
-                    return Err(format!(
-                        "section `{CONNS_SECTION}` is version {}, this release reads {CONNS_SECTION_VERSION}",
-                        section.version
-                    ));
-                }
-                pending = postcard::from_bytes(&section.bytes)
-                    .map_err(|e| format!("section `{CONNS_SECTION}` does not decode: {e}"))?;
+                pending = decode_sdk_section(&section, CONNS_SECTION_VERSION)?;
+            } else if section.name == WINDOWS_SECTION {
+                windows = Some(decode_sdk_section(&section, FLOW_SECTIONS_VERSION)?);
+            } else if section.name == STREAMS_SECTION {
+                streams = decode_sdk_section(&section, FLOW_SECTIONS_VERSION)?;
             } else {
                 return Err(format!(
                     "section `{}` (version {}) is not known to `{}` {}; importing would lose it",
@@ -408,11 +777,30 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
             server.ok_or_else(|| format!("the snapshot has no `{}` state section", S::NAME))?;
 
         let mut pending: BTreeMap<ConnId, Vec<u8>> = pending.into_iter().collect();
+        // No windows: the snapshot is of a release built before back-pressure.
+        let mut windows: Option<BTreeMap<ConnId, WindowRecord>> =
+            windows.map(|w| w.into_iter().map(|r| (r.id, r)).collect());
+        let mut streams: BTreeMap<ConnId, StreamsRecord> =
+            streams.into_iter().map(|r| (r.id, r)).collect();
         self.conns = live
             .into_iter()
             .map(|info| {
                 let input = pending.remove(&info.id).unwrap_or_default();
-                (info.id, Conn { info, input })
+                let window = windows.as_mut().and_then(|w| w.remove(&info.id));
+                let mut flow = match window {
+                    Some(w) => Flow {
+                        credit: w.credit,
+                        refused: w.refused,
+                        waiting: w.waiting,
+                        ..Flow::with_credit(0)
+                    },
+                    None => Flow::unknown(input.len()),
+                };
+                if let Some(record) = streams.remove(&info.id) {
+                    flow.streams = record.streams;
+                    flow.closing = record.closing;
+                }
+                (info.id, Conn { info, input, flow })
             })
             .collect();
         self.unconsumed = self.conns.values().map(|c| c.input.len()).sum();
@@ -456,6 +844,34 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
     pub fn conn_info(&self, conn: ConnId) -> Option<&ConnInfo> {
         self.conns.get(&conn).map(|c| &c.info)
     }
+}
+
+/// The size of the next slice of input (see the module docs): what would make about the `left`
+/// bytes of window still open, at the rate the last slice showed (`produced` bytes of output for
+/// `taken` of the `offered` bytes), at most twice the last slice, between [`MIN_OFFER`] and
+/// [`MAX_OFFER`].
+fn next_offer(offered: usize, taken: usize, produced: u64, left: u64) -> usize {
+    let most = offered.saturating_mul(2).clamp(MIN_OFFER, MAX_OFFER);
+    if produced == 0 {
+        return most;
+    }
+    let fits = u128::from(left) * taken as u128 / u128::from(produced);
+    usize::try_from(fits).unwrap_or(usize::MAX).clamp(MIN_OFFER, most)
+}
+
+/// One of the SDK's own sections, at the one version this SDK reads.
+fn decode_sdk_section<T: serde::de::DeserializeOwned>(
+    section: &Section,
+    version: u32,
+) -> Result<T, String> {
+    if section.version != version {
+        return Err(format!(
+            "section `{}` is version {}, this release reads {version}",
+            section.name, section.version
+        ));
+    }
+    postcard::from_bytes(&section.bytes)
+        .map_err(|e| format!("section `{}` does not decode: {e}", section.name))
 }
 
 fn decode_state<S: Server>(section: &Section) -> Result<S, String> {

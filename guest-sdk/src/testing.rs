@@ -9,6 +9,13 @@
 //! checkpoints or recovery, no pre-copy (an upgrade here moves the whole state). For those, run
 //! the component under `tasuki test` (a trace) or `tasuki::sim`.
 //!
+//! It models the host's back-pressure when a test gives it an output buffer
+//! ([`HostInfo::output_buffer`]; none by default): what the app sent to a connection and its
+//! client has not [`read`](TestHost::read) is that connection's queued output, its window is
+//! the buffer less that, a connection whose app asked to be told when it can take more gets
+//! `on-writable` once the client has read down to half the buffer, and what the client sends
+//! meanwhile is held and delivered after it, as the host does.
+//!
 //! ```
 //! use std::time::Duration;
 //! use tasuki_guest::testing::TestHost;
@@ -49,12 +56,12 @@ use crate::runtime::bindings::tasuki::server::types::Snapshot;
 use crate::runtime::{HostCalls, Runtime};
 use crate::{ConnId, ConnInfo, Server};
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// What an app asked of the host, in the order the host received it: at the end of each event,
 /// output first (one `Send` per connection written to), then timers in the order asked, then
-/// closes.
+/// requests to be told of a window, then closes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// `net.send`: bytes queued for a connection.
@@ -75,6 +82,9 @@ pub enum Effect {
     },
     /// `timers.cancel`: timer `id` disarmed.
     CancelTimer(u64),
+    /// `net.notify-writable`: the SDK stopped sending to a connection whose window is used up,
+    /// and asks to be told when it can take more.
+    NotifyWritable(ConnId),
 }
 
 /// The figures the [`crate::host`] functions report, which a test sets with
@@ -90,6 +100,10 @@ pub struct HostInfo {
     pub input_limit: u64,
     /// [`crate::host::input_total`], in bytes, over all connections; 0 for no bound.
     pub input_total: u64,
+    /// [`crate::host::output_buffer`], in bytes: each connection's send window is this less
+    /// what its client has not read ([`TestHost::window`]); 0 for no bound (the SDK then never
+    /// waits).
+    pub output_buffer: u64,
 }
 
 thread_local! {
@@ -99,6 +113,7 @@ thread_local! {
         max_connections: 0,
         input_limit: 0,
         input_total: 0,
+        output_buffer: 0,
     }) };
 }
 
@@ -127,13 +142,18 @@ impl HostCalls for Recorder {
     fn cancel_timer(&mut self, id: u64) {
         self.effects.push(Effect::CancelTimer(id));
     }
+    fn notify_writable(&mut self, conn: ConnId) {
+        self.effects.push(Effect::NotifyWritable(conn));
+    }
 }
 
 /// A connection as its client sees it.
 #[derive(Debug)]
 struct Client {
-    /// Bytes the app sent that the test has not read.
+    /// Bytes the app sent that the test has not read: the host's queued output.
     unread: Vec<u8>,
+    /// Bytes the client sent that the host holds back (see [`TestHost::held`]).
+    held: Vec<u8>,
     state: ConnState,
 }
 
@@ -158,6 +178,8 @@ struct World {
     armed: u64,
     effects: Vec<Effect>,
     info: HostInfo,
+    /// Connections whose app asked to be told when they can take more, not told yet.
+    waiting: BTreeSet<ConnId>,
 }
 
 /// A stand-in for the tasuki host, driving one instance of `S` natively. See the
@@ -209,6 +231,7 @@ impl<S: Server> TestHost<S> {
             armed: 0,
             effects: Vec::new(),
             info: HostInfo::default(),
+            waiting: BTreeSet::new(),
         };
         let mut host =
             Self { runtime: Runtime::with_host(TEST_VERSION, Recorder::default()), world };
@@ -251,18 +274,100 @@ impl<S: Server> TestHost<S> {
     pub fn connect_with(&mut self, listener: &str, peer: &str) -> ConnId {
         let id = self.world.next_conn;
         self.world.next_conn += 1;
-        self.world.clients.insert(id, Client { unread: Vec::new(), state: ConnState::Open });
+        self.world
+            .clients
+            .insert(id, Client { unread: Vec::new(), held: Vec::new(), state: ConnState::Open });
         let info = ConnInfo { id, listener: listener.to_string(), peer: peer.to_string() };
         self.event(|rt| rt.on_connect(info));
+        self.settle();
         id
     }
 
-    /// The client of `conn` sends `bytes`: one `on_data` event, as one read of the host's.
-    /// Panics if `conn` is not open.
+    /// The client of `conn` sends `bytes`: one `on_data` event, as one read of the host's —
+    /// or, while the app waits to be told `conn` can take more or more than the output buffer
+    /// is unread, held by the host and delivered after that (see [`TestHost::held`]). Panics
+    /// if `conn` is not open.
     pub fn send(&mut self, conn: ConnId, bytes: impl AsRef<[u8]>) {
         self.expect_open(conn, "send on");
+        if self.holds(conn) {
+            if let Some(client) = self.world.clients.get_mut(&conn) {
+                client.held.extend_from_slice(bytes.as_ref());
+            }
+            return;
+        }
         let data = bytes.as_ref().to_vec();
         self.event(|rt| rt.on_data(conn, data));
+        self.settle();
+    }
+
+    /// Bytes `conn`'s client sent that the host holds back instead of handing them to the app:
+    /// the app waits to be told `conn` can take more, or more than
+    /// [`HostInfo::output_buffer`] is unread.
+    pub fn held(&self, conn: ConnId) -> usize {
+        self.world.clients.get(&conn).map_or(0, |c| c.held.len())
+    }
+
+    /// `conn`'s send window: [`HostInfo::output_buffer`] less what its client has not read;
+    /// `None` when there is no output buffer (no bound).
+    pub fn window(&self, conn: ConnId) -> Option<u64> {
+        let buffer = self.world.info.output_buffer;
+        let unread = self.world.clients.get(&conn).map_or(0, |c| c.unread.len() as u64);
+        (buffer > 0).then(|| buffer.saturating_sub(unread))
+    }
+
+    /// Whether the app asked to be told when `conn` can take more and has not been told yet
+    /// (it told the host it stopped sending for want of window).
+    pub fn waiting(&self, conn: ConnId) -> bool {
+        self.world.waiting.contains(&conn)
+    }
+
+    /// Whether the host holds `conn`'s input rather than hand it to the app (see
+    /// [`TestHost::held`]).
+    fn holds(&self, conn: ConnId) -> bool {
+        let buffer = self.world.info.output_buffer;
+        let Some(client) = self.world.clients.get(&conn) else { return false };
+        !client.held.is_empty()
+            || self.world.waiting.contains(&conn)
+            || (buffer > 0 && client.unread.len() as u64 > buffer)
+    }
+
+    /// Tells the app of each connection that can take more, as it asked (`on-writable`, with
+    /// the window), then hands it the input held for a connection the host no longer holds —
+    /// each as the host does between events — until neither is due.
+    fn settle(&mut self) {
+        loop {
+            let buffer = self.world.info.output_buffer;
+            let unread = |w: &World, c: &ConnId| w.clients.get(c).map_or(0, |c| c.unread.len());
+            let drained = self
+                .world
+                .waiting
+                .iter()
+                .copied()
+                .find(|c| buffer == 0 || unread(&self.world, c) as u64 <= buffer / 2);
+            if let Some(conn) = drained {
+                self.world.waiting.remove(&conn);
+                let window = match buffer {
+                    0 => u64::MAX,
+                    _ => buffer.saturating_sub(unread(&self.world, &conn) as u64),
+                };
+                self.event(|rt| rt.on_writable(conn, window));
+                continue;
+            }
+            let resumed = self.world.clients.iter().find_map(|(&id, c)| {
+                let open = c.state == ConnState::Open;
+                let room = buffer == 0 || c.unread.len() as u64 <= buffer;
+                (open && !c.held.is_empty() && room && !self.world.waiting.contains(&id))
+                    .then_some(id)
+            });
+            let Some(conn) = resumed else { break };
+            let data = self
+                .world
+                .clients
+                .get_mut(&conn)
+                .map(|c| std::mem::take(&mut c.held))
+                .unwrap_or_default();
+            self.event(|rt| rt.on_data(conn, data));
+        }
     }
 
     /// The client of `conn` goes away: `on_disconnect`. Panics if `conn` is not open (the
@@ -272,12 +377,30 @@ impl<S: Server> TestHost<S> {
         if let Some(client) = self.world.clients.get_mut(&conn) {
             client.state = ConnState::Disconnected;
         }
+        self.world.waiting.remove(&conn);
         self.event(|rt| rt.on_disconnect(conn));
+        self.settle();
     }
 
     /// Takes what the app sent to `conn` since the last read, as its client would read it.
+    /// With an output buffer, that makes room: the app then hears it can send more, if it
+    /// asked, and the input held meanwhile reaches it (what it sends then is read next time).
     pub fn read(&mut self, conn: ConnId) -> Vec<u8> {
-        self.world.clients.get_mut(&conn).map(|c| std::mem::take(&mut c.unread)).unwrap_or_default()
+        self.read_some(conn, usize::MAX)
+    }
+
+    /// [`TestHost::read`] of at most `max` bytes: a client that reads slowly.
+    pub fn read_some(&mut self, conn: ConnId, max: usize) -> Vec<u8> {
+        let read = match self.world.clients.get_mut(&conn) {
+            Some(client) if client.unread.len() <= max => std::mem::take(&mut client.unread),
+            Some(client) => {
+                let rest = client.unread.split_off(max);
+                std::mem::replace(&mut client.unread, rest)
+            }
+            None => Vec::new(),
+        };
+        self.settle();
+        read
     }
 
     /// [`TestHost::read`] as text. Panics (showing the bytes) if they are not UTF-8.
@@ -321,6 +444,7 @@ impl<S: Server> TestHost<S> {
             self.timers()
         );
         self.event(|rt| rt.on_timer(id));
+        self.settle();
     }
 
     /// Moves the clock forward by `by`, firing every timer that falls due meanwhile at its due
@@ -335,6 +459,7 @@ impl<S: Server> TestHost<S> {
             self.world.timers.remove(&id);
             self.world.now_ms = self.world.now_ms.max(due);
             self.event(|rt| rt.on_timer(id));
+            self.settle();
         }
         self.world.now_ms = until;
     }
@@ -366,6 +491,7 @@ impl<S: Server> TestHost<S> {
         let args = next.world.args.clone();
         next.event(|rt| rt.init(args))?;
         next.event(|rt| rt.import_state(snapshot, live))?;
+        next.settle();
         Ok(next)
     }
 
@@ -420,6 +546,13 @@ impl World {
                     && client.state == ConnState::Open
                 {
                     client.state = ConnState::ClosedByApp;
+                    client.held = Vec::new();
+                }
+                self.waiting.remove(conn);
+            }
+            Effect::NotifyWritable(conn) => {
+                if self.clients.get(conn).is_some_and(|c| c.state == ConnState::Open) {
+                    self.waiting.insert(*conn);
                 }
             }
             Effect::SetTimer { id, after_ms } => {

@@ -33,6 +33,12 @@ pub(crate) struct Conn {
     /// The peer finished sending while input was held: the app hears of the disconnect after
     /// it has had every held byte.
     pub(crate) eof: bool,
+    /// The guest asked to be told when this connection can take more output
+    /// (`net.notify-writable`) and has not been told yet. Its input is held meanwhile, as while
+    /// more than `--output-buffer` is queued: the guest stopped taking it.
+    pub(crate) awaiting_writable: bool,
+    /// In [`Connections::writable`]: it is told at the loop's next turn.
+    writable_due: bool,
     /// Closed to bring the host back under `--buffer-budget`: the bytes it buffered then, which
     /// go when it is removed.
     evicted: Option<usize>,
@@ -49,8 +55,16 @@ impl Conn {
             held: Vec::new(),
             held_from: 0,
             eof: false,
+            awaiting_writable: false,
+            writable_due: false,
             evicted: None,
         }
+    }
+
+    /// The guest waits to be told this connection can take more, and it can: the call is
+    /// queued for the loop's next turn ([`Connections::take_writable`]).
+    pub(crate) fn writable_is_due(&self) -> bool {
+        self.awaiting_writable && self.writable_due
     }
 
     /// Bytes the host buffers for this connection: replies queued and input held.
@@ -122,6 +136,9 @@ pub(crate) struct Connections {
     broken: Vec<u64>,
     /// Connections whose reading resumed or was cut short by the read budget.
     pub(crate) read_again: VecDeque<u64>,
+    /// Connections whose guest asked to be told when they can take more, and that can now,
+    /// in the order they got there.
+    writable: Vec<u64>,
     /// Bytes buffered over all connections (replies queued, input held), and the part of them
     /// that belongs to connections evicted and not yet removed.
     buffered: usize,
@@ -137,6 +154,7 @@ impl Connections {
             limits,
             broken: Vec::new(),
             read_again: VecDeque::new(),
+            writable: Vec::new(),
             buffered: 0,
             evicting: 0,
         }
@@ -149,6 +167,11 @@ impl Connections {
         let out = f(conn);
         self.buffered = self.buffered - before + conn.buffered();
         Some(out)
+    }
+
+    /// True while some connection waits to be told it can take more ([`Self::take_writable`]).
+    pub(crate) fn writable_pending(&self) -> bool {
+        !self.writable.is_empty()
     }
 
     /// Holds input read from `id` until its replies drain (see [`Conn::held`]).
@@ -213,9 +236,24 @@ impl Connections {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         if conn.closing && conn.pending() == 0 {
             self.remove(id);
+        } else if conn.awaiting_writable {
+            // The guest hears first; the input held meanwhile follows (take_writable).
+            self.writable_if_drained(id);
         } else if (conn.held() > 0 || conn.eof) && conn.pending() <= self.limits.output_buffer / 2 {
             // The client is reading again: the app gets the input held meanwhile.
             self.read_again.push_back(id);
+        }
+    }
+
+    /// Queues `id` to be told it can take more, if its guest asked and its queued output is at
+    /// half of `--output-buffer` or less: the same low-water mark at which held input resumes,
+    /// so that a guest is not woken for every few bytes the client reads.
+    fn writable_if_drained(&mut self, id: u64) {
+        let half = self.limits.output_buffer / 2;
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.awaiting_writable && !conn.writable_due && !conn.closing && conn.pending() <= half {
+            conn.writable_due = true;
+            self.writable.push(id);
         }
     }
 
@@ -234,6 +272,9 @@ impl Connections {
             debug!(conn = id, "deregister failed: {e}");
         }
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        if conn.awaiting_writable {
+            self.shared.waiting_writable.fetch_sub(1, Ordering::Relaxed);
+        }
         Some(conn)
     }
 }
@@ -254,6 +295,7 @@ impl Network for Connections {
             conn.write_pending()
         });
         let Some(conn) = self.conns.get_mut(&id) else { return };
+        self.shared.note_queued(conn.pending());
         if let Some(Err(e)) = written {
             debug!(conn = id, "write failed: {e}");
             self.broken.push(id);
@@ -293,5 +335,32 @@ impl Network for Connections {
 
     fn take_broken(&mut self) -> Option<u64> {
         self.broken.pop()
+    }
+
+    fn want_writable(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if !conn.awaiting_writable {
+            conn.awaiting_writable = true;
+            self.shared.waiting_writable.fetch_add(1, Ordering::Relaxed);
+        }
+        self.writable_if_drained(id);
+    }
+
+    fn take_writable(&mut self) -> Vec<(u64, usize)> {
+        let mut due = Vec::new();
+        for id in std::mem::take(&mut self.writable) {
+            let Some(conn) = self.conns.get_mut(&id) else { continue };
+            if conn.awaiting_writable {
+                conn.awaiting_writable = false;
+                self.shared.waiting_writable.fetch_sub(1, Ordering::Relaxed);
+            }
+            conn.writable_due = false;
+            if conn.held() > 0 || conn.eof {
+                // Read on after the guest has heard: what it held back comes first.
+                self.read_again.push_back(id);
+            }
+            due.push((id, conn.pending()));
+        }
+        due
     }
 }

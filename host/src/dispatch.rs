@@ -41,6 +41,14 @@ pub(crate) trait Network {
     fn drop_conn(&mut self, conn: u64) -> bool;
     /// A connection found broken since the last call, if any.
     fn take_broken(&mut self) -> Option<u64>;
+    /// The guest asked to be told when `conn` can take more (`net.notify-writable`): hold its
+    /// input from now on, and have [`Network::take_writable`] give it once its queued output
+    /// is at half of `--output-buffer` or less.
+    fn want_writable(&mut self, conn: u64);
+    /// The connections whose guest asked and whose queued output has drained that far, each
+    /// with the bytes still queued for it, in the order they got there; their requests count as
+    /// answered from now.
+    fn take_writable(&mut self) -> Vec<(u64, usize)>;
 }
 
 /// Sees every event that completed and every reply, in order: `tasuki run --record` writes
@@ -264,6 +272,18 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         if self.net.drop_conn(conn) {
             debug!(conn, "disconnected");
             self.dispatch(Call::Disconnect(conn));
+        }
+    }
+
+    /// Tells the app of each connection that can take more output now, as it asked
+    /// (`on-writable`), with its new send window: `--output-buffer` less what is queued. Those
+    /// that get there meanwhile wait for the next call, so one connection that drains as fast
+    /// as it is written to cannot keep the loop here.
+    pub(crate) fn writable_due(&mut self) {
+        for (conn, queued) in self.net.take_writable() {
+            let window = self.limits.output_buffer.saturating_sub(queued) as u64;
+            self.shared.note_writable_call();
+            self.dispatch(Call::Writable(conn, window));
         }
     }
 
@@ -492,7 +512,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                         Call::Connect(info) => recorder.connect(info.id),
                         Call::Data(id, bytes) => recorder.send(id, bytes),
                         Call::Disconnect(id) => recorder.close(id),
-                        Call::Timer(_) => {}
+                        Call::Timer(_) | Call::Writable(..) => {}
                     }
                 }
                 self.apply_effects_at(at.mono);
@@ -525,6 +545,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     fn apply_effects_at(&mut self, now: u64) {
         let Self { live, net, timers, recorder, canary, .. } = self;
         let mut cut_off = Vec::new();
+        let mut output = 0;
         live.drain_effects(|effect| {
             if let Some(recorder) = recorder {
                 match &effect {
@@ -541,12 +562,17 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 }
             }
             match effect {
-                Effect::Send(conn, data) => net.send(conn, data),
+                Effect::Send(conn, data) => {
+                    output += data.len();
+                    net.send(conn, data);
+                }
                 Effect::Close(conn) => net.close(conn),
+                Effect::NotifyWritable(conn) => net.want_writable(conn),
                 Effect::CutOff(conn) => cut_off.push(conn),
                 timer => timers.apply(&timer, now),
             }
         });
+        self.shared.note_call_output(output);
         for conn in cut_off {
             self.peer_gone(conn);
         }

@@ -154,6 +154,10 @@ impl EventLoop {
                     }
                 }
             }
+            if self.draining.is_none() {
+                // Before the held input of those connections is read on (take_writable asks).
+                self.dispatcher.writable_due();
+            }
             let again = std::mem::take(&mut self.dispatcher.net.read_again);
             if self.draining.is_none() {
                 match allowance {
@@ -204,7 +208,9 @@ impl EventLoop {
     /// way (a step runs after every round of events, and the events of each round wait for at
     /// most one), until the next timer otherwise, and never past a drain's deadline.
     fn timeout(&mut self) -> Option<Duration> {
-        let busy = !self.dispatcher.net.read_again.is_empty() && self.draining.is_none()
+        let busy = (!self.dispatcher.net.read_again.is_empty()
+            || self.dispatcher.net.writable_pending())
+            && self.draining.is_none()
             || self.dispatcher.upgrading()
             || self.dispatcher.checkpointing();
         if busy {
@@ -359,8 +365,9 @@ impl EventLoop {
 
     /// Reads from `id` and hands the bytes to the app, up to `budget` bytes (then it is read
     /// again next round); returns how many. While more than `--output-buffer` of replies are
-    /// queued for it, what is read is held instead (up to `--input-buffer`) and handed over, in
-    /// order, once the client has read its replies.
+    /// queued for it, or the app waits to be told it can send more (`net.notify-writable`),
+    /// what is read is held instead (up to `--input-buffer`) and handed over, in order, once
+    /// the client has read its replies (after the app's `on-writable`).
     fn read(&mut self, id: u64, budget: usize) -> usize {
         let limits = Arc::clone(&self.dispatcher.live().version().runtime.limits);
         let mut budget = budget;
@@ -376,7 +383,15 @@ impl EventLoop {
                 net.read_again.push_back(id);
                 break;
             }
-            let deliver = conn.pending() <= limits.output_buffer;
+            if conn.writable_is_due() && conn.held() > 0 {
+                // The guest waits for a window its client has already made room for: grant it
+                // now and hand over the held input, rather than read on into `held` until the
+                // loop's next turn (a client that writes faster than one window a turn would
+                // otherwise pile its input up here while the kernel takes every reply).
+                self.dispatcher.writable_due();
+                continue;
+            }
+            let deliver = conn.pending() <= limits.output_buffer && !conn.awaiting_writable;
             let limit = budget.min(buf.len());
             if deliver && conn.held() > 0 {
                 let n = net.take_held(id, &mut buf[..limit]);

@@ -1,5 +1,7 @@
 //! `tasuki:server/host-info`: what only the host knows (its resident memory, its connection
-//! limit, the bounds on unconsumed input), read when the guest asks (kv's `INFO`, the SDK).
+//! limit, the bounds on unconsumed input and queued output), read when the guest asks (kv's
+//! `INFO`, the SDK). All but the resident memory are fixed for the host's life, so a replay
+//! after a trap reads what the first run read.
 
 use crate::bindings::tasuki::server::host_info;
 use crate::store::InstanceState;
@@ -19,6 +21,10 @@ impl host_info::Host for InstanceState {
 
     fn input_total(&mut self) -> u64 {
         self.input_total
+    }
+
+    fn output_buffer(&mut self) -> u64 {
+        self.output_buffer as u64
     }
 }
 

@@ -4,10 +4,11 @@
 //! fault, a missed deadline) are kept apart: the first is the app refusing, the second means this
 //! instance can never be entered again.
 
-use crate::bindings::server_exports::{app, canary, memory, precopy, state};
+use crate::bindings::server_exports::{app, canary, memory, precopy, state, writable};
 use crate::bindings::{AppInfo, Chunk, ConnInfo, PrecopyBatch, Snapshot};
 use crate::limits;
 use crate::store::{Effect, InstanceState, Limiter};
+use crate::transformer::{STREAMS_SECTION, WINDOWS_SECTION};
 use crate::version::Version;
 use wasmtime::Store;
 use wasmtime::component::ResourceTable;
@@ -117,6 +118,8 @@ pub struct Instance {
     memory: Option<memory::Guest>,
     /// `None` if the version predates the `canary` export.
     canary: Option<canary::Guest>,
+    /// `None` if the version predates the `writable` export.
+    writable: Option<writable::Guest>,
     /// Epoch ticks an event may run.
     call_deadline: u64,
     /// Epoch ticks a state call may run.
@@ -173,6 +176,7 @@ impl Instance {
             max_connections: runtime.limits.max_connections,
             input_limit: runtime.limits.query_buffer,
             input_total: runtime.limits.input_total(),
+            output_buffer: runtime.limits.output_buffer,
         };
         let mut store = Store::new(&runtime.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -195,6 +199,10 @@ impl Instance {
             Some(indices) => Some(indices.load(&mut store, &instance).map_err(trap)?),
             None => None,
         };
+        let writable = match &exports.writable {
+            Some(indices) => Some(indices.load(&mut store, &instance).map_err(trap)?),
+            None => None,
+        };
         let call_deadline = limits::ticks(runtime.limits.call_deadline);
         let state_deadline = limits::ticks(runtime.limits.upgrade_deadline);
         Ok(Self {
@@ -204,6 +212,7 @@ impl Instance {
             precopy,
             memory,
             canary,
+            writable,
             call_deadline,
             state_deadline,
             fault_next: false,
@@ -289,11 +298,38 @@ impl Instance {
         self.state.call_export_state(&mut self.store).map_err(trap)?.map_err(CallError::Refused)
     }
 
+    /// `state.import-state`. A version built before back-pressure (no `writable` export) is
+    /// handed the snapshot without the SDK's send windows, which it has no use for, and refuses
+    /// one with streams under way, which it could not carry on.
     pub fn import_state(
         &mut self,
         snapshot: &Snapshot,
         live: &[ConnInfo],
     ) -> Result<(), CallError> {
+        let has = |name: &str| snapshot.sections.iter().any(|s| s.name == name);
+        let without_windows;
+        let snapshot = if self.writable.is_none() && has(STREAMS_SECTION) {
+            return Err(CallError::Refused(format!(
+                "streams are being sent to clients (section `{STREAMS_SECTION}`), and this \
+                 version, built before back-pressure, cannot carry them on: upgrade to it once \
+                 they are sent"
+            )));
+        } else if self.writable.is_none() && has(WINDOWS_SECTION) {
+            // A copy, but only on the way to a release older than the running one.
+            without_windows = Snapshot {
+                app: snapshot.app.clone(),
+                app_version: snapshot.app_version.clone(),
+                sections: snapshot
+                    .sections
+                    .iter()
+                    .filter(|s| s.name != WINDOWS_SECTION)
+                    .cloned()
+                    .collect(),
+            };
+            &without_windows
+        } else {
+            snapshot
+        };
         self.state_call();
         self.state
             .call_import_state(&mut self.store, snapshot, live)
@@ -386,6 +422,16 @@ impl Instance {
     pub fn on_timer(&mut self, id: u64) -> Result<(), CallError> {
         self.event();
         let result = self.app.call_on_timer(&mut self.store, id).map_err(trap);
+        self.event_result(result)
+    }
+
+    /// `writable.on-writable`: `conn` can take `window` more bytes. Nothing for a version
+    /// built before the export (it never asked: the host calls only after a request, which an
+    /// older instance swapped in since cannot answer).
+    pub fn on_writable(&mut self, conn: u64, window: u64) -> Result<(), CallError> {
+        let Some(writable) = self.writable.clone() else { return Ok(()) };
+        self.event();
+        let result = writable.call_on_writable(&mut self.store, conn, window).map_err(trap);
         self.event_result(result)
     }
 }

@@ -24,6 +24,8 @@ pub(crate) enum Call<'a> {
     Data(u64, &'a [u8]),
     Disconnect(u64),
     Timer(u64),
+    /// `on-writable(conn, window)`: the connection can take `window` more bytes.
+    Writable(u64, u64),
 }
 
 impl Call<'_> {
@@ -31,7 +33,7 @@ impl Call<'_> {
     pub(crate) fn conn(&self) -> Option<u64> {
         match self {
             Self::Connect(info) => Some(info.id),
-            Self::Data(id, _) | Self::Disconnect(id) => Some(*id),
+            Self::Data(id, _) | Self::Disconnect(id) | Self::Writable(id, _) => Some(*id),
             Self::Timer(_) => None,
         }
     }
@@ -160,6 +162,7 @@ impl Live {
             Call::Data(id, bytes) => self.instance.on_data(id, bytes),
             Call::Disconnect(id) => self.instance.on_disconnect(id),
             Call::Timer(id) => self.instance.on_timer(id),
+            Call::Writable(id, window) => self.instance.on_writable(id, window),
         };
         if result.is_ok() {
             match call {
@@ -167,6 +170,7 @@ impl Live {
                 Call::Data(id, bytes) => self.recovery.data(at, id, bytes),
                 Call::Disconnect(id) => self.recovery.disconnect(at, id),
                 Call::Timer(id) => self.recovery.timer(at, id),
+                Call::Writable(id, window) => self.recovery.writable(at, id, window),
             }
         }
         result

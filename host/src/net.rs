@@ -1,5 +1,6 @@
-//! `tasuki:server/net`: the guest queues bytes and closes; the dispatcher applies them after the
-//! call returns. The guest never touches a socket.
+//! `tasuki:server/net`: the guest queues bytes, closes, and asks to be told when a connection
+//! can take more; the dispatcher applies them after the call returns. The guest never touches a
+//! socket.
 
 use crate::bindings::tasuki::server::net;
 use crate::store::{Effect, InstanceState};
@@ -30,5 +31,9 @@ impl net::Host for InstanceState {
 
     fn close(&mut self, conn: u64) {
         self.effects.push(Effect::Close(conn));
+    }
+
+    fn notify_writable(&mut self, conn: u64) {
+        self.effects.push(Effect::NotifyWritable(conn));
     }
 }

@@ -61,6 +61,9 @@ pub(crate) enum Event {
     Data(u64, Range<usize>),
     Disconnect(u64),
     Timer(u64),
+    /// `on-writable(conn, window)`, with the window the guest was given: its send window is
+    /// state, so the replay must grant the same.
+    Writable(u64, u64),
 }
 
 /// The state an instance can be rebuilt from.
@@ -306,6 +309,10 @@ impl Recovery {
         self.push(at, Event::Timer(id), 0);
     }
 
+    pub(crate) fn writable(&mut self, at: Stamp, conn: u64, window: u64) {
+        self.push(at, Event::Writable(conn, window), 0);
+    }
+
     /// `conn` was sent a reply: what it sent so far has been answered.
     pub(crate) fn replied(&mut self, conn: u64) {
         self.unanswered.remove(&conn);
@@ -475,7 +482,7 @@ impl Recovery {
                 }
                 Err((index, error)) => {
                     match self.events[index].1 {
-                        Event::Data(conn, _) => {
+                        Event::Data(conn, _) | Event::Writable(conn, _) => {
                             skips.entry(conn).or_insert(index);
                         }
                         Event::Connect(ConnInfo { id: conn, .. }) | Event::Disconnect(conn) => {
@@ -537,6 +544,7 @@ impl Recovery {
                     timers.cancel(*id);
                     instance.on_timer(*id)
                 }
+                Event::Writable(conn, window) => instance.on_writable(*conn, *window),
             };
             for effect in instance.take_effects() {
                 timers.apply(&effect, at.mono);
@@ -610,7 +618,10 @@ fn left_out(
         return true;
     }
     match event {
-        Event::Data(conn, _) => skips.get(conn).is_some_and(|&from| index >= from),
+        // A culprit's `on-writable`s go with its input: they hand the app more of it.
+        Event::Data(conn, _) | Event::Writable(conn, _) => {
+            skips.get(conn).is_some_and(|&from| index >= from)
+        }
         _ => false,
     }
 }

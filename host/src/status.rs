@@ -118,6 +118,27 @@ pub struct Status {
     pub memory: MemoryStatus,
     /// Snapshots into `--snapshot-dir`, if one is set.
     pub snapshots: Option<SnapshotsStatus>,
+    /// Output queued for clients, and the back-pressure that bounds it.
+    pub output: OutputStatus,
+}
+
+/// How much output the host has had to hold, since it started: what back-pressure keeps
+/// small (`net.notify-writable`), and what a guest that ignores it makes large.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputStatus {
+    /// The most output one call into the app queued, over all connections, in bytes. A server
+    /// built with the SDK keeps it to about one connection's send window (`--output-buffer`);
+    /// the host's own bound is 32 times that.
+    pub largest_call: u64,
+    /// The most output ever queued for one connection at once (written by the app, not yet
+    /// taken by the kernel), in bytes.
+    pub largest_queue: u64,
+    /// `on-writable` calls made: times a connection the app had stopped sending to could take
+    /// more again.
+    pub writable_calls: u64,
+    /// Connections whose app waits, now, to be told they can take more: it has sent its
+    /// window, their clients have not read it yet, and the host holds what they send meanwhile.
+    pub waiting: u64,
 }
 
 /// Snapshots written to the snapshot directory since the host started.
@@ -339,7 +360,7 @@ impl fmt::Display for Status {
                 write!(f, ", {:.1} s left", left.as_secs_f64())?;
             }
         }
-        write!(f, "\n{}\n{}", self.recovery, self.memory)?;
+        write!(f, "\n{}\n{}\n{}", self.recovery, self.memory, self.output)?;
         if let Some(s) = &self.snapshots {
             let every =
                 s.every.map_or("only when stopping".into(), |d| format!("every {}", human(d)));
@@ -399,6 +420,20 @@ impl fmt::Display for MemoryStatus {
     }
 }
 
+impl fmt::Display for OutputStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "output       {} connections waiting for their clients to read (on-writable); {} \
+             on-writable calls; the most one call queued {}, for one connection {}",
+            self.waiting,
+            self.writable_calls,
+            bytes(self.largest_call),
+            bytes(self.largest_queue),
+        )
+    }
+}
+
 /// The part of the status that changes, behind one lock; connection count is an atomic because
 /// it changes on every accept and close.
 #[derive(Debug)]
@@ -415,6 +450,11 @@ pub(crate) struct Shared {
     canary: Mutex<Option<CanaryProgress>>,
     memory: Mutex<MemoryStatus>,
     snapshots: Mutex<Option<SnapshotsStatus>>,
+    largest_call_output: AtomicU64,
+    largest_queue: AtomicU64,
+    writable_calls: AtomicU64,
+    /// Connections whose guest waits for `on-writable` ([`OutputStatus::waiting`]).
+    pub(crate) waiting_writable: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -451,7 +491,26 @@ impl Shared {
             canary: Mutex::new(None),
             memory: Mutex::new(MemoryStatus::default()),
             snapshots: Mutex::new(None),
+            largest_call_output: AtomicU64::new(0),
+            largest_queue: AtomicU64::new(0),
+            writable_calls: AtomicU64::new(0),
+            waiting_writable: AtomicU64::new(0),
         }
+    }
+
+    /// After every call into the app: the output it queued, over all connections.
+    pub(crate) fn note_call_output(&self, bytes: usize) {
+        self.largest_call_output.fetch_max(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// After every send: the output now queued for that connection.
+    pub(crate) fn note_queued(&self, bytes: usize) {
+        self.largest_queue.fetch_max(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// An `on-writable` call is about to be made.
+    pub(crate) fn note_writable_call(&self) {
+        self.writable_calls.fetch_add(1, Ordering::Relaxed);
     }
 
     fn snapshots(&self) -> std::sync::MutexGuard<'_, Option<SnapshotsStatus>> {
@@ -622,6 +681,12 @@ impl Shared {
                 ..self.memory_status().clone()
             },
             snapshots: self.snapshots().clone(),
+            output: OutputStatus {
+                largest_call: self.largest_call_output.load(Ordering::Relaxed),
+                largest_queue: self.largest_queue.load(Ordering::Relaxed),
+                writable_calls: self.writable_calls.load(Ordering::Relaxed),
+                waiting: self.waiting_writable.load(Ordering::Relaxed),
+            },
         }
     }
 }

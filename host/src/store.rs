@@ -81,6 +81,9 @@ pub enum Effect {
     Send(u64, Vec<u8>),
     /// `net.close(conn)`.
     Close(u64),
+    /// `net.notify-writable(conn)`: call `on-writable(conn, …)` once its queued output drains
+    /// to half of `--output-buffer`, and hold its input until then.
+    NotifyWritable(u64),
     /// The call queued more output than one call may ([`InstanceState::call_output_limit`]):
     /// the connection whose bytes passed it is dropped, and the app hears of it, as if the
     /// client had gone.
@@ -111,6 +114,8 @@ pub struct InstanceState {
     pub(crate) input_limit: usize,
     /// The bound on all connections' unconsumed input, for `host-info`.
     pub(crate) input_total: u64,
+    /// `--output-buffer`, for `host-info`.
+    pub(crate) output_buffer: usize,
 }
 
 impl std::fmt::Debug for InstanceState {

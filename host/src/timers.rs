@@ -69,7 +69,8 @@ impl TimerQueue {
                 self.set(id, now.saturating_add(after.as_nanos() as u64));
             }
             Effect::CancelTimer(id) => self.cancel(id),
-            Effect::Send(..) | Effect::Close(_) | Effect::CutOff(_) => {}
+            Effect::Send(..) | Effect::Close(_) | Effect::CutOff(_) | Effect::NotifyWritable(_) => {
+            }
         }
     }
 

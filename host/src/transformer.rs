@@ -58,6 +58,23 @@ pub enum TransformError {
 /// to the chunks before it). Every transformer is handed it with the sections it claims.
 pub const PRECOPY_SECTION: &str = "tasuki.precopy";
 
+/// The guest SDK's send windows (back-pressure). A release built before back-pressure reads
+/// no such section and never waits for a window: it may still be upgraded to, and the host
+/// drops the section on the way ([`crate::instance::Instance::import_state`]), which loses
+/// nothing.
+pub const WINDOWS_SECTION: &str = "tasuki.windows";
+
+/// The guest SDK's streams under way, written only while there are some. A release built
+/// before back-pressure cannot carry them on: it may be upgraded to, but only at a moment when
+/// no stream is under way (otherwise the import is refused and the upgrade rolls back).
+pub const STREAMS_SECTION: &str = "tasuki.streams";
+
+/// True if a target that does not read `section` at all (a release built before it existed)
+/// can still take the state: see [`WINDOWS_SECTION`] and [`STREAMS_SECTION`].
+pub(crate) fn optional_section(section: &str) -> bool {
+    section == WINDOWS_SECTION || section == STREAMS_SECTION
+}
+
 /// A compiled transformer and what it declares.
 pub struct Transformer {
     pre: InstancePre<TransformState>,
@@ -348,7 +365,9 @@ impl Pipeline {
                 .find(|s| &s.name == section)
                 .map(|s| s.accepts.clone())
                 .unwrap_or_default();
-            if !accepts.contains(version) {
+            // A release built before the SDK's back-pressure sections reads none of them.
+            let optional = accepts.is_empty() && optional_section(section);
+            if !accepts.contains(version) && !optional {
                 let hint = match accepts.iter().max() {
                     Some(want) if want > version => {
                         format!("; add a transformer from {version} to {want} (--transform)")

@@ -760,7 +760,9 @@ pub(crate) fn check_compatible(
             .find(|s| s.name == written.name)
             .map(|s| s.accepts.clone())
             .unwrap_or_default();
-        if !accepts.contains(&written.version) {
+        // A release built before the SDK's back-pressure sections reads none of them.
+        let optional = accepts.is_empty() && crate::transformer::optional_section(&written.name);
+        if !accepts.contains(&written.version) && !optional {
             return Err(UpgradeError::Incompatible {
                 running: Box::new(running.into()),
                 new: Box::new(new.into()),
@@ -801,6 +803,21 @@ mod tests {
         let err = check_compatible(Path::new("v1.wasm"), &v2, &v1).unwrap_err().to_string();
         assert!(err.contains("section `kv` version 2"), "{err}");
         assert!(err.contains("kv 1.0.0 does not read"), "{err}");
+    }
+
+    #[test]
+    fn a_release_built_before_back_pressure_may_be_upgraded_to_without_its_sections() {
+        let (conns, windows, streams) = ("tasuki.conns", "tasuki.windows", "tasuki.streams");
+        let old = app("kv", "2.0.0", &[("kv", 2, &[2]), (conns, 1, &[1])]);
+        let flow = [("kv", 2, &[2][..]), (conns, 1, &[1]), (windows, 1, &[1]), (streams, 1, &[1])];
+        let new = app("kv", "2.1.0", &flow);
+        assert!(check_compatible(Path::new("old.wasm"), &new, &old).is_ok());
+        assert!(check_compatible(Path::new("new.wasm"), &old, &new).is_ok());
+        // A release that reads the section, but not at the version written, is refused.
+        let later = [("kv", 2, &[2][..]), (conns, 1, &[1]), (windows, 2, &[2]), (streams, 1, &[1])];
+        let newer = app("kv", "2.2.0", &later);
+        let err = check_compatible(Path::new("new.wasm"), &newer, &new).unwrap_err().to_string();
+        assert!(err.contains("tasuki.windows"), "{err}");
     }
 
     #[test]

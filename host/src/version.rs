@@ -2,7 +2,7 @@
 //! before an upgrade pauses anything.
 
 use crate::bindings::AppInfo;
-use crate::bindings::server_exports::{app, canary, memory, precopy, state};
+use crate::bindings::server_exports::{app, canary, memory, precopy, state, writable};
 use crate::runtime::Runtime;
 use crate::store::InstanceState;
 use serde::{Deserialize, Serialize};
@@ -63,6 +63,9 @@ pub(crate) struct Exports {
     /// `None` for a server built before the `canary` interface existed: it declares no
     /// expected difference.
     pub(crate) canary: Option<canary::GuestIndices>,
+    /// `None` for a server built before the `writable` interface existed: it never asks to be
+    /// told when a connection can take more, and gets only the host's output limits.
+    pub(crate) writable: Option<writable::GuestIndices>,
 }
 
 /// A compiled, linked app version, ready to be instantiated any number of times.
@@ -118,6 +121,7 @@ impl Version {
             precopy: precopy::GuestIndices::new(&instance_pre).ok(),
             memory: memory::GuestIndices::new(&instance_pre).ok(),
             canary: canary::GuestIndices::new(&instance_pre).ok(),
+            writable: writable::GuestIndices::new(&instance_pre).ok(),
         };
         Ok(Arc::new(Self {
             pre: instance_pre,

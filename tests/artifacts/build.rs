@@ -28,6 +28,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("MISSING_EXPORT", "missing-export", "missing_export"),
     ("EXTRA_IMPORT", "extra-import", "extra_import"),
     ("ECHO", "echo", "echo"),
+    ("DOWNLOAD", "download", "download"),
 ];
 
 /// (constant, package, feature, artifact stem): guests built again with a feature that makes

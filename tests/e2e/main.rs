@@ -1,6 +1,7 @@
 //! End-to-end: real components built from guests/, real loopback sockets, a real Redis client,
 //! real upgrades. One binary; one module per story.
 
+mod backpressure;
 mod canary;
 mod clients;
 mod control;

@@ -99,7 +99,9 @@ pub struct RunCommand {
     refuse_reply: Option<Bytes>,
     /// Replies queued for one connection before the host stops handing its input to the app,
     /// in KiB; what the client sends meanwhile is held (see --input-buffer) until it reads. A
-    /// connection is closed at 32 times this (at least 256 MiB).
+    /// connection is closed at 32 times this (at least 256 MiB). Also each new connection's
+    /// send window: an app built with the SDK sends no more than that before the client reads
+    /// half of it (it is told by `on-writable`), so a stream of any size costs about this much.
     #[arg(long, value_name = "KIB", default_value_t = limits::OUTPUT_HIGH_WATER / 1024)]
     output_buffer: usize,
     /// Input held for one connection while its replies are backed up, in MiB (redis's

@@ -52,6 +52,12 @@ pub struct TestCommand {
     /// from the state it names.
     #[arg(long, value_name = "FILE")]
     restore: Option<PathBuf>,
+    /// A connection's send window, in KiB, as `tasuki run --output-buffer`: an app that sends
+    /// more to one connection waits for an `on-writable` call, which the simulator makes at
+    /// once (a virtual client reads everything) as an event with a boundary of its own. A small
+    /// buffer puts upgrades and rebuilds in the middle of a stream.
+    #[arg(long, value_name = "KIB", default_value_t = tasuki::limits::OUTPUT_HIGH_WATER / 1024)]
+    output_buffer: usize,
 }
 
 fn parse_rebuild(s: &str) -> Result<bool, String> {
@@ -100,6 +106,7 @@ impl TestCommand {
             restore: self.restore.clone(),
             limits: tasuki::limits::Limits {
                 precopy_chunk: self.precopy_chunk,
+                output_buffer: self.output_buffer.saturating_mul(1024).max(1),
                 ..tasuki::limits::Limits::default()
             },
         });
@@ -143,6 +150,14 @@ impl TestCommand {
         }
         if self.rebuild_at {
             words.extend(["--rebuild-at".into(), "every".into()]);
+        }
+        // Where the boundaries fall depends on --output-buffer (each on-writable is one), and
+        // what an upgrade placed there does on --precopy-chunk.
+        if self.precopy_chunk != 64 {
+            words.extend(["--precopy-chunk".into(), self.precopy_chunk.to_string()]);
+        }
+        if self.output_buffer != tasuki::limits::OUTPUT_HIGH_WATER / 1024 {
+            words.extend(["--output-buffer".into(), self.output_buffer.to_string()]);
         }
         words.extend(["--upgrade-at".into(), boundary.to_string()]);
         words.join(" ")

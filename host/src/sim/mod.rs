@@ -36,6 +36,11 @@ use trace::{Expected, Step, Trace, escape};
 /// Where the virtual clock starts: 2026-01-01T00:00:00Z, so traces are independent of the day.
 pub const SIM_EPOCH_MS: u64 = 1_767_225_600_000;
 
+/// Rounds of `on-writable` the simulator runs after one event before it calls the app stuck: a
+/// virtual client takes everything at once, so a stream of N bytes needs about N /
+/// `--output-buffer` of them (a GiB at the default 8 MiB: 128).
+const MAX_WRITABLE_ROUNDS: u32 = 1 << 16;
+
 /// A version to upgrade to, and the transformers on the way.
 #[derive(Debug, Clone, Default)]
 pub struct Target {
@@ -122,9 +127,16 @@ pub struct VirtualNet {
     clients: BTreeMap<String, Client>,
     names: HashMap<u64, String>,
     next_id: u64,
+    /// Connections whose app asked to be told they can take more: at once, since a virtual
+    /// client takes everything it is sent.
+    writable: Vec<u64>,
 }
 
 impl VirtualNet {
+    fn writable_pending(&self) -> bool {
+        !self.writable.is_empty()
+    }
+
     fn client(&mut self, id: u64) -> Option<&mut Client> {
         let name = self.names.get(&id)?;
         self.clients.get_mut(name)
@@ -166,6 +178,21 @@ impl Network for VirtualNet {
 
     fn take_broken(&mut self) -> Option<u64> {
         None
+    }
+
+    fn want_writable(&mut self, conn: u64) {
+        if self.client(conn).is_some_and(|c| !c.closed_by_server) && !self.writable.contains(&conn)
+        {
+            self.writable.push(conn);
+        }
+    }
+
+    fn take_writable(&mut self) -> Vec<(u64, usize)> {
+        let open = |id: &&u64| self.names.contains_key(*id);
+        let due: Vec<(u64, usize)> =
+            self.writable.iter().filter(|id| open(id)).map(|&id| (id, 0)).collect();
+        self.writable.clear();
+        due
     }
 }
 
@@ -639,10 +666,31 @@ impl Run<'_> {
         self.after_event(line)
     }
 
-    /// An event of trace line `line` ran: the boundary after it.
+    /// An event of trace line `line` ran: the boundary after it, then each `on-writable` call
+    /// the app asked for, each with the boundary after it (an upgrade or a rebuild placed there
+    /// lands in the middle of a stream). A virtual client reads everything at once, so the calls
+    /// are due at once, until the app stops asking (a stream of N bytes asks about N /
+    /// `--output-buffer` times).
     fn after_event(&mut self, line: usize) -> Result<(), Failure> {
         self.lines.push(line);
-        self.boundary(line)
+        self.boundary(line)?;
+        let mut rounds = 0u32;
+        while self.dispatcher.net.writable_pending() {
+            rounds += 1;
+            if rounds > MAX_WRITABLE_ROUNDS {
+                return Err(failure(
+                    line,
+                    format!(
+                        "the app asked to be told it can send more {MAX_WRITABLE_ROUNDS} times in \
+                         a row after one event"
+                    ),
+                ));
+            }
+            self.dispatcher.writable_due();
+            self.lines.push(line);
+            self.boundary(line)?;
+        }
+        Ok(())
     }
 
     fn play(&mut self, trace: &Trace) -> Result<(), Failure> {

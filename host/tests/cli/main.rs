@@ -2,6 +2,7 @@
 //! from another process, Ctrl-C to stop. `recovery` holds the end-to-end tests of recovery from a
 //! trap; `support` what every test shares.
 
+mod backpressure;
 mod canary;
 mod durability;
 mod memory;
