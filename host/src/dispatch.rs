@@ -235,6 +235,11 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         dispatcher.live.anchor(dispatcher.clock.monotonic_ns());
         dispatcher.apply_effects();
         dispatcher.publish_recovery();
+        // Before any client event: what this instance holds fresh, the floor a compaction
+        // measures against (the compactor's own first reading may come after a load).
+        if let Ok(Some(usage)) = dispatcher.live.memory_usage() {
+            dispatcher.shared.note_fresh_memory(usage.linear_memory);
+        }
         dispatcher
     }
 
@@ -1087,6 +1092,9 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 report.canary = Some(canary_report);
                 let retired = self.live.adopt(candidate);
                 self.timers = timers;
+                if let Some(memory) = &report.memory {
+                    self.shared.note_fresh_memory(memory.after.linear_memory);
+                }
                 // A long canary may have overflowed the candidate's journal: its first
                 // checkpoint as the live version turns recovery back on.
                 self.checkpoint_now |= !self.live.recovery().is_on();
@@ -1147,6 +1155,9 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                     from = %report.from, to = %report.to, pause_us = report.pause.as_micros() as u64,
                     state_bytes = report.state_bytes, connections = report.connections, "upgraded"
                 );
+                if let Some(memory) = &report.memory {
+                    self.shared.note_fresh_memory(memory.after.linear_memory);
+                }
                 if report.compaction.is_some() {
                     self.shared.record_compaction(Ok(&report));
                 } else {

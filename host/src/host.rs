@@ -383,7 +383,12 @@ fn compact_when_due(upgrader: &Upgrader, limits: &Limits, stop: &mpsc::Receiver<
             _ => return,
         }
         let Some(usage) = upgrader.shared.memory() else { continue };
-        let fresh = *floor.get_or_insert(usage.linear_memory);
+        // The instance's memory when it was fresh, as the loop read it before any event; this
+        // thread's first reading only if the instance cannot say (it may come after a load).
+        let fresh = upgrader
+            .shared
+            .fresh_memory()
+            .unwrap_or_else(|| *floor.get_or_insert(usage.linear_memory));
         if Instant::now() < not_before {
             continue;
         }

@@ -448,6 +448,7 @@ pub(crate) struct Shared {
     recovery: Mutex<RecoveryStatus>,
     precopy: Mutex<Option<PrecopyProgress>>,
     canary: Mutex<Option<CanaryProgress>>,
+    fresh_memory: AtomicU64,
     memory: Mutex<MemoryStatus>,
     snapshots: Mutex<Option<SnapshotsStatus>>,
     largest_call_output: AtomicU64,
@@ -489,6 +490,7 @@ impl Shared {
             recovery: Mutex::new(RecoveryStatus::default()),
             precopy: Mutex::new(None),
             canary: Mutex::new(None),
+            fresh_memory: AtomicU64::new(0),
             memory: Mutex::new(MemoryStatus::default()),
             snapshots: Mutex::new(None),
             largest_call_output: AtomicU64::new(0),
@@ -630,6 +632,18 @@ impl Shared {
     /// The live instance's latest memory report, if it gave one.
     pub(crate) fn memory(&self) -> Option<MemoryUsage> {
         self.memory_status().usage
+    }
+
+    /// The linear memory, in bytes, of the live instance when it was fresh: read as the host
+    /// starts and after every swap, before any client event reaches the instance. What a
+    /// compaction can bring the memory back to; 0 when the instance cannot say.
+    pub(crate) fn note_fresh_memory(&self, linear_memory: u64) {
+        self.fresh_memory.store(linear_memory, Ordering::Relaxed);
+    }
+
+    /// See [`Shared::note_fresh_memory`]; `None` until known.
+    pub(crate) fn fresh_memory(&self) -> Option<u64> {
+        Some(self.fresh_memory.load(Ordering::Relaxed)).filter(|&m| m > 0)
     }
 
     /// How a compaction ended (a same-release upgrade: not counted as an upgrade).

@@ -43,14 +43,16 @@ fn redis_cli_works_before_and_after_an_upgrade() {
     assert!(cli(&host, &["INFO"]).contains("tasuki_version:2.0.0"));
 }
 
-/// redis-benchmark's SET, GET and INCR runs (8 connections, 30,000 requests each) go through a
+/// redis-benchmark's SET, GET and INCR runs (8 connections, 100,000 requests each) go through a
 /// v1 -> v2 upgrade without an error reply. The upgrade starts once the benchmark is writing
 /// (its SET key exists), and the test proves it overlapped: at the commit the benchmark's
 /// connections were open, its INCR run had not finished, and afterwards every one of its
 /// INCRs is in the counter.
 #[test]
 fn redis_benchmark_runs_through_an_upgrade_without_errors() {
-    const REQUESTS: i64 = 30_000;
+    // Enough that the benchmark outlasts the upgrade (compile, pre-copy and pause) even when
+    // the other tests load the machine: with 30,000 it was over before the commit now and then.
+    const REQUESTS: i64 = 100_000;
     let host = TestHost::start(artifacts::KV_V1);
     let port = host.addr.port().to_string();
     let requests = REQUESTS.to_string();
