@@ -348,9 +348,6 @@ impl Canary {
             self.events += 1;
         }
         self.compare(&event, input);
-        if let Call::Disconnect(conn) = call {
-            self.forget(conn);
-        }
     }
 
     /// Fires the candidate's timers due at `at` (the old version's due timers have just
@@ -381,8 +378,21 @@ impl Canary {
         }
     }
 
+    /// `None` while the canary goes on; `Ok` once its window has run with everything matched
+    /// (or declared expected); `Err` with why it stopped otherwise, a divergence with its
+    /// reproduction.
+    pub(crate) fn verdict(&mut self) -> Option<Result<(), Stop>> {
+        if self.stop.is_none() && self.window_over() {
+            self.check_unmatched();
+            if self.stop.is_none() {
+                return Some(Ok(()));
+            }
+        }
+        self.stopped().map(Err)
+    }
+
     /// Why it stopped, if it did; a divergence comes with its reproduction.
-    pub(crate) fn stopped(&mut self) -> Option<Stop> {
+    fn stopped(&mut self) -> Option<Stop> {
         let mut stop = self.stop.take()?;
         if let Stop::Diverged(divergence) = &mut stop {
             divergence.reproduction = self.reproduction();
@@ -402,23 +412,18 @@ impl Canary {
         Some(Reproduction { trace: self.recording.text.clone(), snapshot_file: file.encode() })
     }
 
-    /// True once the window has run without a difference: checks, first, that nothing is left
-    /// unmatched.
-    pub(crate) fn window_done(&mut self) -> bool {
-        let done = self.ended
+    fn window_over(&self) -> bool {
+        self.ended
             || match self.window {
                 Window::Events(n) => self.events >= n,
                 Window::Time(d) => self.started.elapsed() >= d,
-            };
-        if !done {
-            return false;
-        }
-        let unmatched: Vec<u64> = self
-            .streams
-            .iter()
-            .filter(|(_, s)| !s.old.is_empty() || !s.new.is_empty() || s.old_closed != s.new_closed)
-            .map(|(&conn, _)| conn)
-            .collect();
+            }
+    }
+
+    /// At the end of the window: output one version sent and the other never matched (what
+    /// [`Canary::compare`] left in the map) is a divergence, unless the release declares it.
+    fn check_unmatched(&mut self) {
+        let unmatched: Vec<u64> = self.streams.keys().copied().collect();
         for conn in unmatched {
             if self.declared_expected(conn, &[]) {
                 continue;
@@ -435,12 +440,11 @@ impl Canary {
                 after_events: self.events,
                 reproduction: None,
             })));
-            return false;
+            return;
         }
-        true
     }
 
-    /// Ends the window now: the next [`Canary::window_done`] is true if all agreed so far.
+    /// Ends the window now: the next [`Canary::verdict`] is given on what ran so far.
     pub(crate) fn end_window(&mut self) {
         self.ended = true;
     }
@@ -491,10 +495,11 @@ impl Canary {
         });
     }
 
-    /// Drops the matched prefix of every connection's two streams; a differing byte, a close
-    /// on one side only with nothing left to come, or too much unmatched output stops the
-    /// canary.
-    /// `input` is the event's connection and bytes, for a `data` event.
+    /// Drops the matched prefix of every connection's two streams, and a connection with
+    /// nothing unmatched left (so the map holds only connections with output in flight, and
+    /// each event scans only those); a differing byte, a close on one side only with nothing
+    /// left to come, or too much unmatched output stops the canary. `input` is the event's
+    /// connection and bytes, for a `data` event.
     fn compare(&mut self, event: &str, input: Option<(u64, &[u8])>) {
         let mut differing = Vec::new();
         for (&conn, s) in &mut self.streams {
@@ -511,6 +516,8 @@ impl Canary {
             }
             differing.push(conn);
         }
+        self.streams
+            .retain(|_, s| !(s.old.is_empty() && s.new.is_empty() && s.old_closed == s.new_closed));
         for conn in differing {
             let request = match input {
                 Some((c, bytes)) if c == conn => bytes,
@@ -549,23 +556,6 @@ impl Canary {
         s.new_closed = s.old_closed;
         self.declared += 1;
         true
-    }
-
-    /// A connection both versions are done with.
-    fn forget(&mut self, conn: u64) {
-        if let Some(s) = self.streams.get(&conn)
-            && s.old.is_empty()
-            && s.new.is_empty()
-        {
-            self.streams.remove(&conn);
-        }
-    }
-
-    /// Connections both versions closed and have nothing unmatched on: forgotten, so a long
-    /// canary over many short connections keeps no record of each.
-    pub(crate) fn forget_closed(&mut self) {
-        self.streams
-            .retain(|_, s| !(s.old_closed && s.new_closed && s.old.is_empty() && s.new.is_empty()));
     }
 }
 

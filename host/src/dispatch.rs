@@ -1062,32 +1062,24 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// (committing by swapping instances); `None` while it goes on.
     fn canary_step(&mut self) -> Option<Swapped> {
         let (canary, _) = self.canary.as_mut()?;
-        canary.forget_closed();
-        let stop = match canary.stopped() {
-            Some(stop) => Some(stop),
-            None if canary.window_done() => None,
-            None => match canary.stopped() {
-                Some(stop) => Some(stop),
-                None => {
-                    self.note_canary();
-                    return None;
-                }
-            },
+        let Some(verdict) = canary.verdict() else {
+            self.note_canary();
+            return None;
         };
         let (canary, mut report) = self.canary.take().expect("checked above");
         self.shared.note_canary(None);
         let (running, new) = (Box::new(report.from.clone()), Box::new(report.to.clone()));
-        let error = match stop {
-            Some(Stop::Diverged(divergence)) => {
+        let error = match verdict {
+            Err(Stop::Diverged(divergence)) => {
                 UpgradeError::Diverged { running, new, divergence, saved: None }
             }
-            Some(Stop::Trapped { event, error }) => {
+            Err(Stop::Trapped { event, error }) => {
                 UpgradeError::CanaryTrapped { running, new, event, error }
             }
-            Some(Stop::Interrupted(cause)) => {
+            Err(Stop::Interrupted(cause)) => {
                 UpgradeError::CanaryInterrupted { running, new, cause }
             }
-            None => {
+            Ok(()) => {
                 let (canary_report, candidate, timers) = canary.commit();
                 report.canary = Some(canary_report);
                 let retired = self.live.adopt(candidate);

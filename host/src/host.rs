@@ -374,7 +374,7 @@ pub fn tune_allocator() {
 fn compact_when_due(upgrader: &Upgrader, limits: &Limits, stop: &mpsc::Receiver<()>) {
     use std::time::Instant;
     let mut not_before = Instant::now() + limits.compact_interval;
-    // The linear memory of a fresh instance: the first one's, then each compaction's result.
+    // This thread's first reading, for an instance that could not say its fresh memory.
     let mut floor: Option<u64> = None;
     let mut failures = 0u32;
     loop {
@@ -395,10 +395,8 @@ fn compact_when_due(upgrader: &Upgrader, limits: &Limits, stop: &mpsc::Receiver<
         let Some(why) = compaction_due(usage, fresh, limits) else { continue };
         match upgrader.compact(why) {
             Ok(report) => {
+                // The loop noted the fresh instance's memory as the new floor at the commit.
                 info!("{report}");
-                if let Some(memory) = report.memory {
-                    floor = Some(memory.after.linear_memory);
-                }
                 failures = 0;
                 not_before = Instant::now() + limits.compact_interval;
             }
