@@ -116,24 +116,28 @@ impl Live {
         timers: Vec<(u64, u64)>,
         mono: u64,
     ) -> Live {
-        let limit = self.recovery.limit();
-        let dir = version.runtime.limits.checkpoint_dir.as_deref();
-        let recovery = match imported {
+        let snapshot = match imported {
             Imported::Snapshot(chunks, snapshot, live) => {
-                Recovery::from_snapshot((limit, dir), (chunks, snapshot), live, timers, mono)
+                let next =
+                    self.candidate(version, instance, info, (chunks, snapshot, live), timers, mono);
+                return self.adopt(next);
             }
-            Imported::Journal(snapshot) => {
-                std::mem::replace(&mut self.recovery, Recovery::fresh(limit, dir))
-                    .with_checkpoint_snapshot(snapshot)
-            }
+            Imported::Journal(snapshot) => snapshot,
         };
+        let fresh = Recovery::fresh(
+            self.recovery.limit(),
+            version.runtime.limits.checkpoint_dir.as_deref(),
+        );
+        let recovery =
+            std::mem::replace(&mut self.recovery, fresh).with_checkpoint_snapshot(snapshot);
         let generation = self.generation + 1;
         std::mem::replace(self, Self { version, instance, info, recovery, generation })
     }
 
     /// A new instance that imported `imported` and is not (yet) live: a canary's candidate
-    /// ([`crate::canary`]). Its recovery state is built as [`Live::commit`] builds it, and it
-    /// journals the events it is fed, so that adopting it later needs nothing more.
+    /// ([`crate::canary`]), or the next live value of [`Live::commit`]. Its recovery state is
+    /// what it imported, and it journals the events it is fed, so that adopting it later needs
+    /// nothing more.
     pub(crate) fn candidate(
         &self,
         version: Arc<Version>,
