@@ -236,8 +236,8 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
         }
     }
 
-    /// Hands what the event asked for to the host: output, then timers, then requests to be
-    /// told of a window, then closes (whose connections the SDK forgets with their unconsumed
+    /// Hands what the event asked for to the host: listeners opened and closed, output, then
+    /// timers, then requests to be told of a window, then closes (whose connections the SDK forgets with their unconsumed
     /// input, unless streams still wait to be sent to them). First, output an app queued to a
     /// connection with streams waiting goes behind them, and streams started now are sent as
     /// far as their windows allow.
@@ -262,6 +262,22 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
         }
         self.placed.clear();
         let requests = self.ctx.take_requests();
+        // Listeners first: one closed in this event is closed before a reply that says so is
+        // written, so the client that reads it finds the port free.
+        for op in requests.listens {
+            match op {
+                ListenOp::Listen(id, port) => {
+                    self.listeners.insert(id, Listening::Asked(port));
+                    self.host.listen(id, port);
+                }
+                ListenOp::Close(id) => {
+                    if self.listeners.remove(&id).is_some() {
+                        self.host.unlisten(id);
+                    }
+                }
+                ListenOp::CloseUntracked(id) => self.host.unlisten(id),
+            }
+        }
         for (conn, bytes) in requests.out {
             if bytes.is_empty() {
                 continue;
@@ -295,20 +311,6 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
             }
             self.host.close(conn);
             self.forget(conn);
-        }
-        for op in requests.listens {
-            match op {
-                ListenOp::Listen(id, port) => {
-                    self.listeners.insert(id, Listening::Asked(port));
-                    self.host.listen(id, port);
-                }
-                ListenOp::Close(id) => {
-                    if self.listeners.remove(&id).is_some() {
-                        self.host.unlisten(id);
-                    }
-                }
-                ListenOp::CloseUntracked(id) => self.host.unlisten(id),
-            }
         }
     }
 

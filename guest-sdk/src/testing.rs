@@ -61,8 +61,8 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 /// What an app asked of the host, in the order the host received it: at the end of each event,
-/// output first (one `Send` per connection written to), then timers in the order asked, then
-/// requests to be told of a window, then closes.
+/// listeners opened and closed first, then output (one `Send` per connection written to), then
+/// timers in the order asked, then requests to be told of a window, then closes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// `net.send`: bytes queued for a connection.
