@@ -68,6 +68,8 @@ pub(crate) trait Network {
 /// them as a trace.
 pub(crate) trait Tap: Send {
     fn connect(&mut self, conn: u64);
+    /// `conn` was accepted on the app's run-time listener at `address` (`ip:port`).
+    fn accept(&mut self, conn: u64, address: &str);
     fn send(&mut self, conn: u64, bytes: &[u8]);
     fn reply(&mut self, conn: u64, bytes: &[u8]);
     fn close(&mut self, conn: u64);
@@ -544,7 +546,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                     match call {
                         Call::Connect(info) => recorder.connect(info.id),
                         Call::Data(id, bytes) => recorder.send(id, bytes),
-                        Call::Accept(info, _) => recorder.connect(info.id),
+                        Call::Accept(info, _) => recorder.accept(info.id, &info.listener),
                         Call::Disconnect(id) => recorder.close(id),
                         Call::Timer(_)
                         | Call::Writable(..)

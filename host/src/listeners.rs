@@ -99,10 +99,8 @@ impl ListenerBook {
     /// Takes in a request the instance made (other effects are not the book's).
     pub(crate) fn apply(&mut self, effect: &Effect) {
         match *effect {
-            Effect::Listen(id, _) => {
-                if !self.open.contains(&id) {
-                    self.asked.insert(id);
-                }
+            Effect::Listen(id, _) if !self.open.contains(&id) => {
+                self.asked.insert(id);
             }
             Effect::Unlisten(id) => {
                 self.open.remove(&id);
