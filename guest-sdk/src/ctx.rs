@@ -222,7 +222,8 @@ impl Ctx {
 
     /// Closes listener `id` once this event returns: no connection is accepted on it from then
     /// on and its port is free again; connections accepted on it stay open. Nothing happens if
-    /// it is not open. A listener asked for in this event and closed in it is never opened.
+    /// it is not open. A listener asked for and closed in the same event is closed before the
+    /// app would hear of it.
     pub fn close_listener(&mut self, id: ListenerId) {
         self.listens.push(ListenOp::Close(id));
     }

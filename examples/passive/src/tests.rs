@@ -65,3 +65,14 @@ fn a_session_that_goes_away_closes_its_ports_and_a_restore_loses_them() {
     host.send(b, "INFO\n");
     assert_eq!(host.read_string(b), "PORT 2 49153\npassive 1.0.0 served=0 listeners=0 lost=1\n");
 }
+
+#[test]
+fn a_port_closed_in_the_event_that_asked_for_it_is_never_announced() {
+    let mut host = TestHost::<Passive>::new();
+    let control = host.connect();
+    host.send(control, "PASV\nCLOSE 1\n");
+    assert_eq!(host.read_string(control), "CLOSED 1\n");
+    assert!(host.listeners().is_empty());
+    host.send(control, "PASV\n");
+    assert_eq!(host.read_string(control), "PORT 2 49152\n", "its port is free again");
+}

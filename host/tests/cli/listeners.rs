@@ -227,3 +227,25 @@ expect a "passive 1.0.0 served=2 listeners=0 lost=0\n"
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("no listener on port 49152"), "{}", text(&out.stdout));
 }
+
+/// A release built before run-time listeners (here, kv 2 as built for contract 0.1) has no
+/// `listening` export: a state whose app has listeners open is refused by its import, so an
+/// upgrade to it rolls back rather than leave listeners no version knows.
+#[test]
+fn a_release_built_before_run_time_listeners_refuses_a_state_that_has_them() {
+    use tasuki::bindings::{Section, Snapshot};
+    let old = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/contract-0.1/kv_v2.wasm");
+    let runtime = tasuki::runtime::Runtime::new(Default::default(), Default::default()).unwrap();
+    let version = tasuki::version::Version::load(&runtime, Path::new(old)).unwrap();
+    let mut instance = tasuki::instance::Instance::new(&version).unwrap();
+    instance.init(&[]).unwrap();
+    assert!(!instance.listens());
+    let section = |name: &str| Section { name: name.into(), version: 1, bytes: Vec::new() };
+    let snapshot = Snapshot {
+        app: "kv".into(),
+        app_version: "2.0.0".into(),
+        sections: vec![section("tasuki.listeners")],
+    };
+    let refused = instance.import_state(&snapshot, &[]).unwrap_err();
+    assert!(refused.to_string().contains("built before them"), "{refused}");
+}
