@@ -211,7 +211,9 @@ expect a "passive 1.0.0 served=2 listeners=0 lost=0\n"
     // boundary itself with a rebuild from checkpoint and journal at every boundary too (a
     // rebuild restarts a pre-copy, so the two are run apart).
     let rebuilt = [&upgrade[..], &["--precopy-chunk", "0", "--rebuild-at", "every"]].concat();
-    for args in [&upgrade[..], &rebuilt[..]] {
+    // As a canary of three events: the candidate hears the same answers and accepts.
+    let canary = [&upgrade[..], &["--canary", "3"]].concat();
+    for args in [&upgrade[..], &rebuilt[..], &canary[..]] {
         let first = tasuki(dir.path(), args);
         assert!(first.status.success(), "{}{}", text(&first.stdout), text(&first.stderr));
         let shown = text(&first.stdout);
