@@ -40,6 +40,7 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The bounds `tasuki run` was given (`--max-listeners`, `--data-ports`).
     pub fn from_limits(limits: &Limits) -> Self {
         Self { max: limits.max_listeners, ports: limits.data_ports.clone() }
     }
@@ -69,7 +70,7 @@ impl Policy {
     }
 }
 
-/// Said of a listener error, for logs and status.
+/// A listener error in one sentence, for the host's log.
 pub fn describe(error: &ListenError) -> String {
     match error {
         ListenError::Limit(max) => {

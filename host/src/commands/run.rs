@@ -170,7 +170,7 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 }
 
 /// A `--data-ports` range: `LOW-HIGH`, both ports from 1, LOW at most HIGH.
-fn parse_ports(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+pub(crate) fn parse_ports(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
     let (low, high) = s.split_once('-').ok_or("expected LOW-HIGH, such as 50000-50100")?;
     let port =
         |p: &str| p.trim().parse::<u16>().map_err(|e| format!("`{p}` is not a port number: {e}"));

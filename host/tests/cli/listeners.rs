@@ -223,6 +223,18 @@ expect a "passive 1.0.0 served=2 listeners=0 lost=0\n"
         assert_eq!(text(&again.stdout).lines().nth(3), shown.lines().nth(3));
     }
 
+    // The operator's bounds apply in the simulator as in `tasuki run`.
+    std::fs::write(
+        dir.path().join("bounded.trace"),
+        "connect a\nsend a \"LISTEN\\n\"\nexpect a \"PORT 1 50000\\n\"\nsend a \"LISTEN\\n\"\n\
+         expect a \"ERR 1 listeners are open, the most the host allows (--max-listeners)\\n\"\n",
+    )
+    .unwrap();
+    let bounded = ["--data-ports", "50000-50001", "--max-listeners", "1"];
+    let args = [&["test", "bounded.trace", "--app", PASSIVE][..], &bounded[..]].concat();
+    let out = tasuki(dir.path(), &args);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+
     // A client that connects to a port the app does not listen on fails the run.
     std::fs::write(dir.path().join("nobody.trace"), "connect x port 49152\n").unwrap();
     let out = tasuki(dir.path(), &["test", "nobody.trace", "--app", PASSIVE]);
