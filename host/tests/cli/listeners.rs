@@ -263,3 +263,28 @@ fn a_release_built_before_run_time_listeners_refuses_a_state_that_has_them() {
     let refused = instance.import_state(&snapshot, &[]).unwrap_err();
     assert!(refused.to_string().contains("built before them"), "{refused}");
 }
+
+/// SIGTERM drains a host with data ports open and exits 0; the last snapshot holds the app's
+/// state, and the app restored from it hears its ports were lost.
+#[test]
+fn sigterm_drains_with_data_ports_open_and_the_restored_app_hears_they_are_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["run", PASSIVE, "--listen", "127.0.0.1:0", "--snapshot-dir", "snaps"];
+    let mut host = Running::spawn(dir.path(), &args);
+    let mut control = host.lines();
+    open_port(&mut control, "LISTEN");
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &host.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let patience = std::time::Duration::from_secs(30);
+    let status = crate::support::poll(patience, || host.child.try_wait().unwrap())
+        .unwrap_or_else(|| panic!("the host did not exit:\n{}", host.log()));
+    assert_eq!(status.code(), Some(0), "{}", host.log());
+    drop(host);
+
+    let host = Running::spawn(dir.path(), &args);
+    let mut control = host.lines();
+    assert_eq!(control.call("INFO"), "passive 1.0.0 served=0 listeners=0 lost=1");
+}
