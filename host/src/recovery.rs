@@ -186,6 +186,9 @@ struct Unanswered {
 
 /// Approximate bytes an event costs besides its data.
 const EVENT_OVERHEAD: usize = std::mem::size_of::<(Stamp, Event)>();
+// The journal keeps one per event in memory (the README says about 80 bytes): events added
+// since (answers to listen requests, accepts) must not grow it.
+const _: () = assert!(EVENT_OVERHEAD <= 80, "a journaled event's index entry grew past 80 bytes");
 
 /// What a rebuild did, for the dispatcher, the log and `tasuki status`.
 #[derive(Debug, Default)]
@@ -712,14 +715,4 @@ pub(crate) fn start(version: &Version, args: &[String]) -> Result<(Instance, App
     })?;
     let info = instance.describe()?;
     Ok((instance, info))
-}
-
-#[cfg(test)]
-mod size {
-    /// The journal keeps one of these per event in memory (the README says about 80 bytes):
-    /// events added since (answers to listen requests, accepts) must not grow it.
-    #[test]
-    fn a_journaled_event_costs_at_most_80_bytes_of_index() {
-        assert!(super::EVENT_OVERHEAD <= 80, "{} bytes", super::EVENT_OVERHEAD);
-    }
 }
