@@ -69,9 +69,8 @@ pub(crate) enum Event {
     /// `on-listening(id, result)`: the host's answer, which a replay gives again rather than
     /// ask the system for another port.
     Listening(u64, Result<String, ListenError>),
-    /// `on-accept(conn, listener)`; boxed, so that the journal's index of events stays as
-    /// small as it was.
-    Accept(Box<ConnInfo>, u64),
+    /// `on-accept(conn, listener)`.
+    Accept(ConnInfo, u64),
     /// `on-listeners-lost()`.
     ListenersLost,
 }
@@ -341,7 +340,7 @@ impl Recovery {
     }
 
     pub(crate) fn accept(&mut self, at: Stamp, conn: &ConnInfo, listener: u64) {
-        self.push(at, Event::Accept(Box::new(conn.clone()), listener), 0);
+        self.push(at, Event::Accept(conn.clone(), listener), 0);
     }
 
     pub(crate) fn listeners_lost(&mut self, at: Stamp) {
@@ -543,12 +542,10 @@ impl Recovery {
                         Event::Data(conn, _) | Event::Writable(conn, _) => {
                             skips.entry(conn).or_insert(index);
                         }
-                        Event::Connect(ConnInfo { id: conn, .. }) | Event::Disconnect(conn) => {
+                        Event::Connect(ConnInfo { id: conn, .. })
+                        | Event::Accept(ConnInfo { id: conn, .. }, _)
+                        | Event::Disconnect(conn) => {
                             skips.entry(conn).or_insert(index);
-                            skipped.insert(index);
-                        }
-                        Event::Accept(ref info, _) => {
-                            skips.entry(info.id).or_insert(index);
                             skipped.insert(index);
                         }
                         Event::Timer(_) | Event::Listening(..) | Event::ListenersLost => {
