@@ -45,12 +45,15 @@ use std::time::{Duration, Instant};
 /// journal that traps more often than that is a guest that cannot run its own history.
 pub const MAX_REPLAY_ATTEMPTS: usize = 8;
 
-/// When an event ran: the wall-clock time the guest saw (ns since the Unix epoch) and the
-/// dispatcher's monotonic time (ns), which timer deadlines are counted on.
+/// When an event ran: the wall-clock time the guest saw (ns since the Unix epoch), the
+/// dispatcher's monotonic time (ns), which timer deadlines are counted on, and the event's
+/// serial number in this host (from 1), which picks the random bytes it read (see
+/// [`crate::clock`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Stamp {
     pub(crate) wall: u64,
     pub(crate) mono: u64,
+    pub(crate) serial: u64,
 }
 
 /// One event that completed, as the guest saw it.
@@ -534,7 +537,7 @@ impl Recovery {
             if left_out(index, event, skips, skipped) {
                 continue;
             }
-            clock.freeze_at(at.wall);
+            clock.begin(*at);
             let result = match event {
                 Event::Connect(conn) => instance.on_connect(conn),
                 Event::Data(conn, range) => instance.on_data(*conn, &data[range.clone()]),

@@ -280,6 +280,33 @@ fn replies_that_depend_on_the_clock_and_on_random_picks_agree() {
 }
 
 #[test]
+fn replies_made_of_wasi_random_bytes_agree() {
+    // The misbehave fixture answers `random` with 16 bytes of `wasi:random/random`: the
+    // candidate is fed each event with the random stream the running version read.
+    let host = Arc::new(TestHost::start(artifacts::MISBEHAVE));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (mut lines, stop, sent) = (host.lines(), Arc::clone(&stop), Arc::clone(&sent));
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(lines.call("random").len(), 32);
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    while sent.load(Ordering::Relaxed) < 10 {
+        thread::yield_now();
+    }
+    let options = UpgradeOptions { canary: Some(Window::Events(500)), ..UpgradeOptions::default() };
+    let report = host.host_upgrade_with(artifacts::MISBEHAVE, &options);
+    stop.store(true, Ordering::Relaxed);
+    client.join().expect("client");
+    let report = report.expect("the canary agreed on replies of random bytes");
+    assert!(report.canary.expect("canary report").events >= 500);
+}
+
+#[test]
 fn differences_the_new_release_declares_are_taken_as_agreeing_and_counted() {
     // kv 3 declares INFO (it names the release) and the commands kv 2 refused as unknown.
     let host = Arc::new(v2_with_keys(10));
