@@ -462,9 +462,11 @@ impl Canary {
     }
 
     /// How far it is, for `tasuki status`: events compared, and the time left of a time window.
-    pub(crate) fn progress(&self) -> (u64, Option<Duration>) {
+    /// Client events compared, differences the new release declared expected, and the time
+    /// left of a time window.
+    pub(crate) fn progress(&self) -> (u64, u64, Option<Duration>) {
         let left = self.deadline().map(|d| d.saturating_duration_since(Instant::now()));
-        (self.events, left)
+        (self.events, self.declared, left)
     }
 
     /// The report of a canary that ends in a commit, and the candidate and its timers.

@@ -1048,13 +1048,13 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// Tells `tasuki status` how far the canary under way is.
     fn note_canary(&self) {
         let progress = self.canary.as_ref().map(|(canary, report)| {
-            let (events, left) = canary.progress();
+            let (events, declared_differences, left) = canary.progress();
             CanaryProgress {
                 to: report.to.clone(),
                 window: canary.window(),
                 events,
                 left,
-                divergences: 0,
+                declared_differences,
             }
         });
         self.shared.note_canary(progress);

@@ -324,6 +324,16 @@ fn differences_the_new_release_declares_are_taken_as_agreeing_and_counted() {
     assert!(info.contains("tasuki_version:2.0.0"), "{info}");
     let refused = redis::cmd("LPUSH").arg("l").arg("x").query::<i64>(&mut conn).unwrap_err();
     assert!(refused.to_string().contains("unknown command"), "{refused}");
+    // Status counts them while the canary runs (4 of its 6 events are still to come).
+    let started = std::time::Instant::now();
+    loop {
+        let progress = host.status().canary.expect("the canary still runs");
+        if progress.declared_differences == 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "status shows {progress:?}");
+        thread::yield_now();
+    }
     for i in 0..4 {
         let () = conn.set(format!("k{i}"), i).unwrap();
     }
