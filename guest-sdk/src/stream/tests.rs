@@ -71,6 +71,25 @@ fn bounded<S: Server>(output_buffer: u64) -> TestHost<S> {
     host
 }
 
+/// Reads `len` bytes from `conn` 300 KiB at a time, as a slow client does, checking that no
+/// event sent more than a `window` and a reply.
+fn read_slowly<S: Server>(
+    host: &mut TestHost<S>,
+    conn: ConnId,
+    len: usize,
+    window: u64,
+) -> Vec<u8> {
+    let mut replies = Vec::new();
+    while replies.len() < len {
+        let read = host.read_some(conn, (300 << 10).min(len - replies.len()));
+        assert!(!read.is_empty(), "stuck after {} bytes", replies.len());
+        replies.extend(read);
+        let sent = largest_send(&host.take_effects());
+        assert!(sent as u64 <= window + REPLY as u64, "{sent} bytes in one event");
+    }
+    replies
+}
+
 /// Checks that `replies` are `count` `get` replies numbered from `first`, whole and in order.
 fn check_replies(replies: &[u8], first: u64, count: usize) {
     assert_eq!(replies.len(), count * REPLY, "{count} replies, whole");
@@ -102,15 +121,7 @@ fn a_batch_app_makes_about_one_window_of_output_per_event_and_goes_on_as_the_cli
     assert_eq!(host.held(a), 5);
 
     // Each read makes room; the app hears of it and sends the next window.
-    let mut replies = Vec::new();
-    while replies.len() < GETS * REPLY {
-        let read = host.read_some(a, (300 << 10).min(GETS * REPLY - replies.len()));
-        assert!(!read.is_empty(), "stuck after {} bytes", replies.len());
-        replies.extend(read);
-        let sent = largest_send(&host.take_effects());
-        assert!(sent as u64 <= WINDOW + REPLY as u64, "{sent} bytes in one event");
-    }
-    check_replies(&replies, 0, GETS);
+    check_replies(&read_slowly(&mut host, a, GETS * REPLY, WINDOW), 0, GETS);
     assert_eq!(host.read(a), b"tail\n", "the held input answered after, in order");
     assert!(!host.waiting(a));
     assert_eq!(host.held(a), 0);
@@ -174,15 +185,7 @@ fn an_app_that_stops_at_the_window_makes_about_one_window_per_event_and_loses_no
     assert!(first as u64 <= WINDOW + REPLY as u64, "{first} bytes in one event");
     assert!(host.waiting(a));
     host.send(a, "tail\n");
-    let mut replies = Vec::new();
-    while replies.len() < GETS * REPLY {
-        let read = host.read_some(a, (300 << 10).min(GETS * REPLY - replies.len()));
-        assert!(!read.is_empty(), "stuck after {} bytes", replies.len());
-        replies.extend(read);
-        let sent = largest_send(&host.take_effects());
-        assert!(sent as u64 <= WINDOW + REPLY as u64, "{sent} bytes in one event");
-    }
-    check_replies(&replies, 0, GETS);
+    check_replies(&read_slowly(&mut host, a, GETS * REPLY, WINDOW), 0, GETS);
     assert_eq!(host.read(a), b"tail\n", "the held input answered after, in order");
     // Without a bound it is offered everything and answers everything, as before.
     let mut unbounded = TestHost::<Stopping>::new();
