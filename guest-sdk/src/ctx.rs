@@ -94,6 +94,9 @@ pub struct Ctx {
     /// Connections the SDK stopped sending to for want of window: the host is asked to say when
     /// they can take more.
     notify: Vec<ConnId>,
+    /// The connection whose input is being offered, and the length its output may reach in
+    /// this event before its send window is used ([`Ctx::output_limit`]).
+    output_limit: Option<(ConnId, usize)>,
     /// The clock of a [`crate::testing::TestHost`], in Unix ms; `None` reads the system clock
     /// (in a component, the host's: frozen for the event, virtual under `tasuki test`).
     clock_ms: Option<u64>,
@@ -154,6 +157,25 @@ impl Ctx {
             }
         };
         &mut self.out[index].1
+    }
+
+    /// The length `self.output(conn)` may reach during this call before `conn`'s send window is
+    /// used up, in bytes: the output queued for it so far in this event counts. Inside
+    /// [`crate::Server::on_data`] for `conn` with a bounded window (`--output-buffer`), the
+    /// window the host last granted less what was sent since; `usize::MAX` otherwise (no bound,
+    /// another connection, another event). An app with [`crate::Server::STOPS_AT_OUTPUT_LIMIT`]
+    /// returns once its output reaches it; output past it is still sent, and the SDK offers no
+    /// more input until the client reads.
+    pub fn output_limit(&self, conn: ConnId) -> usize {
+        match self.output_limit {
+            Some((c, limit)) if c == conn => limit,
+            _ => usize::MAX,
+        }
+    }
+
+    /// Sets (or with `None` clears) what [`Ctx::output_limit`] answers.
+    pub(crate) fn set_output_limit(&mut self, limit: Option<(ConnId, usize)>) {
+        self.output_limit = limit;
     }
 
     /// Send everything `source` holds to `conn`, after what is queued for it so far, as one
@@ -254,6 +276,11 @@ impl Ctx {
     /// Bytes queued for `conn` during this event.
     pub(crate) fn queued(&self, conn: ConnId) -> usize {
         self.out.iter().rev().find(|(c, _)| *c == conn).map_or(0, |(_, bytes)| bytes.len())
+    }
+
+    /// The connections with output queued during this event, with how many bytes.
+    pub(crate) fn written(&self) -> impl Iterator<Item = (ConnId, usize)> + '_ {
+        self.out.iter().map(|(c, bytes)| (*c, bytes.len()))
     }
 
     /// Whether a stream to `conn` was started during this event and not yet taken.

@@ -75,7 +75,9 @@
 //! read half of what was queued. So a client that pipelines requests and reads slowly is
 //! answered as fast as it reads, whether the app takes one request per call or a whole batch,
 //! and other clients are not kept waiting by a call that builds hundreds of megabytes of
-//! replies. An app needs no code for this.
+//! replies. An app needs no code for this. Slices cost calls, though; an app that answers a
+//! batch per call and can stop partway ([`Server::STOPS_AT_OUTPUT_LIMIT`]) is offered all its
+//! input at once and stops at [`Ctx::output_limit`] itself.
 //!
 //! [`Ctx::stream`] sends a payload of any size as one call — bytes, a file by path, or chunks
 //! the app makes on demand ([`Source`], [`Server::next_chunk`]) — a window at a time, in order
@@ -249,6 +251,18 @@ pub trait Server: Serialize + DeserializeOwned + Default + 'static {
     /// shape of `Self` changes, and add a migration from the old one.
     const STATE_VERSION: u32;
 
+    /// True if [`Server::on_data`] stops by itself once the connection's send window is used:
+    /// it answers requests one after another and returns, with only what it answered
+    /// consumed, as soon as `ctx.output(conn).len()` reaches [`Ctx::output_limit`] (after the
+    /// request that reached it). The SDK then offers a connection's whole input in one call
+    /// instead of in slices sized from the output each byte made so far (see the crate docs),
+    /// so a pipelined batch costs one call: at `redis-benchmark -P 16` the extra calls of
+    /// slicing cost kv about a quarter of its throughput. One event still makes at most a
+    /// window of output plus one reply. False (the default) for an app that answers a batch
+    /// without looking: offered whole, a pipeline of small requests for large replies would
+    /// make all its replies in one call.
+    const STOPS_AT_OUTPUT_LIMIT: bool = false;
+
     /// Runs once per instance, before any event: on a cold start, and in an upgrade before the
     /// pause (the imported state then replaces `self`). `args` are the host's `--arg` values.
     fn init(&mut self, ctx: &mut Ctx, args: &[String]) -> Result<(), String> {
@@ -272,7 +286,8 @@ pub trait Server: Serialize + DeserializeOwned + Default + 'static {
     /// keeps the rest (across upgrades too) and offers it again when more bytes arrive.
     ///
     /// `input` may end before the bytes received do: the SDK offers a slice whose replies fit
-    /// the connection's send window, and offers more once the client reads (see the crate
+    /// the connection's send window (unless the app stops by itself at the window, see
+    /// [`Server::STOPS_AT_OUTPUT_LIMIT`]), and offers more once the client reads (see the crate
     /// docs). Treat its end as a network read's end — a message cut there is incomplete, so
     /// consume none of it — and the SDK offers a longer slice at once. The SDK also stops
     /// offering once the app starts a stream to `conn` ([`Ctx::stream`]), until it is sent.

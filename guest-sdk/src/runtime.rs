@@ -10,9 +10,11 @@
 //! fit what is left of the window, at the rate of output per input byte the last slice showed;
 //! once the window is used up the SDK stops, leaves the rest of the input unconsumed, asks the
 //! host to say when the connection can take more (the host then holds that connection's further
-//! input), and goes on when it does. An app that answers a whole batch per call (kv) thus makes
+//! input), and goes on when it does. An app that answers a whole batch per call thus makes
 //! about one window of output per event, however many requests a read holds, and a client
-//! that pipelines requests without reading is answered as fast as it reads. The window, the
+//! that pipelines requests without reading is answered as fast as it reads. An app that stops
+//! by itself at the window ([`Server::STOPS_AT_OUTPUT_LIMIT`], kv) is offered all the input in
+//! one call instead, and told the window through [`Ctx::output_limit`]. The window, the
 //! streams and whether the app is in the middle of a message are per-connection state that
 //! crosses an upgrade and that a checkpoint holds, so a replay makes the same decisions.
 
@@ -244,10 +246,12 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
     fn finish_event(&mut self) {
         loop {
             let mut unsettled = self.ctx.streaming();
-            for (&id, c) in &self.conns {
+            // Only connections written to in this event can have output to put behind their
+            // streams: the scan is over those, not over every connection.
+            for (id, queued) in self.ctx.written() {
                 let placed = self.placed.get(&id).copied().unwrap_or(0);
-                if !c.flow.streams.is_empty()
-                    && self.ctx.queued(id) > placed
+                if queued > placed
+                    && self.conns.get(&id).is_some_and(|c| !c.flow.streams.is_empty())
                     && !unsettled.contains(&id)
                 {
                     unsettled.push(id);
@@ -509,9 +513,11 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
         }
         let credit = slot.flow.credit;
         let bounded = credit != UNBOUNDED;
+        // An app that stops at the window by itself is offered everything at once.
+        let sliced = bounded && !S::STOPS_AT_OUTPUT_LIMIT;
         let mut input = std::mem::take(&mut slot.input);
         self.unconsumed -= input.len();
-        let mut len = match (bounded, refused) {
+        let mut len = match (sliced, refused) {
             (false, _) => input.len(),
             (true, 0) => MIN_OFFER,
             // The message under way needs more than it had: a little more, then twice as much.
@@ -533,7 +539,10 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
             }
             let offered = len.clamp(1, rest);
             let slice = &input[consumed..consumed + offered];
+            let limit = usize::try_from(credit).unwrap_or(usize::MAX);
+            self.ctx.set_output_limit(bounded.then_some((conn, limit)));
             let taken = self.server.on_data(&mut self.ctx, conn, slice).min(offered);
+            self.ctx.set_output_limit(None);
             consumed += taken;
             if self.ctx.has_streams(conn) {
                 streamed = true;
@@ -547,7 +556,7 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
                 refused = rest;
                 break;
             }
-            if bounded {
+            if sliced {
                 let after = self.ctx.queued(conn) as u64;
                 let left = credit.saturating_sub(after);
                 len = next_offer(offered, taken, after.saturating_sub(before), left);

@@ -135,8 +135,8 @@ pub const RECORDING_MAX: usize = 64 << 20;
 #[derive(Debug)]
 struct Recording {
     text: String,
-    /// The monotonic time the trace has advanced to.
-    at: u64,
+    /// The wall-clock time (ns since the Unix epoch) the trace's clock was last set to.
+    at: Option<u64>,
     /// What the old version sent in the event being recorded, by connection.
     replies: BTreeMap<u64, Vec<u8>>,
     full: bool,
@@ -145,7 +145,7 @@ struct Recording {
 impl Recording {
     /// Connections open at the import are connected first: the state a trace starts from
     /// (`tasuki test --restore`) has none open.
-    fn new(open: &[ConnInfo], now: u64) -> Self {
+    fn new(open: &[ConnInfo]) -> Self {
         let mut text = String::from(
             "# The events of a canary, from the state the new version imported (its snapshot\n\
              # file beside this trace), with the replies the old version gave as expectations.\n",
@@ -153,15 +153,16 @@ impl Recording {
         for info in open {
             text.push_str(&format!("connect c{}\n", info.id));
         }
-        Self { text, at: now, replies: BTreeMap::new(), full: false }
+        Self { text, at: None, replies: BTreeMap::new(), full: false }
     }
 
-    /// The clock moved to `mono` (in whole milliseconds, as a trace advances it).
-    fn advance(&mut self, mono: u64) {
-        let ms = mono.saturating_sub(self.at) / 1_000_000;
-        if ms > 0 {
-            self.line(format!("advance {ms}ms"));
-            self.at += ms * 1_000_000;
+    /// The next event ran at wall-clock time `wall` (ns): the trace's clock is set to it, so
+    /// that a replay reads the times the versions read (a key's TTL, `TIME`), to the
+    /// nanosecond. A clock that went back (a step of the system's) is left where it was.
+    fn advance(&mut self, wall: u64) {
+        if self.at.is_none_or(|at| wall > at) {
+            self.line(format!("clock {}", crate::sim::trace::format_timestamp(wall)));
+            self.at = Some(wall);
         }
     }
 
@@ -302,7 +303,7 @@ impl Canary {
             bytes_compared: 0,
             declared: 0,
             streams: BTreeMap::new(),
-            recording: Recording::new(open, now),
+            recording: Recording::new(open),
             ended: false,
             stop: None,
         };
@@ -332,7 +333,7 @@ impl Canary {
             return;
         }
         let event = describe(call);
-        self.recording.advance(at.mono);
+        self.recording.advance(at.wall);
         self.recording.event(call);
         self.recording.expect_replies();
         let input = match call {
@@ -363,7 +364,7 @@ impl Canary {
     pub(crate) fn fire_due(&mut self, at: Stamp) {
         // The old version's timer output, if it fired one just now, is expected here.
         if self.stop.is_none() {
-            self.recording.advance(at.mono);
+            self.recording.advance(at.wall);
             self.recording.expect_replies();
         }
         while self.stop.is_none()
@@ -470,9 +471,11 @@ impl Canary {
     }
 
     /// How far it is, for `tasuki status`: events compared, and the time left of a time window.
-    pub(crate) fn progress(&self) -> (u64, Option<Duration>) {
+    /// Client events compared, differences the new release declared expected, and the time
+    /// left of a time window.
+    pub(crate) fn progress(&self) -> (u64, u64, Option<Duration>) {
         let left = self.deadline().map(|d| d.saturating_duration_since(Instant::now()));
-        (self.events, left)
+        (self.events, self.declared, left)
     }
 
     /// The report of a canary that ends in a commit, and the candidate and its timers.

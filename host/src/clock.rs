@@ -1,20 +1,44 @@
-//! The wall clock guests read (`wasi:clocks/wall-clock`), frozen for the length of each event.
+//! What an event reads from the host besides its input: the wall clock
+//! (`wasi:clocks/wall-clock`), frozen for the length of each event, and randomness
+//! (`wasi:random/random`, `wasi:random/insecure`), a stream of its own per event.
 //!
-//! The dispatcher stamps every event with the time it is dispatched and the guest sees exactly
-//! that time for the whole event. The journal records the stamp, so replaying an event after a
-//! trap gives the guest the same time it saw the first time: an `EX 10` replayed a second later
-//! still expires when it did.
+//! The dispatcher stamps every event with the time it is dispatched and a serial number; the
+//! guest sees exactly that time for the whole event, and random bytes drawn from ChaCha20
+//! keyed once per host (256 bits from the operating system, or from the simulator's seed) with
+//! the event's serial as the stream number (RFC 8439's nonce). The journal records the stamp,
+//! so replaying an event after a trap gives the guest the same time and the same random bytes
+//! it saw the first time (an `EX 10` replayed a second later still expires when it did), and a
+//! canary's candidate, fed the same event with the same stamp, reads what the running version
+//! read. `wasi:random/insecure-seed` is one value for the host's life, the same in every
+//! instance, so hash tables seeded from it iterate alike in both versions.
 
-use std::sync::Arc;
+use crate::recovery::Stamp;
+use chacha20::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng, TryRng};
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock};
 
 /// Shared by the dispatcher (which sets it) and every instance's WASI context (which reads it).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EventClock {
     /// Nanoseconds since the Unix epoch, or 0 for "read the system clock".
     frozen: Arc<AtomicU64>,
+    /// The current event's random stream: the host's key, the event's serial as the stream.
+    random: Arc<Mutex<ChaCha20Rng>>,
+    /// What `wasi:random/insecure-seed` answers, drawn from the key's last stream.
+    insecure_seed: u128,
+}
+
+impl Default for EventClock {
+    /// Keyed from the operating system's randomness.
+    fn default() -> Self {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).expect("the operating system gives no randomness");
+        Self::keyed(key)
+    }
 }
 
 fn system_now() -> u64 {
@@ -28,9 +52,69 @@ pub fn now_unix_ms() -> u64 {
 }
 
 impl EventClock {
+    /// A clock whose randomness is keyed by `key` (256 bits).
+    fn keyed(key: [u8; 32]) -> Self {
+        let mut rng = ChaCha20Rng::from_seed(key);
+        // Stream u64::MAX is never an event's: serials count up from 1.
+        rng.set_stream(u64::MAX);
+        let insecure_seed = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
+        rng.set_stream(0);
+        Self { frozen: Arc::default(), random: Arc::new(Mutex::new(rng)), insecure_seed }
+    }
+
+    /// The simulator's: randomness keyed by `seed` alone, so a run repeats exactly.
+    pub(crate) fn seeded(seed: u64) -> Self {
+        let mut key = [0u8; 32];
+        ChaCha20Rng::seed_from_u64(seed).fill_bytes(&mut key);
+        Self::keyed(key)
+    }
+
     /// Freezes the clock at `nanos`, a stamp returned earlier.
     pub(crate) fn freeze_at(&self, nanos: u64) {
         self.frozen.store(nanos, Ordering::Relaxed);
+    }
+
+    /// Starts the event stamped `at`: the clock frozen at its time, randomness at the start of
+    /// its stream. Called again for the same stamp (a replay, a canary's candidate), the guest
+    /// reads the same time and the same bytes.
+    pub(crate) fn begin(&self, at: Stamp) {
+        self.freeze_at(at.wall);
+        let mut rng = self.random.lock().unwrap_or_else(PoisonError::into_inner);
+        rng.set_stream(at.serial);
+        rng.set_word_pos(0);
+    }
+
+    /// A handle for one WASI context's `wasi:random/random` and `wasi:random/insecure`.
+    pub(crate) fn random(&self) -> EventRandom {
+        EventRandom { rng: self.random.clone() }
+    }
+
+    /// What `wasi:random/insecure-seed` answers.
+    pub(crate) fn insecure_seed(&self) -> u128 {
+        self.insecure_seed
+    }
+}
+
+/// The current event's random stream, as a WASI context draws from it.
+#[derive(Debug)]
+pub(crate) struct EventRandom {
+    rng: Arc<Mutex<ChaCha20Rng>>,
+}
+
+impl TryRng for EventRandom {
+    type Error = Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        Ok(self.rng.lock().unwrap_or_else(PoisonError::into_inner).next_u32())
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        Ok(self.rng.lock().unwrap_or_else(PoisonError::into_inner).next_u64())
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        self.rng.lock().unwrap_or_else(PoisonError::into_inner).fill_bytes(dst);
+        Ok(())
     }
 }
 

@@ -149,8 +149,10 @@ pub(crate) struct Dispatcher<N, C> {
     pub(crate) clock: C,
     live: Live,
     timers: TimerQueue,
-    /// The clock every instance of this host reads, frozen per event.
+    /// The clock and randomness every instance of this host reads, per event.
     event_clock: EventClock,
+    /// The serial number of the last event stamped (see [`Stamp`]).
+    serial: u64,
     args: Vec<String>,
     shared: Arc<Shared>,
     limits: Arc<Limits>,
@@ -252,6 +254,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             canary: None,
             answers: VecDeque::new(),
             listen_policy,
+            serial: 0,
         };
         dispatcher.precopy_budget.chunk = dispatcher.limits.precopy_chunk;
         dispatcher.event_clock.freeze_at(dispatcher.clock.wall_ns());
@@ -334,9 +337,14 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         while self.fire_next_due() {}
         // A canary's candidate fires its own timers; those due with one of the live instance's
         // fired with it, at the same clock reading (see `dispatch`).
-        if let Some((canary, _)) = &mut self.canary {
-            let at = Stamp { wall: self.clock.wall_ns(), mono: self.clock.monotonic_ns() };
-            self.event_clock.freeze_at(at.wall);
+        if self.canary.is_some() {
+            let at = Stamp {
+                wall: self.clock.wall_ns(),
+                mono: self.clock.monotonic_ns(),
+                serial: self.next_serial(),
+            };
+            let Some((canary, _)) = &mut self.canary else { return };
+            self.event_clock.begin(at);
             canary.fire_due(at);
         }
     }
@@ -532,11 +540,21 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.publish_recovery();
     }
 
+    /// The next event's serial number.
+    fn next_serial(&mut self) -> u64 {
+        self.serial += 1;
+        self.serial
+    }
+
     /// Runs one event in the live instance, at the time the clock gives; journals it if it
     /// completed, contains it if it trapped.
     pub(crate) fn dispatch(&mut self, call: Call<'_>) {
-        let at = Stamp { wall: self.clock.wall_ns(), mono: self.clock.monotonic_ns() };
-        self.event_clock.freeze_at(at.wall);
+        let at = Stamp {
+            wall: self.clock.wall_ns(),
+            mono: self.clock.monotonic_ns(),
+            serial: self.next_serial(),
+        };
+        self.event_clock.begin(at);
         match self.live.call(at, call) {
             Ok(()) => {
                 if let Call::Timer(id) = call {
@@ -556,8 +574,10 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 }
                 self.apply_effects_at(at.mono);
                 if let Some((canary, _)) = &mut self.canary {
-                    // The same event, at the same clock reading, in the candidate; a timer
-                    // fires there from its own queue, with whatever else is due by now.
+                    // The same event, at the same clock reading and with the same random
+                    // bytes, in the candidate; a timer fires there from its own queue, with
+                    // whatever else is due by now.
+                    self.event_clock.begin(at);
                     match call {
                         Call::Timer(_) => canary.fire_due(at),
                         _ => canary.feed(at, call),
@@ -1131,13 +1151,13 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// Tells `tasuki status` how far the canary under way is.
     fn note_canary(&self) {
         let progress = self.canary.as_ref().map(|(canary, report)| {
-            let (events, left) = canary.progress();
+            let (events, declared_differences, left) = canary.progress();
             CanaryProgress {
                 to: report.to.clone(),
                 window: canary.window(),
                 events,
                 left,
-                divergences: 0,
+                declared_differences,
             }
         });
         self.shared.note_canary(progress);

@@ -148,14 +148,12 @@ impl Instance {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .inherit_stderr()
-            .wall_clock(runtime.clock.clone());
-        if let Some(seed) = runtime.deterministic {
-            let bytes: Vec<u8> =
-                seed.to_le_bytes().iter().chain(&(!seed).to_le_bytes()).copied().collect();
-            wasi.monotonic_clock(runtime.clock.clone())
-                .secure_random(wasmtime_wasi::Deterministic::new(bytes.clone()))
-                .insecure_random(wasmtime_wasi::Deterministic::new(bytes))
-                .insecure_random_seed(u128::from(seed));
+            .wall_clock(runtime.clock.clone())
+            .secure_random(runtime.clock.random())
+            .insecure_random(runtime.clock.random())
+            .insecure_random_seed(runtime.clock.insecure_seed());
+        if runtime.deterministic.is_some() {
+            wasi.monotonic_clock(runtime.clock.clone());
         }
         for (key, value) in &runtime.sandbox.env {
             wasi.env(key, value);

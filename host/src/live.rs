@@ -104,7 +104,10 @@ impl Live {
         let mut live = Self { version, instance, info, recovery, generation: 0 };
         // Listening sockets do not outlive the process that wrote the file: the app hears that
         // its listeners are gone before any other event (journaled, so a rebuild hears it too).
-        let at = Stamp { wall: crate::clock::now_unix_ms().saturating_mul(1_000_000), mono: 0 };
+        // Serial 0: the dispatcher numbers its events from 1.
+        let wall = crate::clock::now_unix_ms().saturating_mul(1_000_000);
+        let at = Stamp { wall, mono: 0, serial: 0 };
+        live.version.runtime.clock.begin(at);
         live.call(at, Call::ListenersLost)?;
         Ok(live)
     }

@@ -47,12 +47,15 @@ use std::time::{Duration, Instant};
 /// journal that traps more often than that is a guest that cannot run its own history.
 pub const MAX_REPLAY_ATTEMPTS: usize = 8;
 
-/// When an event ran: the wall-clock time the guest saw (ns since the Unix epoch) and the
-/// dispatcher's monotonic time (ns), which timer deadlines are counted on.
+/// When an event ran: the wall-clock time the guest saw (ns since the Unix epoch), the
+/// dispatcher's monotonic time (ns), which timer deadlines are counted on, and the event's
+/// serial number in this host (from 1), which picks the random bytes it read (see
+/// [`crate::clock`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Stamp {
     pub(crate) wall: u64,
     pub(crate) mono: u64,
+    pub(crate) serial: u64,
 }
 
 /// One event that completed, as the guest saw it.
@@ -69,8 +72,9 @@ pub(crate) enum Event {
     /// `on-listening(id, result)`: the host's answer, which a replay gives again rather than
     /// ask the system for another port.
     Listening(u64, Result<String, ListenError>),
-    /// `on-accept(conn, listener)`.
-    Accept(ConnInfo, u64),
+    /// `on-accept(conn, listener)`; the connection boxed, so that the variant is no larger than
+    /// `Connect` and every event's index entry stays as small as before it.
+    Accept(Box<ConnInfo>, u64),
     /// `on-listeners-lost()`.
     ListenersLost,
 }
@@ -185,9 +189,9 @@ struct Unanswered {
 
 /// Approximate bytes an event costs besides its data.
 const EVENT_OVERHEAD: usize = std::mem::size_of::<(Stamp, Event)>();
-// The journal keeps one per event in memory (the README says about 80 bytes): events added
-// since (answers to listen requests, accepts) must not grow it.
-const _: () = assert!(EVENT_OVERHEAD <= 80, "a journaled event's index entry grew past 80 bytes");
+// The journal keeps one per event in memory (88 bytes: a `Connect` and its stamp): events
+// added since (answers to listen requests, accepts) must not grow it.
+const _: () = assert!(EVENT_OVERHEAD <= 88, "a journaled event's index entry grew past 88 bytes");
 
 /// What a rebuild did, for the dispatcher, the log and `tasuki status`.
 #[derive(Debug, Default)]
@@ -340,7 +344,7 @@ impl Recovery {
     }
 
     pub(crate) fn accept(&mut self, at: Stamp, conn: &ConnInfo, listener: u64) {
-        self.push(at, Event::Accept(conn.clone(), listener), 0);
+        self.push(at, Event::Accept(Box::new(conn.clone()), listener), 0);
     }
 
     pub(crate) fn listeners_lost(&mut self, at: Stamp) {
@@ -542,10 +546,12 @@ impl Recovery {
                         Event::Data(conn, _) | Event::Writable(conn, _) => {
                             skips.entry(conn).or_insert(index);
                         }
-                        Event::Connect(ConnInfo { id: conn, .. })
-                        | Event::Accept(ConnInfo { id: conn, .. }, _)
-                        | Event::Disconnect(conn) => {
+                        Event::Connect(ConnInfo { id: conn, .. }) | Event::Disconnect(conn) => {
                             skips.entry(conn).or_insert(index);
+                            skipped.insert(index);
+                        }
+                        Event::Accept(ref info, _) => {
+                            skips.entry(info.id).or_insert(index);
                             skipped.insert(index);
                         }
                         Event::Timer(_) | Event::Listening(..) | Event::ListenersLost => {
@@ -596,7 +602,7 @@ impl Recovery {
             if left_out(index, event, skips, skipped) {
                 continue;
             }
-            clock.freeze_at(at.wall);
+            clock.begin(*at);
             let result = match event {
                 Event::Connect(conn) => instance.on_connect(conn),
                 Event::Data(conn, range) => instance.on_data(*conn, &data[range.clone()]),

@@ -109,6 +109,7 @@ impl Runtime {
     pub fn simulated(limits: Limits, seed: u64) -> wasmtime::Result<Self> {
         let mut runtime = Self::new(limits, Sandbox::default())?;
         runtime.deterministic = Some(seed);
+        runtime.clock = EventClock::seeded(seed);
         Ok(runtime)
     }
 

@@ -209,8 +209,10 @@ pub struct CanaryProgress {
     pub events: u64,
     /// Time left of a time window (`--canary 30s`); `None` for a window of events.
     pub left: Option<Duration>,
-    /// Differences seen: 0 while it runs (the first one ends it).
-    pub divergences: u64,
+    /// Replies that differed where the new release declared they would
+    /// (`Server::expected_difference`), taken as agreeing. Any other difference ends the canary
+    /// at once, so there is no count of those while it runs.
+    pub declared_differences: u64,
 }
 
 fn bytes(n: u64) -> String {
@@ -374,8 +376,8 @@ impl fmt::Display for Status {
         if let Some(c) = &self.canary {
             write!(
                 f,
-                "\ncanary       {}: {} client events compared of {}, {} divergences",
-                c.to, c.events, c.window, c.divergences
+                "\ncanary       {}: {} client events compared of {}, all agreeing ({} as declared)",
+                c.to, c.events, c.window, c.declared_differences
             )?;
             if let Some(left) = c.left {
                 write!(f, ", {:.1} s left", left.as_secs_f64())?;

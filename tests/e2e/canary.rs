@@ -280,6 +280,33 @@ fn replies_that_depend_on_the_clock_and_on_random_picks_agree() {
 }
 
 #[test]
+fn replies_made_of_wasi_random_bytes_agree() {
+    // The misbehave fixture answers `random` with 16 bytes of `wasi:random/random`: the
+    // candidate is fed each event with the random stream the running version read.
+    let host = Arc::new(TestHost::start(artifacts::MISBEHAVE));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (mut lines, stop, sent) = (host.lines(), Arc::clone(&stop), Arc::clone(&sent));
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(lines.call("random").len(), 32);
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    while sent.load(Ordering::Relaxed) < 10 {
+        thread::yield_now();
+    }
+    let options = UpgradeOptions { canary: Some(Window::Events(500)), ..UpgradeOptions::default() };
+    let report = host.host_upgrade_with(artifacts::MISBEHAVE, &options);
+    stop.store(true, Ordering::Relaxed);
+    client.join().expect("client");
+    let report = report.expect("the canary agreed on replies of random bytes");
+    assert!(report.canary.expect("canary report").events >= 500);
+}
+
+#[test]
 fn differences_the_new_release_declares_are_taken_as_agreeing_and_counted() {
     // kv 3 declares INFO (it names the release) and the commands kv 2 refused as unknown.
     let host = Arc::new(v2_with_keys(10));
@@ -297,6 +324,16 @@ fn differences_the_new_release_declares_are_taken_as_agreeing_and_counted() {
     assert!(info.contains("tasuki_version:2.0.0"), "{info}");
     let refused = redis::cmd("LPUSH").arg("l").arg("x").query::<i64>(&mut conn).unwrap_err();
     assert!(refused.to_string().contains("unknown command"), "{refused}");
+    // Status counts them while the canary runs (4 of its 6 events are still to come).
+    let started = std::time::Instant::now();
+    loop {
+        let progress = host.status().canary.expect("the canary still runs");
+        if progress.declared_differences == 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "status shows {progress:?}");
+        thread::yield_now();
+    }
     for i in 0..4 {
         let () = conn.set(format!("k{i}"), i).unwrap();
     }
@@ -304,4 +341,57 @@ fn differences_the_new_release_declares_are_taken_as_agreeing_and_counted() {
     let canary = report.canary.as_ref().expect("canary report");
     assert_eq!(canary.declared_differences, 2, "{canary:?}");
     assert!(report.to_string().contains("but for 2 differences the new release declares expected"));
+}
+
+#[test]
+fn a_saved_divergence_replays_at_the_times_the_canary_ran_so_ttl_replies_match() {
+    // A key with a deadline set before the canary: its PTTL during the canary depends on the
+    // wall clock, which the saved trace must set as it was for each event.
+    let host = Arc::new(v2_with_keys(10));
+    let mut conn = host.client();
+    let () = redis::cmd("SET").arg("ttl").arg("v").arg("PX").arg(600_000).query(&mut conn).unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    let options = UpgradeOptions {
+        divergence_dir: Some(saved.path().into()),
+        ..to_v3(Window::Time(Duration::from_secs(60)))
+    };
+    let upgrading = {
+        let host = Arc::clone(&host);
+        thread::spawn(move || host.host_upgrade_with(artifacts::KV_V3_INCR_OFF_BY_ONE, &options))
+    };
+    while host.status().canary.is_none() {
+        assert!(!upgrading.is_finished(), "the upgrade ended before its canary was seen");
+        thread::yield_now();
+    }
+    for _ in 0..3 {
+        let pttl: i64 = redis::cmd("PTTL").arg("ttl").query(&mut conn).unwrap();
+        assert!((590_000..=600_000).contains(&pttl), "PTTL {pttl}");
+        thread::sleep(Duration::from_millis(3)); // so that each PTTL reads another time
+    }
+    let _: i64 = conn.incr("counter", 1).unwrap();
+    let error = upgrading.join().unwrap().unwrap_err();
+    assert!(matches!(error, UpgradeError::Diverged { saved: Some(_), .. }), "{error}");
+
+    let file = |ext: &str| {
+        std::fs::read_dir(saved.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == ext))
+            .unwrap_or_else(|| panic!("no .{ext} saved"))
+    };
+    let trace_file = file("trace");
+    let text = std::fs::read_to_string(&trace_file).unwrap();
+    assert!(text.matches("PTTL").count() >= 3, "{text}");
+    let config = tasuki::sim::SimConfig {
+        app: artifacts::KV_V3.into(),
+        restore: Some(file("snap")),
+        ..tasuki::sim::SimConfig::default()
+    };
+    let trace = tasuki::sim::trace::Trace::read(&trace_file).unwrap();
+    let replayed = tasuki::sim::Simulator::new(config)
+        .unwrap()
+        .run(&trace, tasuki::sim::UpgradeAt::Never)
+        .unwrap();
+    // The right release passes it: every PTTL the old version answered is answered alike.
+    assert!(replayed.passed(), "{replayed}\n{text}");
 }

@@ -250,3 +250,20 @@ fn a_trap_in_on_disconnect_loses_only_that_event() {
     assert!(matches!(last.outcome, tasuki::status::RecoveryOutcome::Rebuilt { .. }), "{last:?}");
     assert_eq!(host.status().recovery.recoveries, 1, "one recovery, not a loop");
 }
+
+/// An event's random bytes (`wasi:random/random`) are part of what the journal replays: the
+/// instance rebuilt after a trap holds the very bytes the first run drew and answered.
+#[test]
+fn a_rebuilt_instance_holds_the_random_bytes_its_clients_were_answered() {
+    let host = misbehave(Limits::default());
+    let mut a = host.lines();
+    let kept: Vec<String> = (0..20).map(|i| a.call(&format!("keep-random r{i}"))).collect();
+    assert!(kept.iter().all(|r| r.len() == 32), "{kept:?}");
+    let distinct: std::collections::HashSet<&String> = kept.iter().collect();
+    assert_eq!(distinct.len(), kept.len(), "each event reads bytes of its own: {kept:?}");
+    assert_ne!(a.call("random"), a.call("random"), "and so does each later event");
+    host.lines().expect_closed("panic");
+    for (i, value) in kept.iter().enumerate() {
+        assert_eq!(&a.call(&format!("get r{i}")), value, "r{i} after the rebuild");
+    }
+}

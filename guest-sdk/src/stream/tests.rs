@@ -23,10 +23,19 @@ impl Server for Batch {
     const STATE_VERSION: u32 = 1;
 
     fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize {
+        self.answer(ctx, conn, input, usize::MAX)
+    }
+}
+
+impl Batch {
+    /// Answers the lines of `input` until the output for `conn` reaches `limit` bytes.
+    fn answer(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8], limit: usize) -> usize {
         self.calls += 1;
         self.longest_offer = self.longest_offer.max(input.len());
         let mut consumed = 0;
-        while let Some(end) = input[consumed..].iter().position(|&b| b == b'\n') {
+        while ctx.output(conn).len() < limit
+            && let Some(end) = input[consumed..].iter().position(|&b| b == b'\n')
+        {
             let line = &input[consumed..consumed + end];
             let out = ctx.output(conn);
             if line == b"get" {
@@ -62,6 +71,25 @@ fn bounded<S: Server>(output_buffer: u64) -> TestHost<S> {
     host
 }
 
+/// Reads `len` bytes from `conn` 300 KiB at a time, as a slow client does, checking that no
+/// event sent more than a `window` and a reply.
+fn read_slowly<S: Server>(
+    host: &mut TestHost<S>,
+    conn: ConnId,
+    len: usize,
+    window: u64,
+) -> Vec<u8> {
+    let mut replies = Vec::new();
+    while replies.len() < len {
+        let read = host.read_some(conn, (300 << 10).min(len - replies.len()));
+        assert!(!read.is_empty(), "stuck after {} bytes", replies.len());
+        replies.extend(read);
+        let sent = largest_send(&host.take_effects());
+        assert!(sent as u64 <= window + REPLY as u64, "{sent} bytes in one event");
+    }
+    replies
+}
+
 /// Checks that `replies` are `count` `get` replies numbered from `first`, whole and in order.
 fn check_replies(replies: &[u8], first: u64, count: usize) {
     assert_eq!(replies.len(), count * REPLY, "{count} replies, whole");
@@ -93,15 +121,7 @@ fn a_batch_app_makes_about_one_window_of_output_per_event_and_goes_on_as_the_cli
     assert_eq!(host.held(a), 5);
 
     // Each read makes room; the app hears of it and sends the next window.
-    let mut replies = Vec::new();
-    while replies.len() < GETS * REPLY {
-        let read = host.read_some(a, (300 << 10).min(GETS * REPLY - replies.len()));
-        assert!(!read.is_empty(), "stuck after {} bytes", replies.len());
-        replies.extend(read);
-        let sent = largest_send(&host.take_effects());
-        assert!(sent as u64 <= WINDOW + REPLY as u64, "{sent} bytes in one event");
-    }
-    check_replies(&replies, 0, GETS);
+    check_replies(&read_slowly(&mut host, a, GETS * REPLY, WINDOW), 0, GETS);
     assert_eq!(host.read(a), b"tail\n", "the held input answered after, in order");
     assert!(!host.waiting(a));
     assert_eq!(host.held(a), 0);
@@ -117,6 +137,62 @@ fn without_an_output_buffer_a_pipeline_is_answered_in_one_event_as_before() {
     assert_eq!(host.server().calls, 1, "offered whole, once");
     check_replies(&host.read(a), 0, 50);
     assert!(!host.take_effects().iter().any(|e| matches!(e, Effect::NotifyWritable(_))));
+}
+
+/// [`Batch`] that stops at [`Ctx::output_limit`], as kv does: offered whole input.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Stopping(Batch);
+
+impl Server for Stopping {
+    const NAME: &'static str = "stopping";
+    const STATE_VERSION: u32 = 1;
+    const STOPS_AT_OUTPUT_LIMIT: bool = true;
+
+    fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize {
+        let limit = ctx.output_limit(conn);
+        self.0.answer(ctx, conn, input, limit)
+    }
+}
+
+#[test]
+fn an_app_that_stops_at_the_window_is_offered_a_pipelined_batch_in_one_call() {
+    let batch = format!("{:<44}\n", "set key:000000000042 xxx").repeat(16);
+    let mut sliced = bounded::<Batch>(1 << 20);
+    let mut stopping = bounded::<Stopping>(1 << 20);
+    let (a, b) = (sliced.connect(), stopping.connect());
+    for _ in 0..10 {
+        sliced.send(a, &batch);
+        stopping.send(b, &batch);
+        assert_eq!(sliced.read(a), batch.as_bytes());
+        assert_eq!(stopping.read(b), batch.as_bytes());
+    }
+    // Sliced: 64, 128, 256 and the last 272 bytes of each 720-byte batch.
+    assert_eq!(sliced.server().calls, 40);
+    assert_eq!(stopping.server().0.calls, 10, "one call per batch");
+}
+
+#[test]
+fn an_app_that_stops_at_the_window_makes_about_one_window_per_event_and_loses_nothing() {
+    const WINDOW: u64 = 1 << 20;
+    const GETS: usize = 200; // 12.5 MiB of replies to 800 bytes of requests
+    let mut host = bounded::<Stopping>(WINDOW);
+    let a = host.connect();
+    host.send(a, "get\n".repeat(GETS));
+    // Offered all 800 bytes at once, it stopped after the reply that reached the window.
+    assert_eq!(host.server().0.longest_offer, GETS * 4);
+    let first = largest_send(&host.take_effects());
+    assert!(first as u64 >= WINDOW, "the window was used: {first}");
+    assert!(first as u64 <= WINDOW + REPLY as u64, "{first} bytes in one event");
+    assert!(host.waiting(a));
+    host.send(a, "tail\n");
+    check_replies(&read_slowly(&mut host, a, GETS * REPLY, WINDOW), 0, GETS);
+    assert_eq!(host.read(a), b"tail\n", "the held input answered after, in order");
+    // Without a bound it is offered everything and answers everything, as before.
+    let mut unbounded = TestHost::<Stopping>::new();
+    let c = unbounded.connect();
+    unbounded.send(c, "get\n".repeat(50));
+    assert_eq!(unbounded.server().0.calls, 1);
+    check_replies(&unbounded.read(c), 0, 50);
 }
 
 /// Echoes lines of any length (up to 64 KiB): a message can be longer than a slice.

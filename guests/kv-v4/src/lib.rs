@@ -132,6 +132,8 @@ impl Config {
 impl Server for Kv {
     const NAME: &'static str = "kv";
     const STATE_VERSION: u32 = 4;
+    /// `serve` stops at the send window: a pipelined batch is offered in one call.
+    const STOPS_AT_OUTPUT_LIMIT: bool = true;
 
     /// What release 4 answers differently from the release it replaces on purpose: `INFO`,
     /// which names the release and reports the instance's own uptime and memory (two instances
@@ -161,7 +163,8 @@ impl Server for Kv {
         BULK_LIMIT.call_once(|| resp::set_max_bulk_len(bulk_limit()));
         // One clock reading per event: the requests of one batch all run at the same instant.
         let now_ms = ctx.now_ms();
-        let (consumed, close) = self.serve(conn, input, ctx.output(conn), now_ms);
+        let limit = ctx.output_limit(conn);
+        let (consumed, close) = self.serve(conn, input, ctx.output(conn), now_ms, limit);
         if close {
             ctx.close(conn);
         }
@@ -225,16 +228,18 @@ fn bulk_limit() -> usize {
 }
 
 impl Kv {
-    /// Runs every whole request at the front of `input` from connection `conn` at time
-    /// `now_ms`, encoding the replies into `out`. Returns how many bytes were consumed, and
-    /// whether the connection must close (after `QUIT` or a protocol error; everything after
-    /// them is consumed unrun).
+    /// Runs the whole requests at the front of `input` from connection `conn` at time
+    /// `now_ms`, encoding the replies into `out`, until `out` holds `limit` bytes (the
+    /// connection's send window, [`Ctx::output_limit`]: the rest waits until the client reads).
+    /// Returns how many bytes were consumed, and whether the connection must close (after
+    /// `QUIT` or a protocol error; everything after them is consumed unrun).
     fn serve(
         &mut self,
         conn: ConnId,
         input: &[u8],
         out: &mut Vec<u8>,
         now_ms: u64,
+        limit: usize,
     ) -> (usize, bool) {
         let mut client = self
             .clients
@@ -256,7 +261,7 @@ impl Kv {
         let mut args = Vec::new();
         let mut consumed = 0;
         let mut commands = 0;
-        while !session.quit {
+        while !session.quit && session.out.len() < limit {
             let authenticated = session.client.authenticated;
             match parser.parse(&input[consumed..], &mut args, authenticated) {
                 Ok(Some(used)) => {

@@ -15,7 +15,7 @@ const T0: u64 = 1_700_000_000_000;
 /// server hung up.
 fn send_at(kv: &mut Kv, now: u64, input: &str) -> (String, bool) {
     let mut out = Vec::new();
-    let (consumed, close) = kv.serve(CONN, input.as_bytes(), &mut out, now);
+    let (consumed, close) = kv.serve(CONN, input.as_bytes(), &mut out, now, usize::MAX);
     assert_eq!(consumed, input.len(), "every request of {input:?} is whole");
     (String::from_utf8(out).expect("replies here are text"), close)
 }
@@ -569,7 +569,7 @@ fn only_state_version_4_is_accepted() {
 /// The replies to `input` sent on connection `conn` at [`T0`], which must leave it open.
 fn on(kv: &mut Kv, conn: u64, input: &str) -> String {
     let mut out = Vec::new();
-    let (consumed, close) = kv.serve(conn, input.as_bytes(), &mut out, T0);
+    let (consumed, close) = kv.serve(conn, input.as_bytes(), &mut out, T0, usize::MAX);
     assert_eq!(consumed, input.len(), "every request of {input:?} is whole");
     assert!(!close, "{input:?} closed the connection");
     String::from_utf8(out).expect("replies here are text")
@@ -651,7 +651,7 @@ fn before_authenticating_requests_are_small() {
     let config = Config::from_args(&["requirepass=p".into()]).unwrap();
     let mut kv = Kv { config, ..Kv::default() };
     let mut out = Vec::new();
-    let (_, close) = kv.serve(1, b"*11\r\n", &mut out, T0);
+    let (_, close) = kv.serve(1, b"*11\r\n", &mut out, T0, usize::MAX);
     assert!(close);
     assert_eq!(out, b"-ERR Protocol error: unauthenticated multibulk length\r\n");
 }
@@ -711,7 +711,7 @@ fn watch_aborts_on_a_write_by_anyone() {
     );
     assert_eq!(on(&mut kv, 1, "SET e 1 PX 10\r\nWATCH e\r\nMULTI\r\n"), "+OK\r\n+OK\r\n+OK\r\n");
     let mut out = Vec::new();
-    kv.serve(1, b"EXEC\r\n", &mut out, T0 + 10);
+    kv.serve(1, b"EXEC\r\n", &mut out, T0 + 10, usize::MAX);
     assert_eq!(out, b"_\r\n");
     assert_eq!(
         on(&mut kv, 1, "SET f 1\r\nWATCH f\r\nFLUSHALL\r\nMULTI\r\nEXEC\r\n"),
@@ -756,10 +756,10 @@ fn a_half_parsed_request_crosses_an_upgrade() {
     for cut in 1..request.len() {
         let mut kv = Kv::default();
         let mut out = Vec::new();
-        let (consumed, _) = kv.serve(1, &request[..cut], &mut out, T0);
+        let (consumed, _) = kv.serve(1, &request[..cut], &mut out, T0, usize::MAX);
         assert_eq!((consumed, out.as_slice()), (0, &b""[..]), "cut at {cut}");
         let mut kv = upgraded(&kv);
-        let (consumed, _) = kv.serve(1, request, &mut out, T0);
+        let (consumed, _) = kv.serve(1, request, &mut out, T0, usize::MAX);
         assert_eq!((consumed, out.as_slice()), (request.len(), &b":1\r\n"[..]), "cut at {cut}");
     }
 }
@@ -809,7 +809,7 @@ fn client_commands() {
         "+OK\r\n-ERR syntax error\r\n+OK\r\n+PONG\r\n+OK\r\n-ERR DB index is out of range\r\n"
     );
     let mut out = Vec::new();
-    assert_eq!(kv.serve(5, b"QUIT\r\nPING\r\n", &mut out, T0), (12, true));
+    assert_eq!(kv.serve(5, b"QUIT\r\nPING\r\n", &mut out, T0, usize::MAX), (12, true));
     assert_eq!(out, b"+OK\r\n");
     assert!(!kv.clients.contains_key(&5), "a connection that quits leaves no state behind");
     kv.on_disconnect(&mut tasuki_guest::Ctx::default(), 6);
@@ -1192,4 +1192,23 @@ fn memory_usage_counts_the_key_and_what_its_value_holds() {
          -ERR unknown subcommand 'NOPE'. Try MEMORY HELP.\r\n\
          -ERR wrong number of arguments for 'memory' command\r\n"
     );
+}
+
+#[test]
+fn a_batch_stops_after_the_reply_that_reaches_the_output_limit() {
+    let mut kv = Kv::default();
+    replies(&mut kv, &format!("SET big {}\r\n", "v".repeat(1000)));
+    let get = "GET big\r\n";
+    let reply_len = "$1000\r\n".len() + 1000 + 2;
+    let mut out = Vec::new();
+    // A limit inside the third reply: three answered, the other seven left for later.
+    let input = get.repeat(10);
+    let (consumed, close) = kv.serve(CONN, input.as_bytes(), &mut out, T0, 2 * reply_len + 1);
+    assert!(!close);
+    assert_eq!(consumed, 3 * get.len());
+    assert_eq!(out.len(), 3 * reply_len);
+    // What was left is answered whole when offered again with room.
+    let (consumed, _) = kv.serve(CONN, &input.as_bytes()[consumed..], &mut out, T0, usize::MAX);
+    assert_eq!(consumed, 7 * get.len());
+    assert_eq!(out.len(), 10 * reply_len);
 }

@@ -738,6 +738,22 @@ impl Run<'_> {
     /// lands in the middle of a stream). A virtual client reads everything at once, so the calls
     /// are due at once, until the app stops asking (a stream of N bytes asks about N /
     /// `--output-buffer` times).
+    /// Moves the virtual clock on to `target` (ns), firing each timer due by then at its
+    /// deadline, as one event each.
+    fn advance_to(&mut self, target: u64, line: usize) -> Result<(), Failure> {
+        while let Some(deadline) = self.dispatcher.next_deadline() {
+            if deadline > target {
+                break;
+            }
+            self.dispatcher.clock.now_ns = self.dispatcher.clock.now_ns.max(deadline);
+            if self.dispatcher.fire_next_due() {
+                self.after_event(line)?;
+            }
+        }
+        self.dispatcher.clock.now_ns = target;
+        Ok(())
+    }
+
     fn after_event(&mut self, line: usize) -> Result<(), Failure> {
         self.lines.push(line);
         self.boundary(line)?;
@@ -904,16 +920,19 @@ impl Run<'_> {
                 }
                 Step::Advance(by) => {
                     let target = self.dispatcher.clock.now_ns + by.as_nanos() as u64;
-                    while let Some(deadline) = self.dispatcher.next_deadline() {
-                        if deadline > target {
-                            break;
-                        }
-                        self.dispatcher.clock.now_ns = self.dispatcher.clock.now_ns.max(deadline);
-                        if self.dispatcher.fire_next_due() {
-                            self.after_event(line)?;
-                        }
+                    self.advance_to(target, line)?;
+                }
+                Step::Clock(unix_ns) => {
+                    let now = self.dispatcher.clock.wall_ns();
+                    if *unix_ns < now {
+                        return Err(fail(format!(
+                            "the clock cannot go back, from {} to {}",
+                            trace::format_timestamp(now),
+                            trace::format_timestamp(*unix_ns)
+                        )));
                     }
-                    self.dispatcher.clock.now_ns = target;
+                    let target = self.dispatcher.clock.now_ns + (unix_ns - now);
+                    self.advance_to(target, line)?;
                 }
                 Step::Upgrade { wasm, transforms } => {
                     let (version, pipeline) =

@@ -8,6 +8,8 @@
 //! expect a ~ "^:[0-9]+\r\n"      # ...or match this regular expression (anchored at the start)
 //! quiet a                        # a has received nothing it has not expected
 //! advance 1500ms                 # the virtual clock moves on (ms or s); due timers fire
+//! clock 2026-12-01T05:44:16.5Z   # the virtual clock moves on to this time (RFC 3339, only
+//!                                # forward; it starts at 2026-01-01T00:00:00Z); due timers fire
 //! close a                        # a disconnects (one event)
 //! fault a "GET k\r\n"            # a sends bytes and the guest traps handling them (one event
 //!                                # that fails): the host closes a and rebuilds the app
@@ -36,6 +38,8 @@ pub enum Step {
     Expect(String, Expected),
     Quiet(String),
     Advance(Duration),
+    /// The virtual clock moves on to this wall-clock time, in ns since the Unix epoch.
+    Clock(u64),
     Close(String),
     /// The connection sends bytes and the guest traps handling them.
     Fault(String, Vec<u8>),
@@ -154,6 +158,20 @@ fn duration(s: &str) -> Result<Duration, String> {
     Err(bad())
 }
 
+/// An RFC 3339 time (`2026-12-01T05:44:16.123456789Z`), in ns since the Unix epoch.
+fn timestamp(s: &str) -> Result<u64, String> {
+    let bad = |why: String| format!("`{s}` is not a time like 2026-12-01T05:44:16.5Z: {why}");
+    let at = humantime::parse_rfc3339(s.trim()).map_err(|e| bad(e.to_string()))?;
+    let since = at.duration_since(std::time::UNIX_EPOCH).map_err(|e| bad(e.to_string()))?;
+    u64::try_from(since.as_nanos()).map_err(|e| bad(e.to_string()))
+}
+
+/// `ns` since the Unix epoch as a trace's `clock` line writes it.
+pub fn format_timestamp(ns: u64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_nanos(ns);
+    humantime::format_rfc3339_nanos(at).to_string()
+}
+
 impl Trace {
     /// Reads a trace file; relative paths in `upgrade` lines are resolved against its directory.
     pub fn read(path: &Path) -> Result<Self, TraceError> {
@@ -262,6 +280,7 @@ impl Trace {
                     Step::Close(conn)
                 }
                 "advance" => Step::Advance(duration(rest).map_err(err)?),
+                "clock" => Step::Clock(timestamp(rest).map_err(err)?),
                 "upgrade" => {
                     let mut words = rest.split_whitespace();
                     let wasm = words
@@ -333,6 +352,11 @@ impl Trace {
         self.push(Step::Advance(by))
     }
 
+    /// The virtual clock moves on to `unix_ns` (ns since the Unix epoch); due timers fire.
+    pub fn clock(self, unix_ns: u64) -> Self {
+        self.push(Step::Clock(unix_ns))
+    }
+
     /// `conn` disconnects.
     pub fn close(self, conn: &str) -> Self {
         self.push(Step::Close(conn.into()))
@@ -364,6 +388,16 @@ impl Trace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clock_line_names_a_time_to_the_nanosecond_and_reads_back_as_written() {
+        let ns = timestamp("2026-12-01T05:44:16.123456789Z").unwrap();
+        assert_eq!(ns, 1_796_103_856_123_456_789);
+        assert_eq!(format_timestamp(ns), "2026-12-01T05:44:16.123456789Z");
+        assert_eq!(timestamp(&format_timestamp(ns)).unwrap(), ns);
+        let err = timestamp("yesterday").unwrap_err();
+        assert!(err.contains("is not a time like"), "{err}");
+    }
 
     fn parse(text: &str) -> Result<Trace, TraceError> {
         Trace::parse("t.trace", text, Path::new("/traces"))

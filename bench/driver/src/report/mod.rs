@@ -11,13 +11,17 @@
 //! - `memory/`: from `memory row` and `memory compaction`, with a `meta.kv` of its own (the
 //!   section may be measured alone, by `bench/run --memory-only`);
 //! - `throughput.kv`: where `tp/` and `tp-1m/` came from (their sections may be measured
-//!   alone, by `bench/run --throughput-only`).
+//!   alone, by `bench/run --throughput-only`);
+//! - `canary/`: `base-…` and `canary-…` runs of redis-benchmark against one host, without and
+//!   during a canary upgrade, with a `canary.kv` of where they came from (`bench/run
+//!   --canary-only` measures them alone).
 //!
 //! One module per part of the report: [`figures`] the headline table, [`checkpoints`] SET
 //! latency while checkpoints run, [`upgrades`] the upgrade tables, [`transfer`] where a
 //! whole-state transfer's time goes, [`memory`] memory per key and compaction; throughput, latency and CPU
 //! per request are here.
 
+mod canary;
 mod checkpoints;
 mod figures;
 mod memory;
@@ -51,6 +55,9 @@ pub struct ReportArgs {
     /// RAW is `bench/soak`'s: write only the soak section, in place of the one at OUT.
     #[arg(long, conflicts_with = "memory_only")]
     soak_only: bool,
+    /// Write only the canary cost section, in place of the one at OUT.
+    #[arg(long, conflicts_with_all = ["memory_only", "soak_only", "throughput_only"])]
+    canary_only: bool,
 }
 
 /// The headings of the sections `--throughput-only` replaces, in their order in the report.
@@ -256,9 +263,20 @@ fn read_throughput(dir: &Path, requests: &dyn Fn(u32) -> f64) -> anyhow::Result<
 /// tasuki / redis-server per repetition (the two ran back to back, so a machine that slows
 /// down for a while slows both), as "median× (min–max)".
 fn paired(tp: &Throughput, test: &str, p: u32, f: fn(&Run) -> Option<f64>) -> String {
+    paired_systems(tp, test, p, ("redis", "tasuki"), f)
+}
+
+/// `of` / `to` per repetition, as [`paired`] gives tasuki / redis-server.
+fn paired_systems(
+    tp: &Throughput,
+    test: &str,
+    p: u32,
+    (to, of): (&str, &str),
+    f: fn(&Run) -> Option<f64>,
+) -> String {
     let runs =
         |sys: &str| tp.get(&(test.to_string(), p, sys.to_string())).cloned().unwrap_or_default();
-    let (redis, tasuki) = (runs("redis"), runs("tasuki"));
+    let (redis, tasuki) = (runs(to), runs(of));
     let ratios: Vec<f64> = tasuki
         .iter()
         .filter_map(|k| {
@@ -368,6 +386,13 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         eprintln!("wrote the soak section of {}", args.out.display());
         return Ok(());
     }
+    if args.canary_only {
+        let mut section = String::new();
+        canary::write(&mut section, &args.raw)?;
+        splice(&args.out, canary::HEADING, &section)?;
+        eprintln!("wrote the canary section of {}", args.out.display());
+        return Ok(());
+    }
     let memory = memory::read(&args.raw)?;
     if args.memory_only {
         let memory =
@@ -447,6 +472,9 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     }
     transfer::write(&mut md, &transfer::read(&args.raw)?)?;
     write_large_request(&mut md, &args.raw)?;
+    if args.raw.join("canary").is_dir() {
+        canary::write(&mut md, &args.raw)?;
+    }
     if let Some(memory) = &memory {
         memory::write(&mut md, memory)?;
     }
