@@ -1,5 +1,5 @@
 //! What an app can do while it handles an event: queue output, stream a payload, close, arm
-//! timers, read the clock.
+//! timers, open and close listeners, read the clock.
 //!
 //! `Ctx` only records: the runtime hands what an event recorded to the host when the event
 //! returns (through `net` and `timers` in a component, to a [`crate::testing::TestHost`] in a
@@ -11,7 +11,71 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// A connection's id: stable across versions, never reused while the host runs.
 pub type ConnId = u64;
 
-pub use crate::runtime::bindings::tasuki::server::types::ConnInfo;
+/// A listener the app opened at run time ([`Ctx::listen`]): named by the SDK, never reused
+/// while a listener or a connection accepted on it is open.
+pub type ListenerId = u64;
+
+/// What the host knows about a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The connection.
+    pub id: ConnId,
+    /// The address it was accepted on, as `ip:port`: a `--listen` address, or the address of
+    /// the app's listener `listener_id`.
+    pub listener: String,
+    /// The client's address, as `ip:port`.
+    pub peer: String,
+    /// The listener the app opened at run time that accepted it ([`Ctx::listen`]); `None` for
+    /// the host's own `--listen` listeners. A data connection is matched to the session that
+    /// opened its port by this.
+    pub listener_id: Option<ListenerId>,
+}
+
+impl ConnInfo {
+    /// The connection as the host describes it, accepted on `listener_id` if given.
+    pub(crate) fn from_host(
+        info: crate::runtime::bindings::tasuki::server::types::ConnInfo,
+        listener_id: Option<ListenerId>,
+    ) -> Self {
+        Self { id: info.id, listener: info.listener, peer: info.peer, listener_id }
+    }
+}
+
+/// Why a listener was not opened, or is not open any more ([`crate::Server::on_listening`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenError {
+    /// The host has as many run-time listeners open as it allows (`tasuki run
+    /// --max-listeners`, the number given).
+    Limit(u32),
+    /// The port is not one the operator allows (`--data-ports`): says what is.
+    NotAllowed(String),
+    /// The port is in use, or no allowed port is free: says which.
+    InUse(String),
+    /// The id names a listener that is open, or asked for and not answered yet.
+    IdInUse,
+    /// The system refused for another reason, in its words.
+    Failed(String),
+    /// The listener was open and is gone: the host started from a snapshot file (`tasuki run
+    /// --restore`), and listening sockets do not outlive the process.
+    Lost(String),
+}
+
+impl std::fmt::Display for ListenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Limit(max) => {
+                write!(f, "{max} listeners are open, the most the host allows (--max-listeners)")
+            }
+            Self::NotAllowed(why) => write!(f, "not allowed: {why}"),
+            Self::InUse(why) => write!(f, "in use: {why}"),
+            Self::IdInUse => write!(f, "the id names a listener open already"),
+            Self::Failed(why) => write!(f, "failed: {why}"),
+            Self::Lost(why) => write!(f, "lost: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ListenError {}
 
 /// The handle an app gets with every event.
 ///
@@ -36,6 +100,21 @@ pub struct Ctx {
     /// The clock of a [`crate::testing::TestHost`], in Unix ms; `None` reads the system clock
     /// (in a component, the host's: frozen for the event, virtual under `tasuki test`).
     clock_ms: Option<u64>,
+    /// Listeners asked for (id, port) and closed, in the order asked.
+    listens: Vec<ListenOp>,
+    /// The id the next [`Ctx::listen`] gives (part of the state that crosses an upgrade).
+    pub(crate) next_listener: ListenerId,
+}
+
+/// A listener request, in the order the app made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListenOp {
+    /// Open listener `id` on this port (0: any the host allows).
+    Listen(ListenerId, u16),
+    /// Close listener `id`.
+    Close(ListenerId),
+    /// Close listener `id`, which the SDK does not track.
+    CloseUntracked(ListenerId),
 }
 
 /// A timer request, in the order the app made it.
@@ -57,6 +136,8 @@ pub(crate) struct Requests {
     pub(crate) notify: Vec<ConnId>,
     /// Connections to close after their output, in the order asked.
     pub(crate) closes: Vec<ConnId>,
+    /// Listeners to open and close, in the order asked.
+    pub(crate) listens: Vec<ListenOp>,
 }
 
 impl Ctx {
@@ -141,6 +222,40 @@ impl Ctx {
         self.timers.push(TimerOp::Cancel(id));
     }
 
+    /// Asks the host to open a listening socket on `port` of its bind address (the address of
+    /// its first `--listen`): 0 for any free port the operator allows (`tasuki run
+    /// --data-ports`, else one the system picks), or a port in `--data-ports`. Returns the
+    /// listener's id at once; the answer — its address, `ip:port`, or why not
+    /// ([`ListenError`]) — comes to [`crate::Server::on_listening`] right after this event,
+    /// before any other. Connections accepted on it reach [`crate::Server::on_connect`] with
+    /// [`ConnInfo::listener_id`] set to this id.
+    ///
+    /// This is what FTP's passive mode needs (RFC 959 `PASV`, RFC 2428 `EPSV`): open a port,
+    /// tell the client its number, accept the data connection on it, close it. The listener
+    /// belongs to the host: it stays open across upgrades and rollbacks (the new version
+    /// accepts on it) and a recovery after a trap, until [`Ctx::close_listener`]. After `tasuki
+    /// run --restore` it is gone, and the app is told ([`ListenError::Lost`]).
+    pub fn listen(&mut self, port: u16) -> ListenerId {
+        let id = self.next_listener.max(1);
+        self.next_listener = id + 1;
+        self.listens.push(ListenOp::Listen(id, port));
+        id
+    }
+
+    /// Closes listener `id` once this event returns: no connection is accepted on it from then
+    /// on and its port is free again; connections accepted on it stay open. Nothing happens if
+    /// it is not open. A listener asked for and closed in the same event is closed before the
+    /// app would hear of it.
+    pub fn close_listener(&mut self, id: ListenerId) {
+        self.listens.push(ListenOp::Close(id));
+    }
+
+    /// Closes listener `id`, which the SDK does not track (an answer for a listener the app
+    /// no longer knows).
+    pub(crate) fn close_listener_untracked(&mut self, id: ListenerId) {
+        self.listens.push(ListenOp::CloseUntracked(id));
+    }
+
     /// Wall-clock time in milliseconds since the Unix epoch, as the host's clock tells it: in a
     /// component the host's clock, frozen at the start of the event; in a native test the
     /// [`crate::testing::TestHost`]'s clock.
@@ -208,6 +323,7 @@ impl Ctx {
             timers: std::mem::take(&mut self.timers),
             notify: std::mem::take(&mut self.notify),
             closes: std::mem::take(&mut self.closes),
+            listens: std::mem::take(&mut self.listens),
         }
     }
 }

@@ -89,8 +89,9 @@
 //! On an upgrade the SDK exports the app's state (named [`Server::NAME`], at
 //! [`Server::STATE_VERSION`], encoded with postcard) and its own per-connection sections:
 //! `tasuki.conns`, the input each connection sent that the app has not consumed yet;
-//! `tasuki.windows`, each connection's send window; and, while streams are being sent,
-//! `tasuki.streams`, what is left of them. A request half-received when the old version stops
+//! `tasuki.windows`, each connection's send window; while streams are being sent,
+//! `tasuki.streams`, what is left of them; and while the app has listeners it opened at run
+//! time ([`Ctx::listen`]) or connections accepted on them, `tasuki.listeners`. A request half-received when the old version stops
 //! is completed under the new one, and a stream half-sent goes on from where it stood. Fields
 //! marked `#[serde(skip)]` do not cross: rebuild them in [`Server::resumed`].
 //!
@@ -135,7 +136,7 @@ pub mod testing;
 mod tests;
 pub mod transform;
 
-pub use ctx::{ConnId, ConnInfo, Ctx};
+pub use ctx::{ConnId, ConnInfo, Ctx, ListenError, ListenerId};
 pub use list::List;
 pub use stream::{Source, StreamEnd};
 
@@ -231,6 +232,13 @@ pub const WINDOWS_SECTION: &str = "tasuki.windows";
 pub const STREAMS_SECTION: &str = "tasuki.streams";
 /// The version of the [`WINDOWS_SECTION`] and [`STREAMS_SECTION`] encodings.
 pub const FLOW_SECTIONS_VERSION: u32 = 1;
+/// The section of the listeners the app opened at run time ([`Ctx::listen`]) and of the
+/// connections accepted on them, written only while there are some: a release built before
+/// run-time listeners refuses the import, and the upgrade rolls back rather than leave
+/// listeners no version knows.
+pub const LISTENERS_SECTION: &str = "tasuki.listeners";
+/// The version of the [`LISTENERS_SECTION`] encoding.
+pub const LISTENERS_SECTION_VERSION: u32 = 1;
 
 /// A server tasuki can run. The implementing type *is* the transferable state.
 ///
@@ -295,6 +303,16 @@ pub trait Server: Serialize + DeserializeOwned + Default + 'static {
     /// The client went away. Its unconsumed input is discarded after this call.
     fn on_disconnect(&mut self, ctx: &mut Ctx, conn: ConnId) {
         let _ = (ctx, conn);
+    }
+
+    /// The answer to [`Ctx::listen`]`(..)` that returned `id`: the address the listener is
+    /// bound to, `ip:port` (tell the client its port: FTP's `227` reply to `PASV`, RFC 959,
+    /// or `229` to `EPSV`, RFC 2428), or why it was not opened. Also called with
+    /// [`ListenError::Lost`] for each listener open when the host restarted from a snapshot
+    /// file. Connections accepted on it come to [`Server::on_connect`] with
+    /// [`ConnInfo::listener_id`] `Some(id)`. The default does nothing.
+    fn on_listening(&mut self, ctx: &mut Ctx, id: ListenerId, answer: Result<String, ListenError>) {
+        let _ = (ctx, id, answer);
     }
 
     /// A timer armed with [`Ctx::set_timer`] fired (possibly armed by an earlier version).
@@ -442,6 +460,22 @@ macro_rules! export {
             impl __exports::writable::Guest for __TasukiExport {
                 fn on_writable(conn: u64, window: u64) {
                     RUNTIME.with_borrow_mut(|rt| rt.on_writable(conn, window))
+                }
+            }
+
+            impl __exports::listening::Guest for __TasukiExport {
+                fn on_listening(
+                    id: u64,
+                    answer: ::core::result::Result<::std::string::String, __types::ListenError>,
+                ) {
+                    let answer = $crate::runtime::listen_answer(answer);
+                    RUNTIME.with_borrow_mut(|rt| rt.on_listening(id, answer))
+                }
+                fn on_accept(conn: __types::ConnInfo, listener: u64) {
+                    RUNTIME.with_borrow_mut(|rt| rt.on_accept(conn, listener))
+                }
+                fn on_listeners_lost() {
+                    RUNTIME.with_borrow_mut(|rt| rt.on_listeners_lost())
                 }
             }
 

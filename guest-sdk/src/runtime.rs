@@ -18,12 +18,12 @@
 //! streams and whether the app is in the middle of a message are per-connection state that
 //! crosses an upgrade and that a checkpoint holds, so a replay makes the same decisions.
 
-use crate::ctx::TimerOp;
+use crate::ctx::{ListenError, ListenOp, ListenerId, TimerOp};
 use crate::precopy::{self, Mode, PRECOPY_SECTION, Passed};
 use crate::stream::{Filled, Source, Stream, StreamEnd};
 use crate::{
-    CONNS_SECTION, CONNS_SECTION_VERSION, ConnId, Ctx, FLOW_SECTIONS_VERSION, STREAMS_SECTION,
-    Server, WINDOWS_SECTION,
+    CONNS_SECTION, CONNS_SECTION_VERSION, ConnId, Ctx, FLOW_SECTIONS_VERSION, LISTENERS_SECTION,
+    LISTENERS_SECTION_VERSION, STREAMS_SECTION, Server, WINDOWS_SECTION,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -58,6 +58,10 @@ pub trait HostCalls {
     fn cancel_timer(&mut self, id: u64);
     /// `net.notify-writable`: call `on-writable` for `conn` once it can take more.
     fn notify_writable(&mut self, conn: ConnId);
+    /// `listeners.listen`: open listener `id` on `port`, and answer with `on-listening`.
+    fn listen(&mut self, id: ListenerId, port: u16);
+    /// `listeners.unlisten`: close listener `id`.
+    fn unlisten(&mut self, id: ListenerId);
 }
 
 /// The host's imports: what a component's requests go to.
@@ -80,6 +84,12 @@ impl HostCalls for Imports {
     fn notify_writable(&mut self, conn: ConnId) {
         bindings::tasuki::server::net::notify_writable(conn);
     }
+    fn listen(&mut self, id: ListenerId, port: u16) {
+        bindings::tasuki::server::listeners::listen(id, port);
+    }
+    fn unlisten(&mut self, id: ListenerId) {
+        bindings::tasuki::server::listeners::unlisten(id);
+    }
 }
 
 /// The first slice of an event's input, before the SDK knows how much output a byte of it
@@ -100,7 +110,7 @@ const UNBOUNDED: u64 = u64::MAX;
 /// A connection as the SDK tracks it.
 #[derive(Debug)]
 struct Conn {
-    info: ConnInfo,
+    info: crate::ConnInfo,
     /// Bytes received and not yet consumed by the app.
     input: Vec<u8>,
     flow: Flow,
@@ -168,6 +178,26 @@ struct StreamsRecord {
     closing: bool,
 }
 
+/// A listener the app opened at run time, as the SDK tracks it: crosses an upgrade in the
+/// [`LISTENERS_SECTION`], so that the new version knows which listener a connection came from
+/// and can close them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Listening {
+    /// Asked for on this port, not answered yet.
+    Asked(u16),
+    /// Open at this address.
+    Open(String),
+}
+
+/// The [`LISTENERS_SECTION`]: the app's listeners, the next id to give, and the connections
+/// accepted on them.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ListenersRecord {
+    next: ListenerId,
+    listeners: Vec<(ListenerId, Listening)>,
+    accepted: Vec<(ConnId, ListenerId)>,
+}
+
 /// One app instance: its state, its connections, the output of the event in progress, and
 /// where its requests go (`H`).
 #[derive(Debug)]
@@ -180,6 +210,8 @@ pub struct Runtime<S, H = Imports> {
     /// Per connection, how much of the event's output for it is in place: sent directly, or
     /// stream bytes pumped. What an app queues past it while streams wait goes behind them.
     placed: BTreeMap<ConnId, usize>,
+    /// The listeners the app opened at run time, by id.
+    listeners: BTreeMap<ListenerId, Listening>,
     version: &'static str,
     host: H,
 }
@@ -200,13 +232,14 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
             conns: BTreeMap::new(),
             unconsumed: 0,
             placed: BTreeMap::new(),
+            listeners: BTreeMap::new(),
             version,
             host,
         }
     }
 
-    /// Hands what the event asked for to the host: output, then timers, then requests to be
-    /// told of a window, then closes (whose connections the SDK forgets with their unconsumed
+    /// Hands what the event asked for to the host: listeners opened and closed, output, then
+    /// timers, then requests to be told of a window, then closes (whose connections the SDK forgets with their unconsumed
     /// input, unless streams still wait to be sent to them). First, output an app queued to a
     /// connection with streams waiting goes behind them, and streams started now are sent as
     /// far as their windows allow.
@@ -233,6 +266,22 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
         }
         self.placed.clear();
         let requests = self.ctx.take_requests();
+        // Listeners first: one closed in this event is closed before a reply that says so is
+        // written, so the client that reads it finds the port free.
+        for op in requests.listens {
+            match op {
+                ListenOp::Listen(id, port) => {
+                    self.listeners.insert(id, Listening::Asked(port));
+                    self.host.listen(id, port);
+                }
+                ListenOp::Close(id) => {
+                    if self.listeners.remove(&id).is_some() {
+                        self.host.unlisten(id);
+                    }
+                }
+                ListenOp::CloseUntracked(id) => self.host.unlisten(id),
+            }
+        }
         for (conn, bytes) in requests.out {
             if bytes.is_empty() {
                 continue;
@@ -335,6 +384,55 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
     /// `app.on-connect`. The connection's send window starts as the host's whole
     /// `--output-buffer`.
     pub fn on_connect(&mut self, info: ConnInfo) {
+        self.connect(crate::ConnInfo::from_host(info, None));
+    }
+
+    /// `listening.on-accept`: a connection accepted on the app's listener `listener`, which
+    /// reaches [`Server::on_connect`] with its id.
+    pub fn on_accept(&mut self, info: ConnInfo, listener: ListenerId) {
+        self.connect(crate::ConnInfo::from_host(info, Some(listener)));
+    }
+
+    /// `listening.on-listening`: the answer to a [`Ctx::listen`], told to
+    /// [`Server::on_listening`]. An answer for a listener the app does not know (it closed it
+    /// in the event that asked, or a rebuild left the request out) closes it, untold.
+    pub fn on_listening(&mut self, id: ListenerId, answer: Result<String, ListenError>) {
+        match (self.listeners.get(&id), &answer) {
+            (Some(Listening::Asked(_)), Ok(address)) => {
+                self.listeners.insert(id, Listening::Open(address.clone()));
+                self.server.on_listening(&mut self.ctx, id, answer);
+            }
+            (Some(Listening::Asked(_)), Err(_)) => {
+                self.listeners.remove(&id);
+                self.server.on_listening(&mut self.ctx, id, answer);
+            }
+            // Open already: only a loss changes anything.
+            (Some(Listening::Open(_)), Err(ListenError::Lost(_))) => {
+                self.listeners.remove(&id);
+                self.server.on_listening(&mut self.ctx, id, answer);
+            }
+            (Some(Listening::Open(_)), _) => {}
+            (None, Ok(_)) => self.ctx.close_listener_untracked(id),
+            (None, Err(_)) => {}
+        }
+        self.finish_event();
+    }
+
+    /// `listening.on-listeners-lost`: every listener is gone (the host started from a snapshot
+    /// file); the app hears it of each, as [`ListenError::Lost`].
+    pub fn on_listeners_lost(&mut self) {
+        for (id, _) in std::mem::take(&mut self.listeners) {
+            let lost = ListenError::Lost(
+                "the host started from a snapshot file, and listening sockets do not outlive                  the process that wrote it"
+                    .into(),
+            );
+            self.server.on_listening(&mut self.ctx, id, Err(lost));
+        }
+        self.finish_event();
+    }
+
+    /// A connection, accepted on a `--listen` address or one of the app's listeners.
+    fn connect(&mut self, info: crate::ConnInfo) {
         let id = info.id;
         self.forget(id);
         // Known before the app hears of it, so that it can stream to it at once.
@@ -595,6 +693,11 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
                     version: FLOW_SECTIONS_VERSION,
                     accepts: vec![FLOW_SECTIONS_VERSION],
                 },
+                SectionSpec {
+                    name: LISTENERS_SECTION.to_string(),
+                    version: LISTENERS_SECTION_VERSION,
+                    accepts: vec![LISTENERS_SECTION_VERSION],
+                },
             ],
         }
     }
@@ -658,6 +761,22 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
                 bytes: windows,
             },
         ];
+        let accepted: Vec<(ConnId, ListenerId)> =
+            self.conns.iter().filter_map(|(&id, c)| Some((id, c.info.listener_id?))).collect();
+        if !self.listeners.is_empty() || !accepted.is_empty() {
+            let record = ListenersRecord {
+                next: self.ctx.next_listener,
+                listeners: self.listeners.iter().map(|(&id, l)| (id, l.clone())).collect(),
+                accepted,
+            };
+            let bytes = postcard::to_allocvec(&record)
+                .map_err(|e| format!("listeners do not encode: {e}"))?;
+            sections.push(Section {
+                name: LISTENERS_SECTION.to_string(),
+                version: LISTENERS_SECTION_VERSION,
+                bytes,
+            });
+        }
         if !streams.is_empty() {
             let bytes = postcard::to_allocvec(&streams)
                 .map_err(|e| format!("streams under way do not encode: {e}"))?;
@@ -757,6 +876,7 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
         let mut pending: Vec<(ConnId, Vec<u8>)> = Vec::new();
         let mut windows: Option<Vec<WindowRecord>> = None;
         let mut streams: Vec<StreamsRecord> = Vec::new();
+        let mut listening = ListenersRecord::default();
         for section in snapshot.sections {
             if section.name == S::NAME {
                 server = Some(if precopied {
@@ -772,6 +892,8 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
                 windows = Some(decode_sdk_section(&section, FLOW_SECTIONS_VERSION)?);
             } else if section.name == STREAMS_SECTION {
                 streams = decode_sdk_section(&section, FLOW_SECTIONS_VERSION)?;
+            } else if section.name == LISTENERS_SECTION {
+                listening = decode_sdk_section(&section, LISTENERS_SECTION_VERSION)?;
             } else {
                 return Err(format!(
                     "section `{}` (version {}) is not known to `{}` {}; importing would lose it",
@@ -791,9 +913,12 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
             windows.map(|w| w.into_iter().map(|r| (r.id, r)).collect());
         let mut streams: BTreeMap<ConnId, StreamsRecord> =
             streams.into_iter().map(|r| (r.id, r)).collect();
+        let accepted: BTreeMap<ConnId, ListenerId> = listening.accepted.into_iter().collect();
         self.conns = live
             .into_iter()
             .map(|info| {
+                let listener = accepted.get(&info.id).copied();
+                let info = crate::ConnInfo::from_host(info, listener);
                 let input = pending.remove(&info.id).unwrap_or_default();
                 let window = windows.as_mut().and_then(|w| w.remove(&info.id));
                 let mut flow = match window {
@@ -813,6 +938,8 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
             })
             .collect();
         self.unconsumed = self.conns.values().map(|c| c.input.len()).sum();
+        self.listeners = listening.listeners.into_iter().collect();
+        self.ctx.next_listener = self.ctx.next_listener.max(listening.next);
         let fresh = std::mem::replace(&mut self.server, server);
         self.server.resumed(&mut self.ctx, fresh);
         self.finish_event();
@@ -846,13 +973,35 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
 
     /// The connections the app knows, as `import-state`'s `live` lists them.
     pub(crate) fn live(&self) -> Vec<ConnInfo> {
-        self.conns.values().map(|c| c.info.clone()).collect()
+        self.conns
+            .values()
+            .map(|c| ConnInfo {
+                id: c.info.id,
+                listener: c.info.listener.clone(),
+                peer: c.info.peer.clone(),
+            })
+            .collect()
     }
 
     /// What the app knows of `conn`.
-    pub fn conn_info(&self, conn: ConnId) -> Option<&ConnInfo> {
+    pub fn conn_info(&self, conn: ConnId) -> Option<&crate::ConnInfo> {
         self.conns.get(&conn).map(|c| &c.info)
     }
+}
+
+/// The host's answer to a listen request, in the SDK's terms.
+pub fn listen_answer(
+    answer: Result<String, bindings::tasuki::server::types::ListenError>,
+) -> Result<String, ListenError> {
+    use bindings::tasuki::server::types::ListenError as Wit;
+    answer.map_err(|e| match e {
+        Wit::Limit(max) => ListenError::Limit(max),
+        Wit::NotAllowed(why) => ListenError::NotAllowed(why),
+        Wit::InUse(why) => ListenError::InUse(why),
+        Wit::IdInUse => ListenError::IdInUse,
+        Wit::Failed(why) => ListenError::Failed(why),
+        Wit::Lost(why) => ListenError::Lost(why),
+    })
 }
 
 /// The size of the next slice of input (see the module docs): what would make about the `left`

@@ -52,16 +52,17 @@
 //! assert!(host.closed_by_app(a));
 //! ```
 
-use crate::runtime::bindings::tasuki::server::types::Snapshot;
+use crate::runtime::bindings::tasuki::server::types::{ConnInfo, Snapshot};
 use crate::runtime::{HostCalls, Runtime};
-use crate::{ConnId, ConnInfo, Server};
+use crate::{ConnId, ListenError, ListenerId, Server};
 use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 /// What an app asked of the host, in the order the host received it: at the end of each event,
-/// output first (one `Send` per connection written to), then timers in the order asked, then
-/// requests to be told of a window, then closes.
+/// listeners opened and closed first, then output (one `Send` per connection written to), then
+/// timers in the order asked, then requests to be told of a window, then closes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// `net.send`: bytes queued for a connection.
@@ -85,6 +86,15 @@ pub enum Effect {
     /// `net.notify-writable`: the SDK stopped sending to a connection whose window is used up,
     /// and asks to be told when it can take more.
     NotifyWritable(ConnId),
+    /// `listeners.listen`: the app asked for listener `id` on `port` ([`crate::Ctx::listen`]).
+    Listen {
+        /// The listener's id.
+        id: ListenerId,
+        /// The port asked for; 0 for any.
+        port: u16,
+    },
+    /// `listeners.unlisten`: the app closed listener `id`.
+    Unlisten(ListenerId),
 }
 
 /// The figures the [`crate::host`] functions report, which a test sets with
@@ -145,6 +155,34 @@ impl HostCalls for Recorder {
     fn notify_writable(&mut self, conn: ConnId) {
         self.effects.push(Effect::NotifyWritable(conn));
     }
+    fn listen(&mut self, id: ListenerId, port: u16) {
+        self.effects.push(Effect::Listen { id, port });
+    }
+    fn unlisten(&mut self, id: ListenerId) {
+        self.effects.push(Effect::Unlisten(id));
+    }
+}
+
+/// The first port a [`TestHost`] gives a listener asked for on port 0, as the simulator does:
+/// the first of IANA's dynamic ports (RFC 6335).
+pub const FIRST_LISTENER_PORT: u16 = 49152;
+
+/// The host's bounds on run-time listeners, as `tasuki run --max-listeners` and `--data-ports`
+/// set them ([`TestHost::set_listen_policy`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenPolicy {
+    /// Listeners open at once; a request past it is refused with [`ListenError::Limit`].
+    pub max: usize,
+    /// The ports the app may ask for; `None`: only port 0. Port 0 takes the first free port
+    /// of the range, or from [`FIRST_LISTENER_PORT`] without one.
+    pub ports: Option<RangeInclusive<u16>>,
+}
+
+impl Default for ListenPolicy {
+    /// The host's defaults: 1024 listeners, port 0 only.
+    fn default() -> Self {
+        Self { max: 1024, ports: None }
+    }
 }
 
 /// A connection as its client sees it.
@@ -180,6 +218,11 @@ struct World {
     info: HostInfo,
     /// Connections whose app asked to be told when they can take more, not told yet.
     waiting: BTreeSet<ConnId>,
+    /// The app's listeners, by id: their port.
+    listeners: BTreeMap<ListenerId, u16>,
+    /// Answers to listen requests, told after the event that asked.
+    answers: VecDeque<(ListenerId, Result<String, ListenError>)>,
+    listen_policy: ListenPolicy,
 }
 
 /// A stand-in for the tasuki host, driving one instance of `S` natively. See the
@@ -232,12 +275,53 @@ impl<S: Server> TestHost<S> {
             effects: Vec::new(),
             info: HostInfo::default(),
             waiting: BTreeSet::new(),
+            listeners: BTreeMap::new(),
+            answers: VecDeque::new(),
+            listen_policy: ListenPolicy::default(),
         };
         let mut host =
             Self { runtime: Runtime::with_host(TEST_VERSION, Recorder::default()), world };
         let args = host.world.args.clone();
         host.event(|rt| rt.init(args))?;
+        host.settle();
         Ok(host)
+    }
+
+    /// Sets the host's bounds on the listeners the app opens from the next request on.
+    pub fn set_listen_policy(&mut self, policy: ListenPolicy) {
+        self.world.listen_policy = policy;
+    }
+
+    /// The app's listeners open now, as the host holds them: (id, address), by id.
+    pub fn listeners(&self) -> Vec<(ListenerId, String)> {
+        self.world.listeners.iter().map(|(&id, &port)| (id, listener_address(port))).collect()
+    }
+
+    /// A client connects to the app's listener `listener` (`on_connect` with
+    /// [`crate::ConnInfo::listener_id`] set), from a documentation address. Returns its id.
+    /// Panics if the listener is not open.
+    pub fn connect_to(&mut self, listener: ListenerId) -> ConnId {
+        let Some(&port) = self.world.listeners.get(&listener) else {
+            panic!("cannot connect to listener {listener}: it is not open ({:?})", self.listeners())
+        };
+        let id = self.world.next_conn;
+        self.world.next_conn += 1;
+        self.world
+            .clients
+            .insert(id, Client { unread: Vec::new(), held: Vec::new(), state: ConnState::Open });
+        let peer = format!("192.0.2.1:{}", 40_000 + id % 20_000);
+        let info = ConnInfo { id, listener: listener_address(port), peer };
+        self.event(|rt| rt.on_accept(info, listener));
+        self.settle();
+        id
+    }
+
+    /// The host restarts from a snapshot of this state: every listener is gone, and the app
+    /// is told so (`on-listeners-lost`), as after `tasuki run --restore`.
+    pub fn lose_listeners(&mut self) {
+        self.world.listeners.clear();
+        self.event(|rt| rt.on_listeners_lost());
+        self.settle();
     }
 
     /// The app's state.
@@ -336,6 +420,10 @@ impl<S: Server> TestHost<S> {
     /// each as the host does between events — until neither is due.
     fn settle(&mut self) {
         loop {
+            if let Some((id, answer)) = self.world.answers.pop_front() {
+                self.event(|rt| rt.on_listening(id, answer));
+                continue;
+            }
             let buffer = self.world.info.output_buffer;
             let unread = |w: &World, c: &ConnId| w.clients.get(c).map_or(0, |c| c.unread.len());
             let drained = self
@@ -562,8 +650,55 @@ impl World {
             Effect::CancelTimer(id) => {
                 self.timers.remove(id);
             }
+            Effect::Listen { id, port } => {
+                let answer = self.listen(*id, *port);
+                self.answers.push_back((*id, answer));
+            }
+            Effect::Unlisten(id) => {
+                self.listeners.remove(id);
+            }
         }
     }
+
+    /// Opens listener `id` on `port` as the host would, within the test's policy.
+    fn listen(&mut self, id: ListenerId, port: u16) -> Result<String, ListenError> {
+        let policy = &self.listen_policy;
+        if self.listeners.contains_key(&id) {
+            return Err(ListenError::IdInUse);
+        }
+        if self.listeners.len() >= policy.max {
+            return Err(ListenError::Limit(u32::try_from(policy.max).unwrap_or(u32::MAX)));
+        }
+        let used = |p: u16| self.listeners.values().any(|&q| q == p);
+        let port = match (&policy.ports, port) {
+            (ports, 0) => {
+                let range = ports.clone().unwrap_or(FIRST_LISTENER_PORT..=u16::MAX);
+                range.clone().find(|&p| !used(p)).ok_or_else(|| {
+                    ListenError::InUse(format!(
+                        "no port of {}-{} is free",
+                        range.start(),
+                        range.end()
+                    ))
+                })?
+            }
+            (Some(range), port) if range.contains(&port) => {
+                if used(port) {
+                    return Err(ListenError::InUse(format!("port {port} is in use")));
+                }
+                port
+            }
+            (_, port) => {
+                return Err(ListenError::NotAllowed(format!("port {port} is not allowed")));
+            }
+        };
+        self.listeners.insert(id, port);
+        Ok(listener_address(port))
+    }
+}
+
+/// Where a [`TestHost`]'s listener on `port` is.
+fn listener_address(port: u16) -> String {
+    format!("127.0.0.1:{port}")
 }
 
 #[cfg(test)]

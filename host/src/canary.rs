@@ -175,7 +175,12 @@ impl Recording {
             Call::Disconnect(conn) => self.line(format!("close c{conn}")),
             // A timer fires in the trace when the clock passes its deadline; the simulator's
             // clients read at once, so it grants windows by itself.
-            Call::Timer(_) | Call::Writable(..) => {}
+            Call::Accept(info, listener) => {
+                let _ = listener;
+                let port = info.listener.rsplit(':').next().unwrap_or_default();
+                self.line(format!("connect c{} port {port}", info.id))
+            }
+            Call::Timer(_) | Call::Writable(..) | Call::Listening(..) | Call::ListenersLost => {}
         }
     }
 
@@ -345,7 +350,10 @@ impl Canary {
         }
         // A window granted to the old version (its client read) is granted to the candidate
         // too, at the same size: neither is a client event.
-        if !matches!(call, Call::Timer(_) | Call::Writable(..)) {
+        if !matches!(
+            call,
+            Call::Timer(_) | Call::Writable(..) | Call::Listening(..) | Call::ListenersLost
+        ) {
             self.events += 1;
         }
         self.compare(&event, input);
@@ -494,6 +502,9 @@ impl Canary {
             // output it did send is compared; the old version, which sent the same, was cut
             // off too, and both hear of it through the disconnect.
             Effect::CutOff(_) => {}
+            // Listeners are the old version's to open and close: the candidate is told of
+            // them through the same answers and accepts.
+            Effect::Listen(..) | Effect::Unlisten(_) => {}
             timer => timers.apply(&timer, now),
         });
     }
@@ -569,6 +580,11 @@ fn describe(call: Call<'_>) -> String {
         Call::Disconnect(_) => "disconnect".into(),
         Call::Timer(id) => format!("timer {id}"),
         Call::Writable(_, window) => format!("on-writable (window {window})"),
+        Call::Listening(id, _) => format!("on-listening({id})"),
+        Call::Accept(ConnInfo { peer, .. }, listener) => {
+            format!("connect from {peer} on listener {listener}")
+        }
+        Call::ListenersLost => "on-listeners-lost".into(),
     }
 }
 

@@ -4,11 +4,13 @@
 use crate::bindings::ConnInfo;
 use crate::dispatch::Network;
 use crate::limits::Limits;
-use crate::status::Shared;
-use mio::Registry;
-use mio::net::TcpStream;
-use std::collections::{HashMap, VecDeque};
+use crate::listeners::{ListenError, Policy};
+use crate::status::{ListenerStatus, Shared};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tracing::{debug, warn};
@@ -42,6 +44,8 @@ pub(crate) struct Conn {
     /// Closed to bring the host back under `--buffer-budget`: the bytes it buffered then, which
     /// go when it is removed.
     evicted: Option<usize>,
+    /// The app's run-time listener it was accepted on, if it was.
+    pub(crate) accepted_on: Option<u64>,
 }
 
 impl Conn {
@@ -58,6 +62,7 @@ impl Conn {
             awaiting_writable: false,
             writable_due: false,
             evicted: None,
+            accepted_on: None,
         }
     }
 
@@ -143,6 +148,28 @@ pub(crate) struct Connections {
     /// that belongs to connections evicted and not yet removed.
     buffered: usize,
     evicting: usize,
+    /// The app's run-time listeners, by id.
+    listeners: BTreeMap<u64, RuntimeListener>,
+    /// Each poll token slot's listener id (see [`RUNTIME_LISTENER_TOKENS`]).
+    slots: Vec<Option<u64>>,
+    /// Where run-time listeners are bound: the address of the host's first `--listen`.
+    bind_ip: IpAddr,
+    /// The next port of `--data-ports` to try, so that ports are used round the range rather
+    /// than the lowest again and again (a client of a closed port may still be connecting).
+    next_port: u16,
+}
+
+/// Poll tokens of run-time listeners: slot `n` is `RUNTIME_LISTENER_TOKENS.start + n`. Below
+/// them are the `--listen` listeners, above them the connections.
+pub(crate) const RUNTIME_LISTENER_TOKENS: std::ops::Range<usize> = (1 << 15)..(1 << 16);
+
+/// A listener the app opened at run time.
+#[derive(Debug)]
+struct RuntimeListener {
+    socket: TcpListener,
+    address: String,
+    slot: usize,
+    accepted: u64,
 }
 
 impl Connections {
@@ -157,7 +184,48 @@ impl Connections {
             writable: Vec::new(),
             buffered: 0,
             evicting: 0,
+            listeners: BTreeMap::new(),
+            slots: Vec::new(),
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            next_port: 0,
         }
+    }
+
+    /// Run-time listeners are bound to `ip`.
+    pub(crate) fn bind_listeners_to(&mut self, ip: IpAddr) {
+        self.bind_ip = ip;
+    }
+
+    /// The run-time listener in poll token slot `slot`: its socket, address and id; counts an
+    /// accept on it.
+    pub(crate) fn runtime_listener(&mut self, slot: usize) -> Option<(&TcpListener, &str, u64)> {
+        let id = (*self.slots.get(slot)?)?;
+        let listener = self.listeners.get_mut(&id)?;
+        Some((&listener.socket, &listener.address, id))
+    }
+
+    /// A connection was accepted on run-time listener `id`.
+    pub(crate) fn count_accept(&mut self, id: u64) {
+        if let Some(listener) = self.listeners.get_mut(&id) {
+            listener.accepted += 1;
+        }
+    }
+
+    /// Closes every run-time listener (the host is draining): the kernel refuses new clients.
+    pub(crate) fn close_listeners(&mut self) {
+        for id in self.listener_ids() {
+            self.unlisten(id);
+        }
+    }
+
+    /// Binds a listening socket on `port` of the bind address.
+    fn bind(&self, port: u16) -> std::io::Result<TcpListener> {
+        // std sets SO_REUSEADDR, so a port whose accepted connections linger in TIME_WAIT can
+        // be opened again; `listen` again only raises the backlog std chose.
+        let listener = std::net::TcpListener::bind(SocketAddr::new(self.bind_ip, port))?;
+        rustix::net::listen(&listener, crate::limits::LISTEN_BACKLOG)?;
+        listener.set_nonblocking(true)?;
+        Ok(TcpListener::from_std(listener))
     }
 
     /// Runs `f` on connection `id`, keeping the count of buffered bytes right.
@@ -344,6 +412,82 @@ impl Network for Connections {
             self.shared.waiting_writable.fetch_add(1, Ordering::Relaxed);
         }
         self.writable_if_drained(id);
+    }
+
+    fn listen(&mut self, id: u64, port: u16, policy: &Policy) -> Result<String, ListenError> {
+        policy.check(id, port, &self.listener_ids())?;
+        let Some(slot) = (0..RUNTIME_LISTENER_TOKENS.len())
+            .find(|&slot| self.slots.get(slot).is_none_or(Option::is_none))
+        else {
+            return Err(ListenError::Limit(RUNTIME_LISTENER_TOKENS.len() as u32));
+        };
+        let ports: Vec<u16> = match (&policy.ports, port) {
+            (Some(range), 0) => {
+                let (low, high) = (*range.start(), *range.end());
+                let from = self.next_port.clamp(low, high);
+                (from..=high).chain(low..from).collect()
+            }
+            _ => vec![port],
+        };
+        let mut bound = None;
+        for &port in &ports {
+            match self.bind(port) {
+                Ok(listener) => {
+                    bound = Some(listener);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && ports.len() > 1 => {}
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    return Err(ListenError::InUse(format!("port {port} is in use")));
+                }
+                Err(e) => return Err(ListenError::Failed(e.to_string())),
+            }
+        }
+        let Some(mut socket) = bound else {
+            let range = policy
+                .ports
+                .as_ref()
+                .map_or_else(String::new, |r| format!(" {}-{}", r.start(), r.end()));
+            return Err(ListenError::InUse(format!("no port of --data-ports{range} is free")));
+        };
+        let address = socket.local_addr().map_err(|e| ListenError::Failed(e.to_string()))?;
+        let token = Token(RUNTIME_LISTENER_TOKENS.start + slot);
+        self.registry
+            .register(&mut socket, token, Interest::READABLE)
+            .map_err(|e| ListenError::Failed(e.to_string()))?;
+        self.next_port = address.port().wrapping_add(1);
+        if self.slots.len() <= slot {
+            self.slots.resize(slot + 1, None);
+        }
+        self.slots[slot] = Some(id);
+        let address = address.to_string();
+        self.listeners
+            .insert(id, RuntimeListener { socket, address: address.clone(), slot, accepted: 0 });
+        Ok(address)
+    }
+
+    fn unlisten(&mut self, id: u64) {
+        let Some(mut listener) = self.listeners.remove(&id) else { return };
+        if let Err(e) = self.registry.deregister(&mut listener.socket) {
+            debug!(listener = id, "deregister failed: {e}");
+        }
+        self.slots[listener.slot] = None;
+        debug!(listener = id, "closed listener {id} on {}", listener.address);
+    }
+
+    fn listener_ids(&self) -> BTreeSet<u64> {
+        self.listeners.keys().copied().collect()
+    }
+
+    fn accepted_on(&self, conn: u64) -> Option<u64> {
+        self.conns.get(&conn)?.accepted_on
+    }
+
+    fn listener_status(&self) -> Vec<ListenerStatus> {
+        self.listeners
+            .iter()
+            .map(|(&id, l)| ListenerStatus { id, address: l.address.clone(), accepted: l.accepted })
+            .collect()
     }
 
     fn take_writable(&mut self) -> Vec<(u64, usize)> {

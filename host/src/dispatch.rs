@@ -11,18 +11,20 @@ use crate::canary::{Canary, Stop, Window};
 use crate::clock::{EventClock, now_unix_ms};
 use crate::instance::{CallError, snapshot_bytes};
 use crate::limits::Limits;
+use crate::listeners::{ListenError, ListenerBook, Policy};
 use crate::live::{Call, Live};
 use crate::precopy;
 use crate::recovery::{RebuildReport, Skip, Stamp};
 use crate::spill::Chunks;
 use crate::status::{
-    CanaryProgress, CheckpointRecord, PrecopyProgress, RecoveryOutcome, RecoveryRecord, Shared,
+    CanaryProgress, CheckpointRecord, ListenerStatus, PrecopyProgress, RecoveryOutcome,
+    RecoveryRecord, Shared,
 };
 use crate::store::Effect;
 use crate::timers::TimerQueue;
 use crate::upgrade::{self, Begun, Prepared, Swap, Underway, UpgradeError, UpgradeReport};
 use crate::version::AppVersion;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
@@ -45,6 +47,17 @@ pub(crate) trait Network {
     /// input from now on, and have [`Network::take_writable`] give it once its queued output
     /// is at half of `--output-buffer` or less.
     fn want_writable(&mut self, conn: u64);
+    /// Opens listener `id` on `port` for the app (`listeners.listen`), within `policy`: its
+    /// address, `ip:port`, or why not.
+    fn listen(&mut self, id: u64, port: u16, policy: &Policy) -> Result<String, ListenError>;
+    /// Closes listener `id`, if open; connections accepted on it stay.
+    fn unlisten(&mut self, id: u64);
+    /// The app's run-time listeners open now, by id.
+    fn listener_ids(&self) -> BTreeSet<u64>;
+    /// The run-time listener `conn` was accepted on, if it was.
+    fn accepted_on(&self, conn: u64) -> Option<u64>;
+    /// The app's run-time listeners, for `tasuki status`.
+    fn listener_status(&self) -> Vec<ListenerStatus>;
     /// The connections whose guest asked and whose queued output has drained that far, each
     /// with the bytes still queued for it, in the order they got there; their requests count as
     /// answered from now.
@@ -55,6 +68,8 @@ pub(crate) trait Network {
 /// them as a trace.
 pub(crate) trait Tap: Send {
     fn connect(&mut self, conn: u64);
+    /// `conn` was accepted on the app's run-time listener at `address` (`ip:port`).
+    fn accept(&mut self, conn: u64, address: &str);
     fn send(&mut self, conn: u64, bytes: &[u8]);
     fn reply(&mut self, conn: u64, bytes: &[u8]);
     fn close(&mut self, conn: u64);
@@ -165,6 +180,11 @@ pub(crate) struct Dispatcher<N, C> {
     /// An upgrade whose candidate runs beside the live instance (`--canary`), with its report
     /// so far.
     canary: Option<(Canary, Box<UpgradeReport>)>,
+    /// Answers to the app's `listeners.listen` requests, told (`on-listening`) right after the
+    /// event that asked, before any other event.
+    answers: VecDeque<(u64, Result<String, ListenError>)>,
+    /// `--max-listeners` and `--data-ports`.
+    listen_policy: Policy,
 }
 
 /// Most a checkpoint's cut asks the instance for at once, in pre-copy chunks (16 MiB at the
@@ -211,6 +231,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         let runtime = &live.version().runtime;
         let limits = Arc::clone(&runtime.limits);
         let event_clock = runtime.clock.clone();
+        let listen_policy = Policy::from_limits(&limits);
         let mut dispatcher = Self {
             net,
             clock,
@@ -231,12 +252,15 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             precopy_budget: precopy::Budget::default(),
             compacting: false,
             canary: None,
+            answers: VecDeque::new(),
+            listen_policy,
             serial: 0,
         };
         dispatcher.precopy_budget.chunk = dispatcher.limits.precopy_chunk;
         dispatcher.event_clock.freeze_at(dispatcher.clock.wall_ns());
         dispatcher.live.anchor(dispatcher.clock.monotonic_ns());
         dispatcher.apply_effects();
+        dispatcher.answer_listens();
         dispatcher.publish_recovery();
         // Before any client event: what this instance holds fresh, the floor a compaction
         // measures against (the compactor's own first reading may come after a load).
@@ -267,6 +291,12 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// A new connection: the app hears of it.
     pub(crate) fn connect(&mut self, info: &ConnInfo) {
         self.dispatch(Call::Connect(info));
+    }
+
+    /// A connection accepted on the app's run-time listener `listener`.
+    pub(crate) fn accept(&mut self, info: &ConnInfo, listener: u64) {
+        self.publish_listeners();
+        self.dispatch(Call::Accept(info, listener));
     }
 
     /// Bytes from `conn`.
@@ -534,8 +564,12 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                     match call {
                         Call::Connect(info) => recorder.connect(info.id),
                         Call::Data(id, bytes) => recorder.send(id, bytes),
+                        Call::Accept(info, _) => recorder.accept(info.id, &info.listener),
                         Call::Disconnect(id) => recorder.close(id),
-                        Call::Timer(_) | Call::Writable(..) => {}
+                        Call::Timer(_)
+                        | Call::Writable(..)
+                        | Call::Listening(..)
+                        | Call::ListenersLost => {}
                     }
                 }
                 self.apply_effects_at(at.mono);
@@ -550,6 +584,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                     }
                 }
                 self.shared.note_journal(self.live.recovery());
+                self.answer_listens();
                 // Between every two events, not once per poll: one poll can read many events,
                 // and the journal must never pass its limit while a checkpoint could be taken.
                 if !self.recovering {
@@ -566,11 +601,50 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.apply_effects_at(self.clock.monotonic_ns());
     }
 
+    /// Tells the app the answers to its `listeners.listen` requests, each an event.
+    fn answer_listens(&mut self) {
+        while let Some((id, result)) = self.answers.pop_front() {
+            match &result {
+                Ok(address) => {
+                    info!(listener = id, "{} opened listener {id} on {address}", self.live.app())
+                }
+                Err(e) => warn!(
+                    listener = id,
+                    "{} asked for listener {id}, refused: {}",
+                    self.live.app(),
+                    crate::listeners::describe(e)
+                ),
+            }
+            self.publish_listeners();
+            self.dispatch(Call::Listening(id, &result));
+        }
+    }
+
+    /// Tells `tasuki status` which run-time listeners are open.
+    fn publish_listeners(&self) {
+        self.shared.note_listeners(self.net.listener_status());
+    }
+
+    /// Closes the host's run-time listeners that the live instance does not believe open:
+    /// after a rebuild left a request out, or a fresh restart.
+    fn close_unknown_listeners(&mut self, book: &ListenerBook) {
+        for id in self.net.listener_ids() {
+            if !book.is_open(id) {
+                warn!(listener = id, "closing listener {id}: the rebuilt app does not know it");
+                self.net.unlisten(id);
+            }
+        }
+        self.publish_listeners();
+    }
+
     /// Applies what the guest asked for during an event that ran at monotonic time `now`.
     fn apply_effects_at(&mut self, now: u64) {
-        let Self { live, net, timers, recorder, canary, .. } = self;
+        let Self { live, net, timers, recorder, canary, answers, listen_policy, .. } = self;
         let mut cut_off = Vec::new();
         let mut output = 0;
+        // Requests past --max-listeners in one call are refused without a system call each.
+        let mut listens = 0;
+        let mut unlistened = false;
         live.drain_effects(|effect| {
             if let Some(recorder) = recorder {
                 match &effect {
@@ -594,10 +668,28 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 Effect::Close(conn) => net.close(conn),
                 Effect::NotifyWritable(conn) => net.want_writable(conn),
                 Effect::CutOff(conn) => cut_off.push(conn),
+                Effect::Listen(id, port) => {
+                    listens += 1;
+                    let result = if listens > listen_policy.max {
+                        Err(ListenError::Limit(
+                            u32::try_from(listen_policy.max).unwrap_or(u32::MAX),
+                        ))
+                    } else {
+                        net.listen(id, port, listen_policy)
+                    };
+                    answers.push_back((id, result));
+                }
+                Effect::Unlisten(id) => {
+                    net.unlisten(id);
+                    unlistened = true;
+                }
                 timer => timers.apply(&timer, now),
             }
         });
         self.shared.note_call_output(output);
+        if unlistened {
+            self.publish_listeners();
+        }
         for conn in cut_off {
             self.peer_gone(conn);
         }
@@ -636,7 +728,9 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         // A trap in on-disconnect is that event lost: the rebuilt instance is not told again
         // (it would trap again), and the connection is gone already.
         let skip = match call {
-            Call::Disconnect(_) | Call::Timer(_) => None,
+            Call::Disconnect(_) | Call::Timer(_) | Call::Listening(..) | Call::ListenersLost => {
+                None
+            }
             _ => conn.map(|id| self.live.recovery().unanswered(id)),
         };
         self.recover(Fault { cause, skip, closed: culprits, event_lost: true });
@@ -746,8 +840,11 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         closed: Vec<u64>,
         event_lost: bool,
     ) -> RecoveryOutcome {
-        // The rebuilt instance's timers, as its checkpoint, import and replay armed them.
+        // The rebuilt instance's timers, as its checkpoint, import and replay armed them, and
+        // the listeners it knows of.
         self.timers = std::mem::take(&mut report.timers);
+        let book = std::mem::take(&mut report.listeners);
+        self.close_unknown_listeners(&book);
         for &id in &report.refire {
             self.refire(id);
         }
@@ -786,11 +883,17 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             return RecoveryOutcome::Failed { reason: format!("{reason}; restart failed: {e}") };
         }
         error!("{app} restarted with fresh state after a trap; the state it held is lost");
-        // Timers armed by the lost state are gone with it; `init` arms its own.
+        // Timers armed by the lost state are gone with it; `init` arms its own. So are the
+        // listeners it opened.
         self.timers = TimerQueue::default();
+        self.close_unknown_listeners(&ListenerBook::default());
         self.apply_effects();
+        self.answer_listens();
         for conn in self.net.live() {
-            self.dispatch(Call::Connect(&conn));
+            match self.net.accepted_on(conn.id) {
+                Some(listener) => self.dispatch(Call::Accept(&conn, listener)),
+                None => self.dispatch(Call::Connect(&conn)),
+            }
         }
         RecoveryOutcome::RestartedEmpty { reason }
     }
@@ -1104,6 +1207,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 report.canary = Some(canary_report);
                 let retired = self.live.adopt(candidate);
                 self.timers = timers;
+                let book = self.live.recovery().listener_book().clone();
+                self.close_unknown_listeners(&book);
                 if let Some(memory) = &report.memory {
                     self.shared.note_fresh_memory(memory.after.linear_memory);
                 }
@@ -1153,12 +1258,14 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.shared.note_precopy(None);
         let compacting = std::mem::take(&mut self.compacting);
         match swap {
-            Swap::Committed { mut report, retired, timers } => {
-                if let Some(timers) = timers {
-                    // After --from-checkpoint: what the new instance believes armed.
+            Swap::Committed { mut report, retired, believed } => {
+                if let Some((timers, book)) = believed {
+                    // After --from-checkpoint: what the new instance believes armed and open.
                     self.timers = timers;
+                    self.close_unknown_listeners(&book);
                 }
                 self.apply_effects();
+                self.answer_listens();
                 self.reap_broken();
                 if let Some(paused) = paused {
                     report.pause = paused.elapsed();

@@ -9,7 +9,7 @@
 //! and is written first.
 
 use crate::bindings::ConnInfo;
-use crate::conn::{Conn, Connections};
+use crate::conn::{Conn, Connections, RUNTIME_LISTENER_TOKENS};
 use crate::dispatch::{Dispatcher, SnapshotReply, Swapped, SystemClock, Tap};
 use crate::limits::{MEMORY_CHECK, READ_BUDGET, READ_CHUNK};
 use crate::live::Live;
@@ -38,6 +38,15 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// A listening socket the loop accepts on.
+#[derive(Debug, Clone, Copy)]
+enum Listener {
+    /// A `--listen` address, by index.
+    Host(usize),
+    /// One the app opened, by poll token slot.
+    Runtime(usize),
+}
+
 /// Why the event loop stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
@@ -46,7 +55,8 @@ pub enum LoopError {
 }
 
 pub(crate) const WAKER: Token = Token(usize::MAX);
-/// Tokens below this are listeners; a connection's token is this plus its id.
+/// Tokens below this are listeners (the `--listen` ones from 0, the app's run-time ones from
+/// [`RUNTIME_LISTENER_TOKENS`]); a connection's token is this plus its id.
 const CONN_TOKEN_BASE: usize = 1 << 16;
 
 /// The loop's state. Built by [`crate::Host::start`], run on a thread of its own.
@@ -83,7 +93,11 @@ impl EventLoop {
             poll.registry().register(listener, Token(index), Interest::READABLE)?;
         }
         let limits = Arc::clone(&live.version().runtime.limits);
-        let net = Connections::new(registry, Arc::clone(&shared), limits);
+        let mut net = Connections::new(registry, Arc::clone(&shared), limits);
+        // Run-time listeners go on the address of the first `--listen`.
+        if let Some(ip) = listeners.iter().find_map(|(l, _)| l.local_addr().ok()).map(|a| a.ip()) {
+            net.bind_listeners_to(ip);
+        }
         let dispatcher = Dispatcher::new(net, SystemClock::default(), live, args, shared);
         Ok(Self {
             poll,
@@ -135,7 +149,12 @@ impl EventLoop {
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
-                    Token(index) if index < CONN_TOKEN_BASE => self.accept(index),
+                    Token(token) if RUNTIME_LISTENER_TOKENS.contains(&token) => {
+                        if self.draining.is_none() {
+                            self.accept(Listener::Runtime(token - RUNTIME_LISTENER_TOKENS.start));
+                        }
+                    }
+                    Token(index) if index < CONN_TOKEN_BASE => self.accept(Listener::Host(index)),
                     Token(token) => {
                         let id = (token - CONN_TOKEN_BASE) as u64;
                         if event.is_writable() {
@@ -234,6 +253,7 @@ impl EventLoop {
     /// way rolls back; the last snapshot, if asked for, is of this state.
     fn drain(&mut self, deadline: Instant, snapshot: Option<SnapshotReply>) {
         self.listeners.clear();
+        self.dispatcher.net.close_listeners();
         self.dispatcher.net.read_again.clear();
         self.draining = Some(deadline);
         if let Some(swapped) = self.dispatcher.cancel_upgrade() {
@@ -286,11 +306,23 @@ impl EventLoop {
         self.next_memory_check = Instant::now() + MEMORY_CHECK;
     }
 
-    fn accept(&mut self, index: usize) {
+    fn accept(&mut self, from: Listener) {
         let limits = Arc::clone(&self.dispatcher.live().version().runtime.limits);
         loop {
-            let Some((listener, addr)) = self.listeners.get(index) else { return };
-            let (mut stream, peer) = match listener.accept() {
+            let (accepted, addr, runtime) = match from {
+                Listener::Host(index) => {
+                    let Some((listener, addr)) = self.listeners.get(index) else { return };
+                    (listener.accept(), addr.clone(), None)
+                }
+                Listener::Runtime(slot) => {
+                    let Some((listener, addr, id)) = self.dispatcher.net.runtime_listener(slot)
+                    else {
+                        return;
+                    };
+                    (listener.accept(), addr.to_string(), Some(id))
+                }
+            };
+            let (mut stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -331,10 +363,18 @@ impl EventLoop {
                 warn!("cannot register a connection from {peer}: {e}");
                 continue;
             }
-            let info = ConnInfo { id, listener: addr.clone(), peer: peer.to_string() };
+            let info = ConnInfo { id, listener: addr, peer: peer.to_string() };
             debug!(conn = id, %peer, "connected");
-            self.dispatcher.net.insert(Conn::new(stream, info.clone()));
-            self.dispatcher.connect(&info);
+            let mut conn = Conn::new(stream, info.clone());
+            conn.accepted_on = runtime;
+            self.dispatcher.net.insert(conn);
+            match runtime {
+                Some(listener) => {
+                    self.dispatcher.net.count_accept(listener);
+                    self.dispatcher.accept(&info, listener);
+                }
+                None => self.dispatcher.connect(&info),
+            }
         }
     }
 

@@ -4,11 +4,12 @@
 //! fault, a missed deadline) are kept apart: the first is the app refusing, the second means this
 //! instance can never be entered again.
 
-use crate::bindings::server_exports::{app, canary, memory, precopy, state, writable};
+use crate::bindings::server_exports::{app, canary, listening, memory, precopy, state, writable};
 use crate::bindings::{AppInfo, Chunk, ConnInfo, PrecopyBatch, Snapshot};
 use crate::limits;
+use crate::listeners::ListenError;
 use crate::store::{Effect, InstanceState, Limiter};
-use crate::transformer::{STREAMS_SECTION, WINDOWS_SECTION};
+use crate::transformer::{LISTENERS_SECTION, STREAMS_SECTION, WINDOWS_SECTION};
 use crate::version::Version;
 use wasmtime::Store;
 use wasmtime::component::ResourceTable;
@@ -120,6 +121,8 @@ pub struct Instance {
     canary: Option<canary::Guest>,
     /// `None` if the version predates the `writable` export.
     writable: Option<writable::Guest>,
+    /// `None` if the version predates run-time listeners.
+    listening: Option<listening::Guest>,
     /// Epoch ticks an event may run.
     call_deadline: u64,
     /// Epoch ticks a state call may run.
@@ -201,6 +204,10 @@ impl Instance {
             Some(indices) => Some(indices.load(&mut store, &instance).map_err(trap)?),
             None => None,
         };
+        let listening = match &exports.listening {
+            Some(indices) => Some(indices.load(&mut store, &instance).map_err(trap)?),
+            None => None,
+        };
         let call_deadline = limits::ticks(runtime.limits.call_deadline);
         let state_deadline = limits::ticks(runtime.limits.upgrade_deadline);
         Ok(Self {
@@ -211,6 +218,7 @@ impl Instance {
             memory,
             canary,
             writable,
+            listening,
             call_deadline,
             state_deadline,
             fault_next: false,
@@ -306,6 +314,13 @@ impl Instance {
     ) -> Result<(), CallError> {
         let has = |name: &str| snapshot.sections.iter().any(|s| s.name == name);
         let without_windows;
+        if self.listening.is_none() && has(LISTENERS_SECTION) {
+            return Err(CallError::Refused(format!(
+                "the app has listeners open that it opened at run time (section \
+                 `{LISTENERS_SECTION}`), and this version, built before them, cannot accept on \
+                 them or close them: upgrade to it once they are closed"
+            )));
+        }
         let snapshot = if self.writable.is_none() && has(STREAMS_SECTION) {
             return Err(CallError::Refused(format!(
                 "streams are being sent to clients (section `{STREAMS_SECTION}`), and this \
@@ -431,6 +446,44 @@ impl Instance {
         self.event();
         let result = writable.call_on_writable(&mut self.store, conn, window).map_err(trap);
         self.event_result(result)
+    }
+}
+
+impl Instance {
+    /// `listening.on-listening`: the answer to `listeners.listen(id, ...)`. Nothing for a
+    /// version built before run-time listeners (it never asks).
+    pub fn on_listening(
+        &mut self,
+        id: u64,
+        result: &Result<String, ListenError>,
+    ) -> Result<(), CallError> {
+        let Some(listening) = self.listening.clone() else { return Ok(()) };
+        self.event();
+        let result =
+            listening.call_on_listening(&mut self.store, id, result.as_deref()).map_err(trap);
+        self.event_result(result)
+    }
+
+    /// `listening.on-accept`: a connection accepted on listener `listener`; `app.on-connect`
+    /// for a version built before run-time listeners (one swapped in after a fresh restart).
+    pub fn on_accept(&mut self, conn: &ConnInfo, listener: u64) -> Result<(), CallError> {
+        let Some(listening) = self.listening.clone() else { return self.on_connect(conn) };
+        self.event();
+        let result = listening.call_on_accept(&mut self.store, conn, listener).map_err(trap);
+        self.event_result(result)
+    }
+
+    /// `listening.on-listeners-lost`; nothing for a version built before run-time listeners.
+    pub fn on_listeners_lost(&mut self) -> Result<(), CallError> {
+        let Some(listening) = self.listening.clone() else { return Ok(()) };
+        self.event();
+        let result = listening.call_on_listeners_lost(&mut self.store).map_err(trap);
+        self.event_result(result)
+    }
+
+    /// True if this version can open listeners at run time (it exports `listening`).
+    pub fn listens(&self) -> bool {
+        self.listening.is_some()
     }
 }
 

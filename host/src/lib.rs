@@ -6,8 +6,10 @@
 //! - [`limits`], [`clock`], [`bindings`], [`sandbox`]: every bound put on a guest, named; the
 //!   wall clock guests read, frozen per event; the generated WIT bindings; what a guest may reach.
 //! - [`store`]: what a wasmtime store holds — WASI, the memory limiter, the effects a call
-//!   queued. `net`, `timers` and `host_info` are the host side of the `tasuki:server` imports
-//!   (one module per interface); `timers` also holds the host's timer queue.
+//!   queued. `net`, `timers`, `host_info` and [`listeners`] are the host side of the
+//!   `tasuki:server` imports (one module per interface); `timers` also holds the host's timer
+//!   queue, `listeners` the operator's bounds on run-time listeners and what an instance
+//!   believes about them.
 //! - [`runtime`]: once per process — the engine, the linkers, the epoch ticker.
 //! - [`version`]: once per app version — read, validate, compile, link.
 //! - [`instance`]: once per instance — a store and the guest's exports, with a deadline on every
@@ -47,6 +49,7 @@ pub mod host;
 mod host_info;
 pub mod instance;
 pub mod limits;
+pub mod listeners;
 mod live;
 mod net;
 pub mod precopy;

@@ -85,6 +85,12 @@ pub const COMPACT_MIN_MEMORY: u64 = 64 << 20;
 /// that keeps growing and shrinking is compacted at most once a minute.
 pub const COMPACT_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Listeners an app may have open at once, opened at run time (`listeners.listen`, `tasuki run
+/// --max-listeners`): each is a port and a file descriptor. FTP holds one per session in a
+/// passive transfer; a tenth of [`MAX_CONNECTIONS`] sessions transferring at once, and a
+/// thirtieth of Linux's ephemeral ports (32768-60999), so a guest cannot take them all.
+pub const MAX_LISTENERS: usize = 1024;
+
 /// Every limit a host applies, with the defaults above. `tasuki run` exposes each as a flag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -128,6 +134,13 @@ pub struct Limits {
     /// (`--checkpoint-dir`; the system's temporary directory by default): the host's second copy
     /// of the state then costs page cache, not resident memory. `None` keeps them in the heap.
     pub checkpoint_dir: Option<PathBuf>,
+    /// Listeners the app may have open at once, opened at run time (`--max-listeners`); 0
+    /// refuses every one.
+    pub max_listeners: usize,
+    /// The ports the app may open listeners on (`--data-ports LOW-HIGH`, inclusive): port 0
+    /// then means a free one of them. `None`: only port 0, a free port the system picks from
+    /// its ephemeral range.
+    pub data_ports: Option<std::ops::RangeInclusive<u16>>,
 }
 
 impl Default for Limits {
@@ -148,6 +161,8 @@ impl Default for Limits {
             compact_min_memory: COMPACT_MIN_MEMORY,
             compact_interval: COMPACT_INTERVAL,
             checkpoint_dir: Some(std::env::temp_dir()),
+            max_listeners: MAX_LISTENERS,
+            data_ports: None,
         }
     }
 }

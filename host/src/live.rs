@@ -10,10 +10,10 @@
 use crate::bindings::{AppInfo, Chunk, ConnInfo, PrecopyBatch, Snapshot};
 use crate::clock::EventClock;
 use crate::instance::{CallError, Instance, MemoryUsage};
+use crate::listeners::ListenError;
 use crate::recovery::{self, RebuildError, RebuildReport, Recovery, Skip, Stamp};
 use crate::spill::Chunks;
 use crate::store::Effect;
-use crate::timers::TimerQueue;
 use crate::version::{AppVersion, Version};
 use std::sync::Arc;
 
@@ -26,15 +26,21 @@ pub(crate) enum Call<'a> {
     Timer(u64),
     /// `on-writable(conn, window)`: the connection can take `window` more bytes.
     Writable(u64, u64),
+    /// `on-listening(id, result)`: the answer to the app's `listeners.listen(id, ...)`.
+    Listening(u64, &'a Result<String, ListenError>),
+    /// `on-accept(conn, listener)`: a connection accepted on a listener the app opened.
+    Accept(&'a ConnInfo, u64),
+    /// `on-listeners-lost()`: the app started from a snapshot file; its listeners are gone.
+    ListenersLost,
 }
 
 impl Call<'_> {
     /// The connection the event belongs to; `None` for a timer.
     pub(crate) fn conn(&self) -> Option<u64> {
         match self {
-            Self::Connect(info) => Some(info.id),
+            Self::Connect(info) | Self::Accept(info, _) => Some(info.id),
             Self::Data(id, _) | Self::Disconnect(id) | Self::Writable(id, _) => Some(*id),
-            Self::Timer(_) => None,
+            Self::Timer(_) | Self::Listening(..) | Self::ListenersLost => None,
         }
     }
 }
@@ -95,7 +101,15 @@ impl Live {
             Vec::new(),
             0,
         );
-        Ok(Self { version, instance, info, recovery, generation: 0 })
+        let mut live = Self { version, instance, info, recovery, generation: 0 };
+        // Listening sockets do not outlive the process that wrote the file: the app hears that
+        // its listeners are gone before any other event (journaled, so a rebuild hears it too).
+        // Serial 0: the dispatcher numbers its events from 1.
+        let wall = crate::clock::now_unix_ms().saturating_mul(1_000_000);
+        let at = Stamp { wall, mono: 0, serial: 0 };
+        live.version.runtime.clock.begin(at);
+        live.call(at, Call::ListenersLost)?;
+        Ok(live)
     }
 
     /// The dispatcher starts at monotonic time `mono`: a fresh start's or a restore's timers
@@ -148,7 +162,9 @@ impl Live {
         mono: u64,
     ) -> Live {
         let limit = (self.recovery.limit(), version.runtime.limits.checkpoint_dir.as_deref());
-        let recovery = Recovery::from_snapshot(limit, (chunks, snapshot), live, timers, mono);
+        let mut recovery = Recovery::from_snapshot(limit, (chunks, snapshot), live, timers, mono);
+        // The state crossed, and with it what the app believes about its listeners.
+        recovery.inherit_listeners(self.recovery.listener_book().clone());
         Self { version, instance, info, recovery, generation: self.generation + 1 }
     }
 
@@ -167,6 +183,9 @@ impl Live {
             Call::Disconnect(id) => self.instance.on_disconnect(id),
             Call::Timer(id) => self.instance.on_timer(id),
             Call::Writable(id, window) => self.instance.on_writable(id, window),
+            Call::Listening(id, result) => self.instance.on_listening(id, result),
+            Call::Accept(info, listener) => self.instance.on_accept(info, listener),
+            Call::ListenersLost => self.instance.on_listeners_lost(),
         };
         if result.is_ok() {
             match call {
@@ -175,6 +194,9 @@ impl Live {
                 Call::Disconnect(id) => self.recovery.disconnect(at, id),
                 Call::Timer(id) => self.recovery.timer(at, id),
                 Call::Writable(id, window) => self.recovery.writable(at, id, window),
+                Call::Listening(id, result) => self.recovery.listening(at, id, result),
+                Call::Accept(info, listener) => self.recovery.accept(at, info, listener),
+                Call::ListenersLost => self.recovery.listeners_lost(at),
             }
         }
         result
@@ -185,8 +207,10 @@ impl Live {
     /// answered (see [`Recovery::unanswered`]).
     pub(crate) fn drain_effects(&mut self, mut apply: impl FnMut(Effect)) {
         for effect in self.instance.take_effects() {
-            if let Effect::Send(conn, _) = &effect {
-                self.recovery.replied(*conn);
+            match &effect {
+                Effect::Send(conn, _) => self.recovery.replied(*conn),
+                Effect::Listen(..) | Effect::Unlisten(_) => self.recovery.requested(&effect),
+                _ => {}
             }
             apply(effect);
         }
@@ -331,12 +355,13 @@ impl Live {
     }
 
     /// Replays the journal into `instance`, which has just imported the checkpoint (the
-    /// `--from-checkpoint` upgrade); returns the timers it believes armed.
+    /// `--from-checkpoint` upgrade); returns the timers it believes armed and what it believes
+    /// about its listeners.
     pub(crate) fn replay_journal(
         &self,
         instance: &mut Instance,
         clock: &EventClock,
-    ) -> Result<TimerQueue, CallError> {
+    ) -> Result<recovery::Believed, CallError> {
         self.recovery.replay(instance, clock)
     }
 

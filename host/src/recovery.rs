@@ -32,7 +32,9 @@ use crate::bindings::{AppInfo, ConnInfo, Snapshot};
 use crate::clock::EventClock;
 use crate::instance::{CallError, Instance, snapshot_bytes};
 use crate::limits::CHECKPOINT_MIN;
+use crate::listeners::{ListenError, ListenerBook};
 use crate::spill::{Chunks, IMPORT_BATCH, Log};
+use crate::store::Effect;
 use crate::timers::TimerQueue;
 use crate::version::Version;
 use std::collections::{HashMap, HashSet};
@@ -67,6 +69,14 @@ pub(crate) enum Event {
     /// `on-writable(conn, window)`, with the window the guest was given: its send window is
     /// state, so the replay must grant the same.
     Writable(u64, u64),
+    /// `on-listening(id, result)`: the host's answer, which a replay gives again rather than
+    /// ask the system for another port.
+    Listening(u64, Result<String, ListenError>),
+    /// `on-accept(conn, listener)`; the connection boxed, so that the variant is no larger than
+    /// `Connect` and every event's index entry stays as small as before it.
+    Accept(Box<ConnInfo>, u64),
+    /// `on-listeners-lost()`.
+    ListenersLost,
 }
 
 /// The state an instance can be rebuilt from.
@@ -142,6 +152,10 @@ pub(crate) struct Recovery {
     /// A rebuild starts its timer queue from these.
     base_timers: Vec<(u64, u64)>,
     base_mono: u64,
+    /// What the instance believed about its run-time listeners when the checkpoint was taken,
+    /// and what it believes now (see [`ListenerBook`]).
+    base_listeners: ListenerBook,
+    listeners: ListenerBook,
     /// Each event with when it ran.
     events: Vec<(Stamp, Event)>,
     /// The bytes of every `Data` event, back to back: in a file but for the last MiB (see
@@ -175,6 +189,9 @@ struct Unanswered {
 
 /// Approximate bytes an event costs besides its data.
 const EVENT_OVERHEAD: usize = std::mem::size_of::<(Stamp, Event)>();
+// The journal keeps one per event in memory (88 bytes: a `Connect` and its stamp): events
+// added since (answers to listen requests, accepts) must not grow it.
+const _: () = assert!(EVENT_OVERHEAD <= 88, "a journaled event's index entry grew past 88 bytes");
 
 /// What a rebuild did, for the dispatcher, the log and `tasuki status`.
 #[derive(Debug, Default)]
@@ -183,6 +200,9 @@ pub(crate) struct RebuildReport {
     /// (`resumed`) asked for, then every replayed event's requests, each at the time it ran.
     /// Timers whose firing was left out stay armed. The host's queue from now on.
     pub(crate) timers: TimerQueue,
+    /// What the rebuilt instance believes about its listeners: the host closes the ones it
+    /// does not believe open.
+    pub(crate) listeners: ListenerBook,
     /// Connections whose events from some point on were dropped because their replay trapped
     /// (or because they were the culprit's unanswered input): the dispatcher closes them.
     pub(crate) culprits: Vec<u64>,
@@ -227,6 +247,8 @@ impl Recovery {
             checkpoint: None,
             base_timers: Vec::new(),
             base_mono: 0,
+            base_listeners: ListenerBook::default(),
+            listeners: ListenerBook::default(),
             events: Vec::new(),
             data: Log::new(dir),
             dir: dir.map(Path::to_path_buf),
@@ -316,6 +338,38 @@ impl Recovery {
         self.push(at, Event::Writable(conn, window), 0);
     }
 
+    pub(crate) fn listening(&mut self, at: Stamp, id: u64, result: &Result<String, ListenError>) {
+        self.listeners.answered(id, result);
+        self.push(at, Event::Listening(id, result.clone()), 0);
+    }
+
+    pub(crate) fn accept(&mut self, at: Stamp, conn: &ConnInfo, listener: u64) {
+        self.push(at, Event::Accept(Box::new(conn.clone()), listener), 0);
+    }
+
+    pub(crate) fn listeners_lost(&mut self, at: Stamp) {
+        self.listeners.lost();
+        self.push(at, Event::ListenersLost, 0);
+    }
+
+    /// The live instance asked for `effect` (a listener's opening or closing is noted).
+    pub(crate) fn requested(&mut self, effect: &Effect) {
+        self.listeners.apply(effect);
+    }
+
+    /// What the live instance believes about its listeners.
+    pub(crate) fn listener_book(&self) -> &ListenerBook {
+        &self.listeners
+    }
+
+    /// Takes over what an instance that exported the state imported here believed about its
+    /// listeners (an upgrade's new instance believes what the old one did), as of the
+    /// checkpoint.
+    pub(crate) fn inherit_listeners(&mut self, book: ListenerBook) {
+        self.base_listeners = book.clone();
+        self.listeners = book;
+    }
+
     /// `conn` was sent a reply: what it sent so far has been answered.
     pub(crate) fn replied(&mut self, conn: u64) {
         self.unanswered.remove(&conn);
@@ -397,6 +451,7 @@ impl Recovery {
             Some(Checkpoint { chunks, snapshot, live, at_unix_ms: crate::clock::now_unix_ms() });
         self.base_timers = timers;
         self.base_mono = mono;
+        self.base_listeners = self.listeners.clone();
         // The journal starts over; what it grew to (up to the state's size) goes back.
         self.events = Vec::new();
         self.data.clear();
@@ -455,8 +510,8 @@ impl Recovery {
                 }
                 checkpoint.import_into(&mut instance).map_err(RebuildError::Import)?;
             }
-            let mut timers = self.timers_after_import(&mut instance);
-            match self.replay_into(&mut instance, clock, (&skips, &skipped), &data, &mut timers) {
+            let mut believed = self.believed_after_import(&mut instance);
+            match self.replay_into(&mut instance, clock, (&skips, &skipped), &data, &mut believed) {
                 Ok(replayed) => {
                     let mut refire: Vec<u64> = skipped
                         .iter()
@@ -469,12 +524,15 @@ impl Recovery {
                     refire.dedup();
                     let before = self.events.len();
                     self.drop_events(&skips, &skipped, &data);
+                    let (timers, listeners) = believed;
+                    self.listeners = listeners.clone();
                     let mut culprits: Vec<u64> = skips.keys().copied().collect();
                     culprits.sort_unstable();
                     return Ok((
                         instance,
                         RebuildReport {
                             timers,
+                            listeners,
                             culprits,
                             refire,
                             replayed,
@@ -492,7 +550,11 @@ impl Recovery {
                             skips.entry(conn).or_insert(index);
                             skipped.insert(index);
                         }
-                        Event::Timer(_) => {
+                        Event::Accept(ref info, _) => {
+                            skips.entry(info.id).or_insert(index);
+                            skipped.insert(index);
+                        }
+                        Event::Timer(_) | Event::Listening(..) | Event::ListenersLost => {
                             skipped.insert(index);
                         }
                     }
@@ -512,13 +574,16 @@ impl Recovery {
     }
 
     /// The timers `instance`, which has just imported the checkpoint (or run `init`), believes
-    /// armed: the host's at the checkpoint, then what the import asked for, at that time.
-    fn timers_after_import(&self, instance: &mut Instance) -> TimerQueue {
+    /// armed — the host's at the checkpoint, then what the import asked for, at that time —
+    /// and what it believes about its listeners.
+    fn believed_after_import(&self, instance: &mut Instance) -> Believed {
         let mut timers = TimerQueue::from_armed(&self.base_timers);
+        let mut listeners = self.base_listeners.clone();
         for effect in instance.take_effects() {
             timers.apply(&effect, self.base_mono);
+            listeners.apply(&effect);
         }
-        timers
+        (timers, listeners)
     }
 
     /// Feeds every journaled event not left out to `instance`, discarding what it sends (the
@@ -530,7 +595,7 @@ impl Recovery {
         clock: &EventClock,
         (skips, skipped): (&HashMap<u64, usize>, &HashSet<usize>),
         data: &[u8],
-        timers: &mut TimerQueue,
+        (timers, listeners): &mut Believed,
     ) -> Result<usize, (usize, CallError)> {
         let mut replayed = 0;
         for (index, (at, event)) in self.events.iter().enumerate() {
@@ -548,9 +613,19 @@ impl Recovery {
                     instance.on_timer(*id)
                 }
                 Event::Writable(conn, window) => instance.on_writable(*conn, *window),
+                Event::Listening(id, result) => {
+                    listeners.answered(*id, result);
+                    instance.on_listening(*id, result)
+                }
+                Event::Accept(conn, listener) => instance.on_accept(conn, *listener),
+                Event::ListenersLost => {
+                    listeners.lost();
+                    instance.on_listeners_lost()
+                }
             };
             for effect in instance.take_effects() {
                 timers.apply(&effect, at.mono);
+                listeners.apply(&effect);
             }
             result.map_err(|e| (index, e))?;
             replayed += 1;
@@ -591,22 +666,26 @@ impl Recovery {
     }
 
     /// Replays the journal into `instance`, which has just imported the checkpoint: the
-    /// `--from-checkpoint` upgrade. Returns the timers it believes armed, built as a rebuild
-    /// builds them; what it sent is discarded, since the clients already have it.
+    /// `--from-checkpoint` upgrade. Returns the timers it believes armed and what it believes
+    /// about its listeners, built as a rebuild builds them; what it sent is discarded, since the
+    /// clients already have it.
     pub(crate) fn replay(
         &self,
         instance: &mut Instance,
         clock: &EventClock,
-    ) -> Result<TimerQueue, CallError> {
-        let mut timers = self.timers_after_import(instance);
+    ) -> Result<Believed, CallError> {
+        let mut believed = self.believed_after_import(instance);
         let data = self.data.read().map_err(|e| {
             CallError::Refused(format!("the journal cannot be read back from its file: {e}"))
         })?;
         let none = (&HashMap::new(), &HashSet::new());
-        self.replay_into(instance, clock, none, &data, &mut timers).map_err(|(_, e)| e)?;
-        Ok(timers)
+        self.replay_into(instance, clock, none, &data, &mut believed).map_err(|(_, e)| e)?;
+        Ok(believed)
     }
 }
+
+/// What an instance believes the host holds for it: its armed timers and its listeners.
+pub(crate) type Believed = (TimerQueue, ListenerBook);
 
 /// Whether a replay leaves out the event at `index`: a culprit's input from its `from` on (its
 /// connect and disconnect stay, so the app's view of open connections stays whole), or a single

@@ -120,6 +120,19 @@ pub struct Status {
     pub snapshots: Option<SnapshotsStatus>,
     /// Output queued for clients, and the back-pressure that bounds it.
     pub output: OutputStatus,
+    /// Listeners the app opened at run time (`listeners.listen`), by id.
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// A listener the app opened at run time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerStatus {
+    /// The app's id for it.
+    pub id: u64,
+    /// Where it listens, `ip:port`.
+    pub address: String,
+    /// Connections accepted on it so far.
+    pub accepted: u64,
 }
 
 /// How much output the host has had to hold, since it started: what back-pressure keeps
@@ -322,6 +335,14 @@ impl fmt::Display for Status {
             human(self.version_uptime)
         )?;
         writeln!(f, "connections  {}", self.connections)?;
+        if !self.listeners.is_empty() {
+            let listeners: Vec<String> = self
+                .listeners
+                .iter()
+                .map(|l| format!("{} on {} ({} accepted)", l.id, l.address, l.accepted))
+                .collect();
+            writeln!(f, "run-time listeners  {}: {}", self.listeners.len(), listeners.join(", "))?;
+        }
         write!(f, "upgrades     {}", self.upgrades)?;
         if let Some(last) = &self.last_upgrade {
             let ago = now_unix_ms().saturating_sub(last.at_unix_ms);
@@ -458,6 +479,7 @@ pub(crate) struct Shared {
     writable_calls: AtomicU64,
     /// Connections whose guest waits for `on-writable` ([`OutputStatus::waiting`]).
     pub(crate) waiting_writable: AtomicU64,
+    listeners: Mutex<Vec<ListenerStatus>>,
 }
 
 #[derive(Debug)]
@@ -499,6 +521,7 @@ impl Shared {
             largest_queue: AtomicU64::new(0),
             writable_calls: AtomicU64::new(0),
             waiting_writable: AtomicU64::new(0),
+            listeners: Mutex::new(Vec::new()),
         }
     }
 
@@ -510,6 +533,11 @@ impl Shared {
     /// After every send: the output now queued for that connection.
     pub(crate) fn note_queued(&self, bytes: usize) {
         self.largest_queue.fetch_max(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// The app's run-time listeners changed (opened, closed, or accepted a connection).
+    pub(crate) fn note_listeners(&self, listeners: Vec<ListenerStatus>) {
+        *self.listeners.lock().unwrap_or_else(|p| p.into_inner()) = listeners;
     }
 
     /// An `on-writable` call is about to be made.
@@ -703,6 +731,7 @@ impl Shared {
                 writable_calls: self.writable_calls.load(Ordering::Relaxed),
                 waiting: self.waiting_writable.load(Ordering::Relaxed),
             },
+            listeners: self.listeners.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 }

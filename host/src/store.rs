@@ -92,6 +92,10 @@ pub enum Effect {
     SetTimer(u64, Duration),
     /// `timers.cancel(id)`.
     CancelTimer(u64),
+    /// `listeners.listen(id, port)`: open listener `id`, and answer with `on-listening`.
+    Listen(u64, u16),
+    /// `listeners.unlisten(id)`.
+    Unlisten(u64),
 }
 
 /// The host side of one server instance's store.

@@ -69,8 +69,12 @@ impl TimerQueue {
                 self.set(id, now.saturating_add(after.as_nanos() as u64));
             }
             Effect::CancelTimer(id) => self.cancel(id),
-            Effect::Send(..) | Effect::Close(_) | Effect::CutOff(_) | Effect::NotifyWritable(_) => {
-            }
+            Effect::Send(..)
+            | Effect::Close(_)
+            | Effect::CutOff(_)
+            | Effect::NotifyWritable(_)
+            | Effect::Listen(..)
+            | Effect::Unlisten(_) => {}
         }
     }
 

@@ -69,10 +69,16 @@ pub const WINDOWS_SECTION: &str = "tasuki.windows";
 /// no stream is under way (otherwise the import is refused and the upgrade rolls back).
 pub const STREAMS_SECTION: &str = "tasuki.streams";
 
+/// The guest SDK's listeners opened at run time and the connections accepted on them, written
+/// only while there are some. A release built before run-time listeners cannot accept on them
+/// or close them: it may be upgraded to, but only while the app has none.
+pub const LISTENERS_SECTION: &str = "tasuki.listeners";
+
 /// True if a target that does not read `section` at all (a release built before it existed)
-/// can still take the state: see [`WINDOWS_SECTION`] and [`STREAMS_SECTION`].
+/// can still take the state: see [`WINDOWS_SECTION`], [`STREAMS_SECTION`] and
+/// [`LISTENERS_SECTION`].
 pub(crate) fn optional_section(section: &str) -> bool {
-    section == WINDOWS_SECTION || section == STREAMS_SECTION
+    section == WINDOWS_SECTION || section == STREAMS_SECTION || section == LISTENERS_SECTION
 }
 
 /// A compiled transformer and what it declares.

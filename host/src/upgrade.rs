@@ -15,7 +15,6 @@ use crate::live::{Imported, Live};
 use crate::precopy::{self, PrecopyReport};
 use crate::runtime::Runtime;
 use crate::spill::Chunks;
-use crate::timers::TimerQueue;
 use crate::transformer::{Pipeline, TransformError};
 pub use crate::version::AppVersion;
 use crate::version::{LoadError, Version};
@@ -408,9 +407,13 @@ pub fn start_instance(
 #[derive(Debug)]
 pub(crate) enum Swap {
     /// The new version serves; `retired` is the live value it replaced, to be dropped off the
-    /// pause. `timers`, after `--from-checkpoint`, replace the host's: the ones the new instance
-    /// believes armed after its replay.
-    Committed { report: Box<UpgradeReport>, retired: Box<Live>, timers: Option<TimerQueue> },
+    /// pause. `believed`, after `--from-checkpoint`: the timers the new instance believes armed
+    /// after its replay, which replace the host's, and what it believes about its listeners.
+    Committed {
+        report: Box<UpgradeReport>,
+        retired: Box<Live>,
+        believed: Option<crate::recovery::Believed>,
+    },
     /// The old version serves on; `retired` is the new instance. If the old instance trapped
     /// while exporting (an `Export` error holding a trap), the dispatcher must rebuild it before
     /// the next event.
@@ -721,7 +724,7 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
             Swap::Committed {
                 report: Box::new(report),
                 retired: Box::new(retired),
-                timers: replayed_timers,
+                believed: replayed_timers,
             }
         }
     }

@@ -2,7 +2,7 @@
 //! before an upgrade pauses anything.
 
 use crate::bindings::AppInfo;
-use crate::bindings::server_exports::{app, canary, memory, precopy, state, writable};
+use crate::bindings::server_exports::{app, canary, listening, memory, precopy, state, writable};
 use crate::runtime::Runtime;
 use crate::store::InstanceState;
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,8 @@ pub(crate) struct Exports {
     /// `None` for a server built before the `writable` interface existed: it never asks to be
     /// told when a connection can take more, and gets only the host's output limits.
     pub(crate) writable: Option<writable::GuestIndices>,
+    /// `None` for a server built before run-time listeners: it never opens one.
+    pub(crate) listening: Option<listening::GuestIndices>,
 }
 
 /// A compiled, linked app version, ready to be instantiated any number of times.
@@ -122,6 +124,7 @@ impl Version {
             memory: memory::GuestIndices::new(&instance_pre).ok(),
             canary: canary::GuestIndices::new(&instance_pre).ok(),
             writable: writable::GuestIndices::new(&instance_pre).ok(),
+            listening: listening::GuestIndices::new(&instance_pre).ok(),
         };
         Ok(Arc::new(Self {
             pre: instance_pre,

@@ -29,6 +29,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("EXTRA_IMPORT", "extra-import", "extra_import"),
     ("ECHO", "echo", "echo"),
     ("DOWNLOAD", "download", "download"),
+    ("PASSIVE", "passive", "passive"),
 ];
 
 /// (constant, package, feature, artifact stem): guests built again with a feature that makes

@@ -773,6 +773,7 @@ fn client_commands() {
             id: 5,
             listener: "127.0.0.1:6379".into(),
             peer: "127.0.0.1:40000".into(),
+            listener_id: None,
         },
     );
     assert_eq!(

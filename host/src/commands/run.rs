@@ -97,6 +97,16 @@ pub struct RunCommand {
     /// connection is closed without a word.
     #[arg(long, value_name = "TEXT", value_parser = parse_reply, allow_hyphen_values = true)]
     refuse_reply: Option<Bytes>,
+    /// Listeners the app may have open at once that it opened while running (FTP's passive
+    /// data ports); a request past it is answered with a `limit` error. At most 32768.
+    #[arg(long, value_name = "N", default_value_t = limits::MAX_LISTENERS)]
+    max_listeners: usize,
+    /// The ports the app may open listeners on while running, LOW-HIGH (inclusive, as
+    /// vsftpd's pasv_min_port and pasv_max_port): port 0 then means a free one of them.
+    /// Without it the app may ask only for port 0, a free port the system picks from its
+    /// ephemeral range.
+    #[arg(long, value_name = "LOW-HIGH", value_parser = parse_ports)]
+    data_ports: Option<std::ops::RangeInclusive<u16>>,
     /// Replies queued for one connection before the host stops handing its input to the app,
     /// in KiB; what the client sends meanwhile is held (see --input-buffer) until it reads. A
     /// connection is closed at 32 times this (at least 256 MiB). Also each new connection's
@@ -157,6 +167,18 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` is under 10ms: a snapshot is a copy of the whole state"));
     }
     Ok(every)
+}
+
+/// A `--data-ports` range: `LOW-HIGH`, both ports from 1, LOW at most HIGH.
+pub(crate) fn parse_ports(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (low, high) = s.split_once('-').ok_or("expected LOW-HIGH, such as 50000-50100")?;
+    let port =
+        |p: &str| p.trim().parse::<u16>().map_err(|e| format!("`{p}` is not a port number: {e}"));
+    let (low, high) = (port(low)?, port(high)?);
+    if low == 0 || low > high {
+        return Err(format!("{low}-{high}: LOW must be at least 1 and at most HIGH"));
+    }
+    Ok(low..=high)
 }
 
 /// A `--listen` address: every address its name resolves to.
@@ -234,6 +256,10 @@ impl RunCommand {
         anyhow::ensure!(self.snapshot_keep > 0, "--snapshot-keep must be at least 1");
         anyhow::ensure!(self.max_connections > 0, "--max-connections must be at least 1");
         anyhow::ensure!(self.call_deadline > 0, "--call-deadline must be at least 1 ms");
+        anyhow::ensure!(
+            self.max_listeners <= 1 << 15,
+            "--max-listeners must be at most 32768 (the host's poll tokens for them)"
+        );
         anyhow::ensure!(self.upgrade_deadline > 0, "--upgrade-deadline must be at least 1 ms");
         for dir in &self.dirs {
             anyhow::ensure!(dir.host.is_dir(), "--dir {}: not a directory", dir.host.display());
@@ -257,6 +283,8 @@ impl RunCommand {
             compact_min_memory: self.compact_min_memory.saturating_mul(MIB as u64),
             compact_interval: Duration::from_secs(self.compact_interval),
             checkpoint_dir,
+            max_listeners: self.max_listeners,
+            data_ports: self.data_ports.clone(),
         };
         let snapshots = match &self.snapshot_dir {
             None => None,

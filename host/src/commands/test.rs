@@ -58,6 +58,14 @@ pub struct TestCommand {
     /// buffer puts upgrades and rebuilds in the middle of a stream.
     #[arg(long, value_name = "KIB", default_value_t = tasuki::limits::OUTPUT_HIGH_WATER / 1024)]
     output_buffer: usize,
+    /// Listeners the app may open at run time, as `tasuki run --max-listeners`.
+    #[arg(long, value_name = "N", default_value_t = tasuki::limits::MAX_LISTENERS)]
+    max_listeners: usize,
+    /// The virtual ports the app may listen on at run time, LOW-HIGH, as `tasuki run
+    /// --data-ports`: port 0 then takes the first free one of them. Without it, only port 0,
+    /// which takes the first free port from 49152.
+    #[arg(long, value_name = "LOW-HIGH", value_parser = super::run::parse_ports)]
+    data_ports: Option<std::ops::RangeInclusive<u16>>,
 }
 
 fn parse_rebuild(s: &str) -> Result<bool, String> {
@@ -107,6 +115,8 @@ impl TestCommand {
             limits: tasuki::limits::Limits {
                 precopy_chunk: self.precopy_chunk,
                 output_buffer: self.output_buffer.saturating_mul(1024).max(1),
+                max_listeners: self.max_listeners,
+                data_ports: self.data_ports.clone(),
                 ..tasuki::limits::Limits::default()
             },
         });
@@ -158,6 +168,13 @@ impl TestCommand {
         }
         if self.output_buffer != tasuki::limits::OUTPUT_HIGH_WATER / 1024 {
             words.extend(["--output-buffer".into(), self.output_buffer.to_string()]);
+        }
+        // Which ports the app is given, and what it is refused.
+        if self.max_listeners != tasuki::limits::MAX_LISTENERS {
+            words.extend(["--max-listeners".into(), self.max_listeners.to_string()]);
+        }
+        if let Some(ports) = &self.data_ports {
+            words.extend(["--data-ports".into(), format!("{}-{}", ports.start(), ports.end())]);
         }
         words.extend(["--upgrade-at".into(), boundary.to_string()]);
         words.join(" ")

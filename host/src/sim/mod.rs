@@ -19,14 +19,16 @@ use crate::bindings::{AppInfo, ConnInfo};
 use crate::canary::Window;
 use crate::dispatch::{Clock, Dispatcher, Network, Swapped};
 use crate::limits::Limits;
+use crate::listeners::{ListenError, Policy, VIRTUAL_FIRST_PORT};
 use crate::live::{Call, Live};
 use crate::precopy::PrecopyReport;
 use crate::runtime::Runtime;
+use crate::status::ListenerStatus;
 use crate::status::Shared;
 use crate::transformer::Pipeline;
 use crate::upgrade::{self, AppVersion, UpgradeError};
 use crate::version::{LoadError, Version};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -114,6 +116,8 @@ impl fmt::Display for Failure {
 #[derive(Debug, Clone)]
 struct Client {
     id: u64,
+    /// The app's run-time listener it connected to, if it did, and its address.
+    listener: Option<(u64, String)>,
     /// Received and not yet expected.
     pending: Vec<u8>,
     /// The server closed it (the app did, or the host after a fault).
@@ -130,6 +134,10 @@ pub struct VirtualNet {
     /// Connections whose app asked to be told they can take more: at once, since a virtual
     /// client takes everything it is sent.
     writable: Vec<u64>,
+    /// The app's run-time listeners: id -> (port, connections accepted).
+    listeners: BTreeMap<u64, (u16, u64)>,
+    /// Where the search for a free port starts for the next port-0 request.
+    next_port: u16,
 }
 
 impl VirtualNet {
@@ -163,7 +171,13 @@ impl Network for VirtualNet {
             .clients
             .iter()
             .filter(|(_, c)| !c.closed_by_server)
-            .map(|(name, c)| conn_info(c.id, name))
+            .map(|(name, c)| {
+                let mut info = conn_info(c.id, name);
+                if let Some((_, address)) = &c.listener {
+                    info.listener = address.clone();
+                }
+                info
+            })
             .collect();
         live.sort_by_key(|c| c.id);
         live
@@ -185,6 +199,53 @@ impl Network for VirtualNet {
         {
             self.writable.push(conn);
         }
+    }
+
+    fn listen(&mut self, id: u64, port: u16, policy: &Policy) -> Result<String, ListenError> {
+        policy.check(id, port, &self.listener_ids())?;
+        let used = |p: u16| self.listeners.values().any(|&(q, _)| q == p);
+        let port = if port == 0 {
+            let (low, high) = policy
+                .ports
+                .as_ref()
+                .map_or((VIRTUAL_FIRST_PORT, u16::MAX), |r| (*r.start(), *r.end()));
+            let from = self.next_port.clamp(low, high);
+            (from..=high)
+                .chain(low..from)
+                .find(|&p| !used(p))
+                .ok_or_else(|| ListenError::InUse(format!("no port of {low}-{high} is free")))?
+        } else if used(port) {
+            return Err(ListenError::InUse(format!("port {port} is in use")));
+        } else {
+            port
+        };
+        self.next_port = port.wrapping_add(1);
+        self.listeners.insert(id, (port, 0));
+        Ok(virtual_address(port))
+    }
+
+    fn unlisten(&mut self, id: u64) {
+        self.listeners.remove(&id);
+    }
+
+    fn listener_ids(&self) -> BTreeSet<u64> {
+        self.listeners.keys().copied().collect()
+    }
+
+    fn accepted_on(&self, conn: u64) -> Option<u64> {
+        let name = self.names.get(&conn)?;
+        self.clients.get(name)?.listener.as_ref().map(|(id, _)| *id)
+    }
+
+    fn listener_status(&self) -> Vec<ListenerStatus> {
+        self.listeners
+            .iter()
+            .map(|(&id, &(port, accepted))| ListenerStatus {
+                id,
+                address: virtual_address(port),
+                accepted,
+            })
+            .collect()
     }
 
     fn take_writable(&mut self) -> Vec<(u64, usize)> {
@@ -215,6 +276,12 @@ impl Clock for VirtualClock {
 
 fn conn_info(id: u64, name: &str) -> ConnInfo {
     ConnInfo { id, listener: "sim".into(), peer: format!("sim:{name}") }
+}
+
+/// The address of a virtual run-time listener on `port`: loopback, so that an app that builds
+/// a reply from it (FTP's `227 Entering Passive Mode (127,0,0,1,...)`) sees a real-looking one.
+fn virtual_address(port: u16) -> String {
+    format!("127.0.0.1:{port}")
 }
 
 /// The results of simulating one trace.
@@ -721,11 +788,44 @@ impl Run<'_> {
                     net.next_id += 1;
                     net.clients.insert(
                         name.clone(),
-                        Client { id, pending: Vec::new(), closed_by_server: false },
+                        Client { id, listener: None, pending: Vec::new(), closed_by_server: false },
                     );
                     net.names.insert(id, name.clone());
                     let info = conn_info(id, name);
                     self.event(line, Call::Connect(&info))?;
+                }
+                Step::ConnectPort(name, port) => {
+                    let net = &mut self.dispatcher.net;
+                    let Some((&listener, accepted)) = net
+                        .listeners
+                        .iter_mut()
+                        .find(|(_, (p, _))| p == port)
+                        .map(|(id, l)| (id, &mut l.1))
+                    else {
+                        return Err(fail(format!(
+                            "`{name}` cannot connect: the app has no listener on port {port}"
+                        )));
+                    };
+                    *accepted += 1;
+                    let id = net.next_id;
+                    net.next_id += 1;
+                    net.clients.insert(
+                        name.clone(),
+                        Client {
+                            id,
+                            listener: Some((listener, virtual_address(*port))),
+                            pending: Vec::new(),
+                            closed_by_server: false,
+                        },
+                    );
+                    net.names.insert(id, name.clone());
+                    let info = ConnInfo {
+                        id,
+                        listener: virtual_address(*port),
+                        peer: format!("sim:{name}"),
+                    };
+                    self.dispatcher.accept(&info, listener);
+                    self.after_event(line)?;
                 }
                 Step::Send(name, bytes) | Step::Fault(name, bytes) => {
                     let client = self

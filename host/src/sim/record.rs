@@ -21,7 +21,11 @@ pub struct Recorder {
 
 impl crate::dispatch::Tap for Recorder {
     fn connect(&mut self, conn: u64) {
-        self.connect_conn(conn);
+        self.connect_conn(conn, None);
+    }
+    fn accept(&mut self, conn: u64, address: &str) {
+        let port = address.rsplit(':').next().and_then(|p| p.parse().ok());
+        self.connect_conn(conn, port);
     }
     fn send(&mut self, conn: u64, bytes: &[u8]) {
         self.sent(conn, bytes);
@@ -60,9 +64,13 @@ impl Recorder {
         }
     }
 
-    fn connect_conn(&mut self, conn: u64) {
+    /// `conn` connected, to the app's run-time listener on `port` if given.
+    fn connect_conn(&mut self, conn: u64, port: Option<u16>) {
         let name = format!("c{conn}");
-        self.line(&format!("connect {name}"));
+        match port {
+            Some(port) => self.line(&format!("connect {name} port {port}")),
+            None => self.line(&format!("connect {name}")),
+        }
         self.names.insert(conn, name);
     }
 

@@ -30,6 +30,10 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub enum Step {
     Connect(String),
+    /// `connect NAME port N`: a client connects to the listener the app opened at run time on
+    /// port N (`listeners.listen`; the simulator gives port 0 the first free port from
+    /// [`crate::listeners::VIRTUAL_FIRST_PORT`], or from `--data-ports`).
+    ConnectPort(String, u16),
     Send(String, Vec<u8>),
     Expect(String, Expected),
     Quiet(String),
@@ -211,15 +215,25 @@ impl Trace {
             };
             let step = match word {
                 "connect" => {
-                    if conn.is_empty() || !after.is_empty() {
-                        return Err(err("usage: connect NAME".into()));
+                    let port = match after.split_whitespace().collect::<Vec<_>>()[..] {
+                        [] => None,
+                        ["port", port] => Some(port.parse::<u16>().map_err(|e| {
+                            err(format!("connect: port `{port}` is not a port number: {e}"))
+                        })?),
+                        _ => return Err(err("usage: connect NAME [port N]".into())),
+                    };
+                    if conn.is_empty() {
+                        return Err(err("usage: connect NAME [port N]".into()));
                     }
                     if open.iter().any(|c| c == conn) {
                         return Err(err(format!("connection `{conn}` is already open")));
                     }
                     open.push(conn.to_string());
                     ever.push(conn.to_string());
-                    Step::Connect(conn.to_string())
+                    match port {
+                        Some(port) => Step::ConnectPort(conn.to_string(), port),
+                        None => Step::Connect(conn.to_string()),
+                    }
                 }
                 "send" => {
                     let conn = needs_open(conn)?;
@@ -307,6 +321,11 @@ impl Trace {
         self.push(Step::Connect(conn.into()))
     }
 
+    /// Opens connection `conn` to the listener the app opened on `port`.
+    pub fn connect_port(self, conn: &str, port: u16) -> Self {
+        self.push(Step::ConnectPort(conn.into(), port))
+    }
+
     /// `conn` sends `bytes`.
     pub fn send(self, conn: &str, bytes: impl AsRef<[u8]>) -> Self {
         self.push(Step::Send(conn.into(), bytes.as_ref().to_vec()))
@@ -353,7 +372,14 @@ impl Trace {
         self.steps
             .iter()
             .filter(|(_, s)| {
-                matches!(s, Step::Connect(_) | Step::Send(..) | Step::Close(_) | Step::Fault(..))
+                matches!(
+                    s,
+                    Step::Connect(_)
+                        | Step::ConnectPort(..)
+                        | Step::Send(..)
+                        | Step::Close(_)
+                        | Step::Fault(..)
+                )
             })
             .count()
     }

@@ -5,6 +5,7 @@
 mod backpressure;
 mod canary;
 mod durability;
+mod listeners;
 mod memory;
 mod recovery;
 mod support;

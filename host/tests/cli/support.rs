@@ -136,7 +136,7 @@ pub fn closed(e: &io::Error) -> bool {
 
 /// Reads until the peer closes the connection; whatever arrived before, as text. Fails the
 /// test if the connection is still open after [`REPLY_TIMEOUT`].
-fn read_to_close(stream: &mut TcpStream) -> String {
+pub fn read_to_close(stream: &mut TcpStream) -> String {
     let mut got = Vec::new();
     let mut buf = [0; 4096];
     loop {
@@ -327,6 +327,16 @@ impl Lines {
 
     pub fn call(&mut self, line: &str) -> String {
         self.try_call(line).unwrap_or_else(|e| panic!("{line}: no reply ({e})"))
+    }
+
+    /// The next line the server sends, unasked.
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => panic!("the server closed the connection"),
+            Ok(_) => line.trim_end().to_string(),
+            Err(e) => panic!("no line from the server ({e})"),
+        }
     }
 }
 
