@@ -162,6 +162,41 @@ fn dir_and_env_grant_exactly_what_they_name() {
     assert!(a.call("env HOME").starts_with("err"));
 }
 
+#[test]
+fn a_granted_directory_cannot_be_left_by_dot_dot_or_by_a_symlink() {
+    // outer/secret.txt beside outer/served/, which is granted as /data; inside it, links out.
+    let outer = tempfile::tempdir().unwrap();
+    let served = outer.path().join("served");
+    std::fs::create_dir_all(served.join("sub")).unwrap();
+    std::fs::write(outer.path().join("secret.txt"), "secret\n").unwrap();
+    std::fs::write(served.join("motd.txt"), "granted\n").unwrap();
+    std::os::unix::fs::symlink("../secret.txt", served.join("up")).unwrap();
+    std::os::unix::fs::symlink(outer.path().join("secret.txt"), served.join("absolute")).unwrap();
+    std::os::unix::fs::symlink("motd.txt", served.join("inside")).unwrap();
+    // The secret is readable where it is granted (/outer): an escape's error is the sandbox's.
+    let host = TestHost::with(HostConfig {
+        app: artifacts::MISBEHAVE.into(),
+        sandbox: Sandbox {
+            dirs: vec![
+                Preopen { host: served.clone(), guest: "/data".into() },
+                Preopen { host: outer.path().into(), guest: "/outer".into() },
+            ],
+            env: Vec::new(),
+        },
+        ..HostConfig::default()
+    });
+    let mut a = host.lines();
+    assert_eq!(a.call("read /outer/secret.txt"), "ok secret");
+    assert_eq!(a.call("read /data/sub/../motd.txt"), "ok granted", "`..` inside is fine");
+    assert_eq!(a.call("read /data/inside"), "ok granted", "so is a link that stays inside");
+    for escape in
+        ["/data/../secret.txt", "/data/sub/../../secret.txt", "/data/up", "/data/absolute"]
+    {
+        let answer = a.call(&format!("read {escape}"));
+        assert!(answer.starts_with("err"), "{escape}: {answer}");
+    }
+}
+
 /// Reads until the host closes `stream`, expecting exactly `last_words` first.
 fn expect_told_and_closed(stream: &mut std::net::TcpStream, last_words: &[u8]) {
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();

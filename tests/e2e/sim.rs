@@ -547,3 +547,20 @@ fn canary_windows_end_at_every_boundary_with_the_same_verdict_every_run() {
     // The same verdicts, byte for byte, on another run.
     assert_eq!(verdicts(&wrong), verdicts(&canary_every(artifacts::KV_V3_INCR_OFF_BY_ONE, 2)));
 }
+
+#[test]
+fn with_a_rebuild_at_every_boundary_a_pre_copied_upgrade_still_commits_where_it_was_placed() {
+    // Enough state that the pre-copy takes many steps (64 bytes each), then a command only the
+    // new version knows: answered only if the upgrade committed before it. A rebuild restarts a
+    // pre-copy, so a rebuild at every boundary used to hold the upgrade off to the trace's end.
+    let mut t = Trace::new("built").connect("a");
+    for i in 0..20 {
+        t = t.send("a", &format!("SET key:{i} value-{i}\r\n")).expect("a", "+OK\r\n");
+    }
+    let t = t.send("a", "RPUSH list x\r\n").expect("a", ":1\r\n").close("a");
+    let report = simulator(artifacts::KV_V2, artifacts::KV_V3, &[artifacts::KV_V2_TO_V3], true)
+        .run(&t, UpgradeAt::Boundary(3))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.passed(), "{report}");
+    assert!(report.upgraded >= 1, "{report}");
+}

@@ -26,7 +26,8 @@ pub struct TestCommand {
     upgrade_at: Option<UpgradeAt>,
     /// Also rebuild the app from its checkpoint and journal at every event boundary, as
     /// recovery would after a trap, and check every expectation still holds (`every`), or not
-    /// (`never`, the default).
+    /// (`never`, the default). A pre-copied upgrade then commits at the boundary where it starts
+    /// (a rebuild would restart its pre-copy).
     #[arg(long, value_name = "every|never", default_value = "never", value_parser = parse_rebuild,
           action = clap::ArgAction::Set)]
     rebuild_at: bool,
@@ -96,6 +97,15 @@ impl TestCommand {
                 return Ok(ExitCode::from(2));
             }
         };
+        if self.canary.is_some() && self.rebuild_at {
+            // A rebuild leaves the two versions running different histories: `tasuki run`
+            // ends a canary at a trap's rebuild, so one at every boundary would end them all.
+            eprintln!(
+                "error: --canary cannot be combined with --rebuild-at every: a rebuild ends a \
+                 canary (as a trap does under tasuki run); run the two apart"
+            );
+            return Ok(ExitCode::from(2));
+        }
         let at = match (self.upgrade_at, &self.upgrade) {
             (Some(at), _) => at,
             (None, Some(_)) => UpgradeAt::Every,
@@ -160,6 +170,13 @@ impl TestCommand {
         }
         if self.rebuild_at {
             words.extend(["--rebuild-at".into(), "every".into()]);
+        }
+        // What the upgrade is, and the state the trace starts from.
+        if let Some(events) = self.canary {
+            words.extend(["--canary".into(), events.to_string()]);
+        }
+        if let Some(snapshot) = &self.restore {
+            words.extend(["--restore".into(), snapshot.display().to_string()]);
         }
         // Where the boundaries fall depends on --output-buffer (each on-writable is one), and
         // what an upgrade placed there does on --precopy-chunk.

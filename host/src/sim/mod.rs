@@ -655,6 +655,10 @@ impl Run<'_> {
         self.dispatcher.checkpoint_if_due();
         self.dispatcher.checkpoint_step();
         if self.sim.rebuild_every_boundary {
+            // A rebuild restarts a pre-copy under way, so one at every boundary would hold the
+            // upgrade off until the trace ends: the upgrade commits first, with no event in
+            // between, and the new version is what is rebuilt.
+            self.finish_upgrade(line)?;
             self.dispatcher.rebuild_now();
             self.rebuilds += 1;
         }

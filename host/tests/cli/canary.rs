@@ -125,3 +125,34 @@ fn a_canary_window_is_events_or_a_duration_with_its_unit() {
     let out = tasuki(dir.path(), &["upgrade", KV_V3, "--canary", "10", "--from-checkpoint"]);
     assert!(text(&out.stderr).contains("cannot be used with"), "{}", text(&out.stderr));
 }
+
+/// `tasuki test --canary`: a wrong release fails at the boundaries where its window sees the
+/// bug, and the printed command reproduces one of them with the canary (it used to drop
+/// `--canary`, and so passed); a rebuild at every boundary would end every canary, so that
+/// combination is refused.
+#[test]
+fn tasuki_test_with_a_canary_prints_a_command_that_reproduces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = "connect a\nsend a \"INCR n\\r\\n\"\nexpect a \":1\\r\\n\"\n\
+                 send a \"INCR n\\r\\n\"\nexpect a \":2\\r\\n\"\n";
+    std::fs::write(dir.path().join("incr.trace"), trace).unwrap();
+    let args = ["test", "incr.trace", "--app", KV_V2, "--upgrade", KV_V3_INCR_OFF_BY_ONE];
+    let canary = [&args[..], &["--transform", KV_V2_TO_V3, "--canary", "2"]].concat();
+    let out = tasuki(dir.path(), &canary);
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{shown}{}", text(&out.stderr));
+    let reproduce = shown
+        .lines()
+        .skip_while(|l| !l.contains("reproduce only that case"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{shown}"))
+        .trim();
+    assert!(reproduce.contains("--canary 2"), "{reproduce}");
+    let words: Vec<&str> = reproduce.split(' ').skip(1).collect();
+    let again = tasuki(dir.path(), &words);
+    assert_eq!(again.status.code(), Some(1), "reproduced: {}", text(&again.stdout));
+
+    let both = tasuki(dir.path(), &[&canary[..], &["--rebuild-at", "every"]].concat());
+    assert_eq!(both.status.code(), Some(2));
+    assert!(text(&both.stderr).contains("--canary cannot be combined"), "{}", text(&both.stderr));
+}
