@@ -555,7 +555,7 @@ fn with_a_rebuild_at_every_boundary_a_pre_copied_upgrade_still_commits_where_it_
     // pre-copy, so a rebuild at every boundary used to hold the upgrade off to the trace's end.
     let mut t = Trace::new("built").connect("a");
     for i in 0..20 {
-        t = t.send("a", &format!("SET key:{i} value-{i}\r\n")).expect("a", "+OK\r\n");
+        t = t.send("a", format!("SET key:{i} value-{i}\r\n")).expect("a", "+OK\r\n");
     }
     let t = t.send("a", "RPUSH list x\r\n").expect("a", ":1\r\n").close("a");
     let report = simulator(artifacts::KV_V2, artifacts::KV_V3, &[artifacts::KV_V2_TO_V3], true)
