@@ -232,7 +232,10 @@ impl fmt::Display for UpgradeReport {
 /// Why an upgrade did not happen. In every case the version that was serving still serves.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
-    #[error("an upgrade is already in progress; try again when it has finished")]
+    #[error(
+        "an upgrade is already in progress (a pre-copy, a pause, a canary or a compaction); try \
+         again when it has finished: `tasuki status` shows how far it is"
+    )]
     InProgress,
     #[error("refused before any pause: {0}")]
     Load(#[from] LoadError),

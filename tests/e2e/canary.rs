@@ -395,3 +395,44 @@ fn a_saved_divergence_replays_at_the_times_the_canary_ran_so_ttl_replies_match()
     // The right release passes it: every PTTL the old version answered is answered alike.
     assert!(replayed.passed(), "{replayed}\n{text}");
 }
+
+#[test]
+fn the_candidate_hears_of_connections_opened_during_the_canary_and_fires_its_timers_in_step() {
+    // The misbehave fixture answers `count` with the connections it was told of and `fired`
+    // with the timers that fired, in order: a candidate that missed a connect, or whose timers
+    // never armed or fired, answers differently.
+    let host = Arc::new(TestHost::start(artifacts::MISBEHAVE));
+    let mut lines = host.lines();
+    assert_eq!(lines.call("fired"), "none");
+    let upgrading = {
+        let host = Arc::clone(&host);
+        let options = UpgradeOptions {
+            canary: Some(Window::Time(Duration::from_secs(2))),
+            ..UpgradeOptions::default()
+        };
+        thread::spawn(move || host.host_upgrade_with(artifacts::MISBEHAVE, &options))
+    };
+    while host.status().canary.is_none() {
+        assert!(!upgrading.is_finished(), "the upgrade ended before its canary was seen");
+        thread::yield_now();
+    }
+    let mut late = host.lines();
+    assert_eq!(late.call("count"), "2");
+    assert_eq!(lines.call("timer 7 20"), "ok");
+    // Until the old version's timer fired: each `fired` runs in the candidate too.
+    while lines.call("fired") != "7" {
+        if upgrading.is_finished() {
+            panic!("the canary ended early: {:?}", upgrading.join().unwrap());
+        }
+    }
+    let report = upgrading.join().unwrap().expect("the candidate agreed");
+    let canary = report.canary.expect("canary report");
+    assert_eq!(canary.timers, 1, "{canary:?}");
+    // The candidate took over with its own timers.
+    assert_eq!(late.call("timer 8 10"), "ok");
+    let started = std::time::Instant::now();
+    while lines.call("fired") != "7 8" {
+        assert!(started.elapsed() < Duration::from_secs(10), "timer 8 never fired");
+    }
+    assert_eq!(host.status().app.to_string(), report.to.to_string());
+}

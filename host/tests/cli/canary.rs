@@ -79,6 +79,9 @@ fn under_redis_benchmark_a_wrong_release_is_caught_and_a_right_one_commits() {
     let status = canary_shown(dir.path(), &mut right);
     assert!(status.contains("client events compared of 2.0 s"), "{status}");
     assert!(status.contains("s left"), "{status}");
+    let second = tasuki(dir.path(), &["upgrade", KV_V3, "--transform", KV_V2_TO_V3]);
+    assert!(!second.status.success());
+    assert!(text(&second.stderr).contains("a canary"), "{}", text(&second.stderr));
     let right = right.wait_with_output().unwrap();
     let out = text(&right.stdout);
     assert!(right.status.success(), "{out}{}", text(&right.stderr));
@@ -91,6 +94,11 @@ fn under_redis_benchmark_a_wrong_release_is_caught_and_a_right_one_commits() {
         .unwrap_or_else(|| panic!("no canary line: {out}"));
     assert!(events > 100, "the canary ran beside redis-benchmark: {out}");
     assert!(out.contains("committed by swapping instances"), "{out}");
+    // kv 3 answers now, not only in status: INFO names the release that serves.
+    let Reply::Bulk(Some(info)) = watcher.call(&[b"INFO", b"server"]) else {
+        panic!("INFO is not a bulk string")
+    };
+    assert!(text(&info).contains("tasuki_version:3.0.0"), "{}", text(&info));
 
     // redis-benchmark never got an error reply, before, during or after either canary.
     assert!(bench.try_wait().unwrap().is_none(), "redis-benchmark stopped early");
@@ -103,7 +111,11 @@ fn under_redis_benchmark_a_wrong_release_is_caught_and_a_right_one_commits() {
 #[test]
 fn sigterm_during_a_canary_drops_the_candidate_and_the_cli_is_told() {
     let dir = tempfile::tempdir().unwrap();
-    let mut host = Running::start(dir.path(), KV_V2);
+    let mut host = Running::spawn(
+        dir.path(),
+        &["run", KV_V2, "--listen", "127.0.0.1:0", "--snapshot-dir", "snaps"],
+    );
+    assert_eq!(host.resp().call(&[b"SET", b"kept", b"by kv 2"]), Reply::Status("OK".into()));
     let mut upgrade = spawn_canary(dir.path(), KV_V3, "10m");
     canary_shown(dir.path(), &mut upgrade);
     let sent = Command::new("kill").args(["-TERM", &host.child.id().to_string()]).status().unwrap();
@@ -113,6 +125,14 @@ fn sigterm_during_a_canary_drops_the_candidate_and_the_cli_is_told() {
     assert!(text(&out.stderr).contains("not done: the host is stopping"), "{}", text(&out.stderr));
     let status = poll(PATIENCE, || host.child.try_wait().unwrap()).expect("the host exits");
     assert_eq!(status.code(), Some(0), "{}", host.log());
+    // The last snapshot is the old version's state: kv 2 starts from it (it reads no state
+    // section of kv 3's), with the key.
+    let restarted = Running::spawn(
+        dir.path(),
+        &["run", KV_V2, "--listen", "127.0.0.1:0", "--snapshot-dir", "snaps"],
+    );
+    assert_eq!(restarted.resp().call(&[b"GET", b"kept"]), Reply::Bulk(Some(b"by kv 2".to_vec())));
+    assert!(tasuki_ok(dir.path(), &["status"]).contains("app          kv 2.0.0"));
 }
 
 #[test]
