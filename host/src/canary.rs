@@ -245,6 +245,10 @@ struct Streams {
     new: Vec<u8>,
     old_closed: bool,
     new_closed: bool,
+    /// The event after which output on this connection was first left unmatched, and its
+    /// request (if it was this connection's input): what a divergence found only at the end of
+    /// the window reports.
+    since: Option<(String, Vec<u8>)>,
 }
 
 /// Why a canary stopped without committing.
@@ -438,10 +442,16 @@ impl Canary {
                 continue;
             }
             let s = &self.streams[&conn];
+            let (event, request) = match &s.since {
+                Some((event, request)) => {
+                    (format!("the end of the window (unmatched since {event})"), request.clone())
+                }
+                None => ("the end of the window".into(), Vec::new()),
+            };
             self.stop = Some(Stop::Diverged(Box::new(Divergence {
                 conn,
-                event: "the end of the window".into(),
-                request: Vec::new(),
+                event,
+                request,
                 old: s.old.iter().copied().take(KEPT_MAX).collect(),
                 new: s.new.iter().copied().take(KEPT_MAX).collect(),
                 old_closed: s.old_closed,
@@ -526,6 +536,13 @@ impl Canary {
                 s.old.drain(..common);
                 s.new.drain(..common);
                 self.bytes_compared += common as u64;
+                if (!s.old.is_empty() || !s.new.is_empty()) && s.since.is_none() {
+                    let request = match input {
+                        Some((c, bytes)) if c == conn => bytes.iter().copied().take(KEPT_MAX),
+                        _ => [].iter().copied().take(0),
+                    };
+                    s.since = Some((event.to_string(), request.collect()));
+                }
                 continue;
             }
             differing.push(conn);
@@ -541,12 +558,19 @@ impl Canary {
                 continue;
             }
             // Reported from the first byte not matched before this event: the whole of each
-            // reply, not only its differing tail.
+            // reply, not only its differing tail, and the request after which the two fell
+            // apart if that was an earlier event's (a candidate silent there).
             let s = &self.streams[&conn];
+            let (event, request) = match &s.since {
+                Some((since, request)) => {
+                    (format!("{event}, its output unmatched since {since}"), request.clone())
+                }
+                None => (event.to_string(), request.iter().copied().take(KEPT_MAX).collect()),
+            };
             self.stop = Some(Stop::Diverged(Box::new(Divergence {
                 conn,
-                event: event.to_string(),
-                request: request.iter().copied().take(KEPT_MAX).collect(),
+                event,
+                request,
                 old: s.old.iter().copied().take(KEPT_MAX).collect(),
                 new: s.new.iter().copied().take(KEPT_MAX).collect(),
                 old_closed: s.old_closed,

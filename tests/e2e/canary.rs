@@ -436,3 +436,40 @@ fn the_candidate_hears_of_connections_opened_during_the_canary_and_fires_its_tim
     }
     assert_eq!(host.status().app.to_string(), report.to.to_string());
 }
+
+#[test]
+fn a_candidate_silent_where_the_old_version_replied_is_reported_with_the_request() {
+    // The fixture answers ECHO with nothing: no byte differs, the candidate only falls behind,
+    // which a byte-stream comparison can tell only when the window ends. The report still
+    // names the request after which it fell behind.
+    let host = Arc::new(v2_with_keys(10));
+    let mut conn = host.client();
+    let upgrading = {
+        let host = Arc::clone(&host);
+        thread::spawn(move || {
+            host.host_upgrade_with(artifacts::KV_V3_INCR_OFF_BY_ONE, &to_v3(Window::Events(4)))
+        })
+    };
+    while host.status().canary.is_none() {
+        assert!(!upgrading.is_finished(), "the upgrade ended before its canary was seen");
+        thread::yield_now();
+    }
+    let () = conn.set("a", 1).unwrap();
+    let echoed: String = redis::cmd("ECHO").arg("hello").query(&mut conn).unwrap();
+    assert_eq!(echoed, "hello", "the old version answers");
+    // Nothing more on that connection (a next reply there would differ byte for byte): the
+    // window's last two events come from another.
+    let mut other = host.client();
+    for _ in 0..2 {
+        let _: Option<String> = other.get("a").unwrap();
+    }
+    let error = upgrading.join().unwrap().unwrap_err();
+    let UpgradeError::Diverged { divergence, .. } = &error else {
+        panic!("expected a divergence, got: {error}");
+    };
+    let request = String::from_utf8_lossy(&divergence.request).to_string();
+    assert!(request.contains("ECHO") && request.contains("hello"), "{error}");
+    assert!(divergence.new.is_empty(), "{error}");
+    assert!(String::from_utf8_lossy(&divergence.old).starts_with("$5\r\nhello"), "{error}");
+    assert_eq!(host.status().app.to_string(), "kv 2.0.0");
+}
