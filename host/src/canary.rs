@@ -251,6 +251,45 @@ struct Streams {
     since: Option<(String, Vec<u8>)>,
 }
 
+impl Streams {
+    /// The divergence these unmatched streams make on `conn`, found at `event` (whose
+    /// request, if it was this connection's input, is `request`): each reply whole from the
+    /// first byte not matched, and the event and request after which output went unmatched
+    /// when that was an earlier one (a candidate silent there).
+    fn divergence(&self, conn: u64, event: &str, request: &[u8], after_events: u64) -> Divergence {
+        let (event, request) = match &self.since {
+            Some((since, request)) => {
+                (format!("{event}, its output unmatched since {since}"), request.clone())
+            }
+            None => (event.to_string(), kept(request)),
+        };
+        Divergence {
+            conn,
+            event,
+            request,
+            old: self.old.iter().copied().take(KEPT_MAX).collect(),
+            new: self.new.iter().copied().take(KEPT_MAX).collect(),
+            old_closed: self.old_closed,
+            new_closed: self.new_closed,
+            after_events,
+            reproduction: None,
+        }
+    }
+}
+
+/// The first [`KEPT_MAX`] bytes of `bytes`, as a divergence reports them.
+fn kept(bytes: &[u8]) -> Vec<u8> {
+    bytes[..bytes.len().min(KEPT_MAX)].to_vec()
+}
+
+/// `input`'s bytes if it was `conn`'s (a `data` event), else none.
+fn request_of(input: Option<(u64, &[u8])>, conn: u64) -> &[u8] {
+    match input {
+        Some((c, bytes)) if c == conn => bytes,
+        _ => &[],
+    }
+}
+
 /// Why a canary stopped without committing.
 #[derive(Debug)]
 pub(crate) enum Stop {
@@ -441,24 +480,9 @@ impl Canary {
             if self.declared_expected(conn, &[]) {
                 continue;
             }
-            let s = &self.streams[&conn];
-            let (event, request) = match &s.since {
-                Some((event, request)) => {
-                    (format!("the end of the window (unmatched since {event})"), request.clone())
-                }
-                None => ("the end of the window".into(), Vec::new()),
-            };
-            self.stop = Some(Stop::Diverged(Box::new(Divergence {
-                conn,
-                event,
-                request,
-                old: s.old.iter().copied().take(KEPT_MAX).collect(),
-                new: s.new.iter().copied().take(KEPT_MAX).collect(),
-                old_closed: s.old_closed,
-                new_closed: s.new_closed,
-                after_events: self.events,
-                reproduction: None,
-            })));
+            let divergence =
+                self.streams[&conn].divergence(conn, "the end of the window", &[], self.events);
+            self.stop = Some(Stop::Diverged(Box::new(divergence)));
             return;
         }
     }
@@ -537,11 +561,7 @@ impl Canary {
                 s.new.drain(..common);
                 self.bytes_compared += common as u64;
                 if (!s.old.is_empty() || !s.new.is_empty()) && s.since.is_none() {
-                    let request = match input {
-                        Some((c, bytes)) if c == conn => bytes.iter().copied().take(KEPT_MAX),
-                        _ => [].iter().copied().take(0),
-                    };
-                    s.since = Some((event.to_string(), request.collect()));
+                    s.since = Some((event.to_string(), kept(request_of(input, conn))));
                 }
                 continue;
             }
@@ -550,34 +570,13 @@ impl Canary {
         self.streams
             .retain(|_, s| !(s.old.is_empty() && s.new.is_empty() && s.old_closed == s.new_closed));
         for conn in differing {
-            let request = match input {
-                Some((c, bytes)) if c == conn => bytes,
-                _ => &[][..],
-            };
+            let request = request_of(input, conn);
             if self.declared_expected(conn, request) {
                 continue;
             }
-            // Reported from the first byte not matched before this event: the whole of each
-            // reply, not only its differing tail, and the request after which the two fell
-            // apart if that was an earlier event's (a candidate silent there).
-            let s = &self.streams[&conn];
-            let (event, request) = match &s.since {
-                Some((since, request)) => {
-                    (format!("{event}, its output unmatched since {since}"), request.clone())
-                }
-                None => (event.to_string(), request.iter().copied().take(KEPT_MAX).collect()),
-            };
-            self.stop = Some(Stop::Diverged(Box::new(Divergence {
-                conn,
-                event,
-                request,
-                old: s.old.iter().copied().take(KEPT_MAX).collect(),
-                new: s.new.iter().copied().take(KEPT_MAX).collect(),
-                old_closed: s.old_closed,
-                new_closed: s.new_closed,
-                after_events: self.events.saturating_sub(1),
-                reproduction: None,
-            })));
+            let after = self.events.saturating_sub(1);
+            let divergence = self.streams[&conn].divergence(conn, event, request, after);
+            self.stop = Some(Stop::Diverged(Box::new(divergence)));
             return;
         }
     }

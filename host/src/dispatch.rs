@@ -336,16 +336,16 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     pub(crate) fn fire_due_timers(&mut self) {
         while self.fire_next_due() {}
         // A canary's candidate fires its own timers; those due with one of the live instance's
-        // fired with it, at the same clock reading (see `dispatch`).
-        if self.canary.is_some() {
-            let at = Stamp {
-                wall: self.clock.wall_ns(),
-                mono: self.clock.monotonic_ns(),
-                serial: self.next_serial(),
-            };
-            let Some((canary, _)) = &mut self.canary else { return };
+        // fired with it, at the same clock reading (see `dispatch`). The others fire here, as
+        // an event of their own — only when one is due, not on every pass of the loop.
+        let now = self.clock.monotonic_ns();
+        let due = |c: &mut Canary| c.next_deadline().is_some_and(|deadline| deadline <= now);
+        if self.canary.as_mut().is_some_and(|(canary, _)| due(canary)) {
+            let at = self.stamp();
             self.event_clock.begin(at);
-            canary.fire_due(at);
+            if let Some((canary, _)) = &mut self.canary {
+                canary.fire_due(at);
+            }
         }
     }
 
@@ -540,20 +540,16 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.publish_recovery();
     }
 
-    /// The next event's serial number.
-    fn next_serial(&mut self) -> u64 {
+    /// The next event's stamp: the clocks' readings now and a new serial number.
+    fn stamp(&mut self) -> Stamp {
         self.serial += 1;
-        self.serial
+        Stamp { wall: self.clock.wall_ns(), mono: self.clock.monotonic_ns(), serial: self.serial }
     }
 
     /// Runs one event in the live instance, at the time the clock gives; journals it if it
     /// completed, contains it if it trapped.
     pub(crate) fn dispatch(&mut self, call: Call<'_>) {
-        let at = Stamp {
-            wall: self.clock.wall_ns(),
-            mono: self.clock.monotonic_ns(),
-            serial: self.next_serial(),
-        };
+        let at = self.stamp();
         self.event_clock.begin(at);
         match self.live.call(at, call) {
             Ok(()) => {

@@ -276,13 +276,13 @@ fn paired_systems(
 ) -> String {
     let runs =
         |sys: &str| tp.get(&(test.to_string(), p, sys.to_string())).cloned().unwrap_or_default();
-    let (redis, tasuki) = (runs(to), runs(of));
-    let ratios: Vec<f64> = tasuki
+    let (base, measured) = (runs(to), runs(of));
+    let ratios: Vec<f64> = measured
         .iter()
-        .filter_map(|k| {
-            let r = redis.iter().find(|r| r.run == k.run)?;
-            let (k, r) = (f(k)?, f(r)?);
-            (r > 0.0 && k.is_finite()).then(|| k / r)
+        .filter_map(|m| {
+            let b = base.iter().find(|b| b.run == m.run)?;
+            let (m, b) = (f(m)?, f(b)?);
+            (b > 0.0 && m.is_finite()).then(|| m / b)
         })
         .collect();
     match ratios.len() {
