@@ -143,8 +143,9 @@ impl EventLoop {
                 return Err(LoopError::Poll(e));
             }
             // While a copy catches up with the changes, this round reads only so much input
-            // (auto-converge); the connections wait their turn in arrival order.
-            let allowance = self.dispatcher.input_allowance();
+            // (auto-converge); the connections wait their turn in arrival order. A copy can
+            // start between two events of the round (a checkpoint falls due): from then on the
+            // round's reads wait for `read_some` too.
             let mut ready = Vec::new();
             for event in events.iter() {
                 match event.token() {
@@ -164,7 +165,7 @@ impl EventLoop {
                         if self.draining.is_none()
                             && (event.is_readable() || event.is_read_closed() || event.is_error())
                         {
-                            if allowance.is_some() {
+                            if self.dispatcher.input_allowance().is_some() {
                                 ready.push(id);
                             } else {
                                 self.read(id, READ_BUDGET);
@@ -179,10 +180,11 @@ impl EventLoop {
             }
             let again = std::mem::take(&mut self.dispatcher.net.read_again);
             if self.draining.is_none() {
-                match allowance {
+                match self.dispatcher.input_allowance() {
                     Some(allowance) => self.read_some(again, ready, allowance),
+                    // `ready` is not empty if a copy began and ended within the round.
                     None => {
-                        for id in again {
+                        for id in again.into_iter().chain(ready) {
                             self.read(id, READ_BUDGET);
                         }
                     }

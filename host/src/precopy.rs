@@ -91,7 +91,8 @@ pub const MIN_ALLOWANCE: u64 = 4 << 10;
 ///   2% of the state still owed); writes to entries already copied use up the rest. With
 ///   none (an upgrade), a round may read half a step's bytes once the copy has made no new low
 ///   for [`GROW_AFTER`] steps, so what is copied outruns what is changed. Never below
-///   [`MIN_ALLOWANCE`].
+///   [`MIN_ALLOWANCE`]. Before the first step, also [`MIN_ALLOWANCE`]: what is owed is not
+///   known yet, and the first step follows at the end of the round.
 #[derive(Debug, Clone)]
 pub(crate) struct Pace {
     budget: Budget,
@@ -125,7 +126,10 @@ impl Pace {
             lowest: u64::MAX,
             since_lowest: 0,
             converged: false,
-            allowance: None,
+            // Until a step has measured what is owed, a round reads the least: a run starts
+            // between two events of a round, and a round read in full before the first step
+            // could use up most of a checkpoint's room (seen: 2 of its 2 MiB).
+            allowance: Some(MIN_ALLOWANCE),
             lagging: false,
             held_back: false,
             throttled: 0,
@@ -145,8 +149,10 @@ impl Pace {
     }
 
     /// The event loop left input unread in a round because of [`Pace::allowance`].
+    /// Rounds before the first step are not counted: their bound is the start's, not a sign
+    /// that the copy fell behind.
     pub(crate) fn held_back(&mut self) {
-        if !self.held_back {
+        if !self.held_back && self.steps > 0 {
             self.held_back = true;
             self.throttled += 1;
         }
@@ -442,6 +448,10 @@ mod tests {
     #[test]
     fn input_is_not_bounded_while_the_copy_gains() {
         let mut pace = pace();
+        // Before the first step, the least: what is owed is not known yet.
+        assert_eq!(pace.allowance(), Some(MIN_ALLOWANCE));
+        pace.held_back();
+        assert_eq!(pace.throttled(), 0, "the start's bound is not the copy falling behind");
         for owed in (1..20).rev().map(|n| n * CHUNK) {
             assert_eq!(pace.step(owed, None, QUICK), Next::Continue);
             assert_eq!(pace.allowance(), None);

@@ -10,6 +10,20 @@ use tasuki::{Host, HostConfig, RunningHost, UpgradeError, UpgradeReport};
 
 pub use tasuki_artifacts as artifacts;
 
+/// Sends the host's log (at `RUST_LOG`'s level, `info` when unset) to the test harness's
+/// captured output: a failing test prints what the host said while it ran (the host's threads
+/// inherit the capture of the test that started them), a passing one prints nothing.
+fn log_to_test_output() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Already set by an earlier test of the same binary: that one serves every test.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
+}
+
 /// A host serving one app on `127.0.0.1:<free port>`, stopped on drop.
 #[derive(Debug)]
 pub struct TestHost {
@@ -28,6 +42,7 @@ impl TestHost {
     /// Starts `config.app` with `config`'s limits, sandbox and arguments, on a free loopback
     /// port with a control socket of its own.
     pub fn with(mut config: HostConfig) -> Self {
+        log_to_test_output();
         let dir = tempfile::tempdir().expect("temp dir");
         let control = dir.path().join("tasuki.sock");
         config.listen = vec!["127.0.0.1:0".parse().expect("addr")];
