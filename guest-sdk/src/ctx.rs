@@ -104,6 +104,8 @@ pub struct Ctx {
     listens: Vec<ListenOp>,
     /// The id the next [`Ctx::listen`] gives (part of the state that crosses an upgrade).
     pub(crate) next_listener: ListenerId,
+    /// The connections' sessions, if the app keeps any ([`crate::Server::session_type`]).
+    pub(crate) sessions: Option<crate::session::Store>,
 }
 
 /// A listener request, in the order the app made it.

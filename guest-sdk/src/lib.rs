@@ -91,9 +91,11 @@
 //! `tasuki.conns`, the input each connection sent that the app has not consumed yet;
 //! `tasuki.windows`, each connection's send window; while streams are being sent,
 //! `tasuki.streams`, what is left of them; and while the app has listeners it opened at run
-//! time ([`Ctx::listen`]) or connections accepted on them, `tasuki.listeners`. A request half-received when the old version stops
-//! is completed under the new one, and a stream half-sent goes on from where it stood. Fields
-//! marked `#[serde(skip)]` do not cross: rebuild them in [`Server::resumed`].
+//! time ([`Ctx::listen`]) or connections accepted on them, `tasuki.listeners`; while
+//! connections have sessions ([`Ctx::session`]), `tasuki.sessions`. A request half-received
+//! when the old version stops is completed under the new one, a stream half-sent goes on from
+//! where it stood, and a connection keeps its session. Fields marked `#[serde(skip)]` do not
+//! cross: rebuild them in [`Server::resumed`].
 //!
 //! # Migrations
 //!
@@ -106,6 +108,7 @@
 //! - [`Server`], [`Ctx`]: what an app implements and what it calls.
 //! - [`frame`]: where a message ends in a connection's input.
 //! - [`stream`]: payloads sent a window at a time ([`Ctx::stream`]).
+//! - [`session`]: a typed value per connection that crosses an upgrade ([`Ctx::session`]).
 //! - [`testing`]: a stand-in host for driving a [`Server`] in a native `cargo test`.
 //! - [`Migrations`]: older state versions an app accepts.
 //! - [`Transform`], [`export_transform!`]: a state transformer, for when a release should not
@@ -129,6 +132,7 @@ mod migrations;
 pub mod precopy;
 #[doc(hidden)]
 pub mod runtime;
+pub mod session;
 pub mod stream;
 mod table;
 pub mod testing;
@@ -138,6 +142,7 @@ pub mod transform;
 
 pub use ctx::{ConnId, ConnInfo, Ctx, ListenError, ListenerId};
 pub use list::List;
+pub use session::{Session, SessionType};
 pub use stream::{Source, StreamEnd};
 
 /// Figures only the host knows, for a server that reports them (as redis's `INFO` does). Outside
@@ -239,6 +244,10 @@ pub const FLOW_SECTIONS_VERSION: u32 = 1;
 pub const LISTENERS_SECTION: &str = "tasuki.listeners";
 /// The version of the [`LISTENERS_SECTION`] encoding.
 pub const LISTENERS_SECTION_VERSION: u32 = 1;
+/// The section of the connections' sessions ([`Ctx::session`]), written while there are
+/// some, at the version of the app's session type ([`Session::VERSION`]): a release that keeps
+/// no sessions, or cannot read that version, is refused before the upgrade starts.
+pub const SESSIONS_SECTION: &str = "tasuki.sessions";
 
 /// A server tasuki can run. The implementing type *is* the transferable state.
 ///
@@ -379,6 +388,15 @@ pub trait Server: Serialize + DeserializeOwned + Default + 'static {
     /// Older state versions this release can read, and how.
     fn migrations() -> Migrations<Self> {
         Migrations::none()
+    }
+
+    /// The per-connection session type this release keeps, if any:
+    /// `Some(SessionType::of::<MySession>())`. Its values are reached with [`Ctx::session`]
+    /// and [`Ctx::with_session`], made per connection on first use, dropped with the
+    /// connection, and transferred and migrated apart from the app state (see [`session`]).
+    /// The default keeps none.
+    fn session_type() -> Option<SessionType> {
+        None
     }
 }
 

@@ -23,7 +23,7 @@ use crate::precopy::{self, Mode, PRECOPY_SECTION, Passed};
 use crate::stream::{Filled, Source, Stream, StreamEnd};
 use crate::{
     CONNS_SECTION, CONNS_SECTION_VERSION, ConnId, Ctx, FLOW_SECTIONS_VERSION, LISTENERS_SECTION,
-    LISTENERS_SECTION_VERSION, STREAMS_SECTION, Server, WINDOWS_SECTION,
+    LISTENERS_SECTION_VERSION, SESSIONS_SECTION, STREAMS_SECTION, Server, WINDOWS_SECTION,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -226,9 +226,11 @@ impl<S: Server> Runtime<S> {
 impl<S: Server, H: HostCalls> Runtime<S, H> {
     /// A fresh instance of release `version` whose requests go to `host`.
     pub fn with_host(version: &'static str, host: H) -> Self {
+        let mut ctx = Ctx::default();
+        ctx.sessions = S::session_type().map(crate::session::Store::new);
         Self {
             server: S::default(),
-            ctx: Ctx::default(),
+            ctx,
             conns: BTreeMap::new(),
             unconsumed: 0,
             placed: BTreeMap::new(),
@@ -316,11 +318,20 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
             self.host.close(conn);
             self.forget(conn);
         }
+        // Sessions the app asked for connections that are not open go (a session outlives
+        // its connection by no more than the event).
+        if let Some(sessions) = self.ctx.sessions.as_mut() {
+            let conns = &self.conns;
+            sessions.settle(&|conn| conns.contains_key(&conn));
+        }
     }
 
     /// Drops `conn` and its unconsumed input; streams still queued for it end as
     /// [`StreamEnd::Gone`].
     fn forget(&mut self, conn: ConnId) {
+        if let Some(sessions) = self.ctx.sessions.as_mut() {
+            sessions.remove(conn);
+        }
         if let Some(slot) = self.conns.remove(&conn) {
             self.unconsumed -= slot.input.len();
             for stream in slot.flow.streams {
@@ -698,7 +709,14 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
                     version: LISTENERS_SECTION_VERSION,
                     accepts: vec![LISTENERS_SECTION_VERSION],
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(S::session_type().map(|kind| SectionSpec {
+                name: SESSIONS_SECTION.to_string(),
+                version: kind.version(),
+                accepts: kind.accepts(),
+            }))
+            .collect(),
         }
     }
 
@@ -775,6 +793,13 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
                 name: LISTENERS_SECTION.to_string(),
                 version: LISTENERS_SECTION_VERSION,
                 bytes,
+            });
+        }
+        if let Some(sessions) = self.ctx.sessions.as_ref().filter(|s| !s.is_empty()) {
+            sections.push(Section {
+                name: SESSIONS_SECTION.to_string(),
+                version: sessions.kind().version(),
+                bytes: sessions.encode()?,
             });
         }
         if !streams.is_empty() {
@@ -877,6 +902,7 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
         let mut windows: Option<Vec<WindowRecord>> = None;
         let mut streams: Vec<StreamsRecord> = Vec::new();
         let mut listening = ListenersRecord::default();
+        let mut sessions: Option<Section> = None;
         for section in snapshot.sections {
             if section.name == S::NAME {
                 server = Some(if precopied {
@@ -894,6 +920,8 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
                 streams = decode_sdk_section(&section, FLOW_SECTIONS_VERSION)?;
             } else if section.name == LISTENERS_SECTION {
                 listening = decode_sdk_section(&section, LISTENERS_SECTION_VERSION)?;
+            } else if section.name == SESSIONS_SECTION && self.ctx.sessions.is_some() {
+                sessions = Some(section);
             } else {
                 return Err(format!(
                     "section `{}` (version {}) is not known to `{}` {}; importing would lose it",
@@ -906,6 +934,19 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
         }
         let server =
             server.ok_or_else(|| format!("the snapshot has no `{}` state section", S::NAME))?;
+        // The sessions of the connections still open; none from a release that kept none.
+        let sessions = match S::session_type() {
+            Some(kind) => {
+                let mut store = crate::session::Store::new(kind);
+                if let Some(section) = sessions {
+                    let live: std::collections::BTreeSet<ConnId> =
+                        live.iter().map(|c| c.id).collect();
+                    store.import(section.version, &section.bytes, &live)?;
+                }
+                Some(store)
+            }
+            None => None,
+        };
 
         let mut pending: BTreeMap<ConnId, Vec<u8>> = pending.into_iter().collect();
         // No windows: the snapshot is of a release built before back-pressure.
@@ -940,6 +981,7 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
         self.unconsumed = self.conns.values().map(|c| c.input.len()).sum();
         self.listeners = listening.listeners.into_iter().collect();
         self.ctx.next_listener = self.ctx.next_listener.max(listening.next);
+        self.ctx.sessions = sessions;
         let fresh = std::mem::replace(&mut self.server, server);
         self.server.resumed(&mut self.ctx, fresh);
         self.finish_event();
