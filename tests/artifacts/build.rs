@@ -30,6 +30,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("ECHO", "echo", "echo"),
     ("DOWNLOAD", "download", "download"),
     ("PASSIVE", "passive", "passive"),
+    ("FTP_V1", "ftp-v1", "ftp_v1"),
 ];
 
 /// (constant, package, feature, artifact stem): guests built again with a feature that makes

@@ -1,0 +1,160 @@
+//! The server driven natively: a `TestHost` in place of the host, a temporary directory as the
+//! served root.
+
+use super::Ftp;
+use tasuki_guest::ConnId;
+use tasuki_guest::testing::TestHost;
+
+struct Site {
+    dir: tempfile::TempDir,
+    host: TestHost<Ftp>,
+}
+
+impl Site {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("docs")).unwrap();
+        std::fs::write(dir.path().join("docs/readme.txt"), "hello\n").unwrap();
+        let root = format!("root={}", dir.path().display());
+        let host = TestHost::<Ftp>::start(&[&root, "user=alice:secret", "anonymous"]).unwrap();
+        Site { dir, host }
+    }
+
+    fn login(&mut self, user: &str, password: &str) -> ConnId {
+        let c = self.host.connect();
+        assert_eq!(self.host.read_string(c), "220 tasuki ftp ready\r\n");
+        self.cmd(c, &format!("USER {user}"));
+        assert!(self.cmd(c, &format!("PASS {password}")).starts_with("230"));
+        c
+    }
+
+    fn cmd(&mut self, c: ConnId, line: &str) -> String {
+        self.host.send(c, format!("{line}\r\n"));
+        self.host.read_string(c)
+    }
+
+    /// `EPSV`, then a client connects to the port it names.
+    fn data(&mut self, c: ConnId) -> ConnId {
+        let reply = self.cmd(c, "EPSV");
+        assert!(reply.starts_with("229 Entering Extended Passive Mode (|||"), "{reply}");
+        let (listener, _) = *self.host.listeners().last().expect("a data port");
+        self.host.connect_to(listener)
+    }
+}
+
+#[test]
+fn commands_before_login_are_refused_and_a_wrong_password_too() {
+    let mut site = Site::new();
+    let c = site.host.connect();
+    site.host.read_string(c);
+    assert!(site.cmd(c, "PWD").starts_with("530"));
+    site.cmd(c, "USER alice");
+    assert_eq!(site.cmd(c, "PASS wrong"), "530 Login incorrect\r\n");
+    assert!(site.cmd(c, "LIST").starts_with("530"));
+}
+
+#[test]
+fn the_working_directory_moves_and_never_leaves_the_root() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    assert_eq!(site.cmd(c, "CWD docs"), "250 Directory changed to /docs\r\n");
+    assert_eq!(site.cmd(c, "PWD"), "257 \"/docs\" is the current directory\r\n");
+    assert_eq!(site.cmd(c, "CWD ../../.."), "550 ../../..: No such file or directory\r\n");
+    assert_eq!(site.cmd(c, "PWD"), "257 \"/docs\" is the current directory\r\n");
+    assert_eq!(site.cmd(c, "CWD /"), "250 Directory changed to /\r\n");
+    assert!(site.cmd(c, "CWD nowhere").starts_with("550"));
+    assert!(site.cmd(c, "SIZE /../../etc/passwd").starts_with("550"));
+    assert!(site.cmd(c, "SIZE /etc/passwd").starts_with("550"), "under the root, not the host's");
+    site.cmd(c, "CWD docs");
+    assert_eq!(site.cmd(c, "SIZE readme.txt"), "213 6\r\n");
+    assert_eq!(site.cmd(c, "CDUP"), "250 Directory changed to /\r\n");
+}
+
+#[test]
+fn a_download_and_a_listing_go_over_their_data_connections() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    let d = site.data(c);
+    assert_eq!(
+        site.cmd(c, "RETR docs/readme.txt"),
+        "150 Opening data connection (6 bytes)\r\n226 Transfer complete\r\n"
+    );
+    assert_eq!(site.host.read_string(d), "hello\n");
+    assert!(!site.host.is_open(d), "the data connection closes after the file");
+    // The command first, the data connection after.
+    site.cmd(c, "EPSV");
+    site.host.send(c, "NLST docs\r\n");
+    assert_eq!(site.host.read_string(c), "");
+    let (listener, _) = *site.host.listeners().last().unwrap();
+    let d = site.host.connect_to(listener);
+    assert_eq!(site.host.read_string(d), "readme.txt\r\n");
+    assert_eq!(site.host.read_string(c), "150 Here comes the listing\r\n226 Transfer complete\r\n");
+    assert!(site.host.listeners().is_empty(), "each port takes one connection");
+}
+
+#[test]
+fn an_upload_is_written_and_survives_an_upgrade_in_the_middle() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    let d = site.data(c);
+    assert_eq!(site.cmd(c, "STOR up.bin"), "150 Ready to receive\r\n");
+    site.host.send(d, "first half, ");
+    let mut host = site.host.upgrade::<Ftp>().expect("same release");
+    host.send(d, "second half");
+    host.disconnect(d);
+    assert_eq!(host.read_string(c), "226 Transfer complete\r\n");
+    let written = std::fs::read_to_string(site.dir.path().join("up.bin")).unwrap();
+    assert_eq!(written, "first half, second half");
+    assert_eq!(host.server().uploads, 1);
+}
+
+#[test]
+fn anonymous_users_read_and_do_not_write() {
+    let mut site = Site::new();
+    let c = site.login("anonymous", "me@example.org");
+    assert_eq!(site.cmd(c, "SIZE docs/readme.txt"), "213 6\r\n");
+    for line in ["STOR x", "DELE docs/readme.txt", "MKD new", "RMD docs"] {
+        assert_eq!(site.cmd(c, line), "550 Permission denied\r\n", "{line}");
+    }
+    assert!(site.dir.path().join("docs/readme.txt").exists());
+}
+
+#[test]
+fn files_and_directories_are_made_and_removed() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    assert_eq!(site.cmd(c, "MKD new"), "257 \"/new\" created\r\n");
+    assert!(site.dir.path().join("new").is_dir());
+    assert!(site.cmd(c, "RMD new").starts_with("250"));
+    assert!(site.cmd(c, "DELE docs/readme.txt").starts_with("250"));
+    assert!(!site.dir.path().join("docs/readme.txt").exists());
+    assert!(site.cmd(c, "DELE docs/readme.txt").starts_with("550"));
+}
+
+#[test]
+fn a_session_keeps_its_login_and_directory_across_an_upgrade() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    site.cmd(c, "CWD docs");
+    let mut host = site.host.upgrade::<Ftp>().expect("same release");
+    host.send(c, "PWD\r\n");
+    assert_eq!(host.read_string(c), "257 \"/docs\" is the current directory\r\n");
+}
+
+#[test]
+fn quit_closes_the_control_connection_and_its_data_port() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    site.cmd(c, "EPSV");
+    assert_eq!(site.host.listeners().len(), 1);
+    assert_eq!(site.cmd(c, "QUIT"), "221 Goodbye\r\n");
+    assert!(!site.host.is_open(c));
+    assert!(site.host.listeners().is_empty());
+}
+
+#[test]
+fn bad_arguments_are_refused_at_start() {
+    for args in [&["user=nopassword"][..], &["root=relative"], &["colour=blue"]] {
+        assert!(TestHost::<Ftp>::start(args).is_err(), "{args:?}");
+    }
+}
