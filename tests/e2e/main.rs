@@ -8,6 +8,7 @@ mod control;
 mod converge;
 mod docs;
 mod faults;
+mod ftp;
 mod hot_swap;
 mod iteration;
 mod kv5;

@@ -1,0 +1,261 @@
+//! The FTP server (guests/ftp-v1) under a real host, driven by real clients: Python's `ftplib`
+//! and `curl`. Each test serves a temporary directory; a client that must be caught mid-way (in
+//! a directory, in the middle of a transfer) says so on its stdout and waits for a line on its
+//! stdin, so the upgrade happens at that point and no sleep is involved.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use tasuki::HostConfig;
+use tasuki::sandbox::{Preopen, Sandbox};
+use tasuki_tests::{TestHost, artifacts};
+
+/// A host serving a fresh temporary directory (with `docs/readme.txt`) to `alice:secret` and
+/// to anonymous readers.
+struct Site {
+    dir: tempfile::TempDir,
+    host: TestHost,
+}
+
+impl Site {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("docs")).unwrap();
+        std::fs::write(dir.path().join("docs/readme.txt"), "hello from ftp\n").unwrap();
+        let host = TestHost::with(HostConfig {
+            app: artifacts::FTP_V1.into(),
+            args: vec!["user=alice:secret".into(), "anonymous".into()],
+            sandbox: Sandbox {
+                dirs: vec![Preopen { host: dir.path().into(), guest: "/srv".into() }],
+                ..Sandbox::default()
+            },
+            ..HostConfig::default()
+        });
+        Site { dir, host }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("ftp://alice:secret@{}{path}", self.host.addr)
+    }
+}
+
+/// A Python script using `ftplib`, with `HOST`, `PORT` and a `pause(word)` (prints the word,
+/// waits for a line) defined before it.
+struct Script {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Script {
+    fn start(site: &Site, body: &str) -> Self {
+        let prelude = format!(
+            "import ftplib, hashlib, io, sys\n\
+             HOST, PORT = '127.0.0.1', {port}\n\
+             def pause(word):\n    print(word, flush=True)\n    sys.stdin.readline()\n\
+             def say(*words):\n    print(*words, flush=True)\n",
+            port = site.host.addr.port()
+        );
+        let mut child = Command::new("python3")
+            .args(["-c", &format!("{prelude}{body}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (scripts/install-clients installs it)");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Script { child, stdin, stdout }
+    }
+
+    /// The script's next line of output.
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "the script ended early: {:?}", self.child.wait());
+        line.trim_end().to_string()
+    }
+
+    fn expect(&mut self, word: &str) {
+        assert_eq!(self.line(), word);
+    }
+
+    fn go_on(&mut self) {
+        self.stdin.write_all(b"\n").unwrap();
+    }
+
+    fn finish(mut self) {
+        drop(self.stdin);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the script failed: {status}");
+    }
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout).split(' ').next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn an_ftplib_session_keeps_its_login_and_directory_across_an_upgrade() {
+    let site = Site::new();
+    let mut script = Script::start(
+        &site,
+        "ftp = ftplib.FTP(timeout=60)\n\
+         say(ftp.connect(HOST, PORT))\n\
+         ftp.login('alice', 'secret')\n\
+         ftp.cwd('docs')\n\
+         pause('IN-DOCS')\n\
+         say(ftp.pwd())\n\
+         say(','.join(ftp.nlst()))\n\
+         buf = io.BytesIO()\n\
+         ftp.retrbinary('RETR readme.txt', buf.write)\n\
+         say(buf.getvalue().decode().strip())\n\
+         ftp.storbinary('STOR new.txt', io.BytesIO(b'written after the upgrade'))\n\
+         say(ftp.size('new.txt'))\n\
+         ftp.quit()\n",
+    );
+    script.expect("220 tasuki ftp ready");
+    script.expect("IN-DOCS");
+    let report = site.host.upgrade(artifacts::FTP_V1).expect("upgrade");
+    assert!(report.to_string().contains("ftp"), "{report}");
+    script.go_on();
+    // No second banner: the next reply the client reads answers its PWD.
+    script.expect("/docs");
+    script.expect("readme.txt");
+    script.expect("hello from ftp");
+    script.expect("25");
+    script.finish();
+    let written = std::fs::read_to_string(site.dir.path().join("docs/new.txt")).unwrap();
+    assert_eq!(written, "written after the upgrade");
+}
+
+/// The test process's resident memory, in bytes: the host runs in it.
+fn resident() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[test]
+fn a_200_mb_download_and_upload_in_flight_cross_two_upgrades_whole_in_bounded_memory() {
+    const SIZE: usize = 200 << 20;
+    let site = Site::new();
+    // Bytes that repeat only every 251 (a shift in the stream would show), written a MiB at a
+    // time so that the test holds none of it.
+    let pattern: Vec<u8> = (0..(1 << 20) + 251).map(|i| (i % 251) as u8).collect();
+    let mut file = std::fs::File::create(site.dir.path().join("big.bin")).unwrap();
+    for at in (0..SIZE).step_by(1 << 20) {
+        file.write_all(&pattern[at % 251..at % 251 + (1 << 20)]).unwrap();
+    }
+    drop(file);
+    let want = sha256(&site.dir.path().join("big.bin"));
+    let before = resident();
+    // What the host may hold beyond that while it streams: its --output-buffer per connection
+    // and the instances' own memory, far below the file.
+    let bound = before + (64 << 20);
+    let mut script = Script::start(
+        &site,
+        "ftp = ftplib.FTP(timeout=60)\n\
+         ftp.connect(HOST, PORT)\n\
+         ftp.login('alice', 'secret')\n\
+         got, seen = hashlib.sha256(), [0]\n\
+         def block(data):\n    got.update(data)\n    seen[0] += len(data)\n    \
+             for mark in (8 << 20, 100 << 20):\n        \
+                 if seen[0] >= mark and seen[0] - len(data) < mark:\n            pause('MID-RETR')\n\
+         ftp.retrbinary('RETR big.bin', block, blocksize=65536)\n\
+         say(got.hexdigest(), seen[0])\n\
+         class Slow(io.RawIOBase):\n    def __init__(self):\n        self.at = 0\n    \
+             def readable(self):\n        return True\n    \
+             def readinto(self, b):\n        \
+                 if self.at in (8 << 20, 100 << 20):\n            pause('MID-STOR')\n        \
+                 n = min(len(b), 65536, SIZE - self.at)\n        \
+                 off = self.at % 251\n        \
+                 b[:n] = PATTERN[off:off + n]\n        \
+                 self.at += n\n        return n\n\
+         SIZE = 200 << 20\n\
+         PATTERN = bytes(i % 251 for i in range(251 + 65536))\n\
+         ftp.storbinary('STOR up.bin', Slow(), blocksize=65536)\n\
+         say('STORED')\n\
+         ftp.quit()\n",
+    );
+    for _ in 0..2 {
+        script.expect("MID-RETR");
+        let held = resident();
+        assert!(held < bound, "the host holds {held} bytes mid-download (from {before})");
+        site.host.upgrade(artifacts::FTP_V1).expect("upgrade during the download");
+        script.go_on();
+    }
+    assert_eq!(script.line(), format!("{want} {SIZE}"));
+    for _ in 0..2 {
+        script.expect("MID-STOR");
+        let held = resident();
+        assert!(held < bound, "the host holds {held} bytes mid-upload (from {before})");
+        site.host.upgrade(artifacts::FTP_V1).expect("upgrade during the upload");
+        script.go_on();
+    }
+    script.expect("STORED");
+    script.finish();
+    assert_eq!(sha256(&site.dir.path().join("up.bin")), want, "the upload arrived whole");
+}
+
+#[test]
+fn names_that_lead_out_of_the_served_directory_are_refused_with_550() {
+    let site = Site::new();
+    std::os::unix::fs::symlink("/etc", site.dir.path().join("out")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", site.dir.path().join("passwd")).unwrap();
+    let mut script = Script::start(
+        &site,
+        "ftp = ftplib.FTP(timeout=60)\n\
+         ftp.connect(HOST, PORT)\n\
+         ftp.login('anonymous', 'me@example.org')\n\
+         for cmd in ['CWD ../..', 'CWD out', 'RETR /etc/passwd', 'RETR passwd', 'RETR out/passwd', 'RETR ../../etc/passwd', 'STOR x']:\n    \
+             try:\n        \
+                 if cmd.startswith(('RETR', 'STOR')):\n            \
+                     ftp.sendcmd('EPSV')\n        \
+                 say(cmd, ftp.sendcmd(cmd))\n    \
+             except ftplib.error_perm as e:\n        say(cmd, str(e)[:3])\n\
+         say(ftp.pwd())\n\
+         ftp.quit()\n",
+    );
+    for cmd in [
+        "CWD ../..",
+        "CWD out",
+        "RETR /etc/passwd",
+        "RETR passwd",
+        "RETR out/passwd",
+        "RETR ../../etc/passwd",
+        "STOR x",
+    ] {
+        assert_eq!(script.line(), format!("{cmd} 550"));
+    }
+    script.expect("/");
+    script.finish();
+    assert!(!site.dir.path().join("x").exists());
+}
+
+#[test]
+fn curl_uploads_lists_and_downloads() {
+    let site = Site::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let local = scratch.path().join("curl-upload.bin");
+    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(&local, &payload).unwrap();
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl").args(["-sS", "--max-time", "60"]).args(args).output();
+        let out = out.expect("curl runs (scripts/test installs it)");
+        assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    curl(&["-T", local.to_str().unwrap(), &site.url("/docs/up.bin")]);
+    assert!(std::fs::read(site.dir.path().join("docs/up.bin")).unwrap() == payload);
+    let listing = String::from_utf8(curl(&["--list-only", &site.url("/docs/")])).unwrap();
+    // An ASCII-mode listing (TYPE A): curl turns its CRLFs into the local LF.
+    assert_eq!(listing, "readme.txt\nup.bin\n");
+    let long = String::from_utf8(curl(&[&site.url("/docs/")])).unwrap();
+    assert!(long.lines().any(|l| l.contains(" 3000000 ") && l.ends_with(" up.bin")), "{long}");
+    let down = curl(&[&site.url("/docs/up.bin")]);
+    assert!(down == payload, "the download is the upload, byte for byte");
+    // Through PASV too (curl tries EPSV first).
+    let down = curl(&["--disable-epsv", &site.url("/docs/readme.txt")]);
+    assert_eq!(down, b"hello from ftp\n");
+}
