@@ -52,8 +52,8 @@
 //! # What `tasuki status` calls the app
 //!
 //! `export!` reports the app as [`Server::NAME`] and the `version` of the crate that invokes it
-//! (its `Cargo.toml`, read as `CARGO_PKG_VERSION` when the component is built): `kv 4.0.0` for
-//! `guests/kv-v4`. `tasuki status`, `tasuki upgrade`'s report and the host's log show that pair,
+//! (its `Cargo.toml`, read as `CARGO_PKG_VERSION` when the component is built): `kv 5.0.0` for
+//! `guests/kv-v5`. `tasuki status`, `tasuki upgrade`'s report and the host's log show that pair,
 //! and the host refuses to upgrade an app to a component whose name differs. Bump the crate's
 //! version with each release, so that the operator can tell which one is serving.
 //!

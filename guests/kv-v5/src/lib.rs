@@ -42,7 +42,8 @@
 //! - `cmd/*.rs`: one file per command family.
 //! - `bytes.rs`: the byte string keys and string values are kept in, in place when short.
 //! - `tests.rs`: requests in, replies out, on a clock the tests set (`cargo test -p kv-v5`),
-//!   and the bytes of state version 4, pinned (the same bytes as kv 4's tests pin).
+//!   and the bytes of state version 4, pinned: the same bytes kv 4.0.0 wrote, which
+//!   `guests/kv-states` (release 4's frozen state types) pins too.
 
 mod bytes;
 mod client;
