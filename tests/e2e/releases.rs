@@ -254,11 +254,21 @@ fn the_transformers_built_from_source_write_what_the_frozen_ones_write() {
         let from_frozen = transform(&runtime, frozen, version, bytes.clone());
         let from_source = transform(&runtime, source, version, bytes);
         assert_eq!(from_frozen.version, version + 1);
-        assert_eq!(
-            (from_source.version, &from_source.bytes),
-            (from_frozen.version, &from_frozen.bytes),
-            "{source} (built from source) and {frozen} (frozen) disagree"
-        );
+        assert_eq!(from_source.version, from_frozen.version, "{source}");
+        let (a, b) = (&from_source.bytes, &from_frozen.bytes);
+        // Named by the first byte that differs: the states are thousands of bytes long.
+        if let Some(at) = (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)) {
+            let around =
+                |bytes: &[u8]| bytes[at.saturating_sub(8)..(at + 8).min(bytes.len())].to_vec();
+            panic!(
+                "{source} (built from source) and {frozen} (frozen) write different bytes from \
+                 byte {at} of {} / {}: {:?} / {:?}",
+                a.len(),
+                b.len(),
+                around(a),
+                around(b)
+            );
+        }
         from_frozen.bytes
     };
 
