@@ -100,7 +100,8 @@
 //! A release that changes its state type bumps [`Server::STATE_VERSION`] and lists, in
 //! [`Server::migrations`], how to read each older version it still accepts. The old type is kept
 //! as a frozen copy in the new release (postcard is not self-describing: the copy must match the
-//! old release field for field).
+//! old release field for field). kv keeps those of its released versions in one crate,
+//! `guests/kv-states`, for its transformers and later releases.
 //!
 //! # Layout
 //! - [`Server`], [`Ctx`]: what an app implements and what it calls.

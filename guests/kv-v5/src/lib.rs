@@ -85,8 +85,9 @@ const REBUILD_BATCH: usize = 10_000;
 
 /// The whole transferable state of release 5, state version 4: release 4's, byte for byte.
 ///
-/// Its encoding is what the `kv-v3-to-v4` transformer writes from a frozen copy: change a
-/// serialized field here only together with a new state version and a transformer to it.
+/// Its encoding is release 4's frozen `kv_states::v4::Kv` (`guests/kv-states`), which kv 4 and
+/// the `kv-v3-to-v4` transformer write: change a serialized field here only together with a new
+/// state version and a transformer to it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Kv {
     db: Db,
