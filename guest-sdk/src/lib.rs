@@ -52,8 +52,8 @@
 //! # What `tasuki status` calls the app
 //!
 //! `export!` reports the app as [`Server::NAME`] and the `version` of the crate that invokes it
-//! (its `Cargo.toml`, read as `CARGO_PKG_VERSION` when the component is built): `kv 4.0.0` for
-//! `guests/kv-v4`. `tasuki status`, `tasuki upgrade`'s report and the host's log show that pair,
+//! (its `Cargo.toml`, read as `CARGO_PKG_VERSION` when the component is built): `kv 5.0.0` for
+//! `guests/kv-v5`. `tasuki status`, `tasuki upgrade`'s report and the host's log show that pair,
 //! and the host refuses to upgrade an app to a component whose name differs. Bump the crate's
 //! version with each release, so that the operator can tell which one is serving.
 //!
@@ -102,7 +102,8 @@
 //! A release that changes its state type bumps [`Server::STATE_VERSION`] and lists, in
 //! [`Server::migrations`], how to read each older version it still accepts. The old type is kept
 //! as a frozen copy in the new release (postcard is not self-describing: the copy must match the
-//! old release field for field).
+//! old release field for field). kv keeps those of its released versions in one crate,
+//! `guests/kv-states`, for its transformers and later releases.
 //!
 //! # Layout
 //! - [`Server`], [`Ctx`]: what an app implements and what it calls.

@@ -1,5 +1,6 @@
-//! End-to-end: real components built from guests/, real loopback sockets, a real Redis client,
-//! real upgrades. One binary; one module per story.
+//! End-to-end: real components (the released ones frozen in releases/, the rest built from
+//! guests/), real loopback sockets, a real Redis client, real upgrades. One binary; one module
+//! per story.
 
 mod backpressure;
 mod canary;
@@ -18,6 +19,7 @@ mod memory;
 mod precopy;
 mod real_clients;
 mod redis_server;
+mod releases;
 mod rollback;
 mod sim;
 mod snapshots;

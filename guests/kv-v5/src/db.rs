@@ -60,8 +60,8 @@ pub(crate) type Hash = HashMap<Vec<u8>, Vec<u8>, FixedState>;
 ///
 /// Part of state version 4: postcard encodes the variant by its index, so the variants keep
 /// their order and shape forever (add new ones at the end, in a new state version). The first
-/// three are release 3's, unchanged; the kv-v3-to-v4 transformer writes this shape from a
-/// frozen copy. A `Box` encodes as what it holds and [`Bytes`] as a `Vec<u8>`: this is release
+/// three are release 3's, unchanged; the kv-v3-to-v4 transformer writes this shape
+/// (`kv_states::v4::Value`). A `Box` encodes as what it holds and [`Bytes`] as a `Vec<u8>`: this is release
 /// 4's `Value` on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Value {

@@ -42,7 +42,8 @@
 //! - `cmd/*.rs`: one file per command family.
 //! - `bytes.rs`: the byte string keys and string values are kept in, in place when short.
 //! - `tests.rs`: requests in, replies out, on a clock the tests set (`cargo test -p kv-v5`),
-//!   and the bytes of state version 4, pinned (the same bytes as kv 4's tests pin).
+//!   and the bytes of state version 4, pinned: the same bytes kv 4.0.0 wrote, which
+//!   `guests/kv-states` (release 4's frozen state types) pins too.
 
 mod bytes;
 mod client;
@@ -84,8 +85,9 @@ const REBUILD_BATCH: usize = 10_000;
 
 /// The whole transferable state of release 5, state version 4: release 4's, byte for byte.
 ///
-/// Its encoding is what the `kv-v3-to-v4` transformer writes from a frozen copy: change a
-/// serialized field here only together with a new state version and a transformer to it.
+/// Its encoding is release 4's frozen `kv_states::v4::Kv` (`guests/kv-states`), which kv 4 and
+/// the `kv-v3-to-v4` transformer write: change a serialized field here only together with a new
+/// state version and a transformer to it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Kv {
     db: Db,

@@ -494,9 +494,8 @@ fn an_emptied_key_leaves_no_deadline() {
 }
 
 /// State version 4, byte for byte, for each type, with no connection and zero counters: what
-/// the `kv-v3-to-v4` transformer writes. Its tests (`guests/transforms/kv-v3-to-v4/src/lib.rs`)
-/// pin its frozen copy of these types to the same bytes: the two crates cannot share types,
-/// but they can share this.
+/// the `kv-v3-to-v4` transformer writes (its tests, `guests/transforms/kv-v3-to-v4/src/lib.rs`,
+/// pin the same bytes).
 #[test]
 fn the_state_encoding_is_pinned() {
     let encode = |request: &str| {
@@ -535,6 +534,45 @@ fn the_state_encoding_is_pinned() {
     let entries: HashMap<Vec<u8>, Entry, FixedState> = postcard::from_bytes(&hash).unwrap();
     let fields = Box::new([(b"f".to_vec(), b"v".to_vec())].into_iter().collect());
     assert_eq!(entries[b"h".as_slice()], Entry::new(Value::Hash(fields), Some(T0)));
+}
+
+/// Given the same requests, kv 5 writes the very bytes kv 4.0.0 wrote (pinned, as kv 4 wrote
+/// them, in `guests/kv-states`): every kind of value and a connection with every part of its
+/// state set, its parser in the middle of a request. They decode as release 4's frozen types
+/// and kv 5 reads them back into the same state.
+#[test]
+fn it_writes_and_reads_release_4s_bytes() {
+    let mut kv = Kv::default();
+    at(
+        &mut kv,
+        0,
+        "SET k v PXAT 5\r\nRPUSH l a \"\"\r\nHSET h f v\r\nSADD s m n\r\nZADD z 1.5 m 2 n\r\n\
+         HELLO 3\r\nCLIENT SETNAME me\r\nCLIENT SETINFO LIB-NAME lib\r\nWATCH k\r\nMULTI\r\n\
+         SET k w\r\n",
+    );
+    let half = b"*2\r\n$3\r\nGET\r\n";
+    assert_eq!(kv.serve(CONN, half, &mut Vec::new(), 0, usize::MAX), (0, false));
+    let kv_4_wrote: &[u8] = &[
+        5, //
+        1, b'k', 0, 1, b'v', 1, 5, //
+        1, b'l', 1, 2, 1, b'a', 0, 0, //
+        1, b'h', 2, 1, 1, b'f', 1, b'v', 0, //
+        1, b's', 3, 2, 1, b'm', 1, b'n', 0, //
+        1, b'z', 4, 2, 1, b'm', 0, 0, 0, 0, 0, 0, 0xf8, 0x3f, 1, b'n', 0, 0, 0, 0, 0, 0, 0, 0x40,
+        0, 1, 7, //
+        1, 2, b'm', b'e', 3, b'l', b'i', b'b', 0, 1, 0, 0, 0, 0, 0, 0, 0, //
+        5, b'm', b'u', b'l', b't', b'i', //
+        1, 1, 3, 3, b'S', b'E', b'T', 1, b'k', 1, b'w', 0, //
+        1, 1, b'k', 0, //
+        1, 1, 1, 8, 3, 13, 0, 0, //
+        0, 0, 11,
+    ];
+    let bytes = postcard::to_allocvec(&kv).unwrap();
+    assert_eq!(bytes, kv_4_wrote);
+    let frozen: kv_states::v4::Kv = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(frozen.clients[&CONN].parser.pos, 13);
+    let back: Kv = postcard::from_bytes(kv_4_wrote).unwrap();
+    assert_eq!(postcard::to_allocvec(&back).unwrap(), kv_4_wrote);
 }
 
 /// On purpose, release 5 reads only its own state version, release 4's: older ones come

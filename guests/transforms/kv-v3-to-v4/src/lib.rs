@@ -6,88 +6,16 @@
 //! transformers before it, kv 2.0.0 and 1.0.0. Connections open at the upgrade have no entry in
 //! the new state; kv 4.0.0 makes one at each one's next request, speaking RESP2 as before.
 //!
-//! Both shapes are frozen copies here, so that this crate depends on neither release: postcard
-//! is not self-describing, and these must match the releases' types field for field, in order,
-//! forever. Never edit them to follow a change in a release. The releases' types, and what
-//! postcard writes for them:
+//! The component that shipped is `releases/kv_v3_to_v4.wasm`; this source is kept as an
+//! example, and must keep building a component that transforms every state into the same bytes
+//! as that one (`tests/e2e/releases.rs`).
 //!
-//! - Version 3, kv 3.0.0 (`guests/kv-v3/src/lib.rs`, `db.rs`): `Kv { db: Db { entries } }`, the
-//!   map written as a count and the pairs; `Entry { value: Value, expires_at_ms: Option<u64> }`;
-//!   `enum Value { String(Vec<u8>), List(VecDeque<Vec<u8>>), Hash(HashMap<Vec<u8>, Vec<u8>>) }`,
-//!   the variant's index first (`0`, `1`, `2`).
-//! - Version 4, kv 4.0.0 (`guests/kv-v4/src/lib.rs`, `db.rs`, `client.rs`): `Kv { db: Db {
-//!   entries }, clients: BTreeMap<u64, Client>, stats: Stats { started_ms, connections_received,
-//!   commands_processed } }`; `Value` gains `Set(HashSet<Vec<u8>>)` (index `3`) and
-//!   `ZSet` (index `4`, a sequence of `(member, score: f64)`), after the first three, which
-//!   encode as in version 3. An empty `clients` map is a zero count, as postcard writes any
-//!   empty sequence, so its element type need not be copied here.
+//! Both shapes are the frozen state types of `kv-states` (`guests/kv-states`, modules `v3` and
+//! `v4`, where each type says what it encodes as): postcard is not self-describing, so these
+//! must be the releases' types field for field, in order, forever. Version 4's first three
+//! kinds of value are version 3's, at the same indexes; sets and sorted sets come after.
 
-use serde::{Deserialize, Serialize};
-use tasuki_guest::Map;
-
-/// kv 3.0.0's state, frozen.
-#[derive(Debug, Deserialize)]
-#[cfg_attr(test, derive(Serialize))]
-pub struct V3 {
-    entries: Map<Vec<u8>, V3Entry>,
-}
-
-/// kv 3.0.0's `Entry`.
-#[derive(Debug, Deserialize)]
-#[cfg_attr(test, derive(Serialize))]
-pub struct V3Entry {
-    value: V3Value,
-    /// Unix milliseconds; `None`: never expires.
-    expires_at_ms: Option<u64>,
-}
-
-/// kv 3.0.0's `Value`.
-#[derive(Debug, Deserialize)]
-#[cfg_attr(test, derive(Serialize))]
-pub enum V3Value {
-    String(Vec<u8>),
-    List(Vec<Vec<u8>>),
-    Hash(Vec<(Vec<u8>, Vec<u8>)>),
-}
-
-/// kv 4.0.0's state, frozen.
-#[derive(Debug, Serialize)]
-#[cfg_attr(test, derive(Deserialize, PartialEq))]
-pub struct V4 {
-    entries: Map<Vec<u8>, V4Entry>,
-    /// `BTreeMap<ConnId, Client>` in kv 4.0.0: always empty here (see the crate docs).
-    clients: Vec<()>,
-    stats: V4Stats,
-}
-
-/// kv 4.0.0's `Entry`.
-#[derive(Debug, Serialize)]
-#[cfg_attr(test, derive(Deserialize, PartialEq))]
-pub struct V4Entry {
-    value: V4Value,
-    expires_at_ms: Option<u64>,
-}
-
-/// kv 4.0.0's `Value`. Only the first three are written by this transformer; the others fix
-/// the indexes postcard writes.
-#[derive(Debug, Serialize)]
-#[cfg_attr(test, derive(Deserialize, PartialEq))]
-pub enum V4Value {
-    String(Vec<u8>),
-    List(Vec<Vec<u8>>),
-    Hash(Vec<(Vec<u8>, Vec<u8>)>),
-    Set(Vec<Vec<u8>>),
-    ZSet(Vec<(Vec<u8>, f64)>),
-}
-
-/// kv 4.0.0's `Stats`: all zero, which kv 4.0.0 reads as "count from this upgrade on".
-#[derive(Debug, Default, Serialize)]
-#[cfg_attr(test, derive(Deserialize, PartialEq))]
-pub struct V4Stats {
-    started_ms: u64,
-    connections_received: u64,
-    commands_processed: u64,
-}
+use kv_states::{v3, v4};
 
 struct KvV3ToV4;
 
@@ -96,20 +24,22 @@ impl tasuki_guest::Transform for KvV3ToV4 {
     const SECTION: &'static str = "kv";
     const FROM: u32 = 3;
     const TO: u32 = 4;
-    type Old = V3;
-    type New = V4;
+    type Old = v3::Kv;
+    type New = v4::Kv;
 
-    fn transform(old: V3) -> Result<V4, String> {
+    fn transform(old: v3::Kv) -> Result<v4::Kv, String> {
         // Entry by entry, as each pre-copied chunk crosses (`Map::convert`).
-        let entries = old.entries.convert(|_, V3Entry { value, expires_at_ms }| {
+        let entries = old.entries.convert(|_, v3::Entry { value, expires_at_ms }| {
             let value = match value {
-                V3Value::String(bytes) => V4Value::String(bytes),
-                V3Value::List(list) => V4Value::List(list),
-                V3Value::Hash(hash) => V4Value::Hash(hash),
+                v3::Value::String(bytes) => v4::Value::String(bytes),
+                v3::Value::List(list) => v4::Value::List(list),
+                v3::Value::Hash(hash) => v4::Value::Hash(hash),
             };
-            Ok(V4Entry { value, expires_at_ms })
+            Ok(v4::Entry { value, expires_at_ms })
         })?;
-        Ok(V4 { entries, clients: Vec::new(), stats: V4Stats::default() })
+        // No connection has state yet (kv 4 makes each one's at its next request), and the
+        // counters start at zero: "count from this upgrade on".
+        Ok(v4::Kv { entries, clients: Default::default(), stats: v4::Stats::default() })
     }
 }
 
@@ -126,8 +56,8 @@ mod tests {
     }
 
     /// kv 3.0.0's `{"s": "v" until 5, "l": ["a"], "h": {"f": "v"}}` as it writes it, and kv
-    /// 4.0.0's: the same entries, then an empty client table and three zero counters. kv-v4's
-    /// own tests pin its real types to the same bytes.
+    /// 4.0.0's: the same entries, then an empty client table and three zero counters
+    /// (`guests/kv-states` pins both releases' types to such bytes).
     #[test]
     fn the_encodings_byte_for_byte() {
         let v3: &[u8] = &[
