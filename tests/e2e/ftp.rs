@@ -1,5 +1,5 @@
-//! The FTP server (guests/ftp-v1) under a real host, driven by real clients: Python's `ftplib`
-//! and `curl`. Each test serves a temporary directory; a client that must be caught mid-way (in
+//! The FTP server (guests/ftp-v1) under a real host, driven by real clients: Python's `ftplib`,
+//! `curl` and `lftp`. Each test serves a temporary directory; a client that must be caught mid-way (in
 //! a directory, in the middle of a transfer) says so on its stdout and waits for a line on its
 //! stdin, so the upgrade happens at that point and no sleep is involved.
 
@@ -258,4 +258,70 @@ fn curl_uploads_lists_and_downloads() {
     // Through PASV too (curl tries EPSV first).
     let down = curl(&["--disable-epsv", &site.url("/docs/readme.txt")]);
     assert_eq!(down, b"hello from ftp\n");
+}
+
+/// Every file under `root`, by path relative to it, with its bytes.
+fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let name = path.strip_prefix(root).unwrap().display().to_string();
+                files.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// Runs `lftp` with `commands` against the site and upgrades the host once `arrived` (a
+/// directory being filled by the mirror) holds `at` files, while lftp is still at work.
+fn lftp_with_an_upgrade(site: &Site, commands: &str, arrived: &Path, at: usize) {
+    let script = format!(
+        "set cmd:fail-exit true; set net:max-retries 1; set net:timeout 30; \
+         set ftp:passive-mode true; open -u alice,secret ftp://{}; {commands}",
+        site.host.addr
+    );
+    let mut lftp = Command::new("lftp")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("lftp runs (scripts/test installs it)");
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    // Waits for files to arrive (an event of the mirror's own), not for a time.
+    while !arrived.exists() || tree(arrived).len() < at {
+        assert!(lftp.try_wait().unwrap().is_none(), "lftp ended before {at} files arrived");
+        assert!(std::time::Instant::now() < give_up, "{at} files never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    site.host.upgrade(artifacts::FTP_V1).expect("upgrade during the mirror");
+    assert!(lftp.try_wait().unwrap().is_none(), "the upgrade came after the mirror ended");
+    let status = lftp.wait().unwrap();
+    assert!(status.success(), "lftp failed: {status}");
+}
+
+#[test]
+fn lftp_mirrors_a_tree_of_1000_files_both_ways_across_an_upgrade() {
+    let site = Site::new();
+    let served = site.dir.path().join("tree");
+    for d in 0..10 {
+        std::fs::create_dir_all(served.join(format!("d{d}"))).unwrap();
+        for f in 0..100 {
+            let body = format!("file {d}/{f}\n").repeat(f + 1);
+            std::fs::write(served.join(format!("d{d}/f{f:03}.txt")), body).unwrap();
+        }
+    }
+    let want = tree(&served);
+    assert_eq!(want.len(), 1000);
+    let local = tempfile::tempdir().unwrap();
+    let down = local.path().join("down");
+    lftp_with_an_upgrade(&site, &format!("mirror /tree {}", down.display()), &down, 300);
+    assert!(tree(&down) == want, "the download mirror is the served tree");
+    let up = site.dir.path().join("up");
+    lftp_with_an_upgrade(&site, &format!("mirror -R {} /up", down.display()), &up, 300);
+    assert!(tree(&up) == want, "the upload mirror is the tree it was given");
 }
