@@ -1,7 +1,8 @@
 //! The FTP server (guests/ftp-v1) under a real host, driven by real clients: Python's `ftplib`,
-//! `curl` and `lftp`. Each test serves a temporary directory; a client that must be caught mid-way (in
-//! a directory, in the middle of a transfer) says so on its stdout and waits for a line on its
-//! stdin, so the upgrade happens at that point and no sleep is involved.
+//! `curl` and `lftp`. Each test serves a temporary directory; a client that must be caught
+//! mid-way (in a directory, in the middle of a transfer) says so on its stdout and waits for a
+//! line on its stdin, so the upgrade happens at that point and no sleep is involved; `lftp`,
+//! which cannot be paused, is caught by the files it has written so far.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
