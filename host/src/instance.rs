@@ -158,8 +158,12 @@ impl Instance {
         for (key, value) in &runtime.sandbox.env {
             wasi.env(key, value);
         }
+        // Under the simulator a granted directory is read-only: every run of a trace (one per
+        // event boundary) must find the same files, so none may change them.
+        let perms =
+            if runtime.deterministic.is_some() { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
         for dir in &runtime.sandbox.dirs {
-            wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite).map_err(|e| {
+            wasi.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
                 CallError::Trap(Trap::other(format!(
                     "cannot open --dir {}: {e:#}",
                     dir.host.display()

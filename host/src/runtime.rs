@@ -4,7 +4,7 @@
 use crate::bindings::Server;
 use crate::clock::EventClock;
 use crate::limits::{EPOCH_TICK, Limits};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Preopen, Sandbox};
 use crate::store::{InstanceState, TransformState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -106,8 +106,8 @@ impl Runtime {
 
     /// A runtime for the simulator: like [`Runtime::new`], with every clock virtual and
     /// randomness drawn from `seed`.
-    pub fn simulated(limits: Limits, seed: u64) -> wasmtime::Result<Self> {
-        let mut runtime = Self::new(limits, Sandbox::default())?;
+    pub fn simulated(limits: Limits, seed: u64, dirs: Vec<Preopen>) -> wasmtime::Result<Self> {
+        let mut runtime = Self::new(limits, Sandbox { dirs, env: Vec::new() })?;
         runtime.deterministic = Some(seed);
         runtime.clock = EventClock::seeded(seed);
         Ok(runtime)

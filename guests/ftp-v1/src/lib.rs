@@ -361,6 +361,10 @@ impl Ftp {
                 reply(ctx, conn, "550 Permission denied")
             }
             "STOR" => {
+                // Refused before the file is made: a 425 must leave nothing behind.
+                if let Err(why) = transfer_possible(s) {
+                    return reply(ctx, conn, why);
+                }
                 let disk = self.disk(&target);
                 match std::fs::File::create(&disk) {
                     Ok(_) => {
@@ -393,13 +397,12 @@ impl Ftp {
 
     /// A transfer command: started now if its data connection is there, else when it comes.
     fn transfer(&mut self, ctx: &mut Ctx, conn: ConnId, s: &mut Control, transfer: Transfer) {
-        if s.busy.is_some() {
-            return reply(ctx, conn, "425 A transfer is under way");
+        if let Err(why) = transfer_possible(s) {
+            return reply(ctx, conn, why);
         }
         match s.data.take() {
             Some(data) => self.start(ctx, conn, s, data, transfer),
-            None if s.passive.is_some() => s.waiting = Some(transfer),
-            None => reply(ctx, conn, "425 Use PASV or EPSV first"),
+            None => s.waiting = Some(transfer),
         }
     }
 
@@ -458,6 +461,18 @@ impl Ftp {
             s.busy = None;
             reply(ctx, control_id, code);
         }
+    }
+}
+
+/// Whether control session `s` can start a transfer: a data port or connection of its own,
+/// and no transfer under way; else the 425 reply that says why not.
+fn transfer_possible(s: &Control) -> Result<(), &'static str> {
+    if s.busy.is_some() {
+        Err("425 A transfer is under way")
+    } else if s.data.is_none() && s.passive.is_none() {
+        Err("425 Use PASV or EPSV first")
+    } else {
+        Ok(())
     }
 }
 

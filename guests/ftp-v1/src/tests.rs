@@ -158,3 +158,12 @@ fn bad_arguments_are_refused_at_start() {
         assert!(TestHost::<Ftp>::start(args).is_err(), "{args:?}");
     }
 }
+
+#[test]
+fn a_transfer_without_a_data_port_is_refused_and_leaves_no_file() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    assert_eq!(site.cmd(c, "STOR new.txt"), "425 Use PASV or EPSV first\r\n");
+    assert!(!site.dir.path().join("new.txt").exists());
+    assert_eq!(site.cmd(c, "RETR docs/readme.txt"), "425 Use PASV or EPSV first\r\n");
+}

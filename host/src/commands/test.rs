@@ -67,6 +67,11 @@ pub struct TestCommand {
     /// which takes the first free port from 49152.
     #[arg(long, value_name = "LOW-HIGH", value_parser = super::run::parse_ports)]
     data_ports: Option<std::ops::RangeInclusive<u16>>,
+    /// A host directory the guests may read, as `tasuki run --dir HOST[::GUEST]`, but
+    /// read-only: the trace runs once per event boundary, and every run must find the same
+    /// files (a write fails as on a read-only file system). Repeat for several.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    dirs: Vec<tasuki::sandbox::Preopen>,
 }
 
 fn parse_rebuild(s: &str) -> Result<bool, String> {
@@ -122,6 +127,7 @@ impl TestCommand {
             rebuild_every_boundary: self.rebuild_at,
             canary: self.canary,
             restore: self.restore.clone(),
+            dirs: self.dirs.clone(),
             limits: tasuki::limits::Limits {
                 precopy_chunk: self.precopy_chunk,
                 output_buffer: self.output_buffer.saturating_mul(1024).max(1),
@@ -161,6 +167,9 @@ impl TestCommand {
         }
         for t in &self.transforms {
             words.extend(["--transform".into(), t.display().to_string()]);
+        }
+        for dir in &self.dirs {
+            words.extend(["--dir".into(), format!("{}::{}", dir.host.display(), dir.guest)]);
         }
         for a in &self.args {
             words.extend(["--arg".into(), a.clone()]);

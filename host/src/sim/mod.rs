@@ -76,6 +76,9 @@ pub struct SimConfig {
     /// --restore` does (no connection open): for the trace a diverging canary saves, which
     /// starts from the state the new version imported.
     pub restore: Option<PathBuf>,
+    /// Host directories the guests see (`tasuki test --dir`, as `tasuki run --dir`), read-only:
+    /// the trace runs once per event boundary, and every run must find the same files.
+    pub dirs: Vec<crate::sandbox::Preopen>,
 }
 
 /// Where to place the upgrade to [`SimConfig::upgrade`].
@@ -448,7 +451,7 @@ struct Run<'a> {
 impl Simulator {
     /// Compiles the app, the upgrade target and its transformers.
     pub fn new(config: SimConfig) -> Result<Self, SimError> {
-        let runtime = Runtime::simulated(config.limits, config.seed)
+        let runtime = Runtime::simulated(config.limits, config.seed, config.dirs.clone())
             .map_err(|e| SimError::Engine(format!("{e:#}")))?;
         let app = Version::load(&runtime, &config.app)?;
         let target = match &config.upgrade {

@@ -323,6 +323,42 @@ fn traces() -> std::path::PathBuf {
 }
 
 #[test]
+fn the_ftp_control_trace_holds_at_every_boundary_over_a_directory_granted_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = traces().join("ftp-control.trace");
+    let site = traces().join("ftp-site");
+    let grant = format!("{}::/srv", site.display());
+    let before = std::fs::read_dir(&site).unwrap().count();
+    for rebuild in ["never", "every"] {
+        let out = tasuki(
+            dir.path(),
+            &[
+                "test",
+                trace.to_str().unwrap(),
+                "--app",
+                tasuki_artifacts::FTP_V1,
+                "--upgrade",
+                tasuki_artifacts::FTP_V1,
+                "--rebuild-at",
+                rebuild,
+                "--dir",
+                &grant,
+                "--arg",
+                "user=alice:secret",
+                "--arg",
+                "anonymous",
+            ],
+        );
+        let shown = text(&out.stdout);
+        assert!(out.status.success(), "{shown}{}", text(&out.stderr));
+        assert!(shown.contains("28 ok, 0 failed (28 upgraded)"), "{shown}");
+    }
+    // Nothing was written: every run found the same files.
+    assert_eq!(std::fs::read_dir(&site).unwrap().count(), before);
+    assert!(!site.join("new.txt").exists());
+}
+
+#[test]
 fn tasuki_test_reports_the_smallest_failing_boundary_and_how_to_reproduce_it() {
     let dir = tempfile::tempdir().unwrap();
     let trace = traces().join("kv-empty-values.trace");
