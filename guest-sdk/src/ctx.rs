@@ -20,8 +20,9 @@ pub type ListenerId = u64;
 pub struct ConnInfo {
     /// The connection.
     pub id: ConnId,
-    /// The address it was accepted on, as `ip:port`: a `--listen` address, or the address of
-    /// the app's listener `listener_id`.
+    /// The address it was accepted on, as `ip:port`: the local address the client reached (on
+    /// a `--listen` address or on the app's listener `listener_id`; for a wildcard listener,
+    /// `0.0.0.0:PORT`, the interface's own address, as `getsockname` gives it).
     pub listener: String,
     /// The client's address, as `ip:port`.
     pub peer: String,

@@ -365,7 +365,10 @@ impl EventLoop {
                 warn!("cannot register a connection from {peer}: {e}");
                 continue;
             }
-            let info = ConnInfo { id, listener: addr, peer: peer.to_string() };
+            // The address the client reached: on a wildcard listener (`0.0.0.0:PORT`) the
+            // interface's own, which a server tells clients to come back to (FTP's `227`).
+            let local = stream.local_addr().map_or(addr, |local| local.to_string());
+            let info = ConnInfo { id, listener: local, peer: peer.to_string() };
             debug!(conn = id, %peer, "connected");
             let mut conn = Conn::new(stream, info.clone());
             conn.accepted_on = runtime;

@@ -288,3 +288,51 @@ fn sigterm_drains_with_data_ports_open_and_the_restored_app_hears_they_are_lost(
     let mut control = host.lines();
     assert_eq!(control.call("INFO"), "passive 1.0.0 served=0 listeners=0 lost=1");
 }
+
+/// Reads one CRLF-terminated FTP reply line.
+fn ftp_reply(reader: &mut std::io::BufReader<TcpStream>) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    line.trim_end().to_string()
+}
+
+#[test]
+fn on_a_wildcard_listener_the_app_learns_the_address_the_client_reached() {
+    use std::io::Write;
+    // The FTP server's PASV reply names the address of its control connection: with `--listen
+    // 0.0.0.0`, that must be the interface the client came in on (here 127.0.0.2, a loopback
+    // address other than the default), not the wildcard.
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("served");
+    std::fs::create_dir(&served).unwrap();
+    let grant = format!("{}::/srv", served.display());
+    let host = Running::spawn(
+        dir.path(),
+        &[
+            "run",
+            tasuki_artifacts::FTP_V1,
+            "--listen",
+            "0.0.0.0:0",
+            "--dir",
+            &grant,
+            "--arg",
+            "anonymous",
+        ],
+    );
+    let port: u16 = host.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let control = TcpStream::connect(("127.0.0.2", port)).unwrap();
+    control.set_read_timeout(Some(crate::support::REPLY_TIMEOUT)).unwrap();
+    let mut writer = control.try_clone().unwrap();
+    let mut reader = std::io::BufReader::new(control);
+    assert_eq!(ftp_reply(&mut reader), "220 tasuki ftp ready");
+    for (command, reply) in [
+        ("USER anonymous", "331"),
+        ("PASS me@example.org", "230"),
+        ("PASV", "227 Entering Passive Mode (127,0,0,2,"),
+    ] {
+        writer.write_all(format!("{command}\r\n").as_bytes()).unwrap();
+        let got = ftp_reply(&mut reader);
+        assert!(got.starts_with(reply), "{command}: {got}\n{}", host.log());
+    }
+}
