@@ -98,7 +98,9 @@ fn checkpoints_bound_the_journal_and_recovery_still_has_everything() {
     assert!(largest > 0 && largest <= journal as u64, "journal peaked at {largest} bytes");
     let recovery = host.status().recovery;
     assert!(recovery.checkpoint.is_some(), "a checkpoint was taken");
-    assert!(recovery.journal_bytes <= journal as u64 / 2 + 2048, "{recovery:?}");
+    // A checkpoint falls due at half the journal and is built from chunks between events; one
+    // may still be under way when the last reply arrives, and it is cut by three quarters.
+    assert!(recovery.journal_bytes <= journal as u64 / 4 * 3 + 2048, "{recovery:?}");
     host.lines().expect_closed("panic");
     assert_eq!(a.call("get k0"), value);
     assert_eq!(a.call("get k5999"), value);
