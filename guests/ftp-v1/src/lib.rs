@@ -361,6 +361,11 @@ impl Ftp {
                 reply(ctx, conn, "550 Permission denied")
             }
             "STOR" => {
+                // Refused before the file is touched: a STOR that cannot start must not
+                // truncate what is there.
+                if let Err(refusal) = ready(s) {
+                    return reply(ctx, conn, refusal);
+                }
                 let disk = self.disk(&target);
                 match std::fs::File::create(&disk) {
                     Ok(_) => {
@@ -393,13 +398,12 @@ impl Ftp {
 
     /// A transfer command: started now if its data connection is there, else when it comes.
     fn transfer(&mut self, ctx: &mut Ctx, conn: ConnId, s: &mut Control, transfer: Transfer) {
-        if s.busy.is_some() {
-            return reply(ctx, conn, "425 A transfer is under way");
+        if let Err(refusal) = ready(s) {
+            return reply(ctx, conn, refusal);
         }
         match s.data.take() {
             Some(data) => self.start(ctx, conn, s, data, transfer),
-            None if s.passive.is_some() => s.waiting = Some(transfer),
-            None => reply(ctx, conn, "425 Use PASV or EPSV first"),
+            None => s.waiting = Some(transfer),
         }
     }
 
@@ -458,6 +462,18 @@ impl Ftp {
             s.busy = None;
             reply(ctx, control_id, code);
         }
+    }
+}
+
+/// Whether control session `s` can start a transfer: no other under way, and a data port
+/// asked for (or its data connection come); else the 425 reply.
+fn ready(s: &Control) -> Result<(), &'static str> {
+    if s.busy.is_some() {
+        Err("425 A transfer is under way")
+    } else if s.data.is_none() && s.passive.is_none() {
+        Err("425 Use PASV or EPSV first")
+    } else {
+        Ok(())
     }
 }
 

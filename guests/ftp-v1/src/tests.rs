@@ -113,7 +113,7 @@ fn anonymous_users_read_and_do_not_write() {
     let mut site = Site::new();
     let c = site.login("anonymous", "me@example.org");
     assert_eq!(site.cmd(c, "SIZE docs/readme.txt"), "213 6\r\n");
-    for line in ["STOR x", "DELE docs/readme.txt", "MKD new", "RMD docs"] {
+    for line in ["STOR x", "DELE docs/readme.txt", "MKD new", "XMKD new", "RMD docs", "XRMD docs"] {
         assert_eq!(site.cmd(c, line), "550 Permission denied\r\n", "{line}");
     }
     assert!(site.dir.path().join("docs/readme.txt").exists());
@@ -156,5 +156,31 @@ fn quit_closes_the_control_connection_and_its_data_port() {
 fn bad_arguments_are_refused_at_start() {
     for args in [&["user=nopassword"][..], &["root=relative"], &["colour=blue"]] {
         assert!(TestHost::<Ftp>::start(args).is_err(), "{args:?}");
+    }
+}
+
+#[test]
+fn a_stor_that_cannot_start_leaves_the_file_as_it_was() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    // No data port asked for.
+    assert_eq!(site.cmd(c, "STOR docs/readme.txt"), "425 Use PASV or EPSV first\r\n");
+    // After a download, whose data connection and port are gone (or, were it still under
+    // way, "425 A transfer is under way").
+    let d = site.data(c);
+    assert!(site.cmd(c, "RETR docs/readme.txt").starts_with("150"));
+    assert!(site.cmd(c, "STOR docs/readme.txt").starts_with("425"));
+    assert_eq!(site.host.read_string(d), "hello\n");
+    let kept = std::fs::read_to_string(site.dir.path().join("docs/readme.txt")).unwrap();
+    assert_eq!(kept, "hello\n");
+}
+
+#[test]
+fn a_listing_that_climbs_above_the_root_is_refused() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    site.data(c);
+    for line in ["LIST ../..", "NLST ..", "LIST -la ../docs/../.."] {
+        assert!(site.cmd(c, line).starts_with("550"), "{line}");
     }
 }
