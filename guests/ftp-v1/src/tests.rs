@@ -184,3 +184,17 @@ fn a_listing_that_climbs_above_the_root_is_refused() {
         assert!(site.cmd(c, line).starts_with("550"), "{line}");
     }
 }
+
+#[test]
+fn a_control_connection_that_goes_without_quit_takes_its_data_port_and_connection() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    site.cmd(c, "EPSV");
+    let other = site.login("alice", "secret");
+    let d = site.data(other);
+    assert_eq!(site.host.listeners().len(), 1, "other's port closed once its client came");
+    site.host.disconnect(c);
+    assert!(site.host.listeners().is_empty(), "c's port closed with it");
+    site.host.disconnect(other);
+    assert!(!site.host.is_open(d), "other's data connection closed with it");
+}
