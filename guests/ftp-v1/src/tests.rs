@@ -198,3 +198,17 @@ fn a_control_connection_that_goes_without_quit_takes_its_data_port_and_connectio
     site.host.disconnect(other);
     assert!(!site.host.is_open(d), "other's data connection closed with it");
 }
+
+#[test]
+fn a_command_missing_its_argument_answers_501() {
+    let mut site = Site::new();
+    let c = site.host.connect();
+    site.host.read_string(c);
+    assert_eq!(site.cmd(c, "USER"), "501 USER needs an argument\r\n");
+    let c = site.login("alice", "secret");
+    site.cmd(c, "CWD docs");
+    for verb in ["CWD", "RETR", "STOR", "DELE", "MKD", "RMD", "SIZE"] {
+        assert_eq!(site.cmd(c, verb), format!("501 {verb} needs an argument\r\n"));
+    }
+    assert_eq!(site.cmd(c, "PWD"), "257 \"/docs\" is the current directory\r\n");
+}
