@@ -324,6 +324,13 @@ impl<S: Server> TestHost<S> {
         self.settle();
     }
 
+    /// What the instance tells the host about itself (`state.describe`): its sections and the
+    /// versions of each it reads, which the host checks before it pauses for an upgrade.
+    #[cfg(test)]
+    pub(crate) fn describe(&self) -> crate::runtime::bindings::tasuki::server::types::AppInfo {
+        self.runtime.describe()
+    }
+
     /// The app's state.
     pub fn server(&self) -> &S {
         self.runtime.server()

@@ -310,3 +310,20 @@ fn a_session_lent_to_a_closure_is_not_reached_around_it() {
     let a = host.connect();
     host.send(a, "x");
 }
+
+#[test]
+fn a_release_names_the_session_versions_it_reads_so_the_host_can_refuse_before_the_pause() {
+    let sessions = |sections: Vec<crate::runtime::bindings::tasuki::server::types::SectionSpec>| {
+        sections.into_iter().find(|s| s.name == crate::SESSIONS_SECTION).map(|s| {
+            let mut accepts = s.accepts;
+            accepts.sort_unstable();
+            (s.version, accepts)
+        })
+    };
+    let v2 = TestHost::<Notes<NotesV2>>::new().describe();
+    assert_eq!(sessions(v2.sections), Some((2, vec![1, 2])), "version 1 through its migration");
+    let v3 = TestHost::<Notes<NotesV3>>::new().describe();
+    assert_eq!(sessions(v3.sections), Some((3, vec![3])));
+    let plain = TestHost::<Plain>::new().describe();
+    assert_eq!(sessions(plain.sections), None, "a release that keeps none names none");
+}

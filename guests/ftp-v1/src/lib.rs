@@ -226,6 +226,9 @@ impl Ftp {
         let (verb, arg) = line.split_once(' ').unwrap_or((line, ""));
         let verb = verb.to_ascii_uppercase();
         let arg = arg.trim_end();
+        if arg.is_empty() && (verb == "USER" || takes_path(&verb)) {
+            return reply(ctx, conn, &format!("501 {verb} needs an argument"));
+        }
         match verb.as_str() {
             "USER" => {
                 s.login = None;

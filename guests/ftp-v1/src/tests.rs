@@ -113,7 +113,7 @@ fn anonymous_users_read_and_do_not_write() {
     let mut site = Site::new();
     let c = site.login("anonymous", "me@example.org");
     assert_eq!(site.cmd(c, "SIZE docs/readme.txt"), "213 6\r\n");
-    for line in ["STOR x", "DELE docs/readme.txt", "MKD new", "RMD docs"] {
+    for line in ["STOR x", "DELE docs/readme.txt", "MKD new", "XMKD new", "RMD docs", "XRMD docs"] {
         assert_eq!(site.cmd(c, line), "550 Permission denied\r\n", "{line}");
     }
     assert!(site.dir.path().join("docs/readme.txt").exists());
@@ -166,4 +166,58 @@ fn a_transfer_without_a_data_port_is_refused_and_leaves_no_file() {
     assert_eq!(site.cmd(c, "STOR new.txt"), "425 Use PASV or EPSV first\r\n");
     assert!(!site.dir.path().join("new.txt").exists());
     assert_eq!(site.cmd(c, "RETR docs/readme.txt"), "425 Use PASV or EPSV first\r\n");
+}
+
+#[test]
+fn a_stor_that_cannot_start_leaves_the_file_as_it_was() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    // No data port asked for.
+    assert_eq!(site.cmd(c, "STOR docs/readme.txt"), "425 Use PASV or EPSV first\r\n");
+    // After a download, whose data connection and port are gone (or, were it still under
+    // way, "425 A transfer is under way").
+    let d = site.data(c);
+    assert!(site.cmd(c, "RETR docs/readme.txt").starts_with("150"));
+    assert!(site.cmd(c, "STOR docs/readme.txt").starts_with("425"));
+    assert_eq!(site.host.read_string(d), "hello\n");
+    let kept = std::fs::read_to_string(site.dir.path().join("docs/readme.txt")).unwrap();
+    assert_eq!(kept, "hello\n");
+}
+
+#[test]
+fn a_listing_that_climbs_above_the_root_is_refused() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    site.data(c);
+    for line in ["LIST ../..", "NLST ..", "LIST -la ../docs/../.."] {
+        assert!(site.cmd(c, line).starts_with("550"), "{line}");
+    }
+}
+
+#[test]
+fn a_control_connection_that_goes_without_quit_takes_its_data_port_and_connection() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    site.cmd(c, "EPSV");
+    let other = site.login("alice", "secret");
+    let d = site.data(other);
+    assert_eq!(site.host.listeners().len(), 1, "other's port closed once its client came");
+    site.host.disconnect(c);
+    assert!(site.host.listeners().is_empty(), "c's port closed with it");
+    site.host.disconnect(other);
+    assert!(!site.host.is_open(d), "other's data connection closed with it");
+}
+
+#[test]
+fn a_command_missing_its_argument_answers_501() {
+    let mut site = Site::new();
+    let c = site.host.connect();
+    site.host.read_string(c);
+    assert_eq!(site.cmd(c, "USER"), "501 USER needs an argument\r\n");
+    let c = site.login("alice", "secret");
+    site.cmd(c, "CWD docs");
+    for verb in ["CWD", "RETR", "STOR", "DELE", "MKD", "RMD", "SIZE"] {
+        assert_eq!(site.cmd(c, verb), format!("501 {verb} needs an argument\r\n"));
+    }
+    assert_eq!(site.cmd(c, "PWD"), "257 \"/docs\" is the current directory\r\n");
 }
