@@ -14,14 +14,17 @@ pub use tasuki_artifacts as artifacts;
 /// captured output: a failing test prints what the host said while it ran (the host's threads
 /// inherit the capture of the test that started them), a passing one prints nothing.
 fn log_to_test_output() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Already set by an earlier test of the same binary: that one serves every test.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_test_writer()
-        .try_init();
+    // Once per test binary: the subscriber set first serves every test.
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_test_writer()
+            .try_init();
+    });
 }
 
 /// A host serving one app on `127.0.0.1:<free port>`, stopped on drop.

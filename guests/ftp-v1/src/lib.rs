@@ -198,11 +198,20 @@ fn control(ctx: &mut Ctx, conn: ConnId) -> Option<&mut Control> {
     }
 }
 
-fn data(ctx: &mut Ctx, conn: ConnId) -> Option<&mut Data> {
+/// `conn`'s data session; `None` if it is a control connection.
+fn data_session(ctx: &mut Ctx, conn: ConnId) -> Option<&mut Data> {
     match ctx.session::<Conn>(conn) {
         Conn::Data(data) => Some(data),
         Conn::Control(_) => None,
     }
+}
+
+/// The control connection whose `PASV` or `EPSV` asked for `listener`.
+fn owner_of(ctx: &mut Ctx, listener: ListenerId) -> Option<ConnId> {
+    ctx.sessions::<Conn>().find_map(|(id, c)| match c {
+        Conn::Control(s) if s.passive.as_ref().is_some_and(|p| p.listener == listener) => Some(id),
+        _ => None,
+    })
 }
 
 impl Ftp {
@@ -346,8 +355,7 @@ impl Ftp {
                 let now_s = (ctx.now_ms() / 1000) as i64;
                 let listing = match std::fs::metadata(&disk) {
                     Ok(meta) if meta.is_dir() => listing::list_dir(&disk, verb == "NLST", now_s),
-                    Ok(meta) if verb == "NLST" => {
-                        let _ = meta;
+                    Ok(_) if verb == "NLST" => {
                         Ok(format!("{}\r\n", path::file_name(&target)).into_bytes())
                     }
                     Ok(meta) => {
@@ -487,11 +495,6 @@ fn takes_path(verb: &str) -> bool {
     )
 }
 
-/// `conn`'s data session, if it is one (without making a session for it).
-fn data_session(ctx: &mut Ctx, conn: ConnId) -> Option<&mut Data> {
-    data(ctx, conn)
-}
-
 impl Server for Ftp {
     const NAME: &'static str = "ftp";
     const STATE_VERSION: u32 = 1;
@@ -517,12 +520,7 @@ impl Server for Ftp {
             return reply(ctx, conn.id, BANNER.trim_end());
         };
         // A data connection: to the control connection that opened its port.
-        let owner = ctx.sessions::<Conn>().find_map(|(id, c)| match c {
-            Conn::Control(s) if s.passive.as_ref().is_some_and(|p| p.listener == listener) => {
-                Some(id)
-            }
-            _ => None,
-        });
+        let owner = owner_of(ctx, listener);
         // One connection per port: the listener closes once it has come.
         ctx.close_listener(listener);
         let Some(owner) = owner else { return ctx.close(conn.id) };
@@ -538,11 +536,7 @@ impl Server for Ftp {
     }
 
     fn on_listening(&mut self, ctx: &mut Ctx, id: ListenerId, answer: Result<String, ListenError>) {
-        let owner = ctx.sessions::<Conn>().find_map(|(conn, c)| match c {
-            Conn::Control(s) if s.passive.as_ref().is_some_and(|p| p.listener == id) => Some(conn),
-            _ => None,
-        });
-        let Some(owner) = owner else { return };
+        let Some(owner) = owner_of(ctx, id) else { return };
         let Some(s) = control(ctx, owner) else { return };
         let extended = s.passive.as_ref().is_some_and(|p| p.extended);
         let local_ip = s.local_ip.clone();

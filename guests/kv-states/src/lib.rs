@@ -27,5 +27,29 @@ pub mod v2;
 pub mod v3;
 pub mod v4;
 
+/// The bytes kv 4.0.0 wrote (state version 4) after `SET k v PXAT 5`, `RPUSH l a ""`, `HSET h f
+/// v`, `SADD s m n`, `ZADD z 1.5 m 2 n`, `HELLO 3`, `CLIENT SETNAME me`, `CLIENT SETINFO
+/// LIB-NAME lib`, `WATCH k`, `MULTI`, `SET k w` (queued), then half a request
+/// (`*2\r\n$3\r\nGET\r\n`), at time 0 on connection 7. Pinned once for two checks: this crate's
+/// tests decode them as [`v4`], kv 5's that kv 5 writes them given the same requests.
+#[doc(hidden)]
+pub const V4_PINNED: &[u8] = &[
+    5, //
+    1, b'k', 0, 1, b'v', 1, 5, //
+    1, b'l', 1, 2, 1, b'a', 0, 0, //
+    1, b'h', 2, 1, 1, b'f', 1, b'v', 0, //
+    1, b's', 3, 2, 1, b'm', 1, b'n', 0, //
+    1, b'z', 4, 2, 1, b'm', 0, 0, 0, 0, 0, 0, 0xf8, 0x3f, 1, b'n', 0, 0, 0, 0, 0, 0, 0, 0x40,
+    0, // One client, connection 7.
+    1, 7, //
+    1, 2, b'm', b'e', 3, b'l', b'i', b'b', 0, 1, 0, 0, 0, 0, 0, 0, 0, //
+    5, b'm', b'u', b'l', b't', b'i', //
+    1, 1, 3, 3, b'S', b'E', b'T', 1, b'k', 1, b'w', 0, //
+    1, 1, b'k', 0, //
+    1, 1, 1, 8, 3, 13, 0, 0, //
+    // The counters.
+    0, 0, 11,
+];
+
 #[cfg(test)]
 mod tests;

@@ -75,29 +75,11 @@ fn version_3() {
     pinned(&bytes, &v3::Kv { entries: entries.into_iter().collect() });
 }
 
-/// kv 4.0.0 after `SET k v PXAT 5`, `RPUSH l a ""`, `HSET h f v`, `SADD s m n`, `ZADD z 1.5 m 2
-/// n`, `HELLO 3`, `CLIENT SETNAME me`, `CLIENT SETINFO LIB-NAME lib`, `WATCH k`, `MULTI`, `SET k
-/// w` (queued), then half a request (`*2\r\n$3\r\nGET\r\n`): every kind of value, and a
-/// connection with every part of its state set, its parser in the middle of a request.
+/// [`crate::V4_PINNED`]: every kind of value, and a connection with every part of its state
+/// set, its parser in the middle of a request.
 #[test]
 fn version_4() {
-    let bytes = [
-        5, //
-        1, b'k', 0, 1, b'v', 1, 5, //
-        1, b'l', 1, 2, 1, b'a', 0, 0, //
-        1, b'h', 2, 1, 1, b'f', 1, b'v', 0, //
-        1, b's', 3, 2, 1, b'm', 1, b'n', 0, //
-        1, b'z', 4, 2, 1, b'm', 0, 0, 0, 0, 0, 0, 0xf8, 0x3f, 1, b'n', 0, 0, 0, 0, 0, 0, 0, 0x40,
-        0, // One client, connection 7.
-        1, 7, //
-        1, 2, b'm', b'e', 3, b'l', b'i', b'b', 0, 1, 0, 0, 0, 0, 0, 0, 0, //
-        5, b'm', b'u', b'l', b't', b'i', //
-        1, 1, 3, 3, b'S', b'E', b'T', 1, b'k', 1, b'w', 0, //
-        1, 1, b'k', 0, //
-        1, 1, 1, 8, 3, 13, 0, 0, //
-        // The counters.
-        0, 0, 11,
-    ];
+    let bytes = crate::V4_PINNED;
     let entry = |value, expires_at_ms| v4::Entry { value, expires_at_ms };
     let entries = [
         (b"k".to_vec(), entry(v4::Value::String(b"v".to_vec()), Some(5))),
@@ -134,7 +116,7 @@ fn version_4() {
         clients: [(7, client)].into(),
         stats: v4::Stats { commands_processed: 11, ..v4::Stats::default() },
     };
-    pinned(&bytes, &kv);
+    pinned(bytes, &kv);
     // No key, no connection, zero counters: what the kv-v3-to-v4 transformer writes around an
     // empty keyspace.
     pinned(&[0, 0, 0, 0, 0], &v4::Kv::default());

@@ -552,21 +552,7 @@ fn it_writes_and_reads_release_4s_bytes() {
     );
     let half = b"*2\r\n$3\r\nGET\r\n";
     assert_eq!(kv.serve(CONN, half, &mut Vec::new(), 0, usize::MAX), (0, false));
-    let kv_4_wrote: &[u8] = &[
-        5, //
-        1, b'k', 0, 1, b'v', 1, 5, //
-        1, b'l', 1, 2, 1, b'a', 0, 0, //
-        1, b'h', 2, 1, 1, b'f', 1, b'v', 0, //
-        1, b's', 3, 2, 1, b'm', 1, b'n', 0, //
-        1, b'z', 4, 2, 1, b'm', 0, 0, 0, 0, 0, 0, 0xf8, 0x3f, 1, b'n', 0, 0, 0, 0, 0, 0, 0, 0x40,
-        0, 1, 7, //
-        1, 2, b'm', b'e', 3, b'l', b'i', b'b', 0, 1, 0, 0, 0, 0, 0, 0, 0, //
-        5, b'm', b'u', b'l', b't', b'i', //
-        1, 1, 3, 3, b'S', b'E', b'T', 1, b'k', 1, b'w', 0, //
-        1, 1, b'k', 0, //
-        1, 1, 1, 8, 3, 13, 0, 0, //
-        0, 0, 11,
-    ];
+    let kv_4_wrote = kv_states::V4_PINNED;
     let bytes = postcard::to_allocvec(&kv).unwrap();
     assert_eq!(bytes, kv_4_wrote);
     let frozen: kv_states::v4::Kv = postcard::from_bytes(&bytes).unwrap();
