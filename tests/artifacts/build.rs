@@ -37,7 +37,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("ECHO", "echo", "echo"),
     ("DOWNLOAD", "download", "download"),
     ("PASSIVE", "passive", "passive"),
-    ("FTP_V1", "ftp-v1", "ftp_v1"),
+    ("FTP_V2", "ftp-v2", "ftp_v2"),
 ];
 
 /// The directory of the frozen components, relative to the workspace root.

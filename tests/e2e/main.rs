@@ -9,7 +9,6 @@ mod control;
 mod converge;
 mod docs;
 mod faults;
-mod ftp;
 mod hot_swap;
 mod iteration;
 mod kv5;

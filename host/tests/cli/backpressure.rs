@@ -2,7 +2,7 @@
 //! host about one `--output-buffer` of memory, however much it is owed. The guest hears when
 //! the connection can take more (`on-writable`) and makes no more output until then.
 
-use crate::support::{REPLY_TIMEOUT, Running, command, tasuki_ok};
+use crate::support::{REPLY_TIMEOUT, Running, command, resident, tasuki_ok};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -15,14 +15,6 @@ const OUTPUT_BUFFER_KIB: &str = "1024";
 /// buffer (1 MiB), what the guest builds for one window, the kernel's and allocator's slack.
 /// Without back-pressure the figures are hundreds of MiB.
 const GROWTH_BOUND: u64 = 48 << 20;
-
-/// `VmRSS` of process `pid`, in bytes.
-fn resident(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib << 10
-}
 
 /// Waits until `tasuki status` shows a connection whose app waits for its client to read: the
 /// guest spent its window and asked to be told (`net.notify-writable`). The event the tests

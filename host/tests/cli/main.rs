@@ -5,6 +5,7 @@
 mod backpressure;
 mod canary;
 mod durability;
+mod ftp;
 mod listeners;
 mod memory;
 mod recovery;
@@ -338,7 +339,7 @@ fn the_ftp_control_trace_holds_at_every_boundary_over_a_directory_granted_read_o
                 "--app",
                 tasuki_artifacts::FTP_V1,
                 "--upgrade",
-                tasuki_artifacts::FTP_V1,
+                tasuki_artifacts::FTP_V2,
                 "--rebuild-at",
                 rebuild,
                 "--dir",

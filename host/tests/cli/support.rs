@@ -11,6 +11,14 @@ use std::time::{Duration, Instant};
 
 pub const TASUKI: &str = env!("CARGO_BIN_EXE_tasuki");
 
+/// `VmRSS` of process `pid` (a host the test started), in bytes.
+pub fn resident(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
 /// How long a client waits for a reply before the test fails. Generous: a reply normally takes
 /// microseconds, but a recovery replays a journal first, on a loaded 2-core machine.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,42 +1,65 @@
-//! The FTP server (guests/ftp-v1) under a real host, driven by real clients: Python's `ftplib`,
-//! `curl` and `lftp`. Each test serves a temporary directory; a client that must be caught
+//! The FTP server's releases under `tasuki run`, upgraded with `tasuki upgrade`, driven by real
+//! clients: Python's `ftplib`, `curl` and `lftp`. Release 1 is the frozen
+//! `releases/ftp_v1.wasm`; release 2 is `guests/ftp-v2`. Each test serves a temporary directory; a client that must be caught
 //! mid-way (in a directory, in the middle of a transfer) says so on its stdout and waits for a
 //! line on its stdin, so the upgrade happens at that point and no sleep is involved; `lftp`,
 //! which cannot be paused, is caught by the files it has written so far.
 
+use crate::support::{Running, resident, tasuki_ok};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use tasuki::HostConfig;
-use tasuki::sandbox::{Preopen, Sandbox};
-use tasuki_tests::{TestHost, artifacts};
+use tasuki_artifacts as artifacts;
 
-/// A host serving a fresh temporary directory (with `docs/readme.txt`) to `alice:secret` and
-/// to anonymous readers.
+/// The releases, oldest first.
+const RELEASES: [&str; 2] = [artifacts::FTP_V1, artifacts::FTP_V2];
+
+/// `tasuki run APP` serving a fresh temporary directory (with `docs/readme.txt`) to
+/// `alice:secret` and to anonymous readers.
 struct Site {
+    /// Where the host runs (its control socket).
+    work: tempfile::TempDir,
+    /// The served directory.
     dir: tempfile::TempDir,
-    host: TestHost,
+    host: Running,
 }
 
 impl Site {
-    fn new() -> Self {
+    fn new(app: &str) -> Self {
+        let work = tempfile::tempdir().unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("docs")).unwrap();
         std::fs::write(dir.path().join("docs/readme.txt"), "hello from ftp\n").unwrap();
-        let host = TestHost::with(HostConfig {
-            app: artifacts::FTP_V1.into(),
-            args: vec!["user=alice:secret".into(), "anonymous".into()],
-            sandbox: Sandbox {
-                dirs: vec![Preopen { host: dir.path().into(), guest: "/srv".into() }],
-                ..Sandbox::default()
-            },
-            ..HostConfig::default()
-        });
-        Site { dir, host }
+        let grant = format!("{}::/srv", dir.path().display());
+        let host = Running::spawn(
+            work.path(),
+            &[
+                "run",
+                app,
+                "--listen",
+                "127.0.0.1:0",
+                "--dir",
+                &grant,
+                "--arg",
+                "user=alice:secret",
+                "--arg",
+                "anonymous",
+            ],
+        );
+        Site { work, dir, host }
     }
 
     fn url(&self, path: &str) -> String {
         format!("ftp://alice:secret@{}{path}", self.host.addr)
+    }
+
+    fn port(&self) -> &str {
+        self.host.addr.rsplit_once(':').expect("HOST:PORT").1
+    }
+
+    /// `tasuki upgrade APP`: its report.
+    fn upgrade(&self, app: &str) -> String {
+        tasuki_ok(self.work.path(), &["upgrade", app])
     }
 }
 
@@ -55,7 +78,7 @@ impl Script {
              HOST, PORT = '127.0.0.1', {port}\n\
              def pause(word):\n    print(word, flush=True)\n    sys.stdin.readline()\n\
              def say(*words):\n    print(*words, flush=True)\n",
-            port = site.host.addr.port()
+            port = site.port()
         );
         let mut child = Command::new("python3")
             .args(["-c", &format!("{prelude}{body}")])
@@ -97,50 +120,55 @@ fn sha256(path: &Path) -> String {
 }
 
 #[test]
-fn an_ftplib_session_keeps_its_login_and_directory_across_an_upgrade() {
-    let site = Site::new();
+fn an_ftplib_session_upgraded_from_release_1_to_2_keeps_its_login_and_directory_and_resumes() {
+    let site = Site::new(artifacts::FTP_V1);
     let mut script = Script::start(
         &site,
         "ftp = ftplib.FTP(timeout=60)\n\
          say(ftp.connect(HOST, PORT))\n\
          ftp.login('alice', 'secret')\n\
          ftp.cwd('docs')\n\
+         try:\n    ftp.sendcmd('REST 6')\n\
+         except ftplib.error_perm as e:\n    say(str(e))\n\
          pause('IN-DOCS')\n\
          say(ftp.pwd())\n\
          say(','.join(ftp.nlst()))\n\
          buf = io.BytesIO()\n\
-         ftp.retrbinary('RETR readme.txt', buf.write)\n\
+         ftp.retrbinary('RETR readme.txt', buf.write, rest=6)\n\
          say(buf.getvalue().decode().strip())\n\
          ftp.storbinary('STOR new.txt', io.BytesIO(b'written after the upgrade'))\n\
-         say(ftp.size('new.txt'))\n\
+         ftp.storbinary('STOR new.txt', io.BytesIO(b'resumed'), rest=8)\n\
+         say(ftp.size('new.txt'), ftp.voidcmd('MDTM new.txt')[:4])\n\
+         say(sorted(name for name, facts in ftp.mlsd()))\n\
          ftp.quit()\n",
     );
     script.expect("220 tasuki ftp ready");
+    // Release 1 knows no REST.
+    script.expect("502 REST not implemented");
     script.expect("IN-DOCS");
-    let report = site.host.upgrade(artifacts::FTP_V1).expect("upgrade");
-    assert!(report.to_string().contains("ftp"), "{report}");
+    let report = site.upgrade(artifacts::FTP_V2);
+    assert!(report.contains("upgraded ftp 1.0.0 -> ftp 2.0.0"), "{report}");
     script.go_on();
     // No second banner: the next reply the client reads answers its PWD.
     script.expect("/docs");
     script.expect("readme.txt");
-    script.expect("hello from ftp");
-    script.expect("25");
+    // The download resumed at byte 6.
+    script.expect("from ftp");
+    script.expect("15 213");
+    script.expect("['new.txt', 'readme.txt']");
     script.finish();
     let written = std::fs::read_to_string(site.dir.path().join("docs/new.txt")).unwrap();
-    assert_eq!(written, "written after the upgrade");
+    assert_eq!(written, "written resumed");
 }
 
-/// The test process's resident memory, in bytes: the host runs in it.
-fn resident() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
-}
+/// The upgrades made while the 200 MB transfers are in flight: release 1 to 2, then 2 to the
+/// newest.
+const IN_FLIGHT: [&str; 2] = [artifacts::FTP_V2, artifacts::FTP_V2];
 
 #[test]
 fn a_200_mb_download_and_upload_in_flight_cross_two_upgrades_whole_in_bounded_memory() {
     const SIZE: usize = 200 << 20;
-    let site = Site::new();
+    let site = Site::new(artifacts::FTP_V1);
     // Bytes that repeat only every 251 (a shift in the stream would show), written a MiB at a
     // time so that the test holds none of it.
     let pattern: Vec<u8> = (0..(1 << 20) + 251).map(|i| (i % 251) as u8).collect();
@@ -150,11 +178,13 @@ fn a_200_mb_download_and_upload_in_flight_cross_two_upgrades_whole_in_bounded_me
     }
     drop(file);
     let want = sha256(&site.dir.path().join("big.bin"));
-    let before = resident();
+    let host = site.host.child.id();
+    let before = resident(host);
     // What the host may hold beyond that while it streams: its --output-buffer per connection
-    // and the instances' own memory, far below the file.
+    // and the instances' own memory, far below the files.
     let bound = before + (64 << 20);
-    let mut script = Script::start(
+    // Two clients at once, each pausing at 8 MiB and at 100 MiB: a download ...
+    let mut download = Script::start(
         &site,
         "ftp = ftplib.FTP(timeout=60)\n\
          ftp.connect(HOST, PORT)\n\
@@ -165,6 +195,14 @@ fn a_200_mb_download_and_upload_in_flight_cross_two_upgrades_whole_in_bounded_me
                  if seen[0] >= mark and seen[0] - len(data) < mark:\n            pause('MID-RETR')\n\
          ftp.retrbinary('RETR big.bin', block, blocksize=65536)\n\
          say(got.hexdigest(), seen[0])\n\
+         ftp.quit()\n",
+    );
+    // ... and an upload of the same bytes.
+    let mut upload = Script::start(
+        &site,
+        "ftp = ftplib.FTP(timeout=60)\n\
+         ftp.connect(HOST, PORT)\n\
+         ftp.login('alice', 'secret')\n\
          class Slow(io.RawIOBase):\n    def __init__(self):\n        self.at = 0\n    \
              def readable(self):\n        return True\n    \
              def readinto(self, b):\n        \
@@ -179,29 +217,26 @@ fn a_200_mb_download_and_upload_in_flight_cross_two_upgrades_whole_in_bounded_me
          say('STORED')\n\
          ftp.quit()\n",
     );
-    for _ in 0..2 {
-        script.expect("MID-RETR");
-        let held = resident();
-        assert!(held < bound, "the host holds {held} bytes mid-download (from {before})");
-        site.host.upgrade(artifacts::FTP_V1).expect("upgrade during the download");
-        script.go_on();
+    for release in IN_FLIGHT {
+        // Both transfers are under way and paused: upgrade under both.
+        download.expect("MID-RETR");
+        upload.expect("MID-STOR");
+        let held = resident(host);
+        assert!(held < bound, "the host holds {held} bytes mid-transfer (from {before})");
+        site.upgrade(release);
+        download.go_on();
+        upload.go_on();
     }
-    assert_eq!(script.line(), format!("{want} {SIZE}"));
-    for _ in 0..2 {
-        script.expect("MID-STOR");
-        let held = resident();
-        assert!(held < bound, "the host holds {held} bytes mid-upload (from {before})");
-        site.host.upgrade(artifacts::FTP_V1).expect("upgrade during the upload");
-        script.go_on();
-    }
-    script.expect("STORED");
-    script.finish();
+    assert_eq!(download.line(), format!("{want} {SIZE}"));
+    upload.expect("STORED");
+    download.finish();
+    upload.finish();
     assert_eq!(sha256(&site.dir.path().join("up.bin")), want, "the upload arrived whole");
 }
 
 #[test]
 fn names_that_lead_out_of_the_served_directory_are_refused_with_550() {
-    let site = Site::new();
+    let site = Site::new(artifacts::FTP_V2);
     std::os::unix::fs::symlink("/etc", site.dir.path().join("out")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", site.dir.path().join("passwd")).unwrap();
     let mut script = Script::start(
@@ -209,7 +244,7 @@ fn names_that_lead_out_of_the_served_directory_are_refused_with_550() {
         "ftp = ftplib.FTP(timeout=60)\n\
          ftp.connect(HOST, PORT)\n\
          ftp.login('anonymous', 'me@example.org')\n\
-         for cmd in ['CWD ../..', 'CWD out', 'RETR /etc/passwd', 'RETR passwd', 'RETR out/passwd', 'RETR ../../etc/passwd', 'STOR x']:\n    \
+         for cmd in ['CWD ../..', 'CWD out', 'RETR /etc/passwd', 'RETR passwd', 'RETR out/passwd', 'RETR ../../etc/passwd', 'STOR x', 'MLST ../..', 'MLST out/passwd', 'MDTM passwd']:\n    \
              try:\n        \
                  if cmd.startswith(('RETR', 'STOR')):\n            \
                      ftp.sendcmd('EPSV')\n        \
@@ -226,6 +261,9 @@ fn names_that_lead_out_of_the_served_directory_are_refused_with_550() {
         "RETR out/passwd",
         "RETR ../../etc/passwd",
         "STOR x",
+        "MLST ../..",
+        "MLST out/passwd",
+        "MDTM passwd",
     ] {
         assert_eq!(script.line(), format!("{cmd} 550"));
     }
@@ -235,8 +273,14 @@ fn names_that_lead_out_of_the_served_directory_are_refused_with_550() {
 }
 
 #[test]
-fn curl_uploads_lists_and_downloads() {
-    let site = Site::new();
+fn curl_uploads_lists_and_downloads_against_every_release() {
+    for release in RELEASES {
+        curl_against(release);
+    }
+}
+
+fn curl_against(release: &str) {
+    let site = Site::new(release);
     let scratch = tempfile::tempdir().unwrap();
     let local = scratch.path().join("curl-upload.bin");
     let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
@@ -259,6 +303,22 @@ fn curl_uploads_lists_and_downloads() {
     // Through PASV too (curl tries EPSV first).
     let down = curl(&["--disable-epsv", &site.url("/docs/readme.txt")]);
     assert_eq!(down, b"hello from ftp\n");
+    if release == artifacts::FTP_V1 {
+        return;
+    }
+    // From release 2: resumed transfers. A download continued from the local file's length
+    // (REST), an upload continued from the remote file's (SIZE, then APPE).
+    let partial = scratch.path().join("partial.bin");
+    std::fs::write(&partial, &payload[..1_000_000]).unwrap();
+    let url = site.url("/docs/up.bin");
+    curl(&["-C", "-", "-o", partial.to_str().unwrap(), &url]);
+    assert!(std::fs::read(&partial).unwrap() == payload, "the resumed download is whole");
+    std::fs::write(site.dir.path().join("docs/up.bin"), &payload[..1_234_567]).unwrap();
+    curl(&["-C", "-", "-T", local.to_str().unwrap(), &url]);
+    assert!(
+        std::fs::read(site.dir.path().join("docs/up.bin")).unwrap() == payload,
+        "the resumed upload is whole"
+    );
 }
 
 /// Every file under `root`, by path relative to it, with its bytes.
@@ -281,7 +341,7 @@ fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 
 /// Runs `lftp` with `commands` against the site and upgrades the host once `arrived` (a
 /// directory being filled by the mirror) holds `at` files, while lftp is still at work.
-fn lftp_with_an_upgrade(site: &Site, commands: &str, arrived: &Path, at: usize) {
+fn lftp_with_an_upgrade(site: &Site, commands: &str, arrived: &Path, at: usize, to: &str) {
     let script = format!(
         "set cmd:fail-exit true; set net:max-retries 1; set net:timeout 30; \
          set ftp:passive-mode true; open -u alice,secret ftp://{}; {commands}",
@@ -299,15 +359,15 @@ fn lftp_with_an_upgrade(site: &Site, commands: &str, arrived: &Path, at: usize) 
         assert!(std::time::Instant::now() < give_up, "{at} files never arrived");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    site.host.upgrade(artifacts::FTP_V1).expect("upgrade during the mirror");
+    site.upgrade(to);
     assert!(lftp.try_wait().unwrap().is_none(), "the upgrade came after the mirror ended");
     let status = lftp.wait().unwrap();
     assert!(status.success(), "lftp failed: {status}");
 }
 
 #[test]
-fn lftp_mirrors_a_tree_of_1000_files_both_ways_across_an_upgrade() {
-    let site = Site::new();
+fn lftp_mirrors_a_tree_of_1000_files_both_ways_across_upgrades() {
+    let site = Site::new(artifacts::FTP_V1);
     let served = site.dir.path().join("tree");
     for d in 0..10 {
         std::fs::create_dir_all(served.join(format!("d{d}"))).unwrap();
@@ -320,9 +380,11 @@ fn lftp_mirrors_a_tree_of_1000_files_both_ways_across_an_upgrade() {
     assert_eq!(want.len(), 1000);
     let local = tempfile::tempdir().unwrap();
     let down = local.path().join("down");
-    lftp_with_an_upgrade(&site, &format!("mirror /tree {}", down.display()), &down, 300);
+    let mirror = format!("mirror /tree {}", down.display());
+    lftp_with_an_upgrade(&site, &mirror, &down, 300, artifacts::FTP_V2);
     assert!(tree(&down) == want, "the download mirror is the served tree");
     let up = site.dir.path().join("up");
-    lftp_with_an_upgrade(&site, &format!("mirror -R {} /up", down.display()), &up, 300);
+    let mirror = format!("mirror -R {} /up", down.display());
+    lftp_with_an_upgrade(&site, &mirror, &up, 300, artifacts::FTP_V2);
     assert!(tree(&up) == want, "the upload mirror is the tree it was given");
 }

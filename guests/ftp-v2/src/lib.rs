@@ -1,8 +1,9 @@
-//! The FTP server, release 1: RFC 959 with passive data connections (`PASV`, and RFC 2428's
-//! `EPSV`), serving one directory the host grants.
+//! The FTP server, release 2: RFC 959 with passive data connections (`PASV`, and RFC 2428's
+//! `EPSV`), serving one directory the host grants, and RFC 3659's extensions: `REST` (resume a
+//! download or an upload), `MDTM`, `MLST` and `MLSD`; and `APPE`.
 //!
 //! ```text
-//! tasuki run ftp_v1.wasm --listen 127.0.0.1:2121 --dir ./served::/srv \
+//! tasuki run ftp_v2.wasm --listen 127.0.0.1:2121 --dir ./served::/srv \
 //!     --data-ports 50000-50100 --arg user=alice:secret --arg anonymous
 //! ```
 //!
@@ -13,8 +14,9 @@
 //! - `user=NAME:PASSWORD`: a user who may read and write.
 //! - `anonymous`: `USER anonymous` (or `ftp`) with any password may read, not write.
 //!
-//! Commands: `USER PASS SYST FEAT PWD XPWD CWD CDUP TYPE MODE STRU PASV EPSV LIST NLST RETR
-//! STOR DELE MKD RMD SIZE NOOP QUIT`, with RFC 959's reply codes. Active mode (`PORT`, `EPRT`)
+//! Commands: `USER PASS SYST FEAT OPTS PWD XPWD CWD CDUP TYPE MODE STRU PASV EPSV LIST NLST
+//! MLSD MLST RETR STOR APPE REST DELE MKD RMD SIZE MDTM NOOP QUIT`, with RFC 959's and RFC
+//! 3659's reply codes. Active mode (`PORT`, `EPRT`)
 //! is refused with 502: a component opens no connections, so data always comes to a port the
 //! server listens on (passive mode, what `ftplib`, `curl` and `lftp` use by default).
 //!
@@ -25,15 +27,23 @@
 //! middle of a transfer carries on under the next release. A download is a stream of the file by
 //! path and offset ([`Source::File`]); an upload is written by reopening the file at the
 //! offset reached, each time data arrives: no open file handle needs to cross.
+//!
+//! Release 2 keeps release 1's app state (version 1) and changes the sessions' shape (version
+//! 2): a control session remembers a `REST` offset, and a transfer is one record of what it
+//! moves, from which offset, and how many bytes it has moved. Release 1's sessions (version 1,
+//! frozen in `ftp_states::v1`) are migrated as they arrive ([`Session::migrations`]), so a
+//! client logged in under release 1, even in the middle of an upload, carries on under 2.
 
 pub mod listing;
 pub mod path;
 
+use ftp_states::v1;
 use serde::{Deserialize, Serialize};
 use std::io::{Seek, SeekFrom, Write};
 use tasuki_guest::frame::{Framing, Lines};
 use tasuki_guest::{
-    ConnId, ConnInfo, Ctx, ListenError, ListenerId, Server, Session, SessionType, Source, StreamEnd,
+    ConnId, ConnInfo, Ctx, ListenError, ListenerId, Migrations, Server, Session, SessionType,
+    Source, StreamEnd,
 };
 
 /// Command lines of at most 4 KiB (RFC 959 sets no limit; paths are the long part).
@@ -43,7 +53,8 @@ const LINES: Lines = Lines::new(4096);
 const BANNER: &str = "220 tasuki ftp ready\r\n";
 
 /// What `FEAT` lists (RFC 2389): the extensions beyond RFC 959 this release implements.
-const FEATURES: &[&str] = &["EPSV", "PASV", "SIZE"];
+const FEATURES: &[&str] =
+    &["EPSV", "MDTM", "MLST type*;size*;modify*;perm*;", "PASV", "REST STREAM", "SIZE"];
 
 /// The server's configuration, from `--arg`: rebuilt by each instance's `init`.
 #[derive(Debug, Clone, Default)]
@@ -109,7 +120,33 @@ impl Default for Conn {
 }
 
 impl Session for Conn {
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
+
+    fn migrations() -> Migrations<Self> {
+        Migrations::none().from::<v1::Conn>(1, Conn::from_v1)
+    }
+}
+
+impl Conn {
+    /// Release 1's session as release 2 keeps it: no `REST` offset, transfers from offset 0.
+    fn from_v1(old: v1::Conn) -> Self {
+        match old {
+            v1::Conn::Control(c) => Conn::Control(Control {
+                user: c.user,
+                login: c.login.map(|l| Login { name: l.name, write: l.write }),
+                cwd: c.cwd,
+                local_ip: c.local_ip,
+                passive: c.passive.map(|p| Passive { listener: p.listener, extended: p.extended }),
+                data: c.data,
+                waiting: c.waiting.map(Transfer::from_v1),
+                busy: c.busy,
+                restart: 0,
+            }),
+            v1::Conn::Data(d) => {
+                Conn::Data(Data { control: d.control, transfer: d.transfer.map(Transfer::from_v1) })
+            }
+        }
+    }
 }
 
 /// A control connection's state.
@@ -131,6 +168,9 @@ pub struct Control {
     pub waiting: Option<Transfer>,
     /// The data connection of the transfer under way.
     pub busy: Option<ConnId>,
+    /// Where the next `RETR` or `STOR` starts, in bytes, as the last `REST` said (RFC 3659
+    /// section 5); 0 for the beginning. Used by the next transfer command.
+    pub restart: u64,
 }
 
 impl Default for Control {
@@ -144,6 +184,7 @@ impl Default for Control {
             data: None,
             waiting: None,
             busy: None,
+            restart: 0,
         }
     }
 }
@@ -166,15 +207,51 @@ pub struct Passive {
     pub extended: bool,
 }
 
-/// What a data connection carries.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Transfer {
-    /// A file to send, by its path on disk and size when the command came.
-    Retr { path: String, size: u64 },
-    /// A listing, made when the command came.
+/// What a data connection carries: one record of what moves, from where, and how far it got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// What it is.
+    pub kind: Kind,
+    /// The file's path as the guest sees it (under the granted root); empty for a listing.
+    pub path: String,
+    /// Where in the file it starts, in bytes: `REST`'s offset, or the file's length for `APPE`.
+    pub offset: u64,
+    /// Bytes moved so far: written, for an upload (the next byte goes to `offset + bytes`);
+    /// sent, for a download or listing, once its stream has ended.
+    pub bytes: u64,
+}
+
+/// The kinds of transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A download (`RETR`) of `len` bytes from `offset`: the file's size when the command
+    /// came, less the offset.
+    Retr { len: u64 },
+    /// A listing (`LIST`, `NLST`, `MLSD`), made when the command came; emptied once handed to
+    /// the stream.
     List { listing: Vec<u8> },
-    /// A file to write, by its path on disk, and the bytes written so far.
-    Stor { path: String, written: u64 },
+    /// An upload (`STOR`, `APPE`).
+    Stor,
+}
+
+impl Transfer {
+    fn listing(listing: Vec<u8>) -> Self {
+        Transfer { kind: Kind::List { listing }, path: String::new(), offset: 0, bytes: 0 }
+    }
+
+    fn from_v1(old: v1::Transfer) -> Self {
+        match old {
+            v1::Transfer::Retr { path, size } => {
+                Transfer { kind: Kind::Retr { len: size }, path, offset: 0, bytes: 0 }
+            }
+            v1::Transfer::List { listing } => {
+                Transfer { kind: Kind::List { listing }, path: String::new(), offset: 0, bytes: 0 }
+            }
+            v1::Transfer::Stor { path, written } => {
+                Transfer { kind: Kind::Stor, path, offset: 0, bytes: written }
+            }
+        }
+    }
 }
 
 /// A data connection's state.
@@ -279,6 +356,18 @@ impl Ftp {
                 text.push_str("211 End\r\n");
                 return ctx.send(conn, text.as_bytes());
             }
+            "OPTS" => {
+                let (option, value) = arg.split_once(' ').unwrap_or((arg, ""));
+                return match option.to_ascii_uppercase().as_str() {
+                    // Names are bytes and sent as they are: UTF-8 names pass through.
+                    "UTF8" if value.eq_ignore_ascii_case("ON") => {
+                        reply(ctx, conn, "200 Always in UTF8 mode")
+                    }
+                    // RFC 3659 section 7.9: every fact is always sent; say which.
+                    "MLST" => reply(ctx, conn, "200 MLST OPTS type;size;modify;perm;"),
+                    _ => reply(ctx, conn, &format!("501 OPTS {arg} not understood")),
+                };
+            }
             _ => {}
         }
         let Some(login) = s.login.clone() else {
@@ -288,7 +377,7 @@ impl Ftp {
         // a path (RFC 959: "file unavailable").
         let target = match path::resolve(&s.cwd, arg) {
             Some(target) => target,
-            None if takes_path(&verb) => {
+            None if takes_path(&verb) || verb == "MLST" || verb == "MLSD" => {
                 return reply(ctx, conn, &format!("550 {arg}: No such file or directory"));
             }
             None => String::from("/"),
@@ -338,13 +427,75 @@ impl Ftp {
                 Ok(meta) if meta.is_file() => reply(ctx, conn, &format!("213 {}", meta.len())),
                 _ => reply(ctx, conn, &format!("550 {target}: No such file")),
             },
-            "RETR" => match std::fs::metadata(self.disk(&target)) {
+            // RFC 3659 section 3: the modification time, UTC, as YYYYMMDDHHMMSS.
+            "MDTM" => match std::fs::metadata(self.disk(&target)) {
                 Ok(meta) if meta.is_file() => {
-                    let transfer = Transfer::Retr { path: self.disk(&target), size: meta.len() };
-                    self.transfer(ctx, conn, s, transfer);
+                    let modified = meta.modified().map(listing::unix_s).unwrap_or(0);
+                    reply(ctx, conn, &format!("213 {}", listing::fact_time(modified)))
                 }
                 _ => reply(ctx, conn, &format!("550 {target}: No such file")),
             },
+            // RFC 3659 section 5: the offset the next RETR or STOR starts at.
+            "REST" => match arg.parse::<u64>() {
+                Ok(offset) => {
+                    s.restart = offset;
+                    reply(
+                        ctx,
+                        conn,
+                        &format!("350 Restarting at {offset}. Send STORE or RETRIEVE"),
+                    );
+                }
+                Err(_) => reply(ctx, conn, &format!("501 REST {arg}: not a byte offset")),
+            },
+            // RFC 3659 section 7: the facts of one file or directory, on the control connection.
+            "MLST" => match std::fs::metadata(self.disk(&target)) {
+                Ok(meta) => {
+                    let facts = listing::mlsx_line(&target, &meta, login.write);
+                    ctx.send(
+                        conn,
+                        format!("250-Listing {target}\r\n {facts}250 End\r\n").as_bytes(),
+                    );
+                }
+                Err(_) => reply(ctx, conn, &format!("550 {target}: No such file or directory")),
+            },
+            "RETR" => {
+                let offset = std::mem::take(&mut s.restart);
+                match std::fs::metadata(self.disk(&target)) {
+                    Ok(meta) if meta.is_file() && offset > meta.len() => reply(
+                        ctx,
+                        conn,
+                        &format!(
+                            "554 REST {offset} is past the end of {target} ({} bytes)",
+                            meta.len()
+                        ),
+                    ),
+                    Ok(meta) if meta.is_file() => {
+                        let transfer = Transfer {
+                            kind: Kind::Retr { len: meta.len() - offset },
+                            path: self.disk(&target),
+                            offset,
+                            bytes: 0,
+                        };
+                        self.transfer(ctx, conn, s, transfer);
+                    }
+                    _ => reply(ctx, conn, &format!("550 {target}: No such file")),
+                }
+            }
+            "MLSD" => {
+                let disk = self.disk(&target);
+                let listing = match std::fs::metadata(&disk) {
+                    Ok(meta) if meta.is_dir() => {
+                        listing::list_dir(&disk, listing::Style::Facts { write: login.write }, 0)
+                    }
+                    // RFC 3659 section 7.2.1: MLSD names a directory.
+                    Ok(_) => return reply(ctx, conn, &format!("501 {target}: Not a directory")),
+                    Err(e) => Err(e),
+                };
+                match listing {
+                    Ok(listing) => self.transfer(ctx, conn, s, Transfer::listing(listing)),
+                    Err(_) => reply(ctx, conn, &format!("550 {target}: No such directory")),
+                }
+            }
             "LIST" | "NLST" => {
                 // Options such as `-la` (sent by some clients) ask for what LIST gives anyway.
                 let name = arg.split(' ').filter(|w| !w.starts_with('-')).collect::<Vec<_>>();
@@ -353,8 +504,9 @@ impl Ftp {
                 };
                 let disk = self.disk(&target);
                 let now_s = (ctx.now_ms() / 1000) as i64;
+                let style = if verb == "NLST" { listing::Style::Names } else { listing::Style::Ls };
                 let listing = match std::fs::metadata(&disk) {
-                    Ok(meta) if meta.is_dir() => listing::list_dir(&disk, verb == "NLST", now_s),
+                    Ok(meta) if meta.is_dir() => listing::list_dir(&disk, style, now_s),
                     Ok(_) if verb == "NLST" => {
                         Ok(format!("{}\r\n", path::file_name(&target)).into_bytes())
                     }
@@ -364,25 +516,33 @@ impl Ftp {
                     Err(e) => Err(e),
                 };
                 match listing {
-                    Ok(listing) => self.transfer(ctx, conn, s, Transfer::List { listing }),
+                    Ok(listing) => self.transfer(ctx, conn, s, Transfer::listing(listing)),
                     Err(_) => reply(ctx, conn, &format!("550 {target}: No such file or directory")),
                 }
             }
-            "STOR" | "DELE" | "MKD" | "XMKD" | "RMD" | "XRMD" if !login.write => {
+            "STOR" | "APPE" | "DELE" | "MKD" | "XMKD" | "RMD" | "XRMD" if !login.write => {
                 reply(ctx, conn, "550 Permission denied")
             }
-            "STOR" => {
-                // Refused before the file is made: a 425 must leave nothing behind.
+            "STOR" | "APPE" => {
+                let restart = std::mem::take(&mut s.restart);
+                // Refused before the file is touched: a 425 must leave it as it was.
                 if let Err(why) = transfer_possible(s) {
                     return reply(ctx, conn, why);
                 }
                 let disk = self.disk(&target);
-                match std::fs::File::create(&disk) {
-                    Ok(_) => {
-                        let transfer = Transfer::Stor { path: disk, written: 0 };
+                match open_upload(&disk, verb == "APPE", restart) {
+                    Ok(offset) => {
+                        let transfer = Transfer { kind: Kind::Stor, path: disk, offset, bytes: 0 };
                         self.transfer(ctx, conn, s, transfer);
                     }
-                    Err(_) => reply(ctx, conn, &format!("550 {target}: Cannot create file")),
+                    Err(Refused::Cannot) => {
+                        reply(ctx, conn, &format!("550 {target}: Cannot create file"))
+                    }
+                    Err(Refused::PastEnd(len)) => reply(
+                        ctx,
+                        conn,
+                        &format!("554 REST {restart} is past the end of {target} ({len} bytes)"),
+                    ),
                 }
             }
             "DELE" => match std::fs::symlink_metadata(self.disk(&target)) {
@@ -420,23 +580,21 @@ impl Ftp {
     /// Starts `transfer` from control connection `conn` on data connection `data`.
     fn start(&mut self, ctx: &mut Ctx, conn: ConnId, s: &mut Control, data: ConnId, t: Transfer) {
         s.busy = Some(data);
-        match &t {
-            Transfer::Retr { path, size } => {
-                reply(ctx, conn, &format!("150 Opening data connection ({size} bytes)"));
-                let source = Source::File { path: path.clone(), offset: 0, len: Some(*size) };
+        let mut kept = t;
+        match &mut kept.kind {
+            Kind::Retr { len } => {
+                reply(ctx, conn, &format!("150 Opening data connection ({len} bytes)"));
+                let source =
+                    Source::File { path: kept.path.clone(), offset: kept.offset, len: Some(*len) };
                 ctx.stream(data, source);
             }
-            Transfer::List { listing } => {
+            Kind::List { listing } => {
                 reply(ctx, conn, "150 Here comes the listing");
-                ctx.stream(data, Source::Bytes(listing.clone()));
+                // The bytes go into the stream: the session need not hold them twice.
+                ctx.stream(data, Source::Bytes(std::mem::take(listing)));
             }
-            Transfer::Stor { .. } => reply(ctx, conn, "150 Ready to receive"),
+            Kind::Stor => reply(ctx, conn, "150 Ready to receive"),
         }
-        // The listing's bytes went into the stream: the session need not hold them twice.
-        let kept = match t {
-            Transfer::List { .. } => Transfer::List { listing: Vec::new() },
-            other => other,
-        };
         if let Some(d) = data_session(ctx, data) {
             d.transfer = Some(kept);
         }
@@ -459,10 +617,10 @@ impl Ftp {
         let control_id = d.control;
         let transfer = d.transfer.take();
         if code.starts_with("226") {
-            match transfer {
-                Some(Transfer::Retr { .. }) => self.downloads += 1,
-                Some(Transfer::Stor { .. }) => self.uploads += 1,
-                Some(Transfer::List { .. }) => self.listings += 1,
+            match transfer.map(|t| t.kind) {
+                Some(Kind::Retr { .. }) => self.downloads += 1,
+                Some(Kind::Stor) => self.uploads += 1,
+                Some(Kind::List { .. }) => self.listings += 1,
                 None => {}
             }
         }
@@ -487,12 +645,55 @@ fn transfer_possible(s: &Control) -> Result<(), &'static str> {
     }
 }
 
-/// Whether `verb` names a path in its argument.
+/// Whether `verb` names a path in its argument (`REST` takes an offset, and also needs one).
 fn takes_path(verb: &str) -> bool {
     matches!(
         verb,
-        "CWD" | "XCWD" | "SIZE" | "RETR" | "STOR" | "DELE" | "MKD" | "XMKD" | "RMD" | "XRMD"
+        "CWD"
+            | "XCWD"
+            | "SIZE"
+            | "MDTM"
+            | "RETR"
+            | "STOR"
+            | "APPE"
+            | "DELE"
+            | "MKD"
+            | "XMKD"
+            | "RMD"
+            | "XRMD"
+            | "REST"
     )
+}
+
+/// Why an upload cannot start.
+enum Refused {
+    /// The file cannot be made or written (550).
+    Cannot,
+    /// `REST`'s offset is past the file's end, which is this many bytes (554).
+    PastEnd(u64),
+}
+
+/// Opens `disk` for an upload and returns the offset it starts at: `APPE` at the file's end
+/// (made if missing), `STOR` at `restart` (RFC 3659 section 5: the file's first `restart`
+/// bytes are kept and what follows is replaced), else a new or emptied file.
+fn open_upload(disk: &str, append: bool, restart: u64) -> Result<u64, Refused> {
+    let cannot = |_: std::io::Error| Refused::Cannot;
+    if append {
+        let file =
+            std::fs::OpenOptions::new().create(true).append(true).open(disk).map_err(cannot)?;
+        return Ok(file.metadata().map_err(cannot)?.len());
+    }
+    if restart == 0 {
+        std::fs::File::create(disk).map_err(cannot)?;
+        return Ok(0);
+    }
+    let file = std::fs::OpenOptions::new().write(true).open(disk).map_err(cannot)?;
+    let len = file.metadata().map_err(cannot)?.len();
+    if restart > len {
+        return Err(Refused::PastEnd(len));
+    }
+    file.set_len(restart).map_err(cannot)?;
+    Ok(restart)
 }
 
 impl Server for Ftp {
@@ -576,15 +777,15 @@ impl Server for Ftp {
     fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize {
         if let Some(d) = data_session(ctx, conn) {
             return match d.transfer.as_mut() {
-                Some(Transfer::Stor { path, written }) => {
-                    let result = std::fs::OpenOptions::new().write(true).open(&*path).and_then(
+                Some(t @ Transfer { kind: Kind::Stor, .. }) => {
+                    let result = std::fs::OpenOptions::new().write(true).open(&t.path).and_then(
                         |mut file| {
-                            file.seek(SeekFrom::Start(*written))?;
+                            file.seek(SeekFrom::Start(t.offset + t.bytes))?;
                             file.write_all(input)
                         },
                     );
                     match result {
-                        Ok(()) => *written += input.len() as u64,
+                        Ok(()) => t.bytes += input.len() as u64,
                         Err(e) => {
                             self.finished(ctx, conn, &format!("451 Write failed: {e}"));
                             ctx.close(conn);
@@ -618,6 +819,14 @@ impl Server for Ftp {
 
     fn on_stream_end(&mut self, ctx: &mut Ctx, conn: ConnId, end: StreamEnd) {
         // A download or a listing: the data connection closes after its last byte.
+        let sent = match &end {
+            StreamEnd::Done { bytes }
+            | StreamEnd::Failed { bytes, .. }
+            | StreamEnd::Gone { bytes } => *bytes,
+        };
+        if let Some(Data { transfer: Some(t), .. }) = data_session(ctx, conn) {
+            t.bytes = sent;
+        }
         match end {
             StreamEnd::Done { .. } => {
                 ctx.close(conn);
@@ -638,7 +847,7 @@ impl Server for Ftp {
             // An upload ends when its client closes the data connection.
             Conn::Data(d) => {
                 let code = match d.transfer {
-                    Some(Transfer::Stor { .. }) => "226 Transfer complete",
+                    Some(Transfer { kind: Kind::Stor, .. }) => "226 Transfer complete",
                     _ => "426 Connection closed; transfer aborted",
                 };
                 let control_id = d.control;

@@ -221,3 +221,142 @@ fn a_command_missing_its_argument_answers_501() {
     }
     assert_eq!(site.cmd(c, "PWD"), "257 \"/docs\" is the current directory\r\n");
 }
+
+#[test]
+fn rest_resumes_a_download_at_its_offset_and_past_the_end_is_refused() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    assert_eq!(site.cmd(c, "REST 2"), "350 Restarting at 2. Send STORE or RETRIEVE\r\n");
+    let d = site.data(c);
+    assert_eq!(
+        site.cmd(c, "RETR docs/readme.txt"),
+        "150 Opening data connection (4 bytes)\r\n226 Transfer complete\r\n"
+    );
+    assert_eq!(site.host.read_string(d), "llo\n");
+    // The offset served one transfer: the next download is whole.
+    let d = site.data(c);
+    site.cmd(c, "RETR docs/readme.txt");
+    assert_eq!(site.host.read_string(d), "hello\n");
+    site.cmd(c, "REST 7");
+    site.data(c);
+    assert!(site.cmd(c, "RETR docs/readme.txt").starts_with("554 REST 7 is past the end"));
+    assert_eq!(site.cmd(c, "REST x"), "501 REST x: not a byte offset\r\n");
+}
+
+#[test]
+fn rest_resumes_an_upload_keeping_the_first_bytes_and_appe_appends() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    let file = site.dir.path().join("docs/readme.txt");
+    site.cmd(c, "REST 3");
+    let d = site.data(c);
+    assert_eq!(site.cmd(c, "STOR docs/readme.txt"), "150 Ready to receive\r\n");
+    site.host.send(d, "p!");
+    site.host.disconnect(d);
+    assert_eq!(site.host.read_string(c), "226 Transfer complete\r\n");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "help!");
+    let d = site.data(c);
+    site.host.send(c, "APPE docs/readme.txt\r\n");
+    site.host.send(d, " me");
+    site.host.disconnect(d);
+    assert_eq!(site.host.read_string(c), "150 Ready to receive\r\n226 Transfer complete\r\n");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "help! me");
+    let d = site.data(c);
+    site.cmd(c, "APPE docs/new.txt");
+    site.host.send(d, "made");
+    site.host.disconnect(d);
+    site.host.read_string(c);
+    assert_eq!(std::fs::read_to_string(site.dir.path().join("docs/new.txt")).unwrap(), "made");
+    assert_eq!(site.host.server().uploads, 3);
+    site.cmd(c, "REST 100");
+    site.data(c);
+    assert!(site.cmd(c, "STOR docs/readme.txt").starts_with("554"));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "help! me",
+        "a refused STOR changes nothing"
+    );
+}
+
+#[test]
+fn mdtm_mlst_and_mlsd_give_rfc_3659_facts() {
+    let mut site = Site::new();
+    let file =
+        std::fs::File::options().write(true).open(site.dir.path().join("docs/readme.txt")).unwrap();
+    // 2026-12-01T09:30:59Z
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_117_459);
+    file.set_modified(at).unwrap();
+    let c = site.login("alice", "secret");
+    assert_eq!(site.cmd(c, "MDTM docs/readme.txt"), "213 20261201093059\r\n");
+    assert!(site.cmd(c, "MDTM docs").starts_with("550"), "a directory has no MDTM");
+    assert_eq!(
+        site.cmd(c, "MLST docs/readme.txt"),
+        "250-Listing /docs/readme.txt\r\n type=file;size=6;modify=20261201093059;perm=radfw; \
+         /docs/readme.txt\r\n250 End\r\n"
+    );
+    let d = site.data(c);
+    assert_eq!(site.cmd(c, "MLSD docs"), "150 Here comes the listing\r\n226 Transfer complete\r\n");
+    assert_eq!(
+        site.host.read_string(d),
+        "type=file;size=6;modify=20261201093059;perm=radfw; readme.txt\r\n"
+    );
+    site.data(c);
+    assert_eq!(site.cmd(c, "MLSD docs/readme.txt"), "501 /docs/readme.txt: Not a directory\r\n");
+    assert!(site.cmd(c, "MLST ../..").starts_with("550"));
+    let anonymous = site.login("anonymous", "me@example.org");
+    assert!(site.cmd(anonymous, "MLST docs").contains("type=dir;size="));
+    assert!(site.cmd(anonymous, "MLST docs").contains(";perm=el; /docs\r\n"));
+    assert_eq!(site.cmd(anonymous, "APPE docs/readme.txt"), "550 Permission denied\r\n");
+}
+
+#[test]
+fn feat_lists_the_extensions_and_opts_answers_for_them() {
+    let mut site = Site::new();
+    let c = site.host.connect();
+    site.host.read_string(c);
+    let feat = site.cmd(c, "FEAT");
+    for feature in [" MDTM\r\n", " REST STREAM\r\n", " MLST type*;size*;modify*;perm*;\r\n"] {
+        assert!(feat.contains(feature), "{feat}");
+    }
+    assert_eq!(site.cmd(c, "OPTS UTF8 ON"), "200 Always in UTF8 mode\r\n");
+    assert_eq!(site.cmd(c, "OPTS MLST size;"), "200 MLST OPTS type;size;modify;perm;\r\n");
+    assert!(site.cmd(c, "OPTS COLOUR blue").starts_with("501"));
+}
+
+/// Release 1's sessions (version 1, as `ftp_v1.wasm` writes them) read as release 2's: the
+/// login, directory and waiting download kept, an upload's bytes so far kept as its count.
+#[test]
+fn release_1_sessions_migrate() {
+    use ftp_states::v1;
+    use tasuki_guest::Session;
+    let control = v1::Conn::Control(v1::Control {
+        user: None,
+        login: Some(v1::Login { name: "alice".into(), write: true }),
+        cwd: "/docs".into(),
+        local_ip: "127.0.0.1".into(),
+        passive: Some(v1::Passive { listener: 4, extended: false }),
+        data: None,
+        waiting: Some(v1::Transfer::Retr { path: "/srv/a".into(), size: 10 }),
+        busy: None,
+    });
+    let migrate = |old: &v1::Conn| {
+        let bytes = postcard::to_allocvec(old).unwrap();
+        super::Conn::migrations().run(1, &bytes).expect("version 1 is read").unwrap()
+    };
+    let super::Conn::Control(s) = migrate(&control) else { panic!("a control session") };
+    assert_eq!((s.cwd.as_str(), s.login.unwrap().name.as_str()), ("/docs", "alice"));
+    assert_eq!(s.passive.map(|p| (p.listener, p.extended)), Some((4, false)));
+    assert_eq!(s.restart, 0);
+    let waiting = s.waiting.unwrap();
+    assert_eq!(
+        (waiting.kind, waiting.path.as_str(), waiting.offset),
+        (super::Kind::Retr { len: 10 }, "/srv/a", 0)
+    );
+    let upload = v1::Conn::Data(v1::Data {
+        control: 9,
+        transfer: Some(v1::Transfer::Stor { path: "/srv/up".into(), written: 5 }),
+    });
+    let super::Conn::Data(d) = migrate(&upload) else { panic!("a data session") };
+    let t = d.transfer.unwrap();
+    assert_eq!((d.control, t.kind, t.offset, t.bytes), (9, super::Kind::Stor, 0, 5));
+}
