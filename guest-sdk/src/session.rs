@@ -72,8 +72,8 @@
 //! ```
 
 use crate::{ConnId, Ctx, Migrations};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -195,6 +195,81 @@ impl SessionType {
     /// The versions this release reads: its own, then those it migrates.
     pub fn accepts(&self) -> Vec<u32> {
         (self.accepts)()
+    }
+}
+
+/// The `tasuki.sessions` section ([`crate::SESSIONS_SECTION`]) as a value: each connection's
+/// session, by connection id. For a transformer that rewrites sessions from one release's
+/// shape to the next (`type Old = Sessions<v1::Conn>`), since the section is not the sessions
+/// themselves: postcard's sequence of `(connection id, the session's own postcard bytes)`, so
+/// that one session that does not decode names its connection.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use tasuki_guest::session::Sessions;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct V1 {
+///     user: String,
+/// }
+/// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+/// struct V2 {
+///     user: String,
+///     idle_ms: u64,
+/// }
+///
+/// let old = Sessions(vec![(7, V1 { user: "ada".into() })]);
+/// let bytes = postcard::to_allocvec(&old).unwrap();
+/// let read: Sessions<V1> = postcard::from_bytes(&bytes).unwrap();
+/// let new = read.convert(|_, s| Ok(V2 { user: s.user, idle_ms: 0 })).unwrap();
+/// assert_eq!(new.0, vec![(7, V2 { user: "ada".into(), idle_ms: 0 })]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sessions<T>(pub Vec<(ConnId, T)>);
+
+impl<T> Sessions<T> {
+    /// Each session converted by `f` (given its connection id); the first error, prefixed with
+    /// the connection it came from.
+    pub fn convert<U>(
+        self,
+        mut f: impl FnMut(ConnId, T) -> Result<U, String>,
+    ) -> Result<Sessions<U>, String> {
+        self.0
+            .into_iter()
+            .map(|(id, session)| {
+                f(id, session).map(|s| (id, s)).map_err(|e| format!("connection {id}: {e}"))
+            })
+            .collect::<Result<_, _>>()
+            .map(Sessions)
+    }
+}
+
+impl<T: Serialize> Serialize for Sessions<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for (id, session) in &self.0 {
+            let bytes = postcard::to_allocvec(session)
+                .map_err(|e| S::Error::custom(format!("the session of connection {id}: {e}")))?;
+            seq.serialize_element(&(id, bytes))?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Sessions<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let records = Vec::<(ConnId, Vec<u8>)>::deserialize(deserializer)?;
+        records
+            .into_iter()
+            .map(|(id, bytes)| {
+                postcard::from_bytes(&bytes).map(|s| (id, s)).map_err(|e| {
+                    D::Error::custom(format!("the session of connection {id} does not decode: {e}"))
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Sessions)
     }
 }
 

@@ -40,7 +40,12 @@
 //! ```
 //!
 //! The host hands a transformer only the section it names, at version `FROM`; every other
-//! section passes around it untouched. A transformer has no clock, no randomness, no files: it is
+//! section passes around it untouched. One component may rewrite several sections (a release
+//! that changed its app state and its sessions together): give each its own [`Transform`] and
+//! list them all, `export_transform!(StateV1ToV2, SessionsV2ToV3)`; the component is named
+//! after the first, and each rewrites its own section. The sessions of [`crate::Ctx::session`]
+//! are the section [`crate::SESSIONS_SECTION`], read and written as
+//! [`crate::session::Sessions`] of the old and new session types. A transformer has no clock, no randomness, no files: it is
 //! a pure function, run under a memory cap and a deadline.
 
 use serde::Serialize;
@@ -84,17 +89,37 @@ pub trait Transform: 'static {
     fn transform(old: Self::Old) -> Result<Self::New, String>;
 }
 
+/// What one [`Transform`] of a component does, for its `describe`.
+#[doc(hidden)]
+pub fn step<T: Transform>() -> SectionStep {
+    SectionStep { name: T::SECTION.to_string(), from_version: T::FROM, to_version: T::TO }
+}
+
+/// The `describe` export of a component of one [`Transform`].
 #[doc(hidden)]
 pub fn describe<T: Transform>() -> TransformInfo {
-    TransformInfo {
-        name: T::NAME.to_string(),
-        steps: vec![SectionStep {
-            name: T::SECTION.to_string(),
-            from_version: T::FROM,
-            to_version: T::TO,
-        }],
-    }
+    TransformInfo { name: T::NAME.to_string(), steps: vec![step::<T>()] }
 }
+
+/// The `transform` export of a component of one [`Transform`].
+#[doc(hidden)]
+pub fn run<T: Transform>(snapshot: Snapshot) -> Result<Snapshot, String> {
+    run_all(snapshot, &[sections::<T>])
+}
+
+/// The `transform-chunks` export of a component of one [`Transform`].
+#[doc(hidden)]
+pub fn run_chunks<T: Transform>(chunks: Vec<Chunk>) -> Result<Vec<Chunk>, String> {
+    self::chunks::<T>(chunks)
+}
+
+/// Rewrites the sections of a whole snapshot one [`Transform`] does.
+#[doc(hidden)]
+pub type Sections = fn(Vec<Section>, bool) -> Result<Vec<Section>, String>;
+
+/// Rewrites the pre-copied chunks one [`Transform`] does.
+#[doc(hidden)]
+pub type Chunks = fn(Vec<Chunk>) -> Result<Vec<Chunk>, String>;
 
 /// Decodes `bytes` as `T::Old`, transforms it, and encodes the result.
 fn rewrite<T: Transform>(bytes: &[u8]) -> Result<Vec<u8>, String> {
@@ -107,14 +132,17 @@ fn rewrite<T: Transform>(bytes: &[u8]) -> Result<Vec<u8>, String> {
     })
 }
 
+/// Rewrites `T::SECTION` at `T::FROM` among `sections`; `precopied` at the end of a pre-copy,
+/// when the maps are references to the chunks this instance rewrote.
 #[doc(hidden)]
-pub fn run<T: Transform>(snapshot: Snapshot) -> Result<Snapshot, String> {
-    // The end of a pre-copy: the maps are references to the chunks this instance rewrote.
-    let precopied = snapshot.sections.iter().any(|s| s.name == PRECOPY_SECTION);
-    let mut sections = Vec::with_capacity(snapshot.sections.len());
-    for section in snapshot.sections {
+pub fn sections<T: Transform>(
+    sections: Vec<Section>,
+    precopied: bool,
+) -> Result<Vec<Section>, String> {
+    let mut out = Vec::with_capacity(sections.len());
+    for section in sections {
         if section.name != T::SECTION || section.version != T::FROM {
-            sections.push(section);
+            out.push(section);
             continue;
         }
         let bytes = if precopied {
@@ -122,16 +150,34 @@ pub fn run<T: Transform>(snapshot: Snapshot) -> Result<Snapshot, String> {
         } else {
             rewrite::<T>(&section.bytes)?
         };
-        sections.push(Section { name: section.name, version: T::TO, bytes });
+        out.push(Section { name: section.name, version: T::TO, bytes });
+    }
+    Ok(out)
+}
+
+/// The `transform` export: `snapshot` through each of a component's transforms in turn.
+#[doc(hidden)]
+pub fn run_all(snapshot: Snapshot, steps: &[Sections]) -> Result<Snapshot, String> {
+    let precopied = snapshot.sections.iter().any(|s| s.name == PRECOPY_SECTION);
+    let mut sections = Ok(snapshot.sections);
+    for step in steps {
+        sections = sections.and_then(|s| step(s, precopied));
     }
     if precopied {
         precopy::reset_reader();
     }
-    Ok(Snapshot { app: snapshot.app, app_version: snapshot.app_version, sections })
+    Ok(Snapshot { app: snapshot.app, app_version: snapshot.app_version, sections: sections? })
 }
 
+/// The `transform-chunks` export: `chunks` through each of a component's transforms in turn.
 #[doc(hidden)]
-pub fn run_chunks<T: Transform>(chunks: Vec<Chunk>) -> Result<Vec<Chunk>, String> {
+pub fn run_chunks_all(chunks: Vec<Chunk>, steps: &[Chunks]) -> Result<Vec<Chunk>, String> {
+    steps.iter().try_fold(chunks, |chunks, step| step(chunks))
+}
+
+/// Rewrites the chunks of `T::SECTION` at `T::FROM` among `chunks`.
+#[doc(hidden)]
+pub fn chunks<T: Transform>(chunks: Vec<Chunk>) -> Result<Vec<Chunk>, String> {
     let mut out = Vec::with_capacity(chunks.len());
     for chunk in chunks {
         if chunk.section != T::SECTION || chunk.version != T::FROM {
@@ -168,11 +214,12 @@ pub fn run_chunks<T: Transform>(chunks: Vec<Chunk>) -> Result<Vec<Chunk>, String
     Ok(out)
 }
 
-/// Exports a [`Transform`] as a `tasuki:server/transformer` component. Use it once, in the
+/// Exports a [`Transform`], or several that rewrite different sections, as one
+/// `tasuki:server/transformer` component named after the first. Use it once, in the
 /// transformer's `cdylib` crate: `tasuki_guest::export_transform!(KvV1ToV2);`.
 #[macro_export]
 macro_rules! export_transform {
-    ($transform:ty) => {
+    ($transform:ty $(, $more:ty)* $(,)?) => {
         const _: () = {
             use $crate::transform::bindings::exports::tasuki::server::transform as __export;
             use $crate::transform::bindings::tasuki::server::types as __types;
@@ -181,12 +228,24 @@ macro_rules! export_transform {
 
             impl __export::Guest for __TasukiTransform {
                 fn describe() -> __types::TransformInfo {
-                    $crate::transform::describe::<$transform>()
+                    __types::TransformInfo {
+                        name: <$transform as $crate::Transform>::NAME.to_string(),
+                        steps: ::std::vec![
+                            $crate::transform::step::<$transform>()
+                            $(, $crate::transform::step::<$more>())*
+                        ],
+                    }
                 }
                 fn transform(
                     snapshot: __types::Snapshot,
                 ) -> ::core::result::Result<__types::Snapshot, ::std::string::String> {
-                    $crate::transform::run::<$transform>(snapshot)
+                    $crate::transform::run_all(
+                        snapshot,
+                        &[
+                            $crate::transform::sections::<$transform> as $crate::transform::Sections
+                            $(, $crate::transform::sections::<$more>)*
+                        ],
+                    )
                 }
             }
 
@@ -197,7 +256,13 @@ macro_rules! export_transform {
                     chunks: ::std::vec::Vec<__types::Chunk>,
                 ) -> ::core::result::Result<::std::vec::Vec<__types::Chunk>, ::std::string::String>
                 {
-                    $crate::transform::run_chunks::<$transform>(chunks)
+                    $crate::transform::run_chunks_all(
+                        chunks,
+                        &[
+                            $crate::transform::chunks::<$transform> as $crate::transform::Chunks
+                            $(, $crate::transform::chunks::<$more>)*
+                        ],
+                    )
                 }
             }
 

@@ -37,7 +37,9 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("ECHO", "echo", "echo"),
     ("DOWNLOAD", "download", "download"),
     ("PASSIVE", "passive", "passive"),
-    ("FTP_V2", "ftp-v2", "ftp_v2"),
+    ("FTP_V3", "ftp-v3", "ftp_v3"),
+    ("FTP_V1_TO_V2", "ftp-v1-to-v2", "ftp_v1_to_v2"),
+    ("FTP_V2_TO_V3", "ftp-v2-to-v3", "ftp_v2_to_v3"),
 ];
 
 /// The directory of the frozen components, relative to the workspace root.

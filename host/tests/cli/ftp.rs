@@ -1,6 +1,7 @@
 //! The FTP server's releases under `tasuki run`, upgraded with `tasuki upgrade`, driven by real
-//! clients: Python's `ftplib`, `curl` and `lftp`. Release 1 is the frozen
-//! `releases/ftp_v1.wasm`; release 2 is `guests/ftp-v2`. Each test serves a temporary directory; a client that must be caught
+//! clients: Python's `ftplib`, `curl` and `lftp`. Releases 1 and 2 are the frozen
+//! `releases/ftp_v1.wasm` and `ftp_v2.wasm`; release 3 is `guests/ftp-v3`, and the transformers
+//! `guests/transforms/ftp-v1-to-v2` and `ftp-v2-to-v3`. Each test serves a temporary directory; a client that must be caught
 //! mid-way (in a directory, in the middle of a transfer) says so on its stdout and waits for a
 //! line on its stdin, so the upgrade happens at that point and no sleep is involved; `lftp`,
 //! which cannot be paused, is caught by the files it has written so far.
@@ -12,7 +13,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use tasuki_artifacts as artifacts;
 
 /// The releases, oldest first.
-const RELEASES: [&str; 2] = [artifacts::FTP_V1, artifacts::FTP_V2];
+const RELEASES: [&str; 3] = [artifacts::FTP_V1, artifacts::FTP_V2, artifacts::FTP_V3];
 
 /// `tasuki run APP` serving a fresh temporary directory (with `docs/readme.txt`) to
 /// `alice:secret` and to anonymous readers.
@@ -26,26 +27,32 @@ struct Site {
 
 impl Site {
     fn new(app: &str) -> Self {
+        Self::with_args(app, &[])
+    }
+
+    /// `app` with these `--arg`s besides the users.
+    fn with_args(app: &str, extra: &[&str]) -> Self {
         let work = tempfile::tempdir().unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("docs")).unwrap();
         std::fs::write(dir.path().join("docs/readme.txt"), "hello from ftp\n").unwrap();
         let grant = format!("{}::/srv", dir.path().display());
-        let host = Running::spawn(
-            work.path(),
-            &[
-                "run",
-                app,
-                "--listen",
-                "127.0.0.1:0",
-                "--dir",
-                &grant,
-                "--arg",
-                "user=alice:secret",
-                "--arg",
-                "anonymous",
-            ],
-        );
+        let mut args = vec![
+            "run",
+            app,
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+            &grant,
+            "--arg",
+            "user=alice:secret",
+            "--arg",
+            "anonymous",
+        ];
+        for arg in extra {
+            args.extend(["--arg", arg]);
+        }
+        let host = Running::spawn(work.path(), &args);
         Site { work, dir, host }
     }
 
@@ -60,6 +67,15 @@ impl Site {
     /// `tasuki upgrade APP`: its report.
     fn upgrade(&self, app: &str) -> String {
         tasuki_ok(self.work.path(), &["upgrade", app])
+    }
+
+    /// `tasuki upgrade APP --transform T...`: its report.
+    fn upgrade_through(&self, app: &str, transforms: &[&str]) -> String {
+        let mut args = vec!["upgrade", app];
+        for t in transforms {
+            args.extend(["--transform", t]);
+        }
+        tasuki_ok(self.work.path(), &args)
     }
 }
 
@@ -161,9 +177,8 @@ fn an_ftplib_session_upgraded_from_release_1_to_2_keeps_its_login_and_directory_
     assert_eq!(written, "written resumed");
 }
 
-/// The upgrades made while the 200 MB transfers are in flight: release 1 to 2, then 2 to the
-/// newest.
-const IN_FLIGHT: [&str; 2] = [artifacts::FTP_V2, artifacts::FTP_V2];
+/// The upgrades made while the 200 MB transfers are in flight: release 1 to 2, then 2 to 3.
+const IN_FLIGHT: [&str; 2] = [artifacts::FTP_V2, artifacts::FTP_V3];
 
 #[test]
 fn a_200_mb_download_and_upload_in_flight_cross_two_upgrades_whole_in_bounded_memory() {
@@ -236,7 +251,7 @@ fn a_200_mb_download_and_upload_in_flight_cross_two_upgrades_whole_in_bounded_me
 
 #[test]
 fn names_that_lead_out_of_the_served_directory_are_refused_with_550() {
-    let site = Site::new(artifacts::FTP_V2);
+    let site = Site::new(artifacts::FTP_V3);
     std::os::unix::fs::symlink("/etc", site.dir.path().join("out")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", site.dir.path().join("passwd")).unwrap();
     let mut script = Script::start(
@@ -340,7 +355,8 @@ fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 }
 
 /// Runs `lftp` with `commands` against the site and upgrades the host once `arrived` (a
-/// directory being filled by the mirror) holds `at` files, while lftp is still at work.
+/// directory being filled by the mirror) holds `at` files, lftp stopped (SIGSTOP) in the
+/// middle of its work until the upgrade is done.
 fn lftp_with_an_upgrade(site: &Site, commands: &str, arrived: &Path, at: usize, to: &str) {
     let script = format!(
         "set cmd:fail-exit true; set net:max-retries 1; set net:timeout 30; \
@@ -359,14 +375,22 @@ fn lftp_with_an_upgrade(site: &Site, commands: &str, arrived: &Path, at: usize, 
         assert!(std::time::Instant::now() < give_up, "{at} files never arrived");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    // Stopped where it is (a signal, not a sleep), so that the upgrade, which takes a
+    // compile's time, comes in the middle of the mirror; then on.
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &lftp.id().to_string()]).status().unwrap();
+        assert!(ok.success(), "kill {sig}");
+    };
+    signal("-STOP");
     site.upgrade(to);
+    signal("-CONT");
     assert!(lftp.try_wait().unwrap().is_none(), "the upgrade came after the mirror ended");
     let status = lftp.wait().unwrap();
     assert!(status.success(), "lftp failed: {status}");
 }
 
 #[test]
-fn lftp_mirrors_a_tree_of_1000_files_both_ways_across_upgrades() {
+fn lftp_mirrors_a_tree_of_1000_files_both_ways_across_upgrades_1_to_2_to_3() {
     let site = Site::new(artifacts::FTP_V1);
     let served = site.dir.path().join("tree");
     for d in 0..10 {
@@ -385,6 +409,83 @@ fn lftp_mirrors_a_tree_of_1000_files_both_ways_across_upgrades() {
     assert!(tree(&down) == want, "the download mirror is the served tree");
     let up = site.dir.path().join("up");
     let mirror = format!("mirror -R {} /up", down.display());
-    lftp_with_an_upgrade(&site, &mirror, &up, 300, artifacts::FTP_V2);
+    lftp_with_an_upgrade(&site, &mirror, &up, 300, artifacts::FTP_V3);
     assert!(tree(&up) == want, "the upload mirror is the tree it was given");
+}
+
+/// A session logged in under release 1, in a subdirectory, with a download under way, upgraded
+/// straight to release 3 — once through the transformer chain, once by release 3's own
+/// migrations — keeps its login, directory and download, and meets release 3's idle clock.
+#[test]
+fn release_1_reaches_release_3_through_the_transformer_chain_and_by_migration() {
+    for chain in [true, false] {
+        let site = Site::new(artifacts::FTP_V1);
+        let big: Vec<u8> = (0..(16u32 << 20)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(site.dir.path().join("docs/big.bin"), &big).unwrap();
+        let mut script = Script::start(
+            &site,
+            "ftp = ftplib.FTP(timeout=60)\n\
+             ftp.connect(HOST, PORT)\n\
+             ftp.login('alice', 'secret')\n\
+             ftp.cwd('docs')\n\
+             got, seen = hashlib.sha256(), [0]\n\
+             def block(data):\n    got.update(data)\n    seen[0] += len(data)\n    \
+                 if seen[0] >= 1 << 20 and seen[0] - len(data) < 1 << 20:\n        pause('MID')\n\
+             ftp.retrbinary('RETR big.bin', block, blocksize=65536)\n\
+             say(got.hexdigest(), seen[0])\n\
+             say(ftp.pwd())\n\
+             say(ftp.sendcmd('MLST big.bin').split('\\n')[1].strip())\n\
+             ftp.quit()\n",
+        );
+        script.expect("MID");
+        let report = if chain {
+            site.upgrade_through(
+                artifacts::FTP_V3,
+                &[artifacts::FTP_V1_TO_V2, artifacts::FTP_V2_TO_V3],
+            )
+        } else {
+            site.upgrade(artifacts::FTP_V3)
+        };
+        assert!(report.contains("upgraded ftp 1.0.0 -> ftp 3.0.0"), "{report}");
+        if chain {
+            assert!(report.contains("transformed  by ftp-v1-to-v2 -> ftp-v2-to-v3"), "{report}");
+        }
+        script.go_on();
+        let want = sha256_of(&big);
+        assert_eq!(script.line(), format!("{want} {}", big.len()));
+        script.expect("/docs");
+        assert!(script.line().starts_with("type=file;size=16777216;modify="));
+        script.finish();
+    }
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), bytes).unwrap();
+    sha256(file.path())
+}
+
+/// Release 3 with `idle=1`: a logged-in client that sends nothing is told 421 and closed, a
+/// second after its last command; one that keeps talking is not. The client waits for the
+/// server's words, not for a time.
+#[test]
+fn release_3_closes_a_quiet_session_with_421_after_the_idle_timeout() {
+    let site = Site::with_args(artifacts::FTP_V3, &["idle=1"]);
+    let mut script = Script::start(
+        &site,
+        "import socket, time\n\
+         ftp = ftplib.FTP(timeout=30)\n\
+         ftp.connect(HOST, PORT)\n\
+         ftp.login('alice', 'secret')\n\
+         for _ in range(4):\n    ftp.voidcmd('NOOP')\n    time.sleep(0.4)\n\
+         say('talked', ftp.pwd())\n\
+         try:\n    say(ftp.getline())\n\
+         except socket.timeout:\n    say('no 421 came')\n\
+         say('closed' if ftp.sock.recv(1) == b'' else 'open')\n",
+    );
+    // Four commands 0.4 s apart span 1.6 s: talking keeps the session.
+    script.expect("talked /");
+    script.expect("421 Timeout: no command for 1 seconds");
+    script.expect("closed");
+    script.finish();
 }

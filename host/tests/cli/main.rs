@@ -360,6 +360,43 @@ fn the_ftp_control_trace_holds_at_every_boundary_over_a_directory_granted_read_o
 }
 
 #[test]
+fn the_ftp_idle_timeout_trace_holds_when_release_2_is_upgraded_to_3_at_each_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = traces().join("ftp-idle.trace");
+    // Release 2 alone never times out, so the trace holds only with the upgrade in it: at each
+    // boundary up to the last command, one run each (after it, release 2 would see the
+    // quiet time out), with and without a rebuild at every boundary.
+    for at in ["0", "1", "2", "3", "4"] {
+        for rebuild in ["never", "every"] {
+            let out = tasuki(
+                dir.path(),
+                &[
+                    "test",
+                    trace.to_str().unwrap(),
+                    "--app",
+                    tasuki_artifacts::FTP_V2,
+                    "--upgrade",
+                    tasuki_artifacts::FTP_V3,
+                    "--upgrade-at",
+                    at,
+                    // Moved inside the pause, so that the upgrade commits at its boundary
+                    // (pre-copied, it would commit an event later, and none may follow).
+                    "--precopy-chunk",
+                    "0",
+                    "--rebuild-at",
+                    rebuild,
+                    "--arg",
+                    "user=alice:secret",
+                ],
+            );
+            let shown = text(&out.stdout);
+            assert!(out.status.success(), "upgrade at {at}: {shown}{}", text(&out.stderr));
+            assert!(shown.contains("1 ok, 0 failed (1 upgraded)"), "{shown}");
+        }
+    }
+}
+
+#[test]
 fn tasuki_test_reports_the_smallest_failing_boundary_and_how_to_reproduce_it() {
     let dir = tempfile::tempdir().unwrap();
     let trace = traces().join("kv-empty-values.trace");

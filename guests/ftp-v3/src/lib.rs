@@ -1,10 +1,12 @@
-//! The FTP server, release 2: RFC 959 with passive data connections (`PASV`, and RFC 2428's
-//! `EPSV`), serving one directory the host grants, and RFC 3659's extensions: `REST` (resume a
-//! download or an upload), `MDTM`, `MLST` and `MLSD`; and `APPE`.
+//! The FTP server, release 3: RFC 959 with passive data connections (`PASV`, and RFC 2428's
+//! `EPSV`), serving one directory the host grants, with RFC 3659's `REST`, `MDTM`, `MLST` and
+//! `MLSD`, and `APPE` (release 2); and now an idle-session timeout and a per-user download
+//! rate limit.
 //!
 //! ```text
-//! tasuki run ftp_v2.wasm --listen 127.0.0.1:2121 --dir ./served::/srv \
-//!     --data-ports 50000-50100 --arg user=alice:secret --arg anonymous
+//! tasuki run ftp_v3.wasm --listen 127.0.0.1:2121 --dir ./served::/srv \
+//!     --data-ports 50000-50100 --arg user=alice:secret --arg anonymous \
+//!     --arg idle=300 --arg rate=1048576
 //! ```
 //!
 //! Arguments (`--arg`, each once or more):
@@ -13,37 +15,52 @@
 //!   and the host refuses links that point out of a granted directory).
 //! - `user=NAME:PASSWORD`: a user who may read and write.
 //! - `anonymous`: `USER anonymous` (or `ftp`) with any password may read, not write.
+//! - `idle=SECONDS`: a control connection that sends no command for this long, with no
+//!   transfer under way, is told `421` and closed (default 300, vsftpd's
+//!   `idle_session_timeout`; 0 never).
+//! - `rate=BYTES_PER_SECOND`: each user's downloads together get at most this many bytes a
+//!   second, on average over a second (default 0: unlimited; vsftpd's `local_max_rate`, but
+//!   per user rather than per session). Anonymous logins share one allowance.
 //!
 //! Commands: `USER PASS SYST FEAT OPTS PWD XPWD CWD CDUP TYPE MODE STRU PASV EPSV LIST NLST
 //! MLSD MLST RETR STOR APPE REST DELE MKD RMD SIZE MDTM NOOP QUIT`, with RFC 959's and RFC
-//! 3659's reply codes. Active mode (`PORT`, `EPRT`)
-//! is refused with 502: a component opens no connections, so data always comes to a port the
-//! server listens on (passive mode, what `ftplib`, `curl` and `lftp` use by default).
+//! 3659's reply codes. Active mode (`PORT`, `EPRT`) is refused with 502: a component opens no
+//! connections, so data always comes to a port the server listens on (passive mode, what
+//! `ftplib`, `curl` and `lftp` use by default).
 //!
 //! Each connection's state is its session ([`tasuki_guest::Ctx::session`]): a control
-//! connection's login, working directory and transfer under way, a data connection's control
-//! connection and how far its upload got. Sessions cross an upgrade with their connections, and
-//! the data ports are listeners the host owns, so a client logged in, in a directory, or in the
-//! middle of a transfer carries on under the next release. A download is a stream of the file by
-//! path and offset ([`Source::File`]); an upload is written by reopening the file at the
-//! offset reached, each time data arrives: no open file handle needs to cross.
+//! connection's login, working directory, `REST` offset, last command's time and transfer under
+//! way, a data connection's control connection and its transfer (what, from which offset, how
+//! many bytes so far). Sessions cross an upgrade with their connections, and the data ports are
+//! listeners the host owns, so a client logged in, in a directory, or in the middle of a
+//! transfer carries on under the next release. A download is a stream of the file by path and
+//! offset ([`Source::File`]) — whole, or, under a rate limit, a slice at a time as the user's
+//! allowance permits, with a timer between slices; an upload is written by reopening the file
+//! at the offset reached, each time data arrives: no open file handle needs to cross. The
+//! timers are the host's, so a timeout or a paused download armed by one release fires in the
+//! next.
 //!
-//! Release 2 keeps release 1's app state (version 1) and changes the sessions' shape (version
-//! 2): a control session remembers a `REST` offset, and a transfer is one record of what it
-//! moves, from which offset, and how many bytes it has moved. Release 1's sessions (version 1,
-//! frozen in `ftp_states::v1`) are migrated as they arrive ([`Session::migrations`]), so a
-//! client logged in under release 1, even in the middle of an upload, carries on under 2.
+//! State: the app state is version 2 (release 1 and 2's counters, and each user's download
+//! allowance, shared by all their connections); sessions are version 3 (release 2's, and each
+//! control session's last command time). Release 3 reads the app state of releases 1 and 2
+//! (version 1) and their sessions (versions 1 and 2, frozen in `ftp_states`) itself
+//! ([`Server::migrations`], `Session::migrations`); the transformers `ftp-v1-to-v2` and
+//! `ftp-v2-to-v3` (in `guests/transforms/`) reach the same shapes outside it.
 
 pub mod listing;
 pub mod path;
 
-use ftp_states::v1;
+pub use ftp_states::v2::{Data, Kind, Login, Passive, Transfer};
+pub use ftp_states::v3::{Allowance, Conn, Control};
+use ftp_states::{v1, v3};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom, Write};
+use std::time::Duration;
 use tasuki_guest::frame::{Framing, Lines};
 use tasuki_guest::{
-    ConnId, ConnInfo, Ctx, ListenError, ListenerId, Migrations, Server, Session, SessionType,
-    Source, StreamEnd,
+    ConnId, ConnInfo, Ctx, ListenError, ListenerId, Migrations, Server, SessionType, Source,
+    StreamEnd,
 };
 
 /// Command lines of at most 4 KiB (RFC 959 sets no limit; paths are the long part).
@@ -56,17 +73,38 @@ const BANNER: &str = "220 tasuki ftp ready\r\n";
 const FEATURES: &[&str] =
     &["EPSV", "MDTM", "MLST type*;size*;modify*;perm*;", "PASV", "REST STREAM", "SIZE"];
 
+/// The idle timeout without `idle=`, in seconds: vsftpd's `idle_session_timeout` default.
+const IDLE_DEFAULT_S: u64 = 300;
+
+/// Timer ids at or above this are a rate-limited download's (the data connection's id added);
+/// below, a control connection's idle timer (its id).
+const RATE_TIMER: u64 = 1 << 63;
+
+/// The most a rate-limited download sends in one slice, in bytes: a tenth of a second's worth,
+/// at least 1 KiB, so the rate holds over short spans too.
+fn slice_max(rate: u64) -> u64 {
+    (rate / 10).max(1024)
+}
+
 /// The server's configuration, from `--arg`: rebuilt by each instance's `init`.
 #[derive(Debug, Clone, Default)]
 struct Config {
     root: String,
     users: Vec<(String, String)>,
     anonymous: bool,
+    /// The idle timeout, in ms; 0 never.
+    idle_ms: u64,
+    /// Each user's download rate, in bytes a second; 0 unlimited.
+    rate: u64,
 }
 
 impl Config {
     fn parse(args: &[String]) -> Result<Self, String> {
-        let mut config = Config { root: "/srv".into(), ..Config::default() };
+        let mut config =
+            Config { root: "/srv".into(), idle_ms: IDLE_DEFAULT_S * 1000, ..Config::default() };
+        let number = |name: &str, value: &str| {
+            value.parse::<u64>().map_err(|_| format!("{name}={value}: give a whole number"))
+        };
         for arg in args {
             match arg.split_once('=') {
                 Some(("root", root)) if root.starts_with('/') => config.root = root.into(),
@@ -79,11 +117,13 @@ impl Config {
                     }
                     _ => return Err(format!("user={user}: give NAME:PASSWORD")),
                 },
+                Some(("idle", s)) => config.idle_ms = number("idle", s)?.saturating_mul(1000),
+                Some(("rate", r)) => config.rate = number("rate", r)?,
                 None if arg == "anonymous" => config.anonymous = true,
                 _ => {
                     return Err(format!(
-                        "unknown argument `{arg}`: give root=PATH, user=NAME:PASSWORD or \
-                         anonymous"
+                        "unknown argument `{arg}`: give root=PATH, user=NAME:PASSWORD, \
+                         anonymous, idle=SECONDS or rate=BYTES_PER_SECOND"
                     ));
                 }
             }
@@ -92,175 +132,33 @@ impl Config {
     }
 }
 
-/// The app state: the configuration (not transferred: each release reads it from its
-/// arguments) and counters.
+/// The app state (version 2): the configuration (not transferred: each release reads it from
+/// its arguments), counters, and each user's download allowance.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Ftp {
     #[serde(skip)]
     config: Config,
-    /// Transfers completed: downloads (`RETR`), uploads (`STOR`), listings.
-    downloads: u64,
-    uploads: u64,
-    listings: u64,
+    /// Transfers completed: downloads (`RETR`), uploads (`STOR`, `APPE`), listings.
+    pub downloads: u64,
+    pub uploads: u64,
+    pub listings: u64,
+    /// Per user name, the allowance all their downloads draw from (state shared by
+    /// connections: one user's two sessions share one rate).
+    pub users: BTreeMap<String, Allowance>,
 }
 
-/// A connection's session: a control connection or a data connection.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum Conn {
-    /// A client's command channel.
-    Control(Control),
-    /// A data connection, accepted on a port a control connection opened.
-    Data(Data),
-}
-
-impl Default for Conn {
-    fn default() -> Self {
-        Conn::Control(Control::default())
+impl Ftp {
+    /// The app state as `ftp_states::v3::Ftp` holds it (the same fields; the configuration
+    /// comes from the arguments).
+    fn from_frozen(state: v3::Ftp) -> Self {
+        let v3::Ftp { downloads, uploads, listings, users } = state;
+        Ftp { config: Config::default(), downloads, uploads, listings, users }
     }
 }
 
-impl Session for Conn {
-    const VERSION: u32 = 2;
-
-    fn migrations() -> Migrations<Self> {
-        Migrations::none().from::<v1::Conn>(1, Conn::from_v1)
-    }
-}
-
-impl Conn {
-    /// Release 1's session as release 2 keeps it: no `REST` offset, transfers from offset 0.
-    fn from_v1(old: v1::Conn) -> Self {
-        match old {
-            v1::Conn::Control(c) => Conn::Control(Control {
-                user: c.user,
-                login: c.login.map(|l| Login { name: l.name, write: l.write }),
-                cwd: c.cwd,
-                local_ip: c.local_ip,
-                passive: c.passive.map(|p| Passive { listener: p.listener, extended: p.extended }),
-                data: c.data,
-                waiting: c.waiting.map(Transfer::from_v1),
-                busy: c.busy,
-                restart: 0,
-            }),
-            v1::Conn::Data(d) => {
-                Conn::Data(Data { control: d.control, transfer: d.transfer.map(Transfer::from_v1) })
-            }
-        }
-    }
-}
-
-/// A control connection's state.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Control {
-    /// The name `USER` gave, waiting for `PASS`.
-    pub user: Option<String>,
-    /// Who logged in.
-    pub login: Option<Login>,
-    /// The working directory, as the client sees it.
-    pub cwd: String,
-    /// The IP address the client reached this server at (for `PASV`'s reply).
-    pub local_ip: String,
-    /// The data port asked for by the last `PASV` or `EPSV`, until a client connects to it.
-    pub passive: Option<Passive>,
-    /// A data connection that came and waits for a command.
-    pub data: Option<ConnId>,
-    /// A transfer command that waits for its data connection.
-    pub waiting: Option<Transfer>,
-    /// The data connection of the transfer under way.
-    pub busy: Option<ConnId>,
-    /// Where the next `RETR` or `STOR` starts, in bytes, as the last `REST` said (RFC 3659
-    /// section 5); 0 for the beginning. Used by the next transfer command.
-    pub restart: u64,
-}
-
-impl Default for Control {
-    fn default() -> Self {
-        Control {
-            user: None,
-            login: None,
-            cwd: "/".into(),
-            local_ip: String::new(),
-            passive: None,
-            data: None,
-            waiting: None,
-            busy: None,
-            restart: 0,
-        }
-    }
-}
-
-/// A logged-in user.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Login {
-    /// The name given.
-    pub name: String,
-    /// Whether they may change files (not anonymous).
-    pub write: bool,
-}
-
-/// A data port asked for.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Passive {
-    /// The listener.
-    pub listener: ListenerId,
-    /// `EPSV` (reply 229) rather than `PASV` (reply 227).
-    pub extended: bool,
-}
-
-/// What a data connection carries: one record of what moves, from where, and how far it got.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Transfer {
-    /// What it is.
-    pub kind: Kind,
-    /// The file's path as the guest sees it (under the granted root); empty for a listing.
-    pub path: String,
-    /// Where in the file it starts, in bytes: `REST`'s offset, or the file's length for `APPE`.
-    pub offset: u64,
-    /// Bytes moved so far: written, for an upload (the next byte goes to `offset + bytes`);
-    /// sent, for a download or listing, once its stream has ended.
-    pub bytes: u64,
-}
-
-/// The kinds of transfer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Kind {
-    /// A download (`RETR`) of `len` bytes from `offset`: the file's size when the command
-    /// came, less the offset.
-    Retr { len: u64 },
-    /// A listing (`LIST`, `NLST`, `MLSD`), made when the command came; emptied once handed to
-    /// the stream.
-    List { listing: Vec<u8> },
-    /// An upload (`STOR`, `APPE`).
-    Stor,
-}
-
-impl Transfer {
-    fn listing(listing: Vec<u8>) -> Self {
-        Transfer { kind: Kind::List { listing }, path: String::new(), offset: 0, bytes: 0 }
-    }
-
-    fn from_v1(old: v1::Transfer) -> Self {
-        match old {
-            v1::Transfer::Retr { path, size } => {
-                Transfer { kind: Kind::Retr { len: size }, path, offset: 0, bytes: 0 }
-            }
-            v1::Transfer::List { listing } => {
-                Transfer { kind: Kind::List { listing }, path: String::new(), offset: 0, bytes: 0 }
-            }
-            v1::Transfer::Stor { path, written } => {
-                Transfer { kind: Kind::Stor, path, offset: 0, bytes: written }
-            }
-        }
-    }
-}
-
-/// A data connection's state.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Data {
-    /// The control connection it serves.
-    pub control: ConnId,
-    /// The transfer it carries, once started.
-    pub transfer: Option<Transfer>,
+/// A listing's transfer record.
+fn listing_transfer(listing: Vec<u8>) -> Transfer {
+    Transfer { kind: Kind::List { listing }, path: String::new(), offset: 0, bytes: 0 }
 }
 
 fn reply(ctx: &mut Ctx, conn: ConnId, text: &str) {
@@ -312,6 +210,7 @@ impl Ftp {
         let (verb, arg) = line.split_once(' ').unwrap_or((line, ""));
         let verb = verb.to_ascii_uppercase();
         let arg = arg.trim_end();
+        s.last_command_ms = ctx.now_ms();
         if arg.is_empty() && (verb == "USER" || takes_path(&verb)) {
             return reply(ctx, conn, &format!("501 {verb} needs an argument"));
         }
@@ -343,6 +242,7 @@ impl Ftp {
             "QUIT" => {
                 reply(ctx, conn, "221 Goodbye");
                 self.drop_data(ctx, s);
+                ctx.cancel_timer(conn);
                 ctx.close(conn);
                 return;
             }
@@ -492,7 +392,7 @@ impl Ftp {
                     Err(e) => Err(e),
                 };
                 match listing {
-                    Ok(listing) => self.transfer(ctx, conn, s, Transfer::listing(listing)),
+                    Ok(listing) => self.transfer(ctx, conn, s, listing_transfer(listing)),
                     Err(_) => reply(ctx, conn, &format!("550 {target}: No such directory")),
                 }
             }
@@ -516,7 +416,7 @@ impl Ftp {
                     Err(e) => Err(e),
                 };
                 match listing {
-                    Ok(listing) => self.transfer(ctx, conn, s, Transfer::listing(listing)),
+                    Ok(listing) => self.transfer(ctx, conn, s, listing_transfer(listing)),
                     Err(_) => reply(ctx, conn, &format!("550 {target}: No such file or directory")),
                 }
             }
@@ -584,9 +484,14 @@ impl Ftp {
         match &mut kept.kind {
             Kind::Retr { len } => {
                 reply(ctx, conn, &format!("150 Opening data connection ({len} bytes)"));
-                let source =
-                    Source::File { path: kept.path.clone(), offset: kept.offset, len: Some(*len) };
-                ctx.stream(data, source);
+                if self.config.rate == 0 {
+                    let source = Source::File {
+                        path: kept.path.clone(),
+                        offset: kept.offset,
+                        len: Some(*len),
+                    };
+                    ctx.stream(data, source);
+                }
             }
             Kind::List { listing } => {
                 reply(ctx, conn, "150 Here comes the listing");
@@ -595,9 +500,52 @@ impl Ftp {
             }
             Kind::Stor => reply(ctx, conn, "150 Ready to receive"),
         }
+        let rated = self.config.rate > 0 && matches!(kept.kind, Kind::Retr { .. });
         if let Some(d) = data_session(ctx, data) {
             d.transfer = Some(kept);
         }
+        if rated {
+            let user = s.login.as_ref().map_or(String::new(), |l| l.name.clone());
+            self.next_slice(ctx, data, &user);
+        }
+    }
+
+    /// Sends the next slice of the rate-limited download on data connection `data`, for
+    /// `user`: as much as their allowance holds now (at most [`slice_max`]), or, if it holds
+    /// nothing, arms a timer for when it will.
+    fn next_slice(&mut self, ctx: &mut Ctx, data: ConnId, user: &str) {
+        let Some(Data { transfer: Some(t), .. }) = data_session(ctx, data) else { return };
+        let Kind::Retr { len } = t.kind else { return };
+        let (path, at, left) = (t.path.clone(), t.offset + t.bytes, len - t.bytes.min(len));
+        let rate = self.config.rate;
+        let now = ctx.now_ms();
+        let allowance =
+            self.users.entry(user.to_string()).or_insert(Allowance { tokens: rate, at_ms: now });
+        // Refill: `rate` bytes a second since it was last brought up to date, up to a second's
+        // worth; the time of a fraction of a byte not yet earned stays counted.
+        let earned = now.saturating_sub(allowance.at_ms).saturating_mul(rate) / 1000;
+        allowance.tokens = allowance.tokens.saturating_add(earned);
+        if allowance.tokens >= rate {
+            (allowance.tokens, allowance.at_ms) = (rate, now);
+        } else {
+            allowance.at_ms += earned.saturating_mul(1000) / rate;
+        }
+        let slice = left.min(slice_max(rate)).min(allowance.tokens);
+        if slice == 0 && left > 0 {
+            // Wait until a slice's worth has come in (never more than a second's: the most the
+            // allowance holds), at least one ms.
+            let want = left.min(slice_max(rate)).min(rate);
+            let wait_ms = want.saturating_mul(1000).div_ceil(rate).max(1);
+            return ctx.set_timer(RATE_TIMER | data, Duration::from_millis(wait_ms));
+        }
+        allowance.tokens -= slice;
+        ctx.stream(data, Source::File { path, offset: at, len: Some(slice) });
+    }
+
+    /// The user whose control connection data connection `data` serves, if logged in.
+    fn user_of(ctx: &mut Ctx, data: ConnId) -> Option<String> {
+        let control_id = data_session(ctx, data)?.control;
+        control(ctx, control_id)?.login.as_ref().map(|l| l.name.clone())
     }
 
     /// Closes the data port and data connection of control session `s`, if any.
@@ -698,7 +646,11 @@ fn open_upload(disk: &str, append: bool, restart: u64) -> Result<u64, Refused> {
 
 impl Server for Ftp {
     const NAME: &'static str = "ftp";
-    const STATE_VERSION: u32 = 1;
+    const STATE_VERSION: u32 = 2;
+
+    fn migrations() -> Migrations<Self> {
+        Migrations::none().from::<v1::Ftp>(1, |old| Ftp::from_frozen(old.into()))
+    }
 
     fn session_type() -> Option<SessionType> {
         Some(SessionType::of::<Conn>())
@@ -709,15 +661,63 @@ impl Server for Ftp {
         Ok(())
     }
 
-    fn resumed(&mut self, _: &mut Ctx, fresh: Self) {
+    fn resumed(&mut self, ctx: &mut Ctx, fresh: Self) {
         self.config = fresh.config;
+        // Sessions from a release without the idle timeout: their clock starts now.
+        let now = ctx.now_ms();
+        let mut started = Vec::new();
+        for (id, session) in ctx.sessions::<Conn>() {
+            if let Conn::Control(s) = session
+                && s.last_command_ms == 0
+            {
+                s.last_command_ms = now;
+                started.push(id);
+            }
+        }
+        for id in started {
+            self.arm_idle(ctx, id, self.config.idle_ms);
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx, id: u64) {
+        if id >= RATE_TIMER {
+            let data = id - RATE_TIMER;
+            if let Some(user) = Self::user_of(ctx, data) {
+                self.next_slice(ctx, data, &user);
+            }
+            return;
+        }
+        // A control connection's idle timer; it may have gone since.
+        let conn = id;
+        let idle = self.config.idle_ms;
+        if idle == 0 || !ctx.sessions::<Conn>().any(|(c, _)| c == conn) {
+            return;
+        }
+        let now = ctx.now_ms();
+        let Some(s) = control(ctx, conn) else { return };
+        let quiet = now.saturating_sub(s.last_command_ms);
+        if s.busy.is_some() || s.waiting.is_some() || quiet < idle {
+            // A transfer under way keeps the session alive (as vsftpd's does); else the
+            // timeout counts from the last command.
+            let left = if s.busy.is_some() || s.waiting.is_some() { idle } else { idle - quiet };
+            return self.arm_idle(ctx, conn, left);
+        }
+        reply(ctx, conn, &format!("421 Timeout: no command for {} seconds", idle / 1000));
+        ctx.with_session(conn, |ctx, session: &mut Conn| {
+            if let Conn::Control(s) = session {
+                self.drop_data(ctx, s);
+            }
+        });
+        ctx.close(conn);
     }
 
     fn on_connect(&mut self, ctx: &mut Ctx, conn: &ConnInfo) {
         let Some(listener) = conn.listener_id else {
             let local_ip = conn.listener.rsplit_once(':').map_or("", |(ip, _)| ip).to_string();
+            let last_command_ms = ctx.now_ms();
             *ctx.session::<Conn>(conn.id) =
-                Conn::Control(Control { local_ip, ..Control::default() });
+                Conn::Control(Control { local_ip, last_command_ms, ..Control::default() });
+            self.arm_idle(ctx, conn.id, self.config.idle_ms);
             return reply(ctx, conn.id, BANNER.trim_end());
         };
         // A data connection: to the control connection that opened its port.
@@ -824,10 +824,18 @@ impl Server for Ftp {
             | StreamEnd::Failed { bytes, .. }
             | StreamEnd::Gone { bytes } => *bytes,
         };
+        // A download's stream is the whole of it, or (under a rate limit) one slice.
+        let mut more = false;
         if let Some(Data { transfer: Some(t), .. }) = data_session(ctx, conn) {
-            t.bytes = sent;
+            t.bytes += sent;
+            more = matches!(t.kind, Kind::Retr { len } if t.bytes < len);
         }
         match end {
+            StreamEnd::Done { .. } if more => {
+                if let Some(user) = Self::user_of(ctx, conn) {
+                    self.next_slice(ctx, conn, &user);
+                }
+            }
             StreamEnd::Done { .. } => {
                 ctx.close(conn);
                 self.finished(ctx, conn, "226 Transfer complete");
@@ -859,12 +867,23 @@ impl Server for Ftp {
                 }
             }
             Conn::Control(_) => {
+                ctx.cancel_timer(conn);
                 ctx.with_session(conn, |ctx, session: &mut Conn| {
                     if let Conn::Control(s) = session {
                         self.drop_data(ctx, s);
                     }
                 });
             }
+        }
+    }
+}
+
+impl Ftp {
+    /// Arms control connection `conn`'s idle timer to fire in `after_ms` (nothing when the
+    /// timeout is off).
+    fn arm_idle(&self, ctx: &mut Ctx, conn: ConnId, after_ms: u64) {
+        if self.config.idle_ms > 0 {
+            ctx.set_timer(conn, Duration::from_millis(after_ms));
         }
     }
 }

@@ -2,6 +2,7 @@
 //! served root.
 
 use super::Ftp;
+use std::time::Duration;
 use tasuki_guest::ConnId;
 use tasuki_guest::testing::TestHost;
 
@@ -359,4 +360,159 @@ fn release_1_sessions_migrate() {
     let super::Conn::Data(d) = migrate(&upload) else { panic!("a data session") };
     let t = d.transfer.unwrap();
     assert_eq!((d.control, t.kind, t.offset, t.bytes), (9, super::Kind::Stor, 0, 5));
+}
+
+#[test]
+fn a_quiet_session_is_told_421_and_closed_after_the_idle_timeout_counted_from_its_last_command() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    site.host.advance(Duration::from_secs(299));
+    assert_eq!(site.cmd(c, "NOOP"), "200 NOOP ok\r\n");
+    // The timeout counts from the NOOP, not from the login.
+    site.host.advance(Duration::from_secs(299));
+    assert!(site.host.is_open(c));
+    site.host.advance(Duration::from_secs(2));
+    assert_eq!(site.host.read_string(c), "421 Timeout: no command for 300 seconds\r\n");
+    assert!(site.host.closed_by_app(c));
+}
+
+#[test]
+fn a_transfer_under_way_keeps_its_session_past_the_idle_timeout() {
+    let mut site = Site::new();
+    let c = site.login("alice", "secret");
+    let d = site.data(c);
+    assert_eq!(site.cmd(c, "STOR slow.bin"), "150 Ready to receive\r\n");
+    site.host.advance(Duration::from_secs(400));
+    site.host.send(d, "late bytes");
+    site.host.advance(Duration::from_secs(400));
+    assert!(site.host.is_open(c), "an upload under way is not idleness");
+    site.host.disconnect(d);
+    assert_eq!(site.host.read_string(c), "226 Transfer complete\r\n");
+    site.host.advance(Duration::from_secs(301));
+    assert!(site.host.closed_by_app(c), "idle once the transfer is over");
+}
+
+#[test]
+fn idle_0_never_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = format!("root={}", dir.path().display());
+    let mut host = TestHost::<Ftp>::start(&[&root, "anonymous", "idle=0"]).unwrap();
+    let c = host.connect();
+    host.advance(Duration::from_secs(86_400));
+    assert!(host.is_open(c));
+    assert!(host.timers().is_empty());
+}
+
+/// A site whose users download at most 1,000 bytes a second, with a 4,500-byte file.
+fn rated_site() -> Site {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("docs")).unwrap();
+    let body: Vec<u8> = (0..4500u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.path().join("docs/big.bin"), body).unwrap();
+    std::fs::write(dir.path().join("docs/readme.txt"), "hello\n").unwrap();
+    let root = format!("root={}", dir.path().display());
+    let host =
+        TestHost::<Ftp>::start(&[&root, "user=alice:secret", "anonymous", "rate=1000"]).unwrap();
+    Site { dir, host }
+}
+
+#[test]
+fn a_download_under_a_rate_limit_comes_a_second_at_a_time_and_whole() {
+    let mut site = rated_site();
+    let c = site.login("alice", "secret");
+    let d = site.data(c);
+    assert_eq!(site.cmd(c, "RETR docs/big.bin"), "150 Opening data connection (4500 bytes)\r\n");
+    // A full allowance at first: a second's worth (1,000 bytes) goes at once, then 1,000
+    // bytes a second, no more and no less.
+    let mut got = site.host.read(d);
+    assert_eq!(got.len(), 1000);
+    for ms in (100..=3400).step_by(100) {
+        site.host.advance(Duration::from_millis(100));
+        got.extend(site.host.read(d));
+        assert_eq!(got.len(), 1000 * (1 + ms / 1000), "bytes after {ms} ms");
+    }
+    // The last 500 bytes need only half a second's allowance.
+    site.host.advance(Duration::from_millis(100));
+    got.extend(site.host.read(d));
+    assert_eq!(got, std::fs::read(site.dir.path().join("docs/big.bin")).unwrap());
+    assert_eq!(site.host.read_string(c), "226 Transfer complete\r\n");
+    assert!(!site.host.is_open(d));
+}
+
+#[test]
+fn one_users_downloads_share_one_allowance_and_other_users_have_their_own() {
+    let mut site = rated_site();
+    let a1 = site.login("alice", "secret");
+    let a2 = site.login("alice", "secret");
+    let anon = site.login("anonymous", "me@example.org");
+    let d1 = site.data(a1);
+    let d2 = site.data(a2);
+    let d3 = site.data(anon);
+    site.cmd(a1, "RETR docs/big.bin");
+    site.cmd(a2, "RETR docs/big.bin");
+    site.cmd(anon, "RETR docs/big.bin");
+    // alice's two downloads together get her second's worth; anonymous gets its own.
+    assert_eq!(site.host.read(d1).len() + site.host.read(d2).len(), 1000);
+    assert_eq!(site.host.read(d3).len(), 1000);
+    site.host.advance(Duration::from_secs(2));
+    assert_eq!(site.host.read(d1).len() + site.host.read(d2).len(), 2000);
+    assert_eq!(site.host.read(d3).len(), 2000);
+}
+
+#[test]
+fn a_rate_limited_download_carries_on_across_an_upgrade() {
+    let mut site = rated_site();
+    let c = site.login("alice", "secret");
+    let d = site.data(c);
+    site.cmd(c, "RETR docs/big.bin");
+    let mut got = site.host.read(d);
+    let mut host = site.host.upgrade::<Ftp>().expect("same release");
+    host.advance(Duration::from_secs(5));
+    got.extend(host.read(d));
+    assert_eq!(got, std::fs::read(site.dir.path().join("docs/big.bin")).unwrap());
+    assert_eq!(host.read_string(c), "226 Transfer complete\r\n");
+}
+
+/// Release 2's sessions (version 2) and release 1 and 2's app state (version 1) read as
+/// release 3's; the idle clock of a migrated session starts at the upgrade.
+#[test]
+fn release_2_sessions_and_release_1_state_migrate() {
+    use ftp_states::{v1, v2};
+    use tasuki_guest::{Server, Session};
+    let old = v2::Conn::Control(v2::Control {
+        user: None,
+        login: Some(v2::Login { name: "alice".into(), write: true }),
+        cwd: "/docs".into(),
+        local_ip: "127.0.0.1".into(),
+        passive: None,
+        data: None,
+        waiting: None,
+        busy: None,
+        restart: 42,
+    });
+    let bytes = postcard::to_allocvec(&old).unwrap();
+    let super::Conn::Control(s) = super::Conn::migrations().run(2, &bytes).unwrap().unwrap() else {
+        panic!("a control session")
+    };
+    assert_eq!((s.cwd.as_str(), s.restart, s.last_command_ms), ("/docs", 42, 0));
+    let state = v1::Ftp { downloads: 3, uploads: 2, listings: 1 };
+    let bytes = postcard::to_allocvec(&state).unwrap();
+    let new = Ftp::migrations().run(1, &bytes).unwrap().unwrap();
+    assert_eq!((new.downloads, new.uploads, new.listings), (3, 2, 1));
+    assert!(new.users.is_empty());
+}
+
+/// Release 3's app state encodes as its frozen type, `ftp_states::v3::Ftp`, which the
+/// transformer `ftp-v2-to-v3` writes.
+#[test]
+fn the_app_state_encodes_as_its_frozen_type() {
+    let mut site = rated_site();
+    let c = site.login("alice", "secret");
+    let d = site.data(c);
+    site.cmd(c, "RETR docs/big.bin");
+    site.host.read(d);
+    let bytes = postcard::to_allocvec(site.host.server()).unwrap();
+    let frozen: ftp_states::v3::Ftp = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(frozen.users["alice"].tokens, 0);
+    assert_eq!(postcard::to_allocvec(&frozen).unwrap(), bytes);
 }
