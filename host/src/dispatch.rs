@@ -153,7 +153,11 @@ pub(crate) struct Dispatcher<N, C> {
     event_clock: EventClock,
     /// The serial number of the last event stamped (see [`Stamp`]).
     serial: u64,
+    /// The live version's `init` arguments: what a rebuild after a trap starts it with.
     args: Vec<String>,
+    /// The arguments of the version an upgrade under way would bring (`tasuki upgrade --arg`),
+    /// which become [`Self::args`] at its commit.
+    next_args: Option<Vec<String>>,
     shared: Arc<Shared>,
     limits: Arc<Limits>,
     /// Set while an instance is being rebuilt, so a fault there does not recurse.
@@ -239,6 +243,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             timers: TimerQueue::default(),
             event_clock,
             args,
+            next_args: None,
             shared,
             limits,
             recovering: false,
@@ -1003,6 +1008,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             return Some(Swapped { outcome: Err(error), retired: Box::new(next.instance) });
         }
         self.compacting = next.compaction.is_some();
+        self.next_args = Some(next.args.clone());
         self.event_clock.freeze_at(self.clock.wall_ns());
         if self.checkpointing.take().is_some() {
             // The checkpoint under way gives way to the upgrade (the last one stays good) and
@@ -1054,13 +1060,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.event_clock.freeze_at(self.clock.wall_ns());
         let clock = &self.clock;
         let monotonic_ns = || clock.monotonic_ns();
-        match upgrade::step(
-            &mut self.live,
-            underway,
-            &self.args,
-            self.limits.max_state,
-            &monotonic_ns,
-        ) {
+        match upgrade::step(&mut self.live, underway, self.limits.max_state, &monotonic_ns) {
             Ok(precopy::Next::Continue) => {
                 self.note_precopy();
                 None
@@ -1253,8 +1253,14 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     fn ended_paused(&mut self, swap: Swap, paused: Option<Instant>) -> Swapped {
         self.shared.note_precopy(None);
         let compacting = std::mem::take(&mut self.compacting);
+        let next_args = self.next_args.take();
         match swap {
             Swap::Committed { mut report, retired, believed } => {
+                // From here on the new version's arguments: a rebuild after a trap starts it
+                // with them.
+                if let Some(args) = next_args {
+                    self.args = args;
+                }
                 if let Some((timers, book)) = believed {
                     // After --from-checkpoint: what the new instance believes armed and open.
                     self.timers = timers;

@@ -137,7 +137,9 @@ struct Upgrader {
     shared: Arc<Shared>,
     commands: Mutex<mpsc::Sender<Command>>,
     waker: Arc<Waker>,
-    args: Vec<String>,
+    /// The live version's `init` arguments, for the next upgrade or compaction; an upgrade
+    /// with its own (`--arg`) replaces them when it commits.
+    args: Mutex<Vec<String>>,
     /// Held for the whole of an upgrade: a second request is refused, not queued.
     in_progress: Mutex<()>,
     /// The version serving, for a compaction (a fresh instance of it); set on every commit.
@@ -227,7 +229,8 @@ impl Upgrader {
         let _guard = self.exclusive(Some(wasm))?;
         info!("upgrade to {} requested", wasm.display());
         let running = self.shared.running_info();
-        let prepared = match upgrade::prepare(&self.runtime, wasm, &self.args, &running, options) {
+        let args = self.args.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let prepared = match upgrade::prepare(&self.runtime, wasm, &args, &running, options) {
             Ok(prepared) => prepared,
             Err(e) => {
                 info!("{e}");
@@ -241,7 +244,11 @@ impl Upgrader {
             prepared.prepare_time.as_secs_f64() * 1e3,
             AppVersion::from(&running)
         );
+        let next_args = prepared.args.clone();
         let mut outcome = self.swap(prepared);
+        if outcome.is_ok() {
+            *self.args.lock().unwrap_or_else(|p| p.into_inner()) = next_args;
+        }
         if let (Err(UpgradeError::Diverged { divergence, saved, .. }), Some(dir)) =
             (&mut outcome, &options.divergence_dir)
         {
@@ -296,10 +303,11 @@ impl Upgrader {
         info!("compaction requested: {why}");
         let version = Arc::clone(&self.live_version.lock().unwrap_or_else(|p| p.into_inner()));
         let running = self.shared.running_info();
+        let args = self.args.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let prepared = upgrade::prepare_loaded(
             version,
             Pipeline::default(),
-            &self.args,
+            &args,
             &running,
             false,
             std::time::Instant::now(),
@@ -656,7 +664,7 @@ impl Host {
             shared,
             commands: Mutex::new(commands),
             waker,
-            args: config.args,
+            args: Mutex::new(config.args),
             in_progress: Mutex::new(()),
             live_version: Mutex::new(Arc::clone(&version)),
             compacting: AtomicBool::new(false),

@@ -51,6 +51,10 @@ pub struct UpgradeOptions {
     /// and the snapshot file it starts from (`canary-<ms>.trace`, `canary-<ms>.snap`). `None`
     /// saves nothing (`tasuki upgrade` passes its working directory, or `--divergence-dir`).
     pub divergence_dir: Option<PathBuf>,
+    /// The new version's `init` arguments (`--arg`), replacing the running version's from the
+    /// commit on (rebuilds after a trap and later upgrades use them too); `None` keeps the
+    /// running version's. A rollback keeps the old ones.
+    pub args: Option<Vec<String>>,
 }
 
 /// Where the state a new version imported came from.
@@ -324,6 +328,8 @@ pub struct Prepared {
     pub(crate) compaction: Option<String>,
     /// `--canary`.
     pub(crate) canary: Option<Window>,
+    /// The arguments the new instance was started with: the host's from the commit on.
+    pub(crate) args: Vec<String>,
 }
 
 /// Step 2 of the upgrade: everything that can happen before the pause.
@@ -340,6 +346,7 @@ pub(crate) fn prepare(
     if options.canary.is_some() && options.from_checkpoint {
         return Err(UpgradeError::CanaryFromCheckpoint);
     }
+    let args = options.args.as_deref().unwrap_or(args);
     let mut prepared =
         prepare_loaded(version, pipeline, args, running, options.from_checkpoint, started)?;
     prepared.no_precopy = options.no_precopy;
@@ -371,6 +378,7 @@ pub(crate) fn prepare_loaded(
         pipeline,
         compaction: None,
         canary: None,
+        args: args.to_vec(),
     })
 }
 
@@ -482,15 +490,10 @@ pub(crate) fn begin(
 
 /// The live instance was rebuilt (it trapped) while the pre-copy was under way: its session
 /// went with it. Starts over into a fresh new instance; the old version serves meanwhile.
-fn restart(
-    live: &mut Live,
-    underway: &mut Underway,
-    args: &[String],
-    max_state: u64,
-) -> Result<(), UpgradeError> {
+fn restart(live: &mut Live, underway: &mut Underway, max_state: u64) -> Result<(), UpgradeError> {
     let budget = underway.precopy.as_ref().map(|s| s.budget()).unwrap_or_default();
     let next = &mut underway.next;
-    let (instance, _) = crate::recovery::start(&next.version, args).map_err(|error| {
+    let (instance, _) = crate::recovery::start(&next.version, &next.args).map_err(|error| {
         UpgradeError::Start { wasm: next.version.path.clone(), error: Box::new(error) }
     })?;
     next.instance = instance;
@@ -506,12 +509,11 @@ fn restart(
 pub(crate) fn step(
     live: &mut Live,
     underway: &mut Underway,
-    args: &[String],
     max_state: u64,
     monotonic_ns: &dyn Fn() -> u64,
 ) -> Result<precopy::Next, UpgradeError> {
     if underway.precopy.as_ref().is_some_and(|s| !s.belongs_to(live)) {
-        restart(live, underway, args, max_state)?;
+        restart(live, underway, max_state)?;
         return Ok(precopy::Next::Continue);
     }
     let Underway { next, precopy } = underway;

@@ -49,6 +49,13 @@ pub struct UpgradeCommand {
     /// it starts from (`canary-<ms>.trace` and `.snap`). The failure message gives the command.
     #[arg(long, value_name = "DIR", default_value = ".", requires = "canary")]
     divergence_dir: PathBuf,
+    /// An argument for NEW's `init`, as `tasuki run --arg`: repeat for several. Given, they
+    /// replace the running version's arguments from the commit on (a rebuild after a trap and
+    /// later upgrades use them); not given, NEW gets the running version's. A release whose
+    /// settings changed (a new option, one the old release refused) takes them here. A rollback
+    /// keeps the old ones.
+    #[arg(long = "arg", value_name = "ARG")]
+    args: Vec<String>,
     #[command(flatten)]
     control: ControlArg,
 }
@@ -69,6 +76,7 @@ impl UpgradeCommand {
             from_checkpoint: self.from_checkpoint,
             no_precopy: self.no_precopy,
             canary: self.canary,
+            args: (!self.args.is_empty()).then_some(self.args),
             divergence_dir: match self.canary {
                 Some(_) => {
                     Some(std::fs::canonicalize(&self.divergence_dir).with_context(|| {

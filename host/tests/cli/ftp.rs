@@ -6,7 +6,7 @@
 //! line on its stdin, so the upgrade happens at that point and no sleep is involved; `lftp`,
 //! which cannot be paused, is caught by the files it has written so far.
 
-use crate::support::{Running, resident, tasuki_ok};
+use crate::support::{Running, resident, tasuki, tasuki_ok, text};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -487,5 +487,46 @@ fn release_3_closes_a_quiet_session_with_421_after_the_idle_timeout() {
     script.expect("talked /");
     script.expect("421 Timeout: no command for 1 seconds");
     script.expect("closed");
+    script.finish();
+}
+
+/// `tasuki upgrade --arg`: release 2 takes no `idle=` (it refuses arguments it does not know),
+/// so the operator gives release 3 its settings with the upgrade. An argument release 3 refuses
+/// rolls the upgrade back, naming it, and release 2 serves on; with good ones, the session
+/// logged in under release 2 meets release 3's one-second idle timeout.
+#[test]
+fn upgrade_arg_gives_release_3_its_settings_and_a_refused_one_rolls_back() {
+    let site = Site::new(artifacts::FTP_V2);
+    let mut script = Script::start(
+        &site,
+        "import socket\n\
+         ftp = ftplib.FTP(timeout=30)\n\
+         ftp.connect(HOST, PORT)\n\
+         ftp.login('alice', 'secret')\n\
+         ftp.cwd('docs')\n\
+         pause('REFUSED')\n\
+         say(ftp.pwd())\n\
+         pause('UPGRADED')\n\
+         try:\n    say(ftp.getline())\n\
+         except socket.timeout:\n    say('no 421 came')\n",
+    );
+    script.expect("REFUSED");
+    let upgrade = |extra: &[&str]| {
+        let mut args = vec!["upgrade", artifacts::FTP_V3, "--arg", "user=alice:secret"];
+        args.extend_from_slice(extra);
+        tasuki(site.work.path(), &args)
+    };
+    let refused = upgrade(&["--arg", "idle=soon"]);
+    assert!(!refused.status.success());
+    let said = text(&refused.stderr);
+    assert!(said.contains("idle=soon: give a whole number"), "{said}");
+    script.go_on();
+    script.expect("/docs");
+    script.expect("UPGRADED");
+    let report = upgrade(&["--arg", "idle=1"]);
+    assert!(report.status.success(), "{}", text(&report.stderr));
+    assert!(text(&report.stdout).contains("-> ftp 3.0.0"), "{}", text(&report.stdout));
+    script.go_on();
+    script.expect("421 Timeout: no command for 1 seconds");
     script.finish();
 }

@@ -356,3 +356,23 @@ fn with_checkpoint_dir_a_trap_and_a_restart_recover_every_key_from_its_files() {
         }
     }
 }
+
+/// `tasuki upgrade --arg`: the new version starts with the new arguments, and so does every
+/// rebuild of it after a trap (the host keeps them from the commit on); a plain upgrade after
+/// that keeps them too.
+#[test]
+fn an_upgrades_arguments_are_what_a_rebuild_after_a_trap_starts_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["run", MISBEHAVE, "--listen", "127.0.0.1:0", "--arg", "colour=red"];
+    let host = Running::spawn(dir.path(), &args);
+    let mut a = host.lines();
+    assert_eq!(a.call("args"), "colour=red");
+    tasuki_ok(dir.path(), &["upgrade", MISBEHAVE, "--arg", "colour=blue", "--arg", "size=9"]);
+    assert_eq!(a.call("args"), "colour=blue size=9");
+    // A trap: the instance is rebuilt from its checkpoint, with the upgrade's arguments.
+    assert!(a.try_call("panic").is_err(), "the connection whose event trapped is closed");
+    let mut b = host.lines();
+    assert_eq!(b.call("args"), "colour=blue size=9");
+    tasuki_ok(dir.path(), &["upgrade", MISBEHAVE]);
+    assert_eq!(b.call("args"), "colour=blue size=9");
+}
