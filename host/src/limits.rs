@@ -74,8 +74,8 @@ pub const MEMORY_CHECK: Duration = Duration::from_secs(1);
 
 /// Compact when the heap in use falls below this share of the linear memory, in percent: three
 /// quarters of the memory is then garbage the instance keeps (a linear memory never shrinks).
-/// A full heap reads 70–90% here (the counter leaves out the allocator's own headers), so 25
-/// never compacts a busy instance.
+/// A full heap reads 70–90% here (the counter leaves out the allocator's own headers and
+/// wasi-libc's buffers), so 25 never compacts a busy instance.
 pub const COMPACT_BELOW: u32 = 25;
 
 /// No compaction below this much linear memory: what it would give back is not worth a swap.
