@@ -25,7 +25,8 @@
 
 #![allow(
     unsafe_code,
-    reason = "a global allocator is an `unsafe` trait; each method forwards to `System` unchanged"
+    reason = "a global allocator is an `unsafe` trait and the import realloc an `extern` export; \
+              each forwards to `System` unchanged"
 )]
 
 use std::alloc::{GlobalAlloc, Layout, System};
