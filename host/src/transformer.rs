@@ -58,6 +58,10 @@ pub enum TransformError {
 /// to the chunks before it). Every transformer is handed it with the sections it claims.
 pub const PRECOPY_SECTION: &str = "tasuki.precopy";
 
+/// How the SDK's own sections' names begin (`tasuki.conns`, `tasuki.sessions`, …), as against
+/// an app's sections (named after the app).
+pub const SDK_SECTION_PREFIX: &str = "tasuki.";
+
 /// The guest SDK's send windows (back-pressure). A release built before back-pressure reads
 /// no such section and never waits for a window: it may still be upgraded to, and the host
 /// drops the section on the way ([`crate::instance::Instance::import_state`]), which loses
@@ -393,7 +397,10 @@ impl Pipeline {
     }
 
     /// The sections' versions after every stage; an error if a stage claims a section that is
-    /// not there, at the version it reads, at its point of the chain.
+    /// not there, at the version it reads, at its point of the chain. The SDK's own sections
+    /// (`tasuki.…`) are written only while they hold something — no sessions in a snapshot file,
+    /// none while no client is connected — so a stage for one that is absent has nothing to
+    /// rewrite and passes.
     pub fn follow(&self, sections: &[(String, u32)]) -> Result<BTreeMap<String, u32>, ChainError> {
         let mut state: BTreeMap<String, u32> = sections.iter().cloned().collect();
         for stage in &self.stages {
@@ -402,6 +409,7 @@ impl Pipeline {
                     Some(v) if *v == step.from_version => {
                         state.insert(step.name.clone(), step.to_version);
                     }
+                    None if step.name.starts_with(SDK_SECTION_PREFIX) => {}
                     found => {
                         return Err(ChainError::Unused {
                             name: stage.info.name.clone(),

@@ -32,6 +32,16 @@ impl Site {
 
     /// `app` with these `--arg`s besides the users.
     fn with_args(app: &str, extra: &[&str]) -> Self {
+        Self::spawn(app, &[], extra)
+    }
+
+    /// `app` started from a snapshot file (`--restore`).
+    fn restored(app: &str, snapshot: &Path) -> Self {
+        Self::spawn(app, &["--restore", snapshot.to_str().unwrap()], &[])
+    }
+
+    /// `app` with these options of `tasuki run` and these `--arg`s besides the users.
+    fn spawn(app: &str, options: &[&str], extra: &[&str]) -> Self {
         let work = tempfile::tempdir().unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("docs")).unwrap();
@@ -49,6 +59,7 @@ impl Site {
             "--arg",
             "anonymous",
         ];
+        args.extend(options);
         for arg in extra {
             args.extend(["--arg", arg]);
         }
@@ -598,4 +609,61 @@ fn streamed_and_aborted_downloads_leave_the_heap_count_where_it_was() {
     // session's own bookkeeping may have grown by a little, nothing the files passed through.
     assert!(in_use <= linear, "{report}");
     assert!(in_use <= idle + 0.1, "{in_use} MiB in use after, {idle} MiB idle:\n{report}");
+}
+
+/// A snapshot file of release 1 — no connection open, so no sessions section — goes to
+/// release 3 offline through both transformers (`tasuki migrate --check`), and release 3 serves
+/// from it. The chain names the sessions section; a state without one has nothing there to
+/// rewrite, and the chain must not refuse it.
+#[test]
+fn a_release_1_snapshot_migrates_to_release_3_through_the_transformers() {
+    let site = Site::new(artifacts::FTP_V1);
+    let mut script = Script::start(
+        &site,
+        "ftp = ftplib.FTP(timeout=60)\n\
+         ftp.connect(HOST, PORT)\n\
+         ftp.login('alice', 'secret')\n\
+         say(ftp.retrlines('LIST docs', lambda line: None)[:3])\n\
+         ftp.quit()\n",
+    );
+    script.expect("226");
+    script.finish();
+    let keep = tempfile::tempdir().unwrap();
+    let snap = keep.path().join("v1.snap");
+    tasuki_ok(site.work.path(), &["snapshot", "--out", snap.to_str().unwrap()]);
+    drop(site);
+    let out = keep.path().join("v3.snap");
+    let migrated = tasuki_ok(
+        keep.path(),
+        &[
+            "migrate",
+            "--in",
+            snap.to_str().unwrap(),
+            "--transform",
+            artifacts::FTP_V1_TO_V2,
+            "--transform",
+            artifacts::FTP_V2_TO_V3,
+            "--check",
+            artifacts::FTP_V3,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let site = Site::restored(artifacts::FTP_V3, &out);
+    let status = tasuki_ok(site.work.path(), &["status"]);
+    assert!(status.contains("3.0.0"), "release 3 serves:\n{status}\nafter\n{migrated}");
+    let mut script = Script::start(
+        &site,
+        "ftp = ftplib.FTP(timeout=60)\n\
+         ftp.connect(HOST, PORT)\n\
+         ftp.login('alice', 'secret')\n\
+         say(ftp.sendcmd('REST 6')[:3])\n\
+         data = io.BytesIO()\n\
+         ftp.retrbinary('RETR docs/readme.txt', data.write, rest=6)\n\
+         say(data.getvalue().decode().strip())\n\
+         ftp.quit()\n",
+    );
+    script.expect("350");
+    script.expect("from ftp");
+    script.finish();
 }
