@@ -156,6 +156,11 @@ impl Recording {
         Self { text, at: None, replies: BTreeMap::new(), full: false }
     }
 
+    /// A recording that keeps nothing (a catch-up's comparison, which saves no reproduction).
+    fn off() -> Self {
+        Self { text: String::new(), at: None, replies: BTreeMap::new(), full: true }
+    }
+
     /// The next event ran at wall-clock time `wall` (ns): the trace's clock is set to it, so
     /// that a replay reads the times the versions read (a key's TTL, `TIME`), to the
     /// nanosecond. A clock that went back (a step of the system's) is left where it was.
@@ -200,6 +205,11 @@ impl Recording {
         self.text.push('\n');
     }
 }
+
+/// `on-writable` calls a candidate is given after one event at most, when the old version
+/// predates back-pressure ([`Canary::grant_writable`]): each lets it answer a window's worth
+/// of the input it holds, so this bounds the work of one event.
+pub const GRANTS_MAX: usize = 1024;
 
 /// Bytes of a request or reply a divergence report shows.
 pub const SHOWN_MAX: usize = 512;
@@ -322,6 +332,12 @@ pub(crate) struct Canary {
     recording: Recording,
     /// The window was ended early ([`Canary::end_window`]).
     ended: bool,
+    /// Set when the old version predates back-pressure: it is never told a connection can take
+    /// more, so the candidate is, with this window, whenever it asks (its output goes nowhere:
+    /// nothing of it is ever queued). See [`Canary::grant_writable`].
+    grant: Option<u64>,
+    /// Connections the candidate asked to hear of when they can take more.
+    wants_writable: std::collections::BTreeSet<u64>,
     stop: Option<Stop>,
 }
 
@@ -348,11 +364,31 @@ impl Canary {
             streams: BTreeMap::new(),
             recording: Recording::new(open),
             ended: false,
+            grant: None,
+            wants_writable: std::collections::BTreeSet::new(),
             stop: None,
         };
         canary.take_effects(now);
         canary.compare("the import", None);
         canary
+    }
+
+    /// Starts comparing for a catch-up ([`crate::catchup`]): as [`Canary::start`], with no
+    /// window of its own (the catch-up ends it with [`Canary::end_window`] once the candidate has
+    /// run every kept event) and no recording.
+    pub(crate) fn catch_up(candidate: Live, timers: TimerQueue, now: u64) -> Self {
+        let mut canary = Self::start(candidate, timers, Window::Events(u64::MAX), &[], now);
+        canary.recording = Recording::off();
+        canary
+    }
+
+    /// The old version is never told when a connection can take more (it predates
+    /// back-pressure), so no `on-writable` event comes to feed the candidate with; the
+    /// candidate, which waits for one once its send window is spent, is told after each event
+    /// that every connection it asked about can take `window` bytes. Its replies are the same
+    /// bytes, only offered in other slices, so the comparison is unchanged.
+    pub(crate) fn grant_writable(&mut self, window: u64) {
+        self.grant = Some(window);
     }
 
     /// The old version sent `data` on `conn` (and it went to the client).
@@ -391,6 +427,10 @@ impl Canary {
                 return;
             }
         }
+        if let Err(stop) = self.grant_windows(at) {
+            self.stop = Some(stop);
+            return;
+        }
         // A window granted to the old version (its client read) is granted to the candidate
         // too, at the same size: neither is a client event.
         if !matches!(
@@ -400,6 +440,24 @@ impl Canary {
             self.events += 1;
         }
         self.compare(&event, input);
+    }
+
+    /// Tells the candidate, when [`Canary::grant_writable`] says so, that each connection it
+    /// asked about can take more, until it asks no more (at most [`GRANTS_MAX`] times).
+    fn grant_windows(&mut self, at: Stamp) -> Result<(), Stop> {
+        let Some(window) = self.grant else { return Ok(()) };
+        for _ in 0..GRANTS_MAX {
+            let Some(conn) = self.wants_writable.pop_first() else { return Ok(()) };
+            let call = Call::Writable(conn, window);
+            match self.candidate.call(at, call) {
+                Ok(()) => self.take_effects(at.mono),
+                Err(e) => {
+                    self.candidate.discard_effects();
+                    return Err(Stop::Trapped { event: describe(call), error: e.to_string() });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Fires the candidate's timers due at `at` (the old version's due timers have just
@@ -492,6 +550,20 @@ impl Canary {
         self.ended = true;
     }
 
+    /// Bytes of output both versions sent alike so far.
+    pub(crate) fn bytes_compared(&self) -> u64 {
+        self.bytes_compared
+    }
+
+    /// Why it stopped, in words, without the reproduction (a catch-up that gives up says it).
+    pub(crate) fn describe_stop(stop: &Stop) -> String {
+        match stop {
+            Stop::Diverged(divergence) => format!("the versions' output differed: {divergence}"),
+            Stop::Trapped { event, error } => format!("the new version failed at {event}: {error}"),
+            Stop::Interrupted(cause) => format!("the old version trapped ({cause})"),
+        }
+    }
+
     pub(crate) fn window(&self) -> Window {
         self.window
     }
@@ -528,8 +600,11 @@ impl Canary {
     /// Takes what the candidate asked for: its sends and closes are compared, never sent; its
     /// timers go to its own queue.
     fn take_effects(&mut self, now: u64) {
-        let Self { candidate, timers, streams, .. } = self;
+        let Self { candidate, timers, streams, grant, wants_writable, .. } = self;
         candidate.drain_effects(|effect| match effect {
+            Effect::NotifyWritable(conn) if grant.is_some() => {
+                wants_writable.insert(conn);
+            }
             Effect::Send(conn, data) => streams.entry(conn).or_default().new.extend(data),
             Effect::Close(conn) => streams.entry(conn).or_default().new_closed = true,
             // Past the per-call output limit: the host would have cut the connection off. The

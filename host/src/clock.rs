@@ -15,6 +15,7 @@
 use crate::recovery::Stamp;
 use chacha20::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng, TryRng};
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,6 +29,8 @@ pub struct EventClock {
     frozen: Arc<AtomicU64>,
     /// The current event's random stream: the host's key, the event's serial as the stream.
     random: Arc<Mutex<ChaCha20Rng>>,
+    /// The key of `random`, for [`EventClock::detach`].
+    key: [u8; 32],
     /// What `wasi:random/insecure-seed` answers, drawn from the key's last stream.
     insecure_seed: u128,
 }
@@ -59,7 +62,7 @@ impl EventClock {
         rng.set_stream(u64::MAX);
         let insecure_seed = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
         rng.set_stream(0);
-        Self { frozen: Arc::default(), random: Arc::new(Mutex::new(rng)), insecure_seed }
+        Self { frozen: Arc::default(), random: Arc::new(Mutex::new(rng)), key, insecure_seed }
     }
 
     /// The simulator's: randomness keyed by `seed` alone, so a run repeats exactly.
@@ -84,6 +87,18 @@ impl EventClock {
         rng.set_word_pos(0);
     }
 
+    /// Makes this thread read the clock and randomness of the event stamped `at` until the guard
+    /// is dropped, whatever events the dispatcher runs meanwhile on its own thread: for an
+    /// instance that runs off the event loop (a catch-up's import, [`crate::catchup`]), which
+    /// must read what it would have read at the boundary it started from.
+    pub(crate) fn detach(&self, at: Stamp) -> Detached {
+        let mut rng = ChaCha20Rng::from_seed(self.key);
+        rng.set_stream(at.serial);
+        rng.set_word_pos(0);
+        DETACHED.with(|d| *d.borrow_mut() = Some((at.wall, rng)));
+        Detached(())
+    }
+
     /// A handle for one WASI context's `wasi:random/random` and `wasi:random/insecure`.
     pub(crate) fn random(&self) -> EventRandom {
         EventRandom { rng: self.random.clone() }
@@ -93,6 +108,32 @@ impl EventClock {
     pub(crate) fn insecure_seed(&self) -> u128 {
         self.insecure_seed
     }
+}
+
+thread_local! {
+    /// Set by [`EventClock::detach`] on a thread that runs an instance off the event loop: the
+    /// wall-clock time (ns) and random stream that thread's guest reads.
+    static DETACHED: RefCell<Option<(u64, ChaCha20Rng)>> = const { RefCell::new(None) };
+}
+
+/// While it lives, its thread reads the clock and randomness [`EventClock::detach`] fixed.
+#[derive(Debug)]
+pub(crate) struct Detached(());
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        DETACHED.with(|d| *d.borrow_mut() = None);
+    }
+}
+
+/// The detached time of this thread, if [`EventClock::detach`] set one.
+fn detached_now() -> Option<u64> {
+    DETACHED.with(|d| d.borrow().as_ref().map(|(wall, _)| *wall))
+}
+
+/// Draws from this thread's detached random stream, if it has one.
+fn detached_random<T>(draw: impl FnOnce(&mut ChaCha20Rng) -> T) -> Option<T> {
+    DETACHED.with(|d| d.borrow_mut().as_mut().map(|(_, rng)| draw(rng)))
 }
 
 /// The current event's random stream, as a WASI context draws from it.
@@ -105,15 +146,19 @@ impl TryRng for EventRandom {
     type Error = Infallible;
 
     fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        Ok(self.rng.lock().unwrap_or_else(PoisonError::into_inner).next_u32())
+        Ok(detached_random(|rng| rng.next_u32())
+            .unwrap_or_else(|| self.rng.lock().unwrap_or_else(PoisonError::into_inner).next_u32()))
     }
 
     fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        Ok(self.rng.lock().unwrap_or_else(PoisonError::into_inner).next_u64())
+        Ok(detached_random(|rng| rng.next_u64())
+            .unwrap_or_else(|| self.rng.lock().unwrap_or_else(PoisonError::into_inner).next_u64()))
     }
 
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        self.rng.lock().unwrap_or_else(PoisonError::into_inner).fill_bytes(dst);
+        if detached_random(|rng| rng.fill_bytes(dst)).is_none() {
+            self.rng.lock().unwrap_or_else(PoisonError::into_inner).fill_bytes(dst);
+        }
         Ok(())
     }
 }
@@ -124,6 +169,9 @@ impl HostWallClock for EventClock {
     }
 
     fn now(&self) -> Duration {
+        if let Some(wall) = detached_now() {
+            return Duration::from_nanos(wall);
+        }
         match self.frozen.load(Ordering::Relaxed) {
             0 => Duration::from_nanos(system_now()),
             frozen => Duration::from_nanos(frozen),
@@ -139,6 +187,9 @@ impl HostMonotonicClock for EventClock {
     }
 
     fn now(&self) -> u64 {
+        if let Some(wall) = detached_now() {
+            return wall;
+        }
         match self.frozen.load(Ordering::Relaxed) {
             0 => system_now(),
             frozen => frozen,

@@ -46,7 +46,7 @@ pub const DEFAULT_CONTROL_PATH: &str = "tasuki.sock";
 pub const FRAME_MAGIC: &[u8; 4] = b"TSKC";
 /// The control protocol this tasuki speaks. Bump it whenever [`Request`] or [`Response`] (or
 /// anything in them) changes shape.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// A request to a running host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,6 +432,7 @@ mod tests {
                 transforms: vec!["/srv/a.wasm".into(), "/srv/b.wasm".into()],
                 from_checkpoint: true,
                 no_precopy: true,
+                no_catch_up: true,
                 canary: Some(crate::canary::Window::Time(std::time::Duration::from_millis(1500))),
                 divergence_dir: Some("/srv/canaries".into()),
                 args: Some(vec!["idle=60".into(), "user=a:b".into()]),

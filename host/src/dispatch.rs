@@ -8,6 +8,7 @@
 
 use crate::bindings::{ConnInfo, Snapshot};
 use crate::canary::{Canary, Stop, Window};
+use crate::catchup::{self, AtExport, CatchUp, CatchUpReport, Crossed, Fallback, Importer, Phase};
 use crate::clock::{EventClock, now_unix_ms};
 use crate::instance::{CallError, snapshot_bytes};
 use crate::limits::Limits;
@@ -25,7 +26,7 @@ use crate::timers::TimerQueue;
 use crate::upgrade::{self, Begun, Prepared, Swap, Underway, UpgradeError, UpgradeReport};
 use crate::version::AppVersion;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
@@ -184,6 +185,13 @@ pub(crate) struct Dispatcher<N, C> {
     /// An upgrade whose candidate runs beside the live instance (`--canary`), with its report
     /// so far.
     canary: Option<(Canary, Box<UpgradeReport>)>,
+    /// A whole-state upgrade whose new instance imports off the loop and then runs the events
+    /// since the export (see [`crate::catchup`]).
+    catch_up: Option<CatchUp>,
+    /// A catch-up given up for a transfer in the pause: its report goes into that upgrade's.
+    catch_up_abandoned: Option<CatchUpReport>,
+    /// Wakes the loop's poll from another thread (a catch-up's import, when it is done).
+    pub(crate) wake: Option<Arc<dyn Fn() + Send + Sync>>,
     /// Answers to the app's `listeners.listen` requests, told (`on-listening`) right after the
     /// event that asked, before any other event.
     answers: VecDeque<(u64, Result<String, ListenError>)>,
@@ -257,6 +265,9 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             precopy_budget: precopy::Budget::default(),
             compacting: false,
             canary: None,
+            catch_up: None,
+            catch_up_abandoned: None,
+            wake: None,
             answers: VecDeque::new(),
             listen_policy,
             serial: 0,
@@ -378,7 +389,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         if !(self.checkpoint_now || self.live.recovery().wants_checkpoint()) {
             return;
         }
-        if self.upgrading.is_some() {
+        if self.upgrading.is_some() || self.catch_up.is_some() {
             // The upgrade's pre-copy holds the instance's one session; a whole export now would
             // stall every client. Wait for the upgrade to end unless the journal is nearly
             // full (then the export is the lesser harm).
@@ -573,6 +584,9 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                         | Call::ListenersLost => {}
                     }
                 }
+                if let Some(catch_up) = &mut self.catch_up {
+                    catch_up.backlog.keep(at, call);
+                }
                 self.apply_effects_at(at.mono);
                 if let Some((canary, _)) = &mut self.canary {
                     // The same event, at the same clock reading and with the same random
@@ -640,7 +654,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
 
     /// Applies what the guest asked for during an event that ran at monotonic time `now`.
     fn apply_effects_at(&mut self, now: u64) {
-        let Self { live, net, timers, recorder, canary, answers, listen_policy, .. } = self;
+        let Self { live, net, timers, recorder, canary, catch_up, answers, listen_policy, .. } =
+            self;
         let mut cut_off = Vec::new();
         let mut output = 0;
         // Requests past --max-listeners in one call are refused without a system call each.
@@ -658,6 +673,13 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 match &effect {
                     Effect::Send(conn, data) => canary.old_sent(*conn, data),
                     Effect::Close(conn) => canary.old_closed(*conn),
+                    _ => {}
+                }
+            }
+            if let Some(catch_up) = catch_up {
+                match &effect {
+                    Effect::Send(conn, data) => catch_up.backlog.sent(*conn, data),
+                    Effect::Close(conn) => catch_up.backlog.closed(*conn),
                     _ => {}
                 }
             }
@@ -767,6 +789,9 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             // Recovery leaves a culprit's input out of the rebuilt state: the two versions no
             // longer run the same events.
             canary.interrupt(fault.cause.clone());
+        }
+        if let Some(catch_up) = &mut self.catch_up {
+            catch_up.interrupted.get_or_insert_with(|| fault.cause.clone());
         }
         self.recovering = true;
         self.shared.recovering(true);
@@ -1000,7 +1025,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// pauses now and swaps. `Some` when the upgrade ended here (committed or rolled back);
     /// `None` while the pre-copy is under way: [`Dispatcher::upgrade_step`] carries it on.
     pub(crate) fn upgrade(&mut self, next: Prepared) -> Option<Swapped> {
-        if self.upgrading.is_some() || self.canary.is_some() {
+        if self.upgrading.is_some() || self.canary.is_some() || self.catch_up.is_some() {
             // The requester holds the upgrade lock, so this does not happen; refuse anyway,
             // leaving the record of the upgrade under way alone.
             let error = UpgradeError::InProgress;
@@ -1024,6 +1049,9 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 self.note_precopy();
                 None
             }
+            Begun::Full(underway) if self.may_catch_up(&underway.next) => {
+                self.begin_catch_up(underway.next)
+            }
             Begun::Full(underway) => self.pause_and_swap(underway),
             Begun::Failed(swap) => Some(self.ended(swap)),
         }
@@ -1045,9 +1073,11 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         }
     }
 
-    /// True while an upgrade's pre-copy is under way.
+    /// True while an upgrade's pre-copy, or a catch-up's replay, is under way: a step runs
+    /// after every round of events. (A catch-up's import, off the loop, wakes the loop itself.)
     pub(crate) fn upgrading(&self) -> bool {
         self.upgrading.is_some()
+            || self.catch_up.as_ref().is_some_and(|c| matches!(c.phase, Phase::Replaying { .. }))
     }
 
     /// One step of the pre-copy under way, between events; `Some` when the upgrade ended
@@ -1055,6 +1085,9 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     pub(crate) fn upgrade_step(&mut self) -> Option<Swapped> {
         if self.canary.is_some() {
             return self.canary_step();
+        }
+        if self.catch_up.is_some() {
+            return self.catch_up_step();
         }
         let underway = self.upgrading.as_mut()?;
         self.event_clock.freeze_at(self.clock.wall_ns());
@@ -1095,6 +1128,12 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// Drops the upgrade under way, if any (the host is stopping): the old version keeps
     /// everything.
     pub(crate) fn cancel_upgrade(&mut self) -> Option<Swapped> {
+        if let Some(catch_up) = self.catch_up.take() {
+            info!("catch-up of {} dropped: the host is stopping", catch_up.report.to);
+            return Some(
+                self.failed_without_instance(UpgradeError::HostStopped, Box::new(catch_up)),
+            );
+        }
         if let Some((canary, report)) = self.canary.take() {
             self.shared.note_canary(None);
             let error = UpgradeError::HostStopped;
@@ -1135,7 +1174,10 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.shared.note_precopy(None);
         let timers = TimerQueue::from_armed(&self.timers.armed());
         let open = self.net.live();
-        let canary = Canary::start(candidate, timers, window, &open, self.clock.monotonic_ns());
+        let mut canary = Canary::start(candidate, timers, window, &open, self.clock.monotonic_ns());
+        if !self.live.takes_writable() {
+            canary.grant_writable(self.limits.output_buffer as u64);
+        }
         info!(
             pause_us = report.pause.as_micros() as u64,
             "{} imported the state; canary of {window} under way beside {}", report.to, report.from
@@ -1225,6 +1267,293 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         Some(Swapped { outcome: Err(error), retired: Box::new(canary.candidate) })
     }
 
+    /// Whether an upgrade that moves the whole state may import it off the loop and catch up
+    /// (see [`crate::catchup`]): not from a checkpoint (the journal is replayed instead), not
+    /// with a canary (which compares from the import on), not when asked (`--no-catch-up`), and
+    /// not for an app granted directories under `tasuki run` (read-write: a replayed event
+    /// could write a file twice; the simulator grants them read-only).
+    fn may_catch_up(&self, next: &Prepared) -> bool {
+        let runtime = &self.live.version().runtime;
+        !next.from_checkpoint
+            && next.canary.is_none()
+            && !next.no_catch_up
+            && (runtime.deterministic.is_some() || runtime.sandbox.dirs.is_empty())
+    }
+
+    /// The pause of a catch-up: the whole state exported at this boundary, handed to the new
+    /// instance to import off the loop (in the simulator, at once). From here on every event
+    /// is kept for the new instance to run after.
+    fn begin_catch_up(&mut self, next: Prepared) -> Option<Swapped> {
+        let paused = Instant::now();
+        self.event_clock.freeze_at(self.clock.wall_ns());
+        let at = self.stamp();
+        self.event_clock.begin(at);
+        let running = self.live.app();
+        let memory_before = self.live.memory_usage().ok().flatten();
+        let exported = self.live.export();
+        let export = paused.elapsed();
+        let failed = match exported {
+            Ok(snapshot) if snapshot_bytes(&snapshot) <= self.limits.max_state => Ok(snapshot),
+            Ok(snapshot) => Err(UpgradeError::TooLarge {
+                running: running.clone(),
+                bytes: snapshot_bytes(&snapshot),
+                limit: self.limits.max_state,
+            }),
+            Err(error) => Err(UpgradeError::Export {
+                running: running.clone(),
+                error: Box::new(error),
+                rebuilt: false,
+            }),
+        };
+        let snapshot = match failed {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                let swap = Swap::RolledBack { error, retired: Box::new(next.instance) };
+                return Some(self.ended_paused(swap, Some(paused)));
+            }
+        };
+        let conns = self.net.live();
+        let report = UpgradeReport {
+            from: running.clone(),
+            to: AppVersion::from(&next.info),
+            wasm: next.version.path.clone(),
+            prepare: next.prepare_time,
+            // A compaction reuses the live version, compiled long ago.
+            compile: if next.compaction.is_some() {
+                Duration::ZERO
+            } else {
+                next.version.compile_time
+            },
+            pause: Duration::ZERO,
+            export,
+            transform: Duration::ZERO,
+            transformers: next.pipeline.stages.iter().map(|t| t.info.name.clone()).collect(),
+            import: Duration::ZERO,
+            sections: Vec::new(),
+            state_bytes: snapshot_bytes(&snapshot),
+            connections: conns.len() as u64,
+            source: upgrade::StateSource::Export,
+            precopy: None,
+            memory: None,
+            compaction: next.compaction.clone(),
+            canary: None,
+            catch_up: None,
+        };
+        let at_export = AtExport {
+            conns: conns.clone(),
+            timers: self.timers.armed(),
+            mono: self.clock.monotonic_ns(),
+            book: self.live.recovery().listener_book().clone(),
+        };
+        let importer = match self.live.version().runtime.deterministic {
+            Some(_) => Importer::Inline,
+            None => Importer::Thread { wake: self.wake.clone() },
+        };
+        let to = report.to.clone();
+        let receive = catchup::start(importer, next, snapshot, conns, self.event_clock.clone(), at);
+        let mut catch_up =
+            CatchUp::new(Phase::Importing(receive), Box::new(report), at_export, memory_before);
+        catch_up.report.pause = paused.elapsed();
+        info!(
+            export_us = export.as_micros() as u64,
+            "{running} exported its state; {to} imports it off the loop while {running} serves"
+        );
+        self.catch_up = Some(catch_up);
+        self.catch_up_step()
+    }
+
+    /// Between rounds of events: takes the new instance once its import is done, runs a step
+    /// of the kept events in it, and commits once it has run them all with the same output
+    /// as the old version — or gives up for a transfer in the pause. `None` while under way.
+    fn catch_up_step(&mut self) -> Option<Swapped> {
+        let catch_up = self.catch_up.as_mut()?;
+        if let Phase::Importing(receive) = &catch_up.phase {
+            let crossed = match receive.try_recv() {
+                Err(mpsc::TryRecvError::Empty) => return None,
+                Ok(crossed) => crossed,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    let catch_up = self.catch_up.take()?;
+                    let report = &catch_up.report;
+                    let error = UpgradeError::Import {
+                        running: report.from.clone(),
+                        new: report.to.clone(),
+                        error: Box::new(CallError::Refused(
+                            "the import thread stopped without an answer".into(),
+                        )),
+                    };
+                    return Some(self.failed_without_instance(error, Box::new(())));
+                }
+            };
+            let Crossed { next, result, transform, import, memory } = crossed;
+            let (fallback, instance) = Fallback::split(next);
+            let (running, new) = (catch_up.report.from.clone(), catch_up.report.to.clone());
+            let snapshot = match result {
+                Ok(snapshot) => snapshot,
+                Err(e) => {
+                    self.catch_up = None;
+                    let error = match e {
+                        catchup::CrossError::Transform(error) => {
+                            UpgradeError::Transform { running, error: Box::new(error) }
+                        }
+                        catchup::CrossError::Import(error) => {
+                            UpgradeError::Import { running, new, error: Box::new(error) }
+                        }
+                    };
+                    return Some(
+                        self.ended(Swap::RolledBack { error, retired: Box::new(instance) }),
+                    );
+                }
+            };
+            catch_up.import = import + transform;
+            catch_up.transform = transform;
+            catch_up.report.sections = upgrade::sections(&snapshot);
+            catch_up.report.memory = catch_up
+                .memory_before
+                .zip(memory)
+                .map(|(before, after)| upgrade::MemoryChange { before, after });
+            let AtExport { conns, timers, mono, book } = &catch_up.at_export;
+            let chunks = Chunks::new(self.limits.checkpoint_dir.as_deref());
+            let mut candidate = self.live.candidate(
+                Arc::clone(&fallback.version),
+                instance,
+                fallback.info.clone(),
+                (chunks, snapshot, conns.clone()),
+                timers.clone(),
+                *mono,
+            );
+            candidate.believe_listeners(book.clone());
+            let mut canary = Canary::catch_up(candidate, TimerQueue::from_armed(timers), *mono);
+            if !self.live.takes_writable() {
+                canary.grant_writable(self.limits.output_buffer as u64);
+            }
+            catch_up.phase = Phase::Replaying { canary: Box::new(canary), fallback };
+            catch_up.last_step_end = Instant::now();
+            debug!(
+                import_us = catch_up.import.as_micros() as u64,
+                kept = catch_up.backlog.len(),
+                "{new} imported the state off the loop; running the events since the export"
+            );
+        }
+        if let Some(why) = catch_up.doomed() {
+            return self.abandon_catch_up(why);
+        }
+        let started = Instant::now();
+        let budget = catch_up.step_budget(started);
+        let Phase::Replaying { canary, .. } = &mut catch_up.phase else {
+            unreachable!("the import was taken in above")
+        };
+        while let Some(kept) = catch_up.backlog.pop() {
+            // The old version's output first, as when the canary runs beside it.
+            for output in &kept.output {
+                match output {
+                    catchup::OldOutput::Sent(conn, data) => canary.old_sent(*conn, data),
+                    catchup::OldOutput::Closed(conn) => canary.old_closed(*conn),
+                }
+            }
+            self.event_clock.begin(kept.at);
+            match kept.call {
+                // The new instance's own timers, due by the time the old version's fired.
+                catchup::KeptCall::Timer(_) => canary.fire_due(kept.at),
+                ref call => canary.feed(kept.at, call.as_call()),
+            }
+            catch_up.events += 1;
+            if started.elapsed() >= budget {
+                break;
+            }
+        }
+        let took = started.elapsed();
+        catch_up.steps += 1;
+        catch_up.longest_step = catch_up.longest_step.max(took);
+        catch_up.last_step_end = Instant::now();
+        if catch_up.backlog.is_empty() {
+            canary.end_window();
+        }
+        match canary.verdict()? {
+            Ok(()) => Some(self.commit_catch_up()),
+            Err(stop) => self.abandon_catch_up(Canary::describe_stop(&stop)),
+        }
+    }
+
+    /// The new instance has run every event since the export, with the old version's output:
+    /// it holds the live state, and takes over.
+    fn commit_catch_up(&mut self) -> Swapped {
+        let committing = Instant::now();
+        let catch_up = self.catch_up.take().expect("a catch-up under way");
+        let Phase::Replaying { canary, .. } = &catch_up.phase else {
+            unreachable!("a catch-up commits once its import is in")
+        };
+        let summary = catch_up.summary(canary.bytes_compared(), None);
+        let Phase::Replaying { canary, .. } = catch_up.phase else { unreachable!() };
+        let (_, candidate, timers) = canary.commit();
+        let mut report = catch_up.report;
+        report.catch_up = Some(summary);
+        let retired = self.live.adopt(candidate);
+        self.timers = timers;
+        if let Some(args) = self.next_args.take() {
+            self.args = args;
+        }
+        let book = self.live.recovery().listener_book().clone();
+        self.close_unknown_listeners(&book);
+        // A long catch-up may have overflowed the new instance's journal: its first checkpoint
+        // as the live version turns recovery back on.
+        self.checkpoint_now |= !self.live.recovery().is_on();
+        report.pause += committing.elapsed();
+        self.shared.note_precopy(None);
+        if let Some(memory) = &report.memory {
+            self.shared.note_fresh_memory(memory.after.linear_memory);
+        }
+        info!(
+            from = %report.from, to = %report.to, pause_us = report.pause.as_micros() as u64,
+            events = report.catch_up.as_ref().map_or(0, |c| c.events),
+            "caught up; upgraded"
+        );
+        if std::mem::take(&mut self.compacting) {
+            self.shared.record_compaction(Ok(&report));
+        } else {
+            self.shared.record_commit(&report, self.live.info().clone());
+        }
+        self.publish_recovery();
+        Swapped { outcome: Ok(*report), retired: Box::new(retired) }
+    }
+
+    /// Gives the catch-up up, saying `why`: a fresh instance of the new version takes the
+    /// state whole in a pause, now.
+    fn abandon_catch_up(&mut self, why: String) -> Option<Swapped> {
+        let catch_up = self.catch_up.take()?;
+        let Phase::Replaying { canary, .. } = &catch_up.phase else {
+            unreachable!("a catch-up is abandoned once its import is in")
+        };
+        let summary = catch_up.summary(canary.bytes_compared(), Some(why.clone()));
+        warn!("catch-up of {} abandoned: {why}; moving the state in a pause", catch_up.report.to);
+        let Phase::Replaying { canary, fallback } = catch_up.phase else { unreachable!() };
+        drop(canary);
+        match fallback.respawn() {
+            Ok(next) => {
+                self.catch_up_abandoned = Some(summary);
+                self.pause_and_swap(Underway { next, precopy: None })
+            }
+            Err(error) => Some(self.failed_without_instance(error, Box::new(()))),
+        }
+    }
+
+    /// An upgrade that ended without a new instance to hand back (the host stopped during a
+    /// catch-up, or the import thread died): recorded as rolled back.
+    fn failed_without_instance(
+        &mut self,
+        error: UpgradeError,
+        retired: Box<dyn std::any::Any + Send>,
+    ) -> Swapped {
+        self.shared.note_precopy(None);
+        self.next_args = None;
+        warn!("{error}");
+        if std::mem::take(&mut self.compacting) {
+            self.shared.record_compaction(Err(error.to_string()));
+        } else {
+            self.shared.record_upgrade(Err(error.to_string()));
+        }
+        Swapped { outcome: Err(error), retired }
+    }
+
     /// Tells `tasuki status` how far the pre-copy under way is.
     fn note_precopy(&self) {
         let progress = self.upgrading.as_ref().and_then(|u| {
@@ -1256,6 +1585,9 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         let next_args = self.next_args.take();
         match swap {
             Swap::Committed { mut report, retired, believed } => {
+                if let Some(abandoned) = self.catch_up_abandoned.take() {
+                    report.catch_up = Some(abandoned);
+                }
                 // From here on the new version's arguments: a rebuild after a trap starts it
                 // with them.
                 if let Some(args) = next_args {
@@ -1289,6 +1621,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             }
             Swap::Canary { .. } => unreachable!("pause_and_swap starts a canary, never ends one"),
             Swap::RolledBack { mut error, retired } => {
+                self.catch_up_abandoned = None;
                 // An export that trapped leaves the old instance unusable: rebuild it now.
                 if let UpgradeError::Export { error: cause, rebuilt, .. } = &mut error {
                     *rebuilt = self.export_failed(&cause.clone());

@@ -114,6 +114,13 @@ impl EventLoop {
         })
     }
 
+    /// Lets work off the loop (a catch-up's import) wake its poll when it is done.
+    pub(crate) fn wake_with(&mut self, waker: Arc<mio::Waker>) {
+        self.dispatcher.wake = Some(Arc::new(move || {
+            let _ = waker.wake();
+        }));
+    }
+
     /// Writes `reply` to each connection refused over `--max-connections` before closing it.
     pub(crate) fn refuse_with(&mut self, reply: Vec<u8>) {
         self.refusal = reply;

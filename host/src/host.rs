@@ -641,6 +641,7 @@ impl Host {
         )
         .map_err(StartError::Loop)?;
         event_loop.refuse_with(config.refuse_reply.clone());
+        event_loop.wake_with(Arc::clone(&waker));
         if let Some(path) = &config.record {
             let recorder = crate::sim::record::Recorder::create(path)
                 .map_err(|source| StartError::Record { path: path.clone(), source })?;

@@ -445,6 +445,12 @@ impl Instance {
     /// `writable.on-writable`: `conn` can take `window` more bytes. Nothing for a version
     /// built before the export (it never asked: the host calls only after a request, which an
     /// older instance swapped in since cannot answer).
+    /// Whether this version is told when a connection can take more (it exports `writable`);
+    /// one built before back-pressure never asks.
+    pub(crate) fn takes_writable(&self) -> bool {
+        self.writable.is_some()
+    }
+
     pub fn on_writable(&mut self, conn: u64, window: u64) -> Result<(), CallError> {
         let Some(writable) = self.writable.clone() else { return Ok(()) };
         self.event();

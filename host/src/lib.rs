@@ -40,6 +40,7 @@
 
 pub mod bindings;
 pub mod canary;
+pub mod catchup;
 pub mod clock;
 mod conn;
 pub mod control;

@@ -10,7 +10,7 @@
 use crate::bindings::{AppInfo, Chunk, ConnInfo, PrecopyBatch, Snapshot};
 use crate::clock::EventClock;
 use crate::instance::{CallError, Instance, MemoryUsage};
-use crate::listeners::ListenError;
+use crate::listeners::{ListenError, ListenerBook};
 use crate::recovery::{self, RebuildError, RebuildReport, Recovery, Skip, Stamp};
 use crate::spill::Chunks;
 use crate::store::Effect;
@@ -168,6 +168,12 @@ impl Live {
         Self { version, instance, info, recovery, generation: self.generation + 1 }
     }
 
+    /// A candidate's state was exported earlier, when the app believed `book` about its
+    /// listeners (a catch-up's: the events since are run in the candidate after).
+    pub(crate) fn believe_listeners(&mut self, book: ListenerBook) {
+        self.recovery.inherit_listeners(book);
+    }
+
     /// Makes `candidate` the live value (a canary that agreed) and returns the one it replaced.
     pub(crate) fn adopt(&mut self, mut candidate: Live) -> Live {
         candidate.generation = self.generation + 1;
@@ -218,6 +224,11 @@ impl Live {
 
     pub(crate) fn discard_effects(&mut self) {
         self.instance.discard_effects();
+    }
+
+    /// Whether this version asks to be told when a connection can take more.
+    pub(crate) fn takes_writable(&self) -> bool {
+        self.instance.takes_writable()
     }
 
     /// The live state, exported (the instance serves on unchanged).

@@ -9,6 +9,7 @@
 
 use crate::bindings::{AppInfo, ConnInfo, Snapshot};
 use crate::canary::{CanaryReport, Divergence, Window};
+use crate::catchup::CatchUpReport;
 use crate::clock::EventClock;
 use crate::instance::{CallError, Instance, MemoryUsage, chunk_bytes, snapshot_bytes};
 use crate::live::{Imported, Live};
@@ -43,6 +44,9 @@ pub struct UpgradeOptions {
     /// migration or transformer that must read a collection whole (to rekey it, say), which a
     /// pre-copy cannot feed.
     pub no_precopy: bool,
+    /// `--no-catch-up`: a whole-state transfer imports inside the pause too, rather than on a
+    /// thread of its own while the old version serves (see [`crate::catchup`]).
+    pub no_catch_up: bool,
     /// `--canary`: after the import, run the new version beside the old one on every client
     /// event of this window, comparing their output, and commit only if it agreed (see
     /// [`crate::canary`]).
@@ -83,7 +87,8 @@ pub struct UpgradeReport {
     pub prepare: Duration,
     /// Of `prepare`, the part spent compiling.
     pub compile: Duration,
-    /// Time no event was dispatched: export, import, commit.
+    /// Time no event was dispatched: export, import, commit (with a catch-up, the export and
+    /// the commit; the import ran while the old version served).
     pub pause: Duration,
     pub export: Duration,
     /// Of `pause`, the part spent in transformers.
@@ -110,6 +115,10 @@ pub struct UpgradeReport {
     /// `--canary`: what the new version ran beside the old one, and agreed on, before it took
     /// over. The pause above is the import's; the commit after the canary moved nothing.
     pub canary: Option<CanaryReport>,
+    /// A whole-state transfer whose import ran off the loop, the old version serving, and whose
+    /// new instance then ran the events since the export (see [`crate::catchup`]); also set,
+    /// with why, when one was abandoned for a transfer in the pause.
+    pub catch_up: Option<CatchUpReport>,
 }
 
 /// Memory before and after a swap (see [`UpgradeReport::memory`]).
@@ -133,14 +142,25 @@ impl fmt::Display for UpgradeReport {
             Some(why) => writeln!(f, "compacted {} ({why})", self.to)?,
             None => writeln!(f, "upgraded {} -> {}", self.from, self.to)?,
         }
-        writeln!(
-            f,
-            "  pause        {} (export {}, transform {}, import {})",
-            ms(self.pause),
-            ms(self.export),
-            ms(self.transform),
-            ms(self.import)
-        )?;
+        match &self.catch_up {
+            Some(c) if c.abandoned.is_none() => writeln!(
+                f,
+                "  pause        {} (export {}; transform {} and import {} ran while the old \
+                 version served)",
+                ms(self.pause),
+                ms(self.export),
+                ms(c.transform),
+                ms(c.import)
+            )?,
+            _ => writeln!(
+                f,
+                "  pause        {} (export {}, transform {}, import {})",
+                ms(self.pause),
+                ms(self.export),
+                ms(self.transform),
+                ms(self.import)
+            )?,
+        }
         if !self.transformers.is_empty() {
             writeln!(f, "  transformed  by {}", self.transformers.join(" -> "))?;
         }
@@ -211,6 +231,27 @@ impl fmt::Display for UpgradeReport {
                     n => format!(" but for {n} differences the new release declares expected"),
                 }
             )?;
+        }
+        if let Some(c) = &self.catch_up {
+            match &c.abandoned {
+                None => writeln!(
+                    f,
+                    "  caught up    the new version ran the {} events since the export ({} bytes \
+                     of replies agreed) in {} steps, the longest {}; {} from the export to the \
+                     commit",
+                    c.events,
+                    c.bytes_compared,
+                    c.steps,
+                    ms(c.longest_step),
+                    ms(c.took)
+                )?,
+                Some(why) => writeln!(
+                    f,
+                    "  catch-up     abandoned after {} events ({why}): the state moved whole in \
+                     the pause",
+                    c.events
+                )?,
+            }
         }
         write!(f, "  connections  {} kept open", self.connections)?;
         if let StateSource::Checkpoint { at_unix_ms, events_replayed, complete } = &self.source {
@@ -323,6 +364,8 @@ pub struct Prepared {
     pub(crate) from_checkpoint: bool,
     /// `--no-precopy`.
     pub(crate) no_precopy: bool,
+    /// `--no-catch-up`.
+    pub(crate) no_catch_up: bool,
     pub(crate) pipeline: Pipeline,
     /// A compaction, and why (see [`UpgradeReport::compaction`]).
     pub(crate) compaction: Option<String>,
@@ -350,6 +393,7 @@ pub(crate) fn prepare(
     let mut prepared =
         prepare_loaded(version, pipeline, args, running, options.from_checkpoint, started)?;
     prepared.no_precopy = options.no_precopy;
+    prepared.no_catch_up = options.no_catch_up;
     prepared.canary = options.canary;
     Ok(prepared)
 }
@@ -375,6 +419,7 @@ pub(crate) fn prepare_loaded(
         prepare_time: started.elapsed(),
         from_checkpoint,
         no_precopy: false,
+        no_catch_up: false,
         pipeline,
         compaction: None,
         canary: None,
@@ -707,6 +752,7 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
         memory,
         compaction: next.compaction.clone(),
         canary: None,
+        catch_up: None,
     };
     match (imported, next.canary) {
         (Imported::Snapshot(chunks, snapshot, importing), Some(window)) => {
@@ -735,7 +781,7 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
     }
 }
 
-fn sections(snapshot: &Snapshot) -> Vec<SectionReport> {
+pub(crate) fn sections(snapshot: &Snapshot) -> Vec<SectionReport> {
     snapshot
         .sections
         .iter()

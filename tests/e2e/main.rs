@@ -4,6 +4,7 @@
 
 mod backpressure;
 mod canary;
+mod catchup;
 mod clients;
 mod control;
 mod converge;

@@ -36,6 +36,14 @@ pub struct UpgradeCommand {
     /// which a pre-copy cannot feed (it traps naming the rule, and the upgrade rolls back).
     #[arg(long)]
     no_precopy: bool,
+    /// With the whole state moved at once (the app cannot pre-copy, or `--no-precopy`), import
+    /// it inside the pause too. By default only the export pauses the loop: NEW imports on a
+    /// thread of its own while the old version serves, then runs the events since the export,
+    /// its replies compared with the old version's, and takes over when it has caught up (a
+    /// difference starts over with the state moved in the pause). Used only when the app has
+    /// no `--dir`, since a replayed event could write a file twice.
+    #[arg(long)]
+    no_catch_up: bool,
     /// Try NEW on live traffic before it takes over: after it imports the state, the old
     /// version keeps serving and NEW also runs every client event of the window, at the same
     /// clock reading, its replies compared byte for byte with the old version's and never sent.
@@ -75,6 +83,7 @@ impl UpgradeCommand {
             transforms,
             from_checkpoint: self.from_checkpoint,
             no_precopy: self.no_precopy,
+            no_catch_up: self.no_catch_up,
             canary: self.canary,
             args: (!self.args.is_empty()).then_some(self.args),
             divergence_dir: match self.canary {

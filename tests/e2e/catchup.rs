@@ -1,0 +1,170 @@
+//! Catch-up upgrades: an app whose state cannot be pre-copied moves it whole, but only the
+//! export pauses the loop. The new version imports on a thread of its own while the old one
+//! serves, then runs the events since the export, its replies compared with the old version's,
+//! and takes over once it has caught up. The guarantees are a transfer in the pause's: every
+//! acknowledged write is readable after, nothing deleted comes back, a failure rolls back.
+
+use redis::Commands;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tasuki::UpgradeError;
+use tasuki::upgrade::{UpgradeOptions, UpgradeReport};
+use tasuki_tests::{TestHost, artifacts};
+
+/// kv 2.0.0 as built against the previous contract: no `precopy` export, so its state moves
+/// whole.
+const KV_V2_CONTRACT_0_1: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/contract-0.1/kv_v2.wasm");
+
+const KEYS: usize = 100_000;
+
+fn load(client: &mut redis::Connection, keys: usize) {
+    for batch in (0..keys).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for i in batch {
+            pipe.cmd("SET").arg(format!("key:{i:08}")).arg(format!("value-{i}")).ignore();
+        }
+        pipe.query::<()>(client).unwrap();
+    }
+}
+
+/// What a writer did: the value each key it touched must have now (`None`: deleted).
+type Expected = HashMap<String, Option<String>>;
+
+/// Sets, overwrites and deletes keys all over the keyspace until `stop`, recording every
+/// acknowledged change.
+fn writer(host: &TestHost, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Expected> {
+    let mut client = host.client();
+    std::thread::spawn(move || {
+        let mut expected = Expected::new();
+        let mut n: u64 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let key = format!("key:{:08}", (n * 7919) % (KEYS as u64 + 5000));
+            if n.is_multiple_of(5) {
+                let _: i64 = client.del(&key).unwrap();
+                expected.insert(key, None);
+            } else {
+                let value = format!("w{n}");
+                let _: () = client.set(&key, &value).unwrap();
+                expected.insert(key, Some(value));
+            }
+        }
+        expected
+    })
+}
+
+/// Every key reads as the writer last left it, and every other as it was loaded.
+fn check(client: &mut redis::Connection, expected: &Expected) {
+    let names: Vec<String> = (0..KEYS + 5000).map(|i| format!("key:{i:08}")).collect();
+    for batch in names.chunks(5000) {
+        let values: Vec<Option<String>> = client.mget(batch).unwrap();
+        for (key, value) in batch.iter().zip(values) {
+            let want = match expected.get(key) {
+                Some(want) => want.clone(),
+                None => {
+                    let i: usize = key[4..].parse().unwrap();
+                    (i < KEYS).then(|| format!("value-{i}"))
+                }
+            };
+            assert_eq!(value, want, "key {key}");
+        }
+    }
+}
+
+/// Loads the keys, upgrades with `options` while a writer writes, and checks every key after.
+fn upgrade_under_writes(
+    host: &TestHost,
+    wasm: &str,
+    options: &UpgradeOptions,
+) -> Result<UpgradeReport, UpgradeError> {
+    let mut client = host.client();
+    load(&mut client, KEYS);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = writer(host, Arc::clone(&stop));
+    let upgraded = host.host_upgrade_with(wasm, options);
+    stop.store(true, Ordering::Relaxed);
+    let expected = writing.join().unwrap();
+    check(&mut client, &expected);
+    upgraded
+}
+
+fn through_v2_to_v3() -> UpgradeOptions {
+    UpgradeOptions { transforms: vec![artifacts::KV_V2_TO_V3.into()], ..UpgradeOptions::default() }
+}
+
+#[test]
+fn a_whole_state_is_imported_off_the_loop_and_the_new_version_catches_up_with_the_writes() {
+    let host = TestHost::start(KV_V2_CONTRACT_0_1);
+    // Through a transformer, which runs off the loop too.
+    let report = upgrade_under_writes(&host, artifacts::KV_V3, &through_v2_to_v3()).unwrap();
+    assert!(report.precopy.is_none(), "nothing to pre-copy from: {report}");
+    let catch_up = report.catch_up.as_ref().expect("the import ran off the loop");
+    assert_eq!(catch_up.abandoned, None, "{report}");
+    assert!(catch_up.events > 0, "the old version served writes during the import: {report}");
+    assert!(catch_up.bytes_compared > 0, "their replies were compared: {report}");
+    assert_eq!(report.transformers, ["kv-v2-to-v3"]);
+    assert!(report.to_string().contains("caught up    the new version ran the"), "{report}");
+    assert_eq!(host.status().app.to_string(), "kv 3.0.0");
+    // It serves as kv 3: a command kv 2 did not have.
+    let mut client = host.client();
+    let _: () = client.rpush("list", "x").unwrap();
+}
+
+#[test]
+fn with_catch_up_off_the_import_is_inside_the_pause() {
+    let host = TestHost::start(KV_V2_CONTRACT_0_1);
+    let options = UpgradeOptions { no_catch_up: true, ..through_v2_to_v3() };
+    let report = upgrade_under_writes(&host, artifacts::KV_V3, &options).unwrap();
+    assert_eq!(report.catch_up, None, "{report}");
+    assert!(report.pause >= report.import, "{report}");
+}
+
+#[test]
+fn a_new_version_whose_replies_differ_during_the_catch_up_takes_the_state_in_the_pause() {
+    let host = TestHost::start(KV_V2_CONTRACT_0_1);
+    // A client INCRs throughout: kv 3 built with INCR adding one too many answers otherwise
+    // than the old version to the first INCR it runs again.
+    let stop = Arc::new(AtomicBool::new(false));
+    let incr = {
+        let mut client = host.client();
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _: i64 = client.incr("counter", 1).unwrap();
+            }
+        })
+    };
+    let report = upgrade_under_writes(&host, artifacts::KV_V3_INCR_OFF_BY_ONE, &through_v2_to_v3());
+    stop.store(true, Ordering::Relaxed);
+    incr.join().unwrap();
+    // Every key the writer wrote meanwhile was checked above: nothing lost on the way.
+    let report = report.expect("the upgrade commits, moving the state in the pause");
+    let catch_up = report.catch_up.as_ref().expect("a catch-up was tried");
+    let why = catch_up.abandoned.as_deref().expect("and abandoned");
+    assert!(why.contains("output differed"), "{why}");
+    assert!(why.contains("INCR") || why.contains("incr"), "names the request: {why}");
+    assert!(report.to_string().contains("catch-up     abandoned after"), "{report}");
+    assert_eq!(host.status().app.to_string(), "kv 3.0.0");
+}
+
+#[test]
+fn an_import_that_fails_off_the_loop_rolls_back_and_the_old_version_kept_every_write() {
+    // kv 1 can pre-copy; --no-precopy moves its state whole, so it catches up.
+    let host = TestHost::start(artifacts::KV_V1);
+    let mut client = host.client();
+    let _: () = client.set("big", "x".repeat(2000)).unwrap();
+    let options = UpgradeOptions { no_precopy: true, ..UpgradeOptions::default() };
+    let error = upgrade_under_writes(&host, artifacts::KV_REFUSES_IMPORT, &options).unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, UpgradeError::Import { .. }), "{text}");
+    assert!(text.contains("rolled back, kv 1.0.0 keeps serving"), "{text}");
+    assert!(text.contains("values over 1 KiB are not supported"), "{text}");
+    assert_eq!(host.status().app.to_string(), "kv 1.0.0");
+    let big: String = client.get("big").unwrap();
+    assert_eq!(big.len(), 2000);
+    // A good upgrade still catches up afterwards.
+    let report = host.host_upgrade_with(artifacts::KV_V2, &options).expect("upgrade");
+    assert_eq!(report.catch_up.expect("caught up").abandoned, None);
+}
