@@ -51,6 +51,9 @@ pub struct UpgradesArgs {
     /// A fresh host, loaded with the keys, for every upgrade.
     #[arg(long)]
     fresh_host: bool,
+    /// `tasuki upgrade --no-catch-up`: a whole-state transfer imports inside the pause.
+    #[arg(long)]
+    no_catch_up: bool,
     /// Keys loaded before the first upgrade.
     #[arg(long)]
     keys: u64,
@@ -164,6 +167,12 @@ struct Series {
     owed_at_pause: Vec<u64>,
     paused_bytes: Vec<u64>,
     converged: Vec<u8>,
+    /// A catch-up's import off the loop, the events it ran again, its longest replay step, and
+    /// whether it was abandoned (0 and 0 without one).
+    catch_up_import: Vec<f64>,
+    catch_up_events: Vec<u64>,
+    catch_up_longest_step: Vec<f64>,
+    catch_up_abandoned: Vec<u8>,
     rss_before: Vec<u64>,
     hwm: Vec<u64>,
 }
@@ -194,6 +203,11 @@ impl Series {
         self.owed_at_pause.push(owed);
         self.paused_bytes.push(paused);
         self.converged.push(u8::from(converged));
+        let catch_up = report.catch_up.as_ref();
+        self.catch_up_import.push(catch_up.map_or(0.0, |c| us(c.import)));
+        self.catch_up_events.push(catch_up.map_or(0, |c| c.events));
+        self.catch_up_longest_step.push(catch_up.map_or(0.0, |c| us(c.longest_step)));
+        self.catch_up_abandoned.push(u8::from(catch_up.is_some_and(|c| c.abandoned.is_some())));
     }
 
     fn write(&self, raw: &mut Raw) {
@@ -212,6 +226,10 @@ impl Series {
         raw.set_list("owed_at_pause_bytes", &self.owed_at_pause);
         raw.set_list("paused_bytes", &self.paused_bytes);
         raw.set_list("converged", &self.converged);
+        raw.set_list("catch_up_import_us", &rounded(&self.catch_up_import));
+        raw.set_list("catch_up_events", &self.catch_up_events);
+        raw.set_list("catch_up_longest_step_us", &rounded(&self.catch_up_longest_step));
+        raw.set_list("catch_up_abandoned", &self.catch_up_abandoned);
         raw.set_list("rss_before_kib", &self.rss_before);
         raw.set_list("hwm_kib", &self.hwm);
     }
@@ -224,6 +242,7 @@ pub fn run(args: &UpgradesArgs) -> anyhow::Result<()> {
     let wasm = canonical(&args.wasm)?;
     let options = UpgradeOptions {
         transforms: args.transforms.iter().map(canonical).collect::<Result<_, _>>()?,
+        no_catch_up: args.no_catch_up,
         ..UpgradeOptions::default()
     };
     std::fs::create_dir_all(&args.dir)?;
