@@ -18,8 +18,8 @@ use crate::precopy;
 use crate::recovery::{RebuildReport, Skip, Stamp};
 use crate::spill::Chunks;
 use crate::status::{
-    CanaryProgress, CheckpointRecord, ListenerStatus, PrecopyProgress, RecoveryOutcome,
-    RecoveryRecord, Shared,
+    CanaryProgress, CatchUpProgress, CheckpointRecord, ListenerStatus, PrecopyProgress,
+    RecoveryOutcome, RecoveryRecord, Shared,
 };
 use crate::store::Effect;
 use crate::timers::TimerQueue;
@@ -1366,6 +1366,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// of the kept events in it, and commits once it has run them all with the same output
     /// as the old version — or gives up for a transfer in the pause. `None` while under way.
     fn catch_up_step(&mut self) -> Option<Swapped> {
+        self.note_catch_up();
         let catch_up = self.catch_up.as_mut()?;
         if let Phase::Importing(receive) = &catch_up.phase {
             let crossed = match receive.try_recv() {
@@ -1474,6 +1475,18 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         }
     }
 
+    /// Tells `tasuki status` where the catch-up under way stands (nothing when none is).
+    fn note_catch_up(&self) {
+        let progress = self.catch_up.as_ref().map(|c| CatchUpProgress {
+            to: c.report.to.clone(),
+            importing: matches!(c.phase, Phase::Importing(_)),
+            kept: c.backlog.len() as u64,
+            run: c.events,
+            compaction: self.compacting,
+        });
+        self.shared.note_catch_up(progress);
+    }
+
     /// The new instance has run every event since the export, with the old version's output:
     /// it holds the live state, and takes over.
     fn commit_catch_up(&mut self) -> Swapped {
@@ -1499,6 +1512,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.checkpoint_now |= !self.live.recovery().is_on();
         report.pause += committing.elapsed();
         self.shared.note_precopy(None);
+        self.shared.note_catch_up(None);
         if let Some(memory) = &report.memory {
             self.shared.note_fresh_memory(memory.after.linear_memory);
         }
@@ -1525,6 +1539,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         };
         let summary = catch_up.summary(canary.bytes_compared(), Some(why.clone()));
         warn!("catch-up of {} abandoned: {why}; moving the state in a pause", catch_up.report.to);
+        self.shared.note_catch_up(None);
         let Phase::Replaying { canary, fallback } = catch_up.phase else { unreachable!() };
         drop(canary);
         match fallback.respawn() {
@@ -1544,6 +1559,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         retired: Box<dyn std::any::Any + Send>,
     ) -> Swapped {
         self.shared.note_precopy(None);
+        self.shared.note_catch_up(None);
         self.next_args = None;
         warn!("{error}");
         if std::mem::take(&mut self.compacting) {
@@ -1581,6 +1597,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// to here, after the queued output was flushed, and status shows the same figure.
     fn ended_paused(&mut self, swap: Swap, paused: Option<Instant>) -> Swapped {
         self.shared.note_precopy(None);
+        self.shared.note_catch_up(None);
         let compacting = std::mem::take(&mut self.compacting);
         let next_args = self.next_args.take();
         match swap {

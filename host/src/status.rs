@@ -114,6 +114,8 @@ pub struct Status {
     pub precopy: Option<PrecopyProgress>,
     /// The upgrade whose canary is under way, if one is.
     pub canary: Option<CanaryProgress>,
+    /// The upgrade whose new version imports off the loop or catches up, if one is.
+    pub catch_up: Option<CatchUpProgress>,
     pub recovery: Box<RecoveryStatus>,
     pub memory: MemoryStatus,
     /// Snapshots into `--snapshot-dir`, if one is set.
@@ -197,6 +199,21 @@ pub struct PrecopyProgress {
     pub compaction: bool,
     /// Rounds of events whose client input was slowed so the copy could catch up.
     pub throttled_rounds: u32,
+}
+
+/// A whole-state upgrade between its export and its commit (see [`crate::catchup`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUpProgress {
+    /// The version the state is moving to.
+    pub to: AppVersion,
+    /// True while the new version imports (off the loop); false once it runs the kept events.
+    pub importing: bool,
+    /// Events the old version ran since the export that the new one has not run yet.
+    pub kept: u64,
+    /// Events the new one has run so far.
+    pub run: u64,
+    /// True for a compaction (a fresh instance of the running release), false for an upgrade.
+    pub compaction: bool,
 }
 
 /// An upgrade between its import and the end of its canary (`tasuki upgrade --canary`).
@@ -373,6 +390,23 @@ impl fmt::Display for Status {
                 write!(f, "; client input slowed in {} rounds", p.throttled_rounds)?;
             }
         }
+        if let Some(c) = &self.catch_up {
+            let doing = if c.compaction { "compacting   " } else { "upgrading    to " };
+            if c.importing {
+                write!(
+                    f,
+                    "\n{doing}{}: importing the state off the loop while the old version serves \
+                     ({} events since the export kept)",
+                    c.to, c.kept
+                )?;
+            } else {
+                write!(
+                    f,
+                    "\n{doing}{}: catching up, {} of the events since the export run, {} left",
+                    c.to, c.run, c.kept
+                )?;
+            }
+        }
         if let Some(c) = &self.canary {
             write!(
                 f,
@@ -470,6 +504,7 @@ pub(crate) struct Shared {
     recovering_since: AtomicU64,
     recovery: Mutex<RecoveryStatus>,
     precopy: Mutex<Option<PrecopyProgress>>,
+    catch_up: Mutex<Option<CatchUpProgress>>,
     canary: Mutex<Option<CanaryProgress>>,
     fresh_memory: AtomicU64,
     memory: Mutex<MemoryStatus>,
@@ -514,6 +549,7 @@ impl Shared {
             recovery: Mutex::new(RecoveryStatus::default()),
             precopy: Mutex::new(None),
             canary: Mutex::new(None),
+            catch_up: Mutex::new(None),
             fresh_memory: AtomicU64::new(0),
             memory: Mutex::new(MemoryStatus::default()),
             snapshots: Mutex::new(None),
@@ -587,6 +623,10 @@ impl Shared {
     }
 
     /// While a canary runs; `None` when it ended.
+    pub(crate) fn note_catch_up(&self, progress: Option<CatchUpProgress>) {
+        *self.catch_up.lock().unwrap_or_else(|p| p.into_inner()) = progress;
+    }
+
     pub(crate) fn note_canary(&self, progress: Option<CanaryProgress>) {
         *self.canary.lock().unwrap_or_else(|p| p.into_inner()) = progress;
     }
@@ -712,6 +752,7 @@ impl Shared {
             last_upgrade: current.last_upgrade.clone(),
             precopy: self.precopy.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             canary: self.canary.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            catch_up: self.catch_up.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             recovery: {
                 let mut recovery = Box::new(self.recovery_status().clone());
                 recovery.journal_bytes = self.journal_bytes.load(Ordering::Relaxed);

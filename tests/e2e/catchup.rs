@@ -168,3 +168,40 @@ fn an_import_that_fails_off_the_loop_rolls_back_and_the_old_version_kept_every_w
     let report = host.host_upgrade_with(artifacts::KV_V2, &options).expect("upgrade");
     assert_eq!(report.catch_up.expect("caught up").abandoned, None);
 }
+
+#[test]
+fn the_old_version_answers_while_the_new_one_imports_and_status_shows_it() {
+    // The new version sleeps 2 s at the end of its import: the old one must serve meanwhile.
+    let host = Arc::new(TestHost::with(tasuki::HostConfig {
+        app: artifacts::MISBEHAVE.into(),
+        args: vec!["slow-import=2000".into()],
+        ..tasuki::HostConfig::default()
+    }));
+    let mut client = host.lines();
+    assert_eq!(client.call("count"), "1");
+    let upgrade = {
+        let host = Arc::clone(&host);
+        let options = UpgradeOptions { no_precopy: true, ..UpgradeOptions::default() };
+        std::thread::spawn(move || host.host_upgrade_with(artifacts::MISBEHAVE, &options))
+    };
+    loop {
+        let status = host.status();
+        if status.catch_up.as_ref().is_some_and(|c| c.importing) {
+            let shown = status.to_string();
+            assert!(shown.contains("importing the state off the loop"), "{shown}");
+            break;
+        }
+        assert!(!upgrade.is_finished(), "the upgrade ended before its import was seen");
+        std::thread::yield_now();
+    }
+    // Answered now, by the old version, while the new one is still in its import.
+    assert_eq!(client.call("count"), "1");
+    let status = host.status();
+    assert!(status.catch_up.is_some_and(|c| c.importing && c.kept >= 1), "the request was kept");
+    let report = upgrade.join().unwrap().expect("upgrade");
+    let catch_up = report.catch_up.expect("caught up");
+    assert_eq!(catch_up.abandoned, None);
+    assert!(catch_up.events >= 1, "{catch_up:?}");
+    assert!(host.status().catch_up.is_none());
+    assert_eq!(client.call("count"), "1", "the same connection, served by the new version");
+}

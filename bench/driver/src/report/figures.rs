@@ -43,7 +43,7 @@ pub(super) fn write(
     writeln!(md, "## The pause against the state's size\n")?;
     writeln!(
         md,
-        "The figures the pre-copy work set out to reach, all from this run; each is explained in the section named. Under load: 4 clients INCR their own counters throughout. The whole-state rows are what every upgrade cost before pre-copy, measured here again for comparison.\n"
+        "The figures the pre-copy work set out to reach, all from this run; each is explained in the section named. Under load: 4 clients INCR their own counters throughout. The whole-state rows are apps whose state cannot be pre-copied: exported at one boundary (the pause), imported while the old version serves, then caught up (see \"Catch-up\" below, which compares the import inside the pause).\n"
     )?;
     writeln!(md, "| figure | measured | target | for comparison, same run |")?;
     writeln!(md, "|---|---:|---|---|")?;
@@ -60,7 +60,7 @@ pub(super) fn write(
             && k == *keys
         {
             compare.push(format!(
-                "whole state in the pause (`--precopy-chunk 0`): {}",
+                "whole state at one boundary (`--precopy-chunk 0`), caught up: {}",
                 ms(p99(f, "pause_us"))
             ));
         }
@@ -115,8 +115,8 @@ pub(super) fn write(
         )?;
     }
     for (row, label) in [
-        (full, "kv v2 with `--precopy-chunk 0` (its `Map` decoded whole)"),
-        (old, "kv v2 built before pre-copy (contract 0.1, a std `HashMap`)"),
+        (full, "kv v2 with `--precopy-chunk 0` (its `Map` decoded whole), caught up"),
+        (old, "kv v2 built before pre-copy (contract 0.1, a std `HashMap`), caught up"),
     ] {
         let Some((keys, raw)) = row else { continue };
         let compare = match (row, full) {
@@ -142,7 +142,7 @@ pub(super) fn write(
             .and_then(|(_, f)| {
                 let peak = max(&f.list("hwm_kib").ok()?);
                 Some(format!(
-                    "whole state in the pause: {}",
+                    "whole state at one boundary, caught up: {}",
                     ratio(peak, f.num("rss_steady_kib").ok()?)
                 ))
             })

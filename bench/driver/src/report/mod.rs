@@ -22,6 +22,7 @@
 //! per request are here.
 
 mod canary;
+mod catchup;
 mod checkpoints;
 mod figures;
 mod memory;
@@ -58,6 +59,9 @@ pub struct ReportArgs {
     /// Write only the canary cost section, in place of the one at OUT.
     #[arg(long, conflicts_with_all = ["memory_only", "soak_only", "throughput_only"])]
     canary_only: bool,
+    /// Write only the catch-up section, in place of the one at OUT.
+    #[arg(long, conflicts_with_all = ["memory_only", "soak_only", "throughput_only", "canary_only"])]
+    catch_up_only: bool,
 }
 
 /// The headings of the sections `--throughput-only` replaces, in their order in the report.
@@ -386,6 +390,13 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         eprintln!("wrote the soak section of {}", args.out.display());
         return Ok(());
     }
+    if args.catch_up_only {
+        let mut section = String::new();
+        catchup::write(&mut section, &args.raw)?;
+        splice(&args.out, catchup::HEADING, &section)?;
+        eprintln!("wrote the catch-up section of {}", args.out.display());
+        return Ok(());
+    }
     if args.canary_only {
         let mut section = String::new();
         canary::write(&mut section, &args.raw)?;
@@ -470,6 +481,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     if !upgrades.is_empty() {
         upgrades::write(&mut md, &upgrades, &restarts)?;
     }
+    catchup::write(&mut md, &args.raw)?;
     transfer::write(&mut md, &transfer::read(&args.raw)?)?;
     write_large_request(&mut md, &args.raw)?;
     if args.raw.join("canary").is_dir() {

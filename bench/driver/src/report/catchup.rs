@@ -1,0 +1,97 @@
+//! Catch-up (`tasuki upgrade` of an app that cannot pre-copy): the same upgrades of kv 2 built
+//! before pre-copy (a std `HashMap`, its state moved whole), under the INCR load, with the
+//! import off the loop and then inside the pause (`--no-catch-up`), side by side in one run.
+
+use super::{keys_label, ms, read_series};
+use crate::raw::Raw;
+use crate::stats::{max, median, percentile};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// The section's heading, to splice it alone into a report (`bench/run --catch-up-only`).
+pub const HEADING: &str = "## Catch-up: a whole state with only the export in the pause";
+
+/// The two series, as `bench/run` names their raw files in `raw/catchup/`.
+const CAUGHT_UP: &str = "upgrades-caught-up-";
+const IN_PAUSE: &str = "upgrades-in-pause-";
+
+fn list(raw: &Raw, key: &str) -> Vec<f64> {
+    raw.list(key).unwrap_or_default()
+}
+
+/// Writes the section from `raw/catchup/` (nothing if it was not measured).
+pub fn write(md: &mut String, raw: &Path) -> anyhow::Result<()> {
+    let dir = raw.join("catchup");
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let source = Raw::read(&dir.join("catchup.kv")).unwrap_or_default();
+    let s = |k: &str| source.get(k).unwrap_or("?").to_string();
+    let caught_up = read_series(&dir, CAUGHT_UP)?;
+    let in_pause = read_series(&dir, IN_PAUSE)?;
+    writeln!(md, "{HEADING}\n")?;
+    writeln!(
+        md,
+        "Measured by `{}` at commit `{}` on {} (load average {} at the start, {} at the end). A release that cannot pre-copy (kv 2 built before pre-copy, `tests/fixtures/contract-0.1`: a std `HashMap`, its state moved whole) upgraded to itself again and again on one host holding KEYS keys, while 4 clients INCR their own counters; first as `tasuki upgrade` does by default (catch-up: the old version exports in the pause, the new one transforms and imports on a thread of its own while the old one serves, then runs the events since the export, its replies compared, and takes over), then with `--no-catch-up` (the import inside the pause). Pause = time no event was dispatched, from each upgrade's report. The new version's replay runs between rounds of events; its longest step is the most a client waited for it. Every INCR acknowledged was checked, as in \"Failed or lost requests\" above.\n",
+        s("command"),
+        s("commit"),
+        s("date"),
+        s("loadavg_start"),
+        s("loadavg_end"),
+    )?;
+    writeln!(
+        md,
+        "| import | keys | upgrades | pause p50 | pause p99 | pause max | export p50 | import p50 (where) | events run again p50 | longest replay step | abandoned | request → commit p50 | slowest client reply |"
+    )?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for (label, series, off_loop) in [
+        ("off the loop, caught up (default)", &caught_up, true),
+        ("inside the pause (`--no-catch-up`)", &in_pause, false),
+    ] {
+        for (keys, raw) in series {
+            let pause = list(raw, "pause_us");
+            let (import, place) = if off_loop {
+                (median(&list(raw, "catch_up_import_us")), "while serving")
+            } else {
+                (median(&list(raw, "import_us")), "in the pause")
+            };
+            let events = median(&list(raw, "catch_up_events"));
+            let abandoned: f64 = list(raw, "catch_up_abandoned").iter().sum();
+            writeln!(
+                md,
+                "| {label} | {} | {} | {} | {} | {} | {} | {} ({place}) | {} | {} | {} | {} | {} |",
+                keys_label(*keys),
+                pause.len(),
+                ms(percentile(&pause, 50.0)),
+                ms(percentile(&pause, 99.0)),
+                ms(max(&pause)),
+                ms(median(&list(raw, "export_us"))),
+                ms(import),
+                if off_loop { format!("{events:.0}") } else { "–".into() },
+                if off_loop {
+                    ms(max(&list(raw, "catch_up_longest_step_us")))
+                } else {
+                    "–".into()
+                },
+                if off_loop { format!("{abandoned:.0}") } else { "–".into() },
+                ms(median(&list(raw, "request_us"))),
+                ms(raw.num("client_max_us").unwrap_or(f64::NAN)),
+            )?;
+        }
+    }
+    if let (Some((k, c)), Some((_, p))) =
+        (caught_up.iter().next_back(), in_pause.iter().next_back())
+    {
+        let (c, p) = (median(&list(c, "pause_us")), median(&list(p, "pause_us")));
+        writeln!(
+            md,
+            "\nAt {} keys the median pause is {} with catch-up, {} with the import inside it: {:.2}×. What stays in the pause is the old version's export (its own encode, and the host lifting the bytes out), which is the app's.",
+            keys_label(*k),
+            ms(c),
+            ms(p),
+            c / p
+        )?;
+    }
+    writeln!(md)?;
+    Ok(())
+}
