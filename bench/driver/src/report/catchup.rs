@@ -32,12 +32,13 @@ pub fn write(md: &mut String, raw: &Path) -> anyhow::Result<()> {
     writeln!(md, "{HEADING}\n")?;
     writeln!(
         md,
-        "Measured by `{}` at commit `{}` on {} (load average {} at the start, {} at the end). A release that cannot pre-copy (kv 2 built before pre-copy, `tests/fixtures/contract-0.1`: a std `HashMap`, its state moved whole) upgraded to itself again and again on one host holding KEYS keys, while 4 clients INCR their own counters; first as `tasuki upgrade` does by default (catch-up: the old version exports in the pause, the new one transforms and imports on a thread of its own while the old one serves, then runs the events since the export, its replies compared, and takes over), then with `--no-catch-up` (the import inside the pause). Pause = time no event was dispatched, from each upgrade's report. The new version's replay runs between rounds of events; its longest step is the most a client waited for it. Every INCR acknowledged was checked, as in \"Failed or lost requests\" above.\n",
+        "Measured by `{}` at commit `{}` on {} (load average {} at the start, {} at the end). A release that cannot pre-copy (kv 2 built before pre-copy, `tests/fixtures/contract-0.1`: a std `HashMap`, its state moved whole) upgraded to itself again and again on one host holding {} keys (16-byte values), while 4 clients INCR their own counters; first as `tasuki upgrade` does by default (catch-up: the old version exports in the pause, the new one transforms and imports on a thread of its own while the old one serves, then runs the events since the export, its replies compared, and takes over), then with `--no-catch-up` (the import inside the pause). Pause = time no event was dispatched, from each upgrade's report. The new version's replay runs between rounds of events; its longest step is the most a client waited for it. Every INCR acknowledged was checked, as in \"Failed or lost requests\" above.\n",
         s("command"),
         s("commit"),
         s("date"),
         s("loadavg_start"),
         s("loadavg_end"),
+        caught_up.keys().next_back().map_or_else(|| "?".into(), |k| keys_label(*k)),
     )?;
     writeln!(
         md,
@@ -82,10 +83,11 @@ pub fn write(md: &mut String, raw: &Path) -> anyhow::Result<()> {
     if let (Some((k, c)), Some((_, p))) =
         (caught_up.iter().next_back(), in_pause.iter().next_back())
     {
-        let (c, p) = (median(&list(c, "pause_us")), median(&list(p, "pause_us")));
+        let p50 = |raw: &Raw| percentile(&list(raw, "pause_us"), 50.0);
+        let (c, p) = (p50(c), p50(p));
         writeln!(
             md,
-            "\nAt {} keys the median pause is {} with catch-up, {} with the import inside it: {:.2}×. What stays in the pause is the old version's export (its own encode, and the host lifting the bytes out), which is the app's.",
+            "\nAt {} keys the median pause is {} with catch-up, {} with the import inside it: {:.2}×. What stays in the pause is the old version's export (its own encode, and the host lifting the bytes out), which is the app's. The slowest pause is the first upgrade of the host: the old instance had never encoded a state this size, so its encoder's buffer and the host's copy touch memory for the first time (page faults; the same first export is as slow with `--no-catch-up`).",
             keys_label(*k),
             ms(c),
             ms(p),
