@@ -205,3 +205,96 @@ fn the_old_version_answers_while_the_new_one_imports_and_status_shows_it() {
     assert!(host.status().catch_up.is_none());
     assert_eq!(client.call("count"), "1", "the same connection, served by the new version");
 }
+
+/// Waits until `host` shows a catch-up importing off the loop, while `upgrade` still runs.
+fn until_importing<T>(host: &TestHost, upgrade: &std::thread::JoinHandle<T>) {
+    while !host.status().catch_up.as_ref().is_some_and(|c| c.importing) {
+        assert!(!upgrade.is_finished(), "the upgrade ended before its import was seen");
+        std::thread::yield_now();
+    }
+}
+
+/// Upgrades the `misbehave` host to itself with its state moved whole, on a thread.
+fn upgrade_misbehave(
+    host: &Arc<TestHost>,
+) -> std::thread::JoinHandle<Result<UpgradeReport, UpgradeError>> {
+    let host = Arc::clone(host);
+    let options = UpgradeOptions { no_precopy: true, ..UpgradeOptions::default() };
+    std::thread::spawn(move || host.host_upgrade_with(artifacts::MISBEHAVE, &options))
+}
+
+fn misbehave_importing_slowly(ms: u64) -> Arc<TestHost> {
+    Arc::new(TestHost::with(tasuki::HostConfig {
+        app: artifacts::MISBEHAVE.into(),
+        args: vec![format!("slow-import={ms}")],
+        ..tasuki::HostConfig::default()
+    }))
+}
+
+#[test]
+fn timers_and_connections_during_the_import_are_caught_up_too() {
+    let host = misbehave_importing_slowly(4000);
+    let mut a = host.lines();
+    let b = host.lines();
+    assert_eq!(a.call("count"), "2");
+    // Armed before the export; due a second later, while the new version imports (or, if the
+    // upgrade is slow to start, before the export: then the check below still holds).
+    assert_eq!(a.call("timer 1 1000"), "ok");
+    let upgrade = upgrade_misbehave(&host);
+    until_importing(&host, &upgrade);
+    // A client connects and another leaves while the new version imports.
+    let mut c = host.lines();
+    let _ = b.stream.shutdown(std::net::Shutdown::Both);
+    drop(b);
+    while a.call("count") != "2" {}
+    // The old version fires timer 1, then timer 2, armed during the import; timer 3 is due
+    // long after the commit. The answers are kept, and the new version must give the same
+    // once it runs these requests again.
+    while a.call("fired") != "1" {}
+    assert_eq!(a.call("timer 2 50"), "ok");
+    assert_eq!(a.call("timer 3 7000"), "ok");
+    while a.call("fired") != "1 2" {}
+    assert_eq!(c.call("armed"), "3");
+    assert!(
+        host.status().catch_up.is_some_and(|up| up.importing),
+        "the timers fired and the connections changed during the import"
+    );
+    let report = upgrade.join().unwrap().expect("upgrade");
+    let catch_up = report.catch_up.as_ref().expect("caught up");
+    assert_eq!(catch_up.abandoned, None, "{report}");
+    // The new version holds the same: the timers fired, the connections, and timer 3, armed
+    // in the old version after the export, fires in the new one.
+    assert_eq!(a.call("count"), "2");
+    assert_eq!(c.call("armed"), "3");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while c.call("fired") != "1 2 3" {
+        assert!(std::time::Instant::now() < deadline, "timer 3 never fired in the new version");
+        std::thread::yield_now();
+    }
+    assert_eq!(c.call("armed"), "none");
+}
+
+#[test]
+fn an_old_version_that_traps_during_the_import_abandons_the_catch_up_and_keeps_every_write() {
+    let host = misbehave_importing_slowly(2000);
+    let mut a = host.lines();
+    let mut culprit = host.lines();
+    assert_eq!(a.call("set k1 v1"), "ok");
+    let upgrade = upgrade_misbehave(&host);
+    until_importing(&host, &upgrade);
+    assert_eq!(a.call("set k2 v2"), "ok");
+    // The old version traps on this one (its connection closes) and is rebuilt.
+    culprit.expect_closed("panic");
+    assert_eq!(a.call("set k3 v3"), "ok");
+    let report = upgrade.join().unwrap().expect("the state moves in the pause instead");
+    let catch_up = report.catch_up.as_ref().expect("a catch-up was tried");
+    let why = catch_up.abandoned.as_deref().expect("and abandoned");
+    assert!(why.contains("old version trapped"), "{why}");
+    assert!(report.to_string().contains("catch-up     abandoned after"), "{report}");
+    // Served by the new version, on the same connection, with every acknowledged write.
+    assert_eq!(a.call("get k1"), "v1");
+    assert_eq!(a.call("get k2"), "v2");
+    assert_eq!(a.call("get k3"), "v3");
+    assert_eq!(a.call("count"), "1");
+    assert!(host.status().catch_up.is_none());
+}
