@@ -298,3 +298,82 @@ fn an_old_version_that_traps_during_the_import_abandons_the_catch_up_and_keeps_e
     assert_eq!(a.call("count"), "1");
     assert!(host.status().catch_up.is_none());
 }
+
+#[test]
+fn clients_that_quit_during_the_catch_up_are_closed_alike_by_both_versions() {
+    let host = TestHost::start(KV_V2_CONTRACT_0_1);
+    // Clients come, QUIT (the old version closes them) and go throughout the upgrade: the
+    // new version closes them too when it runs those events again.
+    let stop = Arc::new(AtomicBool::new(false));
+    let quitter = {
+        let stop = Arc::clone(&stop);
+        let address = host.raw().peer_addr().unwrap();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut quits = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut stream = std::net::TcpStream::connect(address).unwrap();
+                stream.write_all(b"*1\r\n$4\r\nQUIT\r\n").unwrap();
+                let mut reply = Vec::new();
+                stream.read_to_end(&mut reply).unwrap();
+                assert_eq!(reply, b"+OK\r\n");
+                quits += 1;
+            }
+            quits
+        })
+    };
+    let report = upgrade_under_writes(&host, artifacts::KV_V3, &through_v2_to_v3());
+    stop.store(true, Ordering::Relaxed);
+    assert!(quitter.join().unwrap() > 0);
+    let report = report.expect("upgrade");
+    let catch_up = report.catch_up.as_ref().expect("the import ran off the loop");
+    assert_eq!(catch_up.abandoned, None, "{report}");
+    assert_eq!(host.status().app.to_string(), "kv 3.0.0");
+}
+
+#[test]
+fn a_timer_the_new_version_arms_in_its_import_fires_after_the_catch_up() {
+    // `resumed` arms timer 9 in the instance that imports; the old version never armed it.
+    let host = Arc::new(TestHost::with(tasuki::HostConfig {
+        app: artifacts::MISBEHAVE.into(),
+        args: vec!["slow-import=500".into(), "resume-timer=9:100".into()],
+        ..tasuki::HostConfig::default()
+    }));
+    let mut client = host.lines();
+    assert_eq!(client.call("set k v"), "ok");
+    let report = upgrade_misbehave(&host).join().unwrap().expect("upgrade");
+    assert_eq!(report.catch_up.as_ref().expect("caught up").abandoned, None, "{report}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while client.call("fired") != "9" {
+        assert!(std::time::Instant::now() < deadline, "timer 9 never fired in the new version");
+        std::thread::yield_now();
+    }
+    assert_eq!(client.call("get k"), "v");
+}
+
+#[test]
+fn a_host_stopped_while_the_new_version_imports_stops_and_rolls_the_upgrade_back() {
+    let host = misbehave_importing_slowly(6000);
+    let host = Arc::try_unwrap(host).expect("one owner");
+    let mut client = host.lines();
+    assert_eq!(client.call("set k v"), "ok");
+    let control = host.control.clone();
+    let upgrade = std::thread::spawn(move || {
+        let request = tasuki::control::Request::Upgrade {
+            wasm: artifacts::MISBEHAVE.into(),
+            options: UpgradeOptions { no_precopy: true, ..UpgradeOptions::default() },
+        };
+        tasuki::control::request(&control, &request)
+    });
+    until_importing(&host, &upgrade);
+    let stopping = std::time::Instant::now();
+    drop(host);
+    // The loop does not wait for the import (6 s) to stop.
+    let took = stopping.elapsed();
+    assert!(took < std::time::Duration::from_secs(4), "stopping took {took:?}");
+    let answer = upgrade.join().unwrap();
+    assert!(
+        !matches!(answer, Ok(tasuki::control::Response::Upgraded(_))),
+        "the upgrade did not commit: {answer:?}"
+    );
+}
