@@ -377,3 +377,25 @@ fn a_host_stopped_while_the_new_version_imports_stops_and_rolls_the_upgrade_back
         "the upgrade did not commit: {answer:?}"
     );
 }
+
+#[test]
+fn events_kept_past_their_bound_abandon_the_catch_up_for_the_pause_with_nothing_lost() {
+    let host = misbehave_importing_slowly(4000);
+    let mut a = host.lines();
+    assert_eq!(a.call("set k1 v1"), "ok");
+    let upgrade = upgrade_misbehave(&host);
+    until_importing(&host, &upgrade);
+    // One event whose output alone is past the kept events' bound (64 MiB).
+    let mib = (tasuki::catchup::KEPT_MAX >> 20) + 1;
+    let reply = a.call(&format!("flood {mib}"));
+    assert_eq!(reply.len(), (mib << 20) + 2, "the old version sent it all");
+    assert!(reply.ends_with("ok"));
+    assert_eq!(a.call("set k2 v2"), "ok");
+    assert!(host.status().catch_up.is_some_and(|c| c.importing), "all during the import");
+    let report = upgrade.join().unwrap().expect("the state moves in the pause instead");
+    let catch_up = report.catch_up.as_ref().expect("a catch-up was tried");
+    let why = catch_up.abandoned.as_deref().expect("and abandoned");
+    assert!(why.contains("outgrew 64 MiB"), "{why}");
+    assert_eq!(a.call("get k1"), "v1");
+    assert_eq!(a.call("get k2"), "v2");
+}
