@@ -374,10 +374,10 @@ impl Fallback {
         (fallback, instance)
     }
 
-    /// A fresh instance of the new version, prepared to take the state whole in a pause.
+    /// A fresh instance of the new version, prepared to take the state whole in a pause (on
+    /// the loop: its start is part of the pause, not of the preparation).
     pub(crate) fn respawn(self) -> Result<Prepared, UpgradeError> {
         let Self { version, info: _, prepare_time, no_precopy, pipeline, compaction, args } = self;
-        let started = Instant::now();
         let (instance, info) = crate::recovery::start(&version, &args).map_err(|error| {
             UpgradeError::Start { wasm: version.path.clone(), error: Box::new(error) }
         })?;
@@ -385,7 +385,7 @@ impl Fallback {
             version,
             instance,
             info,
-            prepare_time: prepare_time + started.elapsed(),
+            prepare_time,
             from_checkpoint: false,
             no_precopy,
             no_catch_up: true,

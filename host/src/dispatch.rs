@@ -1149,7 +1149,12 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// Steps 4–7 of the upgrade: pause, export, import, commit or roll back — or, with
     /// `--canary`, start the canary (`None`: [`Dispatcher::upgrade_step`] ends it).
     fn pause_and_swap(&mut self, underway: Underway) -> Option<Swapped> {
-        let paused = Instant::now();
+        self.pause_and_swap_since(underway, Instant::now())
+    }
+
+    /// [`Self::pause_and_swap`] for a loop that stopped already at `paused` (an abandoned
+    /// catch-up starts the new version's fresh instance on the loop first).
+    fn pause_and_swap_since(&mut self, underway: Underway, paused: Instant) -> Option<Swapped> {
         self.event_clock.freeze_at(self.clock.wall_ns());
         let boundary = upgrade::Boundary {
             conns: self.net.live(),
@@ -1542,10 +1547,12 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.shared.note_catch_up(None);
         let Phase::Replaying { canary, fallback } = catch_up.phase else { unreachable!() };
         drop(canary);
+        // The fresh instance starts (its `init` runs) on the loop: the pause starts here.
+        let paused = Instant::now();
         match fallback.respawn() {
             Ok(next) => {
                 self.catch_up_abandoned = Some(summary);
-                self.pause_and_swap(Underway { next, precopy: None })
+                self.pause_and_swap_since(Underway { next, precopy: None }, paused)
             }
             Err(error) => Some(self.failed_without_instance(error, Box::new(()))),
         }

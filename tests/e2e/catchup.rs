@@ -399,3 +399,22 @@ fn events_kept_past_their_bound_abandon_the_catch_up_for_the_pause_with_nothing_
     assert_eq!(a.call("get k1"), "v1");
     assert_eq!(a.call("get k2"), "v2");
 }
+
+#[test]
+fn an_abandoned_catch_up_counts_the_fresh_instance_it_starts_on_the_loop_in_the_pause() {
+    // The fresh instance of the new version is started (1 s in its `init`) on the loop, then
+    // imports (1.5 s): clients wait for both, and the report's pause must say so.
+    let host = Arc::new(TestHost::with(tasuki::HostConfig {
+        app: artifacts::MISBEHAVE.into(),
+        args: vec!["slow-init=1000".into(), "slow-import=1500".into()],
+        ..tasuki::HostConfig::default()
+    }));
+    let mut culprit = host.lines();
+    let upgrade = upgrade_misbehave(&host);
+    until_importing(&host, &upgrade);
+    culprit.expect_closed("panic");
+    let report = upgrade.join().unwrap().expect("the state moves in the pause instead");
+    assert!(report.catch_up.as_ref().and_then(|c| c.abandoned.as_ref()).is_some(), "{report}");
+    let loop_stopped = std::time::Duration::from_millis(1000 + 1500);
+    assert!(report.pause >= loop_stopped, "{report}");
+}
