@@ -5,11 +5,11 @@
 //! acknowledged write is readable after, nothing deleted comes back, a failure rolls back.
 
 use redis::Commands;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tasuki::UpgradeError;
 use tasuki::upgrade::{UpgradeOptions, UpgradeReport};
+use tasuki_tests::keys::{Expected, change, check, load};
 use tasuki_tests::{TestHost, artifacts};
 
 /// kv 2.0.0 as built against the previous contract: no `precopy` export, so its state moves
@@ -18,19 +18,6 @@ const KV_V2_CONTRACT_0_1: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/contract-0.1/kv_v2.wasm");
 
 const KEYS: usize = 100_000;
-
-fn load(client: &mut redis::Connection, keys: usize) {
-    for batch in (0..keys).collect::<Vec<_>>().chunks(1000) {
-        let mut pipe = redis::pipe();
-        for i in batch {
-            pipe.cmd("SET").arg(format!("key:{i:08}")).arg(format!("value-{i}")).ignore();
-        }
-        pipe.query::<()>(client).unwrap();
-    }
-}
-
-/// What a writer did: the value each key it touched must have now (`None`: deleted).
-type Expected = HashMap<String, Option<String>>;
 
 /// Sets, overwrites and deletes keys all over the keyspace until `stop`, recording every
 /// acknowledged change.
@@ -41,36 +28,10 @@ fn writer(host: &TestHost, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Exp
         let mut n: u64 = 0;
         while !stop.load(Ordering::Relaxed) {
             n += 1;
-            let key = format!("key:{:08}", (n * 7919) % (KEYS as u64 + 5000));
-            if n.is_multiple_of(5) {
-                let _: i64 = client.del(&key).unwrap();
-                expected.insert(key, None);
-            } else {
-                let value = format!("w{n}");
-                let _: () = client.set(&key, &value).unwrap();
-                expected.insert(key, Some(value));
-            }
+            change(&mut client, n, KEYS, &mut expected);
         }
         expected
     })
-}
-
-/// Every key reads as the writer last left it, and every other as it was loaded.
-fn check(client: &mut redis::Connection, expected: &Expected) {
-    let names: Vec<String> = (0..KEYS + 5000).map(|i| format!("key:{i:08}")).collect();
-    for batch in names.chunks(5000) {
-        let values: Vec<Option<String>> = client.mget(batch).unwrap();
-        for (key, value) in batch.iter().zip(values) {
-            let want = match expected.get(key) {
-                Some(want) => want.clone(),
-                None => {
-                    let i: usize = key[4..].parse().unwrap();
-                    (i < KEYS).then(|| format!("value-{i}"))
-                }
-            };
-            assert_eq!(value, want, "key {key}");
-        }
-    }
 }
 
 /// Loads the keys, upgrades with `options` while a writer writes, and checks every key after.
@@ -86,7 +47,7 @@ fn upgrade_under_writes(
     let upgraded = host.host_upgrade_with(wasm, options);
     stop.store(true, Ordering::Relaxed);
     let expected = writing.join().unwrap();
-    check(&mut client, &expected);
+    check(&mut client, KEYS, &expected);
     upgraded
 }
 

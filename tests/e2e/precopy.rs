@@ -3,12 +3,12 @@
 //! acknowledged write is readable after the upgrade, and nothing deleted comes back.
 
 use redis::Commands;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tasuki::limits::Limits;
 use tasuki::upgrade::{UpgradeOptions, UpgradeReport};
 use tasuki::{HostConfig, UpgradeError};
+use tasuki_tests::keys::{Expected, change, check, load};
 use tasuki_tests::{TestHost, artifacts};
 
 const KEYS: usize = 100_000;
@@ -21,19 +21,6 @@ fn host(app: &str, chunk: u64) -> TestHost {
         ..HostConfig::default()
     })
 }
-
-fn load(client: &mut redis::Connection, keys: usize) {
-    for batch in (0..keys).collect::<Vec<_>>().chunks(1000) {
-        let mut pipe = redis::pipe();
-        for i in batch {
-            pipe.cmd("SET").arg(format!("key:{i:08}")).arg(format!("value-{i}")).ignore();
-        }
-        pipe.query::<()>(client).unwrap();
-    }
-}
-
-/// What a writer did: the value each key it touched must have now (`None`: deleted).
-type Expected = HashMap<String, Option<String>>;
 
 /// True while `tasuki status` shows a pre-copy under way.
 fn precopying(control: &std::path::Path) -> bool {
@@ -59,41 +46,13 @@ fn writer(
         while !stop.load(Ordering::Relaxed) {
             n += 1;
             let before = precopying(&control);
-            // Spread over the whole keyspace, so changes hit entries already copied and not yet.
-            let key = format!("key:{:08}", (n * 7919) % (KEYS as u64 + 5000));
-            if n.is_multiple_of(5) {
-                let _: i64 = client.del(&key).unwrap();
-                expected.insert(key, None);
-            } else {
-                let value = format!("w{n}");
-                let _: () = client.set(&key, &value).unwrap();
-                expected.insert(key, Some(value));
-            }
+            change(&mut client, n, KEYS, &mut expected);
             if before && precopying(&control) {
                 during.fetch_add(1, Ordering::Relaxed);
             }
         }
         expected
     })
-}
-
-/// Every key reads as the writer last left it, and every other key as it was loaded (`loaded`
-/// keys).
-fn check(client: &mut redis::Connection, loaded: usize, expected: &Expected) {
-    let names: Vec<String> = (0..loaded + 5000).map(|i| format!("key:{i:08}")).collect();
-    for batch in names.chunks(5000) {
-        let values: Vec<Option<String>> = client.mget(batch).unwrap();
-        for (key, value) in batch.iter().zip(values) {
-            let want = match expected.get(key) {
-                Some(want) => want.clone(),
-                None => {
-                    let i: usize = key[4..].parse().unwrap();
-                    (i < loaded).then(|| format!("value-{i}"))
-                }
-            };
-            assert_eq!(value, want, "key {key}");
-        }
-    }
 }
 
 /// Upgrades under a writer and checks every key after.

@@ -10,6 +10,8 @@ use tasuki::{Host, HostConfig, RunningHost, UpgradeError, UpgradeReport};
 
 pub use tasuki_artifacts as artifacts;
 
+pub mod keys;
+
 /// Sends the host's log (at `RUST_LOG`'s level, `info` when unset) to the test harness's
 /// captured output: a failing test prints what the host said while it ran (the host's threads
 /// inherit the capture of the test that started them), a passing one prints nothing.
