@@ -488,18 +488,31 @@ impl CatchUp {
         })
     }
 
-    /// Its report, at the commit or when it is abandoned.
-    pub(crate) fn summary(&self, bytes_compared: u64, abandoned: Option<String>) -> CatchUpReport {
-        CatchUpReport {
+    /// Ends it, at the commit (`abandoned` is `None`) or when it is given up (why): the
+    /// upgrade's report with the catch-up's filled in, the comparison holding the new
+    /// instance, and what starting over in a pause needs.
+    ///
+    /// # Panics
+    /// Before the import is in (there is no new instance yet).
+    pub(crate) fn finish(
+        self,
+        abandoned: Option<String>,
+    ) -> (Box<UpgradeReport>, Box<Canary>, Fallback) {
+        let Phase::Replaying { canary, fallback } = self.phase else {
+            unreachable!("a catch-up ends once its import is in")
+        };
+        let mut report = self.report;
+        report.catch_up = Some(CatchUpReport {
             import: self.import,
             transform: self.transform,
             events: self.events,
             most_kept: self.backlog.most() as u64,
             steps: self.steps,
             longest_step: self.longest_step,
-            bytes_compared,
+            bytes_compared: canary.bytes_compared(),
             took: self.exported.elapsed(),
             abandoned,
-        }
+        });
+        (report, canary, fallback)
     }
 }

@@ -199,6 +199,15 @@ pub(crate) struct Dispatcher<N, C> {
     listen_policy: Policy,
 }
 
+/// A running version built before back-pressure is never told a connection can take more, so
+/// no `on-writable` comes to feed `canary`'s candidate: it grants its own, a whole
+/// `--output-buffer` each time (see [`Canary::grant_writable`]).
+fn grant_windows_if_unasked(live: &Live, limits: &Limits, canary: &mut Canary) {
+    if !live.takes_writable() {
+        canary.grant_writable(limits.output_buffer as u64);
+    }
+}
+
 /// Most a checkpoint's cut asks the instance for at once, in pre-copy chunks (16 MiB at the
 /// default 64 KiB). A cut takes what is still owed, which can be most of the state when writes
 /// outran the copy; asked for in one pass, the instance builds all of it in its linear memory
@@ -1130,9 +1139,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     pub(crate) fn cancel_upgrade(&mut self) -> Option<Swapped> {
         if let Some(catch_up) = self.catch_up.take() {
             info!("catch-up of {} dropped: the host is stopping", catch_up.report.to);
-            return Some(
-                self.failed_without_instance(UpgradeError::HostStopped, Box::new(catch_up)),
-            );
+            let error = UpgradeError::HostStopped;
+            return Some(self.ended(Swap::RolledBack { error, retired: Box::new(catch_up) }));
         }
         if let Some((canary, report)) = self.canary.take() {
             self.shared.note_canary(None);
@@ -1180,9 +1188,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         let timers = TimerQueue::from_armed(&self.timers.armed());
         let open = self.net.live();
         let mut canary = Canary::start(candidate, timers, window, &open, self.clock.monotonic_ns());
-        if !self.live.takes_writable() {
-            canary.grant_writable(self.limits.output_buffer as u64);
-        }
+        grant_windows_if_unasked(&self.live, &self.limits, &mut canary);
         info!(
             pause_us = report.pause.as_micros() as u64,
             "{} imported the state; canary of {window} under way beside {}", report.to, report.from
@@ -1319,30 +1325,10 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         };
         let conns = self.net.live();
         let report = UpgradeReport {
-            from: running.clone(),
-            to: AppVersion::from(&next.info),
-            wasm: next.version.path.clone(),
-            prepare: next.prepare_time,
-            // A compaction reuses the live version, compiled long ago.
-            compile: if next.compaction.is_some() {
-                Duration::ZERO
-            } else {
-                next.version.compile_time
-            },
-            pause: Duration::ZERO,
             export,
-            transform: Duration::ZERO,
-            transformers: next.pipeline.stages.iter().map(|t| t.info.name.clone()).collect(),
-            import: Duration::ZERO,
-            sections: Vec::new(),
             state_bytes: snapshot_bytes(&snapshot),
             connections: conns.len() as u64,
-            source: upgrade::StateSource::Export,
-            precopy: None,
-            memory: None,
-            compaction: next.compaction.clone(),
-            canary: None,
-            catch_up: None,
+            ..UpgradeReport::begun(running.clone(), &next)
         };
         let at_export = AtExport {
             conns: conns.clone(),
@@ -1387,7 +1373,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                             "the import thread stopped without an answer".into(),
                         )),
                     };
-                    return Some(self.failed_without_instance(error, Box::new(())));
+                    return Some(self.ended(Swap::RolledBack { error, retired: Box::new(()) }));
                 }
             };
             let Crossed { next, result, transform, import, memory } = crossed;
@@ -1429,9 +1415,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             );
             candidate.believe_listeners(book.clone());
             let mut canary = Canary::catch_up(candidate, TimerQueue::from_armed(timers), *mono);
-            if !self.live.takes_writable() {
-                canary.grant_writable(self.limits.output_buffer as u64);
-            }
+            grant_windows_if_unasked(&self.live, &self.limits, &mut canary);
             catch_up.phase = Phase::Replaying { canary: Box::new(canary), fallback };
             catch_up.last_step_end = Instant::now();
             debug!(
@@ -1497,14 +1481,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     fn commit_catch_up(&mut self) -> Swapped {
         let committing = Instant::now();
         let catch_up = self.catch_up.take().expect("a catch-up under way");
-        let Phase::Replaying { canary, .. } = &catch_up.phase else {
-            unreachable!("a catch-up commits once its import is in")
-        };
-        let summary = catch_up.summary(canary.bytes_compared(), None);
-        let Phase::Replaying { canary, .. } = catch_up.phase else { unreachable!() };
+        let (mut report, canary, _) = catch_up.finish(None);
         let (_, candidate, timers) = canary.commit();
-        let mut report = catch_up.report;
-        report.catch_up = Some(summary);
         let retired = self.live.adopt(candidate);
         self.timers = timers;
         if let Some(args) = self.next_args.take() {
@@ -1539,42 +1517,19 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// state whole in a pause, now.
     fn abandon_catch_up(&mut self, why: String) -> Option<Swapped> {
         let catch_up = self.catch_up.take()?;
-        let Phase::Replaying { canary, .. } = &catch_up.phase else {
-            unreachable!("a catch-up is abandoned once its import is in")
-        };
-        let summary = catch_up.summary(canary.bytes_compared(), Some(why.clone()));
         warn!("catch-up of {} abandoned: {why}; moving the state in a pause", catch_up.report.to);
         self.shared.note_catch_up(None);
-        let Phase::Replaying { canary, fallback } = catch_up.phase else { unreachable!() };
+        let (report, canary, fallback) = catch_up.finish(Some(why));
         drop(canary);
         // The fresh instance starts (its `init` runs) on the loop: the pause starts here.
         let paused = Instant::now();
         match fallback.respawn() {
             Ok(next) => {
-                self.catch_up_abandoned = Some(summary);
+                self.catch_up_abandoned = report.catch_up;
                 self.pause_and_swap_since(Underway { next, precopy: None }, paused)
             }
-            Err(error) => Some(self.failed_without_instance(error, Box::new(()))),
+            Err(error) => Some(self.ended(Swap::RolledBack { error, retired: Box::new(()) })),
         }
-    }
-
-    /// An upgrade that ended without a new instance to hand back (the host stopped during a
-    /// catch-up, or the import thread died): recorded as rolled back.
-    fn failed_without_instance(
-        &mut self,
-        error: UpgradeError,
-        retired: Box<dyn std::any::Any + Send>,
-    ) -> Swapped {
-        self.shared.note_precopy(None);
-        self.shared.note_catch_up(None);
-        self.next_args = None;
-        warn!("{error}");
-        if std::mem::take(&mut self.compacting) {
-            self.shared.record_compaction(Err(error.to_string()));
-        } else {
-            self.shared.record_upgrade(Err(error.to_string()));
-        }
-        Swapped { outcome: Err(error), retired }
     }
 
     /// Tells `tasuki status` how far the pre-copy under way is.

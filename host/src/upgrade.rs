@@ -121,6 +121,39 @@ pub struct UpgradeReport {
     pub catch_up: Option<CatchUpReport>,
 }
 
+impl UpgradeReport {
+    /// The report of an upgrade from `from` to `next` before anything moved: what it is and
+    /// what preparing it cost; the pause, the transfer and the rest are zero or empty.
+    pub(crate) fn begun(from: AppVersion, next: &Prepared) -> Self {
+        Self {
+            from,
+            to: AppVersion::from(&next.info),
+            wasm: next.version.path.clone(),
+            prepare: next.prepare_time,
+            // A compaction reuses the live version, compiled long ago.
+            compile: if next.compaction.is_some() {
+                Duration::ZERO
+            } else {
+                next.version.compile_time
+            },
+            pause: Duration::ZERO,
+            export: Duration::ZERO,
+            transform: Duration::ZERO,
+            transformers: next.pipeline.stages.iter().map(|t| t.info.name.clone()).collect(),
+            import: Duration::ZERO,
+            sections: Vec::new(),
+            state_bytes: 0,
+            connections: 0,
+            source: StateSource::Export,
+            precopy: None,
+            memory: None,
+            compaction: next.compaction.clone(),
+            canary: None,
+            catch_up: None,
+        }
+    }
+}
+
 /// Memory before and after a swap (see [`UpgradeReport::memory`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryChange {
@@ -470,10 +503,10 @@ pub(crate) enum Swap {
         retired: Box<Live>,
         believed: Option<crate::recovery::Believed>,
     },
-    /// The old version serves on; `retired` is the new instance. If the old instance trapped
-    /// while exporting (an `Export` error holding a trap), the dispatcher must rebuild it before
-    /// the next event.
-    RolledBack { error: UpgradeError, retired: Box<Instance> },
+    /// The old version serves on; `retired` is what the upgrade leaves to drop off the loop
+    /// (the new instance, if there is one). If the old instance trapped while exporting (an
+    /// `Export` error holding a trap), the dispatcher must rebuild it before the next event.
+    RolledBack { error: UpgradeError, retired: Box<dyn std::any::Any + Send> },
     /// `--canary`: the new version imported the state and now runs beside the old one, which
     /// serves on; `report` is the upgrade's so far (its pause is the import's).
     Canary { report: Box<UpgradeReport>, candidate: Box<Live>, window: Window },
@@ -719,10 +752,6 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
         None => (Chunks::new(checkpoint_dir.as_deref()), None),
     };
     let sections = crossing.as_ref().map_or_else(Vec::new, |(_, s)| sections(s));
-    let wasm = next.version.path.clone();
-    // A compaction reuses the live version, compiled long ago.
-    let compile =
-        if next.compaction.is_some() { Duration::ZERO } else { next.version.compile_time };
     let imported = match (&source, crossing) {
         (StateSource::Export, Some((last, snapshot))) => {
             let mut chunks = precopied;
@@ -734,15 +763,8 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
         })),
     };
     let mut report = UpgradeReport {
-        from: running,
-        to: new,
-        wasm,
-        prepare: next.prepare_time,
-        compile,
-        pause: Duration::ZERO,
         export,
         transform,
-        transformers: next.pipeline.stages.iter().map(|t| t.info.name.clone()).collect(),
         import,
         sections,
         state_bytes,
@@ -750,9 +772,7 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
         source,
         precopy: precopy_report,
         memory,
-        compaction: next.compaction.clone(),
-        canary: None,
-        catch_up: None,
+        ..UpgradeReport::begun(running, &next)
     };
     match (imported, next.canary) {
         (Imported::Snapshot(chunks, snapshot, importing), Some(window)) => {

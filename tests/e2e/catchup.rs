@@ -133,28 +133,12 @@ fn an_import_that_fails_off_the_loop_rolls_back_and_the_old_version_kept_every_w
 #[test]
 fn the_old_version_answers_while_the_new_one_imports_and_status_shows_it() {
     // The new version sleeps 2 s at the end of its import: the old one must serve meanwhile.
-    let host = Arc::new(TestHost::with(tasuki::HostConfig {
-        app: artifacts::MISBEHAVE.into(),
-        args: vec!["slow-import=2000".into()],
-        ..tasuki::HostConfig::default()
-    }));
+    let host = misbehave_importing_slowly(2000);
     let mut client = host.lines();
     assert_eq!(client.call("count"), "1");
-    let upgrade = {
-        let host = Arc::clone(&host);
-        let options = UpgradeOptions { no_precopy: true, ..UpgradeOptions::default() };
-        std::thread::spawn(move || host.host_upgrade_with(artifacts::MISBEHAVE, &options))
-    };
-    loop {
-        let status = host.status();
-        if status.catch_up.as_ref().is_some_and(|c| c.importing) {
-            let shown = status.to_string();
-            assert!(shown.contains("importing the state off the loop"), "{shown}");
-            break;
-        }
-        assert!(!upgrade.is_finished(), "the upgrade ended before its import was seen");
-        std::thread::yield_now();
-    }
+    let upgrade = upgrade_misbehave(&host);
+    let shown = until_importing(&host, &upgrade).to_string();
+    assert!(shown.contains("importing the state off the loop"), "{shown}");
     // Answered now, by the old version, while the new one is still in its import.
     assert_eq!(client.call("count"), "1");
     let status = host.status();
@@ -167,10 +151,32 @@ fn the_old_version_answers_while_the_new_one_imports_and_status_shows_it() {
     assert_eq!(client.call("count"), "1", "the same connection, served by the new version");
 }
 
-/// Waits until `host` shows a catch-up importing off the loop, while `upgrade` still runs.
-fn until_importing<T>(host: &TestHost, upgrade: &std::thread::JoinHandle<T>) {
-    while !host.status().catch_up.as_ref().is_some_and(|c| c.importing) {
+/// Waits until `host` shows a catch-up importing off the loop, while `upgrade` still runs;
+/// the status that showed it.
+fn until_importing<T>(
+    host: &TestHost,
+    upgrade: &std::thread::JoinHandle<T>,
+) -> tasuki::status::Status {
+    loop {
+        let status = host.status();
+        if status.catch_up.as_ref().is_some_and(|c| c.importing) {
+            return status;
+        }
         assert!(!upgrade.is_finished(), "the upgrade ended before its import was seen");
+        std::thread::yield_now();
+    }
+}
+
+/// Asks `client` (of the `misbehave` fixture) which timers fired until it answers `fired`,
+/// for at most 30 s.
+fn until_fired(client: &mut tasuki_tests::LineClient, fired: &str) {
+    let last = fired.rsplit(' ').next().unwrap_or(fired);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while client.call("fired") != fired {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timer {last} never fired in the new version"
+        );
         std::thread::yield_now();
     }
 }
@@ -227,11 +233,7 @@ fn timers_and_connections_during_the_import_are_caught_up_too() {
     // in the old version after the export, fires in the new one.
     assert_eq!(a.call("count"), "2");
     assert_eq!(c.call("armed"), "3");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while c.call("fired") != "1 2 3" {
-        assert!(std::time::Instant::now() < deadline, "timer 3 never fired in the new version");
-        std::thread::yield_now();
-    }
+    until_fired(&mut c, "1 2 3");
     assert_eq!(c.call("armed"), "none");
 }
 
@@ -304,11 +306,7 @@ fn a_timer_the_new_version_arms_in_its_import_fires_after_the_catch_up() {
     assert_eq!(client.call("set k v"), "ok");
     let report = upgrade_misbehave(&host).join().unwrap().expect("upgrade");
     assert_eq!(report.catch_up.as_ref().expect("caught up").abandoned, None, "{report}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while client.call("fired") != "9" {
-        assert!(std::time::Instant::now() < deadline, "timer 9 never fired in the new version");
-        std::thread::yield_now();
-    }
+    until_fired(&mut client, "9");
     assert_eq!(client.call("get k"), "v");
 }
 
