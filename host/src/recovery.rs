@@ -33,7 +33,7 @@ use crate::clock::EventClock;
 use crate::instance::{CallError, Instance, snapshot_bytes};
 use crate::limits::CHECKPOINT_MIN;
 use crate::listeners::{ListenError, ListenerBook};
-use crate::spill::{Chunks, IMPORT_BATCH, Log};
+use crate::spill::{self, Chunks, IMPORT_BATCH, Log};
 use crate::store::Effect;
 use crate::timers::TimerQueue;
 use crate::version::Version;
@@ -447,13 +447,18 @@ impl Recovery {
             );
         }
         self.checkpoint_at = bytes.max(CHECKPOINT_MIN).min(half);
-        self.checkpoint =
-            Some(Checkpoint { chunks, snapshot, live, at_unix_ms: crate::clock::now_unix_ms() });
+        let checkpoint =
+            Checkpoint { chunks, snapshot, live, at_unix_ms: crate::clock::now_unix_ms() };
+        // The one it replaces, and the journal's index, are freed off the event loop: a state's
+        // worth of file and heap takes milliseconds to give back (see `spill::drop_later`).
+        if let Some(replaced) = self.checkpoint.replace(checkpoint) {
+            spill::drop_later(replaced);
+        }
         self.base_timers = timers;
         self.base_mono = mono;
         self.base_listeners = self.listeners.clone();
         // The journal starts over; what it grew to (up to the state's size) goes back.
-        self.events = Vec::new();
+        spill::drop_later(std::mem::take(&mut self.events));
         self.data.clear();
         // Unanswered input from before now is in the checkpoint: none of it can be left out.
         for unanswered in self.unanswered.values_mut() {

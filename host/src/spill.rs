@@ -27,8 +27,8 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
 
 /// Whether the log has said that recovery state is kept in the heap because a file failed.
 static WARNED: AtomicBool = AtomicBool::new(false);
@@ -41,6 +41,34 @@ fn warn_heap(dir: Option<&Path>, error: &io::Error) {
              (--checkpoint-dir)",
             dir.map_or("?".into(), |d| d.display().to_string())
         );
+    }
+}
+
+/// Drops `value` on a thread of its own (`tasuki-drop`, started by the first call), or here if
+/// that thread cannot be started.
+///
+/// For the files of a checkpoint that was replaced and of a journal that starts over: freeing a
+/// file's blocks takes milliseconds per tens of MiB, and more on a file system mounted with
+/// `discard` (which hands each freed extent to the device at once). Measured on the machine of
+/// `bench/RESULTS.md` (ext4, `discard`): closing the last handle of an unnamed 38 MiB file 1–9
+/// ms, truncating it once written back 10 ms, 80 MiB 25 ms — on the event loop, the longest a
+/// checkpoint's cut kept SETs waiting (10.9 ms at 1M keys). Big heap buffers go the same way:
+/// unmapping their pages costs as much per page.
+pub(crate) fn drop_later<T: Send + 'static>(value: T) {
+    type Parcel = Box<dyn Send>;
+    static DROPPER: OnceLock<Option<mpsc::Sender<Parcel>>> = OnceLock::new();
+    let dropper = DROPPER.get_or_init(|| {
+        let (send, receive) = mpsc::channel::<Parcel>();
+        std::thread::Builder::new()
+            .name("tasuki-drop".into())
+            .spawn(move || receive.into_iter().for_each(drop))
+            .ok()
+            .map(|_| send)
+    });
+    if let Some(dropper) = dropper {
+        // The thread never ends, so the send cannot fail; if it did, the value comes back
+        // inside the error and is dropped here.
+        let _ = dropper.send(Box::new(value));
     }
 }
 
@@ -188,6 +216,16 @@ impl Chunks {
     }
 }
 
+impl Drop for Chunks {
+    /// The file (if this is its last handle) is freed off the caller's thread: see
+    /// [`drop_later`].
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            drop_later(file);
+        }
+    }
+}
+
 impl std::fmt::Debug for Chunks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Chunks")
@@ -207,6 +245,15 @@ pub(crate) struct Log {
     /// The log's first `flushed` bytes are in the file; the rest in `tail`.
     flushed: usize,
     tail: Vec<u8>,
+}
+
+impl Drop for Log {
+    /// The file is freed off the caller's thread: see [`drop_later`].
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            drop_later(file);
+        }
+    }
 }
 
 impl Log {
@@ -253,14 +300,14 @@ impl Log {
         }
     }
 
-    /// Empties the log, giving back the heap and the file's pages.
+    /// Empties the log, giving back the heap and the file's pages. The file is dropped off
+    /// the caller's thread ([`drop_later`]: truncating it in place cost as long) and the next
+    /// flush makes a new one.
     pub(crate) fn clear(&mut self) {
         self.tail = Vec::new();
         self.flushed = 0;
-        if let Some(file) = &self.file
-            && file.set_len(0).is_err()
-        {
-            self.file = None;
+        if let Some(file) = self.file.take() {
+            drop_later(file);
         }
     }
 
@@ -300,6 +347,39 @@ mod tests {
 
     fn parts(chunks: &[Chunk]) -> Vec<(String, u32, Vec<u8>)> {
         chunks.iter().map(|c| (c.section.clone(), c.version, c.bytes.clone())).collect()
+    }
+
+    /// Where a value handed to `drop_later` is dropped, and that it is: the caller's thread (the
+    /// event loop's, for a checkpoint's cut) never pays for it.
+    #[test]
+    fn drop_later_drops_on_a_thread_of_its_own() {
+        struct Noted(mpsc::Sender<Option<String>>);
+        impl Drop for Noted {
+            fn drop(&mut self) {
+                let _ = self.0.send(std::thread::current().name().map(str::to_owned));
+            }
+        }
+        let (send, dropped) = mpsc::channel();
+        drop_later(Noted(send));
+        let on = dropped.recv_timeout(std::time::Duration::from_secs(10)).expect("dropped");
+        assert_eq!(on.as_deref(), Some("tasuki-drop"));
+    }
+
+    /// A journal that starts over lets go of its file (freed off the caller's thread) and
+    /// writes the next bytes to a new one, which holds only them.
+    #[test]
+    fn a_cleared_log_starts_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::new(Some(dir.path()));
+        log.append(&vec![1; LOG_TAIL]);
+        assert!(log.file.is_some(), "flushed to a file");
+        log.clear();
+        assert!(log.file.is_none(), "the file is let go of, not truncated in place");
+        assert_eq!(log.len(), 0);
+        log.append(&vec![2; LOG_TAIL]);
+        let second = log.file.as_ref().expect("flushed to a file");
+        assert_eq!(second.metadata().unwrap().len(), LOG_TAIL as u64);
+        assert_eq!(log.read().unwrap(), vec![2; LOG_TAIL]);
     }
 
     /// What goes in comes back, in order, from the file or the heap, whole or in batches; the
