@@ -263,6 +263,42 @@ fn an_old_version_that_traps_during_the_import_abandons_the_catch_up_and_keeps_e
 }
 
 #[test]
+fn a_new_version_that_traps_on_a_kept_event_abandons_the_catch_up_with_nothing_lost() {
+    // The new instance (and only it) traps on `set`, and imports slowly enough for the writes
+    // below to be kept for it.
+    let host = Arc::new(TestHost::with(tasuki::HostConfig {
+        app: artifacts::MISBEHAVE.into(),
+        ..tasuki::HostConfig::default()
+    }));
+    let mut a = host.lines();
+    assert_eq!(a.call("set k1 v1"), "ok");
+    let upgrade = {
+        let host = Arc::clone(&host);
+        let options = UpgradeOptions {
+            no_precopy: true,
+            args: Some(vec!["slow-import=2000".into(), "trap-on=set".into()]),
+            ..UpgradeOptions::default()
+        };
+        std::thread::spawn(move || host.host_upgrade_with(artifacts::MISBEHAVE, &options))
+    };
+    until_importing(&host, &upgrade);
+    // The old version answers; the new one will trap running this again.
+    assert_eq!(a.call("set k2 v2"), "ok");
+    assert_eq!(a.call("get k2"), "v2");
+    let report = upgrade.join().unwrap().expect("the state moves in the pause instead");
+    let catch_up = report.catch_up.as_ref().expect("a catch-up was tried");
+    let why = catch_up.abandoned.as_deref().expect("and abandoned");
+    assert!(why.contains("the new version failed at data: trapped"), "{why}");
+    // The new version holds every acknowledged write, on the same connection (it has its
+    // arguments: it still traps on `set`, and `args` says so).
+    assert_eq!(a.call("get k1"), "v1");
+    assert_eq!(a.call("get k2"), "v2");
+    assert_eq!(a.call("count"), "1");
+    assert_eq!(a.call("args"), "slow-import=2000 trap-on=set");
+    assert!(host.status().catch_up.is_none());
+}
+
+#[test]
 fn clients_that_quit_during_the_catch_up_are_closed_alike_by_both_versions() {
     let host = TestHost::start(KV_V2_CONTRACT_0_1);
     // Clients come, QUIT (the old version closes them) and go throughout the upgrade: the
