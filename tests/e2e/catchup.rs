@@ -299,6 +299,43 @@ fn a_new_version_that_traps_on_a_kept_event_abandons_the_catch_up_with_nothing_l
 }
 
 #[test]
+fn the_import_off_the_loop_reads_the_clock_of_the_export_whatever_the_loop_runs_meanwhile() {
+    let host = Arc::new(TestHost::with(tasuki::HostConfig {
+        app: artifacts::MISBEHAVE.into(),
+        ..tasuki::HostConfig::default()
+    }));
+    let mut a = host.lines();
+    let upgrade = {
+        let host = Arc::clone(&host);
+        let options = UpgradeOptions {
+            no_precopy: true,
+            args: Some(vec!["slow-import=1500".into(), "note-import".into()]),
+            ..UpgradeOptions::default()
+        };
+        std::thread::spawn(move || host.host_upgrade_with(artifacts::MISBEHAVE, &options))
+    };
+    until_importing(&host, &upgrade);
+    // Events the old version runs while the new one sleeps in its import, the last one read
+    // at a later millisecond than the export (the first is at or after it).
+    let first: u64 = a.call("now").parse().unwrap();
+    let later = loop {
+        let now: u64 = a.call("now").parse().unwrap();
+        if now > first {
+            break now;
+        }
+    };
+    assert!(host.status().catch_up.is_some_and(|c| c.importing), "still importing");
+    let report = upgrade.join().unwrap().expect("upgrade");
+    assert_eq!(report.catch_up.as_ref().expect("caught up").abandoned, None, "{report}");
+    // The import, done after those events, read the clock of the boundary it started from
+    // (an import at the boundary reads the same), not the loop's clock of the moment.
+    let clock: u64 = a.call("get import-clock").parse().unwrap();
+    assert!(clock <= first, "the import read {clock}, the export was at or before {first}");
+    assert!(clock < later);
+    assert_eq!(a.call("get import-random").len(), 32);
+}
+
+#[test]
 fn clients_that_quit_during_the_catch_up_are_closed_alike_by_both_versions() {
     let host = TestHost::start(KV_V2_CONTRACT_0_1);
     // Clients come, QUIT (the old version closes them) and go throughout the upgrade: the
