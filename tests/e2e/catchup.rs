@@ -185,17 +185,31 @@ fn until_fired(client: &mut tasuki_tests::LineClient, fired: &str) {
 fn upgrade_misbehave(
     host: &Arc<TestHost>,
 ) -> std::thread::JoinHandle<Result<UpgradeReport, UpgradeError>> {
+    upgrade_misbehave_with(host, None)
+}
+
+/// [`upgrade_misbehave`], the new version started with `args` (`tasuki upgrade --arg`).
+fn upgrade_misbehave_with(
+    host: &Arc<TestHost>,
+    args: Option<&[&str]>,
+) -> std::thread::JoinHandle<Result<UpgradeReport, UpgradeError>> {
     let host = Arc::clone(host);
-    let options = UpgradeOptions { no_precopy: true, ..UpgradeOptions::default() };
+    let args = args.map(|args| args.iter().map(|a| a.to_string()).collect());
+    let options = UpgradeOptions { no_precopy: true, args, ..UpgradeOptions::default() };
     std::thread::spawn(move || host.host_upgrade_with(artifacts::MISBEHAVE, &options))
 }
 
-fn misbehave_importing_slowly(ms: u64) -> Arc<TestHost> {
+/// A host running `misbehave`, started with `args`.
+fn misbehave(args: &[&str]) -> Arc<TestHost> {
     Arc::new(TestHost::with(tasuki::HostConfig {
         app: artifacts::MISBEHAVE.into(),
-        args: vec![format!("slow-import={ms}")],
+        args: args.iter().map(|a| a.to_string()).collect(),
         ..tasuki::HostConfig::default()
     }))
+}
+
+fn misbehave_importing_slowly(ms: u64) -> Arc<TestHost> {
+    misbehave(&[&format!("slow-import={ms}")])
 }
 
 #[test]
@@ -266,21 +280,10 @@ fn an_old_version_that_traps_during_the_import_abandons_the_catch_up_and_keeps_e
 fn a_new_version_that_traps_on_a_kept_event_abandons_the_catch_up_with_nothing_lost() {
     // The new instance (and only it) traps on `set`, and imports slowly enough for the writes
     // below to be kept for it.
-    let host = Arc::new(TestHost::with(tasuki::HostConfig {
-        app: artifacts::MISBEHAVE.into(),
-        ..tasuki::HostConfig::default()
-    }));
+    let host = misbehave(&[]);
     let mut a = host.lines();
     assert_eq!(a.call("set k1 v1"), "ok");
-    let upgrade = {
-        let host = Arc::clone(&host);
-        let options = UpgradeOptions {
-            no_precopy: true,
-            args: Some(vec!["slow-import=2000".into(), "trap-on=set".into()]),
-            ..UpgradeOptions::default()
-        };
-        std::thread::spawn(move || host.host_upgrade_with(artifacts::MISBEHAVE, &options))
-    };
+    let upgrade = upgrade_misbehave_with(&host, Some(&["slow-import=2000", "trap-on=set"]));
     until_importing(&host, &upgrade);
     // The old version answers; the new one will trap running this again.
     assert_eq!(a.call("set k2 v2"), "ok");
@@ -300,20 +303,9 @@ fn a_new_version_that_traps_on_a_kept_event_abandons_the_catch_up_with_nothing_l
 
 #[test]
 fn the_import_off_the_loop_reads_the_clock_of_the_export_whatever_the_loop_runs_meanwhile() {
-    let host = Arc::new(TestHost::with(tasuki::HostConfig {
-        app: artifacts::MISBEHAVE.into(),
-        ..tasuki::HostConfig::default()
-    }));
+    let host = misbehave(&[]);
     let mut a = host.lines();
-    let upgrade = {
-        let host = Arc::clone(&host);
-        let options = UpgradeOptions {
-            no_precopy: true,
-            args: Some(vec!["slow-import=1500".into(), "note-import".into()]),
-            ..UpgradeOptions::default()
-        };
-        std::thread::spawn(move || host.host_upgrade_with(artifacts::MISBEHAVE, &options))
-    };
+    let upgrade = upgrade_misbehave_with(&host, Some(&["slow-import=1500", "note-import"]));
     until_importing(&host, &upgrade);
     // Events the old version runs while the new one sleeps in its import, the last one read
     // at a later millisecond than the export (the first is at or after it).
@@ -370,11 +362,7 @@ fn clients_that_quit_during_the_catch_up_are_closed_alike_by_both_versions() {
 #[test]
 fn a_timer_the_new_version_arms_in_its_import_fires_after_the_catch_up() {
     // `resumed` arms timer 9 in the instance that imports; the old version never armed it.
-    let host = Arc::new(TestHost::with(tasuki::HostConfig {
-        app: artifacts::MISBEHAVE.into(),
-        args: vec!["slow-import=500".into(), "resume-timer=9:100".into()],
-        ..tasuki::HostConfig::default()
-    }));
+    let host = misbehave(&["slow-import=500", "resume-timer=9:100"]);
     let mut client = host.lines();
     assert_eq!(client.call("set k v"), "ok");
     let report = upgrade_misbehave(&host).join().unwrap().expect("upgrade");
@@ -436,11 +424,7 @@ fn events_kept_past_their_bound_abandon_the_catch_up_for_the_pause_with_nothing_
 fn an_abandoned_catch_up_counts_the_fresh_instance_it_starts_on_the_loop_in_the_pause() {
     // The fresh instance of the new version is started (1 s in its `init`) on the loop, then
     // imports (1.5 s): clients wait for both, and the report's pause must say so.
-    let host = Arc::new(TestHost::with(tasuki::HostConfig {
-        app: artifacts::MISBEHAVE.into(),
-        args: vec!["slow-init=1000".into(), "slow-import=1500".into()],
-        ..tasuki::HostConfig::default()
-    }));
+    let host = misbehave(&["slow-init=1000", "slow-import=1500"]);
     let mut culprit = host.lines();
     let upgrade = upgrade_misbehave(&host);
     until_importing(&host, &upgrade);

@@ -87,7 +87,7 @@ pub fn write(md: &mut String, raw: &Path) -> anyhow::Result<()> {
         let (c, p) = (p50(c), p50(p));
         writeln!(
             md,
-            "\nAt {} keys the median pause is {} with catch-up, {} with the import inside it: {:.2}×. What stays in the pause is the old version's export (its own encode, and the host lifting the bytes out), which is the app's. The slowest pause is the first upgrade of the host: the old instance had never encoded a state this size, so its encoder's buffer and the host's copy touch memory for the first time (page faults; the same first export is as slow with `--no-catch-up`).",
+            "\nAt {} keys the median pause is {} with catch-up, {} with the import inside it: {:.2}×. What stays in the pause is the old version's export (its own encode, and the host lifting the bytes out), which is the app's. The slowest pause is the first upgrade of the host, the one whose old instance holds the keys where the load put them; every later old instance was built by an import. Its export runs the same guest code over the same bytes and took 2–2.5× as long (measured apart: perf of a first and a second upgrade without load, the guest's encoder 38% of the samples against 14.5%, page faults about the same share; a checkpoint had just exported the whole state from that instance, so it was not fresh memory either). The encoder walks the map and copies each entry's bytes; what the load left scattered, an import lays out in one sweep. It is the app's own export, as slow with `--no-catch-up`.",
             keys_label(*k),
             ms(c),
             ms(p),
