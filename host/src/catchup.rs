@@ -13,6 +13,18 @@
 //! catches up after a full resynchronisation: it loads the RDB its master wrote at one point
 //! while the master buffers every write since, then applies the buffer.
 //!
+//! When the new version is the live one's component byte for byte, started with the same
+//! arguments and with no transformer (a compaction, or an upgrade to the build already
+//! running), not even the export is needed: the host's recovery state — the last checkpoint and
+//! every event journaled since ([`crate::recovery`]) — gives the live state. The new instance
+//! imports the checkpoint and replays the journal on its thread, each event reading the clock
+//! and randomness it first read ([`Source::Journal`]); at the commit it takes the live journal
+//! over, which holds every event it ran. The pause is the copy of the journal's index. Without
+//! a checkpoint (the journal then starts at `init`, whose clock and randomness were not
+//! recorded) or with recovery off, the old version exports as above. A replay that traps rolls
+//! the upgrade back; one that leaves the state different shows as replies that differ, and the
+//! catch-up is abandoned for an export in the pause.
+//!
 //! The catch-up is abandoned — a fresh instance of the new version is started and the state
 //! moves whole in a pause, as without catch-up, with the report saying why — when the two
 //! versions' output differs, the new version traps on a kept event, the old version traps (its
@@ -28,11 +40,11 @@
 use crate::bindings::{AppInfo, ConnInfo, Snapshot};
 use crate::canary::Canary;
 use crate::clock::EventClock;
-use crate::instance::{Instance, MemoryUsage};
+use crate::instance::{CallError, Instance, MemoryUsage};
 use crate::listeners::ListenError;
 use crate::listeners::ListenerBook;
 use crate::live::Call;
-use crate::recovery::Stamp;
+use crate::recovery::{Event, JournalCopy, Stamp};
 use crate::transformer::{Pipeline, TransformError};
 use crate::upgrade::{Prepared, UpgradeError, UpgradeReport};
 use crate::version::Version;
@@ -223,32 +235,65 @@ impl Backlog {
 #[derive(Debug)]
 pub(crate) struct Crossed {
     pub(crate) next: Prepared,
-    /// The state as the new version imported it (after the transformers), or why it could not.
-    pub(crate) result: Result<Snapshot, CrossError>,
+    /// The state as the new version took it, or why it could not.
+    pub(crate) result: Result<Took, CrossError>,
     pub(crate) transform: Duration,
     pub(crate) import: Duration,
     /// The new instance's memory after the import, as it reports it.
     pub(crate) memory: Option<MemoryUsage>,
 }
 
+/// Where the new instance's state comes from.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// The old version's export at the boundary, to transform and import.
+    Export(Snapshot),
+    /// The last checkpoint and every event since, to import and replay: for the same release
+    /// started with the same arguments and no transformer, whose instance then holds what the
+    /// old one held at the boundary (the journal's invariant, see [`crate::recovery`]) with no
+    /// export in the pause.
+    Journal(JournalCopy),
+}
+
+/// What the new instance took.
+#[derive(Debug)]
+pub(crate) enum Took {
+    /// The export, as it imported it (after the transformers).
+    Snapshot(Snapshot),
+    /// The checkpoint, and every event of the journal after it replayed.
+    Journal,
+}
+
 /// Why the state did not get into the new instance.
 #[derive(Debug)]
 pub(crate) enum CrossError {
     Transform(TransformError),
-    Import(crate::instance::CallError),
+    Import(CallError),
 }
 
-/// Transforms `snapshot` and imports it into `next`'s instance with `conns` open, reading the
-/// clock and randomness of `at` (the export's boundary) whatever the loop runs meanwhile.
+/// Brings the state of `source` into `next`'s instance: an export transformed and imported
+/// with `conns` open, reading the clock and randomness of `at` (the export's boundary), or a
+/// journal replayed, each event reading its own — whatever the loop runs meanwhile.
 pub(crate) fn cross(
     mut next: Prepared,
-    snapshot: Snapshot,
+    source: Source,
     conns: &[ConnInfo],
     clock: &EventClock,
     at: Stamp,
 ) -> Crossed {
-    let _detached = clock.detach(at);
     let started = Instant::now();
+    let snapshot = match source {
+        Source::Export(snapshot) => snapshot,
+        Source::Journal(journal) => {
+            let result = replay(&mut next.instance, journal, clock, at)
+                .map(|()| Took::Journal)
+                .map_err(CrossError::Import);
+            let import = started.elapsed();
+            let memory = result.as_ref().ok().and_then(|_| next.instance.memory_usage().ok()?);
+            return Crossed { next, result, transform: Duration::ZERO, import, memory };
+        }
+    };
+    let _detached = clock.detach(at);
     let transformed = if next.pipeline.is_empty() {
         Ok(snapshot)
     } else {
@@ -262,7 +307,7 @@ pub(crate) fn cross(
         Ok(snapshot) => next
             .instance
             .import(&[], &snapshot, conns)
-            .map(|()| snapshot)
+            .map(|()| Took::Snapshot(snapshot))
             .map_err(CrossError::Import),
         Err(e) => Err(CrossError::Transform(e)),
     };
@@ -272,6 +317,44 @@ pub(crate) fn cross(
         Err(_) => None,
     };
     Crossed { next, result, transform, import, memory }
+}
+
+/// Imports `journal`'s checkpoint into `instance` (started by `init` with the live version's
+/// arguments) and runs every event since, as a rebuild does ([`crate::recovery`]) but on this
+/// thread: each event reads the clock and randomness it first read, its output is dropped (the
+/// clients have it), and the host's timers and listeners stay the truth.
+fn replay(
+    instance: &mut Instance,
+    journal: JournalCopy,
+    clock: &EventClock,
+    at: Stamp,
+) -> Result<(), CallError> {
+    let JournalCopy { checkpoint, events, data } = journal;
+    let data = data.read().map_err(|e| {
+        CallError::Refused(format!("the journal cannot be read back from its file: {e}"))
+    })?;
+    if let Some(checkpoint) = &checkpoint {
+        // What `init` asked for was done and undone long before the checkpoint.
+        instance.discard_effects();
+        let _detached = clock.detach(events.first().map_or(at, |(first, _)| *first));
+        checkpoint.import_into(instance)?;
+    }
+    for (stamp, event) in &events {
+        let _detached = clock.detach(*stamp);
+        let call = match event {
+            Event::Connect(info) => Call::Connect(info),
+            Event::Data(conn, range) => Call::Data(*conn, &data[range.clone()]),
+            Event::Disconnect(conn) => Call::Disconnect(*conn),
+            Event::Timer(id) => Call::Timer(*id),
+            Event::Writable(conn, window) => Call::Writable(*conn, *window),
+            Event::Listening(id, result) => Call::Listening(*id, result),
+            Event::Accept(info, listener) => Call::Accept(info, *listener),
+            Event::ListenersLost => Call::ListenersLost,
+        };
+        crate::live::run(instance, call)?;
+        instance.discard_effects();
+    }
+    Ok(())
 }
 
 /// Where the import runs: on a thread of its own, or (in the simulator, whose every run must
@@ -287,7 +370,7 @@ pub(crate) enum Importer {
 /// What the import needs.
 struct Job {
     next: Prepared,
-    snapshot: Snapshot,
+    source: Source,
     conns: Vec<ConnInfo>,
     clock: EventClock,
     at: Stamp,
@@ -295,7 +378,7 @@ struct Job {
 
 impl Job {
     fn run(self) -> Crossed {
-        cross(self.next, self.snapshot, &self.conns, &self.clock, self.at)
+        cross(self.next, self.source, &self.conns, &self.clock, self.at)
     }
 }
 
@@ -304,13 +387,13 @@ impl Job {
 pub(crate) fn start(
     importer: Importer,
     next: Prepared,
-    snapshot: Snapshot,
+    source: Source,
     conns: Vec<ConnInfo>,
     clock: EventClock,
     at: Stamp,
 ) -> mpsc::Receiver<Crossed> {
     let (send, receive) = mpsc::sync_channel(1);
-    let job = Job { next, snapshot, conns, clock, at };
+    let job = Job { next, source, conns, clock, at };
     let Importer::Thread { wake } = importer else {
         let _ = send.send(job.run());
         return receive;

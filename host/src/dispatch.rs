@@ -10,12 +10,12 @@ use crate::bindings::{ConnInfo, Snapshot};
 use crate::canary::{Canary, Stop, Window};
 use crate::catchup::{self, AtExport, CatchUp, CatchUpReport, Crossed, Fallback, Importer, Phase};
 use crate::clock::{EventClock, now_unix_ms};
-use crate::instance::{CallError, snapshot_bytes};
+use crate::instance::{CallError, MemoryUsage, snapshot_bytes};
 use crate::limits::Limits;
 use crate::listeners::{ListenError, ListenerBook, Policy};
 use crate::live::{Call, Live};
 use crate::precopy;
-use crate::recovery::{RebuildReport, Skip, Stamp};
+use crate::recovery::{self, RebuildReport, Skip, Stamp};
 use crate::spill::Chunks;
 use crate::status::{
     CanaryProgress, CatchUpProgress, CheckpointRecord, ListenerStatus, PrecopyProgress,
@@ -23,7 +23,9 @@ use crate::status::{
 };
 use crate::store::Effect;
 use crate::timers::TimerQueue;
-use crate::upgrade::{self, Begun, Prepared, Swap, Underway, UpgradeError, UpgradeReport};
+use crate::upgrade::{
+    self, Begun, Prepared, StateSource, Swap, Underway, UpgradeError, UpgradeReport,
+};
 use crate::version::AppVersion;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, mpsc};
@@ -951,7 +953,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             return;
         }
         let Some(checkpoint) = self.live.recovery().checkpoint() else { return };
-        let state = (checkpoint.chunks.clone(), checkpoint.snapshot.clone(), pause);
+        let state = (checkpoint.chunks.clone(), Snapshot::clone(&checkpoint.snapshot), pause);
         for waiter in self.snapshot_waiters.drain(..) {
             let _ = waiter.send(Ok(state.clone()));
         }
@@ -1301,8 +1303,11 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.event_clock.begin(at);
         let running = self.live.app();
         let memory_before = self.live.memory_usage().ok().flatten();
+        if let Some(journal) = self.journal_for(&next) {
+            let source = catchup::Source::Journal(journal);
+            return self.begin_catch_up_from(next, source, (paused, at), memory_before);
+        }
         let exported = self.live.export();
-        let export = paused.elapsed();
         let failed = match exported {
             Ok(snapshot) if snapshot_bytes(&snapshot) <= self.limits.max_state => Ok(snapshot),
             Ok(snapshot) => Err(UpgradeError::TooLarge {
@@ -1323,11 +1328,56 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 return Some(self.ended_paused(swap, Some(paused)));
             }
         };
+        self.begin_catch_up_from(
+            next,
+            catchup::Source::Export(snapshot),
+            (paused, at),
+            memory_before,
+        )
+    }
+
+    /// The recovery state a catch-up to `next` can replay instead of an export: when `next` is
+    /// the live release byte for byte, started with the same arguments, with no transformer,
+    /// and the journal holds a checkpoint and every event since. (Without a checkpoint the
+    /// journal starts at `init`, whose clock and randomness it did not record.)
+    fn journal_for(&self, next: &Prepared) -> Option<recovery::JournalCopy> {
+        let recovery = self.live.recovery();
+        let same = next.version.same_release(self.live.version())
+            && next.pipeline.is_empty()
+            && next.args == self.args
+            && recovery.checkpoint().is_some();
+        same.then(|| recovery.copy()).flatten()
+    }
+
+    /// The rest of [`Self::begin_catch_up`], once the state's source is known: the new
+    /// instance takes it off the loop while every event from `at` on is kept.
+    fn begin_catch_up_from(
+        &mut self,
+        next: Prepared,
+        source: catchup::Source,
+        (paused, at): (Instant, Stamp),
+        memory_before: Option<MemoryUsage>,
+    ) -> Option<Swapped> {
+        let running = self.live.app();
+        let export = paused.elapsed();
         let conns = self.net.live();
+        let recovery = self.live.recovery();
+        let (state_bytes, state_source) = match &source {
+            catchup::Source::Export(snapshot) => (snapshot_bytes(snapshot), StateSource::Export),
+            catchup::Source::Journal(journal) => (
+                journal.checkpoint.as_ref().map_or(0, |c| c.bytes()),
+                StateSource::Checkpoint {
+                    at_unix_ms: journal.checkpoint.as_ref().map(|c| c.at_unix_ms),
+                    events_replayed: journal.events.len() as u64,
+                    complete: recovery.is_on(),
+                },
+            ),
+        };
         let report = UpgradeReport {
             export,
-            state_bytes: snapshot_bytes(&snapshot),
+            state_bytes,
             connections: conns.len() as u64,
+            source: state_source,
             ..UpgradeReport::begun(running.clone(), &next)
         };
         let at_export = AtExport {
@@ -1341,14 +1391,20 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             None => Importer::Thread { wake: self.wake.clone() },
         };
         let to = report.to.clone();
-        let receive = catchup::start(importer, next, snapshot, conns, self.event_clock.clone(), at);
+        let receive = catchup::start(importer, next, source, conns, self.event_clock.clone(), at);
         let mut catch_up =
             CatchUp::new(Phase::Importing(receive), Box::new(report), at_export, memory_before);
         catch_up.report.pause = paused.elapsed();
-        info!(
-            export_us = export.as_micros() as u64,
-            "{running} exported its state; {to} imports it off the loop while {running} serves"
-        );
+        match &catch_up.report.source {
+            StateSource::Export => info!(
+                export_us = export.as_micros() as u64,
+                "{running} exported its state; {to} imports it off the loop while {running} serves"
+            ),
+            StateSource::Checkpoint { events_replayed, .. } => info!(
+                "{to} imports {running}'s checkpoint and replays the {events_replayed} events \
+                 since, off the loop, while {running} serves"
+            ),
+        }
         self.catch_up = Some(catch_up);
         self.catch_up_step()
     }
@@ -1379,8 +1435,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             let Crossed { next, result, transform, import, memory } = crossed;
             let (fallback, instance) = Fallback::split(next);
             let (running, new) = (catch_up.report.from.clone(), catch_up.report.to.clone());
-            let snapshot = match result {
-                Ok(snapshot) => snapshot,
+            let took = match result {
+                Ok(took) => took,
                 Err(e) => {
                     self.catch_up = None;
                     let error = match e {
@@ -1398,22 +1454,29 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             };
             catch_up.import = import + transform;
             catch_up.transform = transform;
-            catch_up.report.sections = upgrade::sections(&snapshot);
             catch_up.report.memory = catch_up
                 .memory_before
                 .zip(memory)
                 .map(|(before, after)| upgrade::MemoryChange { before, after });
             let AtExport { conns, timers, mono, book } = &catch_up.at_export;
-            let chunks = Chunks::new(self.limits.checkpoint_dir.as_deref());
-            let mut candidate = self.live.candidate(
-                Arc::clone(&fallback.version),
-                instance,
-                fallback.info.clone(),
-                (chunks, snapshot, conns.clone()),
-                timers.clone(),
-                *mono,
-            );
-            candidate.believe_listeners(book.clone());
+            let candidate = match took {
+                catchup::Took::Snapshot(snapshot) => {
+                    catch_up.report.sections = upgrade::sections(&snapshot);
+                    let chunks = Chunks::new(self.limits.checkpoint_dir.as_deref());
+                    let mut candidate = self.live.candidate(
+                        Arc::clone(&fallback.version),
+                        instance,
+                        fallback.info.clone(),
+                        (chunks, snapshot, conns.clone()),
+                        timers.clone(),
+                        *mono,
+                    );
+                    candidate.believe_listeners(book.clone());
+                    candidate
+                }
+                // It takes the live journal over at the commit.
+                catchup::Took::Journal => self.live.candidate_replaying(instance),
+            };
             let mut canary = Canary::catch_up(candidate, TimerQueue::from_armed(timers), *mono);
             grant_windows_if_unasked(&self.live, &self.limits, &mut canary);
             catch_up.phase = Phase::Replaying { canary: Box::new(canary), fallback };
@@ -1483,7 +1546,12 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         let catch_up = self.catch_up.take().expect("a catch-up under way");
         let (mut report, canary, _) = catch_up.finish(None);
         let (_, candidate, timers) = canary.commit();
-        let retired = self.live.adopt(candidate);
+        let mut retired = self.live.adopt(candidate);
+        if matches!(report.source, StateSource::Checkpoint { .. }) {
+            // The same release ran every event the old instance journaled: the journal is
+            // the new instance's recovery state as it stands.
+            self.live.take_journal(&mut retired);
+        }
         self.timers = timers;
         if let Some(args) = self.next_args.take() {
             self.args = args;

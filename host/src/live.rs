@@ -34,6 +34,20 @@ pub(crate) enum Call<'a> {
     ListenersLost,
 }
 
+/// Runs `call` in `instance` (its output stays in the instance's effects).
+pub(crate) fn run(instance: &mut Instance, call: Call<'_>) -> Result<(), CallError> {
+    match call {
+        Call::Connect(info) => instance.on_connect(info),
+        Call::Data(id, bytes) => instance.on_data(id, bytes),
+        Call::Disconnect(id) => instance.on_disconnect(id),
+        Call::Timer(id) => instance.on_timer(id),
+        Call::Writable(id, window) => instance.on_writable(id, window),
+        Call::Listening(id, result) => instance.on_listening(id, result),
+        Call::Accept(info, listener) => instance.on_accept(info, listener),
+        Call::ListenersLost => instance.on_listeners_lost(),
+    }
+}
+
 impl Call<'_> {
     /// The connection the event belongs to; `None` for a timer.
     pub(crate) fn conn(&self) -> Option<u64> {
@@ -168,6 +182,26 @@ impl Live {
         Self { version, instance, info, recovery, generation: self.generation + 1 }
     }
 
+    /// A candidate of the same release built from the live journal (a catch-up that replays
+    /// the checkpoint and the journal instead of an export): it keeps no journal of its own,
+    /// since at the commit it takes the live one over ([`Live::take_journal`]), which holds
+    /// every event it ran.
+    pub(crate) fn candidate_replaying(&self, instance: Instance) -> Live {
+        Self {
+            version: Arc::clone(&self.version),
+            instance,
+            info: self.info.clone(),
+            recovery: Recovery::fresh(0, None),
+            generation: self.generation + 1,
+        }
+    }
+
+    /// Takes `from`'s recovery state (checkpoint and journal) for this instance, leaving it
+    /// this one's: for a same-release instance that ran every event `from` journaled.
+    pub(crate) fn take_journal(&mut self, from: &mut Live) {
+        std::mem::swap(&mut self.recovery, &mut from.recovery);
+    }
+
     /// A candidate's state was exported earlier, when the app believed `book` about its
     /// listeners (a catch-up's: the events since are run in the candidate after).
     pub(crate) fn believe_listeners(&mut self, book: ListenerBook) {
@@ -183,16 +217,7 @@ impl Live {
     /// Runs one event; journals it if it completed. A trap leaves the instance unusable:
     /// rebuild it before the next call.
     pub(crate) fn call(&mut self, at: Stamp, call: Call<'_>) -> Result<(), CallError> {
-        let result = match call {
-            Call::Connect(info) => self.instance.on_connect(info),
-            Call::Data(id, bytes) => self.instance.on_data(id, bytes),
-            Call::Disconnect(id) => self.instance.on_disconnect(id),
-            Call::Timer(id) => self.instance.on_timer(id),
-            Call::Writable(id, window) => self.instance.on_writable(id, window),
-            Call::Listening(id, result) => self.instance.on_listening(id, result),
-            Call::Accept(info, listener) => self.instance.on_accept(info, listener),
-            Call::ListenersLost => self.instance.on_listeners_lost(),
-        };
+        let result = run(&mut self.instance, call);
         if result.is_ok() {
             match call {
                 Call::Connect(info) => self.recovery.connect(at, info),

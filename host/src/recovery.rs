@@ -33,13 +33,14 @@ use crate::clock::EventClock;
 use crate::instance::{CallError, Instance, snapshot_bytes};
 use crate::limits::CHECKPOINT_MIN;
 use crate::listeners::{ListenError, ListenerBook};
-use crate::spill::{self, Chunks, IMPORT_BATCH, Log};
+use crate::spill::{self, Chunks, IMPORT_BATCH, Log, LogCopy};
 use crate::store::Effect;
 use crate::timers::TimerQueue;
 use crate::version::Version;
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Rebuilds tried before recovery gives up: each finds one more culprit (a connection or a
@@ -85,7 +86,8 @@ pub(crate) struct Checkpoint {
     /// Chunks pre-copied ahead of `snapshot` (none for a full export): imported first. In a
     /// file, not the heap (see [`crate::spill`]).
     pub(crate) chunks: Chunks,
-    pub(crate) snapshot: Snapshot,
+    /// Shared, so that a copy of the recovery state ([`Recovery::copy`]) copies no state.
+    pub(crate) snapshot: Arc<Snapshot>,
     /// Connections open when it was taken.
     pub(crate) live: Vec<ConnInfo>,
     /// When it was taken, ms since the Unix epoch.
@@ -288,7 +290,7 @@ impl Recovery {
         match (&mut self.checkpoint, snapshot) {
             (Some(checkpoint), Some((chunks, snapshot))) => {
                 checkpoint.chunks = chunks;
-                checkpoint.snapshot = snapshot;
+                checkpoint.snapshot = Arc::new(snapshot);
             }
             (checkpoint, snapshot) => debug_assert_eq!(checkpoint.is_some(), snapshot.is_some()),
         }
@@ -447,6 +449,7 @@ impl Recovery {
             );
         }
         self.checkpoint_at = bytes.max(CHECKPOINT_MIN).min(half);
+        let snapshot = Arc::new(snapshot);
         let checkpoint =
             Checkpoint { chunks, snapshot, live, at_unix_ms: crate::clock::now_unix_ms() };
         // The one it replaces, and the journal's index, are freed off the event loop: a state's
@@ -686,6 +689,29 @@ impl Recovery {
         let none = (&HashMap::new(), &HashSet::new());
         self.replay_into(instance, clock, none, &data, &mut believed).map_err(|(_, e)| e)?;
         Ok(believed)
+    }
+}
+
+/// The recovery state at one boundary, owned: what builds the live state again on another
+/// thread, while the journal goes on taking events (a same-release catch-up, see
+/// [`crate::catchup`]). The checkpoint's chunks stay in their file, the journal's bytes in
+/// theirs; the snapshot and the events' index are copied.
+#[derive(Debug)]
+pub(crate) struct JournalCopy {
+    pub(crate) checkpoint: Option<Checkpoint>,
+    pub(crate) events: Vec<(Stamp, Event)>,
+    pub(crate) data: LogCopy,
+}
+
+impl Recovery {
+    /// The checkpoint and every event since, as they stand; `None` when they do not give the
+    /// live state (recovery is off) or the journal's file cannot be opened again.
+    pub(crate) fn copy(&self) -> Option<JournalCopy> {
+        if self.off.is_some() {
+            return None;
+        }
+        let data = self.data.copy().ok()?;
+        Some(JournalCopy { checkpoint: self.checkpoint.clone(), events: self.events.clone(), data })
     }
 }
 

@@ -247,6 +247,26 @@ pub(crate) struct Log {
     tail: Vec<u8>,
 }
 
+/// A [`Log`]'s bytes at one moment ([`Log::copy`]).
+#[derive(Debug)]
+pub(crate) struct LogCopy {
+    file: Option<File>,
+    flushed: usize,
+    tail: Vec<u8>,
+}
+
+impl LogCopy {
+    /// Every byte of the log as it was, read back into the heap.
+    pub(crate) fn read(self) -> io::Result<Vec<u8>> {
+        let mut bytes = vec![0; self.flushed];
+        if let Some(file) = &self.file {
+            file.read_exact_at(&mut bytes, 0)?;
+        }
+        bytes.extend_from_slice(&self.tail);
+        Ok(bytes)
+    }
+}
+
 impl Drop for Log {
     /// The file is freed off the caller's thread: see [`drop_later`].
     fn drop(&mut self) {
@@ -309,6 +329,14 @@ impl Log {
         if let Some(file) = self.file.take() {
             drop_later(file);
         }
+    }
+
+    /// The log as it stands, to be read back later on another thread: the file's written
+    /// bytes stay as they are (the log only appends to its file, and a cleared log lets go of
+    /// its file rather than truncate it), so a second handle and the tail suffice.
+    pub(crate) fn copy(&self) -> io::Result<LogCopy> {
+        let file = self.file.as_ref().map(File::try_clone).transpose()?;
+        Ok(LogCopy { file, flushed: self.flushed, tail: self.tail.clone() })
     }
 
     /// Every byte of the log, read back into the heap.

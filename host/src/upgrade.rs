@@ -66,8 +66,9 @@ pub struct UpgradeOptions {
 pub enum StateSource {
     /// Exported by the running version during the pause: the normal case.
     Export,
-    /// `--from-checkpoint`: the host's last checkpoint, then every event journaled since,
-    /// replayed into the new version. Used when the running version cannot export.
+    /// The host's last checkpoint, then every event journaled since, replayed into the new
+    /// version: `--from-checkpoint` (when the running version cannot export, in the pause), or
+    /// a catch-up to the same component (off the loop, see [`crate::catchup`]).
     Checkpoint {
         /// When the checkpoint was taken; `None` if there was none (the app's start).
         at_unix_ms: Option<u64>,
@@ -175,7 +176,15 @@ impl fmt::Display for UpgradeReport {
             Some(why) => writeln!(f, "compacted {} ({why})", self.to)?,
             None => writeln!(f, "upgraded {} -> {}", self.from, self.to)?,
         }
+        let from_journal = matches!(self.source, StateSource::Checkpoint { .. });
         match &self.catch_up {
+            Some(c) if c.abandoned.is_none() && from_journal => writeln!(
+                f,
+                "  pause        {} (no export: the journal copied; importing the checkpoint \
+                 and replaying the journal took {} while the old version served)",
+                ms(self.pause),
+                ms(c.import)
+            )?,
             Some(c) if c.abandoned.is_none() => writeln!(
                 f,
                 "  pause        {} (export {}; transform {} and import {} ran while the old \
@@ -202,7 +211,12 @@ impl fmt::Display for UpgradeReport {
             .iter()
             .map(|s| format!("{} v{} {} B", s.name, s.version, s.bytes))
             .collect();
-        writeln!(f, "  state moved  {} bytes ({})", self.state_bytes, sections.join(", "))?;
+        match sections.is_empty() {
+            true => writeln!(f, "  state moved  {} bytes", self.state_bytes)?,
+            false => {
+                writeln!(f, "  state moved  {} bytes ({})", self.state_bytes, sections.join(", "))?
+            }
+        }
         if let Some(m) = &self.memory {
             writeln!(
                 f,
@@ -266,12 +280,13 @@ impl fmt::Display for UpgradeReport {
             )?;
         }
         if let Some(c) = &self.catch_up {
+            let boundary = if from_journal { "boundary" } else { "export" };
             match &c.abandoned {
                 None => writeln!(
                     f,
-                    "  caught up    the new version ran the {} events since the export ({} bytes \
-                     of replies agreed) in {} steps, the longest {}; {} from the export to the \
-                     commit",
+                    "  caught up    the new version ran the {} events since the {boundary} ({} \
+                     bytes of replies agreed) in {} steps, the longest {}; {} from the \
+                     {boundary} to the commit",
                     c.events,
                     c.bytes_compared,
                     c.steps,
@@ -670,7 +685,9 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
             complete: recovery.is_on(),
         };
         match checkpoint.map(|c| c.chunks.read().map(|chunks| (chunks, c))) {
-            Some(Ok((chunks, c))) => (chunks, Some(c.snapshot.clone()), c.live.clone(), source),
+            Some(Ok((chunks, c))) => {
+                (chunks, Some(Snapshot::clone(&c.snapshot)), c.live.clone(), source)
+            }
             Some(Err(e)) => {
                 let error = CallError::Refused(format!(
                     "the checkpoint's chunks cannot be read back from their file: {e}"

@@ -6,6 +6,7 @@ use crate::bindings::server_exports::{app, canary, listening, memory, precopy, s
 use crate::runtime::Runtime;
 use crate::store::InstanceState;
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,6 +81,9 @@ pub struct Version {
     /// Time spent reading and compiling.
     pub compile_time: Duration,
     pub(crate) runtime: Runtime,
+    /// The component's sha256: the same bytes, wherever loaded from, are the same release
+    /// (a catch-up of the same release can replay the journal rather than export).
+    pub(crate) digest: [u8; 32],
 }
 
 impl std::fmt::Debug for Version {
@@ -96,6 +100,11 @@ const WASM_MAGIC: &[u8; 4] = b"\0asm";
 const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
 
 impl Version {
+    /// Whether `other` is the same component, byte for byte.
+    pub(crate) fn same_release(&self, other: &Version) -> bool {
+        self.digest == other.digest
+    }
+
     /// Reads and compiles the component at `path` and links it against the host's imports.
     pub fn load(runtime: &Runtime, path: &Path) -> Result<Arc<Self>, LoadError> {
         let started = Instant::now();
@@ -132,6 +141,7 @@ impl Version {
             path: path.into(),
             compile_time,
             runtime: runtime.clone(),
+            digest: sha2::Sha256::digest(bytes).into(),
         }))
     }
 

@@ -8,7 +8,7 @@ use redis::Commands;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tasuki::UpgradeError;
-use tasuki::upgrade::{UpgradeOptions, UpgradeReport};
+use tasuki::upgrade::{StateSource, UpgradeOptions, UpgradeReport};
 use tasuki_tests::keys::{Expected, change, check, load};
 use tasuki_tests::{TestHost, artifacts};
 
@@ -71,6 +71,35 @@ fn a_whole_state_is_imported_off_the_loop_and_the_new_version_catches_up_with_th
     // It serves as kv 3: a command kv 2 did not have.
     let mut client = host.client();
     let _: () = client.rpush("list", "x").unwrap();
+}
+
+#[test]
+fn the_same_release_catches_up_from_the_checkpoint_and_the_journal_with_no_export() {
+    let host = TestHost::start(KV_V2_CONTRACT_0_1);
+    let mut client = host.client();
+    load(&mut client, KEYS);
+    // Loading took a checkpoint (each is an export at one boundary: this release cannot
+    // pre-copy); keys changed after it are in the journal only.
+    while host.status().recovery.checkpoint.is_none() {
+        load(&mut client, KEYS);
+    }
+    let report = upgrade_under_writes(&host, KV_V2_CONTRACT_0_1, &UpgradeOptions::default())
+        .expect("upgrade");
+    let StateSource::Checkpoint { events_replayed, complete, .. } = report.source else {
+        panic!("the same component, same arguments: the journal, not an export: {report}");
+    };
+    assert!(events_replayed > 0 && complete, "{report}");
+    let catch_up = report.catch_up.as_ref().expect("caught up");
+    assert_eq!(catch_up.abandoned, None, "{report}");
+    assert!(catch_up.events > 0, "the old version served writes meanwhile: {report}");
+    assert!(report.to_string().contains("no export: the journal copied"), "{report}");
+    // The new instance holds the journal: a trap now is recovered with every key.
+    assert!(host.status().recovery.off.is_none());
+    // Another build of the same release (today's contract) is another component: its state
+    // comes from an export, as before.
+    let report =
+        upgrade_under_writes(&host, artifacts::KV_V2, &UpgradeOptions::default()).expect("upgrade");
+    assert_eq!(report.source, StateSource::Export, "{report}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Catch-up (`tasuki upgrade` of an app that cannot pre-copy): the same upgrades of kv 2 built
-//! before pre-copy (a std `HashMap`, its state moved whole), under the INCR load, with the
-//! import off the loop and then inside the pause (`--no-catch-up`), side by side in one run.
+//! before pre-copy (a std `HashMap`, its state moved whole) to itself, under the INCR load, by
+//! default (the checkpoint and journal replayed off the loop) and then with the export and
+//! import inside the pause (`--no-catch-up`), side by side in one run.
 
 use super::{keys_label, ms, read_series};
 use crate::raw::Raw;
@@ -9,7 +10,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// The section's heading, to splice it alone into a report (`bench/run --catch-up-only`).
-pub const HEADING: &str = "## Catch-up: a whole state with only the export in the pause";
+pub const HEADING: &str = "## Catch-up: a whole state, off the loop";
 
 /// The two series, as `bench/run` names their raw files in `raw/catchup/`.
 const CAUGHT_UP: &str = "upgrades-caught-up-";
@@ -32,7 +33,7 @@ pub fn write(md: &mut String, raw: &Path) -> anyhow::Result<()> {
     writeln!(md, "{HEADING}\n")?;
     writeln!(
         md,
-        "Measured by `{}` at commit `{}` on {} (load average {} at the start, {} at the end). A release that cannot pre-copy (kv 2 built before pre-copy, `tests/fixtures/contract-0.1`: a std `HashMap`, its state moved whole) upgraded to itself again and again on one host holding {} keys (16-byte values), while 4 clients INCR their own counters; first as `tasuki upgrade` does by default (catch-up: the old version exports in the pause, the new one transforms and imports on a thread of its own while the old one serves, then runs the events since the export, its replies compared, and takes over), then with `--no-catch-up` (the import inside the pause). Pause = time no event was dispatched, from each upgrade's report. The new version's replay runs between rounds of events; its longest step is the most a client waited for it. Every INCR acknowledged was checked, as in \"Failed or lost requests\" above.\n",
+        "Measured by `{}` at commit `{}` on {} (load average {} at the start, {} at the end). A release that cannot pre-copy (kv 2 built before pre-copy, `tests/fixtures/contract-0.1`: a std `HashMap`, its state moved whole) upgraded to itself again and again on one host holding {} keys (16-byte values), while 4 clients INCR their own counters; first as `tasuki upgrade` does by default (catch-up: the new version is the same component with the same arguments, so nothing is exported — on a thread of its own the new instance imports the host's last checkpoint and replays the journal since, while the old one serves, then runs the events since the upgrade began, its replies compared, and takes over; the pause is the journal's copy), then with `--no-catch-up` (the old version exports in the pause and the new one imports inside it). An upgrade to another component exports in the pause and imports off the loop: the row \"kv v2 built before pre-copy → kv v2 of today's contract\" in \"Upgrade pause under load\" above. Pause = time no event was dispatched, from each upgrade's report. The new version's replay runs between rounds of events; its longest step is the most a client waited for it. Every INCR acknowledged was checked, as in \"Failed or lost requests\" above.\n",
         s("command"),
         s("commit"),
         s("date"),
@@ -87,7 +88,7 @@ pub fn write(md: &mut String, raw: &Path) -> anyhow::Result<()> {
         let (c, p) = (p50(c), p50(p));
         writeln!(
             md,
-            "\nAt {} keys the median pause is {} with catch-up, {} with the import inside it: {:.2}×. What stays in the pause is the old version's export (its own encode, and the host lifting the bytes out), which is the app's. The slowest pause is the first upgrade of the host, the one whose old instance holds the keys where the load put them; every later old instance was built by an import. Its export runs the same guest code over the same bytes and took 2–2.5× as long (measured apart: perf of a first and a second upgrade without load, the guest's encoder 38% of the samples against 14.5%, page faults about the same share; a checkpoint had just exported the whole state from that instance, so it was not fresh memory either). The encoder walks the map and copies each entry's bytes; what the load left scattered, an import lays out in one sweep. It is the app's own export, as slow with `--no-catch-up`.",
+            "\nAt {} keys the median pause is {} with catch-up, {} with the export and import inside it: {:.2}×. Where an export is in the pause (another component, or `--no-catch-up`), it is the app's own encode and the host lifting the bytes out; it is slowest at the first upgrade of a host, the one whose old instance holds the keys where the load put them (every later old instance was built by an import). That export runs the same guest code over the same bytes and took 2–2.5× as long (measured apart: perf of a first and a second upgrade without load, the guest's encoder 38% of the samples against 14.5%, page faults about the same share; a checkpoint had just exported the whole state from that instance, so it was not fresh memory either). The encoder walks the map and copies each entry's bytes; what the load left scattered, an import lays out in one sweep.",
             keys_label(*k),
             ms(c),
             ms(p),
