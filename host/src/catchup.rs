@@ -18,8 +18,9 @@
 //! running), not even the export is needed: the host's recovery state — the last checkpoint and
 //! every event journaled since ([`crate::recovery`]) — gives the live state. The new instance
 //! imports the checkpoint and replays the journal on its thread, each event reading the clock
-//! and randomness it first read ([`Source::Journal`]); at the commit it takes the live journal
-//! over, which holds every event it ran. The pause is the copy of the journal's index. Without
+//! and randomness it first read ([`Source::Journal`]); its timers are what the replay leaves
+//! it believing, as after a rebuild; at the commit it takes the live journal over, which holds
+//! every event it ran. The pause is the copy of the journal's index. Without
 //! a checkpoint (the journal then starts at `init`, whose clock and randomness were not
 //! recorded) or with recovery off, the old version exports as above. A replay that traps rolls
 //! the upgrade back; one that leaves the state different shows as replies that differ, and the
@@ -44,7 +45,7 @@ use crate::instance::{CallError, Instance, MemoryUsage};
 use crate::listeners::ListenError;
 use crate::listeners::ListenerBook;
 use crate::live::Call;
-use crate::recovery::{Event, JournalCopy, Stamp};
+use crate::recovery::{Believed, JournalCopy, Stamp};
 use crate::transformer::{Pipeline, TransformError};
 use crate::upgrade::{Prepared, UpgradeError, UpgradeReport};
 use crate::version::Version;
@@ -260,8 +261,9 @@ pub(crate) enum Source {
 pub(crate) enum Took {
     /// The export, as it imported it (after the transformers).
     Snapshot(Snapshot),
-    /// The checkpoint, and every event of the journal after it replayed.
-    Journal,
+    /// The checkpoint, and every event of the journal after it replayed: what the instance
+    /// then believes about its timers and listeners, built as a rebuild builds them.
+    Journal(Believed),
 }
 
 /// Why the state did not get into the new instance.
@@ -285,8 +287,9 @@ pub(crate) fn cross(
     let snapshot = match source {
         Source::Export(snapshot) => snapshot,
         Source::Journal(journal) => {
-            let result = replay(&mut next.instance, journal, clock, at)
-                .map(|()| Took::Journal)
+            let result = journal
+                .rebuild_into(&mut next.instance, clock, at)
+                .map(Took::Journal)
                 .map_err(CrossError::Import);
             let import = started.elapsed();
             let memory = result.as_ref().ok().and_then(|_| next.instance.memory_usage().ok()?);
@@ -317,44 +320,6 @@ pub(crate) fn cross(
         Err(_) => None,
     };
     Crossed { next, result, transform, import, memory }
-}
-
-/// Imports `journal`'s checkpoint into `instance` (started by `init` with the live version's
-/// arguments) and runs every event since, as a rebuild does ([`crate::recovery`]) but on this
-/// thread: each event reads the clock and randomness it first read, its output is dropped (the
-/// clients have it), and the host's timers and listeners stay the truth.
-fn replay(
-    instance: &mut Instance,
-    journal: JournalCopy,
-    clock: &EventClock,
-    at: Stamp,
-) -> Result<(), CallError> {
-    let JournalCopy { checkpoint, events, data } = journal;
-    let data = data.read().map_err(|e| {
-        CallError::Refused(format!("the journal cannot be read back from its file: {e}"))
-    })?;
-    if let Some(checkpoint) = &checkpoint {
-        // What `init` asked for was done and undone long before the checkpoint.
-        instance.discard_effects();
-        let _detached = clock.detach(events.first().map_or(at, |(first, _)| *first));
-        checkpoint.import_into(instance)?;
-    }
-    for (stamp, event) in &events {
-        let _detached = clock.detach(*stamp);
-        let call = match event {
-            Event::Connect(info) => Call::Connect(info),
-            Event::Data(conn, range) => Call::Data(*conn, &data[range.clone()]),
-            Event::Disconnect(conn) => Call::Disconnect(*conn),
-            Event::Timer(id) => Call::Timer(*id),
-            Event::Writable(conn, window) => Call::Writable(*conn, *window),
-            Event::Listening(id, result) => Call::Listening(*id, result),
-            Event::Accept(info, listener) => Call::Accept(info, *listener),
-            Event::ListenersLost => Call::ListenersLost,
-        };
-        crate::live::run(instance, call)?;
-        instance.discard_effects();
-    }
-    Ok(())
 }
 
 /// Where the import runs: on a thread of its own, or (in the simulator, whose every run must

@@ -92,11 +92,17 @@ impl EventClock {
     /// instance that runs off the event loop (a catch-up's import, [`crate::catchup`]), which
     /// must read what it would have read at the boundary it started from.
     pub(crate) fn detach(&self, at: Stamp) -> Detached {
+        self.redetach(at);
+        Detached(())
+    }
+
+    /// Moves this thread's detached reading ([`EventClock::detach`]) to the event stamped `at`:
+    /// for a replay off the loop, event by event, under one guard.
+    pub(crate) fn redetach(&self, at: Stamp) {
         let mut rng = ChaCha20Rng::from_seed(self.key);
         rng.set_stream(at.serial);
         rng.set_word_pos(0);
         DETACHED.with(|d| *d.borrow_mut() = Some((at.wall, rng)));
-        Detached(())
     }
 
     /// A handle for one WASI context's `wasi:random/random` and `wasi:random/insecure`.

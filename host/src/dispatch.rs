@@ -1344,8 +1344,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         let recovery = self.live.recovery();
         let same = next.version.same_release(self.live.version())
             && next.pipeline.is_empty()
-            && next.args == self.args
-            && recovery.checkpoint().is_some();
+            && next.args == self.args;
         same.then(|| recovery.copy()).flatten()
     }
 
@@ -1365,9 +1364,9 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         let (state_bytes, state_source) = match &source {
             catchup::Source::Export(snapshot) => (snapshot_bytes(snapshot), StateSource::Export),
             catchup::Source::Journal(journal) => (
-                journal.checkpoint.as_ref().map_or(0, |c| c.bytes()),
+                journal.checkpoint.bytes(),
                 StateSource::Checkpoint {
-                    at_unix_ms: journal.checkpoint.as_ref().map(|c| c.at_unix_ms),
+                    at_unix_ms: Some(journal.checkpoint.at_unix_ms),
                     events_replayed: journal.events.len() as u64,
                     complete: recovery.is_on(),
                 },
@@ -1459,7 +1458,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 .zip(memory)
                 .map(|(before, after)| upgrade::MemoryChange { before, after });
             let AtExport { conns, timers, mono, book } = &catch_up.at_export;
-            let candidate = match took {
+            let (candidate, candidate_timers) = match took {
                 catchup::Took::Snapshot(snapshot) => {
                     catch_up.report.sections = upgrade::sections(&snapshot);
                     let chunks = Chunks::new(self.limits.checkpoint_dir.as_deref());
@@ -1472,12 +1471,15 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                         *mono,
                     );
                     candidate.believe_listeners(book.clone());
-                    candidate
+                    (candidate, TimerQueue::from_armed(timers))
                 }
-                // It takes the live journal over at the commit.
-                catchup::Took::Journal => self.live.candidate_replaying(instance),
+                // It takes the live journal over at the commit. Its timers are what its replay
+                // left it believing, as after a rebuild.
+                catchup::Took::Journal((timers, _)) => {
+                    (self.live.candidate_replaying(instance), timers)
+                }
             };
-            let mut canary = Canary::catch_up(candidate, TimerQueue::from_armed(timers), *mono);
+            let mut canary = Canary::catch_up(candidate, candidate_timers, *mono);
             grant_windows_if_unasked(&self.live, &self.limits, &mut canary);
             catch_up.phase = Phase::Replaying { canary: Box::new(canary), fallback };
             catch_up.last_step_end = Instant::now();

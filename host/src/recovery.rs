@@ -594,51 +594,19 @@ impl Recovery {
         (timers, listeners)
     }
 
-    /// Feeds every journaled event not left out to `instance`, discarding what it sends (the
-    /// clients already have it) and applying its timer requests to `timers` at the time the
-    /// event first ran. On a trap, the journal index of the event that trapped.
+    /// Feeds every journaled event not left out to `instance` (see [`replay_events`]), each
+    /// reading the clock and randomness it first read. On a trap, the journal index of the
+    /// event that trapped.
     fn replay_into(
         &self,
         instance: &mut Instance,
         clock: &EventClock,
-        (skips, skipped): (&HashMap<u64, usize>, &HashSet<usize>),
+        leave_out: (&HashMap<u64, usize>, &HashSet<usize>),
         data: &[u8],
-        (timers, listeners): &mut Believed,
+        believed: &mut Believed,
     ) -> Result<usize, (usize, CallError)> {
-        let mut replayed = 0;
-        for (index, (at, event)) in self.events.iter().enumerate() {
-            if left_out(index, event, skips, skipped) {
-                continue;
-            }
-            clock.begin(*at);
-            let result = match event {
-                Event::Connect(conn) => instance.on_connect(conn),
-                Event::Data(conn, range) => instance.on_data(*conn, &data[range.clone()]),
-                Event::Disconnect(conn) => instance.on_disconnect(*conn),
-                Event::Timer(id) => {
-                    // It fired: it is no longer armed, unless its handler arms it again.
-                    timers.cancel(*id);
-                    instance.on_timer(*id)
-                }
-                Event::Writable(conn, window) => instance.on_writable(*conn, *window),
-                Event::Listening(id, result) => {
-                    listeners.answered(*id, result);
-                    instance.on_listening(*id, result)
-                }
-                Event::Accept(conn, listener) => instance.on_accept(conn, *listener),
-                Event::ListenersLost => {
-                    listeners.lost();
-                    instance.on_listeners_lost()
-                }
-            };
-            for effect in instance.take_effects() {
-                timers.apply(&effect, at.mono);
-                listeners.apply(&effect);
-            }
-            result.map_err(|e| (index, e))?;
-            replayed += 1;
-        }
-        Ok(replayed)
+        let begin = |at: Stamp| clock.begin(at);
+        replay_events(&self.events, data, instance, begin, leave_out, believed)
     }
 
     /// Removes the events a rebuild left out, and their bytes (`data`, the journal's bytes
@@ -698,21 +666,114 @@ impl Recovery {
 /// theirs; the snapshot and the events' index are copied.
 #[derive(Debug)]
 pub(crate) struct JournalCopy {
-    pub(crate) checkpoint: Option<Checkpoint>,
+    pub(crate) checkpoint: Checkpoint,
     pub(crate) events: Vec<(Stamp, Event)>,
-    pub(crate) data: LogCopy,
+    data: LogCopy,
+    base_timers: Vec<(u64, u64)>,
+    base_mono: u64,
+    base_listeners: ListenerBook,
 }
 
 impl Recovery {
     /// The checkpoint and every event since, as they stand; `None` when they do not give the
-    /// live state (recovery is off) or the journal's file cannot be opened again.
+    /// live state (recovery is off), when there is no checkpoint (the journal then starts at
+    /// `init`, whose clock and randomness it did not record), or when the journal's file cannot
+    /// be opened again.
     pub(crate) fn copy(&self) -> Option<JournalCopy> {
         if self.off.is_some() {
             return None;
         }
-        let data = self.data.copy().ok()?;
-        Some(JournalCopy { checkpoint: self.checkpoint.clone(), events: self.events.clone(), data })
+        Some(JournalCopy {
+            checkpoint: self.checkpoint.clone()?,
+            events: self.events.clone(),
+            data: self.data.copy().ok()?,
+            base_timers: self.base_timers.clone(),
+            base_mono: self.base_mono,
+            base_listeners: self.base_listeners.clone(),
+        })
     }
+}
+
+impl JournalCopy {
+    /// Imports the checkpoint into `instance` (of the same release, started by `init` with the
+    /// same arguments) and replays every event since, on the calling thread: each reads the
+    /// clock and randomness it first read ([`EventClock::detach`]), what it sends is dropped.
+    /// What the instance then believes about its timers and listeners, built as a rebuild
+    /// builds them ([`Recovery::rebuild`]).
+    pub(crate) fn rebuild_into(
+        self,
+        instance: &mut Instance,
+        clock: &EventClock,
+        at: Stamp,
+    ) -> Result<Believed, CallError> {
+        let data = self.data.read().map_err(|e| {
+            CallError::Refused(format!("the journal cannot be read back from its file: {e}"))
+        })?;
+        // What `init` asked for was done and undone long before the checkpoint.
+        instance.discard_effects();
+        let _detached = clock.detach(self.events.first().map_or(at, |(first, _)| *first));
+        self.checkpoint.import_into(instance)?;
+        let mut timers = TimerQueue::from_armed(&self.base_timers);
+        let mut listeners = self.base_listeners;
+        for effect in instance.take_effects() {
+            timers.apply(&effect, self.base_mono);
+            listeners.apply(&effect);
+        }
+        let mut believed = (timers, listeners);
+        let none = (&HashMap::new(), &HashSet::new());
+        let begin = |at: Stamp| clock.redetach(at);
+        replay_events(&self.events, &data, instance, begin, none, &mut believed)
+            .map_err(|(_, e)| e)?;
+        Ok(believed)
+    }
+}
+
+/// Feeds every event of `events` not left out to `instance`, `begin` giving each the clock
+/// and randomness it first read, discarding what it sends (the clients already have it) and
+/// applying its timer requests to `timers` at the time the event first ran. On a trap, the
+/// index of the event that trapped.
+fn replay_events(
+    events: &[(Stamp, Event)],
+    data: &[u8],
+    instance: &mut Instance,
+    begin: impl Fn(Stamp),
+    (skips, skipped): (&HashMap<u64, usize>, &HashSet<usize>),
+    (timers, listeners): &mut Believed,
+) -> Result<usize, (usize, CallError)> {
+    let mut replayed = 0;
+    for (index, (at, event)) in events.iter().enumerate() {
+        if left_out(index, event, skips, skipped) {
+            continue;
+        }
+        begin(*at);
+        let result = match event {
+            Event::Connect(conn) => instance.on_connect(conn),
+            Event::Data(conn, range) => instance.on_data(*conn, &data[range.clone()]),
+            Event::Disconnect(conn) => instance.on_disconnect(*conn),
+            Event::Timer(id) => {
+                // It fired: it is no longer armed, unless its handler arms it again.
+                timers.cancel(*id);
+                instance.on_timer(*id)
+            }
+            Event::Writable(conn, window) => instance.on_writable(*conn, *window),
+            Event::Listening(id, result) => {
+                listeners.answered(*id, result);
+                instance.on_listening(*id, result)
+            }
+            Event::Accept(conn, listener) => instance.on_accept(conn, *listener),
+            Event::ListenersLost => {
+                listeners.lost();
+                instance.on_listeners_lost()
+            }
+        };
+        for effect in instance.take_effects() {
+            timers.apply(&effect, at.mono);
+            listeners.apply(&effect);
+        }
+        result.map_err(|e| (index, e))?;
+        replayed += 1;
+    }
+    Ok(replayed)
 }
 
 /// What an instance believes the host holds for it: its armed timers and its listeners.

@@ -401,6 +401,26 @@ fn a_timer_the_new_version_arms_in_its_import_fires_after_the_catch_up() {
 }
 
 #[test]
+fn a_timer_the_import_arms_fires_after_a_catch_up_from_the_journal_too() {
+    // `resumed` arms timer 9 in whichever instance imports: here the checkpoint, replayed
+    // with the journal (the same component, same arguments), as a rebuild would.
+    let host = misbehave(&["resume-timer=9:100"]);
+    let mut client = host.lines();
+    // More input than a checkpoint waits for (CHECKPOINT_MIN, 4 MiB), so that there is one.
+    assert_eq!(client.call(&format!("set big {}", "v".repeat(5 << 20))), "ok");
+    while host.status().recovery.checkpoint.is_none() {
+        assert_eq!(client.call("set k v"), "ok");
+    }
+    assert_eq!(client.call("set k v2"), "ok");
+    let report = upgrade_misbehave(&host).join().unwrap().expect("upgrade");
+    assert!(matches!(report.source, StateSource::Checkpoint { .. }), "{report}");
+    assert_eq!(report.catch_up.as_ref().expect("caught up").abandoned, None, "{report}");
+    until_fired(&mut client, "9");
+    assert_eq!(client.call("get k"), "v2");
+    assert_eq!(client.call("get big").len(), 5 << 20);
+}
+
+#[test]
 fn a_host_stopped_while_the_new_version_imports_stops_and_rolls_the_upgrade_back() {
     let host = misbehave_importing_slowly(6000);
     let host = Arc::try_unwrap(host).expect("one owner");
