@@ -4,7 +4,8 @@
 //! pre-copy, or one whose state holds none of the SDK's collections) moves its whole state at
 //! one boundary. Inside the pause that costs the export, the transformers and the import: at
 //! 1M keys about 110 ms, nothing and 400 ms (bench/RESULTS.md, "Where a whole-state transfer's
-//! time goes"). Here only the export stays in the pause. The new instance transforms and
+//! time goes"). Here only the export stays in the pause (and for the same component, not even
+//! that: below). The new instance transforms and
 //! imports on a thread of its own while the old version serves on, and every event the old
 //! version runs meanwhile is kept, with what it sent. Once imported, the new instance runs the
 //! kept events — a bounded step between rounds of events — and its output is compared with the

@@ -37,7 +37,9 @@ pub struct UpgradeCommand {
     #[arg(long)]
     no_precopy: bool,
     /// With the whole state moved at once (the app cannot pre-copy, or `--no-precopy`), import
-    /// it inside the pause too. By default only the export pauses the loop: NEW imports on a
+    /// it inside the pause too. By default only the export pauses the loop (none at all when
+    /// NEW is the running component with the same arguments: it replays the host's checkpoint
+    /// and journal instead): NEW imports on a
     /// thread of its own while the old version serves, then runs the events since the export,
     /// its replies compared with the old version's, and takes over when it has caught up (a
     /// difference starts over with the state moved in the pause). Used only when the app has
