@@ -1341,11 +1341,10 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// and the journal holds a checkpoint and every event since. (Without a checkpoint the
     /// journal starts at `init`, whose clock and randomness it did not record.)
     fn journal_for(&self, next: &Prepared) -> Option<recovery::JournalCopy> {
-        let recovery = self.live.recovery();
         let same = next.version.same_release(self.live.version())
             && next.pipeline.is_empty()
             && next.args == self.args;
-        same.then(|| recovery.copy()).flatten()
+        same.then(|| self.live.recovery().copy()).flatten()
     }
 
     /// The rest of [`Self::begin_catch_up`], once the state's source is known: the new
@@ -1360,7 +1359,6 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         let running = self.live.app();
         let export = paused.elapsed();
         let conns = self.net.live();
-        let recovery = self.live.recovery();
         let (state_bytes, state_source) = match &source {
             catchup::Source::Export(snapshot) => (snapshot_bytes(snapshot), StateSource::Export),
             catchup::Source::Journal(journal) => (
@@ -1368,7 +1366,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 StateSource::Checkpoint {
                     at_unix_ms: Some(journal.checkpoint.at_unix_ms),
                     events_replayed: journal.events.len() as u64,
-                    complete: recovery.is_on(),
+                    // A copy is taken only of a journal that holds every event.
+                    complete: true,
                 },
             ),
         };

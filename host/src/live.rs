@@ -34,20 +34,6 @@ pub(crate) enum Call<'a> {
     ListenersLost,
 }
 
-/// Runs `call` in `instance` (its output stays in the instance's effects).
-pub(crate) fn run(instance: &mut Instance, call: Call<'_>) -> Result<(), CallError> {
-    match call {
-        Call::Connect(info) => instance.on_connect(info),
-        Call::Data(id, bytes) => instance.on_data(id, bytes),
-        Call::Disconnect(id) => instance.on_disconnect(id),
-        Call::Timer(id) => instance.on_timer(id),
-        Call::Writable(id, window) => instance.on_writable(id, window),
-        Call::Listening(id, result) => instance.on_listening(id, result),
-        Call::Accept(info, listener) => instance.on_accept(info, listener),
-        Call::ListenersLost => instance.on_listeners_lost(),
-    }
-}
-
 impl Call<'_> {
     /// The connection the event belongs to; `None` for a timer.
     pub(crate) fn conn(&self) -> Option<u64> {
@@ -217,7 +203,16 @@ impl Live {
     /// Runs one event; journals it if it completed. A trap leaves the instance unusable:
     /// rebuild it before the next call.
     pub(crate) fn call(&mut self, at: Stamp, call: Call<'_>) -> Result<(), CallError> {
-        let result = run(&mut self.instance, call);
+        let result = match call {
+            Call::Connect(info) => self.instance.on_connect(info),
+            Call::Data(id, bytes) => self.instance.on_data(id, bytes),
+            Call::Disconnect(id) => self.instance.on_disconnect(id),
+            Call::Timer(id) => self.instance.on_timer(id),
+            Call::Writable(id, window) => self.instance.on_writable(id, window),
+            Call::Listening(id, result) => self.instance.on_listening(id, result),
+            Call::Accept(info, listener) => self.instance.on_accept(info, listener),
+            Call::ListenersLost => self.instance.on_listeners_lost(),
+        };
         if result.is_ok() {
             match call {
                 Call::Connect(info) => self.recovery.connect(at, info),

@@ -585,13 +585,8 @@ impl Recovery {
     /// armed — the host's at the checkpoint, then what the import asked for, at that time —
     /// and what it believes about its listeners.
     fn believed_after_import(&self, instance: &mut Instance) -> Believed {
-        let mut timers = TimerQueue::from_armed(&self.base_timers);
-        let mut listeners = self.base_listeners.clone();
-        for effect in instance.take_effects() {
-            timers.apply(&effect, self.base_mono);
-            listeners.apply(&effect);
-        }
-        (timers, listeners)
+        let base = (&self.base_timers[..], self.base_mono, self.base_listeners.clone());
+        believed_after_import(instance, base)
     }
 
     /// Feeds every journaled event not left out to `instance` (see [`replay_events`]), each
@@ -713,19 +708,29 @@ impl JournalCopy {
         instance.discard_effects();
         let _detached = clock.detach(self.events.first().map_or(at, |(first, _)| *first));
         self.checkpoint.import_into(instance)?;
-        let mut timers = TimerQueue::from_armed(&self.base_timers);
-        let mut listeners = self.base_listeners;
-        for effect in instance.take_effects() {
-            timers.apply(&effect, self.base_mono);
-            listeners.apply(&effect);
-        }
-        let mut believed = (timers, listeners);
+        let base = (&self.base_timers[..], self.base_mono, self.base_listeners);
+        let mut believed = believed_after_import(instance, base);
         let none = (&HashMap::new(), &HashSet::new());
         let begin = |at: Stamp| clock.redetach(at);
         replay_events(&self.events, &data, instance, begin, none, &mut believed)
             .map_err(|(_, e)| e)?;
         Ok(believed)
     }
+}
+
+/// What `instance`, which has just imported a checkpoint taken when the host's timers were
+/// `timers` at monotonic time `mono` and the app believed `listeners`, believes: those, then
+/// what the import asked for, at that time.
+fn believed_after_import(
+    instance: &mut Instance,
+    (timers, mono, mut listeners): (&[(u64, u64)], u64, ListenerBook),
+) -> Believed {
+    let mut timers = TimerQueue::from_armed(timers);
+    for effect in instance.take_effects() {
+        timers.apply(&effect, mono);
+        listeners.apply(&effect);
+    }
+    (timers, listeners)
 }
 
 /// Feeds every event of `events` not left out to `instance`, `begin` giving each the clock

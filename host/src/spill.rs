@@ -258,13 +258,18 @@ pub(crate) struct LogCopy {
 impl LogCopy {
     /// Every byte of the log as it was, read back into the heap.
     pub(crate) fn read(self) -> io::Result<Vec<u8>> {
-        let mut bytes = vec![0; self.flushed];
-        if let Some(file) = &self.file {
-            file.read_exact_at(&mut bytes, 0)?;
-        }
-        bytes.extend_from_slice(&self.tail);
-        Ok(bytes)
+        read_log(self.file.as_ref(), self.flushed, &self.tail)
     }
+}
+
+/// A log's first `flushed` bytes from `file`, then `tail`, into the heap.
+fn read_log(file: Option<&File>, flushed: usize, tail: &[u8]) -> io::Result<Vec<u8>> {
+    let mut bytes = vec![0; flushed];
+    if let Some(file) = file {
+        file.read_exact_at(&mut bytes, 0)?;
+    }
+    bytes.extend_from_slice(tail);
+    Ok(bytes)
 }
 
 impl Drop for Log {
@@ -341,12 +346,7 @@ impl Log {
 
     /// Every byte of the log, read back into the heap.
     pub(crate) fn read(&self) -> io::Result<Vec<u8>> {
-        let mut bytes = vec![0; self.flushed];
-        if let Some(file) = &self.file {
-            file.read_exact_at(&mut bytes, 0)?;
-        }
-        bytes.extend_from_slice(&self.tail);
-        Ok(bytes)
+        read_log(self.file.as_ref(), self.flushed, &self.tail)
     }
 
     /// Bytes of it kept in the heap.

@@ -51,6 +51,13 @@ fn upgrade_under_writes(
     upgraded
 }
 
+/// Why the catch-up of `report`'s upgrade was given up; fails the test if none was tried or
+/// it was not given up.
+fn abandoned_because(report: &UpgradeReport) -> &str {
+    let catch_up = report.catch_up.as_ref().expect("a catch-up was tried");
+    catch_up.abandoned.as_deref().expect("and abandoned")
+}
+
 fn through_v2_to_v3() -> UpgradeOptions {
     UpgradeOptions { transforms: vec![artifacts::KV_V2_TO_V3.into()], ..UpgradeOptions::default() }
 }
@@ -131,8 +138,7 @@ fn a_new_version_whose_replies_differ_during_the_catch_up_takes_the_state_in_the
     incr.join().unwrap();
     // Every key the writer wrote meanwhile was checked above: nothing lost on the way.
     let report = report.expect("the upgrade commits, moving the state in the pause");
-    let catch_up = report.catch_up.as_ref().expect("a catch-up was tried");
-    let why = catch_up.abandoned.as_deref().expect("and abandoned");
+    let why = abandoned_because(&report);
     assert!(why.contains("output differed"), "{why}");
     assert!(why.contains("INCR") || why.contains("incr"), "names the request: {why}");
     assert!(report.to_string().contains("catch-up     abandoned after"), "{report}");
@@ -293,8 +299,7 @@ fn an_old_version_that_traps_during_the_import_abandons_the_catch_up_and_keeps_e
     culprit.expect_closed("panic");
     assert_eq!(a.call("set k3 v3"), "ok");
     let report = upgrade.join().unwrap().expect("the state moves in the pause instead");
-    let catch_up = report.catch_up.as_ref().expect("a catch-up was tried");
-    let why = catch_up.abandoned.as_deref().expect("and abandoned");
+    let why = abandoned_because(&report);
     assert!(why.contains("old version trapped"), "{why}");
     assert!(report.to_string().contains("catch-up     abandoned after"), "{report}");
     // Served by the new version, on the same connection, with every acknowledged write.
@@ -318,8 +323,7 @@ fn a_new_version_that_traps_on_a_kept_event_abandons_the_catch_up_with_nothing_l
     assert_eq!(a.call("set k2 v2"), "ok");
     assert_eq!(a.call("get k2"), "v2");
     let report = upgrade.join().unwrap().expect("the state moves in the pause instead");
-    let catch_up = report.catch_up.as_ref().expect("a catch-up was tried");
-    let why = catch_up.abandoned.as_deref().expect("and abandoned");
+    let why = abandoned_because(&report);
     assert!(why.contains("the new version failed at data: trapped"), "{why}");
     // The new version holds every acknowledged write, on the same connection (it has its
     // arguments: it still traps on `set`, and `args` says so).
@@ -462,8 +466,7 @@ fn events_kept_past_their_bound_abandon_the_catch_up_for_the_pause_with_nothing_
     assert_eq!(a.call("set k2 v2"), "ok");
     assert!(host.status().catch_up.is_some_and(|c| c.importing), "all during the import");
     let report = upgrade.join().unwrap().expect("the state moves in the pause instead");
-    let catch_up = report.catch_up.as_ref().expect("a catch-up was tried");
-    let why = catch_up.abandoned.as_deref().expect("and abandoned");
+    let why = abandoned_because(&report);
     assert!(why.contains("outgrew 64 MiB"), "{why}");
     assert_eq!(a.call("get k1"), "v1");
     assert_eq!(a.call("get k2"), "v2");
