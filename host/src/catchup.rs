@@ -4,8 +4,8 @@
 //! pre-copy, or one whose state holds none of the SDK's collections) moves its whole state at
 //! one boundary. Inside the pause that costs the export, the transformers and the import: at
 //! 1M keys about 110 ms, nothing and 400 ms (bench/RESULTS.md, "Where a whole-state transfer's
-//! time goes"). Here only the export stays in the pause (and for the same component, not even
-//! that: below). The new instance transforms and
+//! time goes"). Here only the export stays in the pause, and once the host holds a checkpoint
+//! of a state over [`REPLICA_MIN`], not even that (below). The new instance transforms and
 //! imports on a thread of its own while the old version serves on, and every event the old
 //! version runs meanwhile is kept, with what it sent. Once imported, the new instance runs the
 //! kept events — a bounded step between rounds of events — and its output is compared with the
@@ -21,11 +21,23 @@
 //! imports the checkpoint and replays the journal on its thread, each event reading the clock
 //! and randomness it first read ([`Source::Journal`]); its timers are what the replay leaves
 //! it believing, as after a rebuild; at the commit it takes the live journal over, which holds
-//! every event it ran. The pause is the copy of the journal's index. Without
-//! a checkpoint (the journal then starts at `init`, whose clock and randomness were not
-//! recorded) or with recovery off, the old version exports as above. A replay that traps rolls
-//! the upgrade back; one that leaves the state different shows as replies that differ, and the
-//! catch-up is abandoned for an export in the pause.
+//! every event it ran. The pause is the copy of the journal's index: its last unfilled segment,
+//! the rest shared ([`crate::recovery`]'s `Events`). A replay that traps rolls the upgrade
+//! back; one that leaves the state different shows as replies that differ, and the catch-up is
+//! abandoned for an export in the pause.
+//!
+//! For another component the journal cannot be replayed into the new version (its replies to
+//! the events before the boundary were never compared with the old one's), but it can be
+//! replayed into a second instance of the running version: a replica, as a Redis replica loads
+//! its master's RDB and then the replication stream ([`Source::Replica`]). Off the loop the
+//! replica imports the checkpoint, replays the journal and exports what the live instance would
+//! have exported at the boundary; the new version imports that, through its transformers, and
+//! catches up as above. The pause is again the journal's copy, however large the state; the
+//! price is time and memory off the loop (a third instance holding the state, until it has
+//! exported). Used from [`REPLICA_MIN`] bytes of checkpoint on; a replica that fails (it traps,
+//! or its state is over `--max-state`) leaves the export to the pause, with the reason in the
+//! report. Without a checkpoint (the journal then starts at `init`, whose clock and randomness
+//! were not recorded) or with recovery off, the old version exports as above.
 //!
 //! The catch-up is abandoned — a fresh instance of the new version is started and the state
 //! moves whole in a pause, as without catch-up, with the report saying why — when the two
@@ -59,6 +71,12 @@ use std::time::{Duration, Instant};
 /// Bytes of kept events (their input and the old version's output) a catch-up holds at most;
 /// past it the catch-up is abandoned for a transfer in the pause.
 pub const KEPT_MAX: usize = 64 << 20;
+
+/// Bytes of checkpoint from which a catch-up to another component rebuilds a replica of the
+/// running version to export off the loop ([`Source::Replica`]) rather than exporting in the
+/// pause: below it the export costs the pause a few milliseconds at most (a whole-state export
+/// runs at 100–300 MB/s, bench/RESULTS.md), less than a replica costs in time and memory.
+pub const REPLICA_MIN: u64 = 1 << 20;
 
 /// The shortest time a replay step may run: the new instance runs at least this much of the
 /// kept events between two rounds of events, and at least as long as the round before took, so
@@ -243,6 +261,8 @@ pub(crate) struct Crossed {
     pub(crate) import: Duration,
     /// The new instance's memory after the import, as it reports it.
     pub(crate) memory: Option<MemoryUsage>,
+    /// What the replica cost, for [`Source::Replica`].
+    pub(crate) replica: Option<ReplicaCost>,
 }
 
 /// Where the new instance's state comes from.
@@ -255,6 +275,21 @@ pub(crate) enum Source {
     /// old one held at the boundary (the journal's invariant, see [`crate::recovery`]) with no
     /// export in the pause.
     Journal(JournalCopy),
+    /// The last checkpoint and every event since, rebuilt into a second instance of the running
+    /// release (`version`, started with `args`), a replica holding what the live one held at
+    /// the boundary, which exports it off the loop: for another component, with no export in
+    /// the pause. Then as [`Source::Export`].
+    Replica { journal: JournalCopy, version: Arc<Version>, args: Vec<String>, max_state: u64 },
+}
+
+/// What building and exporting a replica cost ([`Source::Replica`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplicaCost {
+    /// Start, import of the checkpoint and replay of the journal.
+    pub(crate) rebuild: Duration,
+    pub(crate) export: Duration,
+    /// Bytes of the state it exported.
+    pub(crate) bytes: u64,
 }
 
 /// What the new instance took.
@@ -270,6 +305,9 @@ pub(crate) enum Took {
 /// Why the state did not get into the new instance.
 #[derive(Debug)]
 pub(crate) enum CrossError {
+    /// The replica failed to start, rebuild or export ([`Source::Replica`]): the state is
+    /// then exported by the live instance in a pause, as without one.
+    Replica(String),
     Transform(TransformError),
     Import(CallError),
 }
@@ -285,18 +323,37 @@ pub(crate) fn cross(
     at: Stamp,
 ) -> Crossed {
     let started = Instant::now();
-    let snapshot = match source {
-        Source::Export(snapshot) => snapshot,
+    let crossed = |next, result| Crossed {
+        next,
+        result,
+        transform: Duration::ZERO,
+        import: started.elapsed(),
+        memory: None,
+        replica: None,
+    };
+    let (snapshot, replica) = match source {
+        Source::Export(snapshot) => (snapshot, None),
         Source::Journal(journal) => {
             let result = journal
                 .rebuild_into(&mut next.instance, clock, at)
                 .map(Took::Journal)
                 .map_err(CrossError::Import);
-            let import = started.elapsed();
-            let memory = result.as_ref().ok().and_then(|_| next.instance.memory_usage().ok()?);
-            return Crossed { next, result, transform: Duration::ZERO, import, memory };
+            let mut crossed = crossed(next, result);
+            crossed.memory = crossed
+                .result
+                .as_ref()
+                .ok()
+                .and_then(|_| crossed.next.instance.memory_usage().ok()?);
+            return crossed;
+        }
+        Source::Replica { journal, version, args, max_state } => {
+            match export_from_replica(journal, (&version, &args), max_state, clock, at) {
+                Ok((snapshot, cost)) => (snapshot, Some(cost)),
+                Err(why) => return crossed(next, Err(CrossError::Replica(why))),
+            }
         }
     };
+    let started = Instant::now();
     let _detached = clock.detach(at);
     let transformed = if next.pipeline.is_empty() {
         Ok(snapshot)
@@ -320,7 +377,38 @@ pub(crate) fn cross(
         Ok(_) => next.instance.memory_usage().ok().flatten(),
         Err(_) => None,
     };
-    Crossed { next, result, transform, import, memory }
+    Crossed { next, result, transform, import, memory, replica }
+}
+
+/// Starts a second instance of the running release, brings it to the live state from `journal`
+/// (as a same-release catch-up brings the new instance, [`JournalCopy::rebuild_into`]), and
+/// exports it at the boundary's clock and randomness, `at`: the export the live instance would
+/// have made there. The replica is dropped once exported. Why it failed, if it did.
+fn export_from_replica(
+    journal: JournalCopy,
+    (version, args): (&Version, &[String]),
+    max_state: u64,
+    clock: &EventClock,
+    at: Stamp,
+) -> Result<(Snapshot, ReplicaCost), String> {
+    let started = Instant::now();
+    let (mut replica, _) = crate::recovery::start(version, args)
+        .map_err(|e| format!("a replica of the running version failed to start: {e}"))?;
+    journal.rebuild_into(&mut replica, clock, at).map_err(|e| {
+        format!("the replica failed to import the checkpoint and replay the journal: {e}")
+    })?;
+    let rebuild = started.elapsed();
+    let _detached = clock.detach(at);
+    let snapshot =
+        replica.export_state().map_err(|e| format!("the replica failed to export: {e}"))?;
+    let export = started.elapsed() - rebuild;
+    let bytes = crate::instance::snapshot_bytes(&snapshot);
+    if bytes > max_state {
+        return Err(format!(
+            "the replica's state is {bytes} bytes, over --max-state ({max_state})"
+        ));
+    }
+    Ok((snapshot, ReplicaCost { rebuild, export, bytes }))
 }
 
 /// Where the import runs: on a thread of its own, or (in the simulator, whose every run must
@@ -421,6 +509,25 @@ impl Fallback {
         } = next;
         let fallback = Self { version, info, prepare_time, no_precopy, pipeline, compaction, args };
         (fallback, instance)
+    }
+
+    /// `instance`, the new version's, which has run `init` and taken no state, prepared again
+    /// to take the state whole in a pause.
+    pub(crate) fn resume(self, instance: Instance) -> Prepared {
+        let Self { version, info, prepare_time, no_precopy, pipeline, compaction, args } = self;
+        Prepared {
+            version,
+            instance,
+            info,
+            prepare_time,
+            from_checkpoint: false,
+            no_precopy,
+            no_catch_up: true,
+            pipeline,
+            compaction,
+            canary: None,
+            args,
+        }
     }
 
     /// A fresh instance of the new version, prepared to take the state whole in a pause (on
@@ -535,6 +642,24 @@ impl CatchUp {
                 KEPT_MAX >> 20
             )
         })
+    }
+
+    /// Ends it before the new instance took any state, given up (`why`): the upgrade's report
+    /// with the catch-up's filled in; no event was run again, nothing compared.
+    pub(crate) fn abandoned_before_import(self, why: String) -> Box<UpgradeReport> {
+        let mut report = self.report;
+        report.catch_up = Some(CatchUpReport {
+            import: self.import,
+            transform: self.transform,
+            events: 0,
+            most_kept: self.backlog.most() as u64,
+            steps: 0,
+            longest_step: Duration::ZERO,
+            bytes_compared: 0,
+            took: self.exported.elapsed(),
+            abandoned: Some(why),
+        });
+        report
     }
 
     /// Ends it, at the commit (`abandoned` is `None`) or when it is given up (why): the

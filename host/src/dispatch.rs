@@ -1307,6 +1307,15 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             let source = catchup::Source::Journal(journal);
             return self.begin_catch_up_from(next, source, (paused, at), memory_before);
         }
+        if let Some(journal) = self.replica_for() {
+            let source = catchup::Source::Replica {
+                journal,
+                version: Arc::clone(self.live.version()),
+                args: self.args.clone(),
+                max_state: self.limits.max_state,
+            };
+            return self.begin_catch_up_from(next, source, (paused, at), memory_before);
+        }
         let exported = self.live.export();
         let failed = match exported {
             Ok(snapshot) if snapshot_bytes(&snapshot) <= self.limits.max_state => Ok(snapshot),
@@ -1347,6 +1356,17 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         same.then(|| self.live.recovery().copy()).flatten()
     }
 
+    /// The recovery state a replica of the live instance can be rebuilt from, to export off the
+    /// loop instead of in the pause ([`catchup::Source::Replica`]): when the journal holds a
+    /// checkpoint and every event since, and the state is large enough
+    /// ([`catchup::REPLICA_MIN`]) that its export would cost the pause more than rebuilding a
+    /// replica costs the loop (the copy of the journal's last segment).
+    fn replica_for(&self) -> Option<recovery::JournalCopy> {
+        let recovery = self.live.recovery();
+        let large = recovery.checkpoint()?.bytes() >= catchup::REPLICA_MIN;
+        large.then(|| recovery.copy()).flatten()
+    }
+
     /// The rest of [`Self::begin_catch_up`], once the state's source is known: the new
     /// instance takes it off the loop while every event from `at` on is kept.
     fn begin_catch_up_from(
@@ -1368,6 +1388,15 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                     events_replayed: journal.events.len() as u64,
                     // A copy is taken only of a journal that holds every event.
                     complete: true,
+                },
+            ),
+            catchup::Source::Replica { journal, .. } => (
+                journal.checkpoint.bytes(),
+                StateSource::Replica {
+                    at_unix_ms: journal.checkpoint.at_unix_ms,
+                    events_replayed: journal.events.len() as u64,
+                    rebuild: Duration::ZERO,
+                    export: Duration::ZERO,
                 },
             ),
         };
@@ -1402,6 +1431,11 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 "{to} imports {running}'s checkpoint and replays the {events_replayed} events \
                  since, off the loop, while {running} serves"
             ),
+            StateSource::Replica { events_replayed, .. } => info!(
+                "a replica of {running} imports its checkpoint and replays the {events_replayed} \
+                 events since, off the loop, while {running} serves; it exports the state for \
+                 {to} to import"
+            ),
         }
         self.catch_up = Some(catch_up);
         self.catch_up_step()
@@ -1430,11 +1464,20 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                     return Some(self.ended(Swap::RolledBack { error, retired: Box::new(()) }));
                 }
             };
-            let Crossed { next, result, transform, import, memory } = crossed;
+            let Crossed { next, result, transform, import, memory, replica } = crossed;
             let (fallback, instance) = Fallback::split(next);
             let (running, new) = (catch_up.report.from.clone(), catch_up.report.to.clone());
+            if let (StateSource::Replica { rebuild, export, .. }, Some(cost)) =
+                (&mut catch_up.report.source, replica)
+            {
+                (*rebuild, *export) = (cost.rebuild, cost.export);
+                catch_up.report.state_bytes = cost.bytes;
+            }
             let took = match result {
                 Ok(took) => took,
+                Err(catchup::CrossError::Replica(why)) => {
+                    return self.abandon_before_import(fallback, instance, why);
+                }
                 Err(e) => {
                     self.catch_up = None;
                     let error = match e {
@@ -1444,6 +1487,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                         catchup::CrossError::Import(error) => {
                             UpgradeError::Import { running, new, error: Box::new(error) }
                         }
+                        catchup::CrossError::Replica(_) => unreachable!("matched above"),
                     };
                     return Some(
                         self.ended(Swap::RolledBack { error, retired: Box::new(instance) }),
@@ -1599,6 +1643,26 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             }
             Err(error) => Some(self.ended(Swap::RolledBack { error, retired: Box::new(()) })),
         }
+    }
+
+    /// [`Self::abandon_catch_up`] before the new instance took any state: its replica failed
+    /// ([`catchup::CrossError::Replica`]). `instance`, the new version's, ran only `init`: it
+    /// takes the live instance's export in a pause.
+    fn abandon_before_import(
+        &mut self,
+        fallback: Fallback,
+        instance: crate::instance::Instance,
+        why: String,
+    ) -> Option<Swapped> {
+        let catch_up = self.catch_up.take()?;
+        warn!("catch-up of {} abandoned: {why}; moving the state in a pause", catch_up.report.to);
+        self.shared.note_catch_up(None);
+        let paused = Instant::now();
+        self.catch_up_abandoned = catch_up.abandoned_before_import(why).catch_up;
+        self.pause_and_swap_since(
+            Underway { next: fallback.resume(instance), precopy: None },
+            paused,
+        )
     }
 
     /// Tells `tasuki status` how far the pre-copy under way is.

@@ -76,6 +76,20 @@ pub enum StateSource {
         /// False if the journal had overflowed: changes after the checkpoint are lost.
         complete: bool,
     },
+    /// Exported off the loop by a replica: a second instance of the running version, rebuilt
+    /// from the host's last checkpoint and every event journaled since, as a Redis replica
+    /// loads its master's RDB and then the replication stream (a catch-up to another component
+    /// of an app whose state cannot be pre-copied, see [`crate::catchup`]). No export in the
+    /// pause.
+    Replica {
+        /// When the checkpoint was taken.
+        at_unix_ms: u64,
+        events_replayed: u64,
+        /// Starting the replica, importing the checkpoint and replaying the journal; then its
+        /// export. Zero until the replica has exported.
+        rebuild: Duration,
+        export: Duration,
+    },
 }
 
 /// What a committed upgrade did and what it cost.
@@ -177,7 +191,27 @@ impl fmt::Display for UpgradeReport {
             None => writeln!(f, "upgraded {} -> {}", self.from, self.to)?,
         }
         let from_journal = matches!(self.source, StateSource::Checkpoint { .. });
+        let replica = match self.source {
+            StateSource::Replica { rebuild, export, .. } => Some((rebuild, export)),
+            _ => None,
+        };
         match &self.catch_up {
+            Some(c)
+                if c.abandoned.is_none()
+                    && let Some((rebuild, export)) = replica =>
+            {
+                writeln!(
+                    f,
+                    "  pause        {} (no export: the journal copied; a replica of the old \
+                     version rebuilt from it in {} and exported in {}, then transform {} and \
+                     import {}, while the old version served)",
+                    ms(self.pause),
+                    ms(rebuild),
+                    ms(export),
+                    ms(c.transform),
+                    ms(c.import)
+                )?
+            }
             Some(c) if c.abandoned.is_none() && from_journal => writeln!(
                 f,
                 "  pause        {} (no export: the journal copied; importing the checkpoint \
@@ -280,7 +314,7 @@ impl fmt::Display for UpgradeReport {
             )?;
         }
         if let Some(c) = &self.catch_up {
-            let boundary = if from_journal { "boundary" } else { "export" };
+            let boundary = if from_journal || replica.is_some() { "boundary" } else { "export" };
             match &c.abandoned {
                 None => writeln!(
                     f,
@@ -317,6 +351,15 @@ impl fmt::Display for UpgradeReport {
                     "\n  WARNING      the journal had overflowed: changes after the checkpoint are lost"
                 )?;
             }
+        }
+        if let StateSource::Replica { at_unix_ms, events_replayed, .. } = &self.source {
+            write!(
+                f,
+                "\n  state from   a replica of {}: the checkpoint of {:.1}s ago, then {events_replayed} \
+                 events replayed",
+                self.from,
+                crate::clock::now_unix_ms().saturating_sub(*at_unix_ms) as f64 / 1e3
+            )?;
         }
         Ok(())
     }
@@ -744,7 +787,8 @@ pub(crate) fn swap(live: &mut Live, underway: Underway, at: Boundary<'_>) -> Swa
     };
     let replayed = imported.and_then(|()| match source {
         StateSource::Checkpoint { .. } => live.replay_journal(&mut next.instance, clock).map(Some),
-        StateSource::Export => Ok(None),
+        // A replica is a catch-up's: the swap in the pause takes the live instance's export.
+        StateSource::Export | StateSource::Replica { .. } => Ok(None),
     });
     let replayed_timers = match replayed {
         Ok(timers) => timers,

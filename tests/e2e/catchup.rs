@@ -64,9 +64,16 @@ fn through_v2_to_v3() -> UpgradeOptions {
 
 #[test]
 fn a_whole_state_is_imported_off_the_loop_and_the_new_version_catches_up_with_the_writes() {
-    let host = TestHost::start(KV_V2_CONTRACT_0_1);
+    // Recovery off: no checkpoint to rebuild a replica from, so the old version exports in
+    // the pause.
+    let host = TestHost::with(tasuki::HostConfig {
+        app: KV_V2_CONTRACT_0_1.into(),
+        limits: tasuki::limits::Limits { journal: 0, ..tasuki::limits::Limits::default() },
+        ..tasuki::HostConfig::default()
+    });
     // Through a transformer, which runs off the loop too.
     let report = upgrade_under_writes(&host, artifacts::KV_V3, &through_v2_to_v3()).unwrap();
+    assert_eq!(report.source, StateSource::Export, "{report}");
     assert!(report.precopy.is_none(), "nothing to pre-copy from: {report}");
     let catch_up = report.catch_up.as_ref().expect("the import ran off the loop");
     assert_eq!(catch_up.abandoned, None, "{report}");
@@ -82,14 +89,7 @@ fn a_whole_state_is_imported_off_the_loop_and_the_new_version_catches_up_with_th
 
 #[test]
 fn the_same_release_catches_up_from_the_checkpoint_and_the_journal_with_no_export() {
-    let host = TestHost::start(KV_V2_CONTRACT_0_1);
-    let mut client = host.client();
-    load(&mut client, KEYS);
-    // Loading took a checkpoint (each is an export at one boundary: this release cannot
-    // pre-copy); keys changed after it are in the journal only.
-    while host.status().recovery.checkpoint.is_none() {
-        load(&mut client, KEYS);
-    }
+    let host = contract_0_1_with_a_checkpoint();
     let report = upgrade_under_writes(&host, KV_V2_CONTRACT_0_1, &UpgradeOptions::default())
         .expect("upgrade");
     let StateSource::Checkpoint { events_replayed, complete, .. } = report.source else {
@@ -102,11 +102,72 @@ fn the_same_release_catches_up_from_the_checkpoint_and_the_journal_with_no_expor
     assert!(report.to_string().contains("no export: the journal copied"), "{report}");
     // The new instance holds the journal: a trap now is recovered with every key.
     assert!(host.status().recovery.off.is_none());
-    // Another build of the same release (today's contract) is another component: its state
-    // comes from an export, as before.
+}
+
+/// A host running kv 2 built against the previous contract (it cannot pre-copy) with
+/// [`KEYS`] keys and a checkpoint taken; keys changed after it are in the journal only.
+fn contract_0_1_with_a_checkpoint() -> TestHost {
+    let host = TestHost::start(KV_V2_CONTRACT_0_1);
+    let mut client = host.client();
+    load(&mut client, KEYS);
+    // Each checkpoint is an export at one boundary: this release cannot pre-copy.
+    while host.status().recovery.checkpoint.is_none() {
+        load(&mut client, KEYS);
+    }
+    host
+}
+
+#[test]
+fn another_component_takes_the_state_from_a_replica_with_no_export_in_the_pause() {
+    let host = contract_0_1_with_a_checkpoint();
+    // kv 3 through a transformer: another component, so the journal cannot be replayed into
+    // it; a replica of the running kv 2, rebuilt from the checkpoint and the journal off the
+    // loop, exports for it instead. Every key is checked after.
+    let report = upgrade_under_writes(&host, artifacts::KV_V3, &through_v2_to_v3()).unwrap();
+    let StateSource::Replica { events_replayed, rebuild, export, .. } = report.source else {
+        panic!("a state over REPLICA_MIN with a checkpoint: a replica exports it: {report}");
+    };
+    assert!(events_replayed > 0, "keys changed after the checkpoint: {report}");
+    assert!(rebuild > export && export > std::time::Duration::ZERO, "{report}");
+    let catch_up = report.catch_up.as_ref().expect("caught up");
+    assert_eq!(catch_up.abandoned, None, "{report}");
+    assert!(catch_up.events > 0, "the old version served writes meanwhile: {report}");
+    assert!(report.to_string().contains("a replica of the old version rebuilt"), "{report}");
+    assert_eq!(host.status().app.to_string(), "kv 3.0.0");
+    assert!(host.status().recovery.off.is_none());
+}
+
+#[test]
+fn another_build_of_the_same_release_takes_the_state_from_a_replica_too() {
+    let host = contract_0_1_with_a_checkpoint();
+    // Today's build of kv 2 is another component: not the journal (its replies to events
+    // before the boundary were never compared), but a replica.
     let report =
         upgrade_under_writes(&host, artifacts::KV_V2, &UpgradeOptions::default()).expect("upgrade");
-    assert_eq!(report.source, StateSource::Export, "{report}");
+    assert!(matches!(report.source, StateSource::Replica { .. }), "{report}");
+    assert_eq!(report.catch_up.as_ref().expect("caught up").abandoned, None, "{report}");
+}
+
+#[test]
+fn a_replica_that_fails_leaves_the_export_to_the_pause_with_nothing_lost() {
+    // `trap-import`: any instance of this one's that imports traps — its replica, which
+    // imports the checkpoint; the live instance was started by `init`.
+    let host = misbehave(&["trap-import"]);
+    let mut client = host.lines();
+    // Over REPLICA_MIN, and more input than a checkpoint waits for (CHECKPOINT_MIN, 4 MiB).
+    assert_eq!(client.call(&format!("set big {}", "v".repeat(5 << 20))), "ok");
+    while host.status().recovery.checkpoint.is_none() {
+        assert_eq!(client.call("set k v"), "ok");
+    }
+    assert_eq!(client.call("set k v2"), "ok");
+    // The new version without `trap-import`: other arguments, so not the journal's route.
+    let report = upgrade_misbehave_with(&host, Some(&[])).join().unwrap().expect("upgrade");
+    let why = abandoned_because(&report);
+    assert!(why.contains("the replica failed to import") && why.contains("trapped"), "{why}");
+    assert_eq!(report.source, StateSource::Export, "the live instance exported: {report}");
+    assert_eq!(client.call("args"), "none");
+    assert_eq!(client.call("get k"), "v2");
+    assert_eq!(client.call("get big").len(), 5 << 20);
 }
 
 #[test]

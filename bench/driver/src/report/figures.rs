@@ -43,7 +43,7 @@ pub(super) fn write(
     writeln!(md, "## The pause against the state's size\n")?;
     writeln!(
         md,
-        "The figures the pre-copy work set out to reach, all from this run; each is explained in the section named. Under load: 4 clients INCR their own counters throughout. The whole-state rows are apps whose state cannot be pre-copied. Upgraded to another component, the old version exports it at one boundary (the pause) and the new one imports it while the old one serves, then catches up; upgraded to the same component (a compaction, a restart of the same build), nothing is exported: the new instance imports the last checkpoint and replays the journal off the loop, then catches up (see \"Catch-up\" below, which compares the import inside the pause).\n"
+        "The figures the pre-copy work set out to reach, all from this run; each is explained in the section named. Under load: 4 clients INCR their own counters throughout. The whole-state rows are apps whose state cannot be pre-copied. Upgraded to another component, a replica of the old version (a second instance rebuilt from the last checkpoint and the journal off the loop) exports it, or with recovery off the old version itself at one boundary (the pause); the new one imports it while the old one serves, then catches up; upgraded to the same component (a compaction, a restart of the same build), nothing is exported: the new instance imports the last checkpoint and replays the journal off the loop, then catches up (see \"Catch-up\" below, which compares the import inside the pause).\n"
     )?;
     writeln!(md, "| figure | measured | target | for comparison, same run |")?;
     writeln!(md, "|---|---:|---|---|")?;
@@ -51,6 +51,7 @@ pub(super) fn write(
     let main = upgrades.get(MAIN);
     let full = at_most_1m(upgrades.get("full"));
     let old = at_most_1m(upgrades.get("contract-0.1"));
+    let replica = at_most_1m(upgrades.get("contract-0.1-replica"));
     let exported = at_most_1m(upgrades.get("contract-0.1-export"));
     for (keys, raw) in main.into_iter().flatten() {
         if *keys < 100_000 {
@@ -115,21 +116,33 @@ pub(super) fn write(
             ratio(c.tasuki_max_ms, c.redis_max_ms)
         )?;
     }
-    for (row, label) in [
+    let whole_rows = [
+        (
+            replica,
+            "kv v2 built before pre-copy (contract 0.1, a std `HashMap`) → another component: a replica rebuilt from the checkpoint and journal exports off the loop, caught up, a fresh host each",
+        ),
         (
             exported,
-            "kv v2 built before pre-copy (contract 0.1, a std `HashMap`) → another component: exported in the pause, caught up, a fresh host each",
+            "the same with recovery off (`--journal 0`, no replica): exported in the pause, caught up, a fresh host each",
         ),
         (
             full,
             "kv v2 with `--precopy-chunk 0` → itself: checkpoint and journal replayed, caught up",
         ),
         (old, "kv v2 built before pre-copy → itself: checkpoint and journal replayed, caught up"),
-    ] {
+    ];
+    for (row, label) in whole_rows {
         let Some((keys, raw)) = row else { continue };
-        let compare = match (row, full) {
-            (Some((_, r)), Some((k, f))) if k == keys && !std::ptr::eq(r, f) => {
-                format!("{} of `--precopy-chunk 0`", ratio(p99(r, "pause_us"), p99(f, "pause_us")))
+        // The replica's row beside the export it saves; the others beside `--precopy-chunk 0`.
+        let against = match row {
+            Some((_, r)) if replica.is_some_and(|(_, x)| std::ptr::eq(r, x)) => {
+                exported.map(|(k, e)| (k, e, "exported in the pause"))
+            }
+            _ => full.map(|(k, f)| (k, f, "`--precopy-chunk 0`")),
+        };
+        let compare = match against {
+            Some((k, other, name)) if k == keys && !std::ptr::eq(raw, other) => {
+                format!("{} of {name}", ratio(p99(raw, "pause_us"), p99(other, "pause_us")))
             }
             _ => String::new(),
         };

@@ -10,7 +10,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// The series `bench/run` runs, in the order the tables list them.
-const ORDER: [&str; 5] = ["precopy", "chain", "full", "contract-0.1", "contract-0.1-export"];
+const ORDER: [&str; 6] =
+    ["precopy", "chain", "full", "contract-0.1", "contract-0.1-replica", "contract-0.1-export"];
 
 /// The kv v2 → v2 pre-copied series: the one the restart comparison and the memory soak use.
 pub(super) const MAIN: &str = "precopy";
