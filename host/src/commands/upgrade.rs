@@ -37,10 +37,11 @@ pub struct UpgradeCommand {
     #[arg(long)]
     no_precopy: bool,
     /// With the whole state moved at once (the app cannot pre-copy, or `--no-precopy`), import
-    /// it inside the pause too. By default only the export pauses the loop (none at all when
-    /// NEW is the running component with the same arguments: it replays the host's checkpoint
-    /// and journal instead): NEW imports on a
-    /// thread of its own while the old version serves, then runs the events since the export,
+    /// it inside the pause too. By default at most the export pauses the loop, and once the
+    /// host holds a checkpoint not even that: NEW, if it is the running component with the same
+    /// arguments, replays the checkpoint and journal itself; otherwise a replica of the running
+    /// version rebuilt from them exports off the loop (for a state of 1 MiB or more). NEW
+    /// imports on a thread of its own while the old version serves, then runs the events since,
     /// its replies compared with the old version's, and takes over when it has caught up (a
     /// difference starts over with the state moved in the pause). Used only when the app has
     /// no `--dir`, since a replayed event could write a file twice.
