@@ -1242,6 +1242,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         };
         let (canary, mut report) = self.canary.take().expect("checked above");
         self.shared.note_canary(None);
+        let next_args = self.next_args.take();
         let (running, new) = (Box::new(report.from.clone()), Box::new(report.to.clone()));
         let error = match verdict {
             Err(Stop::Diverged(divergence)) => {
@@ -1258,6 +1259,11 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 report.canary = Some(canary_report);
                 let retired = self.live.adopt(candidate);
                 self.timers = timers;
+                // From here on the new version's arguments: a rebuild after a trap, a replica
+                // and a compaction start it with them.
+                if let Some(args) = next_args {
+                    self.args = args;
+                }
                 let book = self.live.recovery().listener_book().clone();
                 self.close_unknown_listeners(&book);
                 if let Some(memory) = &report.memory {

@@ -473,3 +473,36 @@ fn a_candidate_silent_where_the_old_version_replied_is_reported_with_the_request
     assert!(String::from_utf8_lossy(&divergence.old).starts_with("$5\r\nhello"), "{error}");
     assert_eq!(host.status().app.to_string(), "kv 2.0.0");
 }
+
+#[test]
+fn the_arguments_a_canary_commits_are_the_ones_a_rebuild_starts_the_new_version_with() {
+    let host = Arc::new(TestHost::with(tasuki::HostConfig {
+        app: artifacts::MISBEHAVE.into(),
+        args: vec!["first".into()],
+        ..tasuki::HostConfig::default()
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (mut lines, stop) = (host.lines(), Arc::clone(&stop));
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(lines.call("set k v"), "ok");
+            }
+        })
+    };
+    let options = UpgradeOptions {
+        canary: Some(Window::Events(50)),
+        args: Some(vec!["second".into()]),
+        ..UpgradeOptions::default()
+    };
+    let report = host.host_upgrade_with(artifacts::MISBEHAVE, &options);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    report.expect("the canary agreed");
+    assert_eq!(host.lines().call("args"), "second");
+    // A trap: the instance is rebuilt from the journal, started with the arguments it runs with.
+    host.lines().expect_closed("panic");
+    let mut client = host.lines();
+    assert_eq!(client.call("get k"), "v");
+    assert_eq!(client.call("args"), "second", "the rebuilt instance's arguments");
+}
