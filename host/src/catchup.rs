@@ -34,10 +34,19 @@
 //! have exported at the boundary; the new version imports that, through its transformers, and
 //! catches up as above. The pause is again the journal's copy, however large the state; the
 //! price is time and memory off the loop (a third instance holding the state, until it has
-//! exported). Used from [`REPLICA_MIN`] bytes of checkpoint on; a replica that fails (it traps,
-//! or its state is over `--max-state`) leaves the export to the pause, with the reason in the
-//! report. Without a checkpoint (the journal then starts at `init`, whose clock and randomness
-//! were not recorded) or with recovery off, the old version exports as above.
+//! exported). Used from [`REPLICA_MIN`] bytes of checkpoint on. A replica that fails (it traps,
+//! or refuses to export) leaves the export to the pause, with the reason in the report; one
+//! whose state is over `--max-state` rolls the upgrade back, as the export would have, without
+//! the pause. Without a checkpoint (the journal then starts at `init`, whose clock and
+//! randomness were not recorded) or with recovery off, the old version exports as above.
+//! With recovery kept in the heap (no usable `--checkpoint-dir`) the copy at the boundary
+//! holds the journal's bytes, so the pause grows with the journal.
+//!
+//! Both journal routes rest on the invariant a rebuild after a trap rests on: the checkpoint
+//! imported and the journal replayed give the live state. What an app's `resumed` changes in
+//! its state on import (a start time, a counter of imports) is the exception: the rebuilt
+//! instance differs there from one that never imported, as after a rebuild, and only what
+//! shows in replies to the events since the boundary is compared.
 //!
 //! The catch-up is abandoned — a fresh instance of the new version is started and the state
 //! moves whole in a pause, as without catch-up, with the report saying why — when the two
@@ -308,6 +317,9 @@ pub(crate) enum CrossError {
     /// The replica failed to start, rebuild or export ([`Source::Replica`]): the state is
     /// then exported by the live instance in a pause, as without one.
     Replica(String),
+    /// The replica's state, the live one, is over `--max-state` (bytes): the upgrade rolls
+    /// back, as an export in the pause would, without the pause.
+    TooLarge(u64),
     Transform(TransformError),
     Import(CallError),
 }
@@ -347,8 +359,9 @@ pub(crate) fn cross(
             return crossed;
         }
         Source::Replica { journal, version, args, max_state } => {
-            match export_from_replica(journal, (&version, &args), max_state, clock, at) {
-                Ok((snapshot, cost)) => (snapshot, Some(cost)),
+            match export_from_replica(journal, (&version, &args), clock, at) {
+                Ok((snapshot, cost)) if cost.bytes <= max_state => (snapshot, Some(cost)),
+                Ok((_, cost)) => return crossed(next, Err(CrossError::TooLarge(cost.bytes))),
                 Err(why) => return crossed(next, Err(CrossError::Replica(why))),
             }
         }
@@ -387,7 +400,6 @@ pub(crate) fn cross(
 fn export_from_replica(
     journal: JournalCopy,
     (version, args): (&Version, &[String]),
-    max_state: u64,
     clock: &EventClock,
     at: Stamp,
 ) -> Result<(Snapshot, ReplicaCost), String> {
@@ -406,11 +418,6 @@ fn export_from_replica(
         replica.export_state().map_err(|e| format!("the replica failed to export: {e}"))?;
     let export = started.elapsed() - rebuild;
     let bytes = crate::instance::snapshot_bytes(&snapshot);
-    if bytes > max_state {
-        return Err(format!(
-            "the replica's state is {bytes} bytes, over --max-state ({max_state})"
-        ));
-    }
     Ok((snapshot, ReplicaCost { rebuild, export, bytes }))
 }
 

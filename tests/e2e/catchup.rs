@@ -148,17 +148,67 @@ fn another_build_of_the_same_release_takes_the_state_from_a_replica_too() {
     assert_eq!(report.catch_up.as_ref().expect("caught up").abandoned, None, "{report}");
 }
 
-#[test]
-fn a_replica_that_fails_leaves_the_export_to_the_pause_with_nothing_lost() {
-    // `trap-import`: any instance of this one's that imports traps — its replica, which
-    // imports the checkpoint; the live instance was started by `init`.
-    let host = misbehave(&["trap-import"]);
+/// A misbehave host holding more than `REPLICA_MIN` with a checkpoint taken: the next
+/// upgrade to another component (or with other arguments) goes through a replica.
+fn misbehave_with_a_checkpoint(args: &[&str]) -> Arc<TestHost> {
+    let host = misbehave(args);
     let mut client = host.lines();
     // Over REPLICA_MIN, and more input than a checkpoint waits for (CHECKPOINT_MIN, 4 MiB).
     assert_eq!(client.call(&format!("set big {}", "v".repeat(5 << 20))), "ok");
     while host.status().recovery.checkpoint.is_none() {
         assert_eq!(client.call("set k v"), "ok");
     }
+    host
+}
+
+#[test]
+fn a_replica_replays_each_event_with_the_random_bytes_it_first_read() {
+    let host = misbehave_with_a_checkpoint(&[]);
+    let mut client = host.lines();
+    // After the checkpoint: values made of `wasi:random` bytes, in the journal only. The
+    // replica must draw the same bytes for each, or the state it exports is not the live one
+    // (and no reply after the boundary would show it).
+    let kept: Vec<String> = (0..20).map(|i| client.call(&format!("keep-random r{i}"))).collect();
+    // Other arguments: not the journal's route into the new version, a replica's.
+    let report = upgrade_misbehave_with(&host, Some(&["other"])).join().unwrap().expect("upgrade");
+    assert!(matches!(report.source, StateSource::Replica { .. }), "{report}");
+    assert_eq!(report.catch_up.as_ref().expect("caught up").abandoned, None, "{report}");
+    for (i, value) in kept.iter().enumerate() {
+        assert_eq!(&client.call(&format!("get r{i}")), value, "r{i}");
+    }
+    assert_eq!(client.call("args"), "other");
+}
+
+#[test]
+fn a_replica_over_max_state_rolls_the_upgrade_back_and_the_old_version_serves_on() {
+    // A checkpoint is not bounded by --max-state; an upgrade's state is.
+    let host = Arc::new(TestHost::with(tasuki::HostConfig {
+        app: artifacts::MISBEHAVE.into(),
+        limits: tasuki::limits::Limits { max_state: 4 << 20, ..tasuki::limits::Limits::default() },
+        ..tasuki::HostConfig::default()
+    }));
+    let mut client = host.lines();
+    assert_eq!(client.call("set k v"), "ok");
+    // Each request under the limit, the state over it.
+    // (the input a connection may hold is half of --max-state).
+    for i in 0..5 {
+        assert_eq!(client.call(&format!("set big{i} {}", "v".repeat(1 << 20))), "ok");
+    }
+    while host.status().recovery.checkpoint.is_none() {
+        assert_eq!(client.call("set k v"), "ok");
+    }
+    let error = upgrade_misbehave_with(&host, Some(&["other"])).join().unwrap().unwrap_err();
+    assert!(matches!(error, UpgradeError::TooLarge { .. }), "{error}");
+    assert_eq!(client.call("get k"), "v");
+    assert_eq!(client.call("args"), "none", "the old version serves on");
+}
+
+#[test]
+fn a_replica_that_fails_leaves_the_export_to_the_pause_with_nothing_lost() {
+    // `trap-import`: any instance of this one's that imports traps — its replica, which
+    // imports the checkpoint; the live instance was started by `init`.
+    let host = misbehave_with_a_checkpoint(&["trap-import"]);
+    let mut client = host.lines();
     assert_eq!(client.call("set k v2"), "ok");
     // The new version without `trap-import`: other arguments, so not the journal's route.
     let report = upgrade_misbehave_with(&host, Some(&[])).join().unwrap().expect("upgrade");

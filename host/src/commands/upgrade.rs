@@ -40,7 +40,7 @@ pub struct UpgradeCommand {
     /// it inside the pause too. By default at most the export pauses the loop, and once the
     /// host holds a checkpoint not even that: NEW, if it is the running component with the same
     /// arguments, replays the checkpoint and journal itself; otherwise a replica of the running
-    /// version rebuilt from them exports off the loop (for a state of 1 MiB or more). NEW
+    /// version rebuilt from them exports off the loop (once the last checkpoint holds 1 MiB or more). NEW
     /// imports on a thread of its own while the old version serves, then runs the events since,
     /// its replies compared with the old version's, and takes over when it has caught up (a
     /// difference starts over with the state moved in the pause). Used only when the app has
