@@ -916,4 +916,22 @@ mod tests {
         assert_eq!(events.len(), 3 * SEGMENT);
         assert_eq!(serials(&events), (0..(3 * SEGMENT) as u64).collect::<Vec<_>>());
     }
+
+    /// The copy an upgrade's boundary takes on the loop shares the journal's full segments:
+    /// what keeps the same-component catch-up's and a replica's pause flat as the journal grows.
+    #[test]
+    fn a_copy_of_the_recovery_state_shares_the_journal_index_it_does_not_copy() {
+        let mut recovery = Recovery::fresh(1 << 30, None);
+        let snapshot = Snapshot { app: "a".into(), app_version: "1".into(), sections: Vec::new() };
+        recovery.set_checkpoint((Chunks::new(None), snapshot), Vec::new(), Vec::new(), 0);
+        for serial in 0..(3 * SEGMENT + 1) as u64 {
+            recovery.timer(Stamp { wall: serial, mono: serial, serial }, serial);
+        }
+        let copy = recovery.copy().expect("a checkpoint and every event");
+        assert_eq!(copy.events.len(), 3 * SEGMENT + 1);
+        for (ours, theirs) in recovery.events.full.iter().zip(&copy.events.full) {
+            assert!(Arc::ptr_eq(ours, theirs), "a full segment was copied");
+        }
+        assert_eq!(copy.events.full.len(), 3);
+    }
 }

@@ -422,6 +422,28 @@ fn an_old_version_that_traps_during_the_import_abandons_the_catch_up_and_keeps_e
 }
 
 #[test]
+fn an_old_version_that_traps_while_its_replica_works_abandons_the_catch_up_too() {
+    // The replica (started with the live arguments) and the new instance both import slowly.
+    let host = misbehave_with_a_checkpoint(&["slow-import=1500"]);
+    let mut a = host.lines();
+    let mut culprit = host.lines();
+    assert_eq!(a.call("set k1 v1"), "ok");
+    let upgrade = upgrade_misbehave_with(&host, Some(&["slow-import=1500", "other"]));
+    until_importing(&host, &upgrade);
+    assert_eq!(a.call("set k2 v2"), "ok");
+    // The old version traps on this one (its connection closes) and is rebuilt.
+    culprit.expect_closed("panic");
+    assert_eq!(a.call("set k3 v3"), "ok");
+    let report = upgrade.join().unwrap().expect("the state moves in the pause instead");
+    let why = abandoned_because(&report);
+    assert!(why.contains("old version trapped"), "{why}");
+    for (key, value) in [("k1", "v1"), ("k2", "v2"), ("k3", "v3")] {
+        assert_eq!(a.call(&format!("get {key}")), value);
+    }
+    assert_eq!(a.call("args"), "slow-import=1500 other");
+}
+
+#[test]
 fn a_new_version_that_traps_on_a_kept_event_abandons_the_catch_up_with_nothing_lost() {
     // The new instance (and only it) traps on `set`, and imports slowly enough for the writes
     // below to be kept for it.
