@@ -404,11 +404,8 @@ fn export_from_replica(
     at: Stamp,
 ) -> Result<(Snapshot, ReplicaCost), String> {
     let started = Instant::now();
-    // Its `init` runs beside the loop's events: it must not draw from their random stream.
-    let init = clock.detach(at);
     let (mut replica, _) = crate::recovery::start(version, args)
         .map_err(|e| format!("a replica of the running version failed to start: {e}"))?;
-    drop(init);
     journal.rebuild_into(&mut replica, clock, at).map_err(|e| {
         format!("the replica failed to import the checkpoint and replay the journal: {e}")
     })?;

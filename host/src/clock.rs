@@ -96,6 +96,19 @@ impl EventClock {
         Detached(())
     }
 
+    /// Detaches this thread ([`EventClock::detach`]) for an instance's `init`: the clock as the
+    /// loop last froze it (the system's before it ever did), and a random stream no event draws
+    /// from (events' serials count from 1). An `init` off the loop (an upgrade's prepare, a
+    /// replica) must not draw from the stream of the event the loop runs meanwhile: that event
+    /// would read other bytes than its replay from the journal reads.
+    pub(crate) fn detach_init(&self) -> Detached {
+        let wall = match self.frozen.load(Ordering::Relaxed) {
+            0 => system_now(),
+            frozen => frozen,
+        };
+        self.detach(Stamp { wall, mono: 0, serial: 0 })
+    }
+
     /// Moves this thread's detached reading ([`EventClock::detach`]) to the event stamped `at`:
     /// for a replay off the loop, event by event, under one guard.
     pub(crate) fn redetach(&self, at: Stamp) {
@@ -200,5 +213,39 @@ impl HostMonotonicClock for EventClock {
             0 => system_now(),
             frozen => frozen,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draw(clock: &EventClock) -> [u8; 16] {
+        let mut bytes = [0; 16];
+        clock.random().try_fill_bytes(&mut bytes).unwrap();
+        bytes
+    }
+
+    /// An `init` off the loop (an upgrade's prepare, a replica) draws from a stream of its own:
+    /// the event the loop runs meanwhile reads the bytes its replay will read.
+    #[test]
+    fn an_init_detached_off_the_loop_leaves_the_event_s_random_stream_alone() {
+        let at = Stamp { wall: 1, mono: 1, serial: 7 };
+        let replayed = EventClock::seeded(3);
+        replayed.begin(at);
+        let expected = [draw(&replayed), draw(&replayed)];
+
+        let clock = EventClock::seeded(3);
+        clock.begin(at);
+        let first = draw(&clock);
+        let off_loop = clock.clone();
+        let init = std::thread::spawn(move || {
+            let _init = off_loop.detach_init();
+            (draw(&off_loop), detached_now())
+        });
+        let (init_bytes, init_wall) = init.join().unwrap();
+        assert_eq!([first, draw(&clock)], expected, "the event's bytes, as its replay reads them");
+        assert_ne!(init_bytes, expected[1]);
+        assert_eq!(init_wall, Some(1), "the clock as the loop froze it");
     }
 }

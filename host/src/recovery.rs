@@ -864,6 +864,7 @@ fn left_out(
 /// a rebuild.
 pub(crate) fn start(version: &Version, args: &[String]) -> Result<(Instance, AppInfo), CallError> {
     let mut instance = Instance::new(version)?;
+    let _init = version.runtime.clock.detach_init();
     instance.init(args).map_err(|e| match e {
         CallError::Refused(reason) => CallError::Refused(format!("init refused: {reason}")),
         trap => trap,
