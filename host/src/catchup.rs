@@ -539,24 +539,13 @@ impl Fallback {
 
     /// A fresh instance of the new version, prepared to take the state whole in a pause (on
     /// the loop: its start is part of the pause, not of the preparation).
-    pub(crate) fn respawn(self) -> Result<Prepared, UpgradeError> {
-        let Self { version, info: _, prepare_time, no_precopy, pipeline, compaction, args } = self;
-        let (instance, info) = crate::recovery::start(&version, &args).map_err(|error| {
-            UpgradeError::Start { wasm: version.path.clone(), error: Box::new(error) }
-        })?;
-        Ok(Prepared {
-            version,
-            instance,
-            info,
-            prepare_time,
-            from_checkpoint: false,
-            no_precopy,
-            no_catch_up: true,
-            pipeline,
-            compaction,
-            canary: None,
-            args,
-        })
+    pub(crate) fn respawn(mut self) -> Result<Prepared, UpgradeError> {
+        let (instance, info) =
+            crate::recovery::start(&self.version, &self.args).map_err(|error| {
+                UpgradeError::Start { wasm: self.version.path.clone(), error: Box::new(error) }
+            })?;
+        self.info = info;
+        Ok(self.resume(instance))
     }
 }
 

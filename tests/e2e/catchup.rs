@@ -400,16 +400,20 @@ fn timers_and_connections_during_the_import_are_caught_up_too() {
     assert_eq!(c.call("armed"), "none");
 }
 
-#[test]
-fn an_old_version_that_traps_during_the_import_abandons_the_catch_up_and_keeps_every_write() {
-    let host = misbehave_importing_slowly(2000);
+/// Writes k1, upgrades with `args` (see [`upgrade_misbehave_with`]), writes k2 while the new
+/// version imports, traps the old version (the culprit's connection closes and it is rebuilt),
+/// writes k3; the catch-up must then be given up for the pause with every write kept. The
+/// client that wrote, on the new version now.
+fn trap_the_old_version_during_the_import(
+    host: &Arc<TestHost>,
+    args: Option<&[&str]>,
+) -> tasuki_tests::LineClient {
     let mut a = host.lines();
     let mut culprit = host.lines();
     assert_eq!(a.call("set k1 v1"), "ok");
-    let upgrade = upgrade_misbehave(&host);
-    until_importing(&host, &upgrade);
+    let upgrade = upgrade_misbehave_with(host, args);
+    until_importing(host, &upgrade);
     assert_eq!(a.call("set k2 v2"), "ok");
-    // The old version traps on this one (its connection closes) and is rebuilt.
     culprit.expect_closed("panic");
     assert_eq!(a.call("set k3 v3"), "ok");
     let report = upgrade.join().unwrap().expect("the state moves in the pause instead");
@@ -417,32 +421,27 @@ fn an_old_version_that_traps_during_the_import_abandons_the_catch_up_and_keeps_e
     assert!(why.contains("old version trapped"), "{why}");
     assert!(report.to_string().contains("catch-up     abandoned after"), "{report}");
     // Served by the new version, on the same connection, with every acknowledged write.
-    assert_eq!(a.call("get k1"), "v1");
-    assert_eq!(a.call("get k2"), "v2");
-    assert_eq!(a.call("get k3"), "v3");
+    for (key, value) in [("k1", "v1"), ("k2", "v2"), ("k3", "v3")] {
+        assert_eq!(a.call(&format!("get {key}")), value);
+    }
+    a
+}
+
+#[test]
+fn an_old_version_that_traps_during_the_import_abandons_the_catch_up_and_keeps_every_write() {
+    let host = misbehave_importing_slowly(2000);
+    let mut a = trap_the_old_version_during_the_import(&host, None);
     assert_eq!(a.call("count"), "1");
     assert!(host.status().catch_up.is_none());
 }
 
 #[test]
 fn an_old_version_that_traps_while_its_replica_works_abandons_the_catch_up_too() {
-    // The replica (started with the live arguments) and the new instance both import slowly.
+    // The replica (started with the live arguments) and the new instance both import slowly;
+    // other arguments for the new version make it the replica's route.
     let host = misbehave_with_a_checkpoint(&["slow-import=1500"]);
-    let mut a = host.lines();
-    let mut culprit = host.lines();
-    assert_eq!(a.call("set k1 v1"), "ok");
-    let upgrade = upgrade_misbehave_with(&host, Some(&["slow-import=1500", "other"]));
-    until_importing(&host, &upgrade);
-    assert_eq!(a.call("set k2 v2"), "ok");
-    // The old version traps on this one (its connection closes) and is rebuilt.
-    culprit.expect_closed("panic");
-    assert_eq!(a.call("set k3 v3"), "ok");
-    let report = upgrade.join().unwrap().expect("the state moves in the pause instead");
-    let why = abandoned_because(&report);
-    assert!(why.contains("old version trapped"), "{why}");
-    for (key, value) in [("k1", "v1"), ("k2", "v2"), ("k3", "v3")] {
-        assert_eq!(a.call(&format!("get {key}")), value);
-    }
+    let args = ["slow-import=1500", "other"];
+    let mut a = trap_the_old_version_during_the_import(&host, Some(&args));
     assert_eq!(a.call("args"), "slow-import=1500 other");
 }
 
