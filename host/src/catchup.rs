@@ -274,6 +274,14 @@ pub(crate) struct Crossed {
     pub(crate) replica: Option<ReplicaCost>,
 }
 
+impl Crossed {
+    /// `next` took nothing: its replica failed before a transform or an import began.
+    fn failed(next: Prepared, error: CrossError) -> Self {
+        let (transform, import) = (Duration::ZERO, Duration::ZERO);
+        Self { next, result: Err(error), transform, import, memory: None, replica: None }
+    }
+}
+
 /// Where the new instance's state comes from.
 #[derive(Debug)]
 pub(crate) enum Source {
@@ -335,14 +343,6 @@ pub(crate) fn cross(
     at: Stamp,
 ) -> Crossed {
     let started = Instant::now();
-    let crossed = |next, result| Crossed {
-        next,
-        result,
-        transform: Duration::ZERO,
-        import: started.elapsed(),
-        memory: None,
-        replica: None,
-    };
     let (snapshot, replica) = match source {
         Source::Export(snapshot) => (snapshot, None),
         Source::Journal(journal) => {
@@ -350,22 +350,20 @@ pub(crate) fn cross(
                 .rebuild_into(&mut next.instance, clock, at)
                 .map(Took::Journal)
                 .map_err(CrossError::Import);
-            let mut crossed = crossed(next, result);
-            crossed.memory = crossed
-                .result
-                .as_ref()
-                .ok()
-                .and_then(|_| crossed.next.instance.memory_usage().ok()?);
-            return crossed;
+            let import = started.elapsed();
+            let memory = result.as_ref().ok().and_then(|_| next.instance.memory_usage().ok()?);
+            let transform = Duration::ZERO;
+            return Crossed { next, result, transform, import, memory, replica: None };
         }
         Source::Replica { journal, version, args, max_state } => {
             match export_from_replica(journal, (&version, &args), clock, at) {
                 Ok((snapshot, cost)) if cost.bytes <= max_state => (snapshot, Some(cost)),
-                Ok((_, cost)) => return crossed(next, Err(CrossError::TooLarge(cost.bytes))),
-                Err(why) => return crossed(next, Err(CrossError::Replica(why))),
+                Ok((_, cost)) => return Crossed::failed(next, CrossError::TooLarge(cost.bytes)),
+                Err(why) => return Crossed::failed(next, CrossError::Replica(why)),
             }
         }
     };
+    // The replica's time is its own (`ReplicaCost`): transform and import count from here.
     let started = Instant::now();
     let _detached = clock.detach(at);
     let transformed = if next.pipeline.is_empty() {
@@ -643,19 +641,25 @@ impl CatchUp {
     /// Ends it before the new instance took any state, given up (`why`): the upgrade's report
     /// with the catch-up's filled in; no event was run again, nothing compared.
     pub(crate) fn abandoned_before_import(self, why: String) -> Box<UpgradeReport> {
+        let figures = self.figures(0, Some(why));
         let mut report = self.report;
-        report.catch_up = Some(CatchUpReport {
+        report.catch_up = Some(figures);
+        report
+    }
+
+    /// What it did, with `bytes_compared` and why it was given up, if it was.
+    fn figures(&self, bytes_compared: u64, abandoned: Option<String>) -> CatchUpReport {
+        CatchUpReport {
             import: self.import,
             transform: self.transform,
-            events: 0,
+            events: self.events,
             most_kept: self.backlog.most() as u64,
-            steps: 0,
-            longest_step: Duration::ZERO,
-            bytes_compared: 0,
+            steps: self.steps,
+            longest_step: self.longest_step,
+            bytes_compared,
             took: self.exported.elapsed(),
-            abandoned: Some(why),
-        });
-        report
+            abandoned,
+        }
     }
 
     /// Ends it, at the commit (`abandoned` is `None`) or when it is given up (why): the
@@ -668,21 +672,14 @@ impl CatchUp {
         self,
         abandoned: Option<String>,
     ) -> (Box<UpgradeReport>, Box<Canary>, Fallback) {
-        let Phase::Replaying { canary, fallback } = self.phase else {
-            unreachable!("a catch-up ends once its import is in")
+        let bytes_compared = match &self.phase {
+            Phase::Replaying { canary, .. } => canary.bytes_compared(),
+            Phase::Importing(_) => unreachable!("a catch-up ends once its import is in"),
         };
+        let figures = self.figures(bytes_compared, abandoned);
+        let Phase::Replaying { canary, fallback } = self.phase else { unreachable!("above") };
         let mut report = self.report;
-        report.catch_up = Some(CatchUpReport {
-            import: self.import,
-            transform: self.transform,
-            events: self.events,
-            most_kept: self.backlog.most() as u64,
-            steps: self.steps,
-            longest_step: self.longest_step,
-            bytes_compared: canary.bytes_compared(),
-            took: self.exported.elapsed(),
-            abandoned,
-        });
+        report.catch_up = Some(figures);
         (report, canary, fallback)
     }
 }

@@ -92,8 +92,9 @@ impl EventClock {
     /// instance that runs off the event loop (a catch-up's import, [`crate::catchup`]), which
     /// must read what it would have read at the boundary it started from.
     pub(crate) fn detach(&self, at: Stamp) -> Detached {
+        let before = DETACHED.with(|d| d.borrow_mut().take());
         self.redetach(at);
-        Detached(())
+        Detached(before)
     }
 
     /// Detaches this thread ([`EventClock::detach`]) for an instance's `init`: the clock as the
@@ -135,13 +136,21 @@ thread_local! {
     static DETACHED: RefCell<Option<(u64, ChaCha20Rng)>> = const { RefCell::new(None) };
 }
 
-/// While it lives, its thread reads the clock and randomness [`EventClock::detach`] fixed.
-#[derive(Debug)]
-pub(crate) struct Detached(());
+/// While it lives, its thread reads the clock and randomness [`EventClock::detach`] fixed;
+/// dropped, what the thread read before (guards nest: `recovery::start` detaches for `init`
+/// whatever its caller did).
+pub(crate) struct Detached(Option<(u64, ChaCha20Rng)>);
+
+impl std::fmt::Debug for Detached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Detached").field(&self.0.as_ref().map(|(wall, _)| wall)).finish()
+    }
+}
 
 impl Drop for Detached {
     fn drop(&mut self) {
-        DETACHED.with(|d| *d.borrow_mut() = None);
+        let before = self.0.take();
+        DETACHED.with(|d| *d.borrow_mut() = before);
     }
 }
 

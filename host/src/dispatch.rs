@@ -1484,14 +1484,6 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 Err(catchup::CrossError::Replica(why)) => {
                     return self.abandon_before_import(fallback, instance, why);
                 }
-                Err(catchup::CrossError::TooLarge(bytes)) => {
-                    self.catch_up = None;
-                    let limit = self.limits.max_state;
-                    let error = UpgradeError::TooLarge { running, bytes, limit };
-                    return Some(
-                        self.ended(Swap::RolledBack { error, retired: Box::new(instance) }),
-                    );
-                }
                 Err(e) => {
                     self.catch_up = None;
                     let error = match e {
@@ -1501,9 +1493,10 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                         catchup::CrossError::Import(error) => {
                             UpgradeError::Import { running, new, error: Box::new(error) }
                         }
-                        catchup::CrossError::Replica(_) | catchup::CrossError::TooLarge(_) => {
-                            unreachable!("matched above")
+                        catchup::CrossError::TooLarge(bytes) => {
+                            UpgradeError::TooLarge { running, bytes, limit: self.limits.max_state }
                         }
+                        catchup::CrossError::Replica(_) => unreachable!("matched above"),
                     };
                     return Some(
                         self.ended(Swap::RolledBack { error, retired: Box::new(instance) }),

@@ -180,6 +180,11 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / 1_048_576.0)
 }
 
+/// How long ago `at_unix_ms` was, in seconds: "5.1s ago".
+fn ago(at_unix_ms: u64) -> String {
+    format!("{:.1}s ago", crate::clock::now_unix_ms().saturating_sub(at_unix_ms) as f64 / 1e3)
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
@@ -338,10 +343,7 @@ impl fmt::Display for UpgradeReport {
         write!(f, "  connections  {} kept open", self.connections)?;
         if let StateSource::Checkpoint { at_unix_ms, events_replayed, complete } = &self.source {
             let at = match at_unix_ms {
-                Some(at) => format!(
-                    "the checkpoint of {:.1}s ago",
-                    crate::clock::now_unix_ms().saturating_sub(*at) as f64 / 1e3
-                ),
+                Some(at) => format!("the checkpoint of {}", ago(*at)),
                 None => "the app's start (no checkpoint was taken)".to_string(),
             };
             write!(f, "\n  state from   {at}, then {events_replayed} events replayed")?;
@@ -355,10 +357,10 @@ impl fmt::Display for UpgradeReport {
         if let StateSource::Replica { at_unix_ms, events_replayed, .. } = &self.source {
             write!(
                 f,
-                "\n  state from   a replica of {}: the checkpoint of {:.1}s ago, then {events_replayed} \
+                "\n  state from   a replica of {}: the checkpoint of {}, then {events_replayed} \
                  events replayed",
                 self.from,
-                crate::clock::now_unix_ms().saturating_sub(*at_unix_ms) as f64 / 1e3
+                ago(*at_unix_ms)
             )?;
         }
         Ok(())
