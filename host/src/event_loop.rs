@@ -136,6 +136,9 @@ impl EventLoop {
     pub(crate) fn run(mut self) -> Result<(), LoopError> {
         let mut events = Events::with_capacity(1024);
         loop {
+            // The round's replies, one write per connection (Connections::flush).
+            self.dispatcher.net.flush();
+            self.dispatcher.reap_broken();
             if let Some(deadline) = self.draining
                 && self.drained(deadline)
             {
@@ -223,6 +226,7 @@ impl EventLoop {
                         if let Some(swapped) = self.dispatcher.cancel_upgrade() {
                             self.reply_upgrade(swapped);
                         }
+                        self.dispatcher.net.flush();
                         info!("event loop stopped");
                         return Ok(());
                     }
