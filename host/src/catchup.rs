@@ -395,7 +395,7 @@ pub(crate) fn cross(
 /// (as a same-release catch-up brings the new instance, [`JournalCopy::rebuild_into`]), and
 /// exports it at the boundary's clock and randomness, `at`: the export the live instance would
 /// have made there. The replica is dropped once exported. Why it failed, if it did.
-fn export_from_replica(
+pub(crate) fn export_from_replica(
     journal: JournalCopy,
     (version, args): (&Version, &[String]),
     clock: &EventClock,

@@ -46,7 +46,7 @@ pub const DEFAULT_CONTROL_PATH: &str = "tasuki.sock";
 pub const FRAME_MAGIC: &[u8; 4] = b"TSKC";
 /// The control protocol this tasuki speaks. Bump it whenever [`Request`] or [`Response`] (or
 /// anything in them) changes shape.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// A request to a running host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

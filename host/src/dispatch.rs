@@ -19,7 +19,7 @@ use crate::recovery::{self, RebuildReport, Skip, Stamp};
 use crate::spill::Chunks;
 use crate::status::{
     CanaryProgress, CatchUpProgress, CheckpointRecord, ListenerStatus, PrecopyProgress,
-    RecoveryOutcome, RecoveryRecord, Shared,
+    RecoveryOutcome, RecoveryRecord, ReplicaCheckpointRecord, Shared,
 };
 use crate::store::Effect;
 use crate::timers::TimerQueue;
@@ -178,6 +178,12 @@ pub(crate) struct Dispatcher<N, C> {
     upgrading: Option<upgrade::Underway>,
     /// A checkpoint being built from chunks: a step runs between events.
     checkpointing: Option<Building>,
+    /// A checkpoint a replica exports off the loop, for an app that cannot pre-copy (see
+    /// [`Dispatcher::checkpoint_by_replica`]).
+    replica_checkpoint: Option<ReplicaCheckpoint>,
+    /// The live value's generation whose replica failed a checkpoint: its checkpoints are
+    /// exported on the loop from then on.
+    no_replica_for: Option<u64>,
     /// `tasuki snapshot` requests waiting for the next checkpoint.
     snapshot_waiters: Vec<SnapshotReply>,
     /// How pre-copy paces itself.
@@ -228,6 +234,20 @@ struct Building {
     pace: precopy::Pace,
 }
 
+/// A checkpoint under way on a replica: a second instance of the live version, rebuilt off
+/// the loop from the recovery state copied at a boundary, exports what the live instance held
+/// there.
+#[derive(Debug)]
+struct ReplicaCheckpoint {
+    result: mpsc::Receiver<Result<(Snapshot, catchup::ReplicaCost), String>>,
+    /// Where the journal stood at the boundary, and what the checkpoint is taken with.
+    mark: recovery::JournalMark,
+    base: recovery::CheckpointBase,
+    /// Events the replica replays.
+    replayed: u64,
+    started: Instant,
+}
+
 /// What a recovery recovers from.
 #[derive(Debug)]
 struct Fault {
@@ -272,6 +292,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             nested: None,
             upgrading: None,
             checkpointing: None,
+            replica_checkpoint: None,
+            no_replica_for: None,
             snapshot_waiters: Vec::new(),
             precopy_budget: precopy::Budget::default(),
             compacting: false,
@@ -388,14 +410,32 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     }
 
     /// Starts a checkpoint if the journal says one is due: built from chunks between events
-    /// when the app can pre-copy (see [`Dispatcher::checkpoint_step`]), else exported now. A
-    /// checkpoint under way whose journal nears its limit is finished now.
+    /// when the app can pre-copy (see [`Dispatcher::checkpoint_step`]), else exported by a
+    /// replica off the loop when it can (see [`Dispatcher::checkpoint_by_replica`]), else
+    /// exported now. A checkpoint under way whose journal nears its limit is finished now (a
+    /// replica's is given up for an export now).
     pub(crate) fn checkpoint_if_due(&mut self) {
         if self.checkpointing.is_some() {
             if self.live.recovery().len() >= self.live.recovery().limit() / 4 * 3 {
                 self.checkpoint_finish();
             }
             return;
+        }
+        if self.replica_checkpoint.is_some() {
+            let recovery = self.live.recovery();
+            let full = recovery.len() >= recovery.limit() / 4 * 3;
+            if !(full || self.checkpoint_now) {
+                return;
+            }
+            if full {
+                warn!(
+                    "the journal nears its limit before a replica exported the checkpoint: \
+                     exporting it now"
+                );
+            }
+            // Whatever the replica brings back is for a journal that moved on.
+            self.replica_checkpoint = None;
+            self.checkpoint_now = true;
         }
         if !(self.checkpoint_now || self.live.recovery().wants_checkpoint()) {
             return;
@@ -411,7 +451,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             self.checkpoint_now = false;
             return self.take_checkpoint();
         }
-        self.checkpoint_now = false;
+        let asked = std::mem::take(&mut self.checkpoint_now);
         if self.precopy_budget.chunk > 0 && self.live.precopies() {
             self.event_clock.freeze_at(self.clock.wall_ns());
             match self.live.precopy_begin() {
@@ -427,7 +467,124 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                 Err(e) => debug!("checkpoint by export, not chunks: {e}"),
             }
         }
+        // Asked for now (`tasuki snapshot`, a drain, a recovery that closed connections): the
+        // answer is wanted at this boundary.
+        if !asked && self.checkpoint_by_replica() {
+            return;
+        }
         self.take_checkpoint();
+    }
+
+    /// Starts a checkpoint exported by a replica, for an app that cannot pre-copy: the recovery
+    /// state is copied at this boundary (the checkpoint and the journal's index, shared, as a
+    /// catch-up's replica copies them, [`crate::catchup`]), and off the loop a second instance
+    /// of the live version imports the checkpoint, replays the journal and exports what the
+    /// live instance holds here, while the loop serves on; when it is done the export becomes
+    /// the checkpoint as of this boundary, and the journal keeps only the events since
+    /// ([`Self::replica_checkpoint_done`]). As redis-server's `BGSAVE` forks a child to write
+    /// its RDB, so that the server does not stall: an export on the loop stopped every client
+    /// for 100–400 ms at 1M keys (bench/RESULTS.md). Used when the last checkpoint holds
+    /// [`catchup::REPLICA_MIN`] bytes or more (below that an export on the loop is quicker
+    /// than starting an instance) and the app can write no file (a replayed event would write
+    /// it twice). False, and nothing started, otherwise.
+    fn checkpoint_by_replica(&mut self) -> bool {
+        let runtime = &self.live.version().runtime;
+        let deterministic = runtime.deterministic.is_some();
+        if !(deterministic || runtime.sandbox.dirs.is_empty())
+            || self.no_replica_for == Some(self.live.generation())
+        {
+            return false;
+        }
+        let Some(journal) = self.replica_for() else { return false };
+        self.event_clock.freeze_at(self.clock.wall_ns());
+        let at = self.stamp();
+        let base = recovery::CheckpointBase {
+            live: self.net.live(),
+            timers: self.timers.armed(),
+            mono: self.clock.monotonic_ns(),
+            listeners: self.live.recovery().listener_book().clone(),
+        };
+        let (mark, replayed) = (journal.mark, journal.events.len() as u64);
+        let version = Arc::clone(self.live.version());
+        let (args, clock) = (self.args.clone(), self.event_clock.clone());
+        let export = move || catchup::export_from_replica(journal, (&version, &args), &clock, at);
+        let (send, result) = mpsc::sync_channel(1);
+        if deterministic {
+            // The simulator's runs must be the same: the replica works here, at once.
+            let _ = send.send(export());
+        } else {
+            let wake = self.wake.clone();
+            let spawned =
+                std::thread::Builder::new().name("tasuki-replica".into()).spawn(move || {
+                    if send.send(export()).is_ok()
+                        && let Some(wake) = wake
+                    {
+                        wake();
+                    }
+                });
+            if let Err(e) = spawned {
+                warn!("cannot start a thread for a replica ({e}): exporting the checkpoint now");
+                return false;
+            }
+        }
+        debug!(events = replayed, "checkpoint by a replica, off the loop");
+        self.replica_checkpoint =
+            Some(ReplicaCheckpoint { result, mark, base, replayed, started: Instant::now() });
+        true
+    }
+
+    /// The replica's checkpoint, once it has exported: the checkpoint as of the boundary it
+    /// was copied at, if the journal is still the one it was copied from (a rebuild, an
+    /// upgrade's commit or another checkpoint since leave it unused). A replica that failed
+    /// leaves the checkpoint to an export on the loop, now and for the rest of this instance's
+    /// life.
+    fn replica_checkpoint_done(&mut self) {
+        let Some(replica) = &self.replica_checkpoint else { return };
+        let exported = match replica.result.try_recv() {
+            Ok(exported) => exported,
+            Err(mpsc::TryRecvError::Empty) => return,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                Err("its thread ended without an answer".to_string())
+            }
+        };
+        let Some(replica) = self.replica_checkpoint.take() else { return };
+        match exported {
+            Ok((snapshot, cost)) => {
+                let state = (Chunks::new(None), snapshot);
+                if !self.live.advance_checkpoint(replica.mark, state, replica.base) {
+                    debug!("a replica's checkpoint came after the journal moved on: not used");
+                    return;
+                }
+                let record = ReplicaCheckpointRecord {
+                    bytes: cost.bytes,
+                    events_replayed: replica.replayed,
+                    events_kept: self.live.recovery().events() as u64,
+                    rebuild: cost.rebuild,
+                    export: cost.export,
+                    took: replica.started.elapsed(),
+                };
+                debug!(
+                    bytes = record.bytes,
+                    events_replayed = record.events_replayed,
+                    events_kept = record.events_kept,
+                    rebuild_us = record.rebuild.as_micros() as u64,
+                    export_us = record.export.as_micros() as u64,
+                    took_us = record.took.as_micros() as u64,
+                    "checkpoint from a replica"
+                );
+                self.shared.record_replica_checkpoint(record);
+                self.publish_recovery();
+            }
+            Err(reason) => {
+                warn!(
+                    "a replica of {} failed to export a checkpoint ({reason}): its checkpoints \
+                     are exported on the loop from now on",
+                    self.live.app()
+                );
+                self.no_replica_for = Some(self.live.generation());
+                self.checkpoint_if_due();
+            }
+        }
     }
 
     /// True while a checkpoint is being built from chunks.
@@ -441,6 +598,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// wait at most one chunk's time (the point of building it this way: a full export of a
     /// big state stalls every client for as long as it takes).
     pub(crate) fn checkpoint_step(&mut self) {
+        self.replica_checkpoint_done();
         let Some(building) = &mut self.checkpointing else { return };
         if building.generation != self.live.generation() || self.upgrading.is_some() {
             // The instance it was built from is gone, or an upgrade took the session over.

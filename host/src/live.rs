@@ -330,6 +330,17 @@ impl Live {
         self.recovery.set_checkpoint(state, live, timers, mono);
     }
 
+    /// Makes `state`, built off the loop from the recovery state as of `mark`, the checkpoint
+    /// (see [`crate::recovery::Recovery::advance_checkpoint`]); false if the journal moved on.
+    pub(crate) fn advance_checkpoint(
+        &mut self,
+        mark: crate::recovery::JournalMark,
+        state: (Chunks, Snapshot),
+        base: crate::recovery::CheckpointBase,
+    ) -> bool {
+        self.recovery.advance_checkpoint(mark, state, base)
+    }
+
     pub(crate) fn checkpoint_failed(&mut self) {
         self.recovery.checkpoint_failed();
     }

@@ -33,7 +33,7 @@ use crate::clock::EventClock;
 use crate::instance::{CallError, Instance, snapshot_bytes};
 use crate::limits::CHECKPOINT_MIN;
 use crate::listeners::{ListenError, ListenerBook};
-use crate::spill::{self, Chunks, IMPORT_BATCH, Log, LogCopy};
+use crate::spill::{self, Chunks, IMPORT_BATCH, Log, LogBytes, LogCopy};
 use crate::store::Effect;
 use crate::timers::TimerQueue;
 use crate::version::Version;
@@ -41,6 +41,7 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Rebuilds tried before recovery gives up: each finds one more culprit (a connection or a
@@ -179,6 +180,39 @@ pub(crate) struct Recovery {
     /// having answered. Kept across checkpoints, since a half-received request's bytes may sit
     /// in the checkpoint rather than the journal.
     unanswered: HashMap<u64, Unanswered>,
+    /// Changes whenever the checkpoint is replaced or events are dropped from the journal
+    /// (unique across every recovery state of the process): a [`JournalMark`] taken before
+    /// no longer says where the journal stands.
+    generation: u64,
+}
+
+/// A new [`Recovery::generation`].
+fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Where the journal stood when a copy of the recovery state was taken ([`JournalCopy::mark`]):
+/// a checkpoint built from that copy replaces the checkpoint and the events up to here
+/// ([`Recovery::advance_checkpoint`]), if nothing else replaced them meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct JournalMark {
+    generation: u64,
+    /// Events journaled then.
+    events: usize,
+    /// The journal's bytes' end then ([`Log::end`]).
+    data_end: usize,
+}
+
+/// What a checkpoint is taken with besides the state: the connections open, the host's armed
+/// timers (id, deadline) and monotonic time (ns), and what the app believed about its
+/// listeners, all at the boundary where the state was taken.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckpointBase {
+    pub(crate) live: Vec<ConnInfo>,
+    pub(crate) timers: Vec<(u64, u64)>,
+    pub(crate) mono: u64,
+    pub(crate) listeners: ListenerBook,
 }
 
 /// A connection's input since its last reply.
@@ -207,9 +241,27 @@ const SEGMENT: usize = 4096;
 pub(crate) struct Events {
     full: Vec<Arc<Vec<(Stamp, Event)>>>,
     filling: Vec<(Stamp, Event)>,
+    /// Events at the front let go of ([`Events::drop_front`]), fewer than a segment: of
+    /// `full[0]`, or of `filling` while nothing is full.
+    start: usize,
 }
 
 impl Events {
+    /// Lets go of the first `n` events (at most [`Self::len`]); the next is index 0. Segments
+    /// left whole go to the drop thread.
+    fn drop_front(&mut self, n: usize) {
+        self.start += n.min(self.len());
+        let whole = (self.start / SEGMENT).min(self.full.len());
+        if whole > 0 {
+            spill::drop_later(self.full.drain(..whole).collect::<Vec<_>>());
+            self.start -= whole * SEGMENT;
+        }
+        if self.full.is_empty() && self.start == self.filling.len() {
+            self.filling.clear();
+            self.start = 0;
+        }
+    }
+
     fn push(&mut self, event: (Stamp, Event)) {
         if self.filling.capacity() == 0 {
             self.filling.reserve_exact(SEGMENT);
@@ -221,7 +273,7 @@ impl Events {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.full.len() * SEGMENT + self.filling.len()
+        self.full.len() * SEGMENT + self.filling.len() - self.start
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -233,6 +285,7 @@ impl Events {
     /// # Panics
     /// When `index` is not below [`Self::len`].
     fn get(&self, index: usize) -> &(Stamp, Event) {
+        let index = index + self.start;
         match self.full.get(index / SEGMENT) {
             Some(segment) => &segment[index % SEGMENT],
             None => &self.filling[index - self.full.len() * SEGMENT],
@@ -244,7 +297,7 @@ impl Events {
     }
 
     fn iter(&self) -> impl Iterator<Item = &(Stamp, Event)> {
-        self.full.iter().flat_map(|segment| segment.iter()).chain(&self.filling)
+        self.full.iter().flat_map(|segment| segment.iter()).chain(&self.filling).skip(self.start)
     }
 }
 
@@ -313,6 +366,7 @@ impl Recovery {
             since_checkpoint: 0,
             off: (limit == 0).then_some(RecoveryOff::Disabled),
             unanswered: HashMap::new(),
+            generation: next_generation(),
         }
     }
 
@@ -347,6 +401,7 @@ impl Recovery {
             }
             (checkpoint, snapshot) => debug_assert_eq!(checkpoint.is_some(), snapshot.is_some()),
         }
+        self.generation = next_generation();
         self
     }
 
@@ -362,6 +417,7 @@ impl Recovery {
             spill::drop_later(std::mem::take(&mut self.events));
             self.data.clear();
             self.off = Some(off);
+            self.generation = next_generation();
         }
     }
 
@@ -486,11 +542,55 @@ impl Recovery {
     /// `mono`, when the host's armed timers were `timers`.
     pub(crate) fn set_checkpoint(
         &mut self,
-        (chunks, snapshot): (Chunks, Snapshot),
+        state: (Chunks, Snapshot),
         live: Vec<ConnInfo>,
         timers: Vec<(u64, u64)>,
         mono: u64,
     ) {
+        let listeners = self.listeners.clone();
+        self.replace_checkpoint(state, CheckpointBase { live, timers, mono, listeners });
+        // The journal starts over; what it grew to (up to the state's size) goes back.
+        spill::drop_later(std::mem::take(&mut self.events));
+        self.data.clear();
+        // Unanswered input from before now is in the checkpoint: none of it can be left out.
+        for unanswered in self.unanswered.values_mut() {
+            unanswered.from = 0;
+        }
+        self.since_checkpoint = 0;
+        if self.limit > 0 {
+            self.off = None;
+        }
+    }
+
+    /// Makes `state`, the live state as of `mark` (exported off the loop by a replica rebuilt
+    /// from the copy `mark` came with), the checkpoint: the events journaled before `mark`
+    /// are let go of, those since stay (at the same positions in the journal's file, whose
+    /// front is freed). False, and nothing changed, if the checkpoint was replaced or events
+    /// were dropped since the mark (a rebuild, an upgrade, an overflow): then the state no
+    /// longer meets the journal.
+    pub(crate) fn advance_checkpoint(
+        &mut self,
+        mark: JournalMark,
+        state: (Chunks, Snapshot),
+        base: CheckpointBase,
+    ) -> bool {
+        if mark.generation != self.generation || self.off.is_some() {
+            return false;
+        }
+        self.replace_checkpoint(state, base);
+        self.events.drop_front(mark.events);
+        self.data.drop_front(mark.data_end);
+        // Input before the mark is in the checkpoint; indices move down with the journal.
+        for unanswered in self.unanswered.values_mut() {
+            unanswered.from = unanswered.from.saturating_sub(mark.events);
+        }
+        self.since_checkpoint = self.len();
+        true
+    }
+
+    /// The part of [`Self::set_checkpoint`] and [`Self::advance_checkpoint`] that replaces
+    /// the checkpoint and the base a rebuild starts from.
+    fn replace_checkpoint(&mut self, (chunks, snapshot): (Chunks, Snapshot), base: CheckpointBase) {
         let bytes = (chunks.bytes() + snapshot_bytes(&snapshot)) as usize;
         let half = (self.limit / 2).max(1);
         if bytes > self.limit && self.limit > 0 {
@@ -503,28 +603,22 @@ impl Recovery {
         }
         self.checkpoint_at = bytes.max(CHECKPOINT_MIN).min(half);
         let snapshot = Arc::new(snapshot);
-        let checkpoint =
-            Checkpoint { chunks, snapshot, live, at_unix_ms: crate::clock::now_unix_ms() };
+        let checkpoint = Checkpoint {
+            chunks,
+            snapshot,
+            live: base.live,
+            at_unix_ms: crate::clock::now_unix_ms(),
+        };
         // The one it replaces, and the journal's index, are freed off the event loop: a state's
         // worth of file and heap takes milliseconds to give back (see `spill::drop_later`).
         if let Some(replaced) = self.checkpoint.replace(checkpoint) {
             spill::drop_later(replaced);
         }
-        self.base_timers = timers;
-        self.base_mono = mono;
-        self.base_listeners = self.listeners.clone();
-        // The journal starts over; what it grew to (up to the state's size) goes back.
-        spill::drop_later(std::mem::take(&mut self.events));
-        self.data.clear();
-        // Unanswered input from before now is in the checkpoint: none of it can be left out.
-        for unanswered in self.unanswered.values_mut() {
-            unanswered.from = 0;
-        }
+        self.base_timers = base.timers;
+        self.base_mono = base.mono;
+        self.base_listeners = base.listeners;
         self.failures = 0;
-        self.since_checkpoint = 0;
-        if self.limit > 0 {
-            self.off = None;
-        }
+        self.generation = next_generation();
     }
 
     /// An export for a checkpoint failed: try again after as much input again (doubling with
@@ -585,6 +679,7 @@ impl Recovery {
                     refire.dedup();
                     let before = self.events.len();
                     self.drop_events(&skips, &skipped, &data);
+                    self.generation = next_generation();
                     let (timers, listeners) = believed;
                     self.listeners = listeners.clone();
                     let mut culprits: Vec<u64> = skips.keys().copied().collect();
@@ -650,7 +745,7 @@ impl Recovery {
         instance: &mut Instance,
         clock: &EventClock,
         leave_out: (&HashMap<u64, usize>, &HashSet<usize>),
-        data: &[u8],
+        data: &LogBytes,
         believed: &mut Believed,
     ) -> Result<usize, (usize, CallError)> {
         let begin = |at: Stamp| clock.begin(at);
@@ -659,7 +754,12 @@ impl Recovery {
 
     /// Removes the events a rebuild left out, and their bytes (`data`, the journal's bytes
     /// read back).
-    fn drop_events(&mut self, skips: &HashMap<u64, usize>, skipped: &HashSet<usize>, data: &[u8]) {
+    fn drop_events(
+        &mut self,
+        skips: &HashMap<u64, usize>,
+        skipped: &HashSet<usize>,
+        data: &LogBytes,
+    ) {
         // kept_before[i]: how many events before old index i stay, to move `unanswered` along.
         let mut kept_before = Vec::with_capacity(self.events.len() + 1);
         let mut kept = 0;
@@ -682,7 +782,7 @@ impl Recovery {
             }
             let mut event = event.clone();
             if let Event::Data(_, range) = &mut event {
-                *range = kept.append(&data[range.clone()]);
+                *range = kept.append(data.get(range.clone()));
             }
             events.push((*at, event));
         }
@@ -718,6 +818,8 @@ impl Recovery {
 pub(crate) struct JournalCopy {
     pub(crate) checkpoint: Checkpoint,
     pub(crate) events: Events,
+    /// Where the journal stood: what a checkpoint built from this copy replaces.
+    pub(crate) mark: JournalMark,
     data: LogCopy,
     base_timers: Vec<(u64, u64)>,
     base_mono: u64,
@@ -736,6 +838,11 @@ impl Recovery {
         Some(JournalCopy {
             checkpoint: self.checkpoint.clone()?,
             events: self.events.clone(),
+            mark: JournalMark {
+                generation: self.generation,
+                events: self.events.len(),
+                data_end: self.data.end(),
+            },
             data: self.data.copy().ok()?,
             base_timers: self.base_timers.clone(),
             base_mono: self.base_mono,
@@ -794,7 +901,7 @@ fn believed_after_import(
 /// index of the event that trapped.
 fn replay_events(
     events: &Events,
-    data: &[u8],
+    data: &LogBytes,
     instance: &mut Instance,
     begin: impl Fn(Stamp),
     (skips, skipped): (&HashMap<u64, usize>, &HashSet<usize>),
@@ -808,7 +915,7 @@ fn replay_events(
         begin(*at);
         let result = match event {
             Event::Connect(conn) => instance.on_connect(conn),
-            Event::Data(conn, range) => instance.on_data(*conn, &data[range.clone()]),
+            Event::Data(conn, range) => instance.on_data(*conn, data.get(range.clone())),
             Event::Disconnect(conn) => instance.on_disconnect(*conn),
             Event::Timer(id) => {
                 // It fired: it is no longer armed, unless its handler arms it again.
@@ -916,6 +1023,89 @@ mod tests {
         assert_eq!(serials(&copy), (0..(SEGMENT + 5) as u64).collect::<Vec<_>>());
         assert_eq!(events.len(), 3 * SEGMENT);
         assert_eq!(serials(&events), (0..(3 * SEGMENT) as u64).collect::<Vec<_>>());
+    }
+
+    /// Events let go of at the front leave the rest at indices from 0, in order, across
+    /// segments, in a copy too; segments wholly let go of are freed.
+    #[test]
+    fn events_let_go_of_at_the_front_leave_the_rest_in_order_from_index_zero() {
+        for dropped in [0, 5, SEGMENT - 1, SEGMENT, SEGMENT + 3, 2 * SEGMENT + 17, 2 * SEGMENT + 20]
+        {
+            let mut events = Events::default();
+            let n = 2 * SEGMENT + 20;
+            for serial in 0..n as u64 {
+                events.push(timer(serial));
+            }
+            events.drop_front(dropped);
+            assert_eq!(events.len(), n - dropped, "{dropped}");
+            let rest: Vec<u64> = (dropped as u64..n as u64).collect();
+            assert_eq!(serials(&events), rest, "{dropped}");
+            assert_eq!(serials(&events.clone()), rest, "{dropped}");
+            if dropped < n {
+                assert_eq!(events.get(0).0.serial, dropped as u64);
+                assert_eq!(events.get(n - dropped - 1).0.serial, n as u64 - 1);
+            }
+            assert_eq!(events.full.len(), (n / SEGMENT) - (dropped / SEGMENT).min(n / SEGMENT));
+            // Pushing on after it keeps the order.
+            for serial in n as u64..(n + SEGMENT) as u64 {
+                events.push(timer(serial));
+            }
+            assert_eq!(
+                serials(&events),
+                (dropped as u64..(n + SEGMENT) as u64).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    /// A checkpoint advanced to a mark keeps the events journaled after it, at indices from 0,
+    /// and only those; a mark from before a checkpoint replaced it is refused, changing nothing.
+    #[test]
+    fn a_checkpoint_advanced_to_a_mark_keeps_the_events_after_it_and_a_stale_mark_is_refused() {
+        let snapshot =
+            || Snapshot { app: "a".into(), app_version: "1".into(), sections: Vec::new() };
+        let base = || CheckpointBase {
+            live: Vec::new(),
+            timers: Vec::new(),
+            mono: 0,
+            listeners: ListenerBook::default(),
+        };
+        let mut recovery = Recovery::fresh(1 << 30, None);
+        recovery.set_checkpoint((Chunks::new(None), snapshot()), Vec::new(), Vec::new(), 0);
+        let at = |serial: u64| Stamp { wall: serial, mono: serial, serial };
+        for serial in 1..=10 {
+            recovery.data(at(serial), 7, format!("before{serial}").as_bytes());
+        }
+        let copy = recovery.copy().expect("a copy");
+        for serial in 11..=15 {
+            // Connection 9's first input is the third event after the mark.
+            let conn = if serial < 13 { 7 } else { 9 };
+            recovery.data(at(serial), conn, format!("after{serial}").as_bytes());
+        }
+        assert_eq!(recovery.unanswered(9).from, 12);
+        assert!(recovery.advance_checkpoint(copy.mark, (Chunks::new(None), snapshot()), base()));
+        assert_eq!(recovery.events(), 5);
+        assert_eq!(serials(&recovery.events), (11..=15).collect::<Vec<_>>());
+        let data = recovery.data.read().unwrap();
+        let kept: Vec<&[u8]> = recovery
+            .events
+            .iter()
+            .map(|(_, event)| match event {
+                Event::Data(_, range) => data.get(range.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kept, [&b"after11"[..], b"after12", b"after13", b"after14", b"after15"]);
+        assert_eq!(recovery.len(), 5 * EVENT_OVERHEAD + 35);
+        // Unanswered input from before the mark is in the checkpoint now; after it, it moved
+        // down with the journal.
+        assert_eq!(recovery.unanswered(7).from, 0);
+        assert_eq!(recovery.unanswered(9).from, 2);
+        // The same mark again, or one from before another checkpoint: refused.
+        let stale = recovery.copy().expect("a copy").mark;
+        assert!(!recovery.advance_checkpoint(copy.mark, (Chunks::new(None), snapshot()), base()));
+        recovery.set_checkpoint((Chunks::new(None), snapshot()), Vec::new(), Vec::new(), 0);
+        assert!(!recovery.advance_checkpoint(stale, (Chunks::new(None), snapshot()), base()));
+        assert_eq!(recovery.events(), 0);
     }
 
     /// The copy an upgrade's boundary takes on the loop shares the journal's full segments:

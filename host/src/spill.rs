@@ -238,38 +238,99 @@ impl std::fmt::Debug for Chunks {
 
 /// Bytes appended at the end and read back whole (the recovery journal's): all but the last
 /// [`LOG_TAIL`] or so in a file.
+///
+/// Positions are offsets from the log's first byte ever, and stay valid when the front is let
+/// go of ([`Log::drop_front`]): a checkpoint built off the loop replaces only the events up to
+/// where it was taken, and the rest keep their places.
 pub(crate) struct Log {
     /// Where the file is made when the tail first fills; `None` keeps everything in the heap.
     dir: Option<PathBuf>,
     file: Option<File>,
-    /// The log's first `flushed` bytes are in the file; the rest in `tail`.
+    /// Bytes before this position were let go of: not counted, not read back.
+    start: usize,
+    /// Bytes of the file before this position have been handed back to the file system.
+    freed: usize,
+    /// The tail starts at this position; the bytes before it (from `start` on) are in the file.
     flushed: usize,
     tail: Vec<u8>,
+    /// One more holder for every [`LogCopy`] not yet read back: while there is one, no byte of
+    /// the file is freed (the copy may still read it).
+    readers: Arc<()>,
 }
 
 /// A [`Log`]'s bytes at one moment ([`Log::copy`]).
 #[derive(Debug)]
 pub(crate) struct LogCopy {
     file: Option<File>,
+    start: usize,
     flushed: usize,
     tail: Vec<u8>,
+    _reader: Arc<()>,
 }
 
 impl LogCopy {
     /// Every byte of the log as it was, read back into the heap.
-    pub(crate) fn read(self) -> io::Result<Vec<u8>> {
-        read_log(self.file.as_ref(), self.flushed, &self.tail)
+    pub(crate) fn read(self) -> io::Result<LogBytes> {
+        read_log(self.file.as_ref(), self.start, self.flushed, &self.tail)
     }
 }
 
-/// A log's first `flushed` bytes from `file`, then `tail`, into the heap.
-fn read_log(file: Option<&File>, flushed: usize, tail: &[u8]) -> io::Result<Vec<u8>> {
-    let mut bytes = vec![0; flushed];
-    if let Some(file) = file {
-        file.read_exact_at(&mut bytes, 0)?;
+/// A log's bytes read back, indexed by their positions in the log.
+#[derive(Debug)]
+pub(crate) struct LogBytes {
+    /// The position of `bytes[0]`.
+    from: usize,
+    bytes: Vec<u8>,
+}
+
+impl LogBytes {
+    /// The bytes at `range`, a range [`Log::append`] returned.
+    ///
+    /// # Panics
+    /// When `range` is not within what was read back.
+    pub(crate) fn get(&self, range: Range<usize>) -> &[u8] {
+        &self.bytes[range.start - self.from..range.end - self.from]
     }
-    bytes.extend_from_slice(tail);
-    Ok(bytes)
+}
+
+/// A log's bytes from `start` on: those before `flushed` from `file`, then `tail` (which
+/// starts at `flushed`), into the heap.
+fn read_log(
+    file: Option<&File>,
+    start: usize,
+    flushed: usize,
+    tail: &[u8],
+) -> io::Result<LogBytes> {
+    let mut bytes = vec![0; flushed.saturating_sub(start)];
+    if let Some(file) = file {
+        file.read_exact_at(&mut bytes, start as u64)?;
+    }
+    bytes.extend_from_slice(&tail[start.saturating_sub(flushed)..]);
+    Ok(LogBytes { from: start, bytes })
+}
+
+/// Dead bytes at the front of a log's file handed back to the file system at once: a
+/// `fallocate` per 16 MiB of journal let go of, at most.
+const PUNCH_MIN: usize = 16 << 20;
+
+/// A range of a file to hand back to the file system when dropped (`fallocate` with
+/// `FALLOC_FL_PUNCH_HOLE`: the file keeps its size and every other byte's offset), which
+/// [`drop_later`] does off the caller's thread. Where the file system cannot, the blocks stay
+/// until the file is dropped.
+struct Punch {
+    file: File,
+    range: Range<usize>,
+}
+
+impl Drop for Punch {
+    fn drop(&mut self) {
+        use rustix::fs::{FallocateFlags, fallocate};
+        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        let (offset, len) = (self.range.start as u64, (self.range.end - self.range.start) as u64);
+        if let Err(e) = fallocate(&self.file, flags, offset, len) {
+            tracing::debug!("cannot free {len} bytes of the journal's file: {e}");
+        }
+    }
 }
 
 impl Drop for Log {
@@ -284,22 +345,58 @@ impl Drop for Log {
 impl Log {
     /// An empty log whose bytes go to a file made in `dir` (`None`: kept in the heap).
     pub(crate) fn new(dir: Option<&Path>) -> Self {
-        Self { dir: dir.map(Path::to_path_buf), file: None, flushed: 0, tail: Vec::new() }
+        Self {
+            dir: dir.map(Path::to_path_buf),
+            file: None,
+            start: 0,
+            freed: 0,
+            flushed: 0,
+            tail: Vec::new(),
+            readers: Arc::new(()),
+        }
     }
 
-    /// Bytes in the log.
+    /// Bytes in the log (from the front let go of on).
     pub(crate) fn len(&self) -> usize {
+        self.end() - self.start
+    }
+
+    /// The position after the last byte.
+    pub(crate) fn end(&self) -> usize {
         self.flushed + self.tail.len()
     }
 
     /// Appends `bytes`; where they are in the log.
     pub(crate) fn append(&mut self, bytes: &[u8]) -> Range<usize> {
-        let start = self.len();
+        let start = self.end();
         self.tail.extend_from_slice(bytes);
         if self.tail.len() >= LOG_TAIL && self.dir.is_some() {
             self.flush();
         }
-        start..self.len()
+        start..self.end()
+    }
+
+    /// Lets go of the bytes before position `to` (at most [`Self::end`]): they are no longer
+    /// counted or read back; those in the file are handed back to the file system off the
+    /// caller's thread, 16 MiB or more at a time ([`PUNCH_MIN`]) and only while no copy waits
+    /// to read them ([`Log::copy`]); those in the heap are freed here (kept in the heap, the
+    /// journal moves what follows them down).
+    pub(crate) fn drop_front(&mut self, to: usize) {
+        let to = to.clamp(self.start, self.end());
+        self.start = to;
+        if to > self.flushed {
+            self.tail.drain(..to - self.flushed);
+            self.flushed = to;
+        }
+        let dead = self.start.min(self.flushed);
+        if let Some(file) = &self.file
+            && dead - self.freed >= PUNCH_MIN
+            && Arc::strong_count(&self.readers) == 1
+            && let Ok(file) = file.try_clone()
+        {
+            drop_later(Punch { file, range: self.freed..dead });
+            self.freed = dead;
+        }
     }
 
     /// Moves the tail to the file; on failure it stays, and so does everything after it.
@@ -330,7 +427,7 @@ impl Log {
     /// flush makes a new one.
     pub(crate) fn clear(&mut self) {
         self.tail = Vec::new();
-        self.flushed = 0;
+        (self.start, self.freed, self.flushed) = (0, 0, 0);
         if let Some(file) = self.file.take() {
             drop_later(file);
         }
@@ -341,12 +438,18 @@ impl Log {
     /// its file rather than truncate it), so a second handle and the tail suffice.
     pub(crate) fn copy(&self) -> io::Result<LogCopy> {
         let file = self.file.as_ref().map(File::try_clone).transpose()?;
-        Ok(LogCopy { file, flushed: self.flushed, tail: self.tail.clone() })
+        Ok(LogCopy {
+            file,
+            start: self.start,
+            flushed: self.flushed,
+            tail: self.tail.clone(),
+            _reader: Arc::clone(&self.readers),
+        })
     }
 
     /// Every byte of the log, read back into the heap.
-    pub(crate) fn read(&self) -> io::Result<Vec<u8>> {
-        read_log(self.file.as_ref(), self.flushed, &self.tail)
+    pub(crate) fn read(&self) -> io::Result<LogBytes> {
+        read_log(self.file.as_ref(), self.start, self.flushed, &self.tail)
     }
 
     /// Bytes of it kept in the heap.
@@ -359,6 +462,7 @@ impl Log {
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Log")
+            .field("start", &self.start)
             .field("flushed", &self.flushed)
             .field("tail", &self.tail.len())
             .finish()
@@ -407,7 +511,7 @@ mod tests {
         log.append(&vec![2; LOG_TAIL]);
         let second = log.file.as_ref().expect("flushed to a file");
         assert_eq!(second.metadata().unwrap().len(), LOG_TAIL as u64);
-        assert_eq!(log.read().unwrap(), vec![2; LOG_TAIL]);
+        assert_eq!(log.read().unwrap().bytes, vec![2; LOG_TAIL]);
     }
 
     /// What goes in comes back, in order, from the file or the heap, whole or in batches; the
@@ -461,13 +565,80 @@ mod tests {
                 expected.extend_from_slice(&bytes);
             }
             assert_eq!(log.len(), expected.len());
-            assert_eq!(log.read().unwrap(), expected);
+            assert_eq!(log.read().unwrap().bytes, expected);
             let in_heap = if store == Some(dir.path()) { LOG_TAIL } else { expected.len() };
             assert!(log.heap_bytes() <= in_heap, "{} in the heap", log.heap_bytes());
             log.clear();
-            assert_eq!((log.len(), log.read().unwrap()), (0, Vec::new()));
+            assert_eq!((log.len(), log.read().unwrap().bytes), (0, Vec::new()));
             log.append(b"again");
-            assert_eq!(log.read().unwrap(), b"again");
+            assert_eq!(log.read().unwrap().bytes, b"again");
+        }
+    }
+
+    /// Returns once the drop thread has dropped everything handed to it before.
+    fn dropped_all_before() {
+        struct Signal(mpsc::Sender<()>);
+        impl Drop for Signal {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let (send, dropped) = mpsc::channel();
+        drop_later(Signal(send));
+        dropped.recv().unwrap();
+    }
+
+    /// A log whose front is let go of reads back the rest at the positions `append` gave,
+    /// from the file, its tail or the heap, and so does a copy; the file's dead blocks go back
+    /// to the file system while its size (every later byte's offset) stays.
+    #[test]
+    fn a_log_whose_front_is_let_go_of_keeps_the_rest_where_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in [Some(dir.path()), None] {
+            let mut log = Log::new(store);
+            let pieces: Vec<(Range<usize>, Vec<u8>)> = (0..400u32)
+                .map(|i| {
+                    let bytes = vec![(i % 251) as u8; 100_000 + i as usize];
+                    (log.append(&bytes), bytes)
+                })
+                .collect();
+            let end = log.end();
+            // A copy taken before, not yet read: what it reads stays in the file until it has
+            // (freed on the drop thread, whose work is done once it has dropped a later parcel).
+            let early = log.copy().unwrap();
+            log.drop_front(pieces[200].0.start);
+            assert_eq!(log.freed, 0, "a copy may still read it");
+            dropped_all_before();
+            let early = early.read().unwrap();
+            for (range, bytes) in &pieces {
+                assert_eq!(early.get(range.clone()), &bytes[..]);
+            }
+            drop(early);
+            // The front let go of: first inside the file, then inside the tail.
+            for cut in [200, 399] {
+                let to = pieces[cut].0.start;
+                log.drop_front(to);
+                assert_eq!(log.len(), end - to);
+                let read = log.read().unwrap();
+                let copy = log.copy().unwrap().read().unwrap();
+                for (range, bytes) in &pieces[cut..] {
+                    assert_eq!(read.get(range.clone()), &bytes[..]);
+                    assert_eq!(copy.get(range.clone()), &bytes[..]);
+                }
+                assert_eq!(read.bytes.len(), end - to, "only what is kept is read back");
+            }
+            let more = log.append(b"after");
+            assert_eq!(log.read().unwrap().get(more), b"after");
+            if store.is_some() {
+                let file = log.file.as_ref().expect("a file");
+                assert_eq!(log.freed, pieces[399].0.start.min(log.flushed));
+                dropped_all_before();
+                use std::os::unix::fs::MetadataExt;
+                let allocated = file.metadata().unwrap().blocks() * 512;
+                assert!(allocated <= 8 << 20, "{allocated} bytes still allocated");
+            } else {
+                assert!(log.tail.len() <= log.len(), "the heap keeps what is kept only");
+            }
         }
     }
 }

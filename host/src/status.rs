@@ -36,6 +36,28 @@ pub struct RecoveryStatus {
     pub checkpoints: u64,
     /// How the last checkpoint built from chunks went.
     pub last_checkpoint: Option<CheckpointRecord>,
+    /// Checkpoints a replica exported off the event loop (an app that cannot pre-copy), and
+    /// how the last went.
+    pub replica_checkpoints: u64,
+    pub last_replica_checkpoint: Option<ReplicaCheckpointRecord>,
+}
+
+/// One checkpoint a replica exported off the event loop, for an app that cannot pre-copy: a
+/// second instance of the live version imported the last checkpoint, replayed the journal and
+/// exported the state the live instance held at the boundary where they were copied; the
+/// events journaled since then stay in the journal. The event loop paused for the copy only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaCheckpointRecord {
+    /// Bytes in the checkpoint.
+    pub bytes: u64,
+    /// Events the replica replayed, and events journaled while it worked (kept).
+    pub events_replayed: u64,
+    pub events_kept: u64,
+    /// The replica's start, import and replay; its export; and the whole, from the boundary
+    /// until the checkpoint was in place.
+    pub rebuild: Duration,
+    pub export: Duration,
+    pub took: Duration,
 }
 
 /// One checkpoint built from chunks between events: how long it ran, and what its cut (the
@@ -279,6 +301,22 @@ impl fmt::Display for RecoveryStatus {
             if c.throttled_rounds > 0 {
                 write!(f, ", input slowed for it in {} rounds of events", c.throttled_rounds)?;
             }
+        }
+        if let Some(c) = &self.last_replica_checkpoint {
+            write!(
+                f,
+                "\ncheckpoints  {} taken, {} by a replica off the event loop; the last of {} in \
+                 {:.1} ms ({} events replayed in {:.1} ms, exported in {:.1} ms; {} events \
+                 journaled meanwhile kept)",
+                self.checkpoints,
+                self.replica_checkpoints,
+                bytes(c.bytes),
+                c.took.as_secs_f64() * 1e3,
+                c.events_replayed,
+                c.rebuild.as_secs_f64() * 1e3,
+                c.export.as_secs_f64() * 1e3,
+                c.events_kept,
+            )?;
         }
         if let Some(since) = self.recovering_since_unix_ms {
             let took = Duration::from_millis(now_unix_ms().saturating_sub(since));
@@ -664,6 +702,13 @@ impl Shared {
         if built.is_some() {
             status.last_checkpoint = built;
         }
+    }
+
+    pub(crate) fn record_replica_checkpoint(&self, record: ReplicaCheckpointRecord) {
+        let mut status = self.recovery_status();
+        status.checkpoints += 1;
+        status.replica_checkpoints += 1;
+        status.last_replica_checkpoint = Some(record);
     }
 
     pub(crate) fn record_recovery(&self, record: RecoveryRecord) {

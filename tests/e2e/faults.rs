@@ -269,3 +269,98 @@ fn a_rebuilt_instance_holds_the_random_bytes_its_clients_were_answered() {
         assert_eq!(&a.call(&format!("get r{i}")), value, "r{i} after the rebuild");
     }
 }
+
+/// A host running misbehave, started with `args`, whose checkpoints cannot be built from chunks
+/// (`--precopy-chunk 0`: as for an app that holds none of the SDK's collections), with a first
+/// checkpoint of over 5 MiB taken (exported on the loop: there was none to rebuild a replica
+/// from).
+fn whole_state_checkpoints(args: &[&str]) -> TestHost {
+    let host = TestHost::with(HostConfig {
+        app: artifacts::MISBEHAVE.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        limits: Limits { precopy_chunk: 0, ..Limits::default() },
+        ..HostConfig::default()
+    });
+    let mut a = host.lines();
+    // Over CHECKPOINT_MIN (4 MiB) of input, and over REPLICA_MIN (1 MiB) of state.
+    assert_eq!(a.call(&format!("set big {}", "v".repeat(5 << 20))), "ok");
+    until(&host, |recovery| recovery.checkpoints == 1);
+    host
+}
+
+/// The bytes of the host's checkpoint.
+fn checkpoint_bytes(recovery: &tasuki::status::RecoveryStatus) -> u64 {
+    recovery.checkpoint.expect("a checkpoint").1
+}
+
+/// Waits (up to a minute, then fails) until the host's recovery status meets `done`; returns
+/// it.
+fn until(
+    host: &TestHost,
+    done: impl Fn(&tasuki::status::RecoveryStatus) -> bool,
+) -> tasuki::status::RecoveryStatus {
+    let started = Instant::now();
+    loop {
+        let recovery = host.status().recovery;
+        if done(&recovery) {
+            return *recovery;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "never came: {recovery:?}");
+    }
+}
+
+/// An app that cannot pre-copy has its checkpoints exported by a replica off the event loop, as
+/// redis-server's BGSAVE writes from a forked child: the checkpoint is the state at the
+/// boundary the replica was rebuilt from, and the events journaled while it worked stay in the
+/// journal. A trap after it is recovered with every change, none applied twice.
+#[test]
+fn a_replica_exports_the_checkpoint_off_the_loop_and_the_journal_keeps_what_came_meanwhile() {
+    // The replica runs the live arguments: its import of the last checkpoint takes 1.5 s, and
+    // the pushes below come meanwhile.
+    let host = whole_state_checkpoints(&["slow-import=1500"]);
+    let first = checkpoint_bytes(&host.status().recovery);
+    let mut a = host.lines();
+    // Before the next checkpoint's boundary: in the state the replica exports, not after it.
+    assert_eq!(a.call("push before"), "ok");
+    // The journal outgrows the checkpoint (it falls due while big2 arrives): a replica takes
+    // the next.
+    let big2 = "w".repeat(6 << 20);
+    assert_eq!(a.call(&format!("set big2 {big2}")), "ok");
+    let mut expected = vec!["before".to_string()];
+    for i in 0..200 {
+        assert_eq!(a.call(&format!("push after{i}")), "ok");
+        expected.push(format!("after{i}"));
+    }
+    let recovery = until(&host, |recovery| recovery.replica_checkpoints == 1);
+    let record = recovery.last_replica_checkpoint.clone().expect("recorded");
+    assert_eq!(recovery.checkpoints, 2, "{recovery:?}");
+    let bytes = checkpoint_bytes(&recovery);
+    assert!(bytes > first && record.bytes == bytes, "the replica's export: {recovery:?}");
+    assert!(record.events_replayed >= 2, "`push before` and `set big2`: {record:?}");
+    assert!(record.events_kept > 0, "pushes came while the replica worked: {record:?}");
+    assert_eq!(recovery.journal_events, record.events_kept, "{recovery:?}");
+    assert!(host.status().recovery.to_string().contains("1 by a replica off the event loop"));
+    // A trap now rebuilds from the replica's checkpoint and the events kept after it.
+    host.lines().expect_closed("panic");
+    assert_eq!(a.call("list"), expected.join(","), "every push once, in order");
+    assert_eq!(a.call("get big2"), big2);
+    assert_eq!(host.status().recovery.recoveries, 1);
+}
+
+/// A replica that cannot build the checkpoint (here its import traps) leaves it to an export
+/// on the loop: the checkpoint is taken all the same, and nothing is lost.
+#[test]
+fn a_replica_that_fails_leaves_the_checkpoint_to_an_export_on_the_loop() {
+    // Every import into an instance started with these arguments traps: the replica's, never
+    // the live instance's (it was started fresh).
+    let host = whole_state_checkpoints(&["trap-import"]);
+    let first = checkpoint_bytes(&host.status().recovery);
+    let mut a = host.lines();
+    let big2 = "w".repeat(6 << 20);
+    assert_eq!(a.call(&format!("set big2 {big2}")), "ok");
+    let recovery = until(&host, |recovery| recovery.checkpoints == 2);
+    assert_eq!(recovery.replica_checkpoints, 0, "{recovery:?}");
+    assert!(checkpoint_bytes(&recovery) > first, "exported on the loop: {recovery:?}");
+    assert_eq!(a.call("get big2"), big2);
+    assert_eq!(a.call("get big").len(), 5 << 20);
+}
