@@ -243,6 +243,11 @@ impl Connections {
         Some(out)
     }
 
+    /// True while replies are queued and not yet tried ([`Self::write_queued`]).
+    pub(crate) fn queued(&self) -> bool {
+        !self.unflushed.is_empty()
+    }
+
     /// True while some connection waits to be told it can take more ([`Self::take_writable`]).
     pub(crate) fn writable_pending(&self) -> bool {
         !self.writable.is_empty()
@@ -265,6 +270,10 @@ impl Connections {
     /// does not depend on who asked last.
     fn enforce_budget(&mut self) {
         let budget = self.limits.buffer_budget;
+        if self.buffered - self.evicting > budget {
+            // What the kernel takes is not the host's to count.
+            self.write_queued();
+        }
         while self.buffered - self.evicting > budget {
             let Some((&id, conn)) = self
                 .conns
@@ -305,8 +314,9 @@ impl Connections {
     /// as it ends instead had the clients' next requests (and the kernel's work of delivering
     /// the replies on loopback) land in the middle of the round: at 1M keys under
     /// `redis-benchmark -t set -c 50 -P 16` that cost about a fifth of the throughput and
-    /// doubled the slowest request (bench/RESULTS.md). The loop calls this before it waits.
-    pub(crate) fn flush(&mut self) {
+    /// doubled the slowest request (bench/RESULTS.md). The loop calls this before it waits
+    /// (and [`Network::flush`] before a pause).
+    pub(crate) fn write_queued(&mut self) {
         for id in std::mem::take(&mut self.unflushed) {
             let Some(conn) = self.conns.get_mut(&id) else { continue };
             conn.flush_due = false;
@@ -406,10 +416,6 @@ impl Network for Connections {
                 conn.pending()
             );
             self.broken.push(id);
-        }
-        if self.buffered - self.evicting > self.limits.buffer_budget {
-            // What the kernel takes is not the host's to count.
-            self.flush();
         }
         self.enforce_budget();
     }
@@ -523,6 +529,10 @@ impl Network for Connections {
             .iter()
             .map(|(&id, l)| ListenerStatus { id, address: l.address.clone(), accepted: l.accepted })
             .collect()
+    }
+
+    fn flush(&mut self) {
+        self.write_queued();
     }
 
     fn take_writable(&mut self) -> Vec<(u64, usize)> {

@@ -65,6 +65,10 @@ pub(crate) trait Network {
     /// with the bytes still queued for it, in the order they got there; their requests count as
     /// answered from now.
     fn take_writable(&mut self) -> Vec<(u64, usize)>;
+    /// Writes the replies queued so far now, rather than once the round's events are done:
+    /// before the loop stops for a while (an export, a checkpoint's cut, a rebuild, an
+    /// upgrade's pause), so that replies already made do not wait it out.
+    fn flush(&mut self) {}
 }
 
 /// Sees every event that completed and every reply, in order: `tasuki run --record` writes
@@ -181,9 +185,9 @@ pub(crate) struct Dispatcher<N, C> {
     /// A checkpoint a replica exports off the loop, for an app that cannot pre-copy (see
     /// [`Dispatcher::checkpoint_by_replica`]).
     replica_checkpoint: Option<ReplicaCheckpoint>,
-    /// The live value's generation whose replica failed a checkpoint: its checkpoints are
-    /// exported on the loop from then on.
-    no_replica_for: Option<u64>,
+    /// The live value's generation whose replica failed a checkpoint, and why: its
+    /// checkpoints are exported on the loop from then on.
+    no_replica_for: Option<(u64, String)>,
     /// `tasuki snapshot` requests waiting for the next checkpoint.
     snapshot_waiters: Vec<SnapshotReply>,
     /// How pre-copy paces itself.
@@ -246,6 +250,10 @@ struct ReplicaCheckpoint {
     /// Events the replica replays.
     replayed: u64,
     started: Instant,
+    /// Given up (a snapshot was asked for, or the journal neared its limit): what it brings
+    /// back is dropped, and no other replica starts until it has (it holds a copy of the
+    /// state until then).
+    abandoned: bool,
 }
 
 /// What a recovery recovers from.
@@ -421,9 +429,11 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             }
             return;
         }
-        if self.replica_checkpoint.is_some() {
-            let recovery = self.live.recovery();
-            let full = recovery.len() >= recovery.limit() / 4 * 3;
+        let recovery = self.live.recovery();
+        let full = recovery.len() >= recovery.limit() / 4 * 3;
+        if let Some(replica) = &mut self.replica_checkpoint
+            && !replica.abandoned
+        {
             if !(full || self.checkpoint_now) {
                 return;
             }
@@ -433,8 +443,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                      exporting it now"
                 );
             }
-            // Whatever the replica brings back is for a journal that moved on.
-            self.replica_checkpoint = None;
+            replica.abandoned = true;
             self.checkpoint_now = true;
         }
         if !(self.checkpoint_now || self.live.recovery().wants_checkpoint()) {
@@ -490,8 +499,12 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     fn checkpoint_by_replica(&mut self) -> bool {
         let runtime = &self.live.version().runtime;
         let deterministic = runtime.deterministic.is_some();
+        let failed =
+            self.no_replica_for.as_ref().is_some_and(|(g, _)| *g == self.live.generation());
+        // One at a time: one given up still holds its copy of the state until it is done.
         if !(deterministic || runtime.sandbox.dirs.is_empty())
-            || self.no_replica_for == Some(self.live.generation())
+            || failed
+            || self.replica_checkpoint.is_some()
         {
             return false;
         }
@@ -499,6 +512,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
         self.event_clock.freeze_at(self.clock.wall_ns());
         let at = self.stamp();
         let base = recovery::CheckpointBase {
+            at_unix_ms: now_unix_ms(),
             live: self.net.live(),
             timers: self.timers.armed(),
             mono: self.clock.monotonic_ns(),
@@ -528,16 +542,18 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             }
         }
         debug!(events = replayed, "checkpoint by a replica, off the loop");
+        let started = Instant::now();
+        let abandoned = false;
         self.replica_checkpoint =
-            Some(ReplicaCheckpoint { result, mark, base, replayed, started: Instant::now() });
+            Some(ReplicaCheckpoint { result, mark, base, replayed, started, abandoned });
         true
     }
 
     /// The replica's checkpoint, once it has exported: the checkpoint as of the boundary it
     /// was copied at, if the journal is still the one it was copied from (a rebuild, an
     /// upgrade's commit or another checkpoint since leave it unused). A replica that failed
-    /// leaves the checkpoint to an export on the loop, now and for the rest of this instance's
-    /// life.
+    /// leaves the checkpoint to an export on the loop, at the next round and for the rest of
+    /// this instance's life (`tasuki status` says why).
     fn replica_checkpoint_done(&mut self) {
         let Some(replica) = &self.replica_checkpoint else { return };
         let exported = match replica.result.try_recv() {
@@ -548,6 +564,10 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             }
         };
         let Some(replica) = self.replica_checkpoint.take() else { return };
+        if replica.abandoned {
+            debug!("a replica's checkpoint that was given up is done: dropped");
+            return;
+        }
         match exported {
             Ok((snapshot, cost)) => {
                 let state = (Chunks::new(None), snapshot);
@@ -581,8 +601,8 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                      are exported on the loop from now on",
                     self.live.app()
                 );
-                self.no_replica_for = Some(self.live.generation());
-                self.checkpoint_if_due();
+                self.no_replica_for = Some((self.live.generation(), reason));
+                self.publish_recovery();
             }
         }
     }
@@ -652,6 +672,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// pass.
     fn checkpoint_finish(&mut self) {
         let Some(mut building) = self.checkpointing.take() else { return };
+        self.net.flush();
         self.event_clock.freeze_at(self.clock.wall_ns());
         let cut = Instant::now();
         let step = self.precopy_budget.chunk.max(1).saturating_mul(CUT_STEP_CHUNKS);
@@ -954,6 +975,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             self.nested.get_or_insert(fault);
             return;
         }
+        self.net.flush();
         if let Some((canary, _)) = &mut self.canary {
             // Recovery leaves a culprit's input out of the rebuilt state: the two versions no
             // longer run the same events.
@@ -1138,6 +1160,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
 
     /// Exports the live state so the journal can start over from it.
     fn take_checkpoint(&mut self) {
+        self.net.flush();
         let started = Instant::now();
         self.event_clock.freeze_at(self.clock.wall_ns());
         match self.live.export() {
@@ -1323,6 +1346,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// [`Self::pause_and_swap`] for a loop that stopped already at `paused` (an abandoned
     /// catch-up starts the new version's fresh instance on the loop first).
     fn pause_and_swap_since(&mut self, underway: Underway, paused: Instant) -> Option<Swapped> {
+        self.net.flush();
         self.event_clock.freeze_at(self.clock.wall_ns());
         let boundary = upgrade::Boundary {
             conns: self.net.live(),
@@ -1461,6 +1485,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// instance to import off the loop (in the simulator, at once). From here on every event
     /// is kept for the new instance to run after.
     fn begin_catch_up(&mut self, next: Prepared) -> Option<Swapped> {
+        self.net.flush();
         let paused = Instant::now();
         self.event_clock.freeze_at(self.clock.wall_ns());
         let at = self.stamp();
@@ -1918,7 +1943,10 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
 
     /// Tells `tasuki status` where recovery stands.
     fn publish_recovery(&self) {
-        self.shared.note_recovery_state(self.live.recovery());
+        let replica_off =
+            self.no_replica_for.as_ref().filter(|(g, _)| *g == self.live.generation());
+        let replica_off = replica_off.map(|(_, why)| why.clone());
+        self.shared.note_recovery_state(self.live.recovery(), replica_off);
     }
 
     /// Rebuilds the live instance from its checkpoint and journal now, between events, as if it

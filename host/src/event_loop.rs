@@ -136,8 +136,10 @@ impl EventLoop {
     pub(crate) fn run(mut self) -> Result<(), LoopError> {
         let mut events = Events::with_capacity(1024);
         loop {
-            // The round's replies, one write per connection (Connections::flush).
-            self.dispatcher.net.flush();
+            // The round's replies, one write per connection (Connections::write_queued). The
+            // app hears of a connection found broken here, and what it sends then is written
+            // at the next turn, without waiting (`timeout`).
+            self.dispatcher.net.write_queued();
             self.dispatcher.reap_broken();
             if let Some(deadline) = self.draining
                 && self.drained(deadline)
@@ -226,7 +228,7 @@ impl EventLoop {
                         if let Some(swapped) = self.dispatcher.cancel_upgrade() {
                             self.reply_upgrade(swapped);
                         }
-                        self.dispatcher.net.flush();
+                        self.dispatcher.net.write_queued();
                         info!("event loop stopped");
                         return Ok(());
                     }
@@ -243,6 +245,7 @@ impl EventLoop {
         let busy = (!self.dispatcher.net.read_again.is_empty()
             || self.dispatcher.net.writable_pending())
             && self.draining.is_none()
+            || self.dispatcher.net.queued()
             || self.dispatcher.upgrading()
             || self.dispatcher.checkpointing();
         if busy {

@@ -205,10 +205,12 @@ pub(crate) struct JournalMark {
 }
 
 /// What a checkpoint is taken with besides the state: the connections open, the host's armed
-/// timers (id, deadline) and monotonic time (ns), and what the app believed about its
-/// listeners, all at the boundary where the state was taken.
+/// timers (id, deadline) and monotonic time (ns), what the app believed about its listeners,
+/// and the wall-clock time (ms since the Unix epoch), all at the boundary where the state was
+/// taken.
 #[derive(Debug, Clone)]
 pub(crate) struct CheckpointBase {
+    pub(crate) at_unix_ms: u64,
     pub(crate) live: Vec<ConnInfo>,
     pub(crate) timers: Vec<(u64, u64)>,
     pub(crate) mono: u64,
@@ -547,8 +549,11 @@ impl Recovery {
         timers: Vec<(u64, u64)>,
         mono: u64,
     ) {
-        let listeners = self.listeners.clone();
-        self.replace_checkpoint(state, CheckpointBase { live, timers, mono, listeners });
+        let (listeners, at_unix_ms) = (self.listeners.clone(), crate::clock::now_unix_ms());
+        self.replace_checkpoint(
+            state,
+            CheckpointBase { at_unix_ms, live, timers, mono, listeners },
+        );
         // The journal starts over; what it grew to (up to the state's size) goes back.
         spill::drop_later(std::mem::take(&mut self.events));
         self.data.clear();
@@ -584,7 +589,10 @@ impl Recovery {
         for unanswered in self.unanswered.values_mut() {
             unanswered.from = unanswered.from.saturating_sub(mark.events);
         }
-        self.since_checkpoint = self.len();
+        // The next is due after as much input again from now, not from the mark: counted from
+        // the mark, input that outran a replica would start the next at once, and replicas
+        // would follow one another for as long as it does.
+        self.since_checkpoint = 0;
         true
     }
 
@@ -603,12 +611,8 @@ impl Recovery {
         }
         self.checkpoint_at = bytes.max(CHECKPOINT_MIN).min(half);
         let snapshot = Arc::new(snapshot);
-        let checkpoint = Checkpoint {
-            chunks,
-            snapshot,
-            live: base.live,
-            at_unix_ms: crate::clock::now_unix_ms(),
-        };
+        let checkpoint =
+            Checkpoint { chunks, snapshot, live: base.live, at_unix_ms: base.at_unix_ms };
         // The one it replaces, and the journal's index, are freed off the event loop: a state's
         // worth of file and heap takes milliseconds to give back (see `spill::drop_later`).
         if let Some(replaced) = self.checkpoint.replace(checkpoint) {
@@ -678,8 +682,10 @@ impl Recovery {
                     refire.sort_unstable();
                     refire.dedup();
                     let before = self.events.len();
-                    self.drop_events(&skips, &skipped, &data);
-                    self.generation = next_generation();
+                    if !(skips.is_empty() && skipped.is_empty()) {
+                        self.drop_events(&skips, &skipped, &data);
+                        self.generation = next_generation();
+                    }
                     let (timers, listeners) = believed;
                     self.listeners = listeners.clone();
                     let mut culprits: Vec<u64> = skips.keys().copied().collect();
@@ -1058,54 +1064,68 @@ mod tests {
     }
 
     /// A checkpoint advanced to a mark keeps the events journaled after it, at indices from 0,
-    /// and only those; a mark from before a checkpoint replaced it is refused, changing nothing.
+    /// with their bytes (from the journal's file and its tail), and only those; a mark from
+    /// before the journal or checkpoint changed otherwise is refused, changing nothing.
     #[test]
     fn a_checkpoint_advanced_to_a_mark_keeps_the_events_after_it_and_a_stale_mark_is_refused() {
         let snapshot =
             || Snapshot { app: "a".into(), app_version: "1".into(), sections: Vec::new() };
+        let state = || (Chunks::new(None), snapshot());
         let base = || CheckpointBase {
+            at_unix_ms: 7,
             live: Vec::new(),
             timers: Vec::new(),
             mono: 0,
             listeners: ListenerBook::default(),
         };
-        let mut recovery = Recovery::fresh(1 << 30, None);
-        recovery.set_checkpoint((Chunks::new(None), snapshot()), Vec::new(), Vec::new(), 0);
+        let dir = tempfile::tempdir().unwrap();
+        let mut recovery = Recovery::fresh(1 << 30, Some(dir.path()));
+        recovery.set_checkpoint(state(), Vec::new(), Vec::new(), 0);
         let at = |serial: u64| Stamp { wall: serial, mono: serial, serial };
+        // Over a MiB on each side of the mark: some of it in the journal's file.
+        let before = |serial: u64| vec![serial as u8; 300_000];
+        let after = |serial: u64| format!("after{serial}").repeat(40_000).into_bytes();
         for serial in 1..=10 {
-            recovery.data(at(serial), 7, format!("before{serial}").as_bytes());
+            recovery.data(at(serial), 7, &before(serial));
         }
         let copy = recovery.copy().expect("a copy");
         for serial in 11..=15 {
             // Connection 9's first input is the third event after the mark.
             let conn = if serial < 13 { 7 } else { 9 };
-            recovery.data(at(serial), conn, format!("after{serial}").as_bytes());
+            recovery.data(at(serial), conn, &after(serial));
         }
         assert_eq!(recovery.unanswered(9).from, 12);
-        assert!(recovery.advance_checkpoint(copy.mark, (Chunks::new(None), snapshot()), base()));
+        assert!(recovery.advance_checkpoint(copy.mark, state(), base()));
+        assert_eq!(recovery.checkpoint().map(|c| c.at_unix_ms), Some(7), "the boundary's time");
         assert_eq!(recovery.events(), 5);
         assert_eq!(serials(&recovery.events), (11..=15).collect::<Vec<_>>());
         let data = recovery.data.read().unwrap();
-        let kept: Vec<&[u8]> = recovery
-            .events
-            .iter()
-            .map(|(_, event)| match event {
-                Event::Data(_, range) => data.get(range.clone()),
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(kept, [&b"after11"[..], b"after12", b"after13", b"after14", b"after15"]);
-        assert_eq!(recovery.len(), 5 * EVENT_OVERHEAD + 35);
+        for (at, event) in recovery.events.iter() {
+            let Event::Data(_, range) = event else { panic!("{event:?}") };
+            assert_eq!(data.get(range.clone()), after(at.serial), "event {}", at.serial);
+        }
+        let kept: usize = (11..=15).map(|serial| after(serial).len()).sum();
+        assert_eq!(recovery.len(), 5 * EVENT_OVERHEAD + kept);
         // Unanswered input from before the mark is in the checkpoint now; after it, it moved
         // down with the journal.
         assert_eq!(recovery.unanswered(7).from, 0);
         assert_eq!(recovery.unanswered(9).from, 2);
-        // The same mark again, or one from before another checkpoint: refused.
+        // The same mark again: refused.
+        assert!(!recovery.advance_checkpoint(copy.mark, state(), base()));
+        // A mark from before another checkpoint, before `--from-checkpoint` replaced the
+        // checkpoint's state, or before the journal overflowed: refused, nothing changed.
         let stale = recovery.copy().expect("a copy").mark;
-        assert!(!recovery.advance_checkpoint(copy.mark, (Chunks::new(None), snapshot()), base()));
-        recovery.set_checkpoint((Chunks::new(None), snapshot()), Vec::new(), Vec::new(), 0);
-        assert!(!recovery.advance_checkpoint(stale, (Chunks::new(None), snapshot()), base()));
-        assert_eq!(recovery.events(), 0);
+        recovery.set_checkpoint(state(), Vec::new(), Vec::new(), 0);
+        assert!(!recovery.advance_checkpoint(stale, state(), base()));
+        let stale = recovery.copy().expect("a copy").mark;
+        let mut recovery = recovery.with_checkpoint_snapshot(Some(state()));
+        assert!(!recovery.advance_checkpoint(stale, state(), base()));
+        recovery.limit = 1000;
+        let stale = recovery.copy().expect("a copy").mark;
+        recovery.data(at(16), 7, &[0; 2000]);
+        assert!(recovery.off().is_some(), "overflowed");
+        assert!(!recovery.advance_checkpoint(stale, state(), base()));
+        assert!(recovery.off().is_some());
     }
 
     /// The copy an upgrade's boundary takes on the loop shares the journal's full segments:

@@ -379,8 +379,9 @@ impl Log {
     /// Lets go of the bytes before position `to` (at most [`Self::end`]): they are no longer
     /// counted or read back; those in the file are handed back to the file system off the
     /// caller's thread, 16 MiB or more at a time ([`PUNCH_MIN`]) and only while no copy waits
-    /// to read them ([`Log::copy`]); those in the heap are freed here (kept in the heap, the
-    /// journal moves what follows them down).
+    /// to read them ([`Log::copy`]); those in the tail are removed here, the bytes after them
+    /// moved down (at most [`LOG_TAIL`] and one append with a file; the whole journal kept in
+    /// the heap when there is none, whose buffer keeps its capacity).
     pub(crate) fn drop_front(&mut self, to: usize) {
         let to = to.clamp(self.start, self.end());
         self.start = to;
@@ -627,8 +628,11 @@ mod tests {
                 }
                 assert_eq!(read.bytes.len(), end - to, "only what is kept is read back");
             }
-            let more = log.append(b"after");
-            assert_eq!(log.read().unwrap().get(more), b"after");
+            // A tail's worth more: flushed to the file at its place after the front let go of
+            // (past the file's end, when the front moved into the tail).
+            let more = log.append(&vec![9; LOG_TAIL]);
+            assert_eq!(log.read().unwrap().get(more.clone()), &vec![9; LOG_TAIL][..]);
+            assert_eq!(log.copy().unwrap().read().unwrap().get(more), &vec![9; LOG_TAIL][..]);
             if store.is_some() {
                 let file = log.file.as_ref().expect("a file");
                 assert_eq!(log.freed, pieces[399].0.start.min(log.flushed));

@@ -40,6 +40,9 @@ pub struct RecoveryStatus {
     /// how the last went.
     pub replica_checkpoints: u64,
     pub last_replica_checkpoint: Option<ReplicaCheckpointRecord>,
+    /// Why the running instance's checkpoints are exported on the loop although it cannot
+    /// pre-copy: its replica failed one (a trap, a refusal), so the next are not tried on one.
+    pub replica_off: Option<String>,
 }
 
 /// One checkpoint a replica exported off the event loop, for an app that cannot pre-copy: a
@@ -317,6 +320,9 @@ impl fmt::Display for RecoveryStatus {
                 c.export.as_secs_f64() * 1e3,
                 c.events_kept,
             )?;
+        }
+        if let Some(why) = &self.replica_off {
+            write!(f, "\n             checkpoints exported on the loop: a replica failed ({why})")?;
         }
         if let Some(since) = self.recovering_since_unix_ms {
             let took = Duration::from_millis(now_unix_ms().saturating_sub(since));
@@ -680,9 +686,10 @@ impl Shared {
     }
 
     /// After a checkpoint, commit, restore or recovery: where recovery stands.
-    pub(crate) fn note_recovery_state(&self, recovery: &Recovery) {
+    pub(crate) fn note_recovery_state(&self, recovery: &Recovery, replica_off: Option<String>) {
         self.note_journal(recovery);
         let mut status = self.recovery_status();
+        status.replica_off = replica_off;
         status.off = recovery.off().map(ToString::to_string);
         status.checkpoint = recovery.checkpoint().map(|c| (c.at_unix_ms, c.bytes()));
         status.checkpoint_in_memory = recovery.checkpoint().map_or(0, |c| c.heap_bytes());
