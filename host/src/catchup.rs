@@ -40,7 +40,9 @@
 //! the pause. Without a checkpoint (the journal then starts at `init`, whose clock and
 //! randomness were not recorded) or with recovery off, the old version exports as above.
 //! With recovery kept in the heap (no usable `--checkpoint-dir`) the copy at the boundary
-//! holds the journal's bytes, so the pause grows with the journal.
+//! holds the journal's bytes, so the pause grows with the journal. The same replica builds such
+//! an app's recovery checkpoints off the loop ([`export_from_replica`], used by the
+//! dispatcher's `checkpoint_by_replica`).
 //!
 //! Both journal routes rest on the invariant a rebuild after a trap rests on: the checkpoint
 //! imported and the journal replayed give the live state. What an app's `resumed` changes in

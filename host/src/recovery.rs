@@ -25,7 +25,10 @@
 //! taken when the journal outgrows the last checkpoint (and [`CHECKPOINT_MIN`]), and always
 //! before the journal reaches half its limit: at most about one export per byte of input, and a
 //! state larger than the journal limit is still recoverable (at the cost of more exports, said
-//! in the log). If exports keep failing, the journal reaches its limit and recovery is off until
+//! in the log). A checkpoint built off the loop — by a replica rebuilt from a [`JournalCopy`],
+//! for an app that cannot pre-copy — stands for the state at the boundary the copy was taken
+//! at ([`JournalMark`]): [`Recovery::advance_checkpoint`] lets go of the events before it and
+//! keeps those since, at the same positions in the journal's file. If exports keep failing, the journal reaches its limit and recovery is off until
 //! the next checkpoint succeeds; `tasuki status` says so, and why.
 
 use crate::bindings::{AppInfo, ConnInfo, Snapshot};

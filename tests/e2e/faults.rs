@@ -375,3 +375,44 @@ fn a_replica_that_fails_leaves_the_checkpoint_to_an_export_on_the_loop() {
     assert_eq!(a.call("get big2"), big2);
     assert_eq!(a.call("get big").len(), 5 << 20);
 }
+
+/// An upgrade asked for while a replica builds a checkpoint begins once it is done (begun at
+/// once, a second replica could hold a fourth copy of the state), and moves every change.
+#[test]
+fn an_upgrade_during_a_replicas_checkpoint_waits_for_it_and_keeps_every_write() {
+    let host = std::sync::Arc::new(whole_state_checkpoints(&["slow-import=1500"]));
+    let first = host.status().recovery.checkpoint.expect("a checkpoint").0;
+    let mut a = host.lines();
+    assert_eq!(a.call("push before"), "ok");
+    let big2 = "w".repeat(6 << 20);
+    assert_eq!(a.call(&format!("set big2 {big2}")), "ok");
+    // The replica works (its import sleeps); another build's arguments: a whole-state upgrade
+    // of the kind that takes a replica of its own.
+    let upgrade = {
+        let host = std::sync::Arc::clone(&host);
+        std::thread::spawn(move || {
+            let options = tasuki::upgrade::UpgradeOptions {
+                no_precopy: true,
+                args: Some(vec!["slow-import=1500".into(), "other".into()]),
+                ..Default::default()
+            };
+            host.host_upgrade_with(artifacts::MISBEHAVE, &options)
+        })
+    };
+    for i in 0..100 {
+        assert_eq!(a.call(&format!("push after{i}")), "ok");
+    }
+    let report = upgrade.join().unwrap().expect("the upgrade commits");
+    // The upgrade's own replica was rebuilt from the checkpoint the first one built: it began
+    // after it.
+    let tasuki::upgrade::StateSource::Replica { at_unix_ms, .. } = report.source else {
+        panic!("a replica's export: {report}");
+    };
+    assert!(at_unix_ms > first, "from the checkpoint taken at {first}: {report}");
+    assert_eq!(host.status().recovery.replica_checkpoints, 1);
+    assert_eq!(a.call("args"), "slow-import=1500 other", "{report}");
+    let mut expected = vec!["before".to_string()];
+    expected.extend((0..100).map(|i| format!("after{i}")));
+    assert_eq!(a.call("list"), expected.join(","));
+    assert_eq!(a.call("get big2"), big2);
+}
