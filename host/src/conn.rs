@@ -8,7 +8,8 @@ use crate::listeners::{ListenError, Policy};
 use crate::status::{ListenerStatus, Shared};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -35,6 +36,10 @@ pub(crate) struct Conn {
     /// The peer finished sending while input was held: the app hears of the disconnect after
     /// it has had every held byte.
     pub(crate) eof: bool,
+    /// The poller reported the peer's end of the stream (or an error) for it: it is read until
+    /// the read returns 0 or fails, not only until a read comes back short (see
+    /// `EventLoop::read`).
+    pub(crate) read_closed: bool,
     /// The guest asked to be told when this connection can take more output
     /// (`net.notify-writable`) and has not been told yet. Its input is held meanwhile, as while
     /// more than `--output-buffer` is queued: the guest stopped taking it.
@@ -61,6 +66,7 @@ impl Conn {
             held: Vec::new(),
             held_from: 0,
             eof: false,
+            read_closed: false,
             awaiting_writable: false,
             writable_due: false,
             flush_due: false,
@@ -136,7 +142,8 @@ impl Conn {
 #[derive(Debug)]
 pub(crate) struct Connections {
     registry: Registry,
-    pub(crate) conns: HashMap<u64, Conn>,
+    /// Keyed by the host's own sequential ids: a fast hasher, not a keyed one.
+    pub(crate) conns: FxHashMap<u64, Conn>,
     shared: Arc<Shared>,
     limits: Arc<Limits>,
     /// Connections found broken while writing, or cut off for queueing too much; the guest
@@ -181,7 +188,7 @@ impl Connections {
     pub(crate) fn new(registry: Registry, shared: Arc<Shared>, limits: Arc<Limits>) -> Self {
         Self {
             registry,
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             shared,
             limits,
             broken: Vec::new(),

@@ -40,6 +40,7 @@ use crate::spill::{self, Chunks, IMPORT_BATCH, Log, LogBytes, LogCopy};
 use crate::store::Effect;
 use crate::timers::TimerQueue;
 use crate::version::Version;
+use rustc_hash::FxHashMap;
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -182,7 +183,7 @@ pub(crate) struct Recovery {
     /// Per connection, the input received since its last reply: input the guest holds without
     /// having answered. Kept across checkpoints, since a half-received request's bytes may sit
     /// in the checkpoint rather than the journal.
-    unanswered: HashMap<u64, Unanswered>,
+    unanswered: FxHashMap<u64, Unanswered>,
     /// Changes whenever the checkpoint is replaced or events are dropped from the journal
     /// (unique across every recovery state of the process): a [`JournalMark`] taken before
     /// no longer says where the journal stands.
@@ -370,7 +371,7 @@ impl Recovery {
             limit,
             since_checkpoint: 0,
             off: (limit == 0).then_some(RecoveryOff::Disabled),
-            unanswered: HashMap::new(),
+            unanswered: FxHashMap::default(),
             generation: next_generation(),
         }
     }

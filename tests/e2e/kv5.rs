@@ -272,3 +272,41 @@ fn kv5_keeps_every_key_across_an_upgrade_from_kv4_and_a_snapshot_restore() {
         every_key_is_there(&restored, &format!("a fresh kv 5 restored from {what}"));
     }
 }
+
+/// A client that sends its last request and at once ends its side of the stream (a shell's
+/// `printf ... | nc`, a script's `shutdown(SHUT_WR)`) gets the reply, then the host's close; and
+/// the app hears of the close. The host reads a socket only until a read comes back short, so
+/// this holds only if it reads on to the end of the stream that the poller reported queued
+/// behind the data.
+#[test]
+fn requests_sent_just_before_the_end_of_the_stream_are_answered_and_the_close_is_heard() {
+    use std::io::{Read, Write};
+    let host = TestHost::start(artifacts::KV_V5);
+    let mut watcher = host.client();
+    const CLIENTS: usize = 100;
+    // Every connection first, so that the host reads them in rounds, and each one's end of
+    // stream is queued behind its request by the time it is read.
+    let mut streams: Vec<_> = (0..CLIENTS).map(|_| host.raw()).collect();
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let key = format!("last{i:03}");
+        let request = format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$1\r\nv\r\n", key.len());
+        stream.write_all(request.as_bytes()).expect("send");
+        stream.shutdown(std::net::Shutdown::Write).expect("end of stream");
+    }
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        let mut got = Vec::new();
+        // The host closes once it has seen the end and written the reply; a read timeout here
+        // is a host that never saw the end of the stream.
+        stream.read_to_end(&mut got).unwrap_or_else(|e| {
+            panic!("client {i}: no close from the host after its reply ({e}); read {got:?}")
+        });
+        assert_eq!(got, b"+OK\r\n", "client {i}");
+    }
+    for i in 0..CLIENTS {
+        let value: Option<String> = watcher.get(format!("last{i:03}")).expect("GET");
+        assert_eq!(value.as_deref(), Some("v"), "last{i:03}");
+    }
+    // The app heard every close: only the watcher is left.
+    let info: String = redis::cmd("INFO").arg("clients").query(&mut watcher).expect("INFO");
+    assert!(info.contains("connected_clients:1\r\n"), "{info}");
+}

@@ -40,7 +40,7 @@ pub(crate) struct Session<'o> {
     /// This connection's state (taken out of `others` for the event).
     pub(crate) client: &'o mut Client,
     /// Every other connection, for `CLIENT LIST` and `INFO`.
-    pub(crate) others: &'o BTreeMap<ConnId, Client>,
+    pub(crate) others: &'o BTreeMap<ConnId, Box<Client>>,
     pub(crate) config: &'o Config,
     pub(crate) stats: &'o Stats,
     /// Where `SPOP`, `SRANDMEMBER` and `RANDOMKEY` draw from: seeded by the event, so that a
