@@ -36,10 +36,12 @@ pub(crate) struct Conn {
     /// The peer finished sending while input was held: the app hears of the disconnect after
     /// it has had every held byte.
     pub(crate) eof: bool,
-    /// The poller reported the peer's end of the stream (or an error) for it: it is read until
-    /// the read returns 0 or fails, not only until a read comes back short (see
-    /// `EventLoop::read`).
-    pub(crate) read_closed: bool,
+    /// The poller reported the peer's end of the stream, an error or urgent data (TCP's
+    /// `MSG_OOB`) for it: from then on it is read until a read returns 0, fails or would
+    /// block, not only until a read comes back short (see `EventLoop::read`). Linux ends a
+    /// read short at an urgent mark with more data queued behind it, and the end of the stream
+    /// may be queued behind data: neither raises another event.
+    pub(crate) read_on: bool,
     /// The guest asked to be told when this connection can take more output
     /// (`net.notify-writable`) and has not been told yet. Its input is held meanwhile, as while
     /// more than `--output-buffer` is queued: the guest stopped taking it.
@@ -66,7 +68,7 @@ impl Conn {
             held: Vec::new(),
             held_from: 0,
             eof: false,
-            read_closed: false,
+            read_on: false,
             awaiting_writable: false,
             writable_due: false,
             flush_due: false,

@@ -175,10 +175,10 @@ impl EventLoop {
                             self.dispatcher.net.on_writable(id);
                             self.dispatcher.reap_broken();
                         }
-                        if (event.is_read_closed() || event.is_error())
+                        if (event.is_read_closed() || event.is_error() || event.is_priority())
                             && let Some(conn) = self.dispatcher.net.conns.get_mut(&id)
                         {
-                            conn.read_closed = true;
+                            conn.read_on = true;
                         }
                         if self.draining.is_none()
                             && (event.is_readable() || event.is_read_closed() || event.is_error())
@@ -380,7 +380,8 @@ impl EventLoop {
                 debug!(conn = id, "set_nodelay failed: {e}");
             }
             let token = Token(CONN_TOKEN_BASE + id as usize);
-            let interest = Interest::READABLE | Interest::WRITABLE;
+            // PRIORITY: urgent data (see `Conn::read_on`).
+            let interest = Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY;
             if let Err(e) = self.poll.registry().register(&mut stream, token, interest) {
                 warn!("cannot register a connection from {peer}: {e}");
                 continue;
@@ -500,10 +501,11 @@ impl EventLoop {
                     // queue, so the next would only say WouldBlock: one system call per request
                     // saved at pipeline 1, where every request is one read (redis-server reads
                     // once per readable event too). Input that arrives after it wakes the
-                    // edge-triggered poller again; the peer's end of the stream, which may
-                    // already be queued behind the data, is read on when the poller said so
-                    // (tokio clears readiness on a short read the same way).
-                    let drained = n < limit && !conn.read_closed;
+                    // edge-triggered poller again. Two things end a read short with more
+                    // queued and raise no new event — the peer's end of the stream behind the
+                    // data, and an urgent mark — and the poller reports both: such a
+                    // connection is read on (`Conn::read_on`).
+                    let drained = n < limit && !conn.read_on;
                     if deliver {
                         self.dispatcher.data(id, &buf[..n]);
                     } else {

@@ -310,3 +310,28 @@ fn requests_sent_just_before_the_end_of_the_stream_are_answered_and_the_close_is
     let info: String = redis::cmd("INFO").arg("clients").query(&mut watcher).expect("INFO");
     assert!(info.contains("connected_clients:1\r\n"), "{info}");
 }
+
+/// Urgent data (TCP's `MSG_OOB`, as telnet's Synch sends it) ends the host's read short at the
+/// urgent mark with the rest still queued, and no new event comes for what was queued: the
+/// host must read on. A request sent behind an urgent byte is answered at once, not when the
+/// client next sends something.
+#[test]
+fn a_request_queued_behind_urgent_data_is_answered_without_waiting_for_more_input() {
+    use rustix::net::{SendFlags, send, sockopt};
+    use std::io::Read;
+    let host = TestHost::start(artifacts::KV_V5);
+    let mut stream = host.raw();
+    // Corked, the two sends leave as one segment: both are queued before the host reads.
+    sockopt::set_tcp_cork(&stream, true).expect("TCP_CORK");
+    // The urgent byte is the last of the first send; the kernel keeps it out of the stream.
+    send(&stream, b"*1\r\n$4\r\nPING\r\n!", SendFlags::OOB).expect("send with MSG_OOB");
+    send(&stream, b"*2\r\n$4\r\nECHO\r\n$6\r\nbehind\r\n", SendFlags::empty()).expect("send");
+    sockopt::set_tcp_cork(&stream, false).expect("uncork");
+    let expected = b"+PONG\r\n$6\r\nbehind\r\n";
+    let mut got = vec![0; expected.len()];
+    // The read timeout (10 s, TestHost::raw) is a host that left the second request queued.
+    stream.read_exact(&mut got).unwrap_or_else(|e| {
+        panic!("the request behind the urgent byte was not answered ({e}); got {got:?}")
+    });
+    assert_eq!(got, expected);
+}
