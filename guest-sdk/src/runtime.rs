@@ -352,14 +352,14 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
     /// all together hold more than [`crate::host::input_total`]. Each is told (through
     /// [`Server::on_input_limit`]) and said in the host's log.
     fn enforce_input_limits(&mut self, conn: ConnId) {
-        let held = self.conns.get(&conn).map_or(0, |c| c.input.len());
-        if held == 0 && self.unconsumed == 0 {
-            // Nothing held, so no bound can be passed: the usual case (every request whole),
-            // spared the two calls to the host that ask for the bounds.
+        if self.unconsumed == 0 {
+            // Nothing held by any connection, so no bound can be passed: the usual case (every
+            // request whole), spared the two calls to the host that ask for the bounds.
             return;
         }
         let limit = usize::try_from(crate::host::input_limit()).unwrap_or(usize::MAX);
         let total = usize::try_from(crate::host::input_total()).unwrap_or(usize::MAX);
+        let held = self.conns.get(&conn).map_or(0, |c| c.input.len());
         if limit > 0 && held > limit {
             self.cut_off(
                 conn,
