@@ -11,7 +11,7 @@
 use crate::bindings::ConnInfo;
 use crate::conn::{Conn, Connections, RUNTIME_LISTENER_TOKENS};
 use crate::dispatch::{Dispatcher, SnapshotReply, Swapped, SystemClock, Tap};
-use crate::limits::{MEMORY_CHECK, READ_BUDGET, READ_CHUNK};
+use crate::limits::{MEMORY_CHECK, READ_BUDGET, READ_CHUNK, READ_TIME_BUDGET};
 use crate::live::Live;
 use crate::status::Shared;
 use crate::upgrade::Prepared;
@@ -159,6 +159,9 @@ impl EventLoop {
             // (auto-converge); the connections wait their turn in arrival order. A copy can
             // start between two events of the round (a checkpoint falls due): from then on the
             // round's reads wait for `read_some` too.
+            // The connections left to read from the last turn are read once in this one, after
+            // the round's events; one that an event reads now and cuts short waits for the next.
+            let again = self.dispatcher.net.take_read_again();
             let mut ready = Vec::new();
             for event in events.iter() {
                 match event.token() {
@@ -183,9 +186,13 @@ impl EventLoop {
                         if self.draining.is_none()
                             && (event.is_readable() || event.is_read_closed() || event.is_error())
                         {
+                            let due =
+                                self.dispatcher.net.conns.get(&id).is_some_and(|c| c.read_due);
                             if self.dispatcher.input_allowance().is_some() {
                                 ready.push(id);
-                            } else {
+                            } else if !due {
+                                // A connection queued to be read again is read once this
+                                // turn, in its place in that queue.
                                 self.read(id, READ_BUDGET);
                             }
                         }
@@ -196,13 +203,13 @@ impl EventLoop {
                 // Before the held input of those connections is read on (take_writable asks).
                 self.dispatcher.writable_due();
             }
-            let again = std::mem::take(&mut self.dispatcher.net.read_again);
             if self.draining.is_none() {
                 match self.dispatcher.input_allowance() {
                     Some(allowance) => self.read_some(again, ready, allowance),
                     // `ready` is not empty if a copy began and ended within the round.
                     None => {
                         for id in again.into_iter().chain(ready) {
+                            self.dispatcher.net.reading(id);
                             self.read(id, READ_BUDGET);
                         }
                     }
@@ -217,6 +224,7 @@ impl EventLoop {
             if Instant::now() >= self.next_memory_check {
                 self.check_memory();
             }
+
             loop {
                 match self.commands.try_recv() {
                     Ok(Command::Upgrade(prepared, reply)) => {
@@ -276,7 +284,9 @@ impl EventLoop {
     fn drain(&mut self, deadline: Instant, snapshot: Option<SnapshotReply>) {
         self.listeners.clear();
         self.dispatcher.net.close_listeners();
-        self.dispatcher.net.read_again.clear();
+        for id in self.dispatcher.net.take_read_again() {
+            self.dispatcher.net.reading(id);
+        }
         self.draining = Some(deadline);
         if let Some(swapped) = self.dispatcher.cancel_upgrade() {
             self.reply_upgrade(swapped);
@@ -414,8 +424,9 @@ impl EventLoop {
             if !seen.insert(id) {
                 continue;
             }
+            self.dispatcher.net.reading(id);
             if left == 0 {
-                self.dispatcher.net.read_again.push_back(id);
+                self.dispatcher.net.read_later(id);
                 held_back = true;
                 continue;
             }
@@ -439,14 +450,17 @@ impl EventLoop {
         let mut budget = budget;
         let start = budget;
         let mut buf = std::mem::take(&mut self.read_buf);
+        // When the first call that may be followed by another began: set only then, so that
+        // a request read whole in one short read (pipeline 1) costs no clock reading.
+        let mut started: Option<Instant> = None;
         loop {
             let net = &mut self.dispatcher.net;
             let Some(conn) = net.conns.get_mut(&id) else { break };
             if conn.closing {
                 break;
             }
-            if budget == 0 {
-                net.read_again.push_back(id);
+            if budget == 0 || started.is_some_and(|at| at.elapsed() >= READ_TIME_BUDGET) {
+                net.read_later(id);
                 break;
             }
             if conn.writable_is_due() && conn.held() > 0 {
@@ -462,6 +476,7 @@ impl EventLoop {
             if deliver && conn.held() > 0 {
                 let n = net.take_held(id, &mut buf[..limit]);
                 budget -= n;
+                started.get_or_insert_with(Instant::now);
                 self.dispatcher.data(id, &buf[..n]);
                 continue;
             }
@@ -506,6 +521,9 @@ impl EventLoop {
                     // data, and an urgent mark — and the poller reports both: such a
                     // connection is read on (`Conn::read_on`).
                     let drained = n < limit && !conn.read_on;
+                    if !drained {
+                        started.get_or_insert_with(Instant::now);
+                    }
                     if deliver {
                         self.dispatcher.data(id, &buf[..n]);
                     } else {

@@ -9,6 +9,7 @@ mod clients;
 mod control;
 mod converge;
 mod docs;
+mod fairness;
 mod faults;
 mod hot_swap;
 mod iteration;
