@@ -9,7 +9,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Deadline for one event (`on-connect`, `on-data`, `on-timer`, `on-disconnect`). An event that
 /// runs this long is a bug or an endless loop: a KV command takes microseconds, and a second is
-/// long enough for a 64 KiB batch of the slowest command on a loaded machine.
+/// long enough for a [`READ_CHUNK`] batch of the slowest command on a loaded machine.
 pub const EVENT_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Deadline for each of `init`, `describe`, `export-state` and `import-state` (and so for the
@@ -188,17 +188,20 @@ impl Limits {
     }
 }
 
-/// Largest read from one connection handed to the guest in one `on-data` call.
-pub const READ_CHUNK: usize = 64 * 1024;
+/// Largest read from one connection handed to the guest in one `on-data` call: the grain of
+/// [`READ_TIME_BUDGET`]. redis-server reads 16 KiB (`PROTO_IOBUF_LEN`) at a time too. With
+/// 64 KiB, one call of 1000-key MSETs took 3-4 ms at 1M keys, and a client sending PINGs beside
+/// a bulk load waited up to 10-15 ms for a reply; with 16 KiB, 6-7 ms (`bench/run
+/// --bulk-load-only`), with the same load time.
+pub const READ_CHUNK: usize = 16 * 1024;
 
 /// Bytes read from one connection per readiness event before the loop serves the others.
 pub const READ_BUDGET: usize = 4 * READ_CHUNK;
 
 /// Time one connection's input may take per turn of the loop before the others are served,
 /// checked after each `on-data` call (so a turn can run one [`READ_CHUNK`] past it). The byte
-/// budget alone let one client loading keys with 1000-key MSETs hold the loop for 9-19 ms a
-/// turn at 1M keys (256 KiB of input), and every other client waited that long for a reply.
-/// redis-server reads at most 16 KiB (`PROTO_IOBUF_LEN`) per client per event.
+/// budget alone (then 256 KiB) let one client loading keys with 1000-key MSETs hold the loop
+/// for 9-19 ms a turn at 1M keys, and every other client waited that long for a reply.
 pub const READ_TIME_BUDGET: Duration = Duration::from_millis(1);
 
 /// Output queued for one connection above which the host stops handing its input to the app

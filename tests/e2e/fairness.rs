@@ -1,16 +1,16 @@
 //! One client's bulk input does not hold up the others: the host reads a connection for about
 //! a millisecond a turn (`READ_TIME_BUDGET`, checked after each `on-data` call of up to
-//! 64 KiB) and once a turn, then serves the rest. A client loading keys while others query
+//! `READ_CHUNK` bytes) and once a turn, then serves the rest. A client loading keys while others query
 //! them is what a user does on every restore.
 
 use std::io::{BufRead, BufReader, Write};
 use std::thread;
 use tasuki::HostConfig;
-use tasuki::limits::Limits;
+use tasuki::limits::{Limits, READ_CHUNK};
 use tasuki_tests::{LineClient, TestHost, artifacts};
 
 /// Entries each of the loader's lines touches (`touch N` appends `+` to the first N values):
-/// enough work that one call of 64 KiB of such lines takes tens of milliseconds, far more than
+/// enough work that one call of `READ_CHUNK` bytes of such lines takes milliseconds, far more than
 /// the time budget and than a test thread's scheduling delays.
 const TOUCHED: usize = 1000;
 
@@ -18,8 +18,8 @@ const TOUCHED: usize = 1000;
 /// that the value the probe reads grows by few bytes a call and its reply is one write.
 const LINE_BYTES: usize = 100;
 
-/// Lines in one `on-data` call of held input (`READ_CHUNK`, 64 KiB; a call can end mid-line).
-const LINES_PER_CALL: usize = (64 << 10) / LINE_BYTES + 1;
+/// Lines in one `on-data` call of held input (`READ_CHUNK`; a call can end mid-line).
+const LINES_PER_CALL: usize = READ_CHUNK / LINE_BYTES + 1;
 
 /// Lines the loader pipelines.
 const LINES: usize = 20 * LINES_PER_CALL;
@@ -70,7 +70,7 @@ fn a_client_pipelining_work_holds_up_another_for_at_most_a_read_or_two() {
         }
         held_at = now;
     }
-    // The call that ran the flood ran the rest of its 64 KiB too.
+    // The call that ran the flood ran the rest of its READ_CHUNK too.
     assert!(held_at <= 1 + LINES_PER_CALL, "the loader's input was not held ({held_at} run)");
     let replies = BufReader::new(loader.try_clone().expect("clone"));
     let reader = thread::spawn(move || {
