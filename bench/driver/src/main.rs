@@ -6,6 +6,7 @@
 //! writing `bench/RESULTS.md` — is a subcommand here, and so is the soak behind `bench/soak`. Every measuring subcommand writes a raw
 //! `key=value` file; `report` reads the directory of them and does the arithmetic.
 
+mod bulk;
 mod clients;
 mod large;
 mod load;
@@ -51,6 +52,8 @@ enum Cli {
     Profile(profile::ProfileArgs),
     /// Sends one `RPUSH` of N elements while another client PINGs; times both.
     LargeRequest(large::LargeArgs),
+    /// Loads keys with 1000-key MSETs written at once while another client PINGs; times both.
+    BulkLoad(bulk::BulkArgs),
     /// Memory per key beside redis-server, where tasuki's goes, and what a compaction gives back.
     Memory(memory::MemoryArgs),
     /// Restarts redis-server (SHUTDOWN SAVE, start, load the RDB) under the same load.
@@ -85,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         Cli::Upgrades(args) => upgrades::run(&args),
         Cli::Profile(args) => profile::run(&args),
         Cli::LargeRequest(args) => large::run(&args),
+        Cli::BulkLoad(args) => bulk::run(&args),
         Cli::Memory(args) => memory::run(&args),
         Cli::Restarts(args) => restarts::run(&args),
         Cli::Soak(args) => soak::run(&args),

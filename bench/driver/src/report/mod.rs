@@ -8,6 +8,8 @@
 //! - `upgrades-SERIES-KEYS.kv`, `restarts-KEYS.kv`, `profile-NAME.kv`: from the `upgrades`,
 //!   `restarts` and `profile` subcommands;
 //! - `large-SYSTEM.kv`: from `large-request`, one per system;
+//! - `bulk/`: `SYSTEM-rN.kv` from `bulk-load`, per system and run, with a `bulk.kv` of where
+//!   they came from (`bench/run --bulk-load-only` measures them alone);
 //! - `memory/`: from `memory row` and `memory compaction`, with a `meta.kv` of its own (the
 //!   section may be measured alone, by `bench/run --memory-only`);
 //! - `throughput.kv`: where `tp/` and `tp-1m/` came from (their sections may be measured
@@ -21,6 +23,7 @@
 //! whole-state transfer's time goes, [`memory`] memory per key and compaction; throughput, latency and CPU
 //! per request are here.
 
+mod bulk;
 mod canary;
 mod catchup;
 mod checkpoints;
@@ -62,6 +65,9 @@ pub struct ReportArgs {
     /// Write only the catch-up section, in place of the one at OUT.
     #[arg(long, conflicts_with_all = ["memory_only", "soak_only", "throughput_only", "canary_only"])]
     catch_up_only: bool,
+    /// Write only the bulk-load section, in place of the one at OUT.
+    #[arg(long, conflicts_with_all = ["memory_only", "soak_only", "throughput_only", "canary_only", "catch_up_only"])]
+    bulk_load_only: bool,
 }
 
 /// The headings of the sections `--throughput-only` replaces, in their order in the report.
@@ -397,6 +403,13 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         eprintln!("wrote the catch-up section of {}", args.out.display());
         return Ok(());
     }
+    if args.bulk_load_only {
+        let mut section = String::new();
+        bulk::write(&mut section, &args.raw)?;
+        splice(&args.out, bulk::HEADING, &section)?;
+        eprintln!("wrote the bulk-load section of {}", args.out.display());
+        return Ok(());
+    }
     if args.canary_only {
         let mut section = String::new();
         canary::write(&mut section, &args.raw)?;
@@ -484,6 +497,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     catchup::write(&mut md, &args.raw)?;
     transfer::write(&mut md, &transfer::read(&args.raw)?)?;
     write_large_request(&mut md, &args.raw)?;
+    bulk::write(&mut md, &args.raw)?;
     if args.raw.join("canary").is_dir() {
         canary::write(&mut md, &args.raw)?;
     }
