@@ -345,7 +345,8 @@ impl<K, V> Table<K, V> {
             index.moved += 1;
         }
         if index.old.is_empty() || index.moved >= len {
-            debug_assert!(index.old.is_empty(), "every entry below len was moved");
+            // Once a move: dropping an old index with entries left would lose them silently.
+            assert!(index.old.is_empty(), "every entry below len was moved");
             index.old = HashTable::new();
             index.moved = 0;
         }
@@ -398,19 +399,20 @@ impl<K, V> Table<K, V> {
         let hash = hash_of(key);
         let is_key = |&p: &u32| key.equivalent(&self.slot(p as usize).key);
         let index = self.index.borrow();
-        let position = match index.table.find(hash, is_key) {
-            Some(&position) => position,
-            None if index.old.is_empty() => return None,
-            None => {
-                let found = index.old.find(hash, is_key).copied();
-                drop(index);
-                // The index grows: a lookup moves a batch too, so that a map only read from
-                // stops looking in two tables.
-                if let Ok(mut index) = self.index.try_borrow_mut() {
-                    Self::migrate(&self.segments, self.len, &mut index, MIGRATE_BATCH);
-                }
-                found?
+        let found = index.table.find(hash, is_key).copied();
+        let position = if index.old.is_empty() {
+            found?
+        } else {
+            let found = found.or_else(|| index.old.find(hash, is_key).copied());
+            drop(index);
+            // The index grows: every lookup moves a batch too (hit or miss, as redis's
+            // `dictFind` does), so that a map only read from, or a hot set of keys already
+            // moved, does not keep two tables for good. The step is skipped if the index is
+            // borrowed already: a key's `Hash` or `Eq` that looks up the same map.
+            if let Ok(mut index) = self.index.try_borrow_mut() {
+                Self::migrate(&self.segments, self.len, &mut index, MIGRATE_BATCH);
             }
+            found?
         };
         let slot = self.slot(position as usize);
         Some((position as usize, &slot.key, &slot.value))
@@ -906,6 +908,105 @@ mod tests {
         }
         assert!(lookups as usize * MIGRATE_BATCH >= old, "{old} moved by {lookups} lookups");
         table.check_index();
+    }
+
+    /// Lookups of a few keys already moved (a hot set, read and overwritten) finish a move
+    /// too: only misses of the new index used to take a step, and the old index stayed.
+    #[test]
+    fn a_hot_set_of_moved_keys_finishes_a_move() {
+        let mut table: Table<u64, u64> = Table::new();
+        let mut i = 0;
+        while table.index.borrow().old.len() < 50_000 {
+            table.insert_full(i, i);
+            i += 1;
+        }
+        let hot = table.index.borrow().moved as u64;
+        assert!(hot > 0, "some keys are in the new index");
+        let mut n = 0u64;
+        while !table.index.borrow().old.is_empty() {
+            let key = n % hot;
+            if n.is_multiple_of(2) {
+                assert_eq!(table.get_full(&key).map(|(_, _, v)| *v), Some(key));
+            } else {
+                table.insert_full(key, key);
+            }
+            n += 1;
+            assert!(n <= 2 * i, "{n} lookups of {hot} moved keys and still moving");
+        }
+        table.check_index();
+    }
+
+    /// Removals at full load leave tombstones that use up the index's room: the index is
+    /// then moved to a new one of the same size, a batch at a time like a growth, and the
+    /// churn of inserts and removals meanwhile (the last entry moving below the cursor from
+    /// the old index, among others) loses nothing.
+    #[test]
+    fn a_churn_after_tombstones_moves_the_index_at_the_same_size() {
+        let mut table: Table<u64, u64> = Table::new();
+        let mut model: HashMap<u64, u64> = HashMap::new();
+        let mut live: Vec<u64> = Vec::new();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next_random = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut next = 0u64;
+        // To the brim: the next insert would start a growth.
+        while next < 20_000 || {
+            let index = table.index.borrow();
+            index.table.len() < index.table.capacity()
+        } {
+            table.insert_full(next, next);
+            model.insert(next, next);
+            live.push(next);
+            next += 1;
+        }
+        for _ in 0..live.len() * 6 / 10 {
+            let key = live.swap_remove((next_random() % live.len() as u64) as usize);
+            assert_eq!(table.swap_remove_full(&key).map(|(_, _, v)| v), model.remove(&key));
+        }
+        let (mut same_size, mut below_cursor) = (0, 0);
+        for step in 0..400_000u64 {
+            let (peak, moving) = {
+                let index = table.index.borrow();
+                (index.peak, !index.old.is_empty())
+            };
+            if next_random().is_multiple_of(2) {
+                table.insert_full(next, next);
+                model.insert(next, next);
+                live.push(next);
+                next += 1;
+            } else {
+                let key = live.swap_remove((next_random() % live.len() as u64) as usize);
+                let last = table.len() - 1;
+                let (old_has_last, cursor) = {
+                    let index = table.index.borrow();
+                    let hash = hash_of(table.get_index(last).expect("an entry").0);
+                    (index.old.find(hash, |&p| p as usize == last).is_some(), index.moved)
+                };
+                let removed = table.swap_remove_full(&key);
+                if old_has_last && removed.as_ref().is_some_and(|(p, _, _)| *p < cursor) {
+                    below_cursor += 1;
+                }
+                assert_eq!(removed.map(|(_, _, v)| v), model.remove(&key), "step {step}");
+            }
+            let index = table.index.borrow();
+            if !moving && !index.old.is_empty() && index.peak == peak {
+                same_size += 1;
+            }
+            drop(index);
+            if step % 4_999 == 0 {
+                table.check_index();
+            }
+        }
+        table.check_index();
+        for (key, value) in &model {
+            assert_eq!(table.get_full(key).map(|(_, _, v)| *v), Some(*value));
+        }
+        assert!(same_size > 0, "no same-size move began");
+        assert!(below_cursor > 0, "no removal moved an old entry below the cursor");
     }
 
     /// Growing never keeps more than the entries plus a segment (and a spare), unlike a
