@@ -377,6 +377,12 @@ impl Connections {
         std::mem::take(&mut self.read_again)
     }
 
+    /// `id` waits in [`Connections::read_again`] to be read: an event for it does not read it
+    /// ahead of its place there.
+    pub(crate) fn is_read_due(&self, id: u64) -> bool {
+        self.conns.get(&id).is_some_and(|conn| conn.read_due)
+    }
+
     /// `id`, taken from the queue of [`Connections::take_read_again`], is read now: from here
     /// on it can be queued again.
     pub(crate) fn reading(&mut self, id: u64) {

@@ -186,13 +186,12 @@ impl EventLoop {
                         if self.draining.is_none()
                             && (event.is_readable() || event.is_read_closed() || event.is_error())
                         {
-                            let due =
-                                self.dispatcher.net.conns.get(&id).is_some_and(|c| c.read_due);
                             if self.dispatcher.input_allowance().is_some() {
                                 ready.push(id);
-                            } else if !due {
-                                // A connection queued to be read again is read once this
-                                // turn, in its place in that queue.
+                            } else if !self.dispatcher.net.is_read_due(id) {
+                                // A connection queued to be read again is read in its place in
+                                // that queue: this turn's, or the next one's if it was queued
+                                // during this round (its held input resumed).
                                 self.read(id, READ_BUDGET);
                             }
                         }
@@ -208,9 +207,14 @@ impl EventLoop {
                     Some(allowance) => self.read_some(again, ready, allowance),
                     // `ready` is not empty if a copy began and ended within the round.
                     None => {
-                        for id in again.into_iter().chain(ready) {
+                        for id in again {
                             self.dispatcher.net.reading(id);
                             self.read(id, READ_BUDGET);
+                        }
+                        for id in ready {
+                            if !self.dispatcher.net.is_read_due(id) {
+                                self.read(id, READ_BUDGET);
+                            }
                         }
                     }
                 }
@@ -416,15 +420,21 @@ impl EventLoop {
 
     /// Reads from the connections of `again`, then `ready`, in that order and each once, until
     /// `allowance` bytes of input are taken; the rest wait for the next round, first in line.
+    /// A connection of `ready` queued for the next round meanwhile is read then, in its place.
     fn read_some(&mut self, again: VecDeque<u64>, ready: Vec<u64>, allowance: u64) {
         let mut left = usize::try_from(allowance).unwrap_or(usize::MAX);
         let mut seen = FxHashSet::default();
         let mut held_back = false;
-        for id in again.into_iter().chain(ready) {
+        let queued = again.len();
+        for (n, id) in again.into_iter().chain(ready).enumerate() {
             if !seen.insert(id) {
                 continue;
             }
-            self.dispatcher.net.reading(id);
+            if n < queued {
+                self.dispatcher.net.reading(id);
+            } else if self.dispatcher.net.is_read_due(id) {
+                continue;
+            }
             if left == 0 {
                 self.dispatcher.net.read_later(id);
                 held_back = true;
