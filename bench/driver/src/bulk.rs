@@ -5,11 +5,12 @@
 //! so the second client sees every growth of the keyspace's index and every long turn the
 //! loader's input gives the server.
 
+use crate::large::ping_until;
 use crate::load::{MSET_KEYS, key, value};
 use crate::raw::Raw;
 use crate::stats::{max, percentile};
-use anyhow::{Context, bail, ensure};
-use std::io::{BufRead, BufReader, Read, Write};
+use anyhow::{Context, ensure};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,21 +67,7 @@ pub fn run(args: &BulkArgs) -> anyhow::Result<()> {
     pinger.set_nodelay(true)?;
     let done = AtomicBool::new(false);
     let (load_ms, pings) = std::thread::scope(|scope| -> anyhow::Result<_> {
-        let pings = scope.spawn(|| -> anyhow::Result<Vec<f64>> {
-            let mut pinger = pinger;
-            let mut pong = [0u8; 7];
-            let mut latencies = Vec::new();
-            while !done.load(Ordering::Relaxed) {
-                let start = Instant::now();
-                pinger.write_all(b"PING\r\n")?;
-                pinger.read_exact(&mut pong)?;
-                if &pong != b"+PONG\r\n" {
-                    bail!("PING answered {:?}", String::from_utf8_lossy(&pong));
-                }
-                latencies.push(start.elapsed().as_secs_f64() * 1e3);
-            }
-            Ok(latencies)
-        });
+        let pings = scope.spawn(|| ping_until(pinger, &done));
         let start = Instant::now();
         let mut writer = loader.try_clone()?;
         let body = &body;

@@ -35,6 +35,22 @@ fn request(key: &str, elements: usize) -> Vec<u8> {
     out
 }
 
+/// Sends PINGs on `pinger` one at a time until `done`: each one's round trip, in ms.
+pub fn ping_until(mut pinger: TcpStream, done: &AtomicBool) -> anyhow::Result<Vec<f64>> {
+    let mut pong = [0u8; 7];
+    let mut latencies = Vec::new();
+    while !done.load(Ordering::Relaxed) {
+        let start = Instant::now();
+        pinger.write_all(b"PING\r\n")?;
+        pinger.read_exact(&mut pong)?;
+        if &pong != b"+PONG\r\n" {
+            bail!("PING answered {:?}", String::from_utf8_lossy(&pong));
+        }
+        latencies.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(latencies)
+}
+
 pub fn run(args: &LargeArgs) -> anyhow::Result<()> {
     let key = "bench:large";
     let mut sender = TcpStream::connect(&args.addr).context("connecting the sender")?;
@@ -49,21 +65,7 @@ pub fn run(args: &LargeArgs) -> anyhow::Result<()> {
     pinger.set_read_timeout(Some(Duration::from_secs(120)))?;
     let done = AtomicBool::new(false);
     let (reply_ms, reply, pings) = std::thread::scope(|scope| -> anyhow::Result<_> {
-        let pings = scope.spawn(|| -> anyhow::Result<Vec<f64>> {
-            let mut pinger = pinger;
-            let mut pong = [0u8; 7];
-            let mut latencies = Vec::new();
-            while !done.load(Ordering::Relaxed) {
-                let start = Instant::now();
-                pinger.write_all(b"PING\r\n")?;
-                pinger.read_exact(&mut pong)?;
-                if &pong != b"+PONG\r\n" {
-                    bail!("PING answered {:?}", String::from_utf8_lossy(&pong));
-                }
-                latencies.push(start.elapsed().as_secs_f64() * 1e3);
-            }
-            Ok(latencies)
-        });
+        let pings = scope.spawn(|| ping_until(pinger, &done));
         let start = Instant::now();
         sender.write_all(&body)?;
         line.clear();
