@@ -753,6 +753,16 @@ mod tests {
         pub(super) static HASHES: Cell<usize> = const { Cell::new(0) };
     }
 
+    /// A seeded xorshift64 generator: the same walk on every run.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
     /// A random walk of inserts, overwrites and removals, checked against `std`'s map and an
     /// order kept by hand (the `IndexMap` order: push, swap-remove).
     #[test]
@@ -760,13 +770,7 @@ mod tests {
         let mut table: Table<u64, u64> = Table::new();
         let mut model: HashMap<u64, u64> = HashMap::new();
         let mut order: Vec<u64> = Vec::new();
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         for step in 0..200_000u64 {
             let key = next() % 5_000;
             match next() % 10 {
@@ -945,13 +949,7 @@ mod tests {
         let mut table: Table<u64, u64> = Table::new();
         let mut model: HashMap<u64, u64> = HashMap::new();
         let mut live: Vec<u64> = Vec::new();
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next_random = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next_random = xorshift(0x2545_f491_4f6c_dd1d);
         let mut next = 0u64;
         // To the brim: the next insert would start a growth.
         while next < 20_000 || {

@@ -591,12 +591,11 @@ impl Network for Connections {
                 self.shared.waiting_writable.fetch_sub(1, Ordering::Relaxed);
             }
             conn.writable_due = false;
-            if (conn.held() > 0 || conn.eof) && !conn.read_due {
-                // Read on after the guest has heard: what it held back comes first.
-                conn.read_due = true;
-                self.read_again.push_back(id);
-            }
             due.push((id, conn.pending()));
+            if conn.held() > 0 || conn.eof {
+                // Read on after the guest has heard: what it held back comes first.
+                self.read_later(id);
+            }
         }
         due
     }

@@ -390,32 +390,21 @@ fn read_series(dir: &Path, prefix: &str) -> anyhow::Result<BTreeMap<u64, Raw>> {
 
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     if args.soak_only {
-        let mut section = String::new();
-        soak::write(&mut section, &soak::read(&args.raw)?)?;
-        splice(&args.out, soak::HEADING, &section)?;
-        eprintln!("wrote the soak section of {}", args.out.display());
-        return Ok(());
+        let soak = soak::read(&args.raw)?;
+        return write_alone(&args.out, soak::HEADING, "soak", |md| soak::write(md, &soak));
     }
     if args.catch_up_only {
-        let mut section = String::new();
-        catchup::write(&mut section, &args.raw)?;
-        splice(&args.out, catchup::HEADING, &section)?;
-        eprintln!("wrote the catch-up section of {}", args.out.display());
-        return Ok(());
+        return write_alone(&args.out, catchup::HEADING, "catch-up", |md| {
+            catchup::write(md, &args.raw)
+        });
     }
     if args.bulk_load_only {
-        let mut section = String::new();
-        bulk::write(&mut section, &args.raw)?;
-        splice(&args.out, bulk::HEADING, &section)?;
-        eprintln!("wrote the bulk-load section of {}", args.out.display());
-        return Ok(());
+        return write_alone(&args.out, bulk::HEADING, "bulk-load", |md| bulk::write(md, &args.raw));
     }
     if args.canary_only {
-        let mut section = String::new();
-        canary::write(&mut section, &args.raw)?;
-        splice(&args.out, canary::HEADING, &section)?;
-        eprintln!("wrote the canary section of {}", args.out.display());
-        return Ok(());
+        return write_alone(&args.out, canary::HEADING, "canary", |md| {
+            canary::write(md, &args.raw)
+        });
     }
     let memory = memory::read(&args.raw)?;
     if args.memory_only {
@@ -781,6 +770,21 @@ fn splice_sections(
 /// the heading up to the next `## ` heading), or appends it if the report has none; writes the
 /// section alone if there is no report yet. Sections measured by their own runs (the memory
 /// section, the soak) are put in place this way and leave the others as their run wrote them.
+/// Writes one section (`write`) into the report at `out` in place of the one under `heading`,
+/// for a `--X-only` run; the other sections stay as their own run wrote them.
+fn write_alone(
+    out: &Path,
+    heading: &str,
+    name: &str,
+    write: impl FnOnce(&mut String) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut section = String::new();
+    write(&mut section)?;
+    splice(out, heading, &section)?;
+    eprintln!("wrote the {name} section of {}", out.display());
+    Ok(())
+}
+
 fn splice(path: &Path, heading: &str, section: &str) -> anyhow::Result<()> {
     splice_sections(path, heading, |h| h == heading, section)
 }
