@@ -18,6 +18,7 @@
 //! - [`snapshot`]: snapshot files — the documented on-disk format of a state.
 //! - `spill`: the checkpoint's chunks and the journal's bytes, in unnamed files rather than
 //!   the heap.
+//! - `journal`: the recovery journal's index of events, each encoded in a few bytes.
 //! - `recovery`: a checkpoint and a journal of events, and the rebuild that replays them
 //!   (leaving out input that makes the replay trap, and rebuilding the timer queue).
 //! - `live`: **the live version** — version, instance, app info and recovery state as one
@@ -49,6 +50,7 @@ mod event_loop;
 pub mod host;
 mod host_info;
 pub mod instance;
+mod journal;
 pub mod limits;
 pub mod listeners;
 mod live;

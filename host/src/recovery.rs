@@ -34,6 +34,8 @@
 use crate::bindings::{AppInfo, ConnInfo, Snapshot};
 use crate::clock::EventClock;
 use crate::instance::{CallError, Instance, snapshot_bytes};
+use crate::journal::{ENTRY_MAX, Events};
+pub(crate) use crate::journal::{Event, Stamp};
 use crate::limits::CHECKPOINT_MIN;
 use crate::listeners::{ListenError, ListenerBook};
 use crate::spill::{self, Chunks, IMPORT_BATCH, Log, LogBytes, LogCopy};
@@ -42,7 +44,6 @@ use crate::timers::TimerQueue;
 use crate::version::Version;
 use rustc_hash::FxHashMap;
 use std::collections::{HashMap, HashSet};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,38 +53,6 @@ use std::time::{Duration, Instant};
 /// timer whose replay traps). Eight covers any realistic set of hostile clients at once; a
 /// journal that traps more often than that is a guest that cannot run its own history.
 pub const MAX_REPLAY_ATTEMPTS: usize = 8;
-
-/// When an event ran: the wall-clock time the guest saw (ns since the Unix epoch), the
-/// dispatcher's monotonic time (ns), which timer deadlines are counted on, and the event's
-/// serial number in this host (from 1), which picks the random bytes it read (see
-/// [`crate::clock`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Stamp {
-    pub(crate) wall: u64,
-    pub(crate) mono: u64,
-    pub(crate) serial: u64,
-}
-
-/// One event that completed, as the guest saw it.
-#[derive(Debug, Clone)]
-pub(crate) enum Event {
-    Connect(ConnInfo),
-    /// A connection's bytes: a range of [`Recovery::data`].
-    Data(u64, Range<usize>),
-    Disconnect(u64),
-    Timer(u64),
-    /// `on-writable(conn, window)`, with the window the guest was given: its send window is
-    /// state, so the replay must grant the same.
-    Writable(u64, u64),
-    /// `on-listening(id, result)`: the host's answer, which a replay gives again rather than
-    /// ask the system for another port.
-    Listening(u64, Result<String, ListenError>),
-    /// `on-accept(conn, listener)`; the connection boxed, so that the variant is no larger than
-    /// `Connect` and every event's index entry stays as small as before it.
-    Accept(Box<ConnInfo>, u64),
-    /// `on-listeners-lost()`.
-    ListenersLost,
-}
 
 /// The state an instance can be rebuilt from.
 #[derive(Debug, Clone)]
@@ -229,83 +198,9 @@ struct Unanswered {
     bytes: usize,
 }
 
-/// Approximate bytes an event costs besides its data.
-const EVENT_OVERHEAD: usize = std::mem::size_of::<(Stamp, Event)>();
-// The journal keeps one per event in memory (88 bytes: a `Connect` and its stamp): events
-// added since (answers to listen requests, accepts) must not grow it.
-const _: () = assert!(EVENT_OVERHEAD <= 88, "a journaled event's index entry grew past 88 bytes");
-
-/// Events per segment of the journal's index ([`Events`]): a copy costs the loop at most this
-/// many events' clone (4096 × 88 B, 352 KiB: tens of microseconds).
-const SEGMENT: usize = 4096;
-
-/// The journal's events, in order: full segments of [`SEGMENT`] events, each frozen behind an
-/// `Arc` once filled, and the segment being filled. A clone shares the full segments and copies
-/// the last, so that [`Recovery::copy`] does not grow with the journal (a whole `Vec` of 500k
-/// events took 5–24 ms of the loop at 1M keys, bench/RESULTS.md); appending never copies.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Events {
-    full: Vec<Arc<Vec<(Stamp, Event)>>>,
-    filling: Vec<(Stamp, Event)>,
-    /// Events at the front let go of ([`Events::drop_front`]), fewer than a segment: of
-    /// `full[0]`, or of `filling` while nothing is full.
-    start: usize,
-}
-
-impl Events {
-    /// Lets go of the first `n` events (at most [`Self::len`]); the next is index 0. Segments
-    /// left whole go to the drop thread.
-    fn drop_front(&mut self, n: usize) {
-        self.start += n.min(self.len());
-        let whole = (self.start / SEGMENT).min(self.full.len());
-        if whole > 0 {
-            spill::drop_later(self.full.drain(..whole).collect::<Vec<_>>());
-            self.start -= whole * SEGMENT;
-        }
-        if self.full.is_empty() && self.start == self.filling.len() {
-            self.filling.clear();
-            self.start = 0;
-        }
-    }
-
-    fn push(&mut self, event: (Stamp, Event)) {
-        if self.filling.capacity() == 0 {
-            self.filling.reserve_exact(SEGMENT);
-        }
-        self.filling.push(event);
-        if self.filling.len() == SEGMENT {
-            self.full.push(Arc::new(std::mem::take(&mut self.filling)));
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.full.len() * SEGMENT + self.filling.len() - self.start
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The event at journal index `index`.
-    ///
-    /// # Panics
-    /// When `index` is not below [`Self::len`].
-    fn get(&self, index: usize) -> &(Stamp, Event) {
-        let index = index + self.start;
-        match self.full.get(index / SEGMENT) {
-            Some(segment) => &segment[index % SEGMENT],
-            None => &self.filling[index - self.full.len() * SEGMENT],
-        }
-    }
-
-    fn first(&self) -> Option<&(Stamp, Event)> {
-        (!self.is_empty()).then(|| self.get(0))
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &(Stamp, Event)> {
-        self.full.iter().flat_map(|segment| segment.iter()).chain(&self.filling).skip(self.start)
-    }
-}
+/// Bytes an event's index entry is counted as while recovery is off, when nothing is kept:
+/// what a `Data` event's encoding takes, about (see [`crate::journal`]).
+const OFF_EVENT_BYTES: usize = 12;
 
 /// What a rebuild did, for the dispatcher, the log and `tasuki status`.
 #[derive(Debug, Default)]
@@ -412,11 +307,12 @@ impl Recovery {
     }
 
     fn push(&mut self, at: Stamp, event: Event, bytes: usize) {
-        self.since_checkpoint += bytes + EVENT_OVERHEAD;
         if self.off.is_some() {
+            self.since_checkpoint += bytes + OFF_EVENT_BYTES;
             return;
         }
-        self.events.push((at, event));
+        let entry = self.events.push((at, event));
+        self.since_checkpoint += bytes + entry;
         if self.len() > self.limit {
             let off = RecoveryOff::Overflowed { limit: self.limit, failures: self.failures };
             tracing::error!("recovery is {off}");
@@ -435,7 +331,7 @@ impl Recovery {
         let from = self.events.len();
         self.unanswered.entry(conn).or_insert(Unanswered { from, bytes: 0 }).bytes += bytes.len();
         if self.off.is_some() {
-            self.since_checkpoint += bytes.len() + EVENT_OVERHEAD;
+            self.since_checkpoint += bytes.len() + OFF_EVENT_BYTES;
             return;
         }
         let range = self.data.append(bytes);
@@ -510,7 +406,7 @@ impl Recovery {
 
     /// Bytes held by events since the checkpoint.
     pub(crate) fn len(&self) -> usize {
-        self.data.len() + self.events.len() * EVENT_OVERHEAD
+        self.data.len() + self.events.held()
     }
 
     /// Events journaled since the checkpoint.
@@ -637,7 +533,7 @@ impl Recovery {
         let gap = CHECKPOINT_MIN.min(half).saturating_mul(1 << self.failures.min(16));
         let next = self.since_checkpoint.saturating_add(gap);
         self.checkpoint_at = if self.off.is_none() {
-            next.min(self.limit.saturating_sub(EVENT_OVERHEAD).max(self.since_checkpoint + 1))
+            next.min(self.limit.saturating_sub(ENTRY_MAX).max(self.since_checkpoint + 1))
         } else {
             next
         };
@@ -775,7 +671,7 @@ impl Recovery {
         let mut kept = 0;
         for (index, (_, event)) in self.events.iter().enumerate() {
             kept_before.push(kept);
-            if !left_out(index, event, skips, skipped) {
+            if !left_out(index, &event, skips, skipped) {
                 kept += 1;
             }
         }
@@ -786,15 +682,14 @@ impl Recovery {
         // The bytes of the dropped events go too: a culprit's input can be most of the journal.
         let mut events = Events::default();
         let mut kept = Log::new(self.dir.as_deref());
-        for (index, (at, event)) in self.events.iter().enumerate() {
-            if left_out(index, event, skips, skipped) {
+        for (index, (at, mut event)) in self.events.iter().enumerate() {
+            if left_out(index, &event, skips, skipped) {
                 continue;
             }
-            let mut event = event.clone();
             if let Event::Data(_, range) = &mut event {
                 *range = kept.append(data.get(range.clone()));
             }
-            events.push((*at, event));
+            events.push((at, event));
         }
         self.events = events;
         self.data = kept;
@@ -878,7 +773,7 @@ impl JournalCopy {
         })?;
         // What `init` asked for was done and undone long before the checkpoint.
         instance.discard_effects();
-        let _detached = clock.detach(self.events.first().map_or(at, |(first, _)| *first));
+        let _detached = clock.detach(self.events.first().map_or(at, |(first, _)| first));
         self.checkpoint.import_into(instance)?;
         let base = (&self.base_timers[..], self.base_mono, self.base_listeners);
         let mut believed = believed_after_import(instance, base);
@@ -919,25 +814,25 @@ fn replay_events(
 ) -> Result<usize, (usize, CallError)> {
     let mut replayed = 0;
     for (index, (at, event)) in events.iter().enumerate() {
-        if left_out(index, event, skips, skipped) {
+        if left_out(index, &event, skips, skipped) {
             continue;
         }
-        begin(*at);
+        begin(at);
         let result = match event {
-            Event::Connect(conn) => instance.on_connect(conn),
-            Event::Data(conn, range) => instance.on_data(*conn, data.get(range.clone())),
-            Event::Disconnect(conn) => instance.on_disconnect(*conn),
+            Event::Connect(conn) => instance.on_connect(&conn),
+            Event::Data(conn, range) => instance.on_data(conn, data.get(range)),
+            Event::Disconnect(conn) => instance.on_disconnect(conn),
             Event::Timer(id) => {
                 // It fired: it is no longer armed, unless its handler arms it again.
-                timers.cancel(*id);
-                instance.on_timer(*id)
+                timers.cancel(id);
+                instance.on_timer(id)
             }
-            Event::Writable(conn, window) => instance.on_writable(*conn, *window),
+            Event::Writable(conn, window) => instance.on_writable(conn, window),
             Event::Listening(id, result) => {
-                listeners.answered(*id, result);
-                instance.on_listening(*id, result)
+                listeners.answered(id, &result);
+                instance.on_listening(id, &result)
             }
-            Event::Accept(conn, listener) => instance.on_accept(conn, *listener),
+            Event::Accept(conn, listener) => instance.on_accept(&conn, listener),
             Event::ListenersLost => {
                 listeners.lost();
                 instance.on_listeners_lost()
@@ -993,78 +888,10 @@ pub(crate) fn start(version: &Version, args: &[String]) -> Result<(Instance, App
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn timer(serial: u64) -> (Stamp, Event) {
-        (Stamp { wall: serial, mono: serial, serial }, Event::Timer(serial))
-    }
+    use crate::journal::SEGMENT;
 
     fn serials(events: &Events) -> Vec<u64> {
         events.iter().map(|(at, _)| at.serial).collect()
-    }
-
-    #[test]
-    fn the_events_index_keeps_order_and_indices_across_segments() {
-        let mut events = Events::default();
-        let n = 2 * SEGMENT + 17;
-        for serial in 0..n as u64 {
-            events.push(timer(serial));
-        }
-        assert_eq!(events.len(), n);
-        assert_eq!(serials(&events), (0..n as u64).collect::<Vec<_>>());
-        for index in [0, SEGMENT - 1, SEGMENT, 2 * SEGMENT, n - 1] {
-            assert_eq!(events.get(index).0.serial, index as u64, "index {index}");
-        }
-        assert_eq!(events.first().map(|(at, _)| at.serial), Some(0));
-        assert!(Events::default().first().is_none());
-    }
-
-    #[test]
-    fn a_copy_of_the_events_index_shares_its_full_segments_and_stays_as_it_was() {
-        let mut events = Events::default();
-        for serial in 0..(SEGMENT + 5) as u64 {
-            events.push(timer(serial));
-        }
-        let copy = events.clone();
-        // Shared, not copied: what makes a catch-up's copy cost one segment at most.
-        assert!(Arc::ptr_eq(&events.full[0], &copy.full[0]));
-        for serial in (SEGMENT + 5) as u64..(3 * SEGMENT) as u64 {
-            events.push(timer(serial));
-        }
-        assert_eq!(serials(&copy), (0..(SEGMENT + 5) as u64).collect::<Vec<_>>());
-        assert_eq!(events.len(), 3 * SEGMENT);
-        assert_eq!(serials(&events), (0..(3 * SEGMENT) as u64).collect::<Vec<_>>());
-    }
-
-    /// Events let go of at the front leave the rest at indices from 0, in order, across
-    /// segments, in a copy too; segments wholly let go of are freed.
-    #[test]
-    fn events_let_go_of_at_the_front_leave_the_rest_in_order_from_index_zero() {
-        for dropped in [0, 5, SEGMENT - 1, SEGMENT, SEGMENT + 3, 2 * SEGMENT + 17, 2 * SEGMENT + 20]
-        {
-            let mut events = Events::default();
-            let n = 2 * SEGMENT + 20;
-            for serial in 0..n as u64 {
-                events.push(timer(serial));
-            }
-            events.drop_front(dropped);
-            assert_eq!(events.len(), n - dropped, "{dropped}");
-            let rest: Vec<u64> = (dropped as u64..n as u64).collect();
-            assert_eq!(serials(&events), rest, "{dropped}");
-            assert_eq!(serials(&events.clone()), rest, "{dropped}");
-            if dropped < n {
-                assert_eq!(events.get(0).0.serial, dropped as u64);
-                assert_eq!(events.get(n - dropped - 1).0.serial, n as u64 - 1);
-            }
-            assert_eq!(events.full.len(), (n / SEGMENT) - (dropped / SEGMENT).min(n / SEGMENT));
-            // Pushing on after it keeps the order.
-            for serial in n as u64..(n + SEGMENT) as u64 {
-                events.push(timer(serial));
-            }
-            assert_eq!(
-                serials(&events),
-                (dropped as u64..(n + SEGMENT) as u64).collect::<Vec<_>>()
-            );
-        }
     }
 
     /// A checkpoint advanced to a mark keeps the events journaled after it, at indices from 0,
@@ -1109,7 +936,10 @@ mod tests {
             assert_eq!(data.get(range.clone()), after(at.serial), "event {}", at.serial);
         }
         let kept: usize = (11..=15).map(|serial| after(serial).len()).sum();
-        assert_eq!(recovery.len(), 5 * EVENT_OVERHEAD + kept);
+        // The index's bytes are counted until its segment goes (all 15 events share one).
+        let mut index = Events::default();
+        let indexed: usize = recovery.events.iter().map(|e| index.push(e)).sum();
+        assert!(recovery.len() >= kept + indexed && recovery.len() <= kept + 3 * indexed);
         // Unanswered input from before the mark is in the checkpoint now; after it, it moved
         // down with the journal.
         assert_eq!(recovery.unanswered(7).from, 0);
