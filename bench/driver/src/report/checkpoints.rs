@@ -5,6 +5,9 @@ use super::{Checkpoints, Run, Throughput, ms, paired, thousands};
 use crate::stats::{max, median};
 use std::fmt::Write as _;
 
+/// The section's heading: `--checkpoints-only` puts its section in place of the one under it.
+pub(super) const HEADING: &str = "## SET latency while checkpoints run";
+
 /// What the runs measured, for the table here and the figures at the top.
 #[derive(Debug)]
 pub(super) struct Summary {
@@ -44,7 +47,7 @@ pub(super) fn write(
 ) -> anyhow::Result<()> {
     let Some(((_, pipeline, _), _)) = tp.iter().next() else { return Ok(()) };
     let keys = summary.keys;
-    writeln!(md, "## SET latency while checkpoints run\n")?;
+    writeln!(md, "{HEADING}\n")?;
     writeln!(
         md,
         "`redis-benchmark -t set -c {connections} -n {} -P {pipeline} -r {} --csv` against both servers, each holding {} keys first. tasuki journals every request for recovery and checkpoints its state whenever the journal has taken in as many bytes as the state holds (`--journal` 256 MiB, the default): a checkpoint is built a chunk at a time between events, as a pre-copy is, so a SET should wait at most about one chunk's time. The checkpoints are counted from the host's log (`TASUKI_LOG=tasuki::dispatch=debug`: `checkpoint from chunks`, or `checkpoint` for one exported whole at a single boundary). redis-server runs with `--save ''`: it takes no snapshot, so its column is the floor. Max is the slowest SET of each run, as redis-benchmark reports it.\n",

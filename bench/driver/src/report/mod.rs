@@ -68,6 +68,10 @@ pub struct ReportArgs {
     /// Write only the bulk-load section, in place of the one at OUT.
     #[arg(long, conflicts_with_all = ["memory_only", "soak_only", "throughput_only", "canary_only", "catch_up_only"])]
     bulk_load_only: bool,
+    /// Write only the SET-under-checkpoints section (from `ckpt/` and `ckpt.kv`) and its row of
+    /// the figures at the top, in place of those at OUT.
+    #[arg(long, conflicts_with_all = ["memory_only", "soak_only", "throughput_only", "canary_only", "catch_up_only", "bulk_load_only"])]
+    checkpoints_only: bool,
 }
 
 /// The headings of the sections `--throughput-only` replaces, in their order in the report.
@@ -400,6 +404,9 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     }
     if args.bulk_load_only {
         return write_alone(&args.out, bulk::HEADING, "bulk-load", |md| bulk::write(md, &args.raw));
+    }
+    if args.checkpoints_only {
+        return write_checkpoints_alone(&args.raw, &args.out);
     }
     if args.canary_only {
         return write_alone(&args.out, canary::HEADING, "canary", |md| {
@@ -785,6 +792,44 @@ fn write_alone(
     write(&mut section)?;
     splice(out, heading, &section)?;
     eprintln!("wrote the {name} section of {}", out.display());
+    Ok(())
+}
+
+/// `--checkpoints-only`: the SET-under-checkpoints section, opening with where it came from
+/// (`ckpt.kv`), and its row of the figures at the top, which then says which run it came from
+/// (the rest of that table is another run's).
+fn write_checkpoints_alone(raw: &Path, out: &Path) -> anyhow::Result<()> {
+    let source = Raw::read(&raw.join("ckpt.kv"))?;
+    let s = |k: &str| source.get(k).unwrap_or("?").to_string();
+    let requests = source.opt_num("ckpt_requests").unwrap_or(f64::NAN);
+    let ckpt = read_throughput(&raw.join("ckpt"), &|_| requests)?;
+    let summary = checkpoints::summarize(&ckpt, source.opt_num("ckpt_keys").unwrap_or(f64::NAN))
+        .ok_or_else(|| anyhow!("no SET-under-checkpoints results in {}", raw.display()))?;
+    let provenance = format!(
+        "`{}` at commit `{}` on {} (load average {} at the start, {} at the end)",
+        s("command"),
+        s("commit"),
+        s("date"),
+        s("loadavg_start"),
+        s("loadavg_end")
+    );
+    let mut section = String::new();
+    checkpoints::write(&mut section, &ckpt, &summary, requests, &s("connections"))?;
+    let section = section.replacen(
+        checkpoints::HEADING,
+        &format!("{}\n\nMeasured by {provenance}.", checkpoints::HEADING),
+        1,
+    );
+    splice(out, checkpoints::HEADING, &section)?;
+    let report = std::fs::read_to_string(out)?;
+    let row = figures::checkpoint_row(&summary, &format!(" (measured by {provenance})"))?;
+    let report: String = report
+        .lines()
+        .map(|line| if line.starts_with(figures::CHECKPOINT_ROW) { row.trim_end() } else { line })
+        .flat_map(|line| [line, "\n"])
+        .collect();
+    std::fs::write(out, report).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("wrote the SET-under-checkpoints section of {}", out.display());
     Ok(())
 }
 
