@@ -438,9 +438,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     let n_for = |p: u32| meta.opt_num(&format!("requests_p{p}")).unwrap_or(f64::NAN);
     let upgrades = upgrades::Upgrades::read(&args.raw)?;
     let restarts = read_series(&args.raw, "restarts-")?;
-    let ckpt_requests = meta.opt_num("ckpt_requests").unwrap_or(f64::NAN);
-    let ckpt = read_throughput(&args.raw.join("ckpt"), &|_| ckpt_requests)?;
-    let ckpt_summary = checkpoints::summarize(&ckpt, meta.opt_num("ckpt_keys").unwrap_or(f64::NAN));
+    let (ckpt, ckpt_requests, ckpt_summary) = read_checkpoints(&args.raw, &meta)?;
     let mut md = String::new();
 
     writeln!(md, "# tasuki vs redis-server\n")?;
@@ -795,16 +793,27 @@ fn write_alone(
     Ok(())
 }
 
+/// The SET-under-checkpoints runs (`ckpt/`), the requests each sent and their summary, with the
+/// keys and requests from `source` (`meta.kv` of a full run, `ckpt.kv` of `--checkpoints-only`).
+fn read_checkpoints(
+    raw: &Path,
+    source: &Raw,
+) -> anyhow::Result<(Throughput, f64, Option<checkpoints::Summary>)> {
+    let requests = source.opt_num("ckpt_requests").unwrap_or(f64::NAN);
+    let ckpt = read_throughput(&raw.join("ckpt"), &|_| requests)?;
+    let summary = checkpoints::summarize(&ckpt, source.opt_num("ckpt_keys").unwrap_or(f64::NAN));
+    Ok((ckpt, requests, summary))
+}
+
 /// `--checkpoints-only`: the SET-under-checkpoints section, opening with where it came from
 /// (`ckpt.kv`), and its row of the figures at the top, which then says which run it came from
 /// (the rest of that table is another run's).
 fn write_checkpoints_alone(raw: &Path, out: &Path) -> anyhow::Result<()> {
     let source = Raw::read(&raw.join("ckpt.kv"))?;
     let s = |k: &str| source.get(k).unwrap_or("?").to_string();
-    let requests = source.opt_num("ckpt_requests").unwrap_or(f64::NAN);
-    let ckpt = read_throughput(&raw.join("ckpt"), &|_| requests)?;
-    let summary = checkpoints::summarize(&ckpt, source.opt_num("ckpt_keys").unwrap_or(f64::NAN))
-        .ok_or_else(|| anyhow!("no SET-under-checkpoints results in {}", raw.display()))?;
+    let (ckpt, requests, summary) = read_checkpoints(raw, &source)?;
+    let summary =
+        summary.ok_or_else(|| anyhow!("no SET-under-checkpoints results in {}", raw.display()))?;
     let provenance = format!(
         "`{}` at commit `{}` on {} (load average {} at the start, {} at the end)",
         s("command"),
