@@ -49,7 +49,7 @@ use bindings::tasuki::server::types::{
 /// in a component ([`Imports`]), a recorder in a native test.
 pub trait HostCalls {
     /// `net.send`: queue `bytes` (never empty) for `conn`.
-    fn send(&mut self, conn: ConnId, bytes: Vec<u8>);
+    fn send(&mut self, conn: ConnId, bytes: &[u8]);
     /// `net.close`: close `conn` after its output.
     fn close(&mut self, conn: ConnId);
     /// `timers.set`: arm timer `id` to fire after `after_ms` milliseconds.
@@ -69,8 +69,8 @@ pub trait HostCalls {
 pub struct Imports;
 
 impl HostCalls for Imports {
-    fn send(&mut self, conn: ConnId, bytes: Vec<u8>) {
-        bindings::tasuki::server::net::send(conn, &bytes);
+    fn send(&mut self, conn: ConnId, bytes: &[u8]) {
+        bindings::tasuki::server::net::send(conn, bytes);
     }
     fn close(&mut self, conn: ConnId) {
         bindings::tasuki::server::net::close(conn);
@@ -284,7 +284,8 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
                 ListenOp::CloseUntracked(id) => self.host.unlisten(id),
             }
         }
-        for (conn, bytes) in requests.out {
+        for (conn, bytes) in &requests.out {
+            let (conn, bytes) = (*conn, bytes.as_slice());
             if bytes.is_empty() {
                 continue;
             }
@@ -295,6 +296,7 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
             }
             self.host.send(conn, bytes);
         }
+        self.ctx.recycle(requests.out);
         for op in requests.timers {
             match op {
                 TimerOp::Set(id, after_ms) => self.host.set_timer(id, after_ms),

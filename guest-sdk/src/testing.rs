@@ -140,8 +140,8 @@ pub(crate) struct Recorder {
 }
 
 impl HostCalls for Recorder {
-    fn send(&mut self, conn: ConnId, bytes: Vec<u8>) {
-        self.effects.push(Effect::Send { conn, bytes });
+    fn send(&mut self, conn: ConnId, bytes: &[u8]) {
+        self.effects.push(Effect::Send { conn, bytes: bytes.to_vec() });
     }
     fn close(&mut self, conn: ConnId) {
         self.effects.push(Effect::Close(conn));
