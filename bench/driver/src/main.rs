@@ -45,6 +45,15 @@ enum Cli {
         #[arg(long, default_value = "")]
         prefix: String,
     },
+    /// Waits until a process is idle: under 5% of a core over 250 ms (all its threads). Between
+    /// benchmark runs, so that a checkpoint still under way when one run ended (the host steps it
+    /// without waiting for events) is not charged to the next run, perhaps another server's.
+    Idle {
+        pid: u32,
+        /// Gives up (an error) after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+    },
     /// Upgrades a `tasuki run` host over and over under an INCR load; checks nothing was lost.
     Upgrades(upgrades::UpgradesArgs),
     /// Profiles one whole-state upgrade with `perf`: which part of the transfer each sample
@@ -85,6 +94,7 @@ fn main() -> anyhow::Result<()> {
             println!("{prefix}stime_ticks={}", cpu.stime_ticks);
             Ok(())
         }
+        Cli::Idle { pid, timeout_s } => wait_idle(pid, Duration::from_secs(timeout_s)),
         Cli::Upgrades(args) => upgrades::run(&args),
         Cli::Profile(args) => profile::run(&args),
         Cli::LargeRequest(args) => large::run(&args),
@@ -115,6 +125,27 @@ pub(crate) fn wait_ready(addr: &str, timeout: Duration) -> anyhow::Result<()> {
             Err(_) if started.elapsed() < timeout => std::thread::sleep(Duration::from_millis(2)),
             Err(e) => return Err(e).with_context(|| format!("{addr} not ready after {timeout:?}")),
         }
+    }
+}
+
+/// How long [`wait_idle`] watches a process at a time, and the CPU it may use meanwhile.
+const IDLE_WINDOW: Duration = Duration::from_millis(250);
+const IDLE_CPU: Duration = Duration::from_micros(12_500);
+
+/// Waits until process `pid` used at most [`IDLE_CPU`] over an [`IDLE_WINDOW`].
+fn wait_idle(pid: u32, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut before = procfs::cpu(pid)?.ns;
+    loop {
+        std::thread::sleep(IDLE_WINDOW);
+        let now = procfs::cpu(pid)?.ns;
+        if now.saturating_sub(before) <= IDLE_CPU.as_nanos() as u64 {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!("process {pid} still busy after {timeout:?}");
+        }
+        before = now;
     }
 }
 

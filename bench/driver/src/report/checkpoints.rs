@@ -87,9 +87,14 @@ pub(super) fn write(
     let Some(((_, pipeline, _), _)) = tp.iter().next() else { return Ok(()) };
     let keys = summary.keys;
     writeln!(md, "{HEADING}\n")?;
+    let control = if summary.norecovery.max_ms.is_empty() {
+        String::new()
+    } else {
+        " The third system is the same kv on a second host with recovery off (`--journal 0`): no journal and no checkpoint. In a full run the tasuki host is the one the throughput sections measured, and the host with recovery off is started for this section and loaded alike; the difference between the two tasuki rows is what recovery (the journal and its checkpoints) costs these SETs.".to_string()
+    };
     writeln!(
         md,
-        "`redis-benchmark -t set -c {connections} -n {} -P {pipeline} -r {} --csv` against each server, each holding {} keys first, the servers taking turns run by run. tasuki journals every request for recovery and checkpoints its state whenever the journal has taken in as many bytes as the state holds (`--journal` 256 MiB, the default): a checkpoint is built a chunk at a time between events, as a pre-copy is, so a SET should wait at most about one chunk's time. The checkpoints are counted from the host's log (`TASUKI_LOG=tasuki::dispatch=debug`: `checkpoint from chunks`, or `checkpoint` for one exported whole at a single boundary). redis-server runs with `--save ''`: it takes no snapshot, so its column is the floor. The third system is the same kv on a second host with recovery off (`--journal 0`): no journal and no checkpoint, so the difference between the two tasuki rows is what recovery costs. Max is the slowest SET of a run, as redis-benchmark reports it: one request in {}, which a stall of the machine (2 cores shared with redis-benchmark) sets as easily as the server does; the runs over {SLOW_MS} ms are counted for each system.\n",
+        "`redis-benchmark -t set -c {connections} -n {} -P {pipeline} -r {} --csv` against each server, each holding {} keys first, the servers taking turns run by run, in an order that changes from round to round, and the next run starting only once the last server is idle (a checkpoint under way when a run ends finishes first). tasuki journals every request for recovery and checkpoints its state whenever the journal has taken in as many bytes as the state holds (`--journal` 256 MiB, the default): a checkpoint is built a chunk at a time between events, as a pre-copy is, so a SET should wait at most about one chunk's time. The checkpoints are counted from the host's log (`TASUKI_LOG=tasuki::dispatch=debug`: `checkpoint from chunks`, or `checkpoint` for one exported whole at a single boundary). redis-server runs with `--save ''`: it takes no snapshot, so its column is the floor.{control} Max is the slowest SET of a run, as redis-benchmark reports it: one request in {}, which a stall of the machine (2 cores shared with redis-benchmark) sets as easily as the server does; the runs over {SLOW_MS} ms are counted for each system.\n",
         thousands(requests),
         thousands(keys),
         thousands(keys),

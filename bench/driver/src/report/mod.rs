@@ -87,7 +87,8 @@ const THROUGHPUT_HEADINGS: &[&str] = &[
 /// One redis-benchmark run of one test against one system.
 #[derive(Debug, Clone)]
 struct Run {
-    /// Which repetition (the N of `rN`): runs of the two systems with the same N ran back to back.
+    /// Which repetition (the N of `rN`): the systems' runs with the same N ran in one round, one
+    /// after another (in an order that changes from round to round).
     run: u32,
     rps: f64,
     p50_ms: f64,
@@ -274,8 +275,8 @@ fn read_throughput(dir: &Path, requests: &dyn Fn(u32) -> f64) -> anyhow::Result<
     Ok(out)
 }
 
-/// tasuki / redis-server per repetition (the two ran back to back, so a machine that slows
-/// down for a while slows both), as "median× (min–max)".
+/// tasuki / redis-server per repetition (the runs of one repetition ran in one round, so a
+/// machine that slows down for a while slows both), as "median× (min–max)".
 fn paired(tp: &Throughput, test: &str, p: u32, f: fn(&Run) -> Option<f64>) -> String {
     paired_systems(tp, test, p, ("redis", "tasuki"), f)
 }
