@@ -405,3 +405,72 @@ fn a_client_that_goes_away_mid_stream_ends_it_as_gone() {
     assert_eq!(ended.len(), 1);
     assert!(ended[0].1.starts_with("Gone { bytes: "), "{ended:?}");
 }
+
+/// Writes to every connection it has seen: each line `L` from a connection queues `L<from>`
+/// for every connection, `big` a reply of 100 KiB first to its sender, and `s` a stream of
+/// `streamed` to its sender behind that sender's output, then `after` behind the stream.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Fan {
+    seen: Vec<ConnId>,
+}
+
+impl Server for Fan {
+    const NAME: &'static str = "fan";
+    const STATE_VERSION: u32 = 1;
+
+    fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize {
+        if !self.seen.contains(&conn) {
+            self.seen.push(conn);
+        }
+        let Some(end) = input.iter().position(|&b| b == b'\n') else { return 0 };
+        let line = &input[..end];
+        if line == b"big" {
+            ctx.send(conn, &vec![b'b'; 100 << 10]);
+        }
+        for &to in &self.seen {
+            let out = ctx.output(to);
+            out.extend_from_slice(line);
+            out.extend_from_slice(format!("<{conn}").as_bytes());
+        }
+        if line == b"s" {
+            ctx.stream(conn, Source::Bytes(b"streamed".to_vec()));
+            ctx.send(conn, b"after");
+        }
+        end + 1
+    }
+}
+
+/// Each event's sends, as (connection, bytes as text).
+fn sends(host: &mut TestHost<Fan>) -> Vec<(ConnId, String)> {
+    host.take_effects()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Send { conn, bytes } => Some((conn, String::from_utf8_lossy(&bytes).into())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The SDK writes each event's output into the buffers of the events before it: whatever one
+/// event queued — a large reply, output to several connections, a stream — the next sends
+/// exactly its own bytes, each to its own connection.
+#[test]
+fn each_event_sends_exactly_its_own_output() {
+    let mut host = TestHost::<Fan>::new();
+    let (a, b) = (host.connect(), host.connect());
+    host.send(b, "hi\n");
+    assert_eq!(sends(&mut host), [(b, format!("hi<{b}"))]);
+    host.send(a, "big\n");
+    let big = format!("{}big<{a}", "b".repeat(100 << 10));
+    assert_eq!(sends(&mut host), [(a, big), (b, format!("big<{a}"))]);
+    host.send(b, "x\n");
+    assert_eq!(sends(&mut host), [(b, format!("x<{b}")), (a, format!("x<{b}"))]);
+    host.send(a, "s\n");
+    let sent = sends(&mut host);
+    let to_a: String = sent.iter().filter(|(c, _)| *c == a).map(|(_, s)| s.as_str()).collect();
+    let to_b: Vec<&(ConnId, String)> = sent.iter().filter(|(c, _)| *c == b).collect();
+    assert_eq!(to_a, format!("s<{a}streamedafter"));
+    assert_eq!(to_b, [&(b, format!("s<{a}"))]);
+    host.send(b, "y\n");
+    assert_eq!(sends(&mut host), [(b, format!("y<{b}")), (a, format!("y<{b}"))]);
+}
