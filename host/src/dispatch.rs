@@ -619,8 +619,14 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
     /// One step of the checkpoint under way, between events: a chunk of the live state onto the
     /// side copy; at a step that leaves (almost) nothing owed, the cut — the rest and the
     /// snapshot, at this boundary — becomes the checkpoint and the journal starts over. Requests
-    /// wait at most one chunk's time (the point of building it this way: a full export of a
-    /// big state stalls every client for as long as it takes).
+    /// wait for one step at a time (the point of building it this way: a full export of a big
+    /// state stalls every client for as long as it takes): a chunk, grown while writes outrun
+    /// the copy up to [`precopy::STEP_GROWTH_MAX`] chunks and while a step takes under
+    /// [`precopy::STEP_TIME`], so about twice that at most — but never less than one whole
+    /// entry of the app's collections (a list of 13 MB is one record). The cut waits for what
+    /// is still owed, a quarter chunk when the copy converged; a cut forced by the journal
+    /// nearing its limit, or after the copy stopped gaining, moves all of it in one go
+    /// ([`CUT_STEP_CHUNKS`] at a time, with no events between).
     pub(crate) fn checkpoint_step(&mut self) {
         self.replica_checkpoint_done();
         let Some(building) = &mut self.checkpointing else { return };
@@ -729,7 +735,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
                     longest_step_us = record.longest_step.as_micros() as u64,
                     "checkpoint from chunks"
                 );
-                self.shared.record_checkpoint(Some(record));
+                self.shared.record_checkpoint(record);
                 self.answer_snapshots(cut.elapsed());
                 self.publish_recovery();
             }
@@ -1171,7 +1177,7 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             Ok(snapshot) => {
                 let bytes = snapshot_bytes(&snapshot);
                 self.set_checkpoint(snapshot);
-                self.shared.record_checkpoint(None);
+                self.shared.record_whole_checkpoint(started.elapsed());
                 debug!(bytes, took_us = started.elapsed().as_micros() as u64, "checkpoint");
                 self.answer_snapshots(started.elapsed());
             }

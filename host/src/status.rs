@@ -34,6 +34,15 @@ pub struct RecoveryStatus {
     pub last: Option<RecoveryRecord>,
     /// Checkpoints taken since the host started (built from chunks or exported whole).
     pub checkpoints: u64,
+    /// Of those, the ones exported whole at one boundary, on the event loop: every client waited
+    /// for the export (`run --precopy-chunk 0`; an app that cannot pre-copy while no replica can
+    /// export for it; one asked for by `tasuki snapshot` or taken after a recovery; one due while
+    /// an upgrade's copy or catch-up held the chunks), and the longest such export. A host
+    /// whose app pre-copies keeps these at 0 under any load.
+    #[serde(default)]
+    pub whole_checkpoints: u64,
+    #[serde(default)]
+    pub longest_whole_checkpoint: Duration,
     /// How the last checkpoint built from chunks went.
     pub last_checkpoint: Option<CheckpointRecord>,
     /// Checkpoints a replica exported off the event loop (an app that cannot pre-copy), and
@@ -319,6 +328,16 @@ impl fmt::Display for RecoveryStatus {
                 c.rebuild.as_secs_f64() * 1e3,
                 c.export.as_secs_f64() * 1e3,
                 c.events_kept,
+            )?;
+        }
+        if self.whole_checkpoints > 0 {
+            write!(
+                f,
+                "\ncheckpoints  {} of {} exported whole on the event loop (the longest took {:.1} \
+                 ms, every client waiting)",
+                self.whole_checkpoints,
+                self.checkpoints,
+                self.longest_whole_checkpoint.as_secs_f64() * 1e3
             )?;
         }
         if let Some(why) = &self.replica_off {
@@ -702,13 +721,19 @@ impl Shared {
         self.recovering_since.store(since, Ordering::Relaxed);
     }
 
-    /// A checkpoint was taken; `built` says how, if it was built from chunks.
-    pub(crate) fn record_checkpoint(&self, built: Option<CheckpointRecord>) {
+    /// A checkpoint was built from chunks, as `built` says.
+    pub(crate) fn record_checkpoint(&self, built: CheckpointRecord) {
         let mut status = self.recovery_status();
         status.checkpoints += 1;
-        if built.is_some() {
-            status.last_checkpoint = built;
-        }
+        status.last_checkpoint = Some(built);
+    }
+
+    /// A checkpoint was exported whole on the event loop, in `took`.
+    pub(crate) fn record_whole_checkpoint(&self, took: Duration) {
+        let mut status = self.recovery_status();
+        status.checkpoints += 1;
+        status.whole_checkpoints += 1;
+        status.longest_whole_checkpoint = status.longest_whole_checkpoint.max(took);
     }
 
     pub(crate) fn record_replica_checkpoint(&self, record: ReplicaCheckpointRecord) {

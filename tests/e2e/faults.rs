@@ -284,7 +284,9 @@ fn whole_state_checkpoints(args: &[&str]) -> TestHost {
     let mut a = host.lines();
     // Over CHECKPOINT_MIN (4 MiB) of input, and over REPLICA_MIN (1 MiB) of state.
     assert_eq!(a.call(&format!("set big {}", "v".repeat(5 << 20))), "ok");
-    until(&host, |recovery| recovery.checkpoints == 1);
+    let recovery = until(&host, |recovery| recovery.checkpoints == 1);
+    assert_eq!(recovery.whole_checkpoints, 1, "status counts a whole export apart: {recovery:?}");
+    assert!(recovery.longest_whole_checkpoint > Duration::ZERO, "{recovery:?}");
     host
 }
 
@@ -317,9 +319,11 @@ fn until(
 /// journal. A trap after it is recovered with every change, none applied twice.
 #[test]
 fn a_replica_exports_the_checkpoint_off_the_loop_and_the_journal_keeps_what_came_meanwhile() {
-    // The replica runs the live arguments: its import of the last checkpoint takes 1.5 s, and
-    // the pushes below come meanwhile.
-    let host = whole_state_checkpoints(&["slow-import=1500"]);
+    // The replica runs the live arguments: its import of the last checkpoint takes 5 s, and
+    // the pushes below come meanwhile (about a second of them on a quiet machine; 1.5 s was
+    // too short when the machine was busy: the replica finished among them, and the events
+    // after it were journaled but not counted as kept).
+    let host = whole_state_checkpoints(&["slow-import=5000"]);
     let first = checkpoint_bytes(&host.status().recovery);
     let mut a = host.lines();
     // Before the next checkpoint's boundary: in the state the replica exports, not after it.
@@ -338,9 +342,12 @@ fn a_replica_exports_the_checkpoint_off_the_loop_and_the_journal_keeps_what_came
     }
     let after = "x".repeat(3 << 20);
     assert_eq!(a.call(&format!("set after {after}")), "ok");
+    let meanwhile = host.status().recovery;
+    assert_eq!(meanwhile.replica_checkpoints, 0, "the events came while the replica worked");
     let recovery = until(&host, |recovery| recovery.replica_checkpoints == 1);
     let record = recovery.last_replica_checkpoint.clone().expect("recorded");
     assert_eq!(recovery.checkpoints, 2, "{recovery:?}");
+    assert_eq!(recovery.whole_checkpoints, 1, "the second left the loop to a replica");
     let bytes = checkpoint_bytes(&recovery);
     assert!(bytes > first && record.bytes == bytes, "the replica's export: {recovery:?}");
     assert!(record.events_replayed >= 2, "`push before` and `set big2`: {record:?}");
