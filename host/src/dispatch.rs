@@ -1177,9 +1177,10 @@ impl<N: Network, C: Clock> Dispatcher<N, C> {
             Ok(snapshot) => {
                 let bytes = snapshot_bytes(&snapshot);
                 self.set_checkpoint(snapshot);
-                self.shared.record_whole_checkpoint(started.elapsed());
-                debug!(bytes, took_us = started.elapsed().as_micros() as u64, "checkpoint");
-                self.answer_snapshots(started.elapsed());
+                let took = started.elapsed();
+                self.shared.record_whole_checkpoint(took);
+                debug!(bytes, took_us = took.as_micros() as u64, "checkpoint");
+                self.answer_snapshots(took);
             }
             Err(e) => {
                 warn!("{} failed to export a checkpoint: {e}", self.live.app());

@@ -56,6 +56,17 @@ pub(super) struct Summary {
     pub(super) checkpoints: Checkpoints,
 }
 
+impl Summary {
+    /// The slowest SETs of system `sys` (a name in [`SYSTEMS`]).
+    fn of(&self, sys: &str) -> &Slowest {
+        match sys {
+            "redis" => &self.redis,
+            "norecovery" => &self.norecovery,
+            _ => &self.tasuki,
+        }
+    }
+}
+
 pub(super) fn summarize(tp: &Throughput, keys: f64) -> Option<Summary> {
     let slowest = |sys: &str| Slowest { max_ms: set_runs(tp, sys).map(|r| r.max_ms).collect() };
     let mut checkpoints = Checkpoints::default();
@@ -110,7 +121,7 @@ pub(super) fn write(
         if runs.is_empty() {
             continue;
         }
-        let slowest = Slowest { max_ms: runs.iter().map(|r| r.max_ms).collect() };
+        let slowest = summary.of(sys);
         let med = |f: fn(&Run) -> f64| median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
         writeln!(
             md,
@@ -127,23 +138,20 @@ pub(super) fn write(
             }
         )?;
     }
-    let ratios = |(to, of): (&str, &str), label: &str, worst: (&Slowest, &Slowest)| {
+    // `of` / `to`, run by run, and of their slowest runs.
+    let ratios = |(to, of): (&str, &str), label: &str| {
         format!(
             "| {label} | {} | {} | {} | {} | {} | | |\n",
             paired_systems(tp, "SET", *pipeline, (to, of), |r| Some(r.rps)),
             paired_systems(tp, "SET", *pipeline, (to, of), |r| Some(r.p50_ms)),
             paired_systems(tp, "SET", *pipeline, (to, of), |r| Some(r.p99_ms)),
             paired_systems(tp, "SET", *pipeline, (to, of), |r| Some(r.max_ms)),
-            super::ratio(worst.0.worst_ms(), worst.1.worst_ms())
+            super::ratio(summary.of(of).worst_ms(), summary.of(to).worst_ms())
         )
     };
-    md.push_str(&ratios(("redis", "tasuki"), "tasuki / redis", (&summary.tasuki, &summary.redis)));
+    md.push_str(&ratios(("redis", "tasuki"), "tasuki / redis"));
     if !summary.norecovery.max_ms.is_empty() {
-        md.push_str(&ratios(
-            ("norecovery", "tasuki"),
-            "tasuki / tasuki with recovery off",
-            (&summary.tasuki, &summary.norecovery),
-        ));
+        md.push_str(&ratios(("norecovery", "tasuki"), "tasuki / tasuki with recovery off"));
     }
     writeln!(md)?;
     Ok(())
