@@ -734,6 +734,8 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
         self.snapshot(state, Vec::new())
     }
 
+    /// The app's state section's bytes. Not inlined (see [`decode_state`]).
+    #[inline(never)]
     fn encode_state(&self) -> Result<Vec<u8>, String> {
         postcard::to_allocvec(&self.server)
             .map_err(|e| format!("state of `{}` does not encode: {e}", S::NAME))
@@ -941,6 +943,19 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
         }
         let server =
             server.ok_or_else(|| format!("the snapshot has no `{}` state section", S::NAME))?;
+        self.install(server, live, Imported { pending, windows, streams, listening, sessions })
+    }
+
+    /// The second half of [`Runtime::import_state`]: the decoded state and connections take
+    /// the place of this instance's. Apart for the compiler's sake (see [`decode_state`]).
+    #[inline(never)]
+    fn install(
+        &mut self,
+        server: S,
+        live: Vec<ConnInfo>,
+        imported: Imported,
+    ) -> Result<(), String> {
+        let Imported { pending, windows, streams, listening, sessions } = imported;
         // The sessions of the connections still open; none from a release that kept none.
         let sessions = match S::session_type() {
             Some(kind) => {
@@ -955,42 +970,13 @@ impl<S: Server, H: HostCalls> Runtime<S, H> {
             None => None,
         };
 
-        let mut pending: BTreeMap<ConnId, Vec<u8>> = pending.into_iter().collect();
-        // No windows: the snapshot is of a release built before back-pressure.
-        let mut windows: Option<BTreeMap<ConnId, WindowRecord>> =
-            windows.map(|w| w.into_iter().map(|r| (r.id, r)).collect());
-        let mut streams: BTreeMap<ConnId, StreamsRecord> =
-            streams.into_iter().map(|r| (r.id, r)).collect();
-        let accepted: BTreeMap<ConnId, ListenerId> = listening.accepted.into_iter().collect();
-        self.conns = live
-            .into_iter()
-            .map(|info| {
-                let listener = accepted.get(&info.id).copied();
-                let info = crate::ConnInfo::from_host(info, listener);
-                let input = pending.remove(&info.id).unwrap_or_default();
-                let window = windows.as_mut().and_then(|w| w.remove(&info.id));
-                let mut flow = match window {
-                    Some(w) => Flow {
-                        credit: w.credit,
-                        refused: w.refused,
-                        waiting: w.waiting,
-                        ..Flow::with_credit(0)
-                    },
-                    None => Flow::unknown(input.len()),
-                };
-                if let Some(record) = streams.remove(&info.id) {
-                    flow.streams = record.streams;
-                    flow.closing = record.closing;
-                }
-                (info.id, Conn { info, input, flow })
-            })
-            .collect();
+        self.conns = conns_of(live, pending, windows, streams, listening.accepted);
         self.unconsumed = self.conns.values().map(|c| c.input.len()).sum();
         self.listeners = listening.listeners.into_iter().collect();
         self.ctx.next_listener = self.ctx.next_listener.max(listening.next);
         self.ctx.sessions = sessions;
         let fresh = std::mem::replace(&mut self.server, server);
-        self.server.resumed(&mut self.ctx, fresh);
+        resume(&mut self.server, &mut self.ctx, fresh);
         self.finish_event();
         Ok(())
     }
@@ -1067,6 +1053,7 @@ fn next_offer(offered: usize, taken: usize, produced: u64, left: u64) -> usize {
 }
 
 /// One of the SDK's own sections, at the one version this SDK reads.
+#[inline(never)]
 fn decode_sdk_section<T: serde::de::DeserializeOwned>(
     section: &Section,
     version: u32,
@@ -1081,6 +1068,71 @@ fn decode_sdk_section<T: serde::de::DeserializeOwned>(
         .map_err(|e| format!("section `{}` does not decode: {e}", section.name))
 }
 
+/// The connections an imported instance serves: those open (`live`), each with the input,
+/// window and streams the snapshot kept for it and the listener that accepted it.
+#[inline(never)]
+fn conns_of(
+    live: Vec<ConnInfo>,
+    pending: Vec<(ConnId, Vec<u8>)>,
+    windows: Option<Vec<WindowRecord>>,
+    streams: Vec<StreamsRecord>,
+    accepted: Vec<(ConnId, ListenerId)>,
+) -> BTreeMap<ConnId, Conn> {
+    let mut pending: BTreeMap<ConnId, Vec<u8>> = pending.into_iter().collect();
+    // No windows: the snapshot is of a release built before back-pressure.
+    let mut windows: Option<BTreeMap<ConnId, WindowRecord>> =
+        windows.map(|w| w.into_iter().map(|r| (r.id, r)).collect());
+    let mut streams: BTreeMap<ConnId, StreamsRecord> =
+        streams.into_iter().map(|r| (r.id, r)).collect();
+    let accepted: BTreeMap<ConnId, ListenerId> = accepted.into_iter().collect();
+    live.into_iter()
+        .map(|info| {
+            let listener = accepted.get(&info.id).copied();
+            let info = crate::ConnInfo::from_host(info, listener);
+            let input = pending.remove(&info.id).unwrap_or_default();
+            let window = windows.as_mut().and_then(|w| w.remove(&info.id));
+            let mut flow = match window {
+                Some(w) => Flow {
+                    credit: w.credit,
+                    refused: w.refused,
+                    waiting: w.waiting,
+                    ..Flow::with_credit(0)
+                },
+                None => Flow::unknown(input.len()),
+            };
+            if let Some(record) = streams.remove(&info.id) {
+                flow.streams = record.streams;
+                flow.closing = record.closing;
+            }
+            (info.id, Conn { info, input, flow })
+        })
+        .collect()
+}
+
+/// What [`Runtime::import_state`] read from a snapshot's SDK sections.
+struct Imported {
+    pending: Vec<(ConnId, Vec<u8>)>,
+    windows: Option<Vec<WindowRecord>>,
+    streams: Vec<StreamsRecord>,
+    listening: ListenersRecord,
+    sessions: Option<Section>,
+}
+
+/// The app's [`Server::resumed`], on its own (see [`decode_state`]).
+#[inline(never)]
+fn resume<S: Server>(server: &mut S, ctx: &mut Ctx, fresh: S) {
+    server.resumed(ctx, fresh);
+}
+
+/// The app's state from its section, through its migrations if the section is older.
+///
+/// Not inlined, nor are the import's other parts ([`Runtime::install`], [`conns_of`],
+/// [`resume`], [`decode_sdk_section`]) or [`Runtime::encode_state`]: an app built with LTO (as
+/// tests/artifacts/build.rs builds the guests) would otherwise get the whole import inlined into
+/// one function of about 43 KB of wasm, and wasmtime keeps the compiler's working memory for the
+/// largest function it compiled for as long as the engine lives — kv 5's host started 13 MiB
+/// larger (38.5 MiB resident instead of 25), 5 MiB with these apart.
+#[inline(never)]
 fn decode_state<S: Server>(section: &Section) -> Result<S, String> {
     if section.version == S::STATE_VERSION {
         return postcard::from_bytes(&section.bytes).map_err(|e| {
