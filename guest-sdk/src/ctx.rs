@@ -277,9 +277,11 @@ impl Ctx {
         if let Some(ms) = self.clock_ms {
             return ms;
         }
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        // Whole seconds and the milliseconds past them, not `as_millis`: its `u128` is
+        // multiplied in software on wasm32 (`__multi3`), once every event.
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+            d.as_secs().saturating_mul(1000).saturating_add(u64::from(d.subsec_millis()))
+        })
     }
 
     /// Pins the clock [`Ctx::now_ms`] reads (a native test's), or `None` for the system's.

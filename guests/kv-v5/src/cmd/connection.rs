@@ -322,8 +322,7 @@ fn client_list(_: &mut Db, session: &mut Session<'_>, args: &[Arg<'_>]) {
     }
     let mut text = String::new();
     if normal {
-        let mut all: Vec<(u64, &Client)> =
-            session.others.iter().map(|(id, client)| (*id, &**client)).collect();
+        let mut all: Vec<(u64, &Client)> = session.others.iter().collect();
         all.push((session.conn, &*session.client));
         all.sort_by_key(|(id, _)| *id);
         for (id, client) in all {

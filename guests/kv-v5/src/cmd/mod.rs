@@ -26,6 +26,30 @@ use resp::{Arg, Protocol, reply};
 use std::collections::BTreeMap;
 use tasuki_guest::ConnId;
 
+/// The connections other than the one whose event runs: the clients' map, in which that one's
+/// entry holds a spare while its client is lent to the event.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Others<'o> {
+    clients: &'o BTreeMap<ConnId, Box<Client>>,
+    current: ConnId,
+}
+
+impl<'o> Others<'o> {
+    pub(crate) fn new(clients: &'o BTreeMap<ConnId, Box<Client>>, current: ConnId) -> Self {
+        Self { clients, current }
+    }
+
+    /// Each other connection and its state, by id.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (ConnId, &'o Client)> + use<'o> {
+        let current = self.current;
+        self.clients.iter().filter(move |(id, _)| **id != current).map(|(id, c)| (*id, &**c))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.clients.len() - usize::from(self.clients.contains_key(&self.current))
+    }
+}
+
 /// What a command sees besides the keyspace: its connection's state, the other connections,
 /// the server's configuration and counters, and the reply buffer.
 #[derive(Debug)]
@@ -37,10 +61,10 @@ pub(crate) struct Session<'o> {
     pub(crate) now_ms: u64,
     /// Set by `QUIT`: close the connection after this reply and run nothing after it.
     pub(crate) quit: bool,
-    /// This connection's state (taken out of `others` for the event).
+    /// This connection's state (lent out of the clients' map for the event).
     pub(crate) client: &'o mut Client,
     /// Every other connection, for `CLIENT LIST` and `INFO`.
-    pub(crate) others: &'o BTreeMap<ConnId, Box<Client>>,
+    pub(crate) others: Others<'o>,
     pub(crate) config: &'o Config,
     pub(crate) stats: &'o Stats,
     /// Where `SPOP`, `SRANDMEMBER` and `RANDOMKEY` draw from: seeded by the event, so that a
