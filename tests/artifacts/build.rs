@@ -195,8 +195,10 @@ fn hex(bytes: &[u8]) -> String {
 /// build's host flags, with link-time optimisation in one codegen unit (as scripts/demo and
 /// scripts/freeze-release build guests too): the SDK's event path, the RESP parser, `std`'s
 /// hasher and the allocator are other crates than the app's, and inlined across them kv 5
-/// served 5–10% more requests per second at pipeline 1 with 1M keys (bench/RESULTS.md). The
-/// host's own build keeps the workspace's release profile: LTO over wasmtime costs minutes.
+/// served 3–11% more requests per second at pipeline 1 with 1M keys (by hand, SET and GET,
+/// against the same source built without). The host's own build keeps the workspace's release
+/// profile: thin LTO over wasmtime gained it 1–3% and doubled the test build (the test
+/// binaries need every dependency built a second time, without LTO).
 fn guest_build(cargo: &std::ffi::OsStr, root: &Path, target_dir: &Path) -> Command {
     let mut build = Command::new(cargo);
     build

@@ -697,7 +697,7 @@ fn write_throughput(
     if checkpoints.chunked + checkpoints.whole > 0 {
         writeln!(
             *md,
-            "\ntasuki took {} recovery checkpoints during these runs (counted from its log): a slow request there may be one.",
+            "\nDuring these runs tasuki took recovery checkpoints, counted from its log (a slow request there may be one): {}.",
             checkpoints.describe()
         )?;
     }
