@@ -755,6 +755,20 @@ fn watch_aborts_on_a_write_by_anyone() {
     assert_eq!(kv.db.watches.keys().count(), 0, "no watch is left behind");
 }
 
+/// A connection's own write to a key it watches, in one event, aborts its `EXEC` in a later
+/// one, after another connection's event ran in between: the mark lands on its client, lent
+/// to the event, not on the spare its entry holds meanwhile.
+#[test]
+fn an_own_write_to_a_watched_key_aborts_a_later_exec() {
+    let mut kv = Kv::default();
+    assert_eq!(on(&mut kv, 1, "WATCH k\r\nSET k 1\r\n"), "+OK\r\n+OK\r\n");
+    assert_eq!(on(&mut kv, 2, "PING\r\n"), "+PONG\r\n");
+    assert_eq!(
+        on(&mut kv, 1, "MULTI\r\nSET k 2\r\nEXEC\r\nGET k\r\n"),
+        "+OK\r\n+QUEUED\r\n*-1\r\n$1\r\n1\r\n"
+    );
+}
+
 /// A connection's protocol, open transaction and watches are state: they cross an upgrade.
 #[test]
 fn a_connections_state_crosses_an_upgrade() {
