@@ -28,7 +28,7 @@ use tasuki_guest::ConnId;
 
 /// The connections other than the one whose event runs: the clients' map, in which that one's
 /// entry holds a spare while its client is lent to the event.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) struct Others<'o> {
     clients: &'o BTreeMap<ConnId, Box<Client>>,
     current: ConnId,
@@ -45,8 +45,9 @@ impl<'o> Others<'o> {
         self.clients.iter().filter(move |(id, _)| **id != current).map(|(id, c)| (*id, &**c))
     }
 
+    /// How many: the map less the lent entry, which is in it for the whole event.
     pub(crate) fn len(&self) -> usize {
-        self.clients.len() - usize::from(self.clients.contains_key(&self.current))
+        self.clients.len().saturating_sub(1)
     }
 }
 
